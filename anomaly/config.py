@@ -1,0 +1,206 @@
+"""One typed, validated configuration object, with every default written once, here.
+
+``Config`` is frozen and forbids unknown keys at every level, so a typo in a TOML file is
+an error that names the key instead of a silently ignored setting. The configuration a
+model was trained with is saved in its bundle, so a model can say how it was made.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from anomaly.errors import ConfigError
+
+#: The score components the engine computes; weights are keyed by these names.
+COMPONENTS = ("reconstruction", "feature", "critic", "latent")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    """How records are read from files and which columns are features."""
+
+    features: list[str] | None = None
+    """Feature columns by name, in model order; ``None`` takes every numeric column
+    except the label, id and entity columns."""
+    label_column: str | None = None
+    """Optional 0/1 (or false/true) label; ``train`` keeps only rows labelled normal."""
+    id_column: str | None = None
+    """Optional record id, copied to score outputs."""
+    entity_column: str | None = None
+    """Time-series mode: rows are windowed separately per value of this column."""
+    chunk_rows: int = Field(65_536, ge=1)
+    """Rows read per chunk, so files larger than memory can be scored."""
+    on_invalid: Literal["error", "skip"] = "error"
+    """NaN/infinite rows: stop with an error naming the rows, or write them to a rejects
+    file next to the output and go on."""
+
+
+class ModelConfig(_Section):
+    """The GAN's shape."""
+
+    formulation: Literal["fanogan", "bigan"] = "fanogan"
+    """``fanogan``: WGAN-GP generator and critic with an encoder trained to invert the
+    generator (image and critic-feature residual). ``bigan``: a BiGAN whose spectrally
+    normalised discriminator sees (x, z) pairs, with the encoder trained jointly."""
+    latent_dim: int | None = Field(None, ge=1)
+    """Size of z; ``None`` means ``min(32, max(2, n_features // 2))``."""
+    hidden_units: list[int] = Field(default_factory=lambda: [256, 256])
+    """Widths of the hidden layers of each dense network."""
+    window: int | None = Field(None, ge=2)
+    """Time-series mode: length of the sliding window; ``None`` for independent rows."""
+    conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
+    """Filters of the 1-D convolutional layers used in time-series mode."""
+    clip_value: float = Field(10.0, gt=0)
+    """Standardised inputs are clipped to +-clip_value so one extreme value cannot
+    dominate training or overflow scoring."""
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> ModelConfig:
+        for name in ("hidden_units", "conv_filters"):
+            if not getattr(self, name) or any(u < 1 for u in getattr(self, name)):
+                raise ValueError(f"{name} must be a non-empty list of positive integers")
+        return self
+
+
+class TrainingConfig(_Section):
+    """How the GAN is fitted on normal data."""
+
+    epochs: int = Field(60, ge=1)
+    max_steps: int = Field(3000, ge=1)
+    """Upper bound on optimiser steps; epochs are cut so big datasets train in minutes."""
+    batch_size: int = Field(128, ge=2)
+    learning_rate: float = Field(2e-4, gt=0)
+    critic_steps: int = Field(3, ge=1)
+    """Critic updates per generator update (WGAN-GP)."""
+    gradient_penalty: float = Field(10.0, ge=0)
+    feature_weight: float = Field(1.0, ge=0)
+    """Weight of the critic-feature residual in the encoder's loss (f-AnoGAN izi_f)."""
+    validation_fraction: float = Field(0.15, gt=0, lt=0.9)
+    """Share of the normal training rows held out to standardise score components and
+    calibrate the threshold."""
+    early_stopping_patience: int = Field(15, ge=1)
+    """Epochs without improvement of the held-out reconstruction error before stopping."""
+    seed: int = 0
+    verbose: int = Field(0, ge=0, le=2)
+    """Keras progress output during ``fit``: 0 silent, 1 progress bar, 2 one line per epoch."""
+
+
+class ScoringConfig(_Section):
+    """How components become one score, and the score a flag."""
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"reconstruction": 1.0, "feature": 1.0, "critic": 0.0, "latent": 1.0}
+    )
+    """Weight of each standardised component in the anomaly score."""
+    target_fpr: float = Field(0.01, gt=0, lt=1)
+    """False-positive rate on held-out normal data that the threshold is calibrated to."""
+    top_features: int = Field(3, ge=0)
+    """How many features with the largest residuals explain each record."""
+    latent_neighbours: int = Field(5, ge=1)
+    """k of the k-nearest-neighbour distance to training latents (``latent`` component)."""
+    latent_reference_size: int = Field(4096, ge=16)
+    """Training latents kept in the bundle as the neighbour reference."""
+    refine_steps: int = Field(0, ge=0)
+    """AnoGAN-style refinement: gradient steps on z from E(x) before measuring residuals
+    (offline use; 0 turns it off)."""
+    refine_learning_rate: float = Field(0.05, gt=0)
+    batch_size: int = Field(4096, ge=1)
+    """Rows per compiled forward pass when scoring arrays and files."""
+
+    @model_validator(mode="after")
+    def _known_weights(self) -> ScoringConfig:
+        unknown = sorted(set(self.weights) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown component(s) {unknown}; known: {list(COMPONENTS)}")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("component weights must be >= 0")
+        if not any(self.weights.get(c, 0.0) > 0 for c in COMPONENTS):
+            raise ValueError("at least one component weight must be > 0")
+        return self
+
+
+class ServeConfig(_Section):
+    """The Kafka scoring service; every key can also come from ``ANOMALY_SERVE_<KEY>``."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    input_topic: str = "records"
+    output_topic: str = "scores"
+    dlq_topic: str | None = "records-dlq"
+    alerts_topic: str | None = None
+    group_id: str = "anomaly-scorer"
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    """Port of the /metrics, /healthz and /readyz endpoint; 0 picks a free one."""
+    max_batch_size: int = Field(512, ge=1)
+    max_wait_ms: int = Field(20, ge=0)
+    """Longest a record waits for its micro-batch to fill."""
+    max_message_bytes: int = Field(1_048_576, ge=1)
+    max_pending_results: int = Field(20_000, ge=1)
+    """Unacknowledged results at which input partitions are paused (back-pressure)."""
+    fetch_max_wait_ms: int = Field(20, ge=0)
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+
+class Config(_Section):
+    """Everything the package can be told, with defaults."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Validate a nested mapping; errors name the offending key, e.g. ``training.epochs``."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Config:
+        """Load a TOML file; a missing file, bad TOML or a bad key is a ``ConfigError``."""
+        path = Path(path)
+        try:
+            with path.open("rb") as handle:
+                values = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: {_describe(exc)}") from None
+
+    def updated(self, **sections: dict[str, Any]) -> Config:
+        """A copy with some keys of some sections replaced, validated like a file.
+
+        ``config.updated(training={"epochs": 5})`` keeps every other setting.
+        """
+        values = self.model_dump()
+        for section, overrides in sections.items():
+            if section not in values:
+                raise ConfigError(f"unknown configuration section {section!r}")
+            values[section].update({k: v for k, v in overrides.items() if v is not None})
+        return Config.from_dict(values)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "configuration"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown key {where!r}")
+        else:
+            problems.append(f"{where}: {error['msg']}")
+    return "invalid configuration: " + "; ".join(problems)
