@@ -1,0 +1,39 @@
+"""GAN-based anomaly detection: train on normal data, score records, flag anomalies.
+
+    import anomaly
+    detector = anomaly.train(normal_rows, anomaly.Config())
+    result = detector.score(new_rows)        # scores, flags, percentiles, explanations
+    detector.save("model/")
+    detector = anomaly.load("model/")
+"""
+
+import os as _os
+
+# TensorFlow's C++ start-up chatter is noise for users of a library; keep warnings and errors.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from anomaly.config import Config  # noqa: E402
+from anomaly.detector import Detector, ScoreResult, load  # noqa: E402
+from anomaly.errors import (  # noqa: E402
+    AnomalyError,
+    BundleError,
+    ConfigError,
+    DataError,
+    SchemaError,
+    TrainingError,
+)
+from anomaly.training import train  # noqa: E402
+
+__all__ = [
+    "AnomalyError",
+    "BundleError",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "Detector",
+    "SchemaError",
+    "ScoreResult",
+    "TrainingError",
+    "load",
+    "train",
+]

@@ -73,9 +73,11 @@ class ModelConfig(_Section):
 class TrainingConfig(_Section):
     """How the GAN is fitted on normal data."""
 
-    epochs: int = Field(60, ge=1)
-    max_steps: int = Field(3000, ge=1)
-    """Upper bound on optimiser steps; epochs are cut so big datasets train in minutes."""
+    steps: int = Field(2000, ge=1)
+    """Generator updates in all: small datasets train as well as large ones, and the
+    largest in minutes."""
+    steps_per_epoch: int | None = Field(None, ge=1)
+    """Steps between validations; ``None`` means one pass over the data, at least 50."""
     batch_size: int = Field(128, ge=2)
     learning_rate: float = Field(2e-4, gt=0)
     critic_steps: int = Field(3, ge=1)
@@ -86,7 +88,7 @@ class TrainingConfig(_Section):
     validation_fraction: float = Field(0.15, gt=0, lt=0.9)
     """Share of the normal training rows held out to standardise score components and
     calibrate the threshold."""
-    early_stopping_patience: int = Field(15, ge=1)
+    early_stopping_patience: int = Field(10, ge=1)
     """Epochs without improvement of the held-out reconstruction error before stopping."""
     seed: int = 0
     verbose: int = Field(0, ge=0, le=2)
@@ -160,7 +162,7 @@ class Config(_Section):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        """Validate a nested mapping; errors name the offending key, e.g. ``training.epochs``."""
+        """Validate a nested mapping; errors name the offending key, e.g. ``training.steps``."""
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
@@ -185,7 +187,7 @@ class Config(_Section):
     def updated(self, **sections: dict[str, Any]) -> Config:
         """A copy with some keys of some sections replaced, validated like a file.
 
-        ``config.updated(training={"epochs": 5})`` keeps every other setting.
+        ``config.updated(training={"steps": 500})`` keeps every other setting.
         """
         values = self.model_dump()
         for section, overrides in sections.items():

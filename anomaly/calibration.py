@@ -1,0 +1,37 @@
+"""Calibration on held-out normal data: component statistics, threshold, percentiles.
+
+Nothing here looks at labels: the held-out split is normal data the networks never trained
+on, so its score distribution is what "normal" looks like to the trained model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from keras import ops
+
+from anomaly.config import COMPONENTS
+from anomaly.scoring import (
+    REFERENCE_QUANTILES,
+    ScoringEngine,
+    ScoringParams,
+    robust_location_scale,
+    standardise,
+    weighted_score,
+)
+
+
+def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
+    """Fit each component's location and scale, then the threshold at the target FPR."""
+    raw = engine.raw_components(held_out)
+    stats = {name: robust_location_scale(raw[name]) for name in COMPONENTS}
+    params = replace(
+        engine.params,
+        location={name: loc for name, (loc, _) in stats.items()},
+        scale={name: scale for name, (_, scale) in stats.items()},
+    )
+    scores = ops.convert_to_numpy(weighted_score(standardise(raw, params), params)).astype(np.float64)
+    threshold = float(np.quantile(scores, 1.0 - params.target_fpr, method="higher"))
+    reference = np.quantile(scores, np.linspace(0.0, 1.0, REFERENCE_QUANTILES))
+    return replace(params, threshold=threshold, reference_scores=[float(v) for v in reference])

@@ -1,0 +1,181 @@
+"""``Detector``: a trained model that scores records, and the bundle it saves to and loads from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from anomaly import bundle
+from anomaly.config import COMPONENTS, Config
+from anomaly.errors import DataError, SchemaError
+from anomaly.preprocessing import Standardizer
+from anomaly.scoring import ScoringEngine, ScoringParams
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What the model expects: feature names in order, and the window length in time-series mode."""
+
+    feature_names: list[str]
+    window: int | None = None
+    entity_column: str | None = None
+
+    @property
+    def record_shape(self) -> tuple[int, ...]:
+        d = len(self.feature_names)
+        return (self.window, d) if self.window else (d,)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of a batch of records (one entry per record, in input order)."""
+
+    scores: np.ndarray
+    is_anomaly: np.ndarray
+    percentiles: np.ndarray
+    components: dict[str, np.ndarray]
+    """Each standardised component by name (see ``anomaly.scoring``)."""
+    feature_residuals: np.ndarray
+    """Squared residual per feature (n, d), in standardised units."""
+    top_features: list[list[str]] = field(default_factory=list)
+    """Names of the features that drove each record's residual, largest first."""
+    top_feature_residuals: np.ndarray | None = None
+    threshold: float = float("nan")
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class Detector:
+    """A trained GAN anomaly detector: ``score`` arrays, ``save`` to a bundle, ``anomaly.load`` back."""
+
+    def __init__(self, engine: ScoringEngine, schema: Schema, config: Config, metadata: dict, health: dict):
+        self.engine = engine
+        self.schema = schema
+        self.config = config
+        self.metadata = metadata
+        self.health = health
+        self.version = metadata.get("model_version", "unsaved")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.schema.feature_names)
+
+    @property
+    def threshold(self) -> float:
+        return self.engine.params.threshold
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return COMPONENTS
+
+    def score(self, x: np.ndarray) -> ScoreResult:
+        """Score records: (n, d) rows, or (n, window, d) windows in time-series mode.
+
+        Raises ``SchemaError`` for a wrong shape and ``DataError`` naming the rows that hold
+        NaN or infinite values.
+        """
+        x = self.check_records(x)
+        out = self.engine.score(x)
+        index = out.get("top_feature_index")
+        names = self.schema.feature_names
+        top = [[names[i] for i in row] for row in index] if index is not None else [[] for _ in x]
+        return ScoreResult(
+            scores=out["score"].astype(np.float64),
+            is_anomaly=out["is_anomaly"].astype(bool),
+            percentiles=out["percentile"].astype(np.float64),
+            components={name: out[f"component_{name}"].astype(np.float64) for name in COMPONENTS},
+            feature_residuals=out["feature_residuals"],
+            top_features=top,
+            top_feature_residuals=out.get("top_feature_residual"),
+            threshold=self.threshold,
+        )
+
+    def check_records(self, x) -> np.ndarray:
+        """Validate shape and values at the edge; return a float32 array."""
+        try:
+            x = np.asarray(x, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"records are not numeric: {exc}") from None
+        expected = self.schema.record_shape
+        if x.ndim == len(expected):
+            x = x[None]
+        if x.shape[1:] != expected:
+            names = ", ".join(self.schema.feature_names[:8])
+            more = ", ..." if len(self.schema.feature_names) > 8 else ""
+            raise SchemaError(
+                f"wrong feature count: the model expects records of shape {expected} "
+                f"(features {names}{more}), got records of shape {x.shape[1:]}"
+            )
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            listed = ", ".join(str(r) for r in rows[:10])
+            more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+            raise DataError(f"{len(rows)} record(s) hold NaN or infinite values: index {listed}{more}")
+        return x
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model bundle to directory ``path`` (replacing it) and return the path."""
+        e = self.engine
+        parts = {
+            "preprocessing": e.standardizer.to_json(),
+            "scoring": e.params.to_json(),
+            "schema": {
+                "feature_names": self.schema.feature_names,
+                "window": self.schema.window,
+                "entity_column": self.schema.entity_column,
+            },
+            "metadata": {k: v for k, v in self.metadata.items() if k != "model_version"},
+            "health": self.health,
+            "config": self.config.model_dump(),
+        }
+        contents = bundle.BundleContents(e.networks, parts, e.latent_reference, version="")
+        self.version = bundle.save_bundle(path, contents)
+        self.metadata["model_version"] = self.version
+        return Path(path)
+
+    def describe(self) -> dict:
+        """What the bundle holds, for ``anomaly info``."""
+        p = self.engine.params
+        return {
+            "model_version": self.version,
+            "formulation": p.formulation,
+            "features": self.feature_names,
+            "window": self.schema.window,
+            "threshold": p.threshold,
+            "target_fpr": p.target_fpr,
+            "weights": p.weights,
+            "component_location": p.location,
+            "component_scale": p.scale,
+            "metadata": self.metadata,
+            "health": {k: v for k, v in self.health.items() if k != "losses"},
+        }
+
+
+def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> Detector:
+    """Load a model bundle written by ``Detector.save``; any problem is a ``BundleError``."""
+    contents = bundle.load_bundle(path)
+    parts = contents.parts
+    config = Config.from_dict(parts["config"])
+    schema = Schema(**parts["schema"])
+    engine = ScoringEngine(
+        contents.networks["encoder"],
+        contents.networks["generator"],
+        contents.networks["critic"],
+        Standardizer.from_json(parts["preprocessing"]),
+        contents.latent_reference,
+        ScoringParams.from_json(parts["scoring"]),
+        batch_size=config.scoring.batch_size,
+        jit_compile=default_jit_compile() if jit_compile is None else jit_compile,
+    )
+    metadata = {**parts["metadata"], "model_version": contents.version}
+    return Detector(engine, schema, config, metadata, parts["health"])
+
+
+def default_jit_compile() -> bool:
+    """XLA under TensorFlow only where it measured faster (see benchmarks/scoring)."""
+    return False

@@ -1,0 +1,193 @@
+"""``train``: from normal records to a calibrated ``Detector``.
+
+The steps, in order: keep normal rows, window them (time-series mode), hold out a
+validation split, fit the standardiser on the training split only, fit the GAN, measure the
+training's health, and calibrate the scoring engine on the held-out split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import time
+from datetime import UTC, datetime
+from importlib import metadata as package_metadata
+
+import keras
+import numpy as np
+
+from anomaly import health
+from anomaly.calibration import calibrate
+from anomaly.config import Config
+from anomaly.detector import Detector, Schema, default_jit_compile
+from anomaly.errors import TrainingError
+from anomaly.gan import AnomalyGAN
+from anomaly.networks import build_networks
+from anomaly.preprocessing import Standardizer
+from anomaly.scoring import ScoringEngine, ScoringParams
+from anomaly.windows import WindowBuffer
+
+#: Fewer normal records than this cannot give both a training and a calibration split.
+MIN_RECORDS = 32
+_MIN_STEPS_PER_EPOCH = 50
+
+
+def train(
+    rows: np.ndarray,
+    config: Config | None = None,
+    *,
+    feature_names: list[str] | None = None,
+    entities: np.ndarray | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> Detector:
+    """Train on normal rows, shape (n, d), and return a calibrated detector.
+
+    In time-series mode (``config.model.window``) rows must be in time order; ``entities``
+    (one value per row) keeps the series of different entities apart. ``callbacks`` are
+    passed to ``keras.Model.fit`` (checkpoints, TensorBoard, ...).
+    """
+    config = config or Config()
+    rows = np.asarray(rows, dtype=np.float32)
+    if rows.ndim != 2:
+        raise TrainingError(f"training rows must be a 2-D array (records x features), got shape {rows.shape}")
+    feature_names = list(feature_names or [f"x{i}" for i in range(rows.shape[1])])
+    if len(feature_names) != rows.shape[1]:
+        raise TrainingError(f"{len(feature_names)} feature names for {rows.shape[1]} columns")
+    if not np.isfinite(rows).all():
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        raise TrainingError(f"training rows hold NaN or infinite values at index {bad[:10].tolist()}")
+
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.training.seed)
+    records = _records(rows, config, entities)
+    if len(records) < MIN_RECORDS:
+        raise TrainingError(f"{len(records)} normal records; at least {MIN_RECORDS} are needed to train")
+    fit_part, held_out = _split(records, config)
+    standardizer = Standardizer.fit(fit_part, config.model.clip_value)
+    x_fit, x_held = standardizer.transform(fit_part), standardizer.transform(held_out)
+
+    model, history = _fit_gan(x_fit, x_held, config, callbacks or [])
+    encoder, generator, critic = model.encoder, model.generator, model.critic
+    generated = keras.ops.convert_to_numpy(generator(keras.random.normal((512, model.latent_dim), seed=0)))
+    report = health.assess(history, generated, x_fit)
+
+    rng = np.random.default_rng(config.training.seed)
+    keep = rng.choice(len(x_fit), min(config.scoring.latent_reference_size, len(x_fit)), replace=False)
+    latent_reference = keras.ops.convert_to_numpy(encoder(x_fit[np.sort(keep)]))
+    engine = ScoringEngine(
+        encoder,
+        generator,
+        critic,
+        standardizer,
+        latent_reference,
+        _initial_params(config),
+        batch_size=config.scoring.batch_size,
+        jit_compile=default_jit_compile(),
+    )
+    engine = engine.with_params(calibrate(engine, held_out))
+    schema = Schema(feature_names, config.model.window, config.data.entity_column)
+    meta = _metadata(rows, len(fit_part), len(held_out), history, time.perf_counter() - started)
+    return Detector(engine, schema, config, meta, report)
+
+
+def _records(rows, config, entities):
+    window = config.model.window
+    if window is None:
+        return rows
+    buffer = WindowBuffer(window, rows.shape[1])
+    windows, _ = buffer.push(rows, entities)
+    return windows
+
+
+def _split(records, config):
+    """Hold out normal records for calibration: a random share of rows, or the latest
+    windows in time-series mode (calibrating on the future is the honest test)."""
+    n_held = max(1, int(round(len(records) * config.training.validation_fraction)))
+    if config.model.window is not None:
+        return records[:-n_held], records[-n_held:]
+    order = np.random.default_rng(config.training.seed).permutation(len(records))
+    return records[order[n_held:]], records[order[:n_held]]
+
+
+def _latent_dim(config: Config, n_features: int) -> int:
+    return config.model.latent_dim or min(32, max(2, n_features // 2))
+
+
+def _fit_gan(x_fit, x_held, config: Config, callbacks):
+    import tensorflow as tf  # training is TensorFlow-only; scoring is backend-agnostic
+
+    t, m = config.training, config.model
+    encoder, generator, critic = build_networks(
+        x_fit.shape[1:], _latent_dim(config, x_fit.shape[-1]), m.hidden_units, m.conv_filters, m.formulation
+    )
+    model = AnomalyGAN(
+        encoder,
+        generator,
+        critic,
+        formulation=m.formulation,
+        critic_steps=t.critic_steps,
+        gradient_penalty=t.gradient_penalty,
+        feature_weight=t.feature_weight,
+        seed=t.seed,
+    )
+    model.compile(learning_rate=t.learning_rate)
+    batch_size = min(t.batch_size, len(x_fit))
+    steps_per_epoch = t.steps_per_epoch or max(_MIN_STEPS_PER_EPOCH, math.ceil(len(x_fit) / batch_size))
+    steps_per_epoch = min(steps_per_epoch, t.steps)
+    epochs = math.ceil(t.steps / steps_per_epoch)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(x_fit)
+        .shuffle(min(len(x_fit), 100_000), seed=t.seed, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(2)
+    )
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_reconstruction", mode="min", patience=t.early_stopping_patience, restore_best_weights=True
+    )
+    fitted = model.fit(
+        dataset,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=x_held,
+        validation_batch_size=4096,
+        callbacks=[stop, *callbacks],
+        verbose=t.verbose,
+        shuffle=False,
+    )
+    return model, fitted.history
+
+
+def _initial_params(config: Config) -> ScoringParams:
+    s = config.scoring
+    return ScoringParams(
+        formulation=config.model.formulation,
+        weights=dict(s.weights),
+        target_fpr=s.target_fpr,
+        top_features=s.top_features,
+        latent_neighbours=s.latent_neighbours,
+        refine_steps=s.refine_steps,
+        refine_learning_rate=s.refine_learning_rate,
+    )
+
+
+def _metadata(rows, n_fit, n_held, history, seconds) -> dict:
+    versions = {}
+    for package in ("anomaly-gan", "keras", "tensorflow-cpu", "tensorflow", "numpy"):
+        try:
+            versions[package] = package_metadata.version(package)
+        except package_metadata.PackageNotFoundError:
+            continue
+    return {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions,
+        "python": platform.python_version(),
+        "keras_backend": keras.backend.backend(),
+        "training_data_sha256": hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest(),
+        "training_rows": int(len(rows)),
+        "fit_records": int(n_fit),
+        "held_out_records": int(n_held),
+        "training_seconds": round(seconds, 2),
+        "final_metrics": {k: float(v[-1]) for k, v in history.items()},
+    }
