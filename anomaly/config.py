@@ -108,8 +108,10 @@ class ScoringConfig(_Section):
     """How many features with the largest residuals explain each record."""
     latent_neighbours: int = Field(5, ge=1)
     """k of the k-nearest-neighbour distance to training latents (``latent`` component)."""
-    latent_reference_size: int = Field(4096, ge=16)
-    """Training latents kept in the bundle as the neighbour reference."""
+    latent_reference_size: int = Field(256, ge=16)
+    """Training latents kept in the bundle as the neighbour reference. The distance matrix
+    to them is the costliest part of scoring after the networks: 256 kept the engine at
+    over 80 % of the bare networks' throughput (see pipelines/bench_scoring.py)."""
     refine_steps: int = Field(0, ge=0)
     """AnoGAN-style refinement: gradient steps on z from E(x) before measuring residuals
     (offline use; 0 turns it off)."""

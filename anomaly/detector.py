@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +40,20 @@ class ScoreResult:
     """Each standardised component by name (see ``anomaly.scoring``)."""
     feature_residuals: np.ndarray
     """Squared residual per feature (n, d), in standardised units."""
-    top_features: list[list[str]] = field(default_factory=list)
-    """Names of the features that drove each record's residual, largest first."""
-    top_feature_residuals: np.ndarray | None = None
-    threshold: float = float("nan")
+    top_feature_index: np.ndarray
+    """Indices (n, k) of the features that drove each record's residual, largest first."""
+    top_feature_residuals: np.ndarray
+    feature_names: list[str]
+    threshold: float
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    @property
+    def top_features(self) -> list[list[str]]:
+        """Names of the features that drove each record's residual, largest first."""
+        names = self.feature_names
+        return [[names[i] for i in row] for row in self.top_feature_index.tolist()]
 
 
 class Detector:
@@ -80,17 +87,16 @@ class Detector:
         """
         x = self.check_records(x)
         out = self.engine.score(x)
-        index = out.get("top_feature_index")
-        names = self.schema.feature_names
-        top = [[names[i] for i in row] for row in index] if index is not None else [[] for _ in x]
+        no_top = np.empty((len(x), 0))
         return ScoreResult(
             scores=out["score"].astype(np.float64),
             is_anomaly=out["is_anomaly"].astype(bool),
             percentiles=out["percentile"].astype(np.float64),
             components={name: out[f"component_{name}"].astype(np.float64) for name in COMPONENTS},
             feature_residuals=out["feature_residuals"],
-            top_features=top,
-            top_feature_residuals=out.get("top_feature_residual"),
+            top_feature_index=out.get("top_feature_index", no_top.astype(np.int32)),
+            top_feature_residuals=out.get("top_feature_residual", no_top),
+            feature_names=self.schema.feature_names,
             threshold=self.threshold,
         )
 
