@@ -1,0 +1,243 @@
+"""Offline workflows over data files: train from a file, score a file into another.
+
+Files are read in chunks (``anomaly.io``), so a file larger than memory can be scored; the
+output keeps the input's row order and id column. Rows with NaN or infinite features stop
+the run with their row numbers, or, with ``on_invalid="skip"``, go to a rejects file next
+to the output (with their row numbers and the reason) so nothing is silently lost.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from anomaly import io
+from anomaly.config import COMPONENTS, Config
+from anomaly.detector import Detector
+from anomaly.errors import DataError, SchemaError
+from anomaly.training import train
+from anomaly.windows import WindowBuffer
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a file run did, for the CLI to print."""
+
+    rows_read: int
+    rows_scored: int
+    anomalies: int
+    rows_rejected: int
+    output: Path
+    rejects: Path | None
+    seconds: float
+
+
+def rejects_path(output: PathLike) -> Path:
+    """Where rows rejected on the way to ``output`` are written: ``<output>.rejects.csv``."""
+    output = Path(output)
+    return output.with_name(output.name + ".rejects.csv")
+
+
+class _Rejects:
+    """Collects rejected rows with their row number and reason; writes them on close."""
+
+    def __init__(self, path: Path, feature_names: list[str]):
+        self.path = path
+        self.feature_names = feature_names
+        self.count = 0
+        self._writer: io.ResultWriter | None = None
+
+    def add(self, chunk: io.Chunk, mask: np.ndarray, reason: str) -> None:
+        if not mask.any():
+            return
+        frame = pd.DataFrame(chunk.features[mask], columns=self.feature_names)
+        frame.insert(0, "reason", reason)
+        frame.insert(0, "row", chunk.row_numbers[mask])
+        if self._writer is None:
+            self._writer = io.ResultWriter(self.path)
+        self._writer.write(frame)
+        self.count += int(mask.sum())
+
+    def close(self) -> Path | None:
+        if self._writer is None:
+            return None
+        self._writer.close()
+        return self.path
+
+
+def _valid_rows(chunk: io.Chunk, path: PathLike, names: list[str], on_invalid: str, rejects: _Rejects):
+    """Mask of usable rows; invalid ones raise (``error``) or go to the rejects file (``skip``)."""
+    invalid = io.find_invalid_rows(chunk.features)
+    if invalid.any():
+        if on_invalid == "error":
+            raise DataError(io.describe_invalid(chunk.row_numbers[invalid], chunk.features[invalid], names, path))
+        rejects.add(chunk, invalid, "NaN or infinite feature value")
+    return ~invalid
+
+
+def train_file(data: PathLike, out: PathLike, config: Config | None = None) -> tuple[Detector, RunSummary]:
+    """Train on a file's normal rows (label 0 when a label column is configured), save the
+    bundle to ``out`` and return the detector and a summary."""
+    config = config or Config()
+    started = time.perf_counter()
+    d = config.data
+    table = io.read_all(
+        data,
+        features=d.features,
+        id_column=d.id_column,
+        label_column=d.label_column,
+        entity_column=d.entity_column,
+        chunk_rows=d.chunk_rows,
+    )
+    names = table_names(data, d)
+    rejects = _Rejects(rejects_path(out), names)
+    usable = _valid_rows(table, data, names, d.on_invalid, rejects)
+    if table.labels is not None:
+        usable &= table.labels == 0
+    entities = table.entities[usable] if table.entities is not None else None
+    detector = train(table.features[usable], config, feature_names=names, entities=entities)
+    detector.metadata["training_file"] = str(data)
+    detector.metadata["rows_rejected"] = rejects.count
+    detector.save(out)
+    summary = RunSummary(
+        rows_read=len(table.features),
+        rows_scored=int(usable.sum()),
+        anomalies=0,
+        rows_rejected=rejects.count,
+        output=Path(out),
+        rejects=rejects.close(),
+        seconds=time.perf_counter() - started,
+    )
+    return detector, summary
+
+
+def table_names(data: PathLike, d) -> list[str]:
+    """The feature names a file resolves to under a data configuration."""
+    return io.TableReader(
+        data,
+        features=d.features,
+        id_column=d.id_column,
+        label_column=d.label_column,
+        entity_column=d.entity_column,
+        chunk_rows=1,
+    ).feature_names
+
+
+def iter_scored(
+    detector: Detector,
+    data: PathLike,
+    *,
+    on_invalid: str = "error",
+    rejects: _Rejects | None = None,
+    label_column: str | None = None,
+    progress: bool = False,
+):
+    """Yield ``(chunk, valid_mask, result_frame)`` per chunk: one output row per valid input
+    row, in input order. Shared by ``score_file`` and evaluation."""
+    cfg = detector.config.data
+    reader = _reader_for(detector, data, label_column)
+    rejects = rejects or _Rejects(rejects_path(data), detector.feature_names)
+    window = detector.schema.window
+    buffer = WindowBuffer(window, len(detector.feature_names)) if window else None
+    with tqdm(total=reader.total_rows, unit=" rows", disable=not progress, leave=False) as bar:
+        for chunk in reader:
+            valid = _valid_rows(chunk, data, detector.feature_names, on_invalid, rejects)
+            rows = chunk.features[valid]
+            frame = pd.DataFrame({"row": chunk.row_numbers[valid]})
+            if chunk.ids is not None:
+                frame.insert(1, cfg.id_column, chunk.ids[valid])
+            if buffer is None:
+                _add_scores(frame, detector.score(rows) if len(rows) else None, np.arange(len(rows)), detector)
+            else:
+                entities = chunk.entities[valid] if chunk.entities is not None else None
+                windows, positions = buffer.push(rows, entities)
+                result = detector.score(windows) if len(windows) else None
+                _add_scores(frame, result, positions, detector)
+            bar.update(len(chunk.features))
+            yield chunk, valid, frame
+
+
+def _reader_for(detector: Detector, data: PathLike, label_column: str | None) -> io.TableReader:
+    cfg = detector.config.data
+    positional = Path(data).suffix == ".npy"
+    reader = io.TableReader(
+        data,
+        features=None if positional else detector.feature_names,
+        id_column=cfg.id_column,
+        label_column=label_column,
+        entity_column=detector.schema.entity_column,
+        chunk_rows=cfg.chunk_rows,
+    )
+    if len(reader.feature_names) != len(detector.feature_names):
+        raise SchemaError(
+            f"{data}: has {len(reader.feature_names)} feature columns but the model expects "
+            f"{len(detector.feature_names)}"
+        )
+    return reader
+
+
+def _add_scores(frame: pd.DataFrame, result, positions: np.ndarray, detector: Detector) -> None:
+    """Add score columns; rows without a score (incomplete window) get NaN and no flag."""
+    n = len(frame)
+    columns = {
+        "score": np.full(n, np.nan),
+        "is_anomaly": np.zeros(n, bool),
+        "percentile": np.full(n, np.nan),
+        **{f"score_{c}": np.full(n, np.nan) for c in COMPONENTS},
+        "top_features": np.full(n, "", dtype=object),
+    }
+    if result is not None:
+        columns["score"][positions] = result.scores
+        columns["is_anomaly"][positions] = result.is_anomaly
+        columns["percentile"][positions] = result.percentiles
+        for c in COMPONENTS:
+            columns[f"score_{c}"][positions] = result.components[c]
+        columns["top_features"][positions] = [",".join(names) for names in result.top_features]
+    for name, values in columns.items():
+        frame[name] = values
+    if detector.schema.window:
+        frame["window_complete"] = np.isfinite(columns["score"])
+
+
+def score_file(
+    detector: Detector,
+    data: PathLike,
+    out: PathLike,
+    *,
+    on_invalid: str | None = None,
+    progress: bool = False,
+) -> RunSummary:
+    """Score every row of ``data`` into ``out`` (CSV, Parquet or JSON lines by extension).
+
+    The output is written to a temporary file and renamed at the end, so a run stopped by
+    bad input leaves no half-written output behind.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    on_invalid = on_invalid or detector.config.data.on_invalid
+    rejects = _Rejects(rejects_path(out), detector.feature_names)
+    partial = out.with_name(f".{out.name}.partial{out.suffix}")
+    read = scored = flagged = 0
+    try:
+        with io.ResultWriter(partial) as writer:
+            for chunk, _, frame in iter_scored(
+                detector, data, on_invalid=on_invalid, rejects=rejects, progress=progress
+            ):
+                writer.write(frame)
+                read += len(chunk.features)
+                scored += int(np.isfinite(frame["score"]).sum())
+                flagged += int(frame["is_anomaly"].sum())
+        if read == 0:
+            raise DataError(f"{data}: has no data rows")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return RunSummary(read, scored, flagged, rejects.count, out, rejects.close(), time.perf_counter() - started)

@@ -1,0 +1,576 @@
+"""Reading input tables and writing result tables: the package's file edge.
+
+Inputs are CSV (optionally gzipped), Parquet, JSON lines (optionally gzipped) or a 2-D
+``.npy`` array, read in chunks so files larger than memory can be scored. Every problem a
+file can have is a ``DataError`` (``SchemaError`` for missing columns) whose message names
+the file, the line or row and the column, and says what to do.
+
+Row numbers count data records from 1: a CSV header and blank lines are not rows, so in a
+CSV without blank lines, row ``r`` is on file line ``r + 1``. NaN and infinite feature
+values are not errors here: ``find_invalid_rows`` finds them and the caller decides whether
+to stop (``describe_invalid``) or skip them. pandas' CSV parser pads a row with too few
+fields with missing values, so such a row is reported as a row with NaN values; a row with
+too many fields is an error naming its line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from numpy.lib.format import open_memmap
+
+from anomaly.errors import ConfigError, DataError, SchemaError
+
+#: File name endings the readers understand, and the format each one means.
+_READ_FORMATS = {
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".npy": "npy",
+}
+#: Result tables have named, mixed-type columns, which a ``.npy`` array cannot hold.
+_WRITE_FORMATS = {suffix: kind for suffix, kind in _READ_FORMATS.items() if kind != "npy"}
+
+#: Rows read when a file is opened, to find its columns and which of them are numeric.
+_SAMPLE_ROWS = 1000
+
+#: How many offending rows an error message lists before summarising the rest.
+_LISTED_VALUES = 3
+_LISTED_INVALID_ROWS = 10
+
+#: Label spellings accepted from text columns (numbers and booleans are checked as numbers).
+_LABEL_WORDS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
+
+
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """Consecutive rows of an input file, converted for the model."""
+
+    features: np.ndarray
+    """float32 ``(n, d)`` in ``feature_names`` order; may hold NaN or inf (values beyond
+    float32's range read as inf)."""
+    row_numbers: np.ndarray
+    """int64 ``(n,)``, 1-based data-row numbers in the file (header and blank lines are not
+    rows), so messages and rejects can point at rows."""
+    ids: np.ndarray | None
+    """Values of the id column (text for CSV, as typed otherwise), if one was given."""
+    labels: np.ndarray | None
+    """int8 0/1 from the label column, if one was given."""
+    entities: np.ndarray | None
+    """Values of the entity column (time-series grouping), if one was given."""
+
+
+class TableReader:
+    """Reads a CSV / Parquet / JSON-lines / .npy file in chunks of at most `chunk_rows` rows.
+
+    The file is opened and its columns resolved here, so a missing file, an unreadable or
+    empty one, or missing columns fail before any work starts. Problems further into the
+    file (a bad value on row 2,000,000) are raised while iterating.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        features: Sequence[str] | None = None,
+        id_column: str | None = None,
+        label_column: str | None = None,
+        entity_column: str | None = None,
+        chunk_rows: int = 65_536,
+    ) -> None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+        self.path = Path(path)
+        self.id_column = id_column
+        self.label_column = label_column
+        self.entity_column = entity_column
+        self.chunk_rows = chunk_rows
+        self._source = _open_source(self.path, text_columns=[id_column, entity_column])
+        dtypes = self._source.dtypes()
+        if dtypes is None:
+            raise DataError(f"{self.path}: has no data rows; check that this is the right file")
+        self.feature_names: list[str] = self._resolve_features(dtypes, features)
+        self.total_rows: int | None = self._source.total_rows
+        roles = [id_column, label_column, entity_column]
+        self._columns = list(dict.fromkeys(self.feature_names + [c for c in roles if c]))
+
+    def __iter__(self) -> Iterator[Chunk]:
+        first_row = 1
+        for frame in self._source.frames(self.chunk_rows, self._columns):
+            rows = np.arange(first_row, first_row + len(frame), dtype=np.int64)
+            first_row += len(frame)
+            yield Chunk(
+                features=_feature_matrix(frame, self.feature_names, rows, self.path),
+                row_numbers=rows,
+                ids=None if self.id_column is None else frame[self.id_column].to_numpy(),
+                labels=None
+                if self.label_column is None
+                else _labels(frame[self.label_column], rows, self.path),
+                entities=None
+                if self.entity_column is None
+                else frame[self.entity_column].to_numpy(),
+            )
+
+    def _resolve_features(self, dtypes: pd.Series, features: Sequence[str] | None) -> list[str]:
+        """Check that every named column exists, or pick the numeric non-role columns."""
+        roles = {
+            name: f"{role} column"
+            for role, name in (
+                ("id", self.id_column),
+                ("label", self.label_column),
+                ("entity", self.entity_column),
+            )
+            if name is not None
+        }
+        wanted = [(name, "feature") for name in features or []] + list(roles.items())
+        missing = [f"{name!r} ({role})" for name, role in wanted if name not in dtypes.index]
+        if missing:
+            raise SchemaError(
+                f"{self.path}: column(s) not found: {', '.join(missing)}; "
+                f"available: {_quoted(dtypes.index)} (names are case-sensitive)"
+            )
+        if features is not None:
+            if not features:
+                raise ConfigError("features is an empty list; name at least one column")
+            both = [name for name in features if name in roles]
+            if both:
+                raise ConfigError(
+                    f"{_quoted(both)} is listed as a feature and as the {roles[both[0]]}; "
+                    "a column can only have one role"
+                )
+            return list(features)
+        numeric = [
+            name
+            for name, dtype in dtypes.items()
+            if name not in roles
+            and pd.api.types.is_numeric_dtype(dtype)
+            and not pd.api.types.is_bool_dtype(dtype)
+        ]
+        if not numeric:
+            raise DataError(
+                f"{self.path}: no numeric columns to use as features among "
+                f"{_quoted(dtypes.index)}; name the feature columns explicitly"
+            )
+        return numeric
+
+
+def read_all(path: str | os.PathLike[str], **options: Any) -> Chunk:
+    """The whole file as one chunk (for training); ``options`` are ``TableReader``'s."""
+    chunks = list(TableReader(path, **options))
+
+    def joined(field: str) -> np.ndarray | None:
+        parts = [getattr(chunk, field) for chunk in chunks]
+        return None if parts[0] is None else np.concatenate(parts)
+
+    return Chunk(
+        features=np.concatenate([chunk.features for chunk in chunks]),
+        row_numbers=np.concatenate([chunk.row_numbers for chunk in chunks]),
+        ids=joined("ids"),
+        labels=joined("labels"),
+        entities=joined("entities"),
+    )
+
+
+def find_invalid_rows(features: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows with a NaN or infinite value in any feature."""
+    return ~np.isfinite(features).all(axis=1)
+
+
+def describe_invalid(
+    row_numbers: np.ndarray,
+    features: np.ndarray,
+    feature_names: Sequence[str],
+    path: str | os.PathLike[str],
+) -> str:
+    """A message naming the rows with NaN or infinite values and the columns that hold them.
+
+    Pass all rows or only the invalid ones; the first ten invalid rows are listed.
+    """
+    invalid = find_invalid_rows(features)
+    rows, values = row_numbers[invalid], features[invalid]
+    listed = [
+        f"row {row} ({_bad_columns(row_values, feature_names)})"
+        for row, row_values in zip(
+            rows[:_LISTED_INVALID_ROWS], values[:_LISTED_INVALID_ROWS], strict=True
+        )
+    ]
+    more = len(rows) - len(listed)
+    count = "1 row has" if len(rows) == 1 else f"{len(rows)} rows have"
+    return (
+        f"{path}: {count} NaN (missing) or infinite values: {', '.join(listed)}"
+        + (f" and {more} more" if more else "")
+        + "; fix them or use --on-invalid skip"
+    )
+
+
+class ResultWriter:
+    """Writes result tables chunk by chunk; format from the output extension.
+
+    CSV gets its header once, JSON lines one object per line, Parquet one file whose
+    schema is the first chunk's. Nothing is created until the first ``write``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._format = _format_of(self.path, _WRITE_FORMATS, "write")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create the folder for {self.path}: {exc}") from None
+        self._columns: list[str] | None = None
+        self._text: TextIO | None = None
+        self._parquet: pq.ParquetWriter | None = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Append the rows of ``frame``, whose columns must be those of the first chunk."""
+        if self._columns is None:
+            self._open(frame)
+        elif list(frame.columns) != self._columns:
+            raise ValueError(f"columns {list(frame.columns)} differ from {self._columns}")
+        if self._parquet is not None:
+            table = pa.Table.from_pandas(frame, schema=self._parquet.schema, preserve_index=False)
+            self._parquet.write_table(table)
+        elif self._format == "csv":
+            frame.to_csv(self._text, header=False, index=False)
+        else:
+            frame.to_json(
+                self._text, orient="records", lines=True, double_precision=15, date_format="iso"
+            )
+
+    def close(self) -> None:
+        """Finish the file (Parquet writes its footer here); safe to call twice."""
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._text is not None:
+            self._text.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _open(self, frame: pd.DataFrame) -> None:
+        self._columns = list(frame.columns)
+        try:
+            if self._format == "parquet":
+                schema = pa.Schema.from_pandas(frame, preserve_index=False)
+                self._parquet = pq.ParquetWriter(self.path, schema)
+            else:
+                self._text = _open_text(self.path, "w")
+        except OSError as exc:
+            raise DataError(
+                f"cannot write {self.path}: {exc}; check that its folder is writable"
+            ) from None
+        if self._format == "csv":
+            frame.iloc[:0].to_csv(self._text, index=False)
+
+
+# --- Sources: one per format, each yielding pandas frames of at least one row. ---------
+
+
+class _Source(Protocol):
+    total_rows: int | None
+
+    def dtypes(self) -> pd.Series | None:
+        """Column name -> pandas dtype; None when the file has no data rows."""
+        ...
+
+    def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+        """Non-empty frames of at most ``chunk_rows`` rows holding ``columns`` (None: all)."""
+        ...
+
+
+def _open_source(path: Path, text_columns: list[str | None]) -> _Source:
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give the path of a data file")
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    kind = _format_of(path, _READ_FORMATS, "read")
+    if kind == "csv":
+        return _CsvSource(path, [name for name in text_columns if name is not None])
+    if kind == "jsonl":
+        return _JsonLinesSource(path)
+    if kind == "parquet":
+        return _ParquetSource(path)
+    return _NpySource(path)
+
+
+def _sampled_dtypes(source: _Source) -> pd.Series | None:
+    """Column types of a text file, inferred from its first rows as pandas reads them."""
+    frames = source.frames(_SAMPLE_ROWS, None)
+    try:
+        sample = next(frames, None)
+    finally:
+        frames.close()
+    return None if sample is None else sample.dtypes
+
+
+class _CsvSource:
+    """CSV through pandas' C parser, whose errors name the file line.
+
+    Id and entity columns are kept as text so "007" stays "007" and every chunk has the
+    same type. All columns are parsed (not only the needed ones) because pandas only
+    checks the field count of the columns it parses.
+    """
+
+    total_rows = None
+
+    def __init__(self, path: Path, text_columns: list[str]) -> None:
+        self.path = path
+        self._dtypes = dict.fromkeys(text_columns, str)
+
+    def dtypes(self) -> pd.Series | None:
+        return _sampled_dtypes(self)
+
+    def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+        try:
+            with pd.read_csv(self.path, chunksize=chunk_rows, dtype=self._dtypes) as chunks:
+                for frame in chunks:
+                    if len(frame):
+                        yield frame if columns is None else frame[columns]
+        except pd.errors.EmptyDataError:
+            return
+        except pd.errors.ParserError as exc:
+            counts = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+            if counts is None:
+                raise _unreadable(self.path, "CSV", str(exc)) from None
+            expected, line, seen = counts.groups()
+            raise DataError(
+                f"{self.path}: line {line} has {seen} fields but the header has {expected}; "
+                "fix that line (is a value with a comma missing its quotes?)"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise _unreadable(self.path, "CSV", f"not UTF-8 text: {exc.reason}") from None
+        except (OSError, EOFError) as exc:
+            raise _unreadable(self.path, "CSV", str(exc)) from None
+
+
+class _JsonLinesSource:
+    """One JSON object per line; blank lines are skipped."""
+
+    total_rows = None
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def dtypes(self) -> pd.Series | None:
+        return _sampled_dtypes(self)
+
+    def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+        first_line = 1
+        try:
+            with _open_text(self.path, "r") as handle:
+                while lines := list(islice(handle, chunk_rows)):
+                    records = _parse_json_lines(lines, first_line, self.path)
+                    first_line += len(lines)
+                    if records:
+                        yield pd.DataFrame(records, columns=columns)
+        except UnicodeDecodeError as exc:
+            raise _unreadable(self.path, "JSON lines", f"not UTF-8 text: {exc.reason}") from None
+        except (OSError, EOFError) as exc:
+            raise _unreadable(self.path, "JSON lines", str(exc)) from None
+
+
+def _parse_json_lines(lines: list[str], first_line: int, path: Path) -> list[dict[str, Any]]:
+    """Parse a block of lines in one call; line by line only to skip blanks or name an error."""
+    try:
+        records = json.loads("[" + ",".join(lines) + "]")
+    except ValueError:
+        records = None
+    # A blank line fails the block; two values on one line, or one object spread over
+    # lines, parse into the wrong number of records.
+    if records is not None and len(records) == len(lines):
+        if all(isinstance(record, dict) for record in records):
+            return records
+    return [
+        _parse_json_line(line, number, path)
+        for number, line in enumerate(lines, start=first_line)
+        if line.strip()
+    ]
+
+
+def _parse_json_line(line: str, number: int, path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise DataError(
+            f"{path}: line {number} is not valid JSON ({exc}): {_clip(line)}; "
+            "each line must hold one JSON object"
+        ) from None
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{path}: line {number} holds a JSON {type(record).__name__}, not an object: "
+            f'{_clip(line)}; each line must hold one object such as {{"a": 1.5, "b": 2}}'
+        )
+    return record
+
+
+class _ParquetSource:
+    """Parquet in record batches of the needed columns only; types and row count come from
+    the footer, so opening reads no rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            metadata = pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable(path, "Parquet", str(exc)) from None
+        self.total_rows: int | None = metadata.num_rows
+        self._schema = metadata.schema.to_arrow_schema()
+
+    def dtypes(self) -> pd.Series | None:
+        return self._schema.empty_table().to_pandas().dtypes if self.total_rows else None
+
+    def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+        try:
+            with pq.ParquetFile(self.path) as file:
+                for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
+                    if batch.num_rows:
+                        yield batch.to_pandas()
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable(self.path, "Parquet", str(exc)) from None
+
+
+class _NpySource:
+    """A 2-D numeric ``.npy`` array, memory-mapped (never unpickled); columns x0, x1, ..."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._array = open_memmap(path, mode="r")
+        except (ValueError, OSError) as exc:
+            raise _unreadable(path, ".npy", str(exc)) from None
+        if self._array.ndim != 2 or self._array.dtype.kind not in "iuf":
+            raise DataError(
+                f"{path}: holds a {self._array.ndim}-D array of {self._array.dtype}; "
+                "a .npy input must be a 2-D array of numbers (rows x features)"
+            )
+        self.total_rows: int | None = self._array.shape[0]
+        self._names = [f"x{i}" for i in range(self._array.shape[1])]
+
+    def dtypes(self) -> pd.Series | None:
+        return pd.Series(self._array.dtype, index=self._names) if self.total_rows else None
+
+    def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+        for start in range(0, self._array.shape[0], chunk_rows):
+            frame = pd.DataFrame(self._array[start : start + chunk_rows], columns=self._names)
+            yield frame if columns is None else frame[columns]
+
+
+# --- Conversions and messages. ----------------------------------------------------------
+
+
+def _feature_matrix(
+    frame: pd.DataFrame, names: list[str], rows: np.ndarray, path: Path
+) -> np.ndarray:
+    """The features as float32; a value that is not a number stops with its column and row."""
+    matrix = np.empty((len(frame), len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        column = frame[name]
+        if not pd.api.types.is_numeric_dtype(column.dtype):
+            numbers = pd.to_numeric(column, errors="coerce")
+            bad = (numbers.isna() & column.notna()).to_numpy()
+            if bad.any():
+                raise DataError(
+                    f"{path}: column {name!r} is not numeric: "
+                    f"{_examples(rows[bad], column[bad])}; fix the values or leave "
+                    "the column out of the features"
+                )
+            column = numbers
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf: reported later
+            matrix[:, j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    return matrix
+
+
+def _labels(column: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:
+    """0/1 labels from numbers, booleans or the words true/false; anything else stops."""
+    if pd.api.types.is_numeric_dtype(column.dtype):  # booleans included
+        numbers = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        words = column.astype(str).str.strip().str.lower().map(_LABEL_WORDS)
+        numbers = words.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isin(numbers, (0.0, 1.0))
+    if bad.any():
+        raise DataError(
+            f"{path}: label column {column.name!r} must hold 0/1 or true/false: "
+            f"{_examples(rows[bad], column[bad])}; fix or remove those rows"
+        )
+    return numbers.astype(np.int8)
+
+
+def _examples(rows: np.ndarray, values: pd.Series) -> str:
+    """E.g. "row 4 has 'abc', row 9 has no value and at least 2 more" (from one chunk)."""
+    shown = [
+        f"row {row} has {_show(value)}"
+        for row, value in zip(rows[:_LISTED_VALUES], values.iloc[:_LISTED_VALUES], strict=True)
+    ]
+    more = len(rows) - len(shown)
+    return ", ".join(shown) + (f" and at least {more} more" if more else "")
+
+
+def _show(value: object) -> str:
+    if pd.api.types.is_scalar(value) and pd.isna(value):
+        return "no value"
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _bad_columns(values: np.ndarray, names: Sequence[str]) -> str:
+    """One row's non-finite values, e.g. "column 'b' is NaN, column 'c' is inf"."""
+    bad = np.flatnonzero(~np.isfinite(values))
+    shown = [
+        f"column {names[j]!r} is {'NaN' if np.isnan(values[j]) else float(values[j])}"
+        for j in bad[:_LISTED_VALUES]
+    ]
+    more = len(bad) - len(shown)
+    return ", ".join(shown) + (f" and {more} more columns" if more else "")
+
+
+def _quoted(names: Sequence[str] | pd.Index, limit: int = 20) -> str:
+    shown = ", ".join(repr(name) for name in list(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _clip(line: str, width: int = 80) -> str:
+    line = line.rstrip("\r\n")
+    return repr(line if len(line) <= width else line[:width] + "...")
+
+
+def _unreadable(path: Path, kind: str, detail: str) -> DataError:
+    return DataError(
+        f"{path}: cannot be read as {kind} ({detail}); check that it is a {kind} file "
+        "and was fully written"
+    )
+
+
+def _format_of(path: Path, formats: dict[str, str], action: str) -> str:
+    name = path.name.lower()
+    for suffix, kind in formats.items():
+        if name.endswith(suffix):
+            return kind
+    found = repr("".join(path.suffixes)) if path.suffix else "a file without an extension"
+    raise DataError(f"{path}: cannot {action} {found}; supported extensions: {', '.join(formats)}")
+
+
+def _open_text(path: Path, mode: str) -> TextIO:
+    """UTF-8 text, gzipped when the name ends in .gz."""
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, mode + "t", encoding="utf-8", newline="")
+    return path.open(mode, encoding="utf-8", newline="")

@@ -1,0 +1,155 @@
+"""The ``anomaly`` command line: a thin shell over the library.
+
+Each verb parses its options, calls one library function and prints. Errors the user can
+fix (``anomaly.AnomalyError``) are one line on stderr and exit code 2; click's usage errors
+also exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from anomaly.errors import AnomalyError
+
+EXIT_BAD_INPUT = 2
+
+
+def _config(path: str | None, **sections):
+    from anomaly.config import Config
+
+    config = Config.from_toml(path) if path else Config()
+    return config.updated(**{k: v for k, v in sections.items() if v})
+
+
+def _features(value: str | None) -> list[str] | None:
+    return [name.strip() for name in value.split(",") if name.strip()] if value else None
+
+
+class _Group(click.Group):
+    """Turns ``AnomalyError`` into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except AnomalyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """GAN-based anomaly detection: train on normal data, score files, serve a Kafka stream."""
+
+
+_on_invalid = click.option(
+    "--on-invalid",
+    type=click.Choice(["error", "skip"]),
+    default=None,
+    help="Rows with NaN/inf: stop with their row numbers (default), or write them to "
+    "OUT.rejects.csv and go on.",
+)
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="CSV, Parquet, JSON lines or .npy file.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model bundle directory to write.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+@click.option("--features", help="Comma-separated feature columns (default: every numeric column).")
+@click.option("--label-column", help="Train only on rows whose label is 0/false.")
+@click.option("--id-column", help="Record id column (excluded from features).")
+@click.option("--entity-column", help="Time-series mode: column that separates series.")
+@click.option("--window", type=int, help="Time-series mode: sliding-window length.")
+@click.option("--steps", type=int, help="Generator updates (training length).")
+@click.option("--seed", type=int, help="Random seed.")
+@_on_invalid
+def train(data, out, config_path, features, label_column, id_column, entity_column, window, steps, seed, on_invalid):
+    """Train a detector on the normal rows of DATA and save it to OUT."""
+    from anomaly.files import train_file
+
+    config = _config(
+        config_path,
+        data={
+            "features": _features(features),
+            "label_column": label_column,
+            "id_column": id_column,
+            "entity_column": entity_column,
+            "on_invalid": on_invalid,
+        },
+        model={"window": window},
+        training={"steps": steps, "seed": seed, "verbose": 1},
+    )
+    detector, summary = train_file(data, out, config)
+    click.echo(
+        f"trained on {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s; "
+        f"threshold {detector.threshold:.4g} (target FPR {config.scoring.target_fpr:.2%})"
+    )
+    for warning in detector.health["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    if summary.rejects:
+        click.echo(f"{summary.rows_rejected} rows rejected -> {summary.rejects}")
+    click.echo(f"model {detector.version} -> {summary.output}")
+
+
+@cli.command()
+@click.option("--model", required=True, type=click.Path(file_okay=False), help="Model bundle directory.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="File to score.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .csv, .parquet or .jsonl.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@_on_invalid
+def score(model, data, out, progress, on_invalid):
+    """Score every row of DATA into OUT, keeping row order and the id column."""
+    import anomaly
+    from anomaly.files import score_file
+
+    summary = score_file(anomaly.load(model), data, out, on_invalid=on_invalid, progress=progress)
+    click.echo(
+        f"scored {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s: "
+        f"{summary.anomalies} flagged -> {summary.output}"
+    )
+    if summary.rejects:
+        click.echo(f"{summary.rows_rejected} rows rejected -> {summary.rejects}")
+
+
+@cli.command()
+@click.option("--model", required=True, type=click.Path(file_okay=False), help="Model bundle directory.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled file.")
+@click.option("--label-column", required=True, help="Column with 1 for anomalies, 0 for normal.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write plots and report.md here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_on_invalid
+def evaluate(model, data, label_column, report_dir, as_json, on_invalid):
+    """Measure detection quality on labelled DATA."""
+    import anomaly
+    from anomaly.evaluation import evaluate_file
+
+    result = evaluate_file(
+        anomaly.load(model), data, label_column, report_dir=report_dir, on_invalid=on_invalid
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        for name, value in result.to_json().items():
+            click.echo(f"{name:<22}{value:>12.4f}" if isinstance(value, float) else f"{name:<22}{value:>12}")
+    if report_dir:
+        click.echo(f"report -> {Path(report_dir) / 'report.md'}", err=as_json)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(file_okay=False))
+def info(model):
+    """Show what a model bundle holds."""
+    import anomaly
+
+    click.echo(json.dumps(anomaly.load(model).describe(), indent=2, default=str))
+
+
+def main() -> None:
+    cli(prog_name="anomaly")
+
+
+if __name__ == "__main__":
+    main()
