@@ -224,7 +224,7 @@ def score_file(
     out = Path(out)
     on_invalid = on_invalid or detector.config.data.on_invalid
     rejects = _Rejects(rejects_path(out), detector.feature_names)
-    partial = out.with_name(f".{out.name}.partial{out.suffix}")
+    partial = out.with_name(f".partial-{out.name}")
     read = scored = flagged = 0
     try:
         with io.ResultWriter(partial) as writer:
