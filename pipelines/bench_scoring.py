@@ -57,17 +57,21 @@ def bare_forward(detector: Detector):
     raise SystemExit(f"no bare baseline for backend {backend}")
 
 
-def rows_per_second(fn, x: np.ndarray, repeats: int) -> float:
-    fn(x)  # compile / warm up
-    fn(x)
-    budget = max(1, int(20_000 / len(x)))  # enough calls per repeat to time small batches
-    timings = []
+def paired_rows_per_second(engine, bare, x: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Median rows/s of the engine and the bare pass, timed in alternation so that load
+    from anything else on the machine hits both alike."""
+    for fn in (engine, bare):  # compile and warm up
+        fn(x)
+        fn(x)
+    calls = max(1, int(20_000 / len(x)))  # enough calls per timing for small batches
+    timings = {engine: [], bare: []}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(budget):
-            fn(x)
-        timings.append((time.perf_counter() - start) / budget)
-    return len(x) / statistics.median(timings)
+        for fn in (engine, bare):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn(x)
+            timings[fn].append((time.perf_counter() - start) / calls)
+    return tuple(len(x) / statistics.median(timings[fn]) for fn in (engine, bare))
 
 
 def train_probe_model(n_features: int, directory: str) -> Detector:
@@ -102,8 +106,7 @@ def main() -> None:
         for batch in BATCH_SIZES:
             x = rng.normal(size=(batch, *shape)).astype(np.float32)
             detector.engine.batch_size = max(batch, detector.engine.batch_size)
-            engine = rows_per_second(detector.score, x, args.repeats)
-            baseline = rows_per_second(bare, x, args.repeats)
+            engine, baseline = paired_rows_per_second(detector.score, bare, x, args.repeats)
             print(f"{batch:>6} {engine:>14,.0f} {baseline:>12,.0f} {engine / baseline:>10.0%}")
 
 
