@@ -106,12 +106,10 @@ class ScoringConfig(_Section):
     """False-positive rate on held-out normal data that the threshold is calibrated to."""
     top_features: int = Field(3, ge=0)
     """How many features with the largest residuals explain each record."""
-    latent_neighbours: int = Field(5, ge=1)
-    """k of the k-nearest-neighbour distance to training latents (``latent`` component)."""
     latent_reference_size: int = Field(256, ge=16)
-    """Training latents kept in the bundle as the neighbour reference. The distance matrix
-    to them is the costliest part of scoring after the networks: 256 kept the engine at
-    over 80 % of the bare networks' throughput (see pipelines/bench_scoring.py)."""
+    """Training latents kept in the bundle; the ``latent`` component is the distance to the
+    nearest of them. Its distance matrix is the costliest part of scoring after the
+    networks, so it is kept small (see pipelines/bench_scoring.py)."""
     refine_steps: int = Field(0, ge=0)
     """AnoGAN-style refinement: gradient steps on z from E(x) before measuring residuals
     (offline use; 0 turns it off)."""
@@ -134,6 +132,8 @@ class ScoringConfig(_Section):
 class ServeConfig(_Section):
     """The Kafka scoring service; every key can also come from ``ANOMALY_SERVE_<KEY>``."""
 
+    model: str | None = None
+    """Model bundle directory to serve (``anomaly serve --model``)."""
     bootstrap_servers: str = "127.0.0.1:9092"
     input_topic: str = "records"
     output_topic: str = "scores"
@@ -142,6 +142,8 @@ class ServeConfig(_Section):
     group_id: str = "anomaly-scorer"
     metrics_port: int = Field(9108, ge=0, le=65535)
     """Port of the /metrics, /healthz and /readyz endpoint; 0 picks a free one."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics endpoint listens on (all interfaces, for Prometheus scrapes)."""
     max_batch_size: int = Field(512, ge=1)
     max_wait_ms: int = Field(20, ge=0)
     """Longest a record waits for its micro-batch to fill."""
@@ -151,6 +153,14 @@ class ServeConfig(_Section):
     fetch_max_wait_ms: int = Field(20, ge=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    commit_interval_ms: int = Field(100, ge=0)
+    """Shortest time between offset commits (always after the results are acknowledged);
+    0 commits after every batch. Longer means fewer commits, more re-scored after a crash."""
+    linger_ms: int = Field(5, ge=0)
+    """How long the producer waits to fill a request with results."""
+    max_entities: int = Field(100_000, ge=1)
+    """Time-series mode: entities (Kafka keys) whose partial window is kept; the oldest
+    seen is dropped beyond it and starts a new window."""
 
 
 class Config(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +41,23 @@ class ScoreResult:
     """Each standardised component by name (see ``anomaly.scoring``)."""
     feature_residuals: np.ndarray
     """Squared residual per feature (n, d), in standardised units."""
-    top_feature_index: np.ndarray
-    """Indices (n, k) of the features that drove each record's residual, largest first."""
-    top_feature_residuals: np.ndarray
     feature_names: list[str]
     threshold: float
+    explain: int
+    """How many top features ``top_features`` names per record."""
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    @cached_property
+    def top_feature_index(self) -> np.ndarray:
+        """Indices (n, k) of the features with the largest residuals, largest first."""
+        k = min(self.explain, self.feature_residuals.shape[1])
+        if k == 0:
+            return np.empty((len(self), 0), np.int64)
+        top = np.argpartition(-self.feature_residuals, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(self.feature_residuals, top, axis=1), axis=1)
+        return np.take_along_axis(top, order, axis=1)
 
     @property
     def top_features(self) -> list[list[str]]:
@@ -87,17 +97,15 @@ class Detector:
         """
         x = self.check_records(x)
         out = self.engine.score(x)
-        no_top = np.empty((len(x), 0))
         return ScoreResult(
             scores=out["score"].astype(np.float64),
             is_anomaly=out["is_anomaly"].astype(bool),
             percentiles=out["percentile"].astype(np.float64),
             components={name: out[f"component_{name}"].astype(np.float64) for name in COMPONENTS},
             feature_residuals=out["feature_residuals"],
-            top_feature_index=out.get("top_feature_index", no_top.astype(np.int32)),
-            top_feature_residuals=out.get("top_feature_residual", no_top),
             feature_names=self.schema.feature_names,
             threshold=self.threshold,
+            explain=self.engine.params.top_features,
         )
 
     def check_records(self, x) -> np.ndarray:

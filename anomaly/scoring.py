@@ -8,12 +8,14 @@ few gradient steps, AnoGAN-style), x' = G(z), then four components, each a numbe
 ``critic``          the critic's verdict on x as a deviation from its behaviour on normal
                     data: two-sided for the Wasserstein critic (whose raw output does not
                     rank anomalies monotonically), one-sided "looks fake" for BiGAN
-``latent``          mean distance from E(x) to its k nearest training latents
+``latent``          distance from E(x) to the nearest of a sample of training latents
 
 Each component is standardised with a robust location and scale (median and IQR/1.349)
 measured on held-out normal data; the anomaly score is their weighted sum. A record is
 flagged when its score exceeds the threshold calibrated at the target false-positive rate,
-and gets a percentile against held-out normal scores and its top residual features.
+and gets a percentile against held-out normal scores; its per-feature residuals say which
+features drove it (``ScoreResult.top_features`` ranks them on access, outside the compiled
+pass, so callers who do not read explanations do not pay for a top-k).
 
 Everything here is ``keras.ops``; ``anomaly._compile`` compiles it per backend.
 """
@@ -42,7 +44,6 @@ class ScoringParams:
     weights: dict[str, float]
     target_fpr: float
     top_features: int
-    latent_neighbours: int
     refine_steps: int
     refine_learning_rate: float
     location: dict[str, float] = field(default_factory=dict)
@@ -105,9 +106,8 @@ class ScoringEngine:
         return self._run("raw", x)
 
     def score(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Score a batch: ``score``, ``is_anomaly``, ``percentile``, ``component_<name>``,
-        ``feature_residuals`` (n, d), ``top_feature_index`` and ``top_feature_residual`` (n, k).
-        """
+        """Score a batch: ``score``, ``is_anomaly``, ``percentile``, ``component_<name>`` and
+        ``feature_residuals`` (n, d)."""
         if not self.params.calibrated:
             raise RuntimeError("scoring parameters are not calibrated")
         return self._run("score", x)
@@ -132,7 +132,7 @@ class ScoringEngine:
 
     def _score_graph(self, call, grad, x_raw):
         raw = self._components(call, grad, x_raw)
-        return {**combine(raw, self.params), **_explain(raw["feature_residuals"], self.params)}
+        return {**combine(raw, self.params), "feature_residuals": raw["feature_residuals"]}
 
     def _components(self, call, grad, x_raw):
         s = self.standardizer
@@ -152,7 +152,7 @@ class ScoringEngine:
             "reconstruction": ops.mean(per_feature, axis=-1),
             "feature": ops.mean(ops.square(features - rec_features), axis=-1),
             "critic": -verdict,
-            "latent": _knn_distance(z, self.latent_reference, self.params.latent_neighbours),
+            "latent": _nearest_distance(z, self.latent_reference),
             "feature_residuals": per_feature,
             "latent_code": z,
         }
@@ -189,25 +189,15 @@ def combine(raw: dict, params: ScoringParams) -> dict:
     }
 
 
-def _explain(per_feature, params: ScoringParams) -> dict:
-    k = min(params.top_features, int(per_feature.shape[-1]))
-    if k == 0:
-        return {"feature_residuals": per_feature}
-    values, indices = ops.top_k(per_feature, k)
-    return {"feature_residuals": per_feature, "top_feature_index": indices, "top_feature_residual": values}
-
-
-def _knn_distance(z, reference: np.ndarray, k: int):
-    """Mean Euclidean distance from each code to its k nearest reference codes."""
+def _nearest_distance(z, reference: np.ndarray):
+    """Euclidean distance from each code to its nearest reference code."""
     ref = ops.convert_to_tensor(reference)
     squared = (
         ops.sum(ops.square(z), axis=1, keepdims=True)
         - 2.0 * ops.matmul(z, ops.transpose(ref))
         + ops.sum(ops.square(ref), axis=1)[None, :]
     )
-    k = min(k, reference.shape[0])
-    nearest, _ = ops.top_k(-squared, k)
-    return ops.mean(ops.sqrt(ops.maximum(-nearest, 0.0)), axis=1)
+    return ops.sqrt(ops.maximum(ops.min(squared, axis=1), 0.0))
 
 
 def robust_location_scale(values: np.ndarray) -> tuple[float, float]:

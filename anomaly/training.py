@@ -166,7 +166,6 @@ def _initial_params(config: Config) -> ScoringParams:
         weights=dict(s.weights),
         target_fpr=s.target_fpr,
         top_features=s.top_features,
-        latent_neighbours=s.latent_neighbours,
         refine_steps=s.refine_steps,
         refine_learning_rate=s.refine_learning_rate,
     )

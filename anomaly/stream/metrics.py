@@ -1,0 +1,205 @@
+"""The service's Prometheus metrics, in a registry of its own per service instance.
+
+The names are a contract: the alert rules in ``deploy/prometheus/alerts.yml`` are written
+against them. Counters end in ``_total``, durations are in seconds, and the only labels are
+small fixed sets (rejection reason, input topic and partition, model version).
+
+Per-record histograms are filled a whole batch at a time (``BatchHistogram``: one NumPy
+``searchsorted`` per batch instead of one locked ``observe`` per record), so metrics cost
+the scoring loop microseconds per batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from anomaly.stream.messages import REASONS
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+END_TO_END_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+#: Score buckets as multiples of the model's threshold (so ``le`` = threshold is a bucket).
+SCORE_BUCKET_RATIOS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram observed with arrays of values at once."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ):
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.asarray(sorted(set(float(b) for b in buckets)), dtype=np.float64)
+        self._counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # last: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, values) -> None:
+        """Observe each value of an array (or one number)."""
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if not len(values):
+            return
+        counts = np.bincount(
+            np.searchsorted(self.bounds, values, side="left"), minlength=len(self._counts)
+        )
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def observe_repeated(self, value: float, count: int) -> None:
+        """Observe ``value`` ``count`` times (e.g. one batch's latency for each record)."""
+        if count <= 0:
+            return
+        index = int(np.searchsorted(self.bounds, value, side="left"))
+        with self._lock:
+            self._counts[index] += count
+            self._sum += value * count
+
+    def snapshot(self) -> tuple[int, float]:
+        """(count, sum) observed so far."""
+        with self._lock:
+            return int(self._counts.sum()), self._sum
+
+    def describe(self):
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self):
+        with self._lock:
+            cumulative = np.cumsum(self._counts).tolist()
+            total = self._sum
+        buckets = [
+            (floatToGoString(b), c) for b, c in zip(self.bounds.tolist(), cumulative, strict=False)
+        ]
+        buckets.append(("+Inf", cumulative[-1]))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], buckets, total)
+        yield family
+
+
+class ServiceMetrics:
+    """Every metric the scoring service exports, registered in ``self.registry``."""
+
+    def __init__(
+        self,
+        *,
+        model_version: str,
+        formulation: str,
+        threshold: float,
+        target_fpr: float,
+        max_batch_size: int,
+    ):
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.consumed = Counter(
+            "anomaly_records_consumed_total",
+            "Records read from the input topic.",
+            registry=registry,
+        )
+        self.scored = Counter(
+            "anomaly_records_scored_total",
+            "Records scored by the model (in time-series mode: records that completed a window).",
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "anomaly_records_rejected_total",
+            "Records rejected and written to the dead-letter topic, by reason "
+            "(not_json, bad_schema, wrong_features, bad_type, non_finite, too_large).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in REASONS:
+            self.rejected.labels(reason)
+        self.flagged = Counter(
+            "anomaly_anomalies_flagged_total",
+            "Scored records flagged as anomalies.",
+            registry=registry,
+        )
+        ratios = SCORE_BUCKET_RATIOS if threshold > 0 else (0.0,)
+        self.record_score = BatchHistogram(
+            "anomaly_record_score",
+            "Anomaly score of each scored record; buckets are multiples of the model's threshold "
+            f"({threshold:.6g}), so le equal to it counts the records under the threshold.",
+            [0.0, *(r * threshold for r in ratios)] if threshold > 0 else [0.0, 1.0, 10.0, 100.0],
+            registry,
+        )
+        self.batch_size = BatchHistogram(
+            "anomaly_batch_size_records",
+            "Records per micro-batch taken from the input topic.",
+            _powers_of_two(max_batch_size),
+            registry,
+        )
+        self.processing_latency = BatchHistogram(
+            "anomaly_processing_latency_seconds",
+            "Per record: time from the consumer handing it over to its result being handed to "
+            "the producer (decode, score, encode and send of its micro-batch).",
+            LATENCY_BUCKETS,
+            registry,
+        )
+        self.end_to_end_latency = BatchHistogram(
+            "anomaly_end_to_end_latency_seconds",
+            "Per record: time from the input record's Kafka timestamp to its result being "
+            "acknowledged by Kafka.",
+            END_TO_END_BUCKETS,
+            registry,
+        )
+        self.lag = Gauge(
+            "anomaly_consumer_lag_records",
+            "Records in the input partition after the last one consumed (high watermark minus "
+            "position), per assigned partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.last_commit = Gauge(
+            "anomaly_last_commit_timestamp_seconds",
+            "Unix time of the last successful offset commit (0: none yet).",
+            registry=registry,
+        )
+        self.model_info = Info("anomaly_model", "The model being served.", registry=registry)
+        self.model_info.info({"model_version": model_version, "formulation": formulation})
+        self.threshold = Gauge(
+            "anomaly_model_threshold", "Score above which a record is flagged.", registry=registry
+        )
+        self.threshold.set(threshold)
+        self.target_fpr = Gauge(
+            "anomaly_model_target_false_positive_rate",
+            "False-positive rate on normal data that the threshold was calibrated for.",
+            registry=registry,
+        )
+        self.target_fpr.set(target_fpr)
+        self.backpressure_pauses = Counter(
+            "anomaly_backpressure_pauses_total",
+            "Times the input partitions were paused because too many results were unacknowledged.",
+            registry=registry,
+        )
+
+
+def _powers_of_two(limit: int) -> list[float]:
+    bounds, b = [], 1
+    while b < limit:
+        bounds.append(float(b))
+        b *= 2
+    bounds.append(float(limit))
+    return bounds

@@ -1,0 +1,63 @@
+"""Time-series state of the stream: one sliding window per Kafka key.
+
+Records of each key (the entity) are windowed in the order they arrive, across batches, with
+``anomaly.windows.WindowBuffer``; a record is scored once it completes a window of the model's
+length. State is bounded: beyond ``max_entities`` keys the key seen first is dropped (its next
+record starts a new window).
+
+Window state lives in the process and is not checkpointed. When partitions are revoked in a
+rebalance, the state of their keys is dropped: the new owner starts their windows afresh,
+from the committed offset, so for each moved key the first ``window - 1`` records it reads
+get ``window_complete: false`` results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from anomaly.windows import WindowBuffer
+
+
+class KeyedWindows:
+    """Sliding windows per Kafka key, remembering which partition each key came from."""
+
+    def __init__(self, length: int, n_features: int, max_entities: int):
+        self.length = length
+        self.max_entities = max_entities
+        self._buffer = WindowBuffer(length, n_features, max_entities)
+        # Mirrors the buffer's keys in the same first-seen order, so it evicts the same ones.
+        self._partition_of: dict[bytes, int] = {}
+
+    def push(
+        self, rows: np.ndarray, keys: list[bytes | None], partitions: list[int]
+    ) -> tuple[np.ndarray, list[int]]:
+        """Add a batch's rows; return the windows completed and the positions (in the batch)
+        of the rows that completed them."""
+        if not len(rows):
+            return np.empty((0, self.length, rows.shape[1]), np.float32), []
+        entities = np.empty(len(keys), dtype=object)
+        entities[:] = [b"" if key is None else key for key in keys]
+        known = self._partition_of
+        for entity, partition in zip(entities.tolist(), partitions, strict=True):
+            if entity in known:
+                known[entity] = partition
+            else:
+                known[entity] = partition
+                if len(known) > self.max_entities:
+                    known.pop(next(iter(known)))
+        windows, positions = self._buffer.push(rows, entities)
+        return windows, positions.tolist()
+
+    def forget_partitions(self, partitions: Iterable[int]) -> int:
+        """Drop the state of every key last seen on one of ``partitions``; return how many."""
+        partitions = set(partitions)
+        keys = [key for key, partition in self._partition_of.items() if partition in partitions]
+        self._buffer.forget(keys)
+        for key in keys:
+            del self._partition_of[key]
+        return len(keys)
+
+    def __len__(self) -> int:
+        return len(self._partition_of)
