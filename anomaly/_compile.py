@@ -71,7 +71,9 @@ def _jax(graph, networks):
     def run_graph(state, x):
         def call(name, inputs):
             trainable, non_trainable = state[name]
-            outputs, _ = networks[name].stateless_call(trainable, non_trainable, inputs, training=False)
+            outputs, _ = networks[name].stateless_call(
+                trainable, non_trainable, inputs, training=False
+            )
             return outputs
 
         return graph(call, lambda f, z: jax.grad(f)(z), x)

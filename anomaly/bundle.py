@@ -68,9 +68,13 @@ def load_bundle(path: str | os.PathLike[str]) -> BundleContents:
     networks = {}
     for name in NETWORKS:
         try:
-            networks[name] = keras.saving.load_model(path / f"{name}.keras", compile=False, safe_mode=True)
+            networks[name] = keras.saving.load_model(
+                path / f"{name}.keras", compile=False, safe_mode=True
+            )
         except Exception as exc:  # Keras raises many types for a bad archive
-            raise BundleError(f"{path / (name + '.keras')}: cannot be loaded as a Keras model: {exc}") from None
+            raise BundleError(
+                f"{path / (name + '.keras')}: cannot be loaded as a Keras model: {exc}"
+            ) from None
     parts = {name: _read_json(path / f"{name}.json") for name in JSON_PARTS}
     try:
         reference = np.load(path / LATENT_REFERENCE, allow_pickle=False)
@@ -87,9 +91,12 @@ def verify_bundle(path: Path) -> dict:
     version = manifest.get("bundle_version")
     if version != BUNDLE_VERSION:
         raise BundleError(
-            f"{path}: unknown bundle version {version!r}; this package reads version {BUNDLE_VERSION}"
+            f"{path}: unknown bundle version {version!r}; "
+            f"this package reads version {BUNDLE_VERSION}"
         )
-    expected = {f"{n}.keras" for n in NETWORKS} | {f"{n}.json" for n in JSON_PARTS} | {LATENT_REFERENCE}
+    expected = (
+        {f"{n}.keras" for n in NETWORKS} | {f"{n}.json" for n in JSON_PARTS} | {LATENT_REFERENCE}
+    )
     listed = manifest.get("files", {})
     missing_from_manifest = sorted(expected - set(listed))
     if missing_from_manifest:

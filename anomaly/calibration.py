@@ -31,7 +31,9 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
         location={name: loc for name, (loc, _) in stats.items()},
         scale={name: scale for name, (_, scale) in stats.items()},
     )
-    scores = ops.convert_to_numpy(weighted_score(standardise(raw, params), params)).astype(np.float64)
+    scores = ops.convert_to_numpy(weighted_score(standardise(raw, params), params)).astype(
+        np.float64
+    )
     threshold = float(np.quantile(scores, 1.0 - params.target_fpr, method="higher"))
     reference = np.quantile(scores, np.linspace(0.0, 1.0, REFERENCE_QUANTILES))
     return replace(params, threshold=threshold, reference_scores=[float(v) for v in reference])

@@ -99,7 +99,12 @@ class ScoringConfig(_Section):
     """How components become one score, and the score a flag."""
 
     weights: dict[str, float] = Field(
-        default_factory=lambda: {"reconstruction": 1.0, "feature": 1.0, "critic": 0.0, "latent": 1.0}
+        default_factory=lambda: {
+            "reconstruction": 1.0,
+            "feature": 1.0,
+            "critic": 0.0,
+            "latent": 1.0,
+        }
     )
     """Weight of each standardised component in the anomaly score."""
     target_fpr: float = Field(0.01, gt=0, lt=1)

@@ -67,9 +67,11 @@ class ScoreResult:
 
 
 class Detector:
-    """A trained GAN anomaly detector: ``score`` arrays, ``save`` to a bundle, ``anomaly.load`` back."""
+    """A trained GAN anomaly detector: ``score`` arrays, ``save`` a bundle, ``load`` it back."""
 
-    def __init__(self, engine: ScoringEngine, schema: Schema, config: Config, metadata: dict, health: dict):
+    def __init__(
+        self, engine: ScoringEngine, schema: Schema, config: Config, metadata: dict, health: dict
+    ):
         self.engine = engine
         self.schema = schema
         self.config = config
@@ -129,7 +131,9 @@ class Detector:
             rows = np.flatnonzero(bad)
             listed = ", ".join(str(r) for r in rows[:10])
             more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
-            raise DataError(f"{len(rows)} record(s) hold NaN or infinite values: index {listed}{more}")
+            raise DataError(
+                f"{len(rows)} record(s) hold NaN or infinite values: index {listed}{more}"
+            )
         return x
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -8,7 +8,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from anomaly.detector import Detector
 from anomaly.errors import DataError
@@ -40,7 +45,9 @@ def evaluate_scores(labels: np.ndarray, scores: np.ndarray, threshold: float) ->
     labels = np.asarray(labels).astype(int)
     if labels.min() == labels.max():
         only = "anomalies" if labels[0] else "normal records"
-        raise DataError(f"evaluation needs both normal and anomalous records; the data holds only {only}")
+        raise DataError(
+            f"evaluation needs both normal and anomalous records; the data holds only {only}"
+        )
     precision, recall, cuts = precision_recall_curve(labels, scores)
     f1s = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.argmax(f1s[:-1]))
@@ -77,10 +84,17 @@ def evaluate_file(
     """Score a labelled file and measure detection quality; with ``report_dir``, also write
     ``metrics.json``, PNG plots and ``report.md`` there."""
     on_invalid = on_invalid or detector.config.data.on_invalid
-    rejects = _Rejects(rejects_path(Path(report_dir or ".") / Path(data).name), detector.feature_names)
+    rejects = _Rejects(
+        rejects_path(Path(report_dir or ".") / Path(data).name), detector.feature_names
+    )
     labels, scores = [], []
     for chunk, valid, frame in iter_scored(
-        detector, data, on_invalid=on_invalid, rejects=rejects, label_column=label_column, progress=progress
+        detector,
+        data,
+        on_invalid=on_invalid,
+        rejects=rejects,
+        label_column=label_column,
+        progress=progress,
     ):
         if chunk.labels is None:
             raise DataError(f"{data}: no label column {label_column!r}")
@@ -97,7 +111,9 @@ def evaluate_file(
     return result
 
 
-def write_report(directory: Path, result: Evaluation, labels, scores, detector: Detector, data: str) -> None:
+def write_report(
+    directory: Path, result: Evaluation, labels, scores, detector: Detector, data: str
+) -> None:
     """metrics.json, scores.png (distributions), roc.png, pr.png and report.md."""
     import matplotlib
 
@@ -130,11 +146,15 @@ def write_report(directory: Path, result: Evaluation, labels, scores, detector: 
         fig.savefig(directory / f"{name}.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
 
-    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.to_json().items())
+    rows = "\n".join(
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+        for k, v in result.to_json().items()
+    )
     (directory / "report.md").write_text(
         f"# Evaluation of model {detector.version}\n\n"
         f"Data: `{data}`; formulation `{detector.engine.params.formulation}`; threshold calibrated "
-        f"at a {detector.engine.params.target_fpr:.2%} false-positive rate on held-out normal data.\n\n"
+        f"at a {detector.engine.params.target_fpr:.2%} false-positive rate on held-out normal "
+        "data.\n\n"
         f"| metric | value |\n| --- | ---: |\n{rows}\n\n"
         "![score distributions](scores.png)\n\n![ROC curve](roc.png) ![PR curve](pr.png)\n"
     )

@@ -73,17 +73,25 @@ class _Rejects:
         return self.path
 
 
-def _valid_rows(chunk: io.Chunk, path: PathLike, names: list[str], on_invalid: str, rejects: _Rejects):
+def _valid_rows(
+    chunk: io.Chunk, path: PathLike, names: list[str], on_invalid: str, rejects: _Rejects
+):
     """Mask of usable rows; invalid ones raise (``error``) or go to the rejects file (``skip``)."""
     invalid = io.find_invalid_rows(chunk.features)
     if invalid.any():
         if on_invalid == "error":
-            raise DataError(io.describe_invalid(chunk.row_numbers[invalid], chunk.features[invalid], names, path))
+            raise DataError(
+                io.describe_invalid(
+                    chunk.row_numbers[invalid], chunk.features[invalid], names, path
+                )
+            )
         rejects.add(chunk, invalid, "NaN or infinite feature value")
     return ~invalid
 
 
-def train_file(data: PathLike, out: PathLike, config: Config | None = None) -> tuple[Detector, RunSummary]:
+def train_file(
+    data: PathLike, out: PathLike, config: Config | None = None
+) -> tuple[Detector, RunSummary]:
     """Train on a file's normal rows (label 0 when a label column is configured), save the
     bundle to ``out`` and return the detector and a summary."""
     config = config or Config()
@@ -155,7 +163,12 @@ def iter_scored(
             if chunk.ids is not None:
                 frame.insert(1, cfg.id_column, chunk.ids[valid])
             if buffer is None:
-                _add_scores(frame, detector.score(rows) if len(rows) else None, np.arange(len(rows)), detector)
+                _add_scores(
+                    frame,
+                    detector.score(rows) if len(rows) else None,
+                    np.arange(len(rows)),
+                    detector,
+                )
             else:
                 entities = chunk.entities[valid] if chunk.entities is not None else None
                 windows, positions = buffer.push(rows, entities)
@@ -240,4 +253,6 @@ def score_file(
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
-    return RunSummary(read, scored, flagged, rejects.count, out, rejects.close(), time.perf_counter() - started)
+    return RunSummary(
+        read, scored, flagged, rejects.count, out, rejects.close(), time.perf_counter() - started
+    )

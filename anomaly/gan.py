@@ -134,7 +134,9 @@ class AnomalyGAN(keras.Model):
             _, real_features = self.critic(x, training=False)
             _, rec_features = self.critic(reconstruction, training=False)
             residual = _mean_square(x - reconstruction)
-            encoder_loss = residual + self.feature_weight * _mean_square(real_features - rec_features)
+            encoder_loss = residual + self.feature_weight * _mean_square(
+                real_features - rec_features
+            )
         _apply(tape, encoder_loss, self.encoder, self.encoder_optimizer)
         return critic_loss, generator_loss, encoder_loss, residual
 
@@ -147,7 +149,9 @@ class AnomalyGAN(keras.Model):
             tape.watch(mixed)
             verdict, _ = self.critic(mixed, training=True)
         grads = tape.gradient(verdict, mixed)
-        norms = ops.sqrt(ops.sum(ops.square(ops.reshape(grads, (ops.shape(grads)[0], -1))), axis=1) + 1e-12)
+        norms = ops.sqrt(
+            ops.sum(ops.square(ops.reshape(grads, (ops.shape(grads)[0], -1))), axis=1) + 1e-12
+        )
         return ops.mean(ops.square(norms - 1.0))
 
     # -- BiGAN with an x-cycle term ------------------------------------------------------

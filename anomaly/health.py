@@ -52,7 +52,9 @@ def assess(history: dict[str, list[float]], generated: np.ndarray, data: np.ndar
         )
     rec = losses.get("val_reconstruction") or losses.get("reconstruction") or []
     if len(rec) >= 3 and rec[-1] > rec[0]:
-        problems.append(f"reconstruction error rose during training ({rec[0]:.4g} -> {rec[-1]:.4g})")
+        problems.append(
+            f"reconstruction error rose during training ({rec[0]:.4g} -> {rec[-1]:.4g})"
+        )
     for problem in problems:
         warnings.warn(problem, TrainingWarning, stacklevel=3)
     return {

@@ -38,7 +38,11 @@ class Standardizer:
         return np.clip(standard, -self.clip_value, self.clip_value)
 
     def to_json(self) -> dict:
-        return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "clip_value": self.clip_value}
+        return {
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "clip_value": self.clip_value,
+        }
 
     @classmethod
     def from_json(cls, values: dict) -> Standardizer:

@@ -180,7 +180,9 @@ def combine(raw: dict, params: ScoringParams) -> dict:
     score = weighted_score(standard, params)
     reference = ops.convert_to_tensor(np.asarray(params.reference_scores, np.float32))
     rank = ops.searchsorted(reference, score, side="right")
-    percentile = ops.minimum(100.0 * ops.cast(rank, "float32") / float(len(params.reference_scores)), 100.0)
+    percentile = ops.minimum(
+        100.0 * ops.cast(rank, "float32") / float(len(params.reference_scores)), 100.0
+    )
     return {
         "score": score,
         "is_anomaly": score > params.threshold,

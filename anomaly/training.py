@@ -50,30 +50,40 @@ def train(
     config = config or Config()
     rows = np.asarray(rows, dtype=np.float32)
     if rows.ndim != 2:
-        raise TrainingError(f"training rows must be a 2-D array (records x features), got shape {rows.shape}")
+        raise TrainingError(
+            f"training rows must be a 2-D array (records x features), got shape {rows.shape}"
+        )
     feature_names = list(feature_names or [f"x{i}" for i in range(rows.shape[1])])
     if len(feature_names) != rows.shape[1]:
         raise TrainingError(f"{len(feature_names)} feature names for {rows.shape[1]} columns")
     if not np.isfinite(rows).all():
         bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-        raise TrainingError(f"training rows hold NaN or infinite values at index {bad[:10].tolist()}")
+        raise TrainingError(
+            f"training rows hold NaN or infinite values at index {bad[:10].tolist()}"
+        )
 
     started = time.perf_counter()
     keras.utils.set_random_seed(config.training.seed)
     records = _records(rows, config, entities)
     if len(records) < MIN_RECORDS:
-        raise TrainingError(f"{len(records)} normal records; at least {MIN_RECORDS} are needed to train")
+        raise TrainingError(
+            f"{len(records)} normal records; at least {MIN_RECORDS} are needed to train"
+        )
     fit_part, held_out = _split(records, config)
     standardizer = Standardizer.fit(fit_part, config.model.clip_value)
     x_fit, x_held = standardizer.transform(fit_part), standardizer.transform(held_out)
 
     model, history = _fit_gan(x_fit, x_held, config, callbacks or [])
     encoder, generator, critic = model.encoder, model.generator, model.critic
-    generated = keras.ops.convert_to_numpy(generator(keras.random.normal((512, model.latent_dim), seed=0)))
+    generated = keras.ops.convert_to_numpy(
+        generator(keras.random.normal((512, model.latent_dim), seed=0))
+    )
     report = health.assess(history, generated, x_fit)
 
     rng = np.random.default_rng(config.training.seed)
-    keep = rng.choice(len(x_fit), min(config.scoring.latent_reference_size, len(x_fit)), replace=False)
+    keep = rng.choice(
+        len(x_fit), min(config.scoring.latent_reference_size, len(x_fit)), replace=False
+    )
     latent_reference = keras.ops.convert_to_numpy(encoder(x_fit[np.sort(keep)]))
     engine = ScoringEngine(
         encoder,
@@ -119,7 +129,11 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks):
 
     t, m = config.training, config.model
     encoder, generator, critic = build_networks(
-        x_fit.shape[1:], _latent_dim(config, x_fit.shape[-1]), m.hidden_units, m.conv_filters, m.formulation
+        x_fit.shape[1:],
+        _latent_dim(config, x_fit.shape[-1]),
+        m.hidden_units,
+        m.conv_filters,
+        m.formulation,
     )
     model = AnomalyGAN(
         encoder,
@@ -133,7 +147,9 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks):
     )
     model.compile(learning_rate=t.learning_rate)
     batch_size = min(t.batch_size, len(x_fit))
-    steps_per_epoch = t.steps_per_epoch or max(_MIN_STEPS_PER_EPOCH, math.ceil(len(x_fit) / batch_size))
+    steps_per_epoch = t.steps_per_epoch or max(
+        _MIN_STEPS_PER_EPOCH, math.ceil(len(x_fit) / batch_size)
+    )
     steps_per_epoch = min(steps_per_epoch, t.steps)
     epochs = math.ceil(t.steps / steps_per_epoch)
     dataset = (
@@ -144,7 +160,10 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks):
         .prefetch(2)
     )
     stop = keras.callbacks.EarlyStopping(
-        monitor="val_reconstruction", mode="min", patience=t.early_stopping_patience, restore_best_weights=True
+        monitor="val_reconstruction",
+        mode="min",
+        patience=t.early_stopping_patience,
+        restore_best_weights=True,
     )
     fitted = model.fit(
         dataset,

@@ -30,7 +30,9 @@ class WindowBuffer:
         self.max_entities = max_entities
         self._tails: dict[Hashable, np.ndarray] = {}
 
-    def push(self, rows: np.ndarray, entities: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def push(
+        self, rows: np.ndarray, entities: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Add rows; return (windows, positions): one window for each row that completes
         one, and that row's position in ``rows``. Rows of an entity that has not yet seen
         ``length`` rows get no window."""

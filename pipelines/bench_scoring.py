@@ -47,7 +47,13 @@ def bare_forward(detector: Detector):
     if backend == "jax":
         import jax
 
-        state = {n: ([v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables]) for n, m in nets.items()}
+        state = {
+            n: (
+                [v.value for v in m.trainable_variables],
+                [v.value for v in m.non_trainable_variables],
+            )
+            for n, m in nets.items()
+        }
 
         def stateless(state, x):
             return forward(lambda n, i: nets[n].stateless_call(*state[n], i, training=False)[0], x)
@@ -85,11 +91,15 @@ def train_probe_model(n_features: int, directory: str) -> Detector:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", help="bundle to measure (default: train a small probe model)")
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--jit-compile", action="store_true", help="TensorFlow: compile the engine with XLA")
+    parser.add_argument(
+        "--jit-compile", action="store_true", help="TensorFlow: compile the engine with XLA"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,8 +109,10 @@ def main() -> None:
             detector = anomaly.load(tmp, jit_compile=args.jit_compile)
         bare = bare_forward(detector)
         shape = detector.schema.record_shape
-        print(f"backend={keras.backend.backend()} device={_device()} record_shape={shape} "
-              f"formulation={detector.engine.params.formulation} jit_compile={args.jit_compile}")
+        print(
+            f"backend={keras.backend.backend()} device={_device()} record_shape={shape} "
+            f"formulation={detector.engine.params.formulation} jit_compile={args.jit_compile}"
+        )
         print(f"{'batch':>6} {'engine rows/s':>14} {'bare rows/s':>12} {'engine/bare':>11}")
         rng = np.random.default_rng(1)
         for batch in BATCH_SIZES:

@@ -52,16 +52,25 @@ def run_offline(out: Path) -> anomaly.Detector:
     train_csv, score_csv = make_sample(out / "data")
     config = anomaly.Config().updated(data={"id_column": "id"}, training={"steps": 800})
     detector, summary = train_file(train_csv, out / "model", config)
-    print(f"trained on {summary.rows_scored} rows in {summary.seconds:.1f} s -> {summary.output} "
-          f"(model {detector.version}, threshold {detector.threshold:.3f})")
+    print(
+        f"trained on {summary.rows_scored} rows in {summary.seconds:.1f} s -> {summary.output} "
+        f"(model {detector.version}, threshold {detector.threshold:.3f})"
+    )
     scored = score_file(detector, score_csv, out / "scores.csv")
     print(f"scored {scored.rows_scored} rows: {scored.anomalies} flagged -> {scored.output}")
     frame = pd.read_csv(scored.output)
     flagged = frame[frame["is_anomaly"]].sort_values("score", ascending=False)
-    print(flagged[["row", "id", "score", "percentile", "top_features"]].head(10).to_string(index=False))
+    print(
+        flagged[["row", "id", "score", "percentile", "top_features"]]
+        .head(10)
+        .to_string(index=False)
+    )
     result = evaluate_file(detector, score_csv, "label", report_dir=out / "report")
-    print(f"against the injected labels: AUROC {result.auroc:.3f}, AUPRC {result.auprc:.3f}, "
-          f"precision {result.precision:.2f}, recall {result.recall:.2f} -> {out / 'report' / 'report.md'}")
+    print(
+        f"against the injected labels: AUROC {result.auroc:.3f}, AUPRC {result.auprc:.3f}, "
+        f"precision {result.precision:.2f}, recall {result.recall:.2f} "
+        f"-> {out / 'report' / 'report.md'}"
+    )
     return detector
 
 
