@@ -53,7 +53,7 @@ class AnomalyGAN(keras.Model):
         self.feature_weight = feature_weight
         self.seed = seed
         self.latent_dim = int(generator.inputs[0].shape[-1])
-        self._noise = keras.random.SeedGenerator(seed)
+        self._draws = keras.Variable(0, dtype="int64", trainable=False, name="random_draws")
         self.critic_loss_tracker = keras.metrics.Mean(name="critic_loss")
         self.generator_loss_tracker = keras.metrics.Mean(name="generator_loss")
         self.encoder_loss_tracker = keras.metrics.Mean(name="encoder_loss")
@@ -83,8 +83,15 @@ class AnomalyGAN(keras.Model):
         """Reconstruction G(E(x)): what scoring compares x with."""
         return self.generator(self.encoder(x, training=training), training=training)
 
+    def _next_seed(self):
+        """A fresh (seed, counter) pair per random draw. Stateless draws keyed by a counter
+        make seeded training reproducible: a shared seed generator's state was read in an
+        order that depended on TensorFlow's thread scheduling."""
+        self._draws.assign_add(1)
+        return tf.stack([tf.constant(self.seed, tf.int64), tf.convert_to_tensor(self._draws)])
+
     def _sample_z(self, batch_size):
-        return keras.random.normal((batch_size, self.latent_dim), seed=self._noise)
+        return tf.random.stateless_normal((batch_size, self.latent_dim), seed=self._next_seed())
 
     def _verdict(self, x, z, training):
         inputs = [x, z] if self.formulation == "bigan" else x
@@ -143,7 +150,7 @@ class AnomalyGAN(keras.Model):
     def _gradient_penalty(self, real, fake):
         """Penalise critic gradients whose norm strays from 1 on real-fake interpolates."""
         shape = [ops.shape(real)[0]] + [1] * (len(real.shape) - 1)
-        alpha = keras.random.uniform(shape, seed=self._noise)
+        alpha = tf.random.stateless_uniform(shape, seed=self._next_seed())
         mixed = real + alpha * (fake - real)
         with tf.GradientTape() as tape:
             tape.watch(mixed)

@@ -145,7 +145,7 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks):
         feature_weight=t.feature_weight,
         seed=t.seed,
     )
-    model.compile(learning_rate=t.learning_rate)
+    model.compile(learning_rate=t.learning_rate, jit_compile=True)
     batch_size = min(t.batch_size, len(x_fit))
     steps_per_epoch = t.steps_per_epoch or max(
         _MIN_STEPS_PER_EPOCH, math.ceil(len(x_fit) / batch_size)
