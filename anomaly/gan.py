@@ -175,8 +175,11 @@ class AnomalyGAN(keras.Model):
             generator_loss = _logistic(fake_logit, 1.0)
             residual = _mean_square(x - self.generator(z_hat, training=True))
             encoder_loss = _logistic(real_logit, 0.0) + residual
+            # Summed inside the tape: a sum formed after it is not recorded, which left the
+            # generator without gradients ("No gradients provided for any variable").
+            generator_objective = generator_loss + residual
         _apply(critic_tape, critic_loss, self.critic, self.critic_optimizer)
-        _apply(ge_tape, generator_loss + residual, self.generator, self.generator_optimizer)
+        _apply(ge_tape, generator_objective, self.generator, self.generator_optimizer)
         _apply(ge_tape, encoder_loss, self.encoder, self.encoder_optimizer)
         del ge_tape
         return critic_loss, generator_loss, encoder_loss, residual
