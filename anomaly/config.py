@@ -100,18 +100,21 @@ class ScoringConfig(_Section):
 
     weights: dict[str, float] = Field(
         default_factory=lambda: {
-            "reconstruction": 1.0,
-            "feature": 1.0,
-            "critic": 0.0,
-            "latent": 1.0,
+            "reconstruction": 0.25,
+            "feature": 0.0,
+            "critic": 0.5,
+            "latent": 2.0,
         }
     )
-    """Weight of each standardised component in the anomaly score."""
+    """Weight of each standardised component in the anomaly score. Fixed once for all data
+    from the tabular benchmark (docs/benchmarks.md): the distance to training latents
+    carried most of the signal; the two-sided critic deviation and the reconstruction error
+    added to it; the critic-feature residual did not."""
     target_fpr: float = Field(0.01, gt=0, lt=1)
     """False-positive rate on held-out normal data that the threshold is calibrated to."""
     top_features: int = Field(3, ge=0)
     """How many features with the largest residuals explain each record."""
-    latent_reference_size: int = Field(256, ge=16)
+    latent_reference_size: int = Field(2048, ge=16)
     """Training latents kept in the bundle; the ``latent`` component is the distance to the
     nearest of them. Its distance matrix is the costliest part of scoring after the
     networks, so it is kept small (see pipelines/bench_scoring.py)."""
@@ -166,6 +169,9 @@ class ServeConfig(_Section):
     max_entities: int = Field(100_000, ge=1)
     """Time-series mode: entities (Kafka keys) whose partial window is kept; the oldest
     seen is dropped beyond it and starts a new window."""
+    session_timeout_ms: int = Field(45_000, ge=1_000)
+    """Consumer-group session: a crashed instance's partitions move to the others after
+    this long (the broker allows 6 s to 30 min by default)."""
 
 
 class Config(_Section):
