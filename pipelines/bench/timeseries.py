@@ -1,0 +1,243 @@
+"""The NAB suite: the GAN in time-series mode on the 58 NAB series, scored with NAB's rules.
+
+Per series (nothing is tuned on labels; the window and the steps are fixed once for all series):
+
+* TRAIN = the series' probationary period, the rows NAB never scores:
+  ``nab.probationary_length(n) = min(floor(0.15 n), 750)`` rows, values only (the model
+  standardises them itself), in time order, through ``anomaly.train`` with
+  ``model.window = W`` (default 32) and ``training.steps`` (default 300).
+* Every later row is scored online-style: the window of the ``W`` rows ending at it (NAB
+  itself ignores the probationary rows); rows without a full window score 0.
+* The score becomes an anomaly likelihood in ``(0, 1)`` with one monotone transform shared
+  by every series: ``sigmoid(sign(v) * log1p(|v|))`` with ``v = score - threshold`` (the
+  detector's own threshold, calibrated to 1 % false positives on held-out windows of the
+  probationary period). Subtracting each series' threshold puts the series on one scale,
+  which matters because NAB's threshold is swept once over the whole corpus.
+* ``nab.score_corpus`` gives the normalised score of each profile (standard,
+  reward_low_FP_rate, reward_low_FN_rate). The windowed-Gaussian baseline of
+  :mod:`pipelines.bench.nab` runs on the same series for the same table.
+
+NAB data and labels: MIT licence, Numenta (Lavin & Ahmad, ICMLA 2015; Ahmad et al.,
+Neurocomputing 2017).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.bench import nab
+
+#: Two of the shortest series, for the smoke test.
+QUICK_SERIES = (
+    "realTraffic/speed_7578.csv",
+    "realAWSCloudwatch/iio_us-east-1_i-a2eb1cd9_NetworkIn.csv",
+)
+
+
+def likelihood(scores: np.ndarray, threshold: float) -> np.ndarray:
+    v = np.asarray(scores, np.float64) - float(threshold)
+    u = np.sign(v) * np.log1p(np.abs(v))
+    return 1.0 / (1.0 + np.exp(-u))
+
+
+def rolling_likelihood(
+    scores: np.ndarray,
+    first_row: int,
+    averaging: int = 10,
+    historic: int = 8640,
+    min_history: int = 30,
+) -> np.ndarray:
+    """HTM-style anomaly likelihood of a score series (Ahmad et al. 2017, section 4.2).
+
+    ``scores`` are the ``likelihood`` values above (rows before ``first_row`` have no window).
+    They are mapped back to ``u = logit(score)`` (the monotone margin), averaged over the last
+    ``averaging`` rows, and compared with the mean and std of those averages over the
+    previous ``historic`` rows: ``z = (a_t - mean) / std``. So a score that stays high after
+    the series drifts stops being news, while a jump is. Output: ``sigmoid(sign(z) log1p|z|)``
+    (monotone in ``z``, never saturating to exactly 1 so the corpus sweep can order it).
+    The settings are those of NAB's HTM detector (averaging window 10, historic window 8640);
+    none is tuned on labels.
+    """
+    import pandas as pd
+
+    p = np.clip(np.asarray(scores, np.float64), 1e-15, 1 - 1e-15)
+    u = np.log(p / (1 - p))
+    u[:first_row] = np.nan
+    averaged = pd.Series(u).rolling(averaging, min_periods=1).mean()
+    past = averaged.shift(1).rolling(historic, min_periods=min_history)
+    sd = past.std(ddof=0).to_numpy()
+    z = (averaged.to_numpy() - past.mean().to_numpy()) / np.where(sd > 1e-9, sd, 1e-9)
+    z = np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+    out = 1.0 / (1.0 + np.exp(-np.sign(z) * np.log1p(np.abs(z))))
+    out[:first_row] = 0.0
+    return out
+
+
+def gan_series(
+    series: nab.Series, window: int = 32, steps: int = 300, seed: int = 0
+) -> tuple[np.ndarray, dict]:
+    """Train on the probationary rows, score every row; (likelihoods, timings)."""
+    import anomaly
+    from anomaly.windows import sliding_windows
+
+    values = series.values.astype(np.float32).reshape(-1, 1)
+    train_rows = values[: series.probation]
+    config = anomaly.Config().updated(
+        model={"window": window}, training={"steps": steps, "seed": seed}
+    )
+    started = time.perf_counter()
+    detector = anomaly.train(train_rows, config)
+    trained = time.perf_counter()
+    result = detector.score(np.ascontiguousarray(sliding_windows(values, window)))
+    scored = time.perf_counter()
+    out = np.zeros(len(series), np.float64)
+    out[window - 1 :] = likelihood(result.scores, detector.threshold)
+    return out, {
+        "train_seconds": trained - started,
+        "score_seconds": scored - trained,
+        "train_rows": int(len(train_rows)),
+    }
+
+
+def run_nab(out: Path, names=None, window: int = 32, steps: int = 300, seed: int = 0) -> None:
+    """GAN scores for each series into ``OUT/nab_scores/`` (kept, so a rerun resumes)."""
+    corpus = nab.load_corpus(names=names)
+    score_dir = out / "nab_scores"
+    score_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out / "nab_series.jsonl"
+    for k, series in enumerate(corpus):
+        file = score_dir / (series.name.replace("/", "__") + ".npy")
+        if file.exists():
+            continue
+        scores, timings = gan_series(series, window, steps, seed)
+        np.save(file, scores)
+        with open(log_path, "a") as fh:
+            fh.write(
+                json.dumps(
+                    {
+                        "series": series.name,
+                        "rows": len(series),
+                        "window": window,
+                        "steps": steps,
+                        **timings,
+                    }
+                )
+                + "\n"
+            )
+        print(
+            f"[{time.strftime('%H:%M:%S')}] NAB {k + 1}/{len(corpus)} {series.name}: "
+            f"train {timings['train_seconds']:.1f}s score {timings['score_seconds']:.1f}s",
+            flush=True,
+        )
+
+
+def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
+    """Score the series done so far (all 58 when the run finished) for every profile."""
+    score_dir = out / "nab_scores"
+    done = (
+        sorted(f.stem.replace("__", "/") for f in score_dir.glob("*.npy"))
+        if score_dir.exists()
+        else []
+    )
+    if not done:
+        (out / "nab.md").write_text("No NAB results.\n")
+        return {}
+    corpus = nab.load_corpus(names=done)
+    gan_scores = {s.name: np.load(score_dir / (s.name.replace("/", "__") + ".npy")) for s in corpus}
+    started = time.perf_counter()
+    wg_scores = nab.run_windowed_gaussian(corpus)
+    wg_seconds = time.perf_counter() - started
+    timings = (
+        [
+            json.loads(line)
+            for line in (out / "nab_series.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        if (out / "nab_series.jsonl").exists()
+        else []
+    )
+    window = timings[0]["window"] if timings else 32
+    gan_lik = {name: rolling_likelihood(a, window - 1) for name, a in gan_scores.items()}
+    results = {
+        "gan": nab.score_corpus(gan_scores, corpus),
+        "gan+likelihood": nab.score_corpus(gan_lik, corpus),
+        "windowed_gaussian": nab.score_corpus(wg_scores, corpus),
+    }
+    timings = [t for t in timings if t["series"] in gan_scores]
+    payload = {
+        "series": len(corpus),
+        "windows": sum(len(s.windows) for s in corpus),
+        "results": {m: {p: vars(r) for p, r in res.items()} for m, res in results.items()},
+        "gan_train_seconds_total": sum(t["train_seconds"] for t in timings),
+        "gan_score_seconds_total": sum(t["score_seconds"] for t in timings),
+        "window": timings[0]["window"] if timings else None,
+        "steps": timings[0]["steps"] if timings else None,
+        "windowed_gaussian_seconds_total": wg_seconds,
+    }
+    (out / "nab_results.json").write_text(json.dumps(payload, indent=1, default=float))
+    lines = [
+        f"NAB corpus: {payload['series']} series, {payload['windows']} anomaly windows. "
+        "Normalised NAB score (null detector 0, perfect 100), threshold swept over the corpus "
+        "per profile.\n",
+        "| detector | standard | reward_low_FP_rate | reward_low_FN_rate |"
+        " windows detected (standard) | threshold (standard) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m, res in results.items():
+        std = res["standard"]
+        label = {
+            "gan": f"gan (window {payload['window']}, {payload['steps']} steps)",
+            "gan+likelihood": "gan + HTM-style rolling likelihood",
+        }.get(m, m)
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{res[p].score:.1f}" for p in nab.PROFILE_NAMES)
+            + f" | {std.windows_detected}/{std.n_windows} | {std.threshold:.6f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"GAN time: {payload['gan_train_seconds_total']:.0f} s training and "
+        f"{payload['gan_score_seconds_total']:.0f} s scoring over the series; windowed "
+        f"Gaussian {wg_seconds:.0f} s.\n"
+    )
+    (out / "nab.md").write_text("\n".join(lines))
+    if plots_dir is not None:
+        _nab_plot(results, plots_dir)
+    return payload
+
+
+def _nab_plot(results, plots_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    x = np.arange(len(nab.PROFILE_NAMES))
+    width = 0.8 / len(results)
+    for i, (m, res) in enumerate(results.items()):
+        vals = [res[p].score for p in nab.PROFILE_NAMES]
+        ax.bar(x + (i - (len(results) - 1) / 2) * width, vals, width, label=m)
+    ax.set_xticks(x, nab.PROFILE_NAMES, fontsize=8)
+    ax.set_ylabel("NAB score", fontsize=8)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.legend(fontsize=7)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(plots_dir / "nab_scores.png", dpi=70)
+    plt.close(fig)
+
+
+__all__ = [
+    "QUICK_SERIES",
+    "gan_series",
+    "likelihood",
+    "rolling_likelihood",
+    "run_nab",
+    "write_nab_report",
+]

@@ -1,0 +1,63 @@
+"""Smoke test of the detection-quality benchmark (``python -m pipelines.benchmark --quick``).
+
+Runs the harness in-process on real data: the tabular quick mode (breastw, seed 0, the GAN at
+150 steps and IsolationForest) and the NAB suite on two short series with a few GAN steps,
+then checks the JSON / Markdown / plot outputs. Needs the shared datasets
+(``$ANOMALY_DATASETS`` / ``$NAB_ROOT``); skipped when they are absent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pipelines import benchmark
+from pipelines.bench import nab, tabular, timeseries
+
+pytestmark = pytest.mark.slow
+
+
+def _have_data() -> bool:
+    tab = (tabular.datasets_dir() / "tabular" / f"{benchmark.QUICK_DATASET}.npz").is_file()
+    root = nab._nab_root(None)
+    series = all((root / "data" / name).is_file() for name in timeseries.QUICK_SERIES)
+    return tab and series
+
+
+@pytest.mark.skipif(not _have_data(), reason="shared datasets not found")
+def test_quick_benchmark_end_to_end(tmp_path):
+    rc = benchmark.main(["--suite", "all", "--quick", "--nab-steps", "10", "--out", str(tmp_path)])
+    assert rc == 0
+
+    rows = json.loads((tmp_path / "tabular_results.json").read_text())
+    by_method = {r["method"]: r for r in rows}
+    assert {"gan", "iforest"} <= set(by_method)
+    assert {
+        "gan:only_reconstruction",
+        "gan:only_feature",
+        "gan:only_critic",
+        "gan:only_latent",
+        "gan:refined",
+    } <= set(by_method)
+    for row in rows:
+        assert row["dataset"] == benchmark.QUICK_DATASET and row["seed"] == 0
+        for metric in ("auroc", "auprc", "f1", "train_seconds", "score_seconds"):
+            assert math.isfinite(row[metric]), (row["method"], metric)
+        assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["auprc"] <= 1.0
+    # breastw is easy: both detectors must be far better than chance
+    assert by_method["gan"]["auroc"] > 0.8 and by_method["iforest"]["auroc"] > 0.8
+
+    table = (tmp_path / "tabular.md").read_text()
+    assert "| gan |" in table and "| iforest |" in table and "± 0.000" in table
+
+    result = json.loads((tmp_path / "nab_results.json").read_text())
+    assert result["series"] == 2
+    for detector in ("gan", "windowed_gaussian"):
+        for profile in nab.PROFILE_NAMES:
+            assert math.isfinite(result["results"][detector][profile]["score"])
+    assert "windowed_gaussian" in (tmp_path / "nab.md").read_text()
+
+    for plot in ("roc_seed0.png", "auroc_auprc_by_dataset.png", "nab_scores.png"):
+        assert (tmp_path / "plots" / plot).stat().st_size > 1000
