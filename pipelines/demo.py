@@ -10,9 +10,16 @@ against the injected labels and prints what was flagged and where everything wen
 from __future__ import annotations
 
 import argparse
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 
 import anomaly
@@ -74,12 +81,119 @@ def run_offline(out: Path) -> anomaly.Detector:
     return detector
 
 
+KAFKA_LOCAL = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "kafka-local"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_stream(out: Path, detector: anomaly.Detector) -> None:
+    """Start the local broker, stream score.csv through ``anomaly serve``, print the flags."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    started = subprocess.run(
+        [str(KAFKA_LOCAL), "start", "--dir", str(out / "kafka")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    bootstrap = started.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    print(f"Kafka broker at {bootstrap} (data in {out / 'kafka'})")
+    suffix = uuid.uuid4().hex[:6]
+    topics = {t: f"demo-{t}-{suffix}" for t in ("records", "scores", "dlq", "alerts")}
+    port = _free_port()
+    service = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "serve",
+            "--model",
+            str(out / "model"),
+            "--bootstrap-servers",
+            bootstrap,
+            "--input-topic",
+            topics["records"],
+            "--output-topic",
+            topics["scores"],
+            "--dlq-topic",
+            topics["dlq"],
+            "--alerts-topic",
+            topics["alerts"],
+            "--group-id",
+            f"demo-{suffix}",
+            "--metrics-port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(out / "serve.log", "wb"),  # noqa: SIM115 (closed with the process)
+    )
+    try:
+        frame = pd.read_csv(out / "data" / "score.csv")
+        producer = KafkaProducer(bootstrap_servers=bootstrap)
+        names = detector.feature_names
+        for record in frame.to_dict("records"):
+            message = {"id": record["id"], "features": {n: record[n] for n in names}}
+            producer.send(topics["records"], orjson.dumps(message), key=b"demo")
+        producer.send(topics["records"], b"this is not JSON", key=b"demo")
+        producer.flush()
+        consumer = KafkaConsumer(
+            topics["scores"],
+            topics["alerts"],
+            topics["dlq"],
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=90_000,
+        )
+        counts = {topic: 0 for topic in topics.values()}
+        flagged = []
+        for message in consumer:
+            counts[message.topic] += 1
+            if message.topic == topics["alerts"]:
+                flagged.append(orjson.loads(message.value))
+            if counts[topics["scores"]] >= len(frame) and counts[topics["dlq"]] >= 1:
+                break
+        consumer.close()
+        print(
+            f"streamed {len(frame)} records + 1 malformed message through anomaly serve: "
+            f"{counts[topics['scores']]} results on {topics['scores']}, "
+            f"{len(flagged)} flagged on {topics['alerts']}, {counts[topics['dlq']]} on "
+            f"{topics['dlq']}"
+        )
+        for result in sorted(flagged, key=lambda r: -r["score"])[:5]:
+            print(f"  id={result['id']} score={result['score']:.1f} top={result['top_features']}")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        wanted = (
+            "anomaly_records_scored_total ",
+            "anomaly_anomalies_flagged_total ",
+            'anomaly_records_rejected_total{reason="not_json"}',
+        )
+        print(f"metrics at http://127.0.0.1:{port}/metrics, e.g.:")
+        for line in metrics.splitlines():
+            if line.startswith(wanted):
+                print(f"  {line}")
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=30)
+        subprocess.run(
+            [str(KAFKA_LOCAL), "stop", "--dir", str(out / "kafka")],
+            check=False,
+            capture_output=True,
+        )
+        print(f"service stopped (log: {out / 'serve.log'}), broker stopped")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/demo", type=Path)
     parser.add_argument("--no-stream", action="store_true", help="skip the Kafka part")
     args = parser.parse_args()
-    run_offline(args.out)
+    detector = run_offline(args.out)
+    if not args.no_stream:
+        run_stream(args.out, detector)
 
 
 if __name__ == "__main__":
