@@ -155,3 +155,104 @@ def kafka_topic_factory(
                 admin.delete_topics(created, raise_errors=False)
         finally:
             admin.close()
+
+
+# -- model bundles -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained model bundle (8 features ``f0``..``f7``, about 10 s to train).
+
+    Normal rows are ``rng.normal(size=(n, 3)) @ A`` for the ``A`` of ``tiny_bundle_mixing``;
+    rows like ``rng.normal(size=(n, 8)) * 4`` score far above the threshold.
+    """
+    import numpy as np
+
+    import anomaly
+
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(3, 8))
+    x = rng.normal(size=(3000, 3)) @ mixing + 0.1 * rng.normal(size=(3000, 8))
+    config = anomaly.Config().updated(training={"steps": 300})
+    detector = anomaly.train(x, config, feature_names=[f"f{i}" for i in range(8)])
+    path = tmp_path_factory.mktemp("tiny-bundle") / "model"
+    detector.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_mixing():
+    """The mixing matrix of ``tiny_bundle``'s normal data: normal rows are
+    ``rng.normal(size=(n, 3)) @ tiny_bundle_mixing``."""
+    import numpy as np
+
+    return np.random.default_rng(0).normal(size=(3, 8))
+
+
+# -- a trained tabular detector, shared by test_model, test_bundle, test_config, test_backends
+
+
+class CorrelatedTable:
+    """Synthetic records: 10 features driven by 3 latent factors (normal), and records pushed
+    off that 3-D manifold by independent noise in every feature (anomalous)."""
+
+    n_features = 10
+    noise = 0.1
+    anomaly_scale = 1.5
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.mixing = np.random.default_rng(42).normal(size=(3, self.n_features))
+        self.feature_names = [f"f{i}" for i in range(self.n_features)]
+
+    def normal(self, n: int, seed: int):
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        rows = rng.normal(size=(n, 3)) @ self.mixing
+        return (rows + self.noise * rng.normal(size=rows.shape)).astype(np.float32)
+
+    def anomalous(self, n: int, seed: int):
+        import numpy as np
+
+        rng = np.random.default_rng(seed + 10_000)
+        rows = self.normal(n, seed) + self.anomaly_scale * rng.normal(size=(n, self.n_features))
+        return rows.astype(np.float32)
+
+    def labelled(self, n_normal: int, n_anomalous: int, seed: int):
+        """(rows, labels) with the anomalies at random positions among the normal rows."""
+        import numpy as np
+
+        rows = np.concatenate([self.normal(n_normal, seed), self.anomalous(n_anomalous, seed)])
+        labels = np.r_[np.zeros(n_normal, np.int8), np.ones(n_anomalous, np.int8)]
+        order = np.random.default_rng(seed).permutation(len(rows))
+        return rows[order], labels[order]
+
+
+#: Training rows of ``tabular_detector`` are ``CorrelatedTable().normal(3000, TRAIN_SEED)``.
+TABULAR_TRAIN_ROWS = 3000
+TABULAR_TRAIN_SEED = 0
+TABULAR_STEPS = 200
+
+
+@pytest.fixture(scope="session")
+def correlated_table() -> CorrelatedTable:
+    return CorrelatedTable()
+
+
+@pytest.fixture(scope="session")
+def tabular_detector(correlated_table: CorrelatedTable):
+    """A detector trained for 200 steps on 3000 normal rows of ``correlated_table``."""
+    import anomaly
+
+    config = anomaly.Config().updated(training={"steps": TABULAR_STEPS})
+    rows = correlated_table.normal(TABULAR_TRAIN_ROWS, TABULAR_TRAIN_SEED)
+    return anomaly.train(rows, config, feature_names=correlated_table.feature_names)
+
+
+@pytest.fixture(scope="session")
+def tabular_bundle(tabular_detector, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tabular_detector`` saved as a bundle; copy it before changing anything in it."""
+    return tabular_detector.save(tmp_path_factory.mktemp("tabular") / "model")

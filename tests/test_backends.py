@@ -1,0 +1,116 @@
+"""A bundle trained under TensorFlow scores the same under JAX (in a separate process, since
+the Keras backend is chosen at import), including batches that JAX pads to a power of two."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import anomaly
+
+pytestmark = pytest.mark.slow
+
+#: Largest absolute score difference accepted between the TensorFlow and JAX backends.
+TOLERANCE = 1e-4
+
+JAX_SCORER = """
+import sys
+import keras
+import numpy as np
+import anomaly
+
+bundle, data, out = sys.argv[1:]
+detector = anomaly.load(bundle)
+x = np.load(data)
+result = detector.score(x)
+np.savez(
+    out,
+    backend=np.array(keras.backend.backend()),
+    all=result.scores,
+    **{f"component_{name}": values for name, values in result.components.items()},
+    **{f"first_{n}": detector.score(x[:n]).scores for n in (1, 3, 5, 8)},
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def records(correlated_table) -> np.ndarray:
+    """1000 normal rows and 100 anomalies: not a power of two, so JAX pads them to 2048."""
+    return correlated_table.labelled(1000, 100, seed=21)[0]
+
+
+@pytest.fixture(scope="module")
+def jax_scores(tabular_bundle, records, tmp_path_factory):
+    root = tmp_path_factory.mktemp("jax")
+    np.save(root / "records.npy", records)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            JAX_SCORER,
+            str(tabular_bundle),
+            str(root / "records.npy"),
+            str(root / "scores.npz"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with np.load(root / "scores.npz") as scores:
+        return {name: scores[name] for name in scores.files}
+
+
+@pytest.fixture(scope="module")
+def tf_result(tabular_bundle, records):
+    return anomaly.load(tabular_bundle).score(records)
+
+
+def test_jax_process_really_ran_on_jax(jax_scores):
+    assert str(jax_scores["backend"]) == "jax"
+    assert keras.backend.backend() == "tensorflow"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="float32 cancellation in anomaly.scoring._nearest_distance (|z|^2 - 2 z.r + |r|^2) "
+    "loses ~1e-5 on small latent distances in both backends; with the default latent weight "
+    "2.0 over a scale of ~0.12 the scores differ by ~3.6e-4",
+)
+def test_bundle_trained_under_tensorflow_scores_the_same_under_jax(tf_result, jax_scores):
+    difference = np.abs(jax_scores["all"] - tf_result.scores)
+
+    print(f"max |JAX - TensorFlow| score difference: {difference.max():.3g}")
+    assert jax_scores["all"].shape == tf_result.scores.shape
+    assert difference.max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("component", ["reconstruction", "feature", "critic"])
+def test_network_components_are_the_same_under_jax_and_tensorflow(tf_result, jax_scores, component):
+    expected = tf_result.components[component]
+    got = jax_scores[f"component_{component}"]
+
+    assert got.shape == expected.shape
+    assert (np.abs(got - expected) <= TOLERANCE * np.maximum(1.0, np.abs(expected))).all()
+
+
+def test_jax_pads_an_odd_sized_batch_without_changing_its_scores(jax_scores):
+    # 5 rows are padded to the compiled batch of 8: the padding must not reach their scores.
+    assert jax_scores["first_5"].shape == (5,)
+    np.testing.assert_array_equal(jax_scores["first_5"], jax_scores["first_8"][:5])
+
+
+def test_jax_scores_of_small_batches_match_those_of_large_ones(jax_scores):
+    # Other batch sizes compile other shapes, whose kernels may round differently.
+    for n in (1, 3, 8):
+        assert jax_scores[f"first_{n}"].shape == (n,)
+        np.testing.assert_allclose(
+            jax_scores[f"first_{n}"], jax_scores["all"][:n], rtol=0, atol=TOLERANCE
+        )

@@ -1,0 +1,399 @@
+"""The ``anomaly`` command line on real files: train, score (CSV, Parquet, JSON lines),
+evaluate, info, and one ``error: ...`` line on stderr with exit code 2 for every input a
+user can get wrong."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import anomaly
+from pipelines.cli import cli
+
+pytestmark = pytest.mark.slow
+
+FEATURES = [f"f{i}" for i in range(10)]
+SCORE_COLUMNS = ["score", "is_anomaly", "percentile"] + [
+    f"score_{c}" for c in ("reconstruction", "feature", "critic", "latent")
+]
+ANOMALY_SCRIPT = Path(sys.executable).with_name("anomaly")
+#: TensorFlow's C++ start-up lines (absl logging before initialisation), which it writes to
+#: stderr whatever TF_CPP_MIN_LOG_LEVEL says; they come from TensorFlow, not from the CLI.
+TF_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} )")
+
+
+def frame_of(rows: np.ndarray, labels: np.ndarray, prefix: str) -> pd.DataFrame:
+    """id, the features, a label, and two columns that are not features."""
+    frame = pd.DataFrame(rows, columns=FEATURES)
+    frame.insert(0, "id", [f"{prefix}{i:05d}" for i in range(len(rows))])
+    frame["label"] = labels
+    frame["note"] = "text"
+    frame["extra"] = np.random.default_rng(0).normal(size=len(rows)) * 1e6
+    return frame
+
+
+@pytest.fixture(scope="module")
+def files(correlated_table, tmp_path_factory):
+    """train.csv (3000 normal rows, 150 anomalies labelled 1) and eval.csv (1000 + 100)."""
+    root = tmp_path_factory.mktemp("cli")
+    train = frame_of(*correlated_table.labelled(3000, 150, seed=11), prefix="t")
+    evaluation = frame_of(*correlated_table.labelled(1000, 100, seed=12), prefix="e")
+    train.to_csv(root / "train.csv", index=False)
+    evaluation.to_csv(root / "eval.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(files):
+    """The CliRunner result of ``anomaly train`` and the bundle it wrote."""
+    model = files / "model"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--data",
+            str(files / "train.csv"),
+            "--out",
+            str(model),
+            "--features",
+            ",".join(FEATURES),
+            "--label-column",
+            "label",
+            "--id-column",
+            "id",
+            "--steps",
+            "200",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return result, model
+
+
+@pytest.fixture(scope="module")
+def model(trained) -> Path:
+    return trained[1]
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def error_line(result) -> str:
+    """The one line the CLI wrote to stderr, after checking it exited with code 2."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def score_error(model: Path, data: Path, out: Path, *options: str) -> str:
+    result = run(
+        "score",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+        *options,
+    )
+    return error_line(result)
+
+
+# -- train and info ---------------------------------------------------------------------
+
+
+def test_train_uses_only_the_rows_labelled_normal(trained):
+    result, _ = trained
+
+    assert "trained on 3000 of 3150 rows" in result.stdout
+
+
+def test_info_prints_json_with_the_features_and_how_many_records_were_fitted(model):
+    result = run("info", str(model))
+
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["features"] == FEATURES
+    assert info["formulation"] == "fanogan"
+    assert info["model_version"] == anomaly.load(model).version
+    meta = info["metadata"]
+    assert meta["training_rows"] == 3000
+    assert meta["fit_records"] + meta["held_out_records"] == 3000
+    assert meta["fit_records"] == 2550
+    assert meta["rows_rejected"] == 0
+
+
+# -- score --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_score_keeps_row_order_and_ids_and_adds_score_columns(model, files, tmp_path, suffix):
+    out = tmp_path / f"scores{suffix}"
+
+    result = run(
+        "score", "--model", str(model), "--data", str(files / "eval.csv"), "--out", str(out)
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "scored 1100 of 1100 rows" in result.stdout
+    scored = {
+        ".csv": lambda p: pd.read_csv(p, dtype={"id": str}),
+        ".parquet": pd.read_parquet,
+        ".jsonl": lambda p: pd.read_json(p, lines=True, dtype={"id": str}),
+    }[suffix](out)
+    source = pd.read_csv(files / "eval.csv", dtype={"id": str})
+    assert len(scored) == len(source)
+    assert list(scored.columns[:2]) == ["row", "id"]
+    assert set(SCORE_COLUMNS) <= set(scored.columns)
+    assert scored["row"].tolist() == list(range(1, len(source) + 1))
+    assert scored["id"].tolist() == source["id"].tolist()
+    expected = anomaly.load(model).score(source[FEATURES].to_numpy(np.float32))
+    np.testing.assert_allclose(scored["score"], expected.scores, rtol=1e-9)
+    np.testing.assert_array_equal(scored["is_anomaly"].astype(bool), expected.is_anomaly)
+    np.testing.assert_allclose(scored["score_latent"], expected.components["latent"], rtol=1e-9)
+
+
+# -- evaluate -----------------------------------------------------------------------------
+
+
+def test_evaluate_prints_auroc_and_the_other_metrics(model, files):
+    result = run(
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(files / "eval.csv"),
+        "--label-column",
+        "label",
+    )
+
+    assert result.exit_code == 0, result.output
+    printed = dict(line.split() for line in result.stdout.splitlines())
+    for name in ("auroc", "auprc", "best_f1", "precision", "recall", "false_positive_rate"):
+        assert name in printed
+    assert printed["records"] == "1100"
+    assert printed["anomalies"] == "100"
+    assert float(printed["auroc"]) >= 0.95
+
+
+def test_evaluate_json_parses_and_a_report_writes_markdown_and_plots(model, files, tmp_path):
+    report = tmp_path / "report"
+
+    result = run(
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(files / "eval.csv"),
+        "--label-column",
+        "label",
+        "--json",
+        "--report",
+        str(report),
+    )
+
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["records"] == 1100 and metrics["anomalies"] == 100
+    assert metrics["auroc"] >= 0.95
+    assert 0 <= metrics["false_positive_rate"] < 0.05
+    for name in ("scores.png", "roc.png", "pr.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (report / "report.md").read_text()
+    assert "| auroc |" in markdown and "roc.png" in markdown
+    assert json.loads((report / "metrics.json").read_text()) == metrics
+
+
+# -- errors: one line on stderr, exit code 2 ---------------------------------------------------
+
+
+def test_missing_data_file_exits_2_with_one_error_line(model, tmp_path):
+    missing = tmp_path / "missing.csv"
+
+    line = score_error(model, missing, tmp_path / "out.csv")
+
+    assert line == f"error: file not found: {missing}"
+
+
+def test_unknown_file_format_exits_2_naming_the_supported_extensions(model, tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("f0,f1\n1,2\n")
+
+    line = score_error(model, data, tmp_path / "out.csv")
+
+    assert f"{data}: cannot read '.txt'; supported extensions: .csv" in line
+
+
+def test_unreadable_parquet_exits_2_saying_it_cannot_be_read(model, tmp_path):
+    data = tmp_path / "data.parquet"
+    data.write_bytes(b"this is not parquet at all")
+
+    assert f"{data}: cannot be read as Parquet" in score_error(model, data, tmp_path / "out.csv")
+
+
+def test_non_numeric_feature_column_exits_2_naming_column_and_row(model, files, tmp_path):
+    frame = pd.read_csv(files / "eval.csv").head(20).astype({"f3": object})
+    frame.loc[4, "f3"] = "abc"
+    frame.to_csv(data := tmp_path / "text.csv", index=False)
+
+    line = score_error(model, data, tmp_path / "out.csv")
+
+    assert "column 'f3' is not numeric: row 5 has 'abc'" in line
+
+
+def test_nan_rows_exit_2_naming_their_row_numbers_and_write_no_output(model, files, tmp_path):
+    frame = pd.read_csv(files / "eval.csv").head(20)
+    frame.loc[2, "f1"] = np.nan
+    frame.loc[6, "f8"] = np.nan
+    frame.to_csv(data := tmp_path / "nan.csv", index=False)
+    out = tmp_path / "out.csv"
+
+    line = score_error(model, data, out)
+
+    assert "2 rows have NaN (missing) or infinite values" in line
+    assert "row 3 (column 'f1' is NaN), row 7 (column 'f8' is NaN)" in line
+    assert "--on-invalid skip" in line
+    assert not out.exists()
+
+
+def test_on_invalid_skip_writes_rejected_row_numbers_and_scores_the_rest(model, files, tmp_path):
+    frame = pd.read_csv(files / "eval.csv", dtype={"id": str}).head(20)
+    frame.loc[2, "f1"] = np.nan
+    frame.loc[6, "f8"] = np.inf
+    frame.to_csv(data := tmp_path / "nan.csv", index=False)
+    out = tmp_path / "out.csv"
+
+    result = run(
+        "score",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--on-invalid",
+        "skip",
+    )
+
+    assert result.exit_code == 0, result.output
+    assert f"2 rows rejected -> {out}.rejects.csv" in result.stdout
+    rejects = pd.read_csv(tmp_path / "out.csv.rejects.csv")
+    assert rejects["row"].tolist() == [3, 7]
+    assert rejects["reason"].str.contains("NaN or infinite").all()
+    scored = pd.read_csv(out, dtype={"id": str})
+    kept = [r for r in range(1, 21) if r not in (3, 7)]
+    assert scored["row"].tolist() == kept
+    assert scored["id"].tolist() == frame["id"].drop(index=[2, 6]).tolist()
+    assert np.isfinite(scored["score"]).all()
+
+
+def test_file_without_a_model_feature_exits_2_naming_the_missing_column(model, files, tmp_path):
+    pd.read_csv(files / "eval.csv").head(20).drop(columns="f9").to_csv(
+        data := tmp_path / "short.csv", index=False
+    )
+
+    line = score_error(model, data, tmp_path / "out.csv")
+
+    assert "column(s) not found: 'f9' (feature)" in line
+
+
+@pytest.mark.parametrize("content", ["", "id,f0,f1,f2,f3,f4,f5,f6,f7,f8,f9\n"])
+def test_empty_file_exits_2_saying_it_has_no_data_rows(model, tmp_path, content):
+    data = tmp_path / "empty.csv"
+    data.write_text(content)
+
+    assert score_error(model, data, tmp_path / "out.csv") == (
+        f"error: {data}: has no data rows; check that this is the right file"
+    )
+
+
+def test_tampered_bundle_exits_2_naming_the_changed_file(model, files, tmp_path):
+    bundle = Path(shutil.copytree(model, tmp_path / "model"))
+    with (bundle / "scoring.json").open("a") as handle:
+        handle.write("\n")
+
+    line = score_error(bundle, files / "eval.csv", tmp_path / "out.csv")
+
+    assert line.startswith(f"error: {bundle / 'scoring.json'}: checksum mismatch")
+    assert error_line(run("info", str(bundle))) == line
+
+
+def test_missing_bundle_exits_2(files, tmp_path):
+    line = score_error(tmp_path / "nowhere", files / "eval.csv", tmp_path / "out.csv")
+
+    assert line == f"error: model bundle not found: {tmp_path / 'nowhere'} is not a directory"
+
+
+def test_unknown_configuration_key_exits_2_naming_it(files, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[training]\nepocs = 3\n")
+
+    line = error_line(
+        run(
+            "train",
+            "--data",
+            str(files / "train.csv"),
+            "--out",
+            str(tmp_path / "m"),
+            "--config",
+            str(config),
+        )
+    )
+
+    assert "unknown key 'training.epocs'" in line
+
+
+def test_missing_required_option_exits_2_with_usage(model, tmp_path):
+    result = run("score", "--model", str(model), "--out", str(tmp_path / "out.csv"))
+
+    assert result.exit_code == 2
+    assert "Missing option '--data'" in result.stderr
+
+
+def test_installed_command_exits_2_with_one_error_line_on_stderr(model, tmp_path):
+    missing = tmp_path / "missing.csv"
+
+    proc = subprocess.run(
+        [
+            str(ANOMALY_SCRIPT),
+            "score",
+            "--model",
+            str(model),
+            "--data",
+            str(missing),
+            "--out",
+            str(tmp_path / "out.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert proc.returncode == 2, proc.stderr
+    own_lines = [line for line in proc.stderr.splitlines() if not TF_NATIVE_LOG.match(line)]
+    assert own_lines == [f"error: file not found: {missing}"]
+    assert proc.stdout == ""
+
+
+def test_installed_command_exits_2_on_bad_usage(tmp_path):
+    proc = subprocess.run(
+        [str(ANOMALY_SCRIPT), "score", "--out", str(tmp_path / "out.csv")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert proc.returncode == 2
+    assert "Missing option '--model'" in proc.stderr

@@ -1,0 +1,167 @@
+"""Configuration: defaults written once, TOML files, errors that name the bad key, and the
+configuration saved in a model bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydantic
+import pytest
+
+import anomaly
+from anomaly import Config, ConfigError
+from anomaly.config import COMPONENTS
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "anomaly.toml"
+    path.write_text(text)
+    return path
+
+
+def config_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_toml(write_toml(tmp_path, text))
+    return str(caught.value)
+
+
+def test_defaults_are_safe_offline_settings():
+    config = Config()
+
+    assert config.data.features is None
+    assert config.data.on_invalid == "error"
+    assert config.model.formulation == "fanogan"
+    assert config.model.window is None
+    assert config.training.seed == 0
+    assert config.scoring.target_fpr == 0.01
+    assert config.scoring.refine_steps == 0
+    assert set(config.scoring.weights) == set(COMPONENTS)
+    assert min(config.scoring.weights.values()) >= 0
+    assert max(config.scoring.weights.values()) > 0
+
+
+def test_defaults_are_the_same_from_code_mapping_and_empty_file(tmp_path):
+    assert Config() == Config.from_dict({}) == Config.from_toml(write_toml(tmp_path, ""))
+
+
+def test_toml_file_sets_its_keys_and_keeps_every_other_default(tmp_path):
+    path = write_toml(
+        tmp_path,
+        """
+        [data]
+        features = ["a", "b"]
+        label_column = "label"
+
+        [model]
+        formulation = "bigan"
+        window = 16
+
+        [training]
+        steps = 300
+        seed = 7
+
+        [scoring.weights]
+        reconstruction = 2.0
+        latent = 0.5
+        """,
+    )
+
+    config = Config.from_toml(path)
+
+    assert config.data.features == ["a", "b"]
+    assert config.data.label_column == "label"
+    assert config.model.formulation == "bigan"
+    assert config.model.window == 16
+    assert config.training.steps == 300
+    assert config.training.seed == 7
+    assert config.scoring.weights == {"reconstruction": 2.0, "latent": 0.5}
+    assert config.training.batch_size == Config().training.batch_size
+    assert config.scoring.target_fpr == Config().scoring.target_fpr
+
+
+def test_unknown_top_level_key_is_an_error_naming_it(tmp_path):
+    message = config_error(tmp_path, "epocs = 3\n")
+
+    assert "unknown key 'epocs'" in message
+    assert str(tmp_path / "anomaly.toml") in message
+
+
+def test_unknown_nested_key_is_an_error_naming_it_with_its_section(tmp_path):
+    message = config_error(tmp_path, "[training]\nepocs = 3\n")
+
+    assert "unknown key 'training.epocs'" in message
+
+
+def test_unknown_section_is_an_error_naming_it(tmp_path):
+    assert "unknown key 'trainng'" in config_error(tmp_path, "[trainng]\nsteps = 3\n")
+
+
+def test_ill_typed_value_is_an_error_naming_the_key(tmp_path):
+    message = config_error(tmp_path, '[training]\nsteps = "many"\n')
+
+    assert message.startswith(f"{tmp_path / 'anomaly.toml'}: invalid configuration: ")
+    assert "training.steps:" in message
+
+
+def test_out_of_range_value_is_an_error_naming_the_key(tmp_path):
+    message = config_error(tmp_path, "[scoring]\ntarget_fpr = 1.5\n")
+
+    assert "scoring.target_fpr:" in message
+
+
+def test_unknown_score_component_weight_is_an_error_naming_it(tmp_path):
+    message = config_error(tmp_path, "[scoring.weights]\nspeed = 1.0\n")
+
+    assert "scoring" in message
+    assert "unknown component(s) ['speed']" in message
+
+
+def test_all_zero_component_weights_are_an_error(tmp_path):
+    message = config_error(
+        tmp_path,
+        "[scoring.weights]\nreconstruction = 0.0\nfeature = 0.0\ncritic = 0.0\nlatent = 0.0\n",
+    )
+
+    assert "at least one component weight must be > 0" in message
+
+
+def test_missing_toml_file_is_a_config_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found: .*nowhere.toml"):
+        Config.from_toml(tmp_path / "nowhere.toml")
+
+
+def test_malformed_toml_is_a_config_error_naming_the_file(tmp_path):
+    message = config_error(tmp_path, "[training\nsteps = 3\n")
+
+    assert message.startswith(f"{tmp_path / 'anomaly.toml'}: not valid TOML: ")
+
+
+def test_updated_replaces_some_keys_and_validates_them():
+    config = Config().updated(training={"steps": 123}, model={"window": 8})
+
+    assert config.training.steps == 123
+    assert config.model.window == 8
+    assert config.training.batch_size == Config().training.batch_size
+    with pytest.raises(ConfigError, match="unknown key 'training.epocs'"):
+        Config().updated(training={"epocs": 3})
+    with pytest.raises(ConfigError, match="training.steps"):
+        Config().updated(training={"steps": "many"})
+    with pytest.raises(ConfigError, match="unknown configuration section 'trainng'"):
+        Config().updated(trainng={"steps": 3})
+
+
+def test_config_is_frozen():
+    config = Config()
+
+    with pytest.raises(pydantic.ValidationError):
+        config.training.steps = 5
+
+
+@pytest.mark.slow
+def test_config_saved_in_the_bundle_round_trips(tabular_detector, tabular_bundle):
+    saved = json.loads((tabular_bundle / "config.json").read_text())
+
+    assert Config.from_dict(saved) == tabular_detector.config
+    assert anomaly.load(tabular_bundle).config == tabular_detector.config
+    assert anomaly.load(tabular_bundle).config.training.steps == 200

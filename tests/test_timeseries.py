@@ -1,0 +1,171 @@
+"""Time-series mode: sliding windows per entity that do not depend on how the rows arrive,
+and a windowed model that scores a file in small chunks and finds an injected spike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import anomaly
+from anomaly.files import score_file
+from anomaly.windows import WindowBuffer, sliding_windows
+
+WINDOW = 16
+ENTITIES = ("pump-a", "pump-b")
+ROWS_PER_ENTITY = 1200
+SPIKE_ENTITY, SPIKE_STEP = "pump-a", 700
+NAMES = ["level", "flow"]
+
+
+def interleaved_series(rng: np.random.Generator, lengths: dict[str, int], n_features: int = 3):
+    """Rows of several entities in one stream, in a random interleaving that keeps each
+    entity's own order; returns (rows, entities)."""
+    labels = np.concatenate([[name] * n for name, n in lengths.items()])
+    rng.shuffle(labels)
+    rows = rng.normal(size=(len(labels), n_features)).astype(np.float32)
+    return rows, labels
+
+
+def expected_windows(rows, entities, length):
+    """Windows over each entity's whole series, keyed by the stream position of their last row."""
+    expected = {}
+    for entity in dict.fromkeys(entities):
+        positions = np.flatnonzero(entities == entity)
+        for window, last in zip(
+            sliding_windows(rows[positions], length), positions[length - 1 :], strict=True
+        ):
+            expected[int(last)] = window
+    return expected
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 37, 1000])
+def test_window_buffer_across_chunks_equals_windows_over_the_whole_series(chunk):
+    rng = np.random.default_rng(chunk)
+    rows, entities = interleaved_series(rng, {"a": 90, "b": 60})
+    buffer = WindowBuffer(WINDOW, rows.shape[1])
+
+    got_positions, got_windows = [], []
+    for start in range(0, len(rows), chunk):
+        windows, positions = buffer.push(
+            rows[start : start + chunk], entities[start : start + chunk]
+        )
+        assert (np.diff(positions) > 0).all()
+        got_positions.extend(positions + start)
+        got_windows.extend(windows)
+
+    expected = expected_windows(rows, entities, WINDOW)
+    assert got_positions == sorted(expected)
+    for position, window in zip(got_positions, got_windows, strict=True):
+        np.testing.assert_array_equal(window, expected[position])
+    assert len(got_positions) == (90 - WINDOW + 1) + (60 - WINDOW + 1)
+
+
+def test_window_buffer_gives_no_window_until_an_entity_has_enough_rows():
+    buffer = WindowBuffer(4, 1)
+    rows = np.arange(6, dtype=np.float32)[:, None]
+
+    windows, positions = buffer.push(rows[:3], np.array(["x", "y", "x"]))
+    assert len(windows) == 0 and len(positions) == 0
+
+    windows, positions = buffer.push(rows[3:], np.array(["x", "x", "y"]))
+    assert positions.tolist() == [1]
+    np.testing.assert_array_equal(windows[0, :, 0], [0, 2, 3, 4])
+
+
+def sine_frame(seed: int, spike: bool) -> pd.DataFrame:
+    """Two pumps whose level and flow follow phase-shifted sine waves, rows interleaved."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for k, entity in enumerate(ENTITIES):
+        t = np.arange(ROWS_PER_ENTITY)
+        phase = 2 * np.pi * t / 40 + k
+        values = np.stack([np.sin(phase), 0.5 * np.cos(phase)], axis=1)
+        values += 0.03 * rng.normal(size=values.shape)
+        if spike and entity == SPIKE_ENTITY:
+            values[SPIKE_STEP, 0] += 4.0
+        part = pd.DataFrame(values, columns=NAMES)
+        part.insert(0, "entity", entity)
+        part.insert(0, "step", t)
+        parts.append(part)
+    frame = pd.concat(parts).sort_values(["step", "entity"], kind="stable").reset_index(drop=True)
+    frame.insert(0, "id", [f"r{i}" for i in range(len(frame))])
+    return frame
+
+
+@pytest.fixture(scope="module")
+def windowed_detector():
+    frame = sine_frame(seed=0, spike=False)
+    config = anomaly.Config().updated(
+        data={"entity_column": "entity", "id_column": "id", "chunk_rows": 100},
+        model={"window": WINDOW},
+        training={"steps": 200},
+    )
+    return anomaly.train(
+        frame[NAMES].to_numpy(np.float32),
+        config,
+        feature_names=NAMES,
+        entities=frame["entity"].to_numpy(),
+    )
+
+
+@pytest.fixture(scope="module")
+def scored(windowed_detector, tmp_path_factory):
+    root = tmp_path_factory.mktemp("series")
+    frame = sine_frame(seed=1, spike=True)
+    frame.to_csv(root / "series.csv", index=False)
+    summary = score_file(windowed_detector, root / "series.csv", root / "scores.csv")
+    return frame, pd.read_csv(root / "scores.csv"), summary
+
+
+@pytest.mark.slow
+def test_scored_file_has_one_output_row_per_input_row_in_order(scored):
+    frame, out, summary = scored
+
+    assert len(out) == len(frame) == summary.rows_read
+    assert out["row"].tolist() == list(range(1, len(frame) + 1))
+    assert out["id"].tolist() == frame["id"].tolist()
+    assert summary.rows_scored == len(ENTITIES) * (ROWS_PER_ENTITY - WINDOW + 1)
+
+
+@pytest.mark.slow
+def test_first_window_minus_one_rows_of_each_entity_have_no_score(scored):
+    frame, out, _ = scored
+
+    for entity in ENTITIES:
+        rows = out[(frame["entity"] == entity).to_numpy()]
+        head, rest = rows.iloc[: WINDOW - 1], rows.iloc[WINDOW - 1 :]
+        assert head["score"].isna().all()
+        assert not head["window_complete"].any()
+        assert not head["is_anomaly"].any()
+        assert rest["window_complete"].all()
+        assert np.isfinite(rest["score"]).all()
+
+
+@pytest.mark.slow
+def test_injected_spike_scores_high_at_its_rows(scored, windowed_detector):
+    frame, out, _ = scored
+    spike_entity = (frame["entity"] == SPIKE_ENTITY).to_numpy()
+    steps = frame["step"].to_numpy()
+    covers_spike = spike_entity & (steps >= SPIKE_STEP) & (steps < SPIKE_STEP + WINDOW)
+    spike_row = spike_entity & (steps == SPIKE_STEP)
+    normal_scores = out["score"][~covers_spike].dropna()
+
+    assert out["is_anomaly"][spike_row].all()
+    assert out["score"][spike_row].min() > windowed_detector.threshold
+    assert out["score"][covers_spike].min() > np.quantile(normal_scores, 0.99)
+    assert out["is_anomaly"][~covers_spike].mean() < 0.05
+
+
+@pytest.mark.slow
+def test_scores_read_in_chunks_of_100_rows_equal_scores_of_whole_series(scored, windowed_detector):
+    frame, out, _ = scored
+    assert windowed_detector.config.data.chunk_rows == 100
+    rows = frame[NAMES].to_numpy(np.float32)
+    entities = frame["entity"].to_numpy()
+
+    expected = expected_windows(rows, entities, WINDOW)
+    positions = np.array(sorted(expected))
+    whole = windowed_detector.score(np.stack([expected[p] for p in positions]))
+
+    np.testing.assert_allclose(out["score"].to_numpy()[positions], whole.scores, rtol=1e-6)
