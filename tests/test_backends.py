@@ -78,12 +78,6 @@ def test_jax_process_really_ran_on_jax(jax_scores):
     assert keras.backend.backend() == "tensorflow"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="float32 cancellation in anomaly.scoring._nearest_distance (|z|^2 - 2 z.r + |r|^2) "
-    "loses ~1e-5 on small latent distances in both backends; with the default latent weight "
-    "2.0 over a scale of ~0.12 the scores differ by ~3.6e-4",
-)
 def test_bundle_trained_under_tensorflow_scores_the_same_under_jax(tf_result, jax_scores):
     difference = np.abs(jax_scores["all"] - tf_result.scores)
 
