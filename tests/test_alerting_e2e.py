@@ -1,0 +1,167 @@
+"""The anomaly-rate alert fires in a real Prometheus server scraping a running service.
+
+Prometheus (Debian's package) runs on 127.0.0.1 with 1 s scrape and evaluation intervals
+and the project's own ``deploy/prometheus/alerts.yml``, of which only the ``for:`` durations
+are shortened (the expressions are the ones operators deploy). The scoring service runs in
+a thread against the real Kafka broker; anomalous records are injected and the alert is
+read back from Prometheus's HTTP API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+import anomaly
+from anomaly.stream import ScoringService
+
+pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
+
+RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _wait_for(condition, deadline_s: float, what: str):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        message = "Debian's prometheus is not installed (deploy/install-prometheus installs it)"
+        if os.environ.get("CI", "").lower() in {"true", "1", "yes"}:
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture
+def running_service(tiny_bundle, kafka_bootstrap, kafka_topic_factory):
+    topics = {
+        "input_topic": kafka_topic_factory(2, prefix="in"),
+        "output_topic": kafka_topic_factory(1, prefix="out"),
+        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+    }
+    config = (
+        anomaly.Config()
+        .updated(
+            serve={
+                "bootstrap_servers": kafka_bootstrap,
+                "group_id": f"alerting-{uuid.uuid4().hex[:8]}",
+                "metrics_port": 0,
+                **topics,
+            }
+        )
+        .serve
+    )
+    service = ScoringService(anomaly.load(tiny_bundle), config)
+    service.start()
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        _wait_for(service.ready, 60, "the service to be assigned its partitions")
+        yield service, topics["input_topic"], kafka_bootstrap
+    finally:
+        service.stop()
+        thread.join(timeout=30)
+
+
+def _start_prometheus(
+    binary: str, directory: Path, target_port: int
+) -> tuple[subprocess.Popen, int]:
+    rules = re.sub(r"(?m)^(\s*)for: .*$", r"\1for: 2s", RULES.read_text())
+    (directory / "alerts.yml").write_text(rules)
+    (directory / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "rule_files: [alerts.yml]\n"
+        "scrape_configs:\n  - job_name: anomaly-scorer\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+    )
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={directory / 'prometheus.yml'}",
+            f"--storage.tsdb.path={directory / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / "prometheus.log", "wb"),  # noqa: SIM115 (lives with the process)
+    )
+    return process, port
+
+
+def test_anomaly_rate_alert_fires_in_prometheus_when_anomalies_are_injected(
+    prometheus_binary, running_service, tiny_bundle_mixing, tmp_path
+):
+    service, input_topic, bootstrap = running_service
+    prometheus, port = _start_prometheus(prometheus_binary, tmp_path, service.metrics_port)
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        _wait_for(
+            lambda: _query(api, 'up{job="anomaly-scorer"}') == 1.0, 60, "Prometheus to scrape"
+        )
+        rng = np.random.default_rng(5)
+        normal = rng.normal(size=(300, 3)) @ tiny_bundle_mixing
+        anomalous = rng.normal(size=(300, 8)) * 4
+        producer = KafkaProducer(bootstrap_servers=bootstrap)
+        for i, row in enumerate(np.vstack([normal, anomalous])):
+            message = {"id": i, "features": row.tolist()}
+            producer.send(input_topic, orjson.dumps(message), key=b"k")
+        producer.flush(timeout=30)
+        producer.close()
+
+        def firing():
+            alerts = _get_json(f"{api}/alerts")["data"]["alerts"]
+            return [
+                a
+                for a in alerts
+                if a["labels"]["alertname"] == "AnomalyRateHigh" and a["state"] == "firing"
+            ]
+
+        alerts = _wait_for(firing, 90, "AnomalyRateHigh to fire")
+        assert alerts[0]["labels"]["severity"]
+        assert _query(api, "anomaly_anomalies_flagged_total") >= 250
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def _query(api: str, expression: str) -> float | None:
+    url = f"{api}/query?query={urllib.request.quote(expression)}"
+    try:
+        result = _get_json(url)["data"]["result"]
+    except OSError:
+        return None
+    return float(result[0]["value"][1]) if result else None
