@@ -147,6 +147,43 @@ def info(model):
     click.echo(json.dumps(anomaly.load(model).describe(), indent=2, default=str))
 
 
+@cli.command()
+@click.option("--model", type=click.Path(file_okay=False), help="Model bundle directory.")
+@click.option("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT].")
+@click.option("--input-topic", help="Topic of the records to score.")
+@click.option("--output-topic", help="Topic to write one result per record to.")
+@click.option("--dlq-topic", help="Dead-letter topic for records that cannot be scored.")
+@click.option("--alerts-topic", help="Topic that also receives the results of flagged records.")
+@click.option("--group-id", help="Kafka consumer group.")
+@click.option("--metrics-port", type=int, help="Port of /metrics, /healthz, /readyz (0: any free).")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="TOML file ([serve] section)."
+)
+def serve(
+    model, bootstrap_servers, input_topic, output_topic, dlq_topic, alerts_topic, group_id,
+    metrics_port, config_path,
+):
+    """Score a Kafka topic continuously until SIGTERM/SIGINT.
+
+    Every option can also be set as ANOMALY_SERVE_<OPTION> (e.g. ANOMALY_SERVE_INPUT_TOPIC) or
+    in the [serve] section of --config; the command line wins over the environment, which
+    wins over the file.
+    """
+    from anomaly.stream import run_service
+
+    run_service(
+        config_path,
+        model=model,
+        bootstrap_servers=bootstrap_servers,
+        input_topic=input_topic,
+        output_topic=output_topic,
+        dlq_topic=dlq_topic,
+        alerts_topic=alerts_topic,
+        group_id=group_id,
+        metrics_port=metrics_port,
+    )
+
+
 def main() -> None:
     cli(prog_name="anomaly")
 

@@ -79,6 +79,8 @@ def make_consumer(config: ServeConfig, client_id: str) -> KafkaConsumer:
             auto_offset_reset=config.auto_offset_reset,
             max_poll_records=config.max_batch_size,
             fetch_max_wait_ms=config.fetch_max_wait_ms,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=min(3_000, config.session_timeout_ms // 3),
             bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
         )
     except KafkaError as exc:

@@ -31,6 +31,7 @@ flushes, commits, leaves the group and closes, within ``shutdown_timeout_s``.
 from __future__ import annotations
 
 import base64
+import gc
 import logging
 import threading
 import time
@@ -51,6 +52,7 @@ from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.errors import DeliveryError, StreamError
 from anomaly.stream.messages import RecordDecoder, ResultEncoder, encode_rejection
 from anomaly.stream.metrics import ServiceMetrics
+from anomaly.stream.partitioning import KeyPartitions
 from anomaly.stream.windowing import KeyedWindows
 
 log = logging.getLogger("anomaly.stream")
@@ -121,6 +123,7 @@ class ScoringService:
         self._stop_requested_at: float | None = None
         self._consumer = None
         self._producer = None
+        self._output_partition: KeyPartitions | None = None
         self._server: MetricsServer | None = None
         self._started = False
         self._running = False
@@ -154,14 +157,28 @@ class ScoringService:
             self.alive,
             self.ready,
         )
+        config = self.config
         try:
-            self._producer = make_producer(self.config, self.client_id)
-            self._consumer = make_consumer(self.config, self.client_id)
-            self._consumer.subscribe([self.config.input_topic], listener=_RebalanceListener(self))
+            self._producer = make_producer(config, self.client_id)
+            for topic in (config.output_topic, config.dlq_topic, config.alerts_topic):
+                if topic:  # fetch metadata now, not while the first batch waits
+                    self._producer.partitions_for(topic)
+            self._output_partition = KeyPartitions(self._producer, config.output_topic)
+            self._consumer = make_consumer(config, self.client_id)
+            # Known partitions before joining, or the first assignment can come back empty.
+            if not self._consumer.partitions_for_topic(config.input_topic):
+                raise StreamError(f"no partitions found for input topic {config.input_topic!r}")
+            self._consumer.subscribe([config.input_topic], listener=_RebalanceListener(self))
         except BaseException:
-            self._close_clients(time.monotonic() + self.config.shutdown_timeout_s)
+            self._close_clients(time.monotonic() + config.shutdown_timeout_s)
+            self._server.close()
+            self._server = None
             raise
         self._started = True
+        # The model and its framework are long-lived objects: keep them out of the cyclic
+        # garbage collector's full passes, which would otherwise pause the loop for tens of ms.
+        gc.collect()
+        gc.freeze()
         log.info(
             "event=started model_version=%s formulation=%s features=%d window=%s "
             "input_topic=%s output_topic=%s dlq_topic=%s alerts_topic=%s group_id=%s "
@@ -229,8 +246,9 @@ class ScoringService:
         return set(self._assigned)
 
     def stats(self) -> dict[str, int]:
-        """Counts so far: batches, consumed, scored, rejected, flagged, commits."""
-        return dict(self._counts)
+        """Counts so far: batches, consumed, scored, rejected, flagged, commits, and
+        pending_results (handed to the producer, not yet acknowledged)."""
+        return {**self._counts, "pending_results": self._pending_results}
 
     def profile(self) -> dict[str, float]:
         """Seconds the loop spent in each stage (``PROFILE_STAGES``) so far."""
@@ -261,9 +279,7 @@ class ScoringService:
                 more = consumer.poll(
                     timeout_ms=max(1, int(remaining * 1000)), max_records=limit - len(records)
                 )
-                if (
-                    self._rebalances != rebalances
-                ):  # a rebalance: drop what we hold of revoked partitions
+                if self._rebalances != rebalances:  # drop what we hold of revoked partitions
                     records = [r for r in records if r.partition not in self._last_revoked]
                 if not more:
                     break
@@ -316,7 +332,11 @@ class ScoringService:
 
         send = self._producer.send
         topic = config.output_topic
-        futures = [send(topic, value=v, key=r.key) for v, r in zip(payloads, chosen, strict=True)]
+        partition_of = self._output_partition
+        futures = [
+            send(topic, value=v, key=r.key, partition=partition_of(r.key))
+            for v, r in zip(payloads, chosen, strict=True)
+        ]
         n_flagged = 0
         if result is not None and len(result):
             n_flagged = int(np.count_nonzero(result.is_anomaly))
@@ -483,6 +503,7 @@ class ScoringService:
         if now - self._last_lag_update < LAG_INTERVAL_S:
             return
         self._last_lag_update = now
+        self._output_partition.refresh()  # the output topic may have grown
         consumer = self._consumer
         for tp in list(self._assigned):
             try:

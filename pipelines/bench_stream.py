@@ -1,0 +1,501 @@
+"""Streaming throughput and latency: the scoring service against a bare kafka-python loop.
+
+    python -m pipelines.bench_stream [--bootstrap HOST:PORT] [--records 50000] [--features 30]
+                                     [--batch-sizes 1,64,512] [--repeats 3] [--model DIR]
+
+Without ``--bootstrap`` it starts a broker with ``deploy/kafka/kafka-local`` (and stops it at
+the end). It trains a tiny model of ``--features`` features (or takes ``--model``), then, for
+each batch size, runs two workers as subprocesses against the same broker, alternating,
+``--repeats`` times:
+
+- ``bare``: a kafka-python loop that consumes a batch, decodes each record with orjson,
+  encodes a result of the service's shape with constant values, sends it, flushes and
+  commits synchronously, without scoring: the ceiling of a plain Python
+  consume-produce-commit loop;
+- ``service``: ``anomaly.stream.ScoringService`` with ``max_batch_size`` = the batch size.
+
+Throughput: ``--records`` records (about 640 bytes each with 30 features) are produced
+first; the worker reports records/s from its first consumed record until every result is
+acknowledged (median over the runs). Latency: the bench then produces at a steady rate
+(half the bare loop's throughput, at most ``--latency-rate``) for ``--latency-seconds`` and
+measures, per result it consumes, the time since the input record was created (percentiles
+over all runs).
+
+Prints the table (with service/bare ratios) and where each loop's time went (the service's
+``ScoringService.profile()``, summed over the runs). Every process of the run shares the
+machine's cores with the broker and the bench itself, so absolute numbers depend on the
+machine and on what else runs on it; the ratios are the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KAFKA_LOCAL = REPO_ROOT / "deploy" / "kafka" / "kafka-local"
+PARTITIONS = 4
+MAX_WAIT_MS = 20
+
+
+# -- the workers (subprocesses) --------------------------------------------------------------
+
+
+def _emit(**event) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _bare_worker(args) -> None:
+    """Consume, decode, encode, send, flush, commit per batch; no scoring."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=args.bootstrap,
+        group_id=args.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=args.batch,
+        fetch_max_wait_ms=MAX_WAIT_MS,
+    )
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=5, batch_size=256 * 1024)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    consumer.subscribe([args.input])
+    ready = False
+    profile = dict.fromkeys(("poll", "decode", "encode", "send", "flush", "commit"), 0.0)
+    components = {"reconstruction": 0.0, "feature": 0.0, "critic": 0.0, "latent": 0.0}
+    done, first, reported = 0, None, False
+    loads, dumps, send, topic = orjson.loads, orjson.dumps, producer.send, args.output
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        polled = consumer.poll(timeout_ms=100, max_records=args.batch)
+        records = [r for part in polled.values() for r in part]
+        t1 = time.perf_counter()
+        profile["poll"] += t1 - t0
+        if not ready and consumer.assignment():
+            _emit(event="ready")
+            ready = True
+        if not records:
+            continue
+        first = first or t0
+        messages = [loads(r.value) for r in records]
+        t2 = time.perf_counter()
+        payloads = [
+            dumps(
+                {
+                    "id": m.get("id"),
+                    "partition": r.partition,
+                    "offset": r.offset,
+                    "score": 0.0,
+                    "components": components,
+                    "threshold": 1.0,
+                    "is_anomaly": False,
+                    "percentile": 50.0,
+                    "top_features": ["f0", "f1", "f2"],
+                    "model_version": "bare",
+                    "processing_time_ms": 0.0,
+                    "timestamp": m.get("timestamp"),
+                }
+            )
+            for m, r in zip(messages, records, strict=True)
+        ]
+        t3 = time.perf_counter()
+        for payload, r in zip(payloads, records, strict=True):
+            send(topic, value=payload, key=r.key)
+        t4 = time.perf_counter()
+        producer.flush()
+        t5 = time.perf_counter()
+        consumer.commit()
+        t6 = time.perf_counter()
+        for stage, seconds in zip(
+            ("decode", "encode", "send", "flush", "commit"),
+            (t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5),
+            strict=True,
+        ):
+            profile[stage] += seconds
+        done += len(records)
+        if not reported and done >= args.expect:
+            _emit(event="throughput", records=done, seconds=t6 - first, profile=profile)
+            reported = True
+    consumer.close(autocommit=False)
+    producer.close()
+    _emit(event="done")
+
+
+def _service_worker(args) -> None:
+    """The scoring service, with a thread that reports when ``expect`` records are done."""
+    import logging
+
+    import anomaly
+    from anomaly.stream import ScoringService
+
+    logging.basicConfig(level=logging.WARNING)
+    detector = anomaly.load(args.model)
+    config = anomaly.Config().updated(
+        serve={
+            "bootstrap_servers": args.bootstrap,
+            "input_topic": args.input,
+            "output_topic": args.output,
+            "group_id": args.group,
+            "metrics_port": 0,
+            "metrics_host": "127.0.0.1",
+            "max_batch_size": args.batch,
+            "max_wait_ms": MAX_WAIT_MS,
+        }
+    )
+    serve = config.serve.model_copy(update={"dlq_topic": None})
+    service = ScoringService(detector, serve)
+    service.start()
+    signal.signal(signal.SIGTERM, lambda *_: service.stop("SIGTERM"))
+
+    def monitor():
+        while not service.ready():
+            time.sleep(0.01)
+        _emit(event="ready")
+        first = None
+        while True:
+            stats = service.stats()
+            now = time.perf_counter()
+            if first is None and stats["consumed"]:
+                first = now
+            if stats["consumed"] >= args.expect and stats["pending_results"] == 0:
+                _emit(
+                    event="throughput",
+                    records=stats["consumed"],
+                    seconds=now - first,
+                    profile=service.profile(),
+                )
+                return
+            time.sleep(0.002)
+
+    threading.Thread(target=monitor, daemon=True).start()
+    service.run()
+    _emit(event="done")
+
+
+# -- the bench (parent) ----------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(
+        self,
+        kind: str,
+        bootstrap: str,
+        topics: tuple[str, str],
+        batch: int,
+        expect: int,
+        model: Path | None,
+    ):
+        command = [
+            sys.executable,
+            "-m",
+            "pipelines.bench_stream",
+            "--worker",
+            kind,
+            "--bootstrap",
+            bootstrap,
+            "--input",
+            topics[0],
+            "--output",
+            topics[1],
+            "--batch",
+            str(batch),
+            "--expect",
+            str(expect),
+            "--group",
+            f"bench-{kind}-{uuid.uuid4().hex[:6]}",
+        ]
+        if model is not None:
+            command += ["--model", str(model)]
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def wait(self, event: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"worker exited ({self.process.wait()}) before '{event}'")
+            message = json.loads(line)
+            if message["event"] == event:
+                return message
+        raise TimeoutError(event)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.wait("done", timeout=30)
+        finally:
+            self.process.wait(timeout=30)
+
+
+def _records(n: int, features: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(3, features))
+    rows = rng.normal(size=(n, 3)) @ mixing + 0.1 * rng.normal(size=(n, features))
+    return rows
+
+
+def _produce(bootstrap: str, topic: str, rows: np.ndarray) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024)
+    now = time.time()
+    for i, row in enumerate(rows.tolist()):
+        producer.send(
+            topic,
+            value=orjson.dumps({"id": i, "features": row, "timestamp": now}),
+            key=f"e{i % 1000}".encode(),
+        )
+    producer.flush()
+    producer.close()
+
+
+def _latency(
+    bootstrap: str, topics: tuple[str, str], rows: np.ndarray, rate: float, seconds: float
+):
+    """Produce at ``rate``/s for ``seconds``; return the latencies (s) of the results seen."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5
+    )
+    partitions = [TopicPartition(topics[1], p) for p in range(PARTITIONS)]
+    consumer.assign(partitions)
+    consumer.seek_to_end(*partitions)
+    for tp in partitions:
+        consumer.position(tp)
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def read():
+        deadline = None
+        while True:
+            if done.is_set():  # input complete: wait (a while) for the last results
+                deadline = deadline or time.monotonic() + 10
+                if len(latencies) >= total or time.monotonic() > deadline:
+                    break
+            for batch in consumer.poll(timeout_ms=50).values():
+                now = time.time()
+                latencies.extend(now - orjson.loads(r.value)["timestamp"] for r in batch)
+        consumer.close()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    tick = 0.01
+    per_tick = rate * tick
+    start = time.monotonic()
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.monotonic() - start) / tick * per_tick) + 1)
+        for i in range(sent, due):
+            row = rows[i % len(rows)].tolist()
+            producer.send(
+                topics[0],
+                value=orjson.dumps({"id": i, "features": row, "timestamp": time.time()}),
+                key=f"e{i % 1000}".encode(),
+            )
+        sent = due
+        time.sleep(tick)
+    producer.flush()
+    producer.close()
+    done.set()
+    reader.join(timeout=30)
+    return latencies
+
+
+def _topics(admin, kind: str, batch: int) -> tuple[str, str]:
+    tag = uuid.uuid4().hex[:6]
+    names = (f"bench-in-{kind}-{batch}-{tag}", f"bench-out-{kind}-{batch}-{tag}")
+    admin.create_topics(
+        {n: {"num_partitions": PARTITIONS, "replication_factor": 1} for n in names},
+        wait_for_metadata=True,
+    )
+    return names
+
+
+def _train(features: int, out: Path) -> Path:
+    import anomaly
+
+    rows = _records(3000, features, seed=1)
+    config = anomaly.Config().updated(training={"steps": 300})
+    anomaly.train(rows, config, feature_names=[f"f{i}" for i in range(features)]).save(out)
+    return out
+
+
+def _start_broker(directory: Path) -> str:
+    out = subprocess.run(
+        [str(KAFKA_LOCAL), "start", "--dir", str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return out.stdout.strip().splitlines()[-1].split("=", 1)[1]
+
+
+def _percentile(values, q):
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+def run(args) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    bootstrap = args.bootstrap or _start_broker(workdir / "kafka")
+    try:
+        model = Path(args.model) if args.model else _train(args.features, workdir / "model")
+        import anomaly
+
+        detector = anomaly.load(model)
+        features = len(detector.feature_names)
+        rows = _records(args.records, features, seed=2)
+        size = len(orjson.dumps({"id": 0, "features": rows[0].tolist(), "timestamp": time.time()}))
+        print(
+            f"broker {bootstrap}; model {detector.version} with {features} features; records of "
+            f"about {size} bytes; {PARTITIONS} partitions; max_wait_ms {MAX_WAIT_MS}",
+            flush=True,
+        )
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        table, profiles = [], {}
+        for batch in args.batch_sizes:
+            n = args.records if batch > 1 else min(args.records, args.records_batch1)
+            rps = {"bare": [], "service": []}
+            latencies = {"bare": [], "service": []}
+            rate = None
+            for repeat in range(args.repeats):  # alternating runs; medians and pooled latencies
+                for kind in ("bare", "service"):
+                    topics = _topics(admin, kind, batch)
+                    _produce(bootstrap, topics[0], rows[:n])
+                    worker = _Worker(
+                        kind, bootstrap, topics, batch, n, model if kind == "service" else None
+                    )
+                    try:
+                        worker.wait("ready")
+                        result = worker.wait("throughput")
+                        rps[kind].append(result["records"] / result["seconds"])
+                        total = profiles.setdefault((kind, batch), {})
+                        for stage, seconds in result["profile"].items():
+                            total[stage] = total.get(stage, 0.0) + seconds
+                        if rate is None:
+                            rate = min(args.latency_rate, 0.5 * rps["bare"][0])
+                        latencies[kind] += _latency(
+                            bootstrap, topics, rows, rate, args.latency_seconds
+                        )
+                    finally:
+                        worker.stop()
+                print(
+                    f"  batch {batch}, run {repeat + 1}: bare {rps['bare'][-1]:,.0f}/s, "
+                    f"service {rps['service'][-1]:,.0f}/s",
+                    flush=True,
+                )
+            row = {"batch": batch, "records": n, "rate": rate, "runs": args.repeats}
+            for kind in ("bare", "service"):
+                row[f"{kind}_rps"] = statistics.median(rps[kind])
+                row[f"{kind}_p50"] = _percentile(latencies[kind], 50)
+                row[f"{kind}_p99"] = _percentile(latencies[kind], 99)
+            table.append(row)
+        admin.close()
+        _print(table, profiles, args)
+    finally:
+        if not args.bootstrap:
+            subprocess.run(
+                [str(KAFKA_LOCAL), "stop", "--dir", str(workdir / "kafka")],
+                capture_output=True,
+                timeout=120,
+            )
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _print(table, profiles, args) -> None:
+    print()
+    print(
+        "| max batch | records x runs | bare loop rec/s | service rec/s | service / bare "
+        "| latency rate /s | bare p50 / p99 ms | service p50 / p99 ms |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in table:
+        print(
+            f"| {r['batch']} | {r['records']:,} x {r['runs']} | {r['bare_rps']:,.0f} | "
+            f"{r['service_rps']:,.0f} | "
+            f"{r['service_rps'] / r['bare_rps']:.0%} | {r['rate']:,.0f} | "
+            f"{r['bare_p50']:.1f} / {r['bare_p99']:.1f} | "
+            f"{r['service_p50']:.1f} / {r['service_p99']:.1f} |"
+        )
+    print()
+    print("Where the time went during the throughput run (seconds, share of the loop):")
+    stages = ("poll", "decode", "score", "encode", "send", "flush", "commit", "bookkeeping")
+    print("| loop | batch | " + " | ".join(stages) + " |")
+    print("| --- | ---: | " + " | ".join("---:" for _ in stages) + " |")
+    for (kind, batch), profile in sorted(profiles.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        total = sum(profile.values()) or 1.0
+        cells = [
+            f"{profile[s]:.2f} ({profile[s] / total:.0%})" if s in profile else "-" for s in stages
+        ]
+        print(f"| {kind} | {batch} | " + " | ".join(cells) + " |")
+    goal_512 = next((r for r in table if r["batch"] == 512), None)
+    goal_64 = next((r for r in table if r["batch"] == 64), None)
+    if goal_512:
+        ratio = goal_512["service_rps"] / goal_512["bare_rps"]
+        print(f"\nbatch 512: service at {ratio:.0%} of the bare loop (goal >= 70 %)")
+    if goal_64:
+        print(
+            f"batch 64: service p99 {goal_64['service_p99']:.1f} ms (goal < {MAX_WAIT_MS + 50} ms)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", help="use this broker instead of starting one")
+    parser.add_argument("--model", help="model bundle (default: train a tiny one)")
+    parser.add_argument("--features", type=int, default=30)
+    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--records-batch1", type=int, default=5_000, help="records at batch size 1")
+    parser.add_argument(
+        "--batch-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[1, 64, 512]
+    )
+    parser.add_argument("--latency-rate", type=float, default=2000.0)
+    parser.add_argument("--latency-seconds", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per batch size")
+    # worker mode (internal)
+    parser.add_argument("--worker", choices=["bare", "service"], help=argparse.SUPPRESS)
+    parser.add_argument("--input", help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    parser.add_argument("--group", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--expect", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker == "bare":
+        _bare_worker(args)
+    elif args.worker == "service":
+        _service_worker(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,664 @@
+"""The Kafka scoring service end to end, on the real broker of the ``kafka_bootstrap`` fixture.
+
+In-process tests run ``ScoringService`` in a thread; the process tests run ``anomaly serve``
+(``python -m pipelines.cli serve``) as subprocesses, kill or stop them, and check from the
+topics that no input record is left without a result.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+import anomaly
+from anomaly.stream import ScoringService, StreamError
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULT_DEADLINE_S = 60
+START_DEADLINE_S = 90
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_bundle):
+    return anomaly.load(tiny_bundle)
+
+
+@pytest.fixture
+def topics(kafka_topic_factory):
+    """Input (3 partitions), output, dead-letter and alerts topics of one test."""
+
+    def make(partitions: int = 3) -> dict[str, str]:
+        return {
+            "input_topic": kafka_topic_factory(partitions, prefix="in"),
+            "output_topic": kafka_topic_factory(2, prefix="out"),
+            "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+            "alerts_topic": kafka_topic_factory(1, prefix="alerts"),
+        }
+
+    return make
+
+
+def _config(bootstrap: str, topics: dict[str, str], **settings) -> anomaly.Config:
+    serve = {
+        "bootstrap_servers": bootstrap,
+        "group_id": f"test-{uuid.uuid4().hex[:8]}",
+        "metrics_port": 0,
+        "metrics_host": "127.0.0.1",
+        **topics,
+        **settings,
+    }
+    return anomaly.Config().updated(serve=serve).serve
+
+
+@contextlib.contextmanager
+def _running(detector, config):
+    """A started ScoringService running in a thread; stopped and joined on exit."""
+    service = ScoringService(detector, config)
+    service.start()
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            service.run()
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="scoring-service", daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: service.ready() or errors, 30, "input partitions to be assigned")
+        yield service
+    finally:
+        service.stop()
+        thread.join(timeout=config.shutdown_timeout_s + 5)
+        assert not thread.is_alive(), "service did not stop within its shutdown timeout"
+        assert not errors, f"service failed: {errors[0]!r}"
+
+
+def _produce(bootstrap: str, topic: str, messages) -> list[tuple[int, int]]:
+    """Send (key, value) pairs; return each one's (partition, offset)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    try:
+        futures = [producer.send(topic, value=value, key=key) for key, value in messages]
+        producer.flush(timeout=30)
+        return [(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)]
+    finally:
+        producer.close(timeout=10)
+
+
+def _read(
+    bootstrap: str,
+    topic: str,
+    count: int | None = None,
+    deadline_s: float = RESULT_DEADLINE_S,
+    covers: set[tuple[int, int]] | None = None,
+):
+    """Every record of ``topic`` from the beginning, once at least ``count`` are there (or,
+    with ``covers``, once results for all those input (partition, offset) pairs are)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+    )
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))
+        ]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records, seen = [], set()
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+                if covers is not None:
+                    seen.update(
+                        (d["partition"], d["offset"])
+                        for d in (orjson.loads(r.value) for r in batch)
+                    )
+            done = covers <= seen if covers is not None else len(records) >= count
+            if done and sum(consumer.end_offsets(partitions).values()) == len(records):
+                return records
+        return records
+    finally:
+        consumer.close()
+
+
+def _normal_rows(mixing, n, seed):
+    return np.random.default_rng(seed).normal(size=(n, 3)) @ mixing
+
+
+def _record(i, row, names, as_object):
+    features = dict(zip(names, row.tolist(), strict=True)) if as_object else row.tolist()
+    return orjson.dumps({"id": i, "features": features, "timestamp": f"t{i}"})
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _wait_for(condition, deadline_s: float, what: str):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
+
+
+# -- in-process ------------------------------------------------------------------------------
+
+
+def test_every_record_gets_exactly_one_result_anomalies_are_flagged_and_metrics_agree(
+    kafka_bootstrap, topics, detector, tiny_bundle_mixing
+):
+    names = detector.feature_names
+    t = topics(3)
+    config = _config(kafka_bootstrap, t, max_batch_size=64)
+    normal = _normal_rows(tiny_bundle_mixing, 300, seed=1)
+    anomalous = np.random.default_rng(2).normal(size=(20, 8)) * 4
+    messages = [
+        (f"entity-{i % 7}".encode(), _record(i, row, names, i % 2 == 0))
+        for i, row in enumerate(normal)
+    ]
+    messages += [
+        (b"entity-x", _record(f"anomaly-{i}", row, names, False)) for i, row in enumerate(anomalous)
+    ]
+
+    with _running(detector, config) as service:
+        sent = _produce(kafka_bootstrap, t["input_topic"], messages)
+        results = _read(kafka_bootstrap, t["output_topic"], len(messages))
+        decoded = [orjson.loads(r.value) for r in results]
+
+        # Exactly one result per input record, by (partition, offset), with the input's key.
+        where = Counter((d["partition"], d["offset"]) for d in decoded)
+        assert set(where) == set(sent) and max(where.values()) == 1
+        key_of = {pos: key for pos, (key, _) in zip(sent, messages, strict=True)}
+        assert all(
+            r.key == key_of[(d["partition"], d["offset"])]
+            for r, d in zip(results, decoded, strict=True)
+        )
+        output_partitions: dict[bytes, set[int]] = {}
+        for r in results:
+            output_partitions.setdefault(r.key, set()).add(r.partition)
+        assert all(len(parts) == 1 for parts in output_partitions.values())  # one per entity
+        by_id = {d["id"]: d for d in decoded}
+        first = by_id[0]
+        assert first["timestamp"] == "t0" and first["model_version"] == detector.version
+        assert set(first["components"]) == set(detector.components)
+        assert first["threshold"] == pytest.approx(detector.threshold)
+        assert len(first["top_features"]) == detector.config.scoring.top_features
+        assert first["processing_time_ms"] >= 0 and 0 <= first["percentile"] <= 100.01
+
+        # The anomalies are flagged; normal records rarely.
+        assert all(by_id[f"anomaly-{i}"]["is_anomaly"] for i in range(20))
+        false_alarms = sum(by_id[i]["is_anomaly"] for i in range(300))
+        assert false_alarms <= 15
+        flagged = [d for d in decoded if d["is_anomaly"]]
+        alerts = _read(kafka_bootstrap, t["alerts_topic"], len(flagged))
+        assert sorted(orjson.loads(a.value)["offset"] for a in alerts) == sorted(
+            d["offset"] for d in flagged
+        )
+
+        # Offsets end up committed at the end of each partition.
+        def committed_at_end():
+            consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=config.group_id)
+            try:
+                parts = [TopicPartition(t["input_topic"], p) for p in range(3)]
+                ends = consumer.end_offsets(parts)
+                return all(consumer.committed(tp) == ends[tp] for tp in parts)
+            finally:
+                consumer.close(autocommit=False)
+
+        _wait_for(committed_at_end, 15, "offsets to be committed")
+
+        # /metrics agrees with what went in.
+        port = service.metrics_port
+        m = _scrape(port)
+        n = len(messages)
+        assert m[("anomaly_records_consumed_total", ())] == n
+        assert m[("anomaly_records_scored_total", ())] == n
+        assert m[("anomaly_anomalies_flagged_total", ())] == len(flagged)
+        assert all(
+            m[("anomaly_records_rejected_total", (("reason", r),))] == 0
+            for r in anomaly.stream.REASONS
+        )
+        assert m[("anomaly_record_score_count", ())] == n
+        under = m[("anomaly_record_score_bucket", (("le", repr(float(detector.threshold))),))]
+        assert under == n - len(flagged)
+        assert m[("anomaly_batch_size_records_sum", ())] == n
+        assert m[("anomaly_processing_latency_seconds_count", ())] == n
+        assert m[("anomaly_end_to_end_latency_seconds_count", ())] == n
+        assert m[("anomaly_model_threshold", ())] == pytest.approx(detector.threshold)
+        assert (
+            m[("anomaly_model_target_false_positive_rate", ())] == detector.engine.params.target_fpr
+        )
+        info = (
+            ("formulation", detector.engine.params.formulation),
+            ("model_version", detector.version),
+        )
+        assert m[("anomaly_model_info", info)] == 1
+        assert m[("anomaly_last_commit_timestamp_seconds", ())] > time.time() - 60
+
+        def lags():  # refreshed every second
+            return {
+                k[1]: v for k, v in _scrape(port).items() if k[0] == "anomaly_consumer_lag_records"
+            }
+
+        _wait_for(
+            lambda: len(lags()) == 3 and set(lags().values()) == {0}, 5, "zero lag on 3 partitions"
+        )
+        assert _status(port, "/healthz") == 200 and _status(port, "/readyz") == 200
+
+
+def test_each_kind_of_bad_message_goes_to_the_dead_letter_topic_and_its_neighbours_are_scored(
+    kafka_bootstrap, topics, detector, tiny_bundle_mixing
+):
+    names = detector.feature_names
+    t = topics(1)
+    config = _config(kafka_bootstrap, t, max_message_bytes=2000)
+    row = _normal_rows(tiny_bundle_mixing, 1, seed=5)[0].tolist()
+    bad = {
+        "not_json": [b"{oops", b"\xff\xfe\x00"],
+        "bad_schema": [b"[1, 2]", b'{"id": 5}', b'{"features": "1,2"}'],
+        "wrong_features": [
+            orjson.dumps({"features": row[:7]}),
+            orjson.dumps({"features": dict(zip(names[:7], row, strict=False))}),
+            orjson.dumps({"features": {**dict(zip(names, row, strict=True)), "extra": 1.0}}),
+        ],
+        "bad_type": [
+            orjson.dumps({"features": [*row[:7], "1.5"]}),
+            orjson.dumps({"features": [*row[:7], True]}),
+            orjson.dumps({"features": [*row[:7], None]}),
+        ],
+        "non_finite": [
+            b'{"features": [1, 2, 3, 4, 5, 6, 7, NaN]}',
+            b'{"features": [1, 2, 3, 4, 5, 6, 7, -Infinity]}',
+            b'{"features": [1, 2, 3, 4, 5, 6, 7, 1e999]}',
+        ],
+        "too_large": [orjson.dumps({"features": row, "padding": "x" * 3000})],
+    }
+    messages, expected = [], []
+    for reason, values in bad.items():
+        for value in values:
+            messages.append((b"good", _record(len(messages), np.array(row), names, False)))
+            messages.append((b"bad", value))
+            expected.append(reason)
+    messages.append((b"good", _record(len(messages), np.array(row), names, True)))
+
+    with _running(detector, config) as service:
+        sent = _produce(kafka_bootstrap, t["input_topic"], messages)
+        dead = _read(kafka_bootstrap, t["dlq_topic"], len(expected))
+        results = _read(kafka_bootstrap, t["output_topic"], len(messages) - len(expected))
+        metrics = _scrape(service.metrics_port)
+
+    letters = [orjson.loads(d.value) for d in dead]
+    assert [d["reason"] for d in letters] == expected
+    bad_offsets = [
+        offset for (key, _), (_, offset) in zip(messages, sent, strict=True) if key == b"bad"
+    ]
+    for letter, offset, (_, value) in zip(letters, bad_offsets, messages[1::2], strict=False):
+        assert letter["offset"] == offset and letter["partition"] == 0
+        assert letter["topic"] == t["input_topic"] and letter["error"]
+        assert base64.b64decode(letter["value_base64"]) == value
+        assert letter["key_base64"] == base64.b64encode(b"bad").decode()
+    good_offsets = {
+        offset for (key, _), (_, offset) in zip(messages, sent, strict=True) if key == b"good"
+    }
+    assert {orjson.loads(r.value)["offset"] for r in results} == good_offsets
+    assert len(results) == len(good_offsets)
+    for reason in anomaly.stream.REASONS:
+        assert metrics[("anomaly_records_rejected_total", (("reason", reason),))] == expected.count(
+            reason
+        )
+    assert metrics[("anomaly_records_consumed_total", ())] == len(messages)
+
+
+def test_back_pressure_pauses_input_and_still_delivers_every_result(
+    kafka_bootstrap, topics, detector, tiny_bundle_mixing
+):
+    t = topics(2)
+    config = _config(kafka_bootstrap, t, max_batch_size=50, max_pending_results=20)
+    rows = _normal_rows(tiny_bundle_mixing, 600, seed=4)
+    messages = [
+        (str(i).encode(), _record(i, r, detector.feature_names, False)) for i, r in enumerate(rows)
+    ]
+    sent = _produce(kafka_bootstrap, t["input_topic"], messages)
+    with _running(detector, config) as service:
+        results = _read(kafka_bootstrap, t["output_topic"], len(messages))
+        metrics = _scrape(service.metrics_port)
+    assert {
+        (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
+    } == set(sent)
+    assert metrics[("anomaly_backpressure_pauses_total", ())] > 0
+
+
+@pytest.fixture(scope="module")
+def series_detector(tmp_path_factory):
+    """A small time-series model: windows of 4 rows of 4 features."""
+    rng = np.random.default_rng(1)
+    steps = np.arange(3000)
+    x = np.stack([np.sin(steps / 5 + k) for k in range(4)], 1) + 0.05 * rng.normal(size=(3000, 4))
+    config = anomaly.Config().updated(
+        training={"steps": 40}, model={"window": 4, "hidden_units": [32], "conv_filters": [8]}
+    )
+    detector = anomaly.train(x, config, feature_names=["s0", "s1", "s2", "s3"])
+    path = tmp_path_factory.mktemp("series") / "model"
+    detector.save(path)
+    return anomaly.load(path)
+
+
+def test_time_series_records_are_scored_once_their_keys_window_is_full(
+    kafka_bootstrap, topics, series_detector
+):
+    t = topics(2)
+    config = _config(kafka_bootstrap, t, max_batch_size=8)
+    steps = range(10)
+    messages = []
+    for i in steps:  # two entities, interleaved
+        for key in (b"pump-1", b"pump-2"):
+            row = np.sin(i / 5 + np.arange(4))
+            messages.append(
+                (key, orjson.dumps({"id": f"{key.decode()}-{i}", "features": row.tolist()}))
+            )
+    with _running(series_detector, config):
+        sent = _produce(kafka_bootstrap, t["input_topic"], messages)
+        results = _read(kafka_bootstrap, t["output_topic"], len(messages))
+    decoded = {d["id"]: d for d in map(orjson.loads, (r.value for r in results))}
+    assert len(decoded) == len(results) == len(sent)
+    for key in ("pump-1", "pump-2"):
+        for i in steps:
+            d = decoded[f"{key}-{i}"]
+            assert d["window_complete"] is (i >= 3)
+            assert (d["score"] is None) is (i < 3)
+
+
+def test_start_fails_fast_naming_a_missing_topic(kafka_bootstrap, topics, detector):
+    t = topics(1)
+    config = _config(
+        kafka_bootstrap, {**t, "output_topic": "no-such-topic-" + uuid.uuid4().hex[:6]}
+    )
+    service = ScoringService(detector, config)
+    with pytest.raises(StreamError, match="output_topic='no-such-topic-"):
+        service.start()
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Serve:
+    """``python -m pipelines.cli serve`` in a subprocess, its log in a file."""
+
+    def __init__(self, bundle, bootstrap, t, group_id, log_dir: Path, name: str, **env):
+        self.port = _free_port()
+        self.log = log_dir / f"{name}.log"
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "ANOMALY_SERVE_METRICS_HOST": "127.0.0.1",
+            "ANOMALY_SERVE_DLQ_TOPIC": t["dlq_topic"],
+            **{f"ANOMALY_SERVE_{k.upper()}": str(v) for k, v in env.items()},
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "serve",
+            "--model",
+            str(bundle),
+            "--bootstrap-servers",
+            bootstrap,
+            "--input-topic",
+            t["input_topic"],
+            "--output-topic",
+            t["output_topic"],
+            "--group-id",
+            group_id,
+            "--metrics-port",
+            str(self.port),
+        ]
+        self._log_handle = self.log.open("wb")
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self):
+        def ready():
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"serve exited with {self.process.returncode}:\n{self.log.read_text()}"
+                )
+            try:
+                return _status(self.port, "/readyz") == 200
+            except OSError:
+                return False
+
+        _wait_for(ready, START_DEADLINE_S, f"{self.log.name} to be ready")
+        return self
+
+    def consumed(self) -> float:
+        return _scrape(self.port)[("anomaly_records_consumed_total", ())]
+
+    def stop(self, sig=signal.SIGTERM, timeout=30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self._log_handle.close()
+
+    def kill_quietly(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self._log_handle.close()
+
+
+@contextlib.contextmanager
+def _paced_producer(bootstrap, topic, mixing, names, total, per_second):
+    """Produces ``total`` records at about ``per_second`` in a thread; yields the list of
+    (partition, offset) sent so far (complete once the block's ``join`` returns)."""
+    sent: list[tuple[int, int]] = []
+    rows = _normal_rows(mixing, total, seed=11)
+
+    def run():
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        try:
+            chunk = max(1, per_second // 20)
+            for start in range(0, total, chunk):
+                began = time.monotonic()
+                futures = [
+                    producer.send(
+                        topic, value=_record(i, rows[i], names, False), key=f"e{i % 13}".encode()
+                    )
+                    for i in range(start, min(total, start + chunk))
+                ]
+                producer.flush(timeout=30)
+                sent.extend((m.partition, m.offset) for m in (f.get(timeout=30) for f in futures))
+                time.sleep(max(0.0, 0.05 - (time.monotonic() - began)))
+        finally:
+            producer.close(timeout=10)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield sent, thread
+    thread.join(timeout=120)
+
+
+def test_sigkill_mid_stream_and_restart_leaves_no_record_without_a_result(
+    kafka_bootstrap, topics, tiny_bundle, tiny_bundle_mixing, tmp_path
+):
+    t = topics(2)
+    group = f"kill-{uuid.uuid4().hex[:8]}"
+    names = [f"f{i}" for i in range(8)]
+    total = 6000
+    # A short session: the killed member's partitions are reassigned after 6 s, not 45 s.
+    settings = {"max_batch_size": 32, "session_timeout_ms": 6000}
+    first = _Serve(
+        tiny_bundle, kafka_bootstrap, t, group, tmp_path, "first", **settings
+    ).wait_ready()
+    try:
+        with _paced_producer(
+            kafka_bootstrap, t["input_topic"], tiny_bundle_mixing, names, total, 1500
+        ) as (
+            sent,
+            producer,
+        ):
+            _wait_for(lambda: first.consumed() >= 1000, RESULT_DEADLINE_S, "1000 records consumed")
+            first.stop(signal.SIGKILL)
+            assert producer.is_alive(), "the input ended before the kill: not mid-stream"
+            second = _Serve(tiny_bundle, kafka_bootstrap, t, group, tmp_path, "second", **settings)
+            second.wait_ready()
+        assert len(sent) == total
+        results = _read(kafka_bootstrap, t["output_topic"], covers=set(sent))
+        seen = Counter(
+            (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
+        )
+        missing = set(sent) - set(seen)
+        assert not missing, f"{len(missing)} records without a result, e.g. {sorted(missing)[:5]}"
+        assert second.stop() == 0
+    finally:
+        first.kill_quietly()
+        with contextlib.suppress(NameError):
+            second.kill_quietly()
+
+
+def test_two_services_share_partitions_and_sigterm_hands_over_without_loss(
+    kafka_bootstrap, topics, tiny_bundle, tiny_bundle_mixing, tmp_path
+):
+    t = topics(4)
+    group = f"pair-{uuid.uuid4().hex[:8]}"
+    names = [f"f{i}" for i in range(8)]
+    services = [
+        _Serve(
+            tiny_bundle,
+            kafka_bootstrap,
+            t,
+            group,
+            tmp_path,
+            name,
+            max_batch_size=64,
+            shutdown_timeout_s=10,
+        )
+        for name in ("a", "b")
+    ]
+    a, b = services
+    try:
+        for s in services:
+            s.wait_ready()
+        # Both members own partitions: a first wave reaches both.
+        first_wave = [
+            (f"w{i}".encode(), _record(i, r, names, False))
+            for i, r in enumerate(_normal_rows(tiny_bundle_mixing, 400, seed=5))
+        ]
+        sent = _produce(kafka_bootstrap, t["input_topic"], first_wave)
+        assert {p for p, _ in sent} == {0, 1, 2, 3}
+        _wait_for(
+            lambda: a.consumed() + b.consumed() >= len(sent), RESULT_DEADLINE_S, "the first wave"
+        )
+        assert a.consumed() > 0 and b.consumed() > 0
+        assert a.consumed() + b.consumed() == len(sent)
+
+        # SIGTERM one while records keep coming: the other takes over, nothing is lost.
+        with _paced_producer(
+            kafka_bootstrap, t["input_topic"], tiny_bundle_mixing, names, 3000, 1500
+        ) as (
+            more,
+            _,
+        ):
+            time.sleep(0.7)
+            began = time.monotonic()
+            assert a.stop(signal.SIGTERM) == 0, a.log.read_text()
+            assert time.monotonic() - began < 10 + 2
+        everything = set(sent) | set(more)
+        results = _read(kafka_bootstrap, t["output_topic"], covers=everything)
+        seen = Counter(
+            (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
+        )
+        assert set(seen) == everything
+        # The handover committed before leaving: nothing was scored twice.
+        assert max(seen.values()) == 1, f"{sum(v > 1 for v in seen.values())} records scored twice"
+        assert "event=partitions_revoked" in a.log.read_text()
+        assert b.stop() == 0
+    finally:
+        for s in services:
+            s.kill_quietly()
+
+
+def test_serve_command_exits_2_with_one_line_when_the_input_topic_is_missing(
+    kafka_bootstrap, tiny_bundle
+):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "ANOMALY_SERVE_DLQ_TOPIC": ""}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "serve",
+            "--model",
+            str(tiny_bundle),
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--input-topic",
+            "missing-" + uuid.uuid4().hex[:6],
+            "--output-topic",
+            "also-missing",
+            "--metrics-port",
+            "0",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "input_topic='missing-" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr

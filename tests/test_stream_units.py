@@ -1,0 +1,181 @@
+"""Pure logic of the streaming service, without Kafka: message validation, settings
+precedence, per-key window state."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from anomaly.config import ServeConfig
+from anomaly.errors import ConfigError
+from anomaly.stream.messages import REASONS, RecordDecoder, ResultEncoder
+from anomaly.stream.settings import resolve_serve_config
+from anomaly.stream.windowing import KeyedWindows
+
+NAMES = ["a", "b", "c"]
+
+
+def _decode(values, max_bytes=10_000):
+    return RecordDecoder(NAMES, max_bytes).decode(values)
+
+
+def test_array_and_object_features_give_the_same_row_in_model_order():
+    batch = _decode(
+        [
+            b'{"features": [1, 2.5, -3], "id": "x", "timestamp": 17}',
+            b'{"features": {"c": -3, "a": 1, "b": 2.5}}',
+        ]
+    )
+    assert batch.rejected == []
+    assert batch.accepted == [0, 1]
+    np.testing.assert_array_equal(batch.rows, [[1, 2.5, -3], [1, 2.5, -3]])
+    assert batch.rows.dtype == np.float32
+    assert batch.ids == ["x", None]
+    assert batch.timestamps == [17, None]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{not json", "not_json"),
+        (b"\xff\xfe", "not_json"),
+        (None, "not_json"),
+        (b"[1, 2, 3]", "bad_schema"),
+        (b'{"id": 1}', "bad_schema"),
+        (b'{"features": "1,2,3"}', "bad_schema"),
+        (b'{"features": [1, 2]}', "wrong_features"),
+        (b'{"features": {"a": 1, "b": 2}}', "wrong_features"),
+        (b'{"features": {"a": 1, "b": 2, "c": 3, "d": 4}}', "wrong_features"),
+        (b'{"features": [1, 2, "3"]}', "bad_type"),
+        (b'{"features": [1, true, 3]}', "bad_type"),
+        (b'{"features": {"a": 1, "b": null, "c": 3}}', "bad_type"),
+        (b'{"features": [1, 2, [3]]}', "bad_type"),
+        (b'{"features": [1, NaN, 3]}', "non_finite"),
+        (b'{"features": [1, Infinity, 3]}', "non_finite"),
+        (b'{"features": [1, -Infinity, 3]}', "non_finite"),
+        (b'{"features": [1, 1e999, 3]}', "non_finite"),
+        (b'{"features": [1, 1e300, 3]}', "non_finite"),
+        (b'{"features": [1, 2, ' + b"9" * 400 + b"]}", "non_finite"),
+        (b'{"features": [1, 2, 3], "pad": "' + b"x" * 2000 + b'"}', "too_large"),
+    ],
+)
+def test_bad_message_is_rejected_with_its_reason_and_its_neighbours_are_kept(value, reason):
+    good = b'{"features": [1, 2, 3]}'
+    batch = _decode([good, value, good], max_bytes=1000)
+    assert [r[:2] for r in batch.rejected] == [(1, reason)]
+    assert batch.rejected[0][2]  # a human-readable explanation
+    assert batch.accepted == [0, 2]
+    assert len(batch.rows) == 2
+
+
+def test_reason_codes_are_the_documented_set():
+    assert REASONS == (
+        "not_json",
+        "bad_schema",
+        "wrong_features",
+        "bad_type",
+        "non_finite",
+        "too_large",
+    )
+
+
+def test_wrong_feature_names_are_named_in_the_explanation():
+    batch = _decode([b'{"features": {"a": 1, "b": 2, "zz": 3}}'])
+    ((_, reason, detail),) = batch.rejected
+    assert reason == "wrong_features"
+    assert "'c'" in detail and "'zz'" in detail
+
+
+def test_time_series_results_without_a_full_window_have_null_scores():
+    class Result:  # one scored record (the second), as a ScoreResult would hold it
+        scores = np.array([2.0])
+        is_anomaly = np.array([True])
+        percentiles = np.array([99.5])
+        components = {"reconstruction": np.array([1.5])}
+        top_features = [["b"]]
+
+        def __len__(self):
+            return 1
+
+    encoder = ResultEncoder("v1", 1.0, time_series=True)
+    out, flags = encoder.encode([0, 0], [5, 6], ["x", "y"], [None, 3], Result(), [1], 4.2)
+    first, second = (orjson.loads(v) for v in out)
+    assert first["window_complete"] is False and first["score"] is None and first["offset"] == 5
+    assert second["window_complete"] is True and second["score"] == 2.0 and second["timestamp"] == 3
+    assert second["components"] == {"reconstruction": 1.5} and second["top_features"] == ["b"]
+    assert flags == [False, True]
+
+
+def test_settings_precedence_is_cli_then_environment_then_toml_then_defaults(tmp_path):
+    toml = tmp_path / "serve.toml"
+    toml.write_text(
+        '[serve]\ninput_topic = "from-toml"\noutput_topic = "from-toml"\nmax_batch_size = 7\n'
+    )
+    env = {
+        "ANOMALY_SERVE_OUTPUT_TOPIC": "from-env",
+        "ANOMALY_SERVE_MAX_WAIT_MS": "5",
+        "ANOMALY_SERVE_DLQ_TOPIC": "",
+    }
+    config = resolve_serve_config(toml, {"max_wait_ms": 9, "group_id": None}, env)
+    assert config.input_topic == "from-toml"
+    assert config.output_topic == "from-env"
+    assert config.max_batch_size == 7
+    assert config.max_wait_ms == 9  # command line beats environment
+    assert config.dlq_topic is None  # empty value clears an optional key
+    assert config.group_id == ServeConfig().group_id  # None means "not given"
+
+
+def test_unknown_or_bad_environment_settings_are_errors_that_name_them():
+    with pytest.raises(ConfigError, match="ANOMALY_SERVE_MAX_BATCH"):
+        resolve_serve_config(None, None, {"ANOMALY_SERVE_MAX_BATCH": "5"})
+    with pytest.raises(ConfigError, match=r"max_batch_size.*environment"):
+        resolve_serve_config(None, None, {"ANOMALY_SERVE_MAX_BATCH_SIZE": "many"})
+
+
+def test_revoked_partitions_lose_the_window_state_of_their_keys():
+    windows = KeyedWindows(length=3, n_features=1, max_entities=100)
+    rows = np.arange(4, dtype=np.float32)[:, None]
+    made, positions = windows.push(rows, [b"k1", b"k2", b"k1", b"k2"], [0, 1, 0, 1])
+    assert positions == [] and len(made) == 0
+    assert windows.forget_partitions([0]) == 1  # k1 lived on partition 0
+    made, positions = windows.push(rows[:2], [b"k1", b"k2"], [0, 1])
+    assert positions == [1]  # k2 completes its window of 3; k1 starts again
+    np.testing.assert_array_equal(made[0, :, 0], [1, 3, 1])
+
+
+def test_window_state_is_bounded_by_max_entities():
+    windows = KeyedWindows(length=2, n_features=1, max_entities=2)
+    rows = np.zeros((3, 1), np.float32)
+    windows.push(rows, [b"a", b"b", b"c"], [0, 0, 0])
+    assert len(windows) == 2
+    assert not math.isnan(float(windows.forget_partitions([0])))
+
+
+def test_results_go_to_the_partition_kafkas_default_partitioner_picks_for_their_key():
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from anomaly.stream.partitioning import KeyPartitions
+
+    class Cluster:  # what DefaultPartitioner and KeyPartitions read of the metadata
+        def topics(self):
+            return {"out"}
+
+        def partitions_for_topic(self, topic):
+            return {0, 1, 2, 3, 4}
+
+        available_partitions_for_topic = partitions_for_topic
+
+    cluster = Cluster()
+
+    class Producer:
+        def partitions_for(self, topic):
+            return cluster.partitions_for_topic(topic)
+
+    mine = KeyPartitions(Producer(), "out")
+    kafkas = DefaultPartitioner()
+    for key in [f"entity-{i}".encode() for i in range(500)] + [b"", b"\x00\xff"]:
+        assert mine(key) == kafkas.partition("out", key, key, None, None, cluster)
+    assert mine(None) is None
