@@ -13,7 +13,6 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from anomaly.config import Config  # noqa: E402
-from anomaly.detector import Detector, ScoreResult, load  # noqa: E402
 from anomaly.errors import (  # noqa: E402
     AnomalyError,
     BundleError,
@@ -22,7 +21,24 @@ from anomaly.errors import (  # noqa: E402
     SchemaError,
     TrainingError,
 )
-from anomaly.training import train  # noqa: E402
+
+# Keras and TensorFlow take seconds to import: the model parts load on first use, so that
+# `anomaly --help`, configuration checks and usage errors stay fast.
+_LAZY = {
+    "Detector": "anomaly.detector",
+    "ScoreResult": "anomaly.detector",
+    "load": "anomaly.detector",
+    "train": "anomaly.training",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'anomaly' has no attribute {name!r}")
+
 
 __all__ = [
     "AnomalyError",

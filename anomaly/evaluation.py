@@ -84,9 +84,8 @@ def evaluate_file(
     """Score a labelled file and measure detection quality; with ``report_dir``, also write
     ``metrics.json``, PNG plots and ``report.md`` there."""
     on_invalid = on_invalid or detector.config.data.on_invalid
-    rejects = _Rejects(
-        rejects_path(Path(report_dir or ".") / Path(data).name), detector.feature_names
-    )
+    where = Path(report_dir) / Path(data).name if report_dir else Path(data)
+    rejects = _Rejects(rejects_path(where), detector.feature_names)
     labels, scores = [], []
     for chunk, valid, frame in iter_scored(
         detector,

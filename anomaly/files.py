@@ -155,7 +155,11 @@ def iter_scored(
     rejects = rejects or _Rejects(rejects_path(data), detector.feature_names)
     window = detector.schema.window
     buffer = WindowBuffer(window, len(detector.feature_names)) if window else None
-    with tqdm(total=reader.total_rows, unit=" rows", disable=not progress, leave=False) as bar:
+    # disable=None: a bar only on a terminal, so logs and error lines stay clean.
+    bar = tqdm(
+        total=reader.total_rows, unit=" rows", disable=None if progress else True, leave=False
+    )
+    with bar:
         for chunk in reader:
             valid = _valid_rows(chunk, data, detector.feature_names, on_invalid, rejects)
             rows = chunk.features[valid]

@@ -81,11 +81,11 @@ def paired_rows_per_second(engine, bare, x: np.ndarray, repeats: int) -> tuple[f
 
 
 def train_probe_model(n_features: int, directory: str) -> Detector:
-    """A small model of the given width (the networks the figures describe)."""
+    """A model of the given width with the default networks (what users train)."""
     rng = np.random.default_rng(0)
     mixing = rng.normal(size=(8, n_features))
     rows = rng.normal(size=(4000, 8)) @ mixing + 0.1 * rng.normal(size=(4000, n_features))
-    config = anomaly.Config().updated(training={"steps": 50}, model={"hidden_units": [128, 64]})
+    config = anomaly.Config().updated(training={"steps": 50})
     anomaly.train(rows, config).save(directory)
     return anomaly.load(directory)
 
