@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import shutil
 import signal
 import statistics
@@ -62,7 +63,11 @@ def _emit(**event) -> None:
 
 def _bare_worker(args) -> None:
     """Consume, decode, encode, send, flush, commit per batch; no scoring."""
+    import logging
+
     from kafka import KafkaConsumer, KafkaProducer
+
+    logging.basicConfig(level=logging.INFO)
 
     consumer = KafkaConsumer(
         bootstrap_servers=args.bootstrap,
@@ -144,7 +149,7 @@ def _service_worker(args) -> None:
     import anomaly
     from anomaly.stream import ScoringService
 
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO)
     detector = anomaly.load(args.model)
     config = anomaly.Config().updated(
         serve={
@@ -192,6 +197,8 @@ def _service_worker(args) -> None:
 
 
 class _Worker:
+    """A worker subprocess; its JSON-line events are read by a thread, its log kept."""
+
     def __init__(
         self,
         kind: str,
@@ -200,55 +207,60 @@ class _Worker:
         batch: int,
         expect: int,
         model: Path | None,
+        log: Path,
     ):
         command = [
-            sys.executable,
-            "-m",
-            "pipelines.bench_stream",
-            "--worker",
-            kind,
-            "--bootstrap",
-            bootstrap,
-            "--input",
-            topics[0],
-            "--output",
-            topics[1],
-            "--batch",
-            str(batch),
-            "--expect",
-            str(expect),
-            "--group",
-            f"bench-{kind}-{uuid.uuid4().hex[:6]}",
-        ]
+            sys.executable, "-m", "pipelines.bench_stream", "--worker", kind,
+            "--bootstrap", bootstrap, "--input", topics[0], "--output", topics[1],
+            "--batch", str(batch), "--expect", str(expect),
+            "--group", f"bench-{kind}-{uuid.uuid4().hex[:6]}",
+        ]  # fmt: skip
         if model is not None:
             command += ["--model", str(model)]
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        self.log = log
+        self._log_file = log.open("wb")
         self.process = subprocess.Popen(
             command,
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log_file,
             text=True,
         )
+        self._events: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._events.put(json.loads(line))
+        self._events.put(None)
 
     def wait(self, event: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"worker exited ({self.process.wait()}) before '{event}'")
-            message = json.loads(line)
+        while True:
+            try:
+                message = self._events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(
+                    f"no '{event}' from the worker in {timeout} s; see {self.log}"
+                ) from None
+            if message is None:
+                raise RuntimeError(
+                    f"worker exited ({self.process.wait()}) before '{event}'; see {self.log}"
+                )
             if message["event"] == event:
                 return message
-        raise TimeoutError(event)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
         try:
-            self.wait("done", timeout=30)
-        finally:
             self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log_file.close()
 
 
 def _records(n: int, features: int, seed: int = 0):
@@ -366,6 +378,7 @@ def run(args) -> None:
     from kafka.admin import KafkaAdminClient
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    succeeded = False
     bootstrap = args.bootstrap or _start_broker(workdir / "kafka")
     try:
         model = Path(args.model) if args.model else _train(args.features, workdir / "model")
@@ -391,8 +404,10 @@ def run(args) -> None:
                 for kind in ("bare", "service"):
                     topics = _topics(admin, kind, batch)
                     _produce(bootstrap, topics[0], rows[:n])
+                    log = workdir / "logs" / f"{kind}-{batch}-{repeat}.log"
+                    log.parent.mkdir(exist_ok=True)
                     worker = _Worker(
-                        kind, bootstrap, topics, batch, n, model if kind == "service" else None
+                        kind, bootstrap, topics, batch, n, model if kind == "service" else None, log
                     )
                     try:
                         worker.wait("ready")
@@ -421,6 +436,7 @@ def run(args) -> None:
             table.append(row)
         admin.close()
         _print(table, profiles, args)
+        succeeded = True
     finally:
         if not args.bootstrap:
             subprocess.run(
@@ -428,7 +444,10 @@ def run(args) -> None:
                 capture_output=True,
                 timeout=120,
             )
-        shutil.rmtree(workdir, ignore_errors=True)
+        if succeeded:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept {workdir} (worker logs in logs/)", file=sys.stderr)
 
 
 def _print(table, profiles, args) -> None:

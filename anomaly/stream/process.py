@@ -15,13 +15,15 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomaly.config import ServeConfig
-from anomaly.detector import Detector
 from anomaly.errors import ConfigError
 from anomaly.stream.service import ScoringService
 from anomaly.stream.settings import resolve_serve_config
+
+if TYPE_CHECKING:
+    from anomaly.detector import Detector
 
 log = logging.getLogger("anomaly.stream")
 

@@ -38,6 +38,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 from kafka import TopicPartition
@@ -46,7 +47,6 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from anomaly.config import ServeConfig
-from anomaly.detector import Detector
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
 from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.errors import DeliveryError, StreamError
@@ -55,11 +55,18 @@ from anomaly.stream.metrics import ServiceMetrics
 from anomaly.stream.partitioning import KeyPartitions
 from anomaly.stream.windowing import KeyedWindows
 
+if TYPE_CHECKING:
+    from anomaly.detector import Detector
+
 log = logging.getLogger("anomaly.stream")
 
-#: How long an idle poll waits for records (bounds how fast ``stop`` is noticed).
-IDLE_POLL_MS = 100
-#: Longest a blocking wait for acknowledgements lasts before the loop goes on polling.
+#: How long an idle poll waits for records. Kept short: kafka-python's poll can sleep
+#: through its whole timeout when it has no fetch in flight, even if records arrive.
+IDLE_POLL_MS = 25
+#: Poll timeout while results await acknowledgement, so they are settled (and committed)
+#: promptly without blocking the loop on the producer.
+PENDING_POLL_MS = 5
+#: Longest a blocking wait for acknowledgements lasts (while paused by back-pressure).
 FLUSH_WAIT_S = 1.0
 #: Seconds between consumer-lag updates.
 LAG_INTERVAL_S = 1.0
@@ -211,7 +218,7 @@ class ScoringService:
                     raise self._fatal
                 if records:
                     self._process(records, polled_at)
-                self._settle(block=not records)
+                self._settle(block=self._paused)
                 self._commit_settled()
                 self._apply_backpressure()
                 self._update_lag()
@@ -262,7 +269,8 @@ class ScoringService:
         start = perf_counter()
         consumer = self._consumer
         limit = self.config.max_batch_size
-        polled = consumer.poll(timeout_ms=0 if self._pending else IDLE_POLL_MS, max_records=limit)
+        timeout = PENDING_POLL_MS if self._pending else IDLE_POLL_MS
+        polled = consumer.poll(timeout_ms=timeout, max_records=limit)
         records = (
             [r for part in polled.values() for r in part]
             if len(polled) != 1
