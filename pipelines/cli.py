@@ -55,9 +55,21 @@ _on_invalid = click.option(
 
 
 @cli.command()
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="CSV, Parquet, JSON lines or .npy file.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model bundle directory to write.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="CSV, Parquet, JSON lines or .npy file.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model bundle directory to write.",
+)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file."
+)
 @click.option("--features", help="Comma-separated feature columns (default: every numeric column).")
 @click.option("--label-column", help="Train only on rows whose label is 0/false.")
 @click.option("--id-column", help="Record id column (excluded from features).")
@@ -66,7 +78,19 @@ _on_invalid = click.option(
 @click.option("--steps", type=int, help="Generator updates (training length).")
 @click.option("--seed", type=int, help="Random seed.")
 @_on_invalid
-def train(data, out, config_path, features, label_column, id_column, entity_column, window, steps, seed, on_invalid):
+def train(
+    data,
+    out,
+    config_path,
+    features,
+    label_column,
+    id_column,
+    entity_column,
+    window,
+    steps,
+    seed,
+    on_invalid,
+):
     """Train a detector on the normal rows of DATA and save it to OUT."""
     from anomaly.files import train_file
 
@@ -95,9 +119,13 @@ def train(data, out, config_path, features, label_column, id_column, entity_colu
 
 
 @cli.command()
-@click.option("--model", required=True, type=click.Path(file_okay=False), help="Model bundle directory.")
+@click.option(
+    "--model", required=True, type=click.Path(file_okay=False), help="Model bundle directory."
+)
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="File to score.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .csv, .parquet or .jsonl.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Output .csv, .parquet or .jsonl."
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @_on_invalid
 def score(model, data, out, progress, on_invalid):
@@ -115,10 +143,17 @@ def score(model, data, out, progress, on_invalid):
 
 
 @cli.command()
-@click.option("--model", required=True, type=click.Path(file_okay=False), help="Model bundle directory.")
+@click.option(
+    "--model", required=True, type=click.Path(file_okay=False), help="Model bundle directory."
+)
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled file.")
 @click.option("--label-column", required=True, help="Column with 1 for anomalies, 0 for normal.")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write plots and report.md here.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    help="Write plots and report.md here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @_on_invalid
 def evaluate(model, data, label_column, report_dir, as_json, on_invalid):
@@ -133,7 +168,11 @@ def evaluate(model, data, label_column, report_dir, as_json, on_invalid):
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         for name, value in result.to_json().items():
-            click.echo(f"{name:<22}{value:>12.4f}" if isinstance(value, float) else f"{name:<22}{value:>12}")
+            click.echo(
+                f"{name:<22}{value:>12.4f}"
+                if isinstance(value, float)
+                else f"{name:<22}{value:>12}"
+            )
     if report_dir:
         click.echo(f"report -> {Path(report_dir) / 'report.md'}", err=as_json)
 
@@ -160,8 +199,15 @@ def info(model):
     "--config", "config_path", type=click.Path(dir_okay=False), help="TOML file ([serve] section)."
 )
 def serve(
-    model, bootstrap_servers, input_topic, output_topic, dlq_topic, alerts_topic, group_id,
-    metrics_port, config_path,
+    model,
+    bootstrap_servers,
+    input_topic,
+    output_topic,
+    dlq_topic,
+    alerts_topic,
+    group_id,
+    metrics_port,
+    config_path,
 ):
     """Score a Kafka topic continuously until SIGTERM/SIGINT.
 
