@@ -97,7 +97,7 @@ def train_file(
     config = config or Config()
     started = time.perf_counter()
     d = config.data
-    table = io.read_all(
+    reader = io.TableReader(
         data,
         features=d.features,
         id_column=d.id_column,
@@ -105,7 +105,8 @@ def train_file(
         entity_column=d.entity_column,
         chunk_rows=d.chunk_rows,
     )
-    names = table_names(data, d)
+    names = reader.feature_names
+    table = io.join_chunks(reader)
     rejects = _Rejects(rejects_path(out), names)
     usable = _valid_rows(table, data, names, d.on_invalid, rejects)
     if table.labels is not None:
@@ -125,18 +126,6 @@ def train_file(
         seconds=time.perf_counter() - started,
     )
     return detector, summary
-
-
-def table_names(data: PathLike, d) -> list[str]:
-    """The feature names a file resolves to under a data configuration."""
-    return io.TableReader(
-        data,
-        features=d.features,
-        id_column=d.id_column,
-        label_column=d.label_column,
-        entity_column=d.entity_column,
-        chunk_rows=1,
-    ).feature_names
 
 
 def iter_scored(

@@ -173,7 +173,12 @@ class TableReader:
 
 def read_all(path: str | os.PathLike[str], **options: Any) -> Chunk:
     """The whole file as one chunk (for training); ``options`` are ``TableReader``'s."""
-    chunks = list(TableReader(path, **options))
+    return join_chunks(TableReader(path, **options))
+
+
+def join_chunks(reader: TableReader) -> Chunk:
+    """Every chunk of an opened reader as one chunk."""
+    chunks = list(reader)
 
     def joined(field: str) -> np.ndarray | None:
         parts = [getattr(chunk, field) for chunk in chunks]
