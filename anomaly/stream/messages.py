@@ -269,24 +269,33 @@ class ResultEncoder:
         tops = result.top_features
         columns = zip(*(result.components[name].tolist() for name in names), strict=True)
         ms = round(processing_ms, 3)
+
+        def build(i, p, o, complete, s, c, f, q, t, ts) -> bytes:
+            """One result; ``complete`` is None in tabular mode, which has no
+            ``window_complete`` key (deleting it keeps the other keys' order, and is
+            cheaper than merging it in)."""
+            record = {
+                "id": i,
+                "partition": p,
+                "offset": o,
+                "window_complete": complete,
+                "score": s,
+                "components": c,
+                "threshold": threshold,
+                "is_anomaly": f,
+                "percentile": q,
+                "top_features": t,
+                "model_version": version,
+                "processing_time_ms": ms,
+                "timestamp": ts,
+            }
+            if complete is None:
+                del record["window_complete"]
+            return dumps(record)
+
         if scored is None and not self.time_series:
             out = [
-                dumps(
-                    {
-                        "id": i,
-                        "partition": p,
-                        "offset": o,
-                        "score": s,
-                        "components": dict(zip(names, c, strict=True)),
-                        "threshold": threshold,
-                        "is_anomaly": f,
-                        "percentile": q,
-                        "top_features": t,
-                        "model_version": version,
-                        "processing_time_ms": ms,
-                        "timestamp": ts,
-                    }
-                )
+                build(i, p, o, None, s, dict(zip(names, c, strict=True)), f, q, t, ts)
                 for i, p, o, s, c, f, q, t, ts in zip(
                     ids,
                     partitions,
@@ -307,42 +316,32 @@ class ResultEncoder:
         for position, s, c, f, q, t in zip(
             scored, scores, columns, flags, percentiles, tops, strict=True
         ):
-            out[position] = dumps(
-                {
-                    "id": ids[position],
-                    "partition": partitions[position],
-                    "offset": offsets[position],
-                    "window_complete": True,
-                    "score": s,
-                    "components": dict(zip(names, c, strict=True)),
-                    "threshold": threshold,
-                    "is_anomaly": f,
-                    "percentile": q,
-                    "top_features": t,
-                    "model_version": version,
-                    "processing_time_ms": ms,
-                    "timestamp": timestamps[position],
-                }
+            out[position] = build(
+                ids[position],
+                partitions[position],
+                offsets[position],
+                True,
+                s,
+                dict(zip(names, c, strict=True)),
+                f,
+                q,
+                t,
+                timestamps[position],
             )
             flagged[position] = f
         for position, value in enumerate(out):
             if not value:
-                out[position] = dumps(
-                    {
-                        "id": ids[position],
-                        "partition": partitions[position],
-                        "offset": offsets[position],
-                        "window_complete": False,
-                        "score": None,
-                        "components": None,
-                        "threshold": threshold,
-                        "is_anomaly": None,
-                        "percentile": None,
-                        "top_features": None,
-                        "model_version": version,
-                        "processing_time_ms": ms,
-                        "timestamp": timestamps[position],
-                    }
+                out[position] = build(
+                    ids[position],
+                    partitions[position],
+                    offsets[position],
+                    False,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    timestamps[position],
                 )
         return out, flagged
 
