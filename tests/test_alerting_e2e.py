@@ -13,10 +13,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -28,31 +26,17 @@ from kafka import KafkaProducer
 
 import anomaly
 from anomaly.stream import ScoringService
+from tests._support import free_port, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+POLL_S = 0.5  # how often the waits below look again
 
 
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
-
-
-def _wait_for(condition, deadline_s: float, what: str):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
 
 
 @pytest.fixture
@@ -90,7 +74,7 @@ def running_service(tiny_bundle, kafka_bootstrap, kafka_topic_factory):
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
-        _wait_for(service.ready, 60, "the service to be assigned its partitions")
+        wait_for(service.ready, 60, "the service to be assigned its partitions", POLL_S)
         yield service, topics["input_topic"], kafka_bootstrap
     finally:
         service.stop()
@@ -108,7 +92,7 @@ def _start_prometheus(
         "scrape_configs:\n  - job_name: anomaly-scorer\n"
         f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
     )
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             binary,
@@ -129,8 +113,11 @@ def test_anomaly_rate_alert_fires_in_prometheus_when_anomalies_are_injected(
     prometheus, port = _start_prometheus(prometheus_binary, tmp_path, service.metrics_port)
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
-        _wait_for(
-            lambda: _query(api, 'up{job="anomaly-scorer"}') == 1.0, 60, "Prometheus to scrape"
+        wait_for(
+            lambda: _query(api, 'up{job="anomaly-scorer"}') == 1.0,
+            60,
+            "Prometheus to scrape",
+            POLL_S,
         )
         rng = np.random.default_rng(5)
         normal = rng.normal(size=(300, 3)) @ tiny_bundle_mixing
@@ -150,7 +137,7 @@ def test_anomaly_rate_alert_fires_in_prometheus_when_anomalies_are_injected(
                 if a["labels"]["alertname"] == "AnomalyRateHigh" and a["state"] == "firing"
             ]
 
-        alerts = _wait_for(firing, 90, "AnomalyRateHigh to fire")
+        alerts = wait_for(firing, 90, "AnomalyRateHigh to fire", POLL_S)
         assert alerts[0]["labels"]["severity"]
         assert _query(api, "anomaly_anomalies_flagged_total") >= 250
     finally:

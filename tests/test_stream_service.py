@@ -11,7 +11,6 @@ import base64
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import anomaly
 from anomaly.stream import ScoringService, StreamError
+from tests._support import free_port, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -89,7 +89,7 @@ def _running(detector, config):
     thread = threading.Thread(target=run, name="scoring-service", daemon=True)
     thread.start()
     try:
-        _wait_for(lambda: service.ready() or errors, 30, "input partitions to be assigned")
+        wait_for(lambda: service.ready() or errors, 30, "input partitions to be assigned")
         yield service
     finally:
         service.stop()
@@ -170,16 +170,6 @@ def _status(port: int, path: str) -> int:
         return exc.code
 
 
-def _wait_for(condition, deadline_s: float, what: str):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
-
-
 # -- in-process ------------------------------------------------------------------------------
 
 
@@ -244,7 +234,7 @@ def test_every_record_gets_exactly_one_result_anomalies_are_flagged_and_metrics_
             finally:
                 consumer.close(autocommit=False)
 
-        _wait_for(committed_at_end, 15, "offsets to be committed")
+        wait_for(committed_at_end, 15, "offsets to be committed")
 
         # /metrics agrees with what went in.
         port = service.metrics_port
@@ -279,7 +269,7 @@ def test_every_record_gets_exactly_one_result_anomalies_are_flagged_and_metrics_
                 k[1]: v for k, v in _scrape(port).items() if k[0] == "anomaly_consumer_lag_records"
             }
 
-        _wait_for(
+        wait_for(
             lambda: len(lags()) == 3 and set(lags().values()) == {0}, 5, "zero lag on 3 partitions"
         )
         assert _status(port, "/healthz") == 200 and _status(port, "/readyz") == 200
@@ -420,17 +410,11 @@ def test_start_fails_fast_naming_a_missing_topic(kafka_bootstrap, topics, detect
 # -- processes -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Serve:
     """``python -m pipelines.cli serve`` in a subprocess, its log in a file."""
 
     def __init__(self, bundle, bootstrap, t, group_id, log_dir: Path, name: str, **env):
-        self.port = _free_port()
+        self.port = free_port()
         self.log = log_dir / f"{name}.log"
         environment = {
             **os.environ,
@@ -478,7 +462,7 @@ class _Serve:
             except OSError:
                 return False
 
-        _wait_for(ready, START_DEADLINE_S, f"{self.log.name} to be ready")
+        wait_for(ready, START_DEADLINE_S, f"{self.log.name} to be ready")
         return self
 
     def consumed(self) -> float:
@@ -549,7 +533,7 @@ def test_sigkill_mid_stream_and_restart_leaves_no_record_without_a_result(
             sent,
             producer,
         ):
-            _wait_for(lambda: first.consumed() >= 1000, RESULT_DEADLINE_S, "1000 records consumed")
+            wait_for(lambda: first.consumed() >= 1000, RESULT_DEADLINE_S, "1000 records consumed")
             first.stop(signal.SIGKILL)
             assert producer.is_alive(), "the input ended before the kill: not mid-stream"
             second = _Serve(tiny_bundle, kafka_bootstrap, t, group, tmp_path, "second", **settings)
@@ -598,7 +582,7 @@ def test_two_services_share_partitions_and_sigterm_hands_over_without_loss(
         ]
         sent = _produce(kafka_bootstrap, t["input_topic"], first_wave)
         assert {p for p, _ in sent} == {0, 1, 2, 3}
-        _wait_for(
+        wait_for(
             lambda: a.consumed() + b.consumed() >= len(sent), RESULT_DEADLINE_S, "the first wave"
         )
         assert a.consumed() > 0 and b.consumed() > 0

@@ -1,0 +1,29 @@
+"""Plain helpers shared by test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], T], deadline_s: float, what: str, poll_s: float = 0.1) -> T:
+    """Call ``condition`` every ``poll_s`` seconds until it returns something truthy, and
+    return that; fail the test after ``deadline_s`` seconds, naming ``what`` it waited for."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
