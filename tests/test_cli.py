@@ -227,20 +227,30 @@ def test_missing_data_file_exits_2_with_one_error_line(model, tmp_path):
     assert line == f"error: file not found: {missing}"
 
 
-def test_unknown_file_format_exits_2_naming_the_supported_extensions(model, tmp_path):
-    data = tmp_path / "data.txt"
-    data.write_text("f0,f1\n1,2\n")
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        pytest.param(
+            "data.txt",
+            b"f0,f1\n1,2\n",
+            "cannot read '.txt'; supported extensions: .csv",
+            id="unknown-format",
+        ),
+        pytest.param(
+            "data.parquet",
+            b"this is not parquet at all",
+            "cannot be read as Parquet",
+            id="unreadable-parquet",
+        ),
+    ],
+)
+def test_unreadable_data_file_exits_2_saying_why(model, tmp_path, name, content, message):
+    data = tmp_path / name
+    data.write_bytes(content)
 
     line = score_error(model, data, tmp_path / "out.csv")
 
-    assert f"{data}: cannot read '.txt'; supported extensions: .csv" in line
-
-
-def test_unreadable_parquet_exits_2_saying_it_cannot_be_read(model, tmp_path):
-    data = tmp_path / "data.parquet"
-    data.write_bytes(b"this is not parquet at all")
-
-    assert f"{data}: cannot be read as Parquet" in score_error(model, data, tmp_path / "out.csv")
+    assert f"{data}: {message}" in line
 
 
 def test_non_numeric_feature_column_exits_2_naming_column_and_row(model, files, tmp_path):

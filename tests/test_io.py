@@ -323,20 +323,25 @@ def test_csv_with_binary_content(tmp_path: Path) -> None:
     )
 
 
-def test_gzip_csv_that_is_not_gzip(tmp_path: Path) -> None:
-    path = tmp_path / "data.csv.gz"
-    path.write_text("a\n1\n")
+@pytest.mark.parametrize(
+    ("name", "content", "start"),
+    [
+        pytest.param("data.csv.gz", b"a\n1\n", "cannot be read as CSV (", id="gzip-csv-not-gzip"),
+        pytest.param(
+            "data.npy",
+            b"garbage" * 20,
+            "cannot be read as .npy (the magic string is not correct",
+            id="npy-not-npy",
+        ),
+    ],
+)
+def test_file_that_is_not_what_its_extension_says(
+    tmp_path: Path, name: str, content: bytes, start: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
 
-    assert error_message(path).startswith(f"{path}: cannot be read as CSV (")
-
-
-def test_npy_that_is_not_npy(tmp_path: Path) -> None:
-    path = tmp_path / "data.npy"
-    path.write_bytes(b"garbage" * 20)
-
-    assert error_message(path).startswith(
-        f"{path}: cannot be read as .npy (the magic string is not correct"
-    )
+    assert error_message(path).startswith(f"{path}: {start}")
 
 
 def test_npy_with_python_objects_is_never_unpickled(tmp_path: Path) -> None:
@@ -511,13 +516,6 @@ def test_jsonl_line_that_is_not_json_is_named(tmp_path: Path) -> None:
     assert message.endswith("""): '{"a": 1,,}'; each line must hold one JSON object""")
 
 
-def test_jsonl_line_with_two_objects_is_named(tmp_path: Path) -> None:
-    path = tmp_path / "data.jsonl"
-    path.write_text('{"a": 1}\n{"a": 2} {"a": 3}\n')
-
-    assert error_message(path).startswith(f"{path}: line 2 is not valid JSON (Extra data")
-
-
 def test_jsonl_line_that_is_not_an_object_is_named(tmp_path: Path) -> None:
     path = tmp_path / "data.json"
     path.write_text('{"a": 1}\n[1, 2]\n')
@@ -528,20 +526,36 @@ def test_jsonl_line_that_is_not_an_object_is_named(tmp_path: Path) -> None:
     )
 
 
-def test_json_array_file_explains_json_lines(tmp_path: Path) -> None:
-    path = tmp_path / "data.json"
-    path.write_text(json.dumps([{"a": 1}, {"a": 2}]))
+@pytest.mark.parametrize(
+    ("name", "content", "start"),
+    [
+        pytest.param(
+            "data.jsonl",
+            b'{"a": 1}\n{"a": 2} {"a": 3}\n',
+            "line 2 is not valid JSON (Extra data",
+            id="two-objects-on-a-line",
+        ),
+        pytest.param(
+            "data.json",
+            json.dumps([{"a": 1}, {"a": 2}]).encode(),
+            "line 1 holds a JSON list, not an object",
+            id="json-array-file",
+        ),
+        pytest.param(
+            "data.jsonl",
+            b'{"a": "\xff"}\n',
+            "cannot be read as JSON lines (not UTF-8 text: invalid start byte)",
+            id="not-utf8",
+        ),
+    ],
+)
+def test_json_lines_that_cannot_be_read_are_explained(
+    tmp_path: Path, name: str, content: bytes, start: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
 
-    assert error_message(path).startswith(f"{path}: line 1 holds a JSON list, not an object")
-
-
-def test_jsonl_that_is_not_utf8(tmp_path: Path) -> None:
-    path = tmp_path / "data.jsonl"
-    path.write_bytes(b'{"a": "\xff"}\n')
-
-    assert error_message(path).startswith(
-        f"{path}: cannot be read as JSON lines (not UTF-8 text: invalid start byte)"
-    )
+    assert error_message(path).startswith(f"{path}: {start}")
 
 
 # --- Writing results. --------------------------------------------------------------------
