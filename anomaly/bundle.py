@@ -1,6 +1,6 @@
 """Model bundles: a directory of ``.keras`` networks and JSON, with a checksum manifest.
 
-No pickle anywhere: networks load with ``safe_mode=True``, the latent reference is a plain
+No pickle anywhere: networks load with ``safe_mode=True``, the latent prototypes are a plain
 ``.npy`` array loaded with ``allow_pickle=False``, everything else is JSON. ``manifest.json``
 lists the SHA-256 of every file and is verified before anything is loaded, so a truncated,
 corrupted or edited bundle is refused with the name of the file that changed.
@@ -21,10 +21,10 @@ import numpy as np
 
 from anomaly.errors import BundleError
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
 NETWORKS = ("encoder", "generator", "critic")
 JSON_PARTS = ("preprocessing", "scoring", "schema", "metadata", "health", "config")
-LATENT_REFERENCE = "latent_reference.npy"
+LATENT_PROTOTYPES = "latent_prototypes.npy"
 MANIFEST = "manifest.json"
 
 
@@ -34,7 +34,7 @@ class BundleContents:
 
     networks: dict[str, keras.Model]
     parts: dict[str, dict]
-    latent_reference: np.ndarray
+    latent_prototypes: np.ndarray
     version: str
 
 
@@ -48,7 +48,7 @@ def save_bundle(path: str | os.PathLike[str], contents: BundleContents) -> str:
             network.save(staging / f"{name}.keras")
         for name, part in contents.parts.items():
             (staging / f"{name}.json").write_text(json.dumps(part, indent=2, sort_keys=True))
-        np.save(staging / LATENT_REFERENCE, contents.latent_reference, allow_pickle=False)
+        np.save(staging / LATENT_PROTOTYPES, contents.latent_prototypes, allow_pickle=False)
         checksums = {f.name: _sha256(f) for f in sorted(staging.iterdir())}
         manifest = {"bundle_version": BUNDLE_VERSION, "files": checksums}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -77,9 +77,9 @@ def load_bundle(path: str | os.PathLike[str]) -> BundleContents:
             ) from None
     parts = {name: _read_json(path / f"{name}.json") for name in JSON_PARTS}
     try:
-        reference = np.load(path / LATENT_REFERENCE, allow_pickle=False)
+        reference = np.load(path / LATENT_PROTOTYPES, allow_pickle=False)
     except ValueError as exc:
-        raise BundleError(f"{path / LATENT_REFERENCE}: not a plain numeric array: {exc}") from None
+        raise BundleError(f"{path / LATENT_PROTOTYPES}: not a plain numeric array: {exc}") from None
     return BundleContents(networks, parts, reference, bundle_version_id(path))
 
 
@@ -95,7 +95,7 @@ def verify_bundle(path: Path) -> dict:
             f"this package reads version {BUNDLE_VERSION}"
         )
     expected = (
-        {f"{n}.keras" for n in NETWORKS} | {f"{n}.json" for n in JSON_PARTS} | {LATENT_REFERENCE}
+        {f"{n}.keras" for n in NETWORKS} | {f"{n}.json" for n in JSON_PARTS} | {LATENT_PROTOTYPES}
     )
     listed = manifest.get("files", {})
     missing_from_manifest = sorted(expected - set(listed))

@@ -114,10 +114,12 @@ class ScoringConfig(_Section):
     """False-positive rate on held-out normal data that the threshold is calibrated to."""
     top_features: int = Field(3, ge=0)
     """How many features with the largest residuals explain each record."""
-    latent_reference_size: int = Field(2048, ge=16)
-    """Training latents kept in the bundle; the ``latent`` component is the distance to the
-    nearest of them. Its distance matrix is the costliest part of scoring after the
-    networks, so it is kept small (see pipelines/bench_scoring.py)."""
+    latent_prototypes: int = Field(256, ge=16)
+    """k-means prototypes of the training latents kept in the bundle (``anomaly.prototypes``);
+    the scoring engine's distance matrix is (batch x prototypes), its costliest part after
+    the networks (see pipelines/bench_scoring.py)."""
+    latent_neighbours: int = Field(3, ge=1)
+    """The ``latent`` component is the mean distance to this many nearest prototypes."""
     refine_steps: int = Field(0, ge=0)
     """AnoGAN-style refinement: gradient steps on z from E(x) before measuring residuals
     (offline use; 0 turns it off)."""

@@ -151,7 +151,7 @@ class Detector:
             "health": self.health,
             "config": self.config.model_dump(),
         }
-        contents = bundle.BundleContents(e.networks, parts, e.latent_reference, version="")
+        contents = bundle.BundleContents(e.networks, parts, e.latent_prototypes, version="")
         self.version = bundle.save_bundle(path, contents)
         self.metadata["model_version"] = self.version
         return Path(path)
@@ -185,7 +185,7 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
         contents.networks["generator"],
         contents.networks["critic"],
         Standardizer.from_json(parts["preprocessing"]),
-        contents.latent_reference,
+        contents.latent_prototypes,
         ScoringParams.from_json(parts["scoring"]),
         batch_size=config.scoring.batch_size,
         jit_compile=default_jit_compile() if jit_compile is None else jit_compile,

@@ -8,7 +8,8 @@ few gradient steps, AnoGAN-style), x' = G(z), then four components, each a numbe
 ``critic``          the critic's verdict on x as a deviation from its behaviour on normal
                     data: two-sided for the Wasserstein critic (whose raw output does not
                     rank anomalies monotonically), one-sided "looks fake" for BiGAN
-``latent``          distance from E(x) to the nearest of a sample of training latents
+``latent``          mean distance from E(x) to its nearest prototypes of the training
+                    latents (``anomaly.prototypes``)
 
 Each component is standardised with a robust location and scale (median and IQR/1.349)
 measured on held-out normal data; the anomaly score is their weighted sum. A record is
@@ -46,6 +47,7 @@ class ScoringParams:
     top_features: int
     refine_steps: int
     refine_learning_rate: float
+    latent_neighbours: int
     location: dict[str, float] = field(default_factory=dict)
     scale: dict[str, float] = field(default_factory=dict)
     threshold: float = float("inf")
@@ -72,14 +74,14 @@ class ScoringEngine:
         generator: keras.Model,
         critic: keras.Model,
         standardizer: Standardizer,
-        latent_reference: np.ndarray,
+        latent_prototypes: np.ndarray,
         params: ScoringParams,
         batch_size: int = 4096,
         jit_compile: bool = False,
     ):
         self.networks = {"encoder": encoder, "generator": generator, "critic": critic}
         self.standardizer = standardizer
-        self.latent_reference = np.asarray(latent_reference, np.float32)
+        self.latent_prototypes = np.asarray(latent_prototypes, np.float32)
         self.params = params
         self.batch_size = batch_size
         self.record_shape = tuple(int(s) for s in encoder.inputs[0].shape[1:])
@@ -95,7 +97,7 @@ class ScoringEngine:
         return ScoringEngine(
             *self.networks.values(),
             self.standardizer,
-            self.latent_reference,
+            self.latent_prototypes,
             params,
             self.batch_size,
             self._jit_compile,
@@ -152,7 +154,9 @@ class ScoringEngine:
             "reconstruction": ops.mean(per_feature, axis=-1),
             "feature": ops.mean(ops.square(features - rec_features), axis=-1),
             "critic": -verdict,
-            "latent": _nearest_distance(z, self.latent_reference),
+            "latent": _neighbour_distance(
+                z, self.latent_prototypes, self.params.latent_neighbours
+            ),
             "feature_residuals": per_feature,
             "latent_code": z,
         }
@@ -191,18 +195,25 @@ def combine(raw: dict, params: ScoringParams) -> dict:
     }
 
 
-def _nearest_distance(z, reference: np.ndarray):
-    """Euclidean distance from each code to its nearest reference code.
+def _neighbour_distance(z, prototypes: np.ndarray, neighbours: int):
+    """Mean Euclidean distance from each code to its ``neighbours`` nearest prototypes.
 
-    One matmul ranks the references (|r|^2 - 2 z.r orders them like the squared distance);
-    the distance to the nearest is then measured directly. The expanded form alone loses
-    about 1e-5 to float32 cancellation on small distances, differently on each backend, and
-    the score's weighting amplified that to 4e-4 between TensorFlow and JAX.
+    One matmul ranks the prototypes: [z, 1] . [2p, -|p|^2] = 2 z.p - |p|^2 orders them like
+    the negated squared distance, with the bias folded in so the (batch, prototypes) matrix
+    is written once; ``top_k`` picks the nearest (Keras's TensorFlow ``argmax`` on the CPU
+    makes three extra passes over that matrix for a flush-to-zero fix). The distances to
+    those are then measured directly: the expanded form alone loses about 1e-5 to float32
+    cancellation on small distances, differently on each backend, which the score's
+    weighting amplified to 4e-4 between TensorFlow and JAX.
     """
-    ref = ops.convert_to_tensor(reference)
-    ranking = ops.sum(ops.square(ref), axis=1)[None, :] - 2.0 * ops.matmul(z, ops.transpose(ref))
-    nearest = ops.take(ref, ops.argmin(ranking, axis=1), axis=0)
-    return ops.sqrt(ops.sum(ops.square(z - nearest), axis=1))
+    ranker = np.concatenate([2.0 * prototypes, -np.square(prototypes).sum(1, keepdims=True)], 1)
+    ranking = ops.matmul(
+        ops.concatenate([z, ops.ones_like(z[:, :1])], axis=1),
+        ops.convert_to_tensor(ranker.T.astype(np.float32)),
+    )
+    _, nearest = ops.top_k(ranking, k=min(neighbours, len(prototypes)), sorted=False)
+    chosen = ops.take(ops.convert_to_tensor(prototypes), nearest, axis=0)
+    return ops.mean(ops.sqrt(ops.sum(ops.square(z[:, None, :] - chosen), axis=-1)), axis=1)
 
 
 def robust_location_scale(values: np.ndarray) -> tuple[float, float]:

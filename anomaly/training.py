@@ -25,6 +25,7 @@ from anomaly.errors import TrainingError
 from anomaly.gan import AnomalyGAN
 from anomaly.networks import build_networks
 from anomaly.preprocessing import Standardizer
+from anomaly.prototypes import kmeans_prototypes
 from anomaly.scoring import ScoringEngine, ScoringParams
 from anomaly.windows import WindowBuffer
 
@@ -80,17 +81,17 @@ def train(
     )
     report = health.assess(history, generated, x_fit)
 
-    rng = np.random.default_rng(config.training.seed)
-    keep = rng.choice(
-        len(x_fit), min(config.scoring.latent_reference_size, len(x_fit)), replace=False
+    latent_prototypes = kmeans_prototypes(
+        encoder.predict(x_fit, batch_size=config.scoring.batch_size, verbose=0),
+        config.scoring.latent_prototypes,
+        config.training.seed,
     )
-    latent_reference = keras.ops.convert_to_numpy(encoder(x_fit[np.sort(keep)]))
     engine = ScoringEngine(
         encoder,
         generator,
         critic,
         standardizer,
-        latent_reference,
+        latent_prototypes,
         _initial_params(config),
         batch_size=config.scoring.batch_size,
         jit_compile=default_jit_compile(),
@@ -187,6 +188,7 @@ def _initial_params(config: Config) -> ScoringParams:
         top_features=s.top_features,
         refine_steps=s.refine_steps,
         refine_learning_rate=s.refine_learning_rate,
+        latent_neighbours=s.latent_neighbours,
     )
 
 

@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
-        "--latent-reference", type=int, help="keep only this many reference latents (cost study)"
+        "--latent-prototypes", type=int, help="keep only this many latent prototypes (cost study)"
     )
     parser.add_argument(
         "--jit-compile", action="store_true", help="TensorFlow: compile the engine with XLA"
@@ -110,9 +110,9 @@ def main() -> None:
         if detector is None:
             train_probe_model(args.features, tmp)
             detector = anomaly.load(tmp, jit_compile=args.jit_compile)
-        if args.latent_reference:
+        if args.latent_prototypes:
             engine = detector.engine
-            engine.latent_reference = engine.latent_reference[: args.latent_reference]
+            engine.latent_prototypes = engine.latent_prototypes[: args.latent_prototypes]
         bare = bare_forward(detector)
         shape = detector.schema.record_shape
         print(

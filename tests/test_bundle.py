@@ -84,16 +84,16 @@ def test_loaded_detector_reports_the_bundle_version_and_training_metadata(
 def test_bundle_holds_keras_networks_json_parts_and_a_manifest_and_no_pickle(tabular_bundle):
     files = {path.name for path in tabular_bundle.iterdir()}
 
-    assert files == NETWORK_FILES | JSON_FILES | {"latent_reference.npy", "manifest.json"}
+    assert files == NETWORK_FILES | JSON_FILES | {"latent_prototypes.npy", "manifest.json"}
     manifest = json.loads((tabular_bundle / "manifest.json").read_text())
-    assert manifest["bundle_version"] == 1
+    assert manifest["bundle_version"] == 2
     assert set(manifest["files"]) == files - {"manifest.json"}
     for name in NETWORK_FILES:
         with zipfile.ZipFile(tabular_bundle / name) as archive:
             assert set(archive.namelist()) == {"config.json", "metadata.json", "model.weights.h5"}
     for name in JSON_FILES:
         json.loads((tabular_bundle / name).read_text())
-    reference = np.load(tabular_bundle / "latent_reference.npy", allow_pickle=False)
+    reference = np.load(tabular_bundle / "latent_prototypes.npy", allow_pickle=False)
     assert reference.dtype == np.float32 and reference.ndim == 2
 
 
@@ -137,12 +137,12 @@ def test_unknown_bundle_version_is_refused(bundle):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
     assert (
-        load_error(bundle) == f"{bundle}: unknown bundle version 99; this package reads version 1"
+        load_error(bundle) == f"{bundle}: unknown bundle version 99; this package reads version 2"
     )
 
 
 def test_manifest_that_is_not_json_is_refused(bundle):
-    (bundle / "manifest.json").write_text('{"bundle_version": 1, "files": ')
+    (bundle / "manifest.json").write_text('{"bundle_version": 2, "files": ')
 
     assert load_error(bundle).startswith(f"{bundle / 'manifest.json'}: not valid JSON: ")
 
