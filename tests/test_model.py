@@ -131,6 +131,22 @@ def test_health_report_has_losses_per_epoch_and_no_mode_collapse(tabular_detecto
     assert not any("mode collapse" in warning for warning in health["warnings"])
 
 
+def test_latent_component_is_the_mean_distance_to_the_nearest_prototypes(
+    tabular_detector, labelled
+):
+    engine = tabular_detector.engine
+    rows, _ = labelled
+    raw = engine.raw_components(rows[:500])
+    prototypes = engine.latent_prototypes.astype(np.float64)
+    distances = np.linalg.norm(raw["latent_code"][:, None, :] - prototypes[None], axis=-1)
+    k = engine.params.latent_neighbours
+
+    expected = np.sort(distances, axis=1)[:, :k].mean(axis=1)
+
+    assert len(prototypes) == anomaly.Config().scoring.latent_prototypes
+    np.testing.assert_allclose(raw["latent"], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_latent_refinement_changes_scores_and_keeps_auroc_high(tabular_detector, result, labelled):
     rows, labels = labelled
     params = dataclasses.replace(tabular_detector.engine.params, refine_steps=5)
