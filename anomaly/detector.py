@@ -169,6 +169,8 @@ class Detector:
             "weights": p.weights,
             "component_location": p.location,
             "component_scale": p.scale,
+            "latent_prototypes": len(self.engine.latent_prototypes),
+            "latent_neighbours": p.latent_neighbours,
             "metadata": self.metadata,
             "health": {k: v for k, v in self.health.items() if k != "losses"},
         }

@@ -133,6 +133,7 @@ def test_info_prints_json_with_the_features_and_how_many_records_were_fitted(mod
     assert meta["fit_records"] + meta["held_out_records"] == 3000
     assert meta["fit_records"] == 2550
     assert meta["rows_rejected"] == 0
+    assert (info["latent_prototypes"], info["latent_neighbours"]) == (256, 3)
 
 
 # -- score --------------------------------------------------------------------------------
