@@ -42,7 +42,10 @@ def kmeans_prototypes(codes: np.ndarray, count: int, seed: int) -> np.ndarray:
         members = np.bincount(nearest, minlength=count)
         filled = members > 0  # an emptied centre keeps its place: it is still a data point
         sums = np.stack(
-            [np.bincount(nearest, weights=codes[:, j], minlength=count) for j in range(codes.shape[1])],
+            [
+                np.bincount(nearest, weights=codes[:, j], minlength=count)
+                for j in range(codes.shape[1])
+            ],
             axis=1,
         )
         centres[filled] = sums[filled] / members[filled, None]

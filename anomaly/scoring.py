@@ -154,9 +154,7 @@ class ScoringEngine:
             "reconstruction": ops.mean(per_feature, axis=-1),
             "feature": ops.mean(ops.square(features - rec_features), axis=-1),
             "critic": -verdict,
-            "latent": _neighbour_distance(
-                z, self.latent_prototypes, self.params.latent_neighbours
-            ),
+            "latent": _neighbour_distance(z, self.latent_prototypes, self.params.latent_neighbours),
             "feature_residuals": per_feature,
             "latent_code": z,
         }

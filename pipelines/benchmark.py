@@ -157,7 +157,8 @@ def run_tabular(
 
 
 def _run_one(name, method, dataset, seed):
-    """``tabular.run_method`` that also hands back the variants' scores (for plots)."""
+    """Train and score one method on one split: one result row per score variant, plus the
+    variants' scores (for plots) and the TEST labels."""
     X, y = tabular.load_dataset(dataset)
     split = tabular.protocol_split(y, seed)
     started = time.perf_counter()
@@ -174,6 +175,7 @@ def _run_one(name, method, dataset, seed):
                 "train_seconds": timings.get("train", total),
                 "score_seconds": timings.get("score", 0.0),
                 "_train_rows": len(split.train),
+                **({"health": timings["health"]} if "health" in timings else {}),
             }
         )
     return rows, variants, split.y_test
@@ -289,6 +291,7 @@ def tabular_markdown(rows: list[dict], notes: dict | None = None) -> str:
             cells.append(cell)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines.extend(health_lines(rows))
     if notes:
         missing = {k: v["unavailable"] for k, v in notes.items() if "unavailable" in v}
         if missing:
@@ -374,6 +377,32 @@ def tabular_plots(out: Path, plots_dir: Path, datasets=None) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def health_lines(rows: list[dict]) -> list[str]:
+    """Training health of every GAN fit: how many flagged mode collapse, and each warning."""
+    fits = {
+        (r["dataset"], r["seed"], r["method"]): r["health"]
+        for r in rows
+        if "health" in r and ":" not in r["method"]  # variants share their fit's report
+    }
+    if not fits:
+        return []
+    lines = [
+        "### Training health of the GAN fits\n",
+        "| method | fits | mode collapse flagged | lowest diversity ratio | fits with warnings |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for method in _method_order({m for _, _, m in fits}):
+        mine = [h for (_, _, m), h in fits.items() if m == method]
+        collapsed = sum(h["mode_collapse"] for h in mine)
+        lowest = min(h["diversity_ratio"] for h in mine)
+        warned = sum(bool(h["warnings"]) for h in mine)
+        lines.append(f"| {method} | {len(mine)} | {collapsed} | {lowest:.2f} | {warned} |")
+    lines.append("")
+    warnings = sorted((key, w) for key, h in fits.items() for w in h["warnings"])
+    lines.extend(f"- {d} seed {s} {m}: {w}" for (d, s, m), w in warnings)
+    return lines + [""] if warnings else lines
 
 
 def write_tabular_report(out: Path, plots_dir: Path) -> None:

@@ -51,6 +51,11 @@ def test_quick_benchmark_end_to_end(tmp_path):
 
     table = (tmp_path / "tabular.md").read_text()
     assert "| gan |" in table and "| iforest |" in table and "± 0.000" in table
+    health = by_method["gan"]["health"]
+    assert set(health) == {"mode_collapse", "diversity_ratio", "warnings"}
+    assert "health" not in by_method["iforest"]
+    assert "### Training health of the GAN fits" in table
+    assert f"| gan | 1 | {int(health['mode_collapse'])} |" in table
 
     result = json.loads((tmp_path / "nab_results.json").read_text())
     assert result["series"] == 2

@@ -34,8 +34,17 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
             engine = detector.engine
             refined = engine.with_params(replace(engine.params, refine_steps=refine_steps))
             variants["refined"] = refined.score(test.astype(np.float32))["score"]
-        timings = {"train": trained - started, "score": scored - trained}
-        return variants, timings
+        health = detector.health
+        info = {
+            "train": trained - started,
+            "score": scored - trained,
+            "health": {
+                "mode_collapse": bool(health["mode_collapse"]),
+                "diversity_ratio": float(health["diversity_ratio"]),
+                "warnings": list(health["warnings"]),
+            },
+        }
+        return variants, info
 
     return method
 

@@ -10,7 +10,6 @@ test labels.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,15 @@ import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 DATASETS = (
-    "arrhythmia", "breastw", "cardio", "http", "ionosphere", "pima", "shuttle", "smtp", "thyroid",
+    "arrhythmia",
+    "breastw",
+    "cardio",
+    "http",
+    "ionosphere",
+    "pima",
+    "shuttle",
+    "smtp",
+    "thyroid",
 )
 
 
@@ -68,29 +75,7 @@ def metrics(y_test: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
 
 #: A method fits on TRAIN rows and returns named score arrays for TEST rows (one training
-#: can give several variants, e.g. each score component of the GAN) and its timings
-#: (``train`` and ``score`` seconds).
-Method = Callable[[np.ndarray, np.ndarray, int], tuple[dict[str, np.ndarray], dict[str, float]]]
-
-
-def run_method(name: str, method: Method, dataset: str, seed: int) -> list[dict]:
-    """Train and score one method on one split; one result row per score variant."""
-    X, y = load_dataset(dataset)
-    split = protocol_split(y, seed)
-    started = time.perf_counter()
-    variants, timings = method(X[split.train], X[split.test], seed)
-    total = time.perf_counter() - started
-    rows = []
-    for variant, scores in variants.items():
-        label = name if variant == "" else f"{name}:{variant}"
-        rows.append(
-            {
-                "dataset": dataset,
-                "seed": seed,
-                "method": label,
-                **metrics(split.y_test, np.asarray(scores, np.float64)),
-                "train_seconds": timings.get("train", total),
-                "score_seconds": timings.get("score", 0.0),
-            }
-        )
-    return rows
+#: can give several variants, e.g. each score component of the GAN) and facts about the fit:
+#: ``train`` and ``score`` seconds, and for the GAN its training ``health`` (mode collapse,
+#: diversity ratio, warnings), copied into every row of the fit.
+Method = Callable[[np.ndarray, np.ndarray, int], tuple[dict[str, np.ndarray], dict]]
