@@ -96,19 +96,12 @@ def error_line(result) -> str:
     return lines[0]
 
 
+def score(model: Path, data: Path, out: Path, *options: str):
+    return run("score", "--model", str(model), "--data", str(data), "--out", str(out), *options)
+
+
 def score_error(model: Path, data: Path, out: Path, *options: str) -> str:
-    result = run(
-        "score",
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--no-progress",
-        *options,
-    )
-    return error_line(result)
+    return error_line(score(model, data, out, "--no-progress", *options))
 
 
 # -- train and info ---------------------------------------------------------------------
@@ -143,9 +136,7 @@ def test_info_prints_json_with_the_features_and_how_many_records_were_fitted(mod
 def test_score_keeps_row_order_and_ids_and_adds_score_columns(model, files, tmp_path, suffix):
     out = tmp_path / f"scores{suffix}"
 
-    result = run(
-        "score", "--model", str(model), "--data", str(files / "eval.csv"), "--out", str(out)
-    )
+    result = score(model, files / "eval.csv", out)
 
     assert result.exit_code == 0, result.output
     assert "scored 1100 of 1100 rows" in result.stdout
@@ -286,17 +277,7 @@ def test_on_invalid_skip_writes_rejected_row_numbers_and_scores_the_rest(model, 
     frame.to_csv(data := tmp_path / "nan.csv", index=False)
     out = tmp_path / "out.csv"
 
-    result = run(
-        "score",
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--on-invalid",
-        "skip",
-    )
+    result = score(model, data, out, "--on-invalid", "skip")
 
     assert result.exit_code == 0, result.output
     assert f"2 rows rejected -> {out}.rejects.csv" in result.stdout
