@@ -198,7 +198,7 @@ def _neighbour_distance(z, prototypes: np.ndarray, neighbours: int):
 
     One matmul ranks the prototypes: [z, 1] . [2p, -|p|^2] = 2 z.p - |p|^2 orders them like
     the negated squared distance, with the bias folded in so the (batch, prototypes) matrix
-    is written once; ``top_k`` picks the nearest (Keras's TensorFlow ``argmax`` on the CPU
+    is written once; ``top_k`` picks the nearest (Keras's TensorFlow ``argmin`` on the CPU
     makes three extra passes over that matrix for a flush-to-zero fix). The distances to
     those are then measured directly: the expanded form alone loses about 1e-5 to float32
     cancellation on small distances, differently on each backend, which the score's
