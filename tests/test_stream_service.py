@@ -109,6 +109,12 @@ def _produce(bootstrap: str, topic: str, messages) -> list[tuple[int, int]]:
         producer.close(timeout=10)
 
 
+#: A reader that receives nothing for this long starts over with a new consumer: once in a
+#: CI run, a fresh kafka-python consumer assigned to a topic that held records polled
+#: nothing for the whole deadline, while the service kept serving.
+STALL_S = 10
+
+
 def _read(
     bootstrap: str,
     topic: str,
@@ -118,6 +124,16 @@ def _read(
 ):
     """Every record of ``topic`` from the beginning, once at least ``count`` are there (or,
     with ``covers``, once results for all those input (partition, offset) pairs are)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        records, complete = _read_from_start(bootstrap, topic, count, covers, deadline)
+        if complete or time.monotonic() >= deadline:
+            return records
+
+
+def _read_from_start(bootstrap, topic, count, covers, deadline):
+    """One consumer's read of ``topic``: (records, complete), giving up at ``deadline`` or
+    after ``STALL_S`` seconds without a record."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
     )
@@ -128,9 +144,10 @@ def _read(
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         records, seen = [], set()
-        deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
+        last_record = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - last_record < STALL_S:
             for batch in consumer.poll(timeout_ms=200).values():
+                last_record = time.monotonic()
                 records.extend(batch)
                 if covers is not None:
                     seen.update(
@@ -139,8 +156,8 @@ def _read(
                     )
             done = covers <= seen if covers is not None else len(records) >= count
             if done and sum(consumer.end_offsets(partitions).values()) == len(records):
-                return records
-        return records
+                return records, True
+        return records, False
     finally:
         consumer.close()
 
