@@ -194,6 +194,12 @@ class ServiceMetrics:
             "Times the input partitions were paused because too many results were unacknowledged.",
             registry=registry,
         )
+        self.rejoins = Counter(
+            "anomaly_consumer_rejoins_total",
+            "Times the consumer subscribed afresh because a rebalance left it without partitions "
+            "for longer than the session timeout.",
+            registry=registry,
+        )
 
 
 def _powers_of_two(limit: int) -> list[float]:

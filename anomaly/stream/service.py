@@ -145,6 +145,8 @@ class ScoringService:
         self._forget_on_assign: set[int] = set()
         self._fatal: BaseException | None = None
         self._paused = False
+        #: When the consumer last lost its assignment (or subscribed), until one arrives.
+        self._unassigned_since: float | None = None
         self._last_commit_attempt = 0.0
         self._last_lag_update = 0.0
 
@@ -175,7 +177,7 @@ class ScoringService:
             # Known partitions before joining, or the first assignment can come back empty.
             if not self._consumer.partitions_for_topic(config.input_topic):
                 raise StreamError(f"no partitions found for input topic {config.input_topic!r}")
-            self._consumer.subscribe([config.input_topic], listener=_RebalanceListener(self))
+            self._subscribe()
         except BaseException:
             self._close_clients(time.monotonic() + config.shutdown_timeout_s)
             self._server.close()
@@ -204,6 +206,37 @@ class ScoringService:
             self.config.max_batch_size,
         )
 
+    def _subscribe(self) -> None:
+        """Join the group for the input topic, with the group's view of its partitions ready.
+
+        ``topics()`` is a blocking metadata refresh after subscribing: kafka-python's group
+        coordinator snapshots the topic's partitions from it. Without it the first assignment
+        is made from an empty snapshot and a second rebalance follows at once, and
+        kafka-python 3.0.12 can leave such a metadata-triggered rebalance unfinished (see
+        ``_rejoin_if_stalled``)."""
+        self._consumer.subscribe([self.config.input_topic], listener=_RebalanceListener(self))
+        self._consumer.topics()
+        self._unassigned_since = time.monotonic()
+
+    def _rejoin_if_stalled(self) -> None:
+        """Subscribe afresh if the consumer has been without an assignment for longer than the
+        session timeout (after which the broker has given up on this member anyway).
+
+        kafka-python 3.0.12 leaves a rebalance unfinished when a short poll times out while
+        the group leader's SyncGroup is in flight and the rebalance began from a metadata
+        change: its join loop never resumes, no assignment arrives and heartbeats stay off.
+        """
+        since = self._unassigned_since
+        if since is None or time.monotonic() - since < self.config.session_timeout_ms / 1000:
+            return
+        log.warning(
+            "event=rebalance_stalled unassigned_s=%.1f action=resubscribe",
+            time.monotonic() - since,
+        )
+        self.metrics.rejoins.inc()
+        self._consumer.unsubscribe()
+        self._subscribe()
+
     def run(self) -> None:
         """Score until ``stop()``; then finish the batch in hand, flush, commit and close."""
         self.start()
@@ -222,6 +255,7 @@ class ScoringService:
                 self._commit_settled()
                 self._apply_backpressure()
                 self._update_lag()
+                self._rejoin_if_stalled()
         except BaseException as exc:
             failure = exc
             raise
@@ -530,6 +564,8 @@ class ScoringService:
         revoked = set(revoked)
         self._rebalances += 1
         self._last_revoked = {tp.partition for tp in revoked}
+        if self._unassigned_since is None:
+            self._unassigned_since = time.monotonic()
         if not revoked:
             return
         committed = 0
@@ -555,6 +591,7 @@ class ScoringService:
     def _partitions_assigned(self, assigned) -> None:
         assigned = set(assigned)
         self._assigned |= assigned
+        self._unassigned_since = None
         if self._windows is not None:
             gone = self._forget_on_assign - {tp.partition for tp in assigned}
             if gone:
@@ -566,6 +603,8 @@ class ScoringService:
     def _partitions_lost(self, lost) -> None:
         lost = set(lost)
         self._rebalances += 1
+        if self._unassigned_since is None:
+            self._unassigned_since = time.monotonic()
         self._last_revoked = {tp.partition for tp in lost}
         self._drop(lost, keep_windows=False)
         log.warning(
