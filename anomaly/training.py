@@ -122,7 +122,7 @@ def _split(records, config):
 
 
 def _latent_dim(config: Config, n_features: int) -> int:
-    return config.model.latent_dim or min(32, max(2, n_features // 2))
+    return config.model.latent_dim or min(32, max(2, n_features))
 
 
 def _fit_gan(x_fit, x_held, config: Config, callbacks):
