@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -372,6 +373,22 @@ def test_back_pressure_pauses_input_and_still_delivers_every_result(
         (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
     } == set(sent)
     assert metrics[("anomaly_backpressure_pauses_total", ())] > 0
+
+
+def test_a_lone_service_joins_once_and_keeps_its_partitions(
+    kafka_bootstrap, topics, detector, caplog
+):
+    """One join and no second rebalance. kafka-python 3.0.12 made the first assignment from
+    an empty metadata snapshot and rebalanced again at once, a rebalance it could leave
+    unfinished (no partitions ever again); the service refreshes metadata before joining."""
+    caplog.set_level(logging.INFO, logger="anomaly.stream")
+    t = topics(3)
+    with _running(detector, _config(kafka_bootstrap, t)) as service:
+        time.sleep(3)  # the metadata response that triggered the second rebalance came in ms
+        assert service.ready()
+        assert service.assignment() == {TopicPartition(t["input_topic"], p) for p in range(3)}
+    events = [r.getMessage().split()[0] for r in caplog.records if r.name == "anomaly.stream"]
+    assert events.count("event=partitions_assigned") == 1, events
 
 
 @pytest.fixture(scope="module")
