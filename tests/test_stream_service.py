@@ -391,6 +391,47 @@ def test_a_lone_service_joins_once_and_keeps_its_partitions(
     assert events.count("event=partitions_assigned") == 1, events
 
 
+def test_a_service_left_without_partitions_past_its_session_timeout_subscribes_afresh(
+    kafka_bootstrap, topics, detector, tiny_bundle_mixing
+):
+    """A group member that stops polling holds the rebalance open until its poll interval
+    runs out. The service, without partitions for longer than its session timeout, subscribes
+    afresh (the path that recovers from kafka-python's unfinished rebalances), then owns every
+    partition once that member has left, and scores what was waiting."""
+    t = topics(2)
+    config = _config(kafka_bootstrap, t, session_timeout_ms=6_000)
+    stalled = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=config.group_id,
+        enable_auto_commit=False,
+        session_timeout_ms=6_000,
+        max_poll_interval_ms=15_000,
+    )
+    try:
+        stalled.subscribe([t["input_topic"]])
+        wait_for(
+            lambda: stalled.poll(timeout_ms=200) is not None and stalled.assignment(),
+            30,
+            "the other member's assignment",
+        )
+        rows = _normal_rows(tiny_bundle_mixing, 50, seed=6)
+        messages = [
+            (str(i).encode(), _record(i, r, detector.feature_names, False))
+            for i, r in enumerate(rows)
+        ]
+        sent = _produce(kafka_bootstrap, t["input_topic"], messages)
+        with _running(detector, config) as service:
+            results = _read(kafka_bootstrap, t["output_topic"], len(messages))
+            metrics = _scrape(service.metrics_port)
+            assert service.assignment() == {TopicPartition(t["input_topic"], p) for p in (0, 1)}
+    finally:
+        stalled.close(autocommit=False)
+    assert metrics[("anomaly_consumer_rejoins_total", ())] >= 1
+    assert {
+        (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
+    } == set(sent)
+
+
 @pytest.fixture(scope="module")
 def series_detector(tmp_path_factory):
     """A small time-series model: windows of 4 rows of 4 features."""
