@@ -432,6 +432,42 @@ def test_a_service_left_without_partitions_past_its_session_timeout_subscribes_a
     } == set(sent)
 
 
+def test_records_in_hand_at_a_rebalance_are_scored_when_their_partition_comes_back(
+    kafka_bootstrap, topics, detector, tiny_bundle_mixing
+):
+    """A member joins and leaves while the service fills a micro-batch. Each rebalance
+    revokes every partition, so the service drops the records it holds and re-fetches them
+    once a partition is back: kafka-python keeps the fetch position of a partition it gets
+    back, which would skip them."""
+    t = topics(2)
+    # Batches that fill slowly: the service almost always holds records inside a poll.
+    config = _config(kafka_bootstrap, t, max_batch_size=10_000, max_wait_ms=3_000)
+    names = detector.feature_names
+    with _running(detector, config):
+        with _paced_producer(
+            kafka_bootstrap, t["input_topic"], tiny_bundle_mixing, names, 600, 100
+        ) as (sent, _):
+            time.sleep(1.5)
+            visitor = KafkaConsumer(
+                bootstrap_servers=kafka_bootstrap,
+                group_id=config.group_id,
+                enable_auto_commit=False,
+            )
+            try:
+                visitor.subscribe([t["input_topic"]])
+                wait_for(
+                    lambda: visitor.poll(timeout_ms=200) is not None and visitor.assignment(),
+                    30,
+                    "the visiting member's assignment",
+                )
+            finally:
+                visitor.close(autocommit=False)
+        results = _read(kafka_bootstrap, t["output_topic"], covers=set(sent))
+    seen = {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))}
+    missing = sorted(set(sent) - seen)
+    assert not missing, f"{len(missing)} records without a result, e.g. {missing[:5]}"
+
+
 @pytest.fixture(scope="module")
 def series_detector(tmp_path_factory):
     """A small time-series model: windows of 4 rows of 4 features."""

@@ -143,6 +143,8 @@ class ScoringService:
         self._rebalances = 0
         self._last_revoked: set[int] = set()
         self._forget_on_assign: set[int] = set()
+        #: First record dropped at a revocation, per partition, to rewind to if it comes back.
+        self._rewind: dict[TopicPartition, int] = {}
         self._fatal: BaseException | None = None
         self._paused = False
         #: When the consumer last lost its assignment (or subscribed), until one arrives.
@@ -321,13 +323,40 @@ class ScoringService:
                 more = consumer.poll(
                     timeout_ms=max(1, int(remaining * 1000)), max_records=limit - len(records)
                 )
-                if self._rebalances != rebalances:  # drop what we hold of revoked partitions
-                    records = [r for r in records if r.partition not in self._last_revoked]
+                fresh = [r for part in more.values() for r in part]
+                if self._rebalances != rebalances:
+                    records = self._drop_revoked(records, fresh)
+                elif fresh:
+                    records = records + fresh
                 if not more:
                     break
-                records = records + [r for part in more.values() for r in part]
         self._profile["poll"] += perf_counter() - start
         return records, polled_at
+
+    def _drop_revoked(self, held: list, fresh: list) -> list:
+        """The records in hand after a rebalance during a poll of the micro-batch.
+
+        Those of revoked partitions are dropped: their offsets were not committed, so whoever
+        owns the partition next scores them. A dropped partition that comes back to this
+        consumer is rewound to its first dropped record, now or when it is assigned, because
+        kafka-python keeps the fetch position of a partition it gets back and would skip
+        them; records of it fetched past that point are dropped too and fetched again.
+        """
+        first_dropped: dict[int, int] = {}
+        for record in held:
+            if record.partition in self._last_revoked:
+                first_dropped.setdefault(record.partition, record.offset)
+        rewound = set()
+        for partition, offset in first_dropped.items():
+            tp = TopicPartition(self.config.input_topic, partition)
+            if tp in self._assigned:
+                self._consumer.seek(tp, offset)
+                rewound.add(partition)
+            elif self._unassigned_since is not None:  # the new assignment is still to come
+                self._rewind[tp] = offset
+        return [r for r in held if r.partition not in first_dropped] + [
+            r for r in fresh if r.partition not in rewound
+        ]
 
     def _process(self, records: list, polled_at: float) -> None:
         profile = self._profile
@@ -592,6 +621,9 @@ class ScoringService:
         assigned = set(assigned)
         self._assigned |= assigned
         self._unassigned_since = None
+        for tp in assigned & self._rewind.keys():
+            self._consumer.seek(tp, self._rewind[tp])
+        self._rewind = {}
         if self._windows is not None:
             gone = self._forget_on_assign - {tp.partition for tp in assigned}
             if gone:
