@@ -163,6 +163,25 @@ def _read_from_start(bootstrap, topic, count, covers, deadline):
         consumer.close()
 
 
+def _group_member(bootstrap: str, group_id: str, topic: str, **settings) -> KafkaConsumer:
+    """A plain consumer that has joined ``group_id`` and been assigned partitions of
+    ``topic``; it commits nothing (close it with ``autocommit=False``)."""
+    member = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False, **settings
+    )
+    try:
+        member.subscribe([topic])
+        wait_for(
+            lambda: member.poll(timeout_ms=200) is not None and member.assignment(),
+            30,
+            "another group member's assignment",
+        )
+    except BaseException:
+        member.close(autocommit=False)
+        raise
+    return member
+
+
 def _normal_rows(mixing, n, seed):
     return np.random.default_rng(seed).normal(size=(n, 3)) @ mixing
 
@@ -400,20 +419,14 @@ def test_a_service_left_without_partitions_past_its_session_timeout_subscribes_a
     partition once that member has left, and scores what was waiting."""
     t = topics(2)
     config = _config(kafka_bootstrap, t, session_timeout_ms=6_000)
-    stalled = KafkaConsumer(
-        bootstrap_servers=kafka_bootstrap,
-        group_id=config.group_id,
-        enable_auto_commit=False,
+    stalled = _group_member(
+        kafka_bootstrap,
+        config.group_id,
+        t["input_topic"],
         session_timeout_ms=6_000,
         max_poll_interval_ms=15_000,
     )
     try:
-        stalled.subscribe([t["input_topic"]])
-        wait_for(
-            lambda: stalled.poll(timeout_ms=200) is not None and stalled.assignment(),
-            30,
-            "the other member's assignment",
-        )
         rows = _normal_rows(tiny_bundle_mixing, 50, seed=6)
         messages = [
             (str(i).encode(), _record(i, r, detector.feature_names, False))
@@ -448,20 +461,9 @@ def test_records_in_hand_at_a_rebalance_are_scored_when_their_partition_comes_ba
             kafka_bootstrap, t["input_topic"], tiny_bundle_mixing, names, 600, 100
         ) as (sent, _):
             time.sleep(1.5)
-            visitor = KafkaConsumer(
-                bootstrap_servers=kafka_bootstrap,
-                group_id=config.group_id,
-                enable_auto_commit=False,
+            _group_member(kafka_bootstrap, config.group_id, t["input_topic"]).close(
+                autocommit=False
             )
-            try:
-                visitor.subscribe([t["input_topic"]])
-                wait_for(
-                    lambda: visitor.poll(timeout_ms=200) is not None and visitor.assignment(),
-                    30,
-                    "the visiting member's assignment",
-                )
-            finally:
-                visitor.close(autocommit=False)
         results = _read(kafka_bootstrap, t["output_topic"], covers=set(sent))
     seen = {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))}
     missing = sorted(set(sent) - seen)
