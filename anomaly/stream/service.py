@@ -180,6 +180,11 @@ class ScoringService:
             if not self._consumer.partitions_for_topic(config.input_topic):
                 raise StreamError(f"no partitions found for input topic {config.input_topic!r}")
             self._subscribe()
+            # A blocking metadata refresh after subscribing: kafka-python's group coordinator
+            # snapshots the topic's partitions from it. Without it the first assignment is made
+            # from an empty snapshot and a second rebalance follows at once, which kafka-python
+            # 3.0.12 can leave unfinished (see _rejoin_if_stalled).
+            self._consumer.topics()
         except BaseException:
             self._close_clients(time.monotonic() + config.shutdown_timeout_s)
             self._server.close()
@@ -209,15 +214,8 @@ class ScoringService:
         )
 
     def _subscribe(self) -> None:
-        """Join the group for the input topic, with the group's view of its partitions ready.
-
-        ``topics()`` is a blocking metadata refresh after subscribing: kafka-python's group
-        coordinator snapshots the topic's partitions from it. Without it the first assignment
-        is made from an empty snapshot and a second rebalance follows at once, and
-        kafka-python 3.0.12 can leave such a metadata-triggered rebalance unfinished (see
-        ``_rejoin_if_stalled``)."""
+        """Join the group for the input topic (the join itself happens in ``poll``)."""
         self._consumer.subscribe([self.config.input_topic], listener=_RebalanceListener(self))
-        self._consumer.topics()
         self._unassigned_since = time.monotonic()
 
     def _rejoin_if_stalled(self) -> None:
@@ -227,6 +225,8 @@ class ScoringService:
         kafka-python 3.0.12 leaves a rebalance unfinished when a short poll times out while
         the group leader's SyncGroup is in flight and the rebalance began from a metadata
         change: its join loop never resumes, no assignment arrives and heartbeats stay off.
+        No metadata refresh here: ``topics()`` has no timeout, and a broker outage is one
+        way to get here.
         """
         since = self._unassigned_since
         if since is None or time.monotonic() - since < self.config.session_timeout_ms / 1000:
