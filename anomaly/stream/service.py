@@ -228,13 +228,12 @@ class ScoringService:
         No metadata refresh here: ``topics()`` has no timeout, and a broker outage is one
         way to get here.
         """
-        since = self._unassigned_since
-        if since is None or time.monotonic() - since < self.config.session_timeout_ms / 1000:
+        if self._unassigned_since is None:
             return
-        log.warning(
-            "event=rebalance_stalled unassigned_s=%.1f action=resubscribe",
-            time.monotonic() - since,
-        )
+        unassigned_s = time.monotonic() - self._unassigned_since
+        if unassigned_s < self.config.session_timeout_ms / 1000:
+            return
+        log.warning("event=rebalance_stalled unassigned_s=%.1f action=resubscribe", unassigned_s)
         self.metrics.rejoins.inc()
         self._consumer.unsubscribe()
         self._subscribe()
@@ -326,9 +325,9 @@ class ScoringService:
                 fresh = [r for part in more.values() for r in part]
                 if self._rebalances != rebalances:
                     records = self._drop_revoked(records, fresh)
-                elif fresh:
+                else:
                     records = records + fresh
-                if not more:
+                if not fresh:
                     break
         self._profile["poll"] += perf_counter() - start
         return records, polled_at
@@ -591,10 +590,7 @@ class ScoringService:
 
     async def _partitions_revoked(self, revoked) -> None:
         revoked = set(revoked)
-        self._rebalances += 1
-        self._last_revoked = {tp.partition for tp in revoked}
-        if self._unassigned_since is None:
-            self._unassigned_since = time.monotonic()
+        self._begin_rebalance(revoked)
         if not revoked:
             return
         committed = 0
@@ -632,12 +628,17 @@ class ScoringService:
         self._paused = False  # a new assignment starts unpaused
         log.info("event=partitions_assigned partitions=%s", _names(assigned))
 
-    def _partitions_lost(self, lost) -> None:
-        lost = set(lost)
+    def _begin_rebalance(self, taken: set[TopicPartition]) -> None:
+        """Note partitions revoked or lost: the poll in hand drops their records, and the
+        consumer is without an assignment until the next one arrives."""
         self._rebalances += 1
+        self._last_revoked = {tp.partition for tp in taken}
         if self._unassigned_since is None:
             self._unassigned_since = time.monotonic()
-        self._last_revoked = {tp.partition for tp in lost}
+
+    def _partitions_lost(self, lost) -> None:
+        lost = set(lost)
+        self._begin_rebalance(lost)
         self._drop(lost, keep_windows=False)
         log.warning(
             "event=partitions_lost partitions=%s (not committed; the next owner re-scores)",
