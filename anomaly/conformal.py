@@ -1,0 +1,111 @@
+"""Online conformal alarms: rank each new score of a stream against the stream's recent past.
+
+A detector's threshold is calibrated once, on normal data held out at training time. A long
+stream drifts away from that data (a new level, a busier season), and a fixed threshold then
+either fires on every row or on none. Inductive conformal anomaly detection (Laxhammar &
+Falkman 2015; KNN-CAD, Burnaev & Ishimtsev 2016, which scores 58 on the Numenta Anomaly
+Benchmark) recalibrates as it goes: a row's *p-value* is the share of the last ``history``
+scores of the same stream that lie strictly below its score. On a stream without anomalies
+(exchangeable scores) the p-values are uniform, so ``p >= alarm_level`` fires on about
+``1 - alarm_level`` of the rows whatever the model's scale, on every stream alike.
+
+One anomaly usually lifts many consecutive scores (a sliding window overlaps the event for
+its whole length), and every extra alarm for the same event is a false positive to the
+operator who was already paged. So an alarm opens a quiet period of ``quiet_rows`` rows
+during which the stream cannot alarm again; their p-values are still reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+#: KNN-CAD's published alarm level: about 1 row in 286 of a normal stream reaches it.
+DEFAULT_ALARM_LEVEL = 0.9965
+#: KNN-CAD's quiet period, one fifth of the history the scores are ranked against.
+DEFAULT_QUIET_SHARE = 0.2
+#: Rows ranked at once; bounds the (rows x history) comparison matrix to a few MB.
+_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class ConformalResult:
+    """Per row: the p-value in [0, 1], whether it alarmed, and whether it was quiet."""
+
+    p_values: np.ndarray
+    alarms: np.ndarray
+    quiet: np.ndarray
+
+
+class ConformalAlarm:
+    """Conformal p-values and alarms for one stream of anomaly scores, fed in time order.
+
+    ``reference`` seeds the history with scores of normal data (for example the stream's
+    first rows, or held-out normal records); its length is the history's length. Feed later
+    scores to :meth:`update` in time order, in batches of any size: the result does not
+    depend on how the stream is cut into batches.
+    """
+
+    def __init__(
+        self,
+        reference: np.ndarray,
+        *,
+        alarm_level: float = DEFAULT_ALARM_LEVEL,
+        quiet_rows: int | None = None,
+    ):
+        reference = np.asarray(reference, np.float64).ravel()
+        if len(reference) < 2:
+            raise ValueError(f"the reference needs at least 2 scores, got {len(reference)}")
+        if not np.isfinite(reference).all():
+            raise ValueError("the reference holds NaN or infinite scores")
+        if not 0.0 < alarm_level <= 1.0:
+            raise ValueError(f"alarm_level must be in (0, 1], got {alarm_level}")
+        self.alarm_level = float(alarm_level)
+        self.quiet_rows = (
+            int(DEFAULT_QUIET_SHARE * len(reference)) if quiet_rows is None else int(quiet_rows)
+        )
+        if self.quiet_rows < 0:
+            raise ValueError(f"quiet_rows must be >= 0, got {quiet_rows}")
+        self._history = reference
+        self._quiet_left = 0
+
+    @property
+    def history(self) -> int:
+        """How many past scores each new score is ranked against."""
+        return len(self._history)
+
+    def update(self, scores: np.ndarray) -> ConformalResult:
+        """Rank ``scores`` (the stream's next rows, in order); the history moves past them."""
+        scores = np.asarray(scores, np.float64).ravel()
+        if not np.isfinite(scores).all():
+            raise ValueError("scores hold NaN or infinite values")
+        size = self.history
+        joined = np.concatenate([self._history, scores])
+        p_values = np.empty(len(scores))
+        for start in range(0, len(scores), _CHUNK):
+            stop = min(start + _CHUNK, len(scores))
+            # row i is ranked against the `size` scores just before it: joined[i : i + size]
+            pasts = sliding_window_view(joined[start : stop + size - 1], size)
+            below = np.count_nonzero(pasts < scores[start:stop, None], axis=1)
+            p_values[start:stop] = below / size
+        self._history = joined[-size:].copy()
+        alarms, quiet = self._alarms(p_values >= self.alarm_level)
+        return ConformalResult(p_values, alarms, quiet)
+
+    def _alarms(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keep the candidates that fall outside the quiet period of an earlier alarm."""
+        n = len(candidates)
+        alarms = np.zeros(n, bool)
+        quiet = np.zeros(n, bool)
+        quiet[: min(self._quiet_left, n)] = True
+        next_free = self._quiet_left  # first row (in this batch) allowed to alarm
+        for row in np.flatnonzero(candidates):
+            if row < next_free:
+                continue
+            alarms[row] = True
+            next_free = row + 1 + self.quiet_rows
+            quiet[row + 1 : next_free] = True
+        self._quiet_left = max(0, next_free - n)
+        return alarms, quiet
