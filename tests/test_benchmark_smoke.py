@@ -59,10 +59,11 @@ def test_quick_benchmark_end_to_end(tmp_path):
 
     result = json.loads((tmp_path / "nab_results.json").read_text())
     assert result["series"] == 2
-    for detector in ("gan", "windowed_gaussian"):
+    for detector in ("gan", "gan+conformal", "windowed_gaussian", "knn_cad"):
         for profile in nab.PROFILE_NAMES:
             assert math.isfinite(result["results"][detector][profile]["score"])
     assert "windowed_gaussian" in (tmp_path / "nab.md").read_text()
+    assert "KNN-CAD" in (tmp_path / "nab.md").read_text()
 
     for plot in ("roc_seed0.png", "auroc_auprc_by_dataset.png", "nab_scores.png"):
         assert (tmp_path / "plots" / plot).stat().st_size > 1000

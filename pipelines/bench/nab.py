@@ -64,8 +64,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from anomaly.conformal import ConformalResult
+
 __all__ = [
     "DEFAULT_NAB_ROOT",
+    "alarm_scores",
     "PROFILES",
     "PROFILE_NAMES",
     "CorpusScore",
@@ -433,6 +436,15 @@ def score_corpus_at_threshold(scores: Mapping[str, np.ndarray], corpus: Sequence
 # --------------------------------------------------------------------------------------------
 # Windowed Gaussian baseline (upstream nab/detectors/gaussian/windowedGaussian_detector.py)
 # --------------------------------------------------------------------------------------------
+
+
+def alarm_scores(result: ConformalResult) -> np.ndarray:
+    """A conformal alarm's rows as NAB anomaly scores: the p-value, or 0.5 on a quiet row.
+
+    0.5 keeps quiet rows below any alarm level the corpus sweep can pick, as KNN-CAD's NAB
+    entry does, so one event counts as one detection.
+    """
+    return np.where(result.quiet, 0.5, result.p_values)
 
 
 def windowed_gaussian(values: np.ndarray, window_size: int = 6400,
