@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly.config import COMPONENTS
 from anomaly.conformal import ConformalAlarm
 from pipelines.bench import nab
 from pipelines.bench.knn_cad import knn_cad
@@ -99,8 +100,13 @@ def conformal_alarm(scores: np.ndarray, first_row: int, probation: int) -> np.nd
 
 def gan_series(
     series: nab.Series, window: int = 32, steps: int = 300, seed: int = 0
-) -> tuple[np.ndarray, dict]:
-    """Train on the probationary rows, score every row; (likelihoods, timings)."""
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Train on the probationary rows, score every row; (per-row arrays, timings).
+
+    The arrays: ``score`` (the ``likelihood`` of the detector's score) and, for the
+    ablations, each standardised component (``component_<name>``); rows without a full
+    window hold 0.
+    """
     import anomaly
     from anomaly.windows import sliding_windows
 
@@ -114,9 +120,15 @@ def gan_series(
     trained = time.perf_counter()
     result = detector.score(np.ascontiguousarray(sliding_windows(values, window)))
     scored = time.perf_counter()
-    out = np.zeros(len(series), np.float64)
-    out[window - 1 :] = likelihood(result.scores, detector.threshold)
-    return out, {
+    per_row = {
+        "score": likelihood(result.scores, detector.threshold),
+        **{f"component_{name}": v for name, v in result.components.items()},
+    }
+    arrays = {}
+    for name, value in per_row.items():
+        arrays[name] = np.zeros(len(series), np.float64)
+        arrays[name][window - 1 :] = value
+    return arrays, {
         "train_seconds": trained - started,
         "score_seconds": scored - trained,
         "train_rows": int(len(train_rows)),
@@ -130,11 +142,11 @@ def run_nab(out: Path, names=None, window: int = 32, steps: int = 300, seed: int
     score_dir.mkdir(parents=True, exist_ok=True)
     log_path = out / "nab_series.jsonl"
     for k, series in enumerate(corpus):
-        file = score_dir / (series.name.replace("/", "__") + ".npy")
+        file = score_dir / (series.name.replace("/", "__") + ".npz")
         if file.exists():
             continue
-        scores, timings = gan_series(series, window, steps, seed)
-        np.save(file, scores)
+        arrays, timings = gan_series(series, window, steps, seed)
+        np.savez(file, **arrays)
         with open(log_path, "a") as fh:
             fh.write(
                 json.dumps(
@@ -159,7 +171,7 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
     """Score the series done so far (all 58 when the run finished) for every profile."""
     score_dir = out / "nab_scores"
     done = (
-        sorted(f.stem.replace("__", "/") for f in score_dir.glob("*.npy"))
+        sorted(f.stem.replace("__", "/") for f in score_dir.glob("*.npz"))
         if score_dir.exists()
         else []
     )
@@ -167,7 +179,8 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
         (out / "nab.md").write_text("No NAB results.\n")
         return {}
     corpus = nab.load_corpus(names=done)
-    gan_scores = {s.name: np.load(score_dir / (s.name.replace("/", "__") + ".npy")) for s in corpus}
+    gan_arrays = {s.name: np.load(score_dir / (s.name.replace("/", "__") + ".npz")) for s in corpus}
+    gan_scores = {name: arrays["score"] for name, arrays in gan_arrays.items()}
     started = time.perf_counter()
     wg_scores = nab.run_windowed_gaussian(corpus)
     wg_seconds = time.perf_counter() - started
@@ -195,6 +208,14 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
         "windowed_gaussian": nab.score_corpus(wg_scores, corpus),
         "knn_cad": nab.score_corpus(knn_cad_scores, corpus),
     }
+    for name in COMPONENTS:  # ablations: each standardised component alone, same stage
+        alone = {
+            s.name: conformal_alarm(
+                gan_arrays[s.name][f"component_{name}"], window - 1, s.probation
+            )
+            for s in corpus
+        }
+        results[f"gan+conformal:only_{name}"] = nab.score_corpus(alone, corpus)
     timings = [t for t in timings if t["series"] in gan_scores]
     payload = {
         "series": len(corpus),
@@ -223,7 +244,7 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
             "gan+likelihood": "gan + HTM-style rolling likelihood",
             "gan+conformal": "**gan + conformal alarm** (the time-series method)",
             "knn_cad": "KNN-CAD (NAB peer, reimplemented)",
-        }.get(m, m)
+        }.get(m, m.replace("gan+conformal:only_", "gan + conformal alarm, only "))
         lines.append(
             f"| {label} | "
             + " | ".join(f"{res[p].score:.1f}" for p in nab.PROFILE_NAMES)
@@ -237,7 +258,7 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
     )
     (out / "nab.md").write_text("\n".join(lines))
     if plots_dir is not None:
-        _nab_plot(results, plots_dir)
+        _nab_plot({m: r for m, r in results.items() if ":only_" not in m}, plots_dir)
     return payload
 
 
