@@ -51,8 +51,9 @@ class ModelConfig(_Section):
     generator (image and critic-feature residual). ``bigan``: a BiGAN whose spectrally
     normalised discriminator sees (x, z) pairs, with the encoder trained jointly."""
     latent_dim: int | None = Field(None, ge=1)
-    """Size of z; ``None`` means ``min(32, max(2, n_features))``: with few features, a z
-    narrower than the record loses what the latent distance needs (docs/benchmarks.md)."""
+    """Size of z; ``None`` means ``min(32, max(2, values per record))``, a record's values being
+    its features (times ``window`` in time-series mode): a z narrower than the record loses
+    what the latent distance needs (docs/benchmarks.md)."""
     hidden_units: list[int] = Field(default_factory=lambda: [256, 256])
     """Widths of the hidden layers of each dense network."""
     window: int | None = Field(None, ge=2)

@@ -121,8 +121,10 @@ def _split(records, config):
     return records[order[n_held:]], records[order[:n_held]]
 
 
-def _latent_dim(config: Config, n_features: int) -> int:
-    return config.model.latent_dim or min(32, max(2, n_features))
+def _latent_dim(config: Config, record_shape: tuple[int, ...]) -> int:
+    """z as wide as a record has values (features, times the window's length in time-series
+    mode), between 2 and 32."""
+    return config.model.latent_dim or min(32, max(2, math.prod(record_shape)))
 
 
 def _fit_gan(x_fit, x_held, config: Config, callbacks):
@@ -131,7 +133,7 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks):
     t, m = config.training, config.model
     encoder, generator, critic = build_networks(
         x_fit.shape[1:],
-        _latent_dim(config, x_fit.shape[-1]),
+        _latent_dim(config, x_fit.shape[1:]),
         m.hidden_units,
         m.conv_filters,
         m.formulation,
