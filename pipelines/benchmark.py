@@ -443,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nab-series", help="comma-separated NAB series (default: all 58)")
     parser.add_argument("--nab-steps", type=int, default=300)
     parser.add_argument("--nab-window", type=int, default=32)
+    parser.add_argument("--nab-seed", type=int, default=0, help="training.seed of the NAB GANs")
     parser.add_argument("--plots-dir", type=Path)
     parser.add_argument("--quick", action="store_true", help="CI smoke mode")
     parser.add_argument(
@@ -500,7 +501,9 @@ def main(argv: list[str] | None = None) -> int:
             names = list(timeseries.QUICK_SERIES)
         steps = min(args.nab_steps, 20) if args.quick and args.nab_steps == 300 else args.nab_steps
         if not args.report_only:
-            timeseries.run_nab(out, names=names, window=args.nab_window, steps=steps)
+            timeseries.run_nab(
+                out, names=names, window=args.nab_window, steps=steps, seed=args.nab_seed
+            )
         timeseries.write_nab_report(out, plots_dir)
         log(f"NAB report: {out / 'nab.md'}")
     return 0

@@ -155,6 +155,7 @@ def run_nab(out: Path, names=None, window: int = 32, steps: int = 300, seed: int
                         "rows": len(series),
                         "window": window,
                         "steps": steps,
+                        "seed": seed,
                         **timings,
                     }
                 )
