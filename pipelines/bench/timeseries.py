@@ -11,11 +11,15 @@ Per series (nothing is tuned on labels; the window and the steps are fixed once 
 * The score becomes an anomaly likelihood in ``(0, 1)`` with one monotone transform shared
   by every series: ``sigmoid(sign(v) * log1p(|v|))`` with ``v = score - threshold`` (the
   detector's own threshold, calibrated to 1 % false positives on held-out windows of the
-  probationary period). Subtracting each series' threshold puts the series on one scale,
-  which matters because NAB's threshold is swept once over the whole corpus.
+  probationary period). That is the row "gan"; "gan+likelihood" adds NAB's HTM-style
+  rolling likelihood to it.
+* The method, "gan+conformal": the scores through the library's online conformal alarm
+  (``conformal_alarm`` below), which ranks each row against the series' recent scores; and
+  each standardised component alone through the same stage, the ablations.
 * ``nab.score_corpus`` gives the normalised score of each profile (standard,
-  reward_low_FP_rate, reward_low_FN_rate). The windowed-Gaussian baseline of
-  :mod:`pipelines.bench.nab` runs on the same series for the same table.
+  reward_low_FP_rate, reward_low_FN_rate). NAB's windowed-Gaussian baseline
+  (:mod:`pipelines.bench.nab`) and KNN-CAD (:mod:`pipelines.bench.knn_cad`) run on the same
+  series for the same table.
 
 NAB data and labels: MIT licence, Numenta (Lavin & Ahmad, ICMLA 2015; Ahmad et al.,
 Neurocomputing 2017).
