@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from anomaly.conformal import DEFAULT_ALARM_LEVEL
 from anomaly.errors import ConfigError
 
 #: The score components the engine computes; weights are keyed by these names.
@@ -176,6 +177,15 @@ class ServeConfig(_Section):
     session_timeout_ms: int = Field(45_000, ge=1_000)
     """Consumer-group session: a crashed instance's partitions move to the others after
     this long (the broker allows 6 s to 30 min by default)."""
+    alarm_history: int | None = Field(None, ge=2)
+    """Conformal alarms (``anomaly.conformal``), for streams that drift: rank each record's
+    score against the last this-many scores of its Kafka key. Results gain ``p_value`` and
+    ``alarm``, and the alerts topic gets alarms instead of threshold flags. ``None``: off."""
+    alarm_level: float = Field(DEFAULT_ALARM_LEVEL, gt=0, le=1)
+    """p-value at which a record alarms (KNN-CAD's 0.9965: 1 normal record in about 286)."""
+    alarm_quiet_rows: int | None = Field(None, ge=0)
+    """Records of a key that cannot alarm after its alarm; ``None``: a fifth of
+    ``alarm_history``."""
 
 
 class Config(_Section):

@@ -312,6 +312,49 @@ def test_every_record_gets_exactly_one_result_anomalies_are_flagged_and_metrics_
         assert _status(port, "/healthz") == 200 and _status(port, "/readyz") == 200
 
 
+def test_conformal_alarms_follow_each_keys_drift_and_raise_one_alert_per_event(
+    kafka_bootstrap, topics, detector, tiny_bundle_mixing
+):
+    """With ``alarm_history`` set, a key whose level drifts stops alerting once its history
+    holds the new level, while the threshold flag keeps firing; an event still alarms."""
+    names = detector.feature_names
+    t = topics(2)
+    config = _config(kafka_bootstrap, t, max_batch_size=64, alarm_history=200, alarm_quiet_rows=40)
+    drifting = _normal_rows(tiny_bundle_mixing, 600, seed=3)
+    drifting[100:] += 2.0  # a new normal level from record 100 on
+    drifting[450:455] = 2.0 + np.random.default_rng(4).normal(size=(5, 8)) * 8  # an event
+    steady = _normal_rows(tiny_bundle_mixing, 600, seed=5)
+    messages = []
+    for i in range(600):
+        messages.append((b"drifting", _record(f"d{i}", drifting[i], names, False)))
+        messages.append((b"steady", _record(f"s{i}", steady[i], names, False)))
+
+    with _running(detector, config) as service:
+        _produce(kafka_bootstrap, t["input_topic"], messages)
+        results = _read(kafka_bootstrap, t["output_topic"], len(messages))
+        by_id = {d["id"]: d for d in map(orjson.loads, (r.value for r in results))}
+        assert len(by_id) == len(messages)
+        assert all(0.0 <= d["p_value"] <= 1.0 for d in by_id.values())
+
+        def alarmed(prefix, rows):
+            return [i for i in rows if by_id[f"{prefix}{i}"]["alarm"]]
+
+        assert alarmed("d", range(100, 110))  # the shift itself is news
+        settled = range(350, 450)  # the history holds only the new level
+        assert sum(by_id[f"d{i}"]["is_anomaly"] for i in settled) >= 80
+        assert len(alarmed("d", settled)) <= 2
+        event = alarmed("d", range(450, 455))
+        assert len(event) == 1  # one event, one alarm: the quiet period covers the rest
+        assert len(alarmed("s", range(600))) <= 12
+
+        raised = [d for d in by_id.values() if d["alarm"]]
+        alerts = _read(kafka_bootstrap, t["alerts_topic"], len(raised))
+        assert sorted(orjson.loads(a.value)["id"] for a in alerts) == sorted(
+            d["id"] for d in raised
+        )
+        assert _scrape(service.metrics_port)[("anomaly_alarms_total", ())] == len(raised)
+
+
 def test_each_kind_of_bad_message_goes_to_the_dead_letter_topic_and_its_neighbours_are_scored(
     kafka_bootstrap, topics, detector, tiny_bundle_mixing
 ):

@@ -11,6 +11,7 @@ import pytest
 
 from anomaly.config import ServeConfig
 from anomaly.errors import ConfigError
+from anomaly.stream.alarms import KeyedAlarms
 from anomaly.stream.messages import REASONS, RecordDecoder, ResultEncoder
 from anomaly.stream.settings import resolve_serve_config
 from anomaly.stream.windowing import KeyedWindows
@@ -107,6 +108,54 @@ def test_time_series_results_without_a_full_window_have_null_scores():
     assert second["window_complete"] is True and second["score"] == 2.0 and second["timestamp"] == 3
     assert second["components"] == {"reconstruction": 1.5} and second["top_features"] == ["b"]
     assert flags == [False, True]
+
+
+def test_with_alarms_on_results_carry_the_p_value_and_the_alarm_is_the_flag():
+    class Result:  # two scored records: the first above the threshold, the second alarming
+        scores = np.array([2.0, 3.0])
+        is_anomaly = np.array([True, True])
+        percentiles = np.array([99.5, 99.9])
+        components = {"latent": np.array([1.5, 2.5])}
+        top_features = [["a"], ["b"]]
+
+        def __len__(self):
+            return 2
+
+    alarms = (np.array([0.5, 1.0]), np.array([False, True]))
+    encoder = ResultEncoder("v1", 1.0, time_series=True)
+    out, flags = encoder.encode(
+        [0, 0, 0], [5, 6, 7], ["x", "y", "z"], [1, 2, 3], Result(), [1, 2], 4.2, alarms
+    )
+    first, second, third = (orjson.loads(v) for v in out)
+    assert first["p_value"] is None and first["alarm"] is False  # no full window yet
+    assert second["p_value"] == 0.5 and second["alarm"] is False and second["is_anomaly"]
+    assert third["p_value"] == 1.0 and third["alarm"] is True
+    assert flags == [False, False, True]
+
+
+def test_each_key_is_ranked_against_its_own_recent_scores():
+    alarms = KeyedAlarms(
+        np.arange(100.0), history=10, alarm_level=0.9, quiet_rows=3, max_entities=100
+    )
+    # a key starts from the model's held-out normal scores (here 0..99)
+    p, raised = alarms.update(np.array([50.0, 200.0]), [b"a", b"b"], [0, 1])
+    assert p.tolist() == [0.5, 1.0] and raised.tolist() == [False, True]
+    # key b now sits at 200: ten more records there and 200 is its normal, key a is unmoved
+    alarms.update(np.full(10, 200.0), [b"b"] * 10, [1] * 10)
+    p, raised = alarms.update(np.array([200.5, 200.5]), [b"a", b"b"], [0, 1])
+    assert p.tolist() == [1.0, 1.0]
+    assert raised.tolist() == [True, True]  # b's quiet period (3 rows) ended long ago
+    p, raised = alarms.update(np.array([201.0]), [b"b"], [1])
+    assert not raised[0]  # quiet: the alarm just raised covers the next 3 records of b
+
+
+def test_revoked_partitions_and_the_entity_bound_drop_alarm_state():
+    alarms = KeyedAlarms(np.zeros(4), history=4, alarm_level=1.0, quiet_rows=0, max_entities=2)
+    alarms.update(np.ones(3), [b"a", b"b", b"c"], [0, 1, 1])
+    assert len(alarms) == 2  # a, seen least recently, was dropped
+    assert alarms.forget_partitions([1]) == 2 and len(alarms) == 0
+    p, _ = alarms.update(np.array([0.5]), [b"b"], [1])
+    assert p[0] == 1.0  # b starts again from the seed (zeros), not from its old history
 
 
 def test_settings_precedence_is_cli_then_environment_then_toml_then_defaults(tmp_path):

@@ -252,12 +252,15 @@ class ResultEncoder:
         result,
         scored: list[int] | None,
         processing_ms: float,
+        alarms: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[list[bytes], list[bool]]:
-        """One result per record (in order) and its flag.
+        """One result per record (in order) and whether it goes to the alerts topic.
 
         ``result`` is the ``ScoreResult`` of the records at positions ``scored`` (all of
         them when ``None``); in time-series mode the others get ``window_complete: false``
-        and null scores.
+        and null scores. ``alarms``, the (p-values, alarms) of the scored records when
+        conformal alarms are on, adds ``p_value`` and ``alarm`` to each result, and the
+        alarm, not ``is_anomaly``, sends a result to the alerts topic.
         """
         dumps = orjson.dumps
         version = self.model_version
@@ -267,13 +270,18 @@ class ResultEncoder:
         flags = result.is_anomaly.tolist()
         percentiles = result.percentiles.tolist()
         tops = result.top_features
+        if alarms is not None:
+            p_values, raised = (a.tolist() for a in alarms)
+            extras = [{"p_value": p, "alarm": a} for p, a in zip(p_values, raised, strict=True)]
+        else:
+            raised, extras = flags, [None] * len(scores)
         columns = zip(*(result.components[name].tolist() for name in names), strict=True)
         ms = round(processing_ms, 3)
 
-        def build(i, p, o, complete, s, c, f, q, t, ts) -> bytes:
+        def build(i, p, o, complete, s, c, f, q, t, ts, extra) -> bytes:
             """One result; ``complete`` is None in tabular mode, which has no
             ``window_complete`` key (deleting it keeps the other keys' order, and is
-            cheaper than merging it in)."""
+            cheaper than merging it in); ``extra`` holds the conformal alarm's fields."""
             record = {
                 "id": i,
                 "partition": p,
@@ -291,12 +299,14 @@ class ResultEncoder:
             }
             if complete is None:
                 del record["window_complete"]
+            if extra is not None:
+                record.update(extra)
             return dumps(record)
 
         if scored is None and not self.time_series:
             out = [
-                build(i, p, o, None, s, dict(zip(names, c, strict=True)), f, q, t, ts)
-                for i, p, o, s, c, f, q, t, ts in zip(
+                build(i, p, o, None, s, dict(zip(names, c, strict=True)), f, q, t, ts, e)
+                for i, p, o, s, c, f, q, t, ts, e in zip(
                     ids,
                     partitions,
                     offsets,
@@ -306,15 +316,16 @@ class ResultEncoder:
                     percentiles,
                     tops,
                     timestamps,
+                    extras,
                     strict=True,
                 )
             ]
-            return out, flags
+            return out, raised
         scored = range(len(offsets)) if scored is None else scored
         out: list[bytes] = [b""] * len(offsets)
         flagged = [False] * len(offsets)
-        for position, s, c, f, q, t in zip(
-            scored, scores, columns, flags, percentiles, tops, strict=True
+        for position, s, c, f, q, t, e, a in zip(
+            scored, scores, columns, flags, percentiles, tops, extras, raised, strict=True
         ):
             out[position] = build(
                 ids[position],
@@ -327,8 +338,9 @@ class ResultEncoder:
                 q,
                 t,
                 timestamps[position],
+                e,
             )
-            flagged[position] = f
+            flagged[position] = a
         for position, value in enumerate(out):
             if not value:
                 out[position] = build(
@@ -342,6 +354,7 @@ class ResultEncoder:
                     None,
                     None,
                     timestamps[position],
+                    None if alarms is None else {"p_value": None, "alarm": False},
                 )
         return out, flagged
 

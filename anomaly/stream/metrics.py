@@ -137,6 +137,12 @@ class ServiceMetrics:
             "Scored records flagged as anomalies.",
             registry=registry,
         )
+        self.alarms = Counter(
+            "anomaly_alarms_total",
+            "Conformal alarms raised (serve.alarm_history set): records whose p-value against "
+            "their key's recent scores reached serve.alarm_level outside a quiet period.",
+            registry=registry,
+        )
         ratios = SCORE_BUCKET_RATIOS if threshold > 0 else (0.0,)
         self.record_score = BatchHistogram(
             "anomaly_record_score",

@@ -21,8 +21,9 @@ paused (back-pressure) until half of them are.
 Rebalances: before partitions are revoked the producer is flushed and what is settled is
 committed, so the next owner starts right after the last result produced here; records
 polled but not yet processed for those partitions are dropped (the next owner reads them).
-In time-series mode the window state of the keys of revoked partitions is dropped
-(``anomaly.stream.windowing``), unless the same partitions are assigned straight back.
+The per-key state of the keys of revoked partitions (time-series windows,
+``anomaly.stream.windowing``; conformal alarms, ``anomaly.stream.alarms``) is dropped, unless
+the same partitions are assigned straight back.
 
 ``stop()`` (SIGTERM/SIGINT in ``anomaly.stream.serve``) lets the batch in hand finish, then
 flushes, commits, leaves the group and closes, within ``shutdown_timeout_s``.
@@ -47,6 +48,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from anomaly.config import ServeConfig
+from anomaly.stream.alarms import KeyedAlarms
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
 from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.errors import DeliveryError, StreamError
@@ -110,6 +112,17 @@ class ScoringService:
         )
         self._windows = KeyedWindows(window, len(names), config.max_entities) if window else None
         params = detector.engine.params
+        self._alarms = (
+            KeyedAlarms(
+                params.reference_scores,
+                config.alarm_history,
+                config.alarm_level,
+                config.alarm_quiet_rows,
+                config.max_entities,
+            )
+            if config.alarm_history
+            else None
+        )
         self.metrics = ServiceMetrics(
             model_version=detector.version,
             formulation=params.formulation,
@@ -384,10 +397,16 @@ class ScoringService:
 
         flags: list[bool] = []
         payloads: list[bytes] = []
+        alarms = None
         if result is not None or accepted:
             if result is None:  # time-series mode, no window complete in this batch
                 result = _EMPTY_RESULT
                 scored_positions = []
+            if self._alarms is not None:
+                scored = range(len(chosen)) if scored_positions is None else scored_positions
+                alarms = self._alarms.update(
+                    result.scores, [chosen[i].key for i in scored], [partitions[i] for i in scored]
+                )
             payloads, flags = self._encoder.encode(
                 partitions,
                 [r.offset for r in chosen],
@@ -396,6 +415,7 @@ class ScoringService:
                 result,
                 scored_positions,
                 (t2 - polled_at) * 1000,
+                alarms,
             )
         t3 = perf_counter()
         profile["encode"] += t3 - t2
@@ -407,10 +427,11 @@ class ScoringService:
             send(topic, value=v, key=r.key, partition=partition_of(r.key))
             for v, r in zip(payloads, chosen, strict=True)
         ]
-        n_flagged = 0
+        n_flagged = n_alerts = 0
         if result is not None and len(result):
             n_flagged = int(np.count_nonzero(result.is_anomaly))
-            if n_flagged and config.alerts_topic:
+            n_alerts = n_flagged if alarms is None else int(np.count_nonzero(alarms[1]))
+            if n_alerts and config.alerts_topic:
                 alerts = config.alerts_topic
                 futures.extend(
                     send(alerts, value=v, key=r.key)
@@ -447,6 +468,8 @@ class ScoringService:
             m.record_score.observe(result.scores)
             if n_flagged:
                 m.flagged.inc(n_flagged)
+            if alarms is not None and n_alerts:
+                m.alarms.inc(n_alerts)
         counts = self._counts
         counts["batches"] += 1
         counts["consumed"] += n
@@ -610,7 +633,7 @@ class ScoringService:
                     committed = len(offsets)
                 except Exception as exc:  # noqa: BLE001 (any failure: the next owner re-scores)
                     log.warning("event=commit_failed on=revoke error=%r", exc)
-        self._drop(revoked, keep_windows=not self._pending)
+        self._drop(revoked, keep_key_state=not self._pending)
         log.info("event=partitions_revoked partitions=%s committed=%d", _names(revoked), committed)
 
     def _partitions_assigned(self, assigned) -> None:
@@ -620,10 +643,9 @@ class ScoringService:
         for tp in assigned & self._rewind.keys():
             self._consumer.seek(tp, self._rewind[tp])
         self._rewind = {}
-        if self._windows is not None:
-            gone = self._forget_on_assign - {tp.partition for tp in assigned}
-            if gone:
-                self._windows.forget_partitions(gone)
+        gone = self._forget_on_assign - {tp.partition for tp in assigned}
+        if gone:
+            self._forget_keys(gone)
         self._forget_on_assign = set()
         self._paused = False  # a new assignment starts unpaused
         log.info("event=partitions_assigned partitions=%s", _names(assigned))
@@ -639,13 +661,13 @@ class ScoringService:
     def _partitions_lost(self, lost) -> None:
         lost = set(lost)
         self._begin_rebalance(lost)
-        self._drop(lost, keep_windows=False)
+        self._drop(lost, keep_key_state=False)
         log.warning(
             "event=partitions_lost partitions=%s (not committed; the next owner re-scores)",
             _names(lost),
         )
 
-    def _drop(self, partitions: set[TopicPartition], keep_windows: bool) -> None:
+    def _drop(self, partitions: set[TopicPartition], keep_key_state: bool) -> None:
         self._assigned -= partitions
         for tp in partitions:
             self._settled.pop(tp, None)
@@ -654,12 +676,17 @@ class ScoringService:
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
             except KeyError:
                 pass
-        if self._windows is not None:
-            numbers = {tp.partition for tp in partitions}
-            if keep_windows:
-                self._forget_on_assign |= numbers
-            else:
-                self._windows.forget_partitions(numbers)
+        numbers = {tp.partition for tp in partitions}
+        if keep_key_state:
+            self._forget_on_assign |= numbers
+        else:
+            self._forget_keys(numbers)
+
+    def _forget_keys(self, partitions: set[int]) -> None:
+        """Drop the per-key state (windows, alarms) of the keys of ``partitions``."""
+        for state in (self._windows, self._alarms):
+            if state is not None:
+                state.forget_partitions(partitions)
 
     # -- shutdown ---------------------------------------------------------------------------
 
