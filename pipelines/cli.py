@@ -196,6 +196,11 @@ def info(model):
 @click.option("--group-id", help="Kafka consumer group.")
 @click.option("--metrics-port", type=int, help="Port of /metrics, /healthz, /readyz (0: any free).")
 @click.option(
+    "--alarm-history",
+    type=int,
+    help="Conformal alarms: rank each score against its key's last N scores (default: off).",
+)
+@click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), help="TOML file ([serve] section)."
 )
 def serve(
@@ -207,6 +212,7 @@ def serve(
     alerts_topic,
     group_id,
     metrics_port,
+    alarm_history,
     config_path,
 ):
     """Score a Kafka topic continuously until SIGTERM/SIGINT.
@@ -227,6 +233,7 @@ def serve(
         alerts_topic=alerts_topic,
         group_id=group_id,
         metrics_port=metrics_port,
+        alarm_history=alarm_history,
     )
 
 

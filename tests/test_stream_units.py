@@ -177,6 +177,18 @@ def test_settings_precedence_is_cli_then_environment_then_toml_then_defaults(tmp
     assert config.group_id == ServeConfig().group_id  # None means "not given"
 
 
+def test_conformal_alarm_settings_are_validated_where_they_are_given():
+    config = resolve_serve_config(
+        None, {"alarm_history": 500}, {"ANOMALY_SERVE_ALARM_LEVEL": "0.99"}
+    )
+    assert (config.alarm_history, config.alarm_level, config.alarm_quiet_rows) == (500, 0.99, None)
+    assert ServeConfig().alarm_history is None  # off unless asked for
+    with pytest.raises(ConfigError, match=r"alarm_history.*command line"):
+        resolve_serve_config(None, {"alarm_history": 1})
+    with pytest.raises(ConfigError, match=r"alarm_level.*environment"):
+        resolve_serve_config(None, None, {"ANOMALY_SERVE_ALARM_LEVEL": "1.5"})
+
+
 def test_unknown_or_bad_environment_settings_are_errors_that_name_them():
     with pytest.raises(ConfigError, match="ANOMALY_SERVE_MAX_BATCH"):
         resolve_serve_config(None, None, {"ANOMALY_SERVE_MAX_BATCH": "5"})
