@@ -68,13 +68,13 @@ from anomaly.conformal import ConformalResult
 
 __all__ = [
     "DEFAULT_NAB_ROOT",
-    "alarm_scores",
     "PROFILES",
     "PROFILE_NAMES",
     "CorpusScore",
     "Profile",
     "Series",
     "SeriesScore",
+    "alarm_scores",
     "load_corpus",
     "probationary_length",
     "run_windowed_gaussian",
