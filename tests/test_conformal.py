@@ -77,6 +77,9 @@ def test_default_quiet_period_is_a_fifth_of_the_history():
         ([1.0, np.nan], {}, "NaN or infinite"),
         ([1.0, 2.0], {"alarm_level": 0.0}, "alarm_level"),
         ([1.0, 2.0], {"quiet_rows": -1}, "quiet_rows"),
+        ([[1.0, 2.0], [2.0, 3.0]], {"quorum": 3}, r"quorum must be in \[1, 2\]"),
+        ([1.0, 2.0], {"quorum": 0}, "quorum"),
+        (np.zeros((3, 2, 2)), {}, "1-D .* or 2-D"),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(reference, kwargs, message):
@@ -89,3 +92,50 @@ def test_a_nan_score_is_refused_and_leaves_the_history_as_it_was():
     with pytest.raises(ValueError, match="NaN"):
         alarm.update([1.5, np.nan])
     assert alarm.update([2.5]).p_values.tolist() == [2 / 3]
+
+
+def test_with_columns_each_is_ranked_against_its_own_history_and_the_quorum_decides():
+    reference = [[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]]
+    rows = [[3.5, 5.0], [9.0, 99.0]]
+    # row 1, column 0: 3.5 vs [1,2,3,4] -> 3/4; column 1: 5 vs [10,20,30,40] -> 0
+    # row 2, column 0: 9 vs [2,3,4,3.5] -> 1; column 1: 99 vs [20,30,40,5] -> 1
+    one = ConformalAlarm(reference, quiet_rows=0, quorum=1).update(rows)
+    both = ConformalAlarm(reference, quiet_rows=0, quorum=2).update(rows)
+    np.testing.assert_allclose(one.p_values, [0.75, 1.0])
+    np.testing.assert_allclose(both.p_values, [0.0, 1.0])
+
+
+def test_a_quorum_of_two_ignores_noise_in_one_column_and_catches_an_event_in_two():
+    rng = np.random.default_rng(8)
+    scores = rng.normal(size=(6000, 3)) * [1.0, 50.0, 0.01]  # components on unrelated scales
+    scores[:, 1] += np.linspace(0.0, 400.0, 6000)  # one component drifts on its own
+    lone_spikes = np.arange(1000, 5000, 600)  # further apart than the history
+    scores[lone_spikes, 0] += 10.0  # noise in one component at a time
+    scores[5500, :2] += [10.0, 1000.0]  # an event lifts two components together
+    history = 500
+    quorum = ConformalAlarm(scores[:history], alarm_level=0.999, quiet_rows=0, quorum=2)
+    alarms = np.flatnonzero(quorum.update(scores[history:]).alarms) + history
+    assert 5500 in alarms
+    assert not np.isin(lone_spikes, alarms).any()
+    assert len(alarms) < 10  # about 3 columns choose 2 times 0.001^2 per row by chance
+    any_column = ConformalAlarm(scores[:history], alarm_level=0.999, quiet_rows=0, quorum=1)
+    assert np.isin(
+        lone_spikes, np.flatnonzero(any_column.update(scores[history:]).alarms) + history
+    ).all()
+
+
+def test_columns_must_match_the_reference():
+    alarm = ConformalAlarm(np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"shape \('n', 2\)"):
+        alarm.update(np.ones(3))
+
+
+def test_columns_give_the_same_result_however_the_stream_is_batched():
+    scores = normal_stream(6000, seed=9).reshape(3000, 2)
+    scores[[900, 1500, 2600]] += 10.0
+    whole = ConformalAlarm(scores[:400], quiet_rows=30, quorum=2).update(scores[400:])
+    alarm = ConformalAlarm(scores[:400], quiet_rows=30, quorum=2)
+    parts = [alarm.update(part) for part in np.split(scores[400:], [1, 500, 1201])]
+    for field in ("p_values", "alarms", "quiet"):
+        joined = np.concatenate([getattr(p, field) for p in parts])
+        np.testing.assert_array_equal(joined, getattr(whole, field))
