@@ -31,9 +31,20 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
         location={name: loc for name, (loc, _) in stats.items()},
         scale={name: scale for name, (_, scale) in stats.items()},
     )
-    scores = ops.convert_to_numpy(weighted_score(standardise(raw, params), params)).astype(
-        np.float64
-    )
+    standard = standardise(raw, params)
+    scores = ops.convert_to_numpy(weighted_score(standard, params)).astype(np.float64)
     threshold = float(np.quantile(scores, 1.0 - params.target_fpr, method="higher"))
-    reference = np.quantile(scores, np.linspace(0.0, 1.0, REFERENCE_QUANTILES))
-    return replace(params, threshold=threshold, reference_scores=[float(v) for v in reference])
+    return replace(
+        params,
+        threshold=threshold,
+        reference_scores=_quantiles(scores),
+        reference_components={
+            name: _quantiles(ops.convert_to_numpy(standard[name])) for name in COMPONENTS
+        },
+    )
+
+
+def _quantiles(values: np.ndarray) -> list[float]:
+    """``REFERENCE_QUANTILES`` evenly spaced quantiles: a fixed-size picture of normal."""
+    quantiles = np.quantile(np.asarray(values, np.float64), np.linspace(0, 1, REFERENCE_QUANTILES))
+    return [float(v) for v in quantiles]

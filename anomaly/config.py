@@ -186,6 +186,10 @@ class ServeConfig(_Section):
     alarm_quiet_rows: int | None = Field(None, ge=0)
     """Records of a key that cannot alarm after its alarm; ``None``: a fifth of
     ``alarm_history``."""
+    alarm_quorum: int | None = Field(2, ge=1, le=len(COMPONENTS))
+    """Rank each score component against its own history and alarm when this many reach
+    ``alarm_level`` together (noise lifts one component at a time, an anomaly several);
+    ``None`` ranks the combined score instead."""
 
 
 class Config(_Section):

@@ -52,6 +52,9 @@ class ScoringParams:
     scale: dict[str, float] = field(default_factory=dict)
     threshold: float = float("inf")
     reference_scores: list[float] = field(default_factory=list)
+    reference_components: dict[str, list[float]] = field(default_factory=dict)
+    """The same quantiles of each standardised component (empty in bundles saved before
+    conformal alarms ranked components)."""
 
     @property
     def calibrated(self) -> bool:

@@ -198,7 +198,7 @@ def info(model):
 @click.option(
     "--alarm-history",
     type=int,
-    help="Conformal alarms: rank each score against its key's last N scores (default: off).",
+    help="Conformal alarms: rank each record against its key's last N records (default: off).",
 )
 @click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), help="TOML file ([serve] section)."

@@ -4,13 +4,16 @@ precedence, per-key window state."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import orjson
 import pytest
 
-from anomaly.config import ServeConfig
+from anomaly.config import COMPONENTS, ServeConfig
 from anomaly.errors import ConfigError
+from anomaly.scoring import ScoringParams
 from anomaly.stream.alarms import KeyedAlarms
 from anomaly.stream.messages import REASONS, RecordDecoder, ResultEncoder
 from anomaly.stream.settings import resolve_serve_config
@@ -149,6 +152,35 @@ def test_each_key_is_ranked_against_its_own_recent_scores():
     assert not raised[0]  # quiet: the alarm just raised covers the next 3 records of b
 
 
+def test_with_a_quorum_a_key_alarms_only_when_enough_components_stand_out_together():
+    reference = np.stack([np.arange(100.0), np.arange(100.0) * 10], axis=1)  # 2 components
+    alarms = KeyedAlarms(
+        reference, history=10, alarm_level=0.9, quiet_rows=0, max_entities=100, quorum=2
+    )
+    # each component's history starts as 10 quantiles of its reference: 4.95, 14.85, ...
+    # and 49.5, 148.5, ...; a stands out in one component only, b in both
+    p, raised = alarms.update(np.array([[500.0, 200.0], [500.0, 5000.0]]), [b"a", b"b"], [0, 0])
+    assert raised.tolist() == [False, True]
+    assert p.tolist() == [0.2, 1.0]  # a's second component beats 2 of its 10
+
+
+def test_alarms_for_a_model_rank_its_components_and_refuse_a_bundle_without_their_reference():
+    params = ScoringParams("fanogan", {}, 0.01, 3, 0, 0.0, 1, reference_scores=[0.0, 1.0])
+    config = ServeConfig(alarm_history=4)
+    with pytest.raises(ConfigError, match="retrain it, or set serve.alarm_quorum to null"):
+        KeyedAlarms.for_model(params, config)
+    by_score = KeyedAlarms.for_model(params, config.model_copy(update={"alarm_quorum": None}))
+    assert not by_score.by_component
+    with_components = replace(
+        params, reference_components={name: [0.0, 1.0] for name in COMPONENTS}
+    )
+    alarms = KeyedAlarms.for_model(with_components, config)
+    result = SimpleNamespace(
+        scores=np.zeros(2), components={name: np.full(2, i) for i, name in enumerate(COMPONENTS)}
+    )
+    np.testing.assert_array_equal(alarms.columns(result), [[0, 1, 2, 3], [0, 1, 2, 3]])
+
+
 def test_revoked_partitions_and_the_entity_bound_drop_alarm_state():
     alarms = KeyedAlarms(np.zeros(4), history=4, alarm_level=1.0, quiet_rows=0, max_entities=2)
     alarms.update(np.ones(3), [b"a", b"b", b"c"], [0, 1, 1])
@@ -183,6 +215,10 @@ def test_conformal_alarm_settings_are_validated_where_they_are_given():
     )
     assert (config.alarm_history, config.alarm_level, config.alarm_quiet_rows) == (500, 0.99, None)
     assert ServeConfig().alarm_history is None  # off unless asked for
+    assert ServeConfig().alarm_quorum == 2
+    assert resolve_serve_config(None, None, {"ANOMALY_SERVE_ALARM_QUORUM": ""}).alarm_quorum is None
+    with pytest.raises(ConfigError, match=r"alarm_quorum.*environment"):
+        resolve_serve_config(None, None, {"ANOMALY_SERVE_ALARM_QUORUM": "5"})
     with pytest.raises(ConfigError, match=r"alarm_history.*command line"):
         resolve_serve_config(None, {"alarm_history": 1})
     with pytest.raises(ConfigError, match=r"alarm_level.*environment"):

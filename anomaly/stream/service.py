@@ -47,7 +47,7 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
-from anomaly.config import ServeConfig
+from anomaly.config import COMPONENTS, ServeConfig
 from anomaly.stream.alarms import KeyedAlarms
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
 from anomaly.stream.endpoints import MetricsServer
@@ -112,17 +112,7 @@ class ScoringService:
         )
         self._windows = KeyedWindows(window, len(names), config.max_entities) if window else None
         params = detector.engine.params
-        self._alarms = (
-            KeyedAlarms(
-                params.reference_scores,
-                config.alarm_history,
-                config.alarm_level,
-                config.alarm_quiet_rows,
-                config.max_entities,
-            )
-            if config.alarm_history
-            else None
-        )
+        self._alarms = KeyedAlarms.for_model(params, config) if config.alarm_history else None
         self.metrics = ServiceMetrics(
             model_version=detector.version,
             formulation=params.formulation,
@@ -405,7 +395,9 @@ class ScoringService:
             if self._alarms is not None:
                 scored = range(len(chosen)) if scored_positions is None else scored_positions
                 alarms = self._alarms.update(
-                    result.scores, [chosen[i].key for i in scored], [partitions[i] for i in scored]
+                    self._alarms.columns(result),
+                    [chosen[i].key for i in scored],
+                    [partitions[i] for i in scored],
                 )
             payloads, flags = self._encoder.encode(
                 partitions,
@@ -765,7 +757,7 @@ class _EmptyResult:
     """Stands in for a ScoreResult when no record of a batch completed a window."""
 
     scores = is_anomaly = percentiles = np.empty(0)
-    components: dict = {}
+    components = {name: np.empty(0) for name in COMPONENTS}
     top_features: list = []
 
     def __len__(self) -> int:
