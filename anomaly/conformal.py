@@ -34,8 +34,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 DEFAULT_ALARM_LEVEL = 0.9965
 #: KNN-CAD's quiet period, one fifth of the history the scores are ranked against.
 DEFAULT_QUIET_SHARE = 0.2
-#: Rows ranked at once; bounds the (rows x history) comparison matrix to a few MB.
-_CHUNK = 2048
+#: Rows ranked at once; bounds the (rows x columns x history) comparison to a few MB.
+_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -114,26 +114,25 @@ class ConformalAlarm:
         if not np.isfinite(scores).all():
             raise ValueError("scores hold NaN or infinite values")
         scores = scores.reshape(len(scores), -1)
-        columns = np.stack(
-            [self._rank(column, scores[:, column]) for column in range(scores.shape[1])], axis=1
-        )
+        columns = self._rank(scores)
         self._history = np.concatenate([self._history, scores])[-self.history :]
         # the quorum-th largest p-value of each row: the level that many columns reach
-        p_values = np.sort(columns, axis=1)[:, -self.quorum]
+        p_values = np.sort(columns, axis=1)[:, -self.quorum] if self.quorum > 1 else columns.max(1)
         alarms, quiet = self._alarms(p_values >= self.alarm_level)
         return ConformalResult(p_values, alarms, quiet)
 
-    def _rank(self, column: int, scores: np.ndarray) -> np.ndarray:
-        """Each score's share of the ``history`` scores just before it that lie strictly below."""
+    def _rank(self, scores: np.ndarray) -> np.ndarray:
+        """Per row and column: the share of the column's ``history`` scores just before the
+        row that lie strictly below it."""
         size = self.history
-        joined = np.concatenate([self._history[:, column], scores])
-        p_values = np.empty(len(scores))
+        joined = np.concatenate([self._history, scores]).T.copy()  # columns x time, contiguous
+        p_values = np.empty(scores.shape)
         for start in range(0, len(scores), _CHUNK):
             stop = min(start + _CHUNK, len(scores))
-            # row i is ranked against the `size` scores just before it: joined[i : i + size]
-            pasts = sliding_window_view(joined[start : stop + size - 1], size)
-            below = np.count_nonzero(pasts < scores[start:stop, None], axis=1)
-            p_values[start:stop] = below / size
+            # row i is ranked against the `size` rows just before it: joined[:, i : i + size]
+            pasts = sliding_window_view(joined[:, start : stop + size - 1], size, axis=1)
+            below = np.count_nonzero(pasts < scores[start:stop].T[:, :, None], axis=2)
+            p_values[start:stop] = below.T / size
         return p_values
 
     def _alarms(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
