@@ -137,17 +137,15 @@ def gan_series(
     started = time.perf_counter()
     detector = anomaly.train(train_rows, config)
     trained = time.perf_counter()
-    windows = np.ascontiguousarray(sliding_windows(values, window))
-    result = detector.score(windows)
+    result = detector.score(np.ascontiguousarray(sliding_windows(values, window)))
     scored = time.perf_counter()
     per_row = {
         "score": likelihood(result.scores, detector.threshold),
         **{f"component_{name}": v for name, v in result.components.items()},
-        "latent_code": detector.engine.raw_components(windows)["latent_code"],
     }
     arrays = {}
     for name, value in per_row.items():
-        arrays[name] = np.zeros((len(series), *np.shape(value)[1:]), np.float64)
+        arrays[name] = np.zeros(len(series), np.float64)
         arrays[name][window - 1 :] = value
     return arrays, {
         "train_seconds": trained - started,
