@@ -13,9 +13,9 @@ A detector whose score adds up several components (the GAN's reconstruction erro
 discriminator output, ...) can be ranked per component instead: each component is ranked
 against its own history, since each drifts in its own way, and a row alarms when at least
 ``quorum`` components reach the alarm level together. Noise lifts one component at a time;
-an anomaly lifts several (on the Numenta benchmark, two of four components agreeing raised
-an alarm on more anomaly windows with fewer false alarms than the ranked sum: see
-``docs/benchmarks.md``).
+an anomaly lifts several (on the Numenta benchmark, requiring two of the GAN's four
+components found as many anomaly windows as ranking their sum, with a fifth fewer false
+alarms: see ``docs/benchmarks.md``).
 
 One anomaly usually lifts many consecutive scores (a sliding window overlaps the event for
 its whole length), and every extra alarm for the same event is a false positive to the
