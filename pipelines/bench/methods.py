@@ -157,10 +157,10 @@ def subsampled(method, max_train: int | None):
 #: OneClassSVM's fit is quadratic to cubic in the rows (and its scoring linear in the support
 #: vectors), so it is fitted on at most 10,000 TRAIN rows: this caps it on http, smtp and
 #: shuttle. PyOD's deep detectors train for a fixed number of epochs over every row, so their
-#: fit grows linearly with the rows: at their defaults on the 2 cores, AutoEncoder, ALAD and
-#: MO_GAAL take seconds per thousand rows and are capped at 10,000 rows (http, smtp,
-#: shuttle), AnoGAN (500 epochs) about a minute per thousand and is capped at 2,000 (also
-#: thyroid). Everything else sees every TRAIN row (KNN on all 282,643 http rows takes ~10 s).
+#: fit grows linearly with the rows: at their defaults on the 2 cores, AutoEncoder (~17 s per
+#: thousand rows), ALAD and MO_GAAL (a few seconds) are capped at 10,000 rows (http, smtp,
+#: shuttle), AnoGAN (500 epochs, about a minute per thousand) at 2,000 (the same three sets).
+#: Everything else sees every TRAIN row (KNN on all 282,643 http rows: ~10 s).
 PEERS = {
     "iforest": (isolation_forest, None),
     "ocsvm": (one_class_svm, 10_000),
