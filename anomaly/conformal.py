@@ -113,24 +113,25 @@ class ConformalAlarm:
             )
         if not np.isfinite(scores).all():
             raise ValueError("scores hold NaN or infinite values")
-        scores = scores.reshape(len(scores), -1)
-        columns = self._rank(scores)
-        self._history = np.concatenate([self._history, scores])[-self.history :]
+        joined = np.concatenate([self._history, scores.reshape(len(scores), -1)])
+        columns = self._rank(joined)
+        self._history = joined[-self.history :].copy()
         # the quorum-th largest p-value of each row: the level that many columns reach
-        p_values = np.sort(columns, axis=1)[:, -self.quorum] if self.quorum > 1 else columns.max(1)
+        p_values = np.sort(columns, axis=1)[:, -self.quorum]
         alarms, quiet = self._alarms(p_values >= self.alarm_level)
         return ConformalResult(p_values, alarms, quiet)
 
-    def _rank(self, scores: np.ndarray) -> np.ndarray:
-        """Per row and column: the share of the column's ``history`` scores just before the
-        row that lie strictly below it."""
+    def _rank(self, joined: np.ndarray) -> np.ndarray:
+        """For the rows of ``joined`` (the history, then the new scores) after the history:
+        per column, the share of the ``history`` values just before the row strictly below it."""
         size = self.history
-        joined = np.concatenate([self._history, scores]).T.copy()  # columns x time, contiguous
+        scores = joined[size:]
+        series = joined.T.copy()  # columns x time, contiguous for the sliding comparison
         p_values = np.empty(scores.shape)
         for start in range(0, len(scores), _CHUNK):
             stop = min(start + _CHUNK, len(scores))
-            # row i is ranked against the `size` rows just before it: joined[:, i : i + size]
-            pasts = sliding_window_view(joined[:, start : stop + size - 1], size, axis=1)
+            # row i is ranked against the `size` rows just before it: series[:, i : i + size]
+            pasts = sliding_window_view(series[:, start : stop + size - 1], size, axis=1)
             below = np.count_nonzero(pasts < scores[start:stop].T[:, :, None], axis=2)
             p_values[start:stop] = below.T / size
         return p_values
