@@ -179,10 +179,10 @@ class ServeConfig(_Section):
     this long (the broker allows 6 s to 30 min by default)."""
     alarm_history: int | None = Field(None, ge=2)
     """Conformal alarms (``anomaly.conformal``), for streams that drift: rank each record's
-    score components (or score) against the last this-many records of its Kafka key. Results gain ``p_value`` and
-    ``alarm``, and the alerts topic gets alarms instead of threshold flags. ``None``: off.
-    Each key keeps this many values per ranked column (8 bytes each; 4 columns with
-    ``alarm_quorum``), for up to ``max_entities`` keys."""
+    score components (or score) against the last this-many records of its Kafka key. Results
+    gain ``p_value`` and ``alarm``, and the alerts topic gets alarms instead of threshold
+    flags. ``None``: off. Each key keeps this many values per ranked column (8 bytes each; 4
+    columns with ``alarm_quorum``), for up to ``max_entities`` keys."""
     alarm_level: float = Field(DEFAULT_ALARM_LEVEL, gt=0, le=1)
     """p-value at which a record alarms (KNN-CAD's 0.9965: 1 normal record in about 286)."""
     alarm_quiet_rows: int | None = Field(None, ge=0)

@@ -140,7 +140,8 @@ class ServiceMetrics:
         self.alarms = Counter(
             "anomaly_alarms_total",
             "Conformal alarms raised (serve.alarm_history set): records whose p-value against "
-            "their key's recent scores reached serve.alarm_level outside a quiet period.",
+            "their key's recent records (serve.alarm_quorum components together, or the "
+            "score) reached serve.alarm_level outside a quiet period.",
             registry=registry,
         )
         ratios = SCORE_BUCKET_RATIOS if threshold > 0 else (0.0,)
