@@ -177,17 +177,18 @@ class ServeConfig(_Section):
     session_timeout_ms: int = Field(45_000, ge=1_000)
     """Consumer-group session: a crashed instance's partitions move to the others after
     this long (the broker allows 6 s to 30 min by default)."""
-    alarm_history: int | None = Field(None, ge=2)
+    alarm_history: int | None = Field(None, ge=4)
     """Conformal alarms (``anomaly.conformal``), for streams that drift: rank each record's
-    score components (or score) against the last this-many records of its Kafka key. Results
+    score components (or score) against the last this-many records of its Kafka key (a new
+    key starts from half as many held-out normal values and grows). Results
     gain ``p_value`` and ``alarm``, and the alerts topic gets alarms instead of threshold
     flags. ``None``: off. Each key keeps this many values per ranked column (8 bytes each; 4
     columns with ``alarm_quorum``), for up to ``max_entities`` keys."""
     alarm_level: float = Field(DEFAULT_ALARM_LEVEL, gt=0, le=1)
     """p-value at which a record alarms (KNN-CAD's 0.9965: 1 normal record in about 286)."""
     alarm_quiet_rows: int | None = Field(None, ge=0)
-    """Records of a key that cannot alarm after its alarm; ``None``: a fifth of
-    ``alarm_history``."""
+    """Records of a key that cannot alarm after its alarm; ``None``: a tenth of
+    ``alarm_history`` (a fifth of the held-out values a key starts from, as KNN-CAD)."""
     alarm_quorum: int | None = Field(2, ge=1, le=len(COMPONENTS))
     """Rank each score component against its own history and alarm when this many reach
     ``alarm_level`` together (noise lifts one component at a time, an anomaly several);

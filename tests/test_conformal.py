@@ -12,33 +12,43 @@ def normal_stream(n: int, seed: int = 0) -> np.ndarray:
 
 def test_a_normal_stream_alarms_at_about_one_minus_the_alarm_level():
     alarm = ConformalAlarm(normal_stream(500, seed=1), alarm_level=0.99, quiet_rows=0)
+    assert alarm.history == 1000  # grown to twice the reference
     result = alarm.update(normal_stream(200_000, seed=2))
-    # p >= 0.99 means beating at least 495 of the last 500: a top-6 rank among 501
-    assert result.alarms.mean() == pytest.approx(6 / 501, rel=0.1)
+    # p >= 0.99 means beating at least 990 of the last 1000: a top-11 rank among 1001
+    assert result.alarms.mean() == pytest.approx(11 / 1001, rel=0.1)
     # exchangeable scores give uniform p-values
     assert np.histogram(result.p_values, bins=10, range=(0, 1))[0].min() > 18_000
 
 
 def test_p_value_is_the_share_of_the_last_history_scores_strictly_below():
-    alarm = ConformalAlarm([1.0, 2.0, 3.0, 4.0], quiet_rows=0)
+    alarm = ConformalAlarm([1.0, 2.0, 3.0, 4.0], history=4, quiet_rows=0)
     result = alarm.update([2.5, 4.0, 10.0])
     # 2.5 vs [1,2,3,4]: 2 below; 4.0 vs [2,3,4,2.5]: 3 below; 10 vs [3,4,2.5,4]: 4 below
     np.testing.assert_allclose(result.p_values, [0.5, 0.75, 1.0])
     assert result.alarms.tolist() == [False, False, True]
 
 
+def test_the_history_grows_from_the_reference_to_its_limit_then_slides():
+    alarm = ConformalAlarm([1.0, 2.0, 3.0, 4.0], history=6, quiet_rows=0)
+    result = alarm.update([2.5, 4.0, 0.5, 3.5, 9.0])
+    # 2.5 vs [1,2,3,4]: 2/4; 4.0 vs [1,2,3,4,2.5]: 4/5; 0.5 vs [1,2,3,4,2.5,4]: 0/6;
+    # 3.5 vs [2,3,4,2.5,4,0.5]: 4/6; 9.0 vs [3,4,2.5,4,0.5,3.5]: 6/6
+    np.testing.assert_allclose(result.p_values, [2 / 4, 4 / 5, 0, 4 / 6, 1])
+    assert ConformalAlarm([1.0, 2.0, 3.0]).history == 6  # twice the reference by default
+
+
 def test_after_a_level_shift_alarms_stop_once_the_history_has_moved_on():
     """A fixed threshold fires on every row after a shift; the conformal alarm fires once."""
-    history = 300
+    reference = 300
     before = normal_stream(2000, seed=3)
     after = normal_stream(3000, seed=4) + 8.0  # a new, higher normal level
-    alarm = ConformalAlarm(before[:history], alarm_level=0.995, quiet_rows=50)
-    result = alarm.update(np.concatenate([before[history:], after]))
-    shift = len(before) - history
+    alarm = ConformalAlarm(before[:reference], alarm_level=0.995, quiet_rows=50)
+    result = alarm.update(np.concatenate([before[reference:], after]))
+    shift = len(before) - reference
     assert result.alarms[shift : shift + 50].any()  # the shift itself is news
-    settled = result.alarms[shift + history :]
+    settled = result.alarms[shift + alarm.history :]
     assert settled.mean() < 0.01  # the new level is normal once it fills the history
-    fixed_threshold = np.quantile(before[:history], 0.995)
+    fixed_threshold = np.quantile(before[:reference], 0.995)
     assert (after > fixed_threshold).mean() == 1.0
 
 
@@ -66,7 +76,7 @@ def test_the_result_does_not_depend_on_how_the_stream_is_batched():
         np.testing.assert_array_equal(joined, getattr(whole, field))
 
 
-def test_default_quiet_period_is_a_fifth_of_the_history():
+def test_default_quiet_period_is_a_fifth_of_the_reference():
     assert ConformalAlarm(normal_stream(750)).quiet_rows == 150
 
 
@@ -79,6 +89,7 @@ def test_default_quiet_period_is_a_fifth_of_the_history():
         ([1.0, 2.0], {"quiet_rows": -1}, "quiet_rows"),
         ([[1.0, 2.0], [2.0, 3.0]], {"quorum": 3}, r"quorum must be in \[1, 2\]"),
         ([1.0, 2.0], {"quorum": 0}, "quorum"),
+        ([1.0, 2.0, 3.0], {"history": 2}, "at least the reference's 3 rows"),
         (np.zeros((3, 2, 2)), {}, "1-D .* or 2-D"),
     ],
 )

@@ -140,9 +140,10 @@ def test_each_key_is_ranked_against_its_own_recent_scores():
     alarms = KeyedAlarms(
         np.arange(100.0), history=10, alarm_level=0.9, quiet_rows=3, max_entities=100
     )
-    # a key starts from the model's held-out normal scores (here 0..99)
+    # a key starts from 5 quantiles of the model's held-out normal scores (here 0..99):
+    # 9.9, 29.7, 49.5, 69.3, 89.1; its history then grows to 10
     p, raised = alarms.update(np.array([50.0, 200.0]), [b"a", b"b"], [0, 1])
-    assert p.tolist() == [0.5, 1.0] and raised.tolist() == [False, True]
+    assert p.tolist() == [0.6, 1.0] and raised.tolist() == [False, True]
     # key b now sits at 200: ten more records there and 200 is its normal, key a is unmoved
     alarms.update(np.full(10, 200.0), [b"b"] * 10, [1] * 10)
     p, raised = alarms.update(np.array([200.5, 200.5]), [b"a", b"b"], [0, 1])
@@ -157,11 +158,11 @@ def test_with_a_quorum_a_key_alarms_only_when_enough_components_stand_out_togeth
     alarms = KeyedAlarms(
         reference, history=10, alarm_level=0.9, quiet_rows=0, max_entities=100, quorum=2
     )
-    # each component's history starts as 10 quantiles of its reference: 4.95, 14.85, ...
-    # and 49.5, 148.5, ...; a stands out in one component only, b in both
+    # each component's history starts as 5 quantiles of its reference: 9.9, 29.7, ...
+    # and 99, 297, ...; a stands out in one component only, b in both
     p, raised = alarms.update(np.array([[500.0, 200.0], [500.0, 5000.0]]), [b"a", b"b"], [0, 0])
     assert raised.tolist() == [False, True]
-    assert p.tolist() == [0.2, 1.0]  # a's second component beats 2 of its 10
+    assert p.tolist() == [0.2, 1.0]  # a's second component beats 1 of its 5
 
 
 def test_alarms_for_a_model_rank_its_components_and_refuse_a_bundle_without_their_reference():

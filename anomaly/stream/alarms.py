@@ -4,9 +4,11 @@ With ``serve.alarm_history`` set, each key's score components are ranked against
 own recent components and a record alarms when ``serve.alarm_quorum`` of them reach the
 alarm level (or, with no quorum, its combined score is ranked), so a key whose normal level
 drifts away from the training data stops flagging every record, and one event raises one
-alarm (the quiet period). A key's history starts as the model's held-out normal values
-(``ScoringParams.reference_components`` or ``reference_scores``, spread over the history's
-length), so its first records are judged against normal data, not against nothing.
+alarm (the quiet period). A key's history starts as half as many of the model's held-out
+normal values (``ScoringParams.reference_components`` or ``reference_scores``, as evenly
+spaced quantiles) and grows with the key's records, as on the Numenta benchmark, where the
+reference is a series' first rows: so its first records are judged against normal data,
+not against nothing.
 
 Like the time-series windows, a key's alarm state belongs to the partition it was last seen
 on and is dropped with that partition at a rebalance; beyond ``max_entities`` keys, the key
@@ -41,8 +43,14 @@ class KeyedAlarms:
         quorum: int = 1,
     ):
         reference = np.asarray(reference, np.float64)
-        self._seed = np.quantile(reference, (np.arange(history) + 0.5) / history, axis=0)
-        self._settings = {"alarm_level": alarm_level, "quiet_rows": quiet_rows, "quorum": quorum}
+        seeded = history // 2
+        self._seed = np.quantile(reference, (np.arange(seeded) + 0.5) / seeded, axis=0)
+        self._settings = {
+            "history": history,
+            "alarm_level": alarm_level,
+            "quiet_rows": quiet_rows,
+            "quorum": quorum,
+        }
         self.by_component = reference.ndim == 2
         self.max_entities = max_entities
         self._alarms: dict[bytes, ConformalAlarm] = {}

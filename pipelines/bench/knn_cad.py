@@ -70,7 +70,10 @@ def knn_cad(values: np.ndarray, probation: int) -> np.ndarray:
             reference = np.partition(within, k, axis=1)[:, : k + 1].sum(axis=1)
         distances = squared_distances(vectors[t : t + 1], memory(t))[0]
         non_conformity[t] = np.partition(distances, k - 1)[:k].sum()
-    alarm = ConformalAlarm(reference, alarm_level=ALARM_LEVEL, quiet_rows=p // 5)
+    # KNN-CAD ranks against a history as long as its reference: it does not grow
+    alarm = ConformalAlarm(
+        reference, history=len(reference), alarm_level=ALARM_LEVEL, quiet_rows=p // 5
+    )
     result = alarm.update(non_conformity[p - 1 :])
     out[p - 1 :] = nab.alarm_scores(result)
     return out
