@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 #: KNN-CAD's published alarm level: about 1 row in 286 of a normal stream reaches it.
 DEFAULT_ALARM_LEVEL = 0.9965
@@ -43,7 +44,7 @@ DEFAULT_HISTORY_GROWTH = 2
 #: KNN-CAD's quiet period, one fifth of the reference (its probationary period).
 DEFAULT_QUIET_SHARE = 0.2
 #: Rows ranked at once; bounds the (rows x columns x history) comparison to a few MB.
-_CHUNK = 256
+_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -135,17 +136,20 @@ class ConformalAlarm:
         """For the rows of ``joined`` after its first ``past`` rows (the history, then the
         new scores): per column, the share of the up to ``history`` rows just before the row
         that lie strictly below it."""
+        size = self.history
         scores = joined[past:]
+        # a history still growing is padded in front with +inf, which no score lies above,
+        # so every row is ranked against a window of `size` values (update refuses inf)
+        padding = np.full((size - past, joined.shape[1]), np.inf)
+        series = np.concatenate([padding, joined]).T.copy()  # columns x time, contiguous
+        ranked_against = np.minimum(size, past + np.arange(len(scores)))
         p_values = np.empty(scores.shape)
         for start in range(0, len(scores), _CHUNK):
-            rows = scores[start : start + _CHUNK]
-            ends = past + start + np.arange(len(rows))  # each row's past is joined[begins:ends]
-            begins = np.maximum(0, ends - self.history)
-            positions = np.arange(begins[0], ends[-1])
-            in_past = (positions >= begins[:, None]) & (positions < ends[:, None])
-            below = joined[begins[0] : ends[-1]] < rows[:, None, :]  # rows x positions x columns
-            counts = np.count_nonzero(below & in_past[:, :, None], axis=1)
-            p_values[start : start + len(rows)] = counts / (ends - begins)[:, None]
+            stop = min(start + _CHUNK, len(scores))
+            # row i is ranked against the `size` values just before it: series[:, i : i + size]
+            pasts = sliding_window_view(series[:, start : stop + size - 1], size, axis=1)
+            below = np.count_nonzero(pasts < scores[start:stop].T[:, :, None], axis=2)
+            p_values[start:stop] = below.T / ranked_against[start:stop, None]
         return p_values
 
     def _alarms(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
