@@ -444,6 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nab-steps", type=int, default=300)
     parser.add_argument("--nab-window", type=int, default=32)
     parser.add_argument("--nab-seed", type=int, default=0, help="training.seed of the NAB GANs")
+    parser.add_argument(
+        "--nab-formulation",
+        choices=("fanogan", "bigan"),
+        default="fanogan",
+        help="model.formulation of the NAB GANs",
+    )
     parser.add_argument("--plots-dir", type=Path)
     parser.add_argument("--quick", action="store_true", help="CI smoke mode")
     parser.add_argument(
@@ -502,7 +508,13 @@ def main(argv: list[str] | None = None) -> int:
         steps = min(args.nab_steps, 20) if args.quick and args.nab_steps == 300 else args.nab_steps
         if not args.report_only:
             timeseries.run_nab(
-                out, names=names, window=args.nab_window, steps=steps, seed=args.nab_seed
+                out,
+                names=names,
+                window=args.nab_window,
+                steps=steps,
+                seed=args.nab_seed,
+                formulation=args.nab_formulation,
+                refine_steps=refine_steps,
             )
         timeseries.write_nab_report(out, plots_dir)
         log(f"NAB report: {out / 'nab.md'}")

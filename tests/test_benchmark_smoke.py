@@ -59,7 +59,8 @@ def test_quick_benchmark_end_to_end(tmp_path):
 
     result = json.loads((tmp_path / "nab_results.json").read_text())
     assert result["series"] == 2
-    for detector in ("gan", "gan+conformal", "windowed_gaussian", "knn_cad"):
+    ablations = ("gan+conformal:fixed_history", "gan+conformal:refined")
+    for detector in ("gan", "gan+conformal", "windowed_gaussian", "knn_cad", *ablations):
         for profile in nab.PROFILE_NAMES:
             assert math.isfinite(result["results"][detector][profile]["score"])
     assert "windowed_gaussian" in (tmp_path / "nab.md").read_text()
@@ -67,3 +68,13 @@ def test_quick_benchmark_end_to_end(tmp_path):
 
     for plot in ("roc_seed0.png", "auroc_auprc_by_dataset.png", "nab_scores.png"):
         assert (tmp_path / "plots" / plot).stat().st_size > 1000
+
+
+@pytest.mark.skipif(not _have_data(), reason="shared datasets not found")
+def test_the_nab_suite_runs_the_other_formulation(tmp_path):
+    series = timeseries.QUICK_SERIES[0]
+    argv = ["--suite", "nab", "--quick", "--nab-steps", "10", "--nab-formulation", "bigan"]
+    assert benchmark.main([*argv, "--nab-series", series, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "nab_results.json").read_text())
+    assert result["formulation"] == "bigan" and result["series"] == 1
+    assert "| gan (bigan, window 32, 10 steps) |" in (tmp_path / "nab.md").read_text()

@@ -17,6 +17,14 @@ import anomaly
 from anomaly.config import COMPONENTS
 
 
+def refined_scores(detector, records: np.ndarray, refine_steps: int) -> dict[str, np.ndarray]:
+    """The engine's output for ``records`` with ``refine_steps`` AnoGAN-style gradient steps
+    on each latent code (the ``refined`` ablation), from the same trained networks."""
+    engine = detector.engine
+    refined = engine.with_params(replace(engine.params, refine_steps=refine_steps))
+    return refined.score(np.asarray(records, np.float32))
+
+
 def gan(config: anomaly.Config, refine_steps: int = 10):
     """The GAN detector; variants: the combined score, each component alone, and the
     combined score with AnoGAN-style latent refinement."""
@@ -31,9 +39,7 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
         variants = {"": result.scores}
         variants.update({f"only_{name}": result.components[name] for name in COMPONENTS})
         if refine_steps:
-            engine = detector.engine
-            refined = engine.with_params(replace(engine.params, refine_steps=refine_steps))
-            variants["refined"] = refined.score(test.astype(np.float32))["score"]
+            variants["refined"] = refined_scores(detector, test, refine_steps)["score"]
         health = detector.health
         info = {
             "train": trained - started,

@@ -40,6 +40,7 @@ from anomaly.config import COMPONENTS, Config
 from anomaly.conformal import ConformalAlarm
 from pipelines.bench import nab
 from pipelines.bench.knn_cad import knn_cad
+from pipelines.bench.methods import refined_scores
 
 #: Two of the shortest series, for the smoke test.
 QUICK_SERIES = (
@@ -120,23 +121,30 @@ def conformal_alarm(
 
 
 def component_alarm(
-    arrays, first_row: int, probation: int, history: int | None = None
+    arrays, first_row: int, probation: int, history: int | None = None, prefix: str = "component_"
 ) -> np.ndarray:
     """The time-series method: each standardised component ranked against its own history,
     an alarm when ``serve.alarm_quorum`` of them reach the level together (as the streaming
-    service does with ``serve.alarm_history`` set)."""
-    columns = np.stack([arrays[f"component_{name}"] for name in COMPONENTS], axis=1)
+    service does with ``serve.alarm_history`` set). ``prefix`` picks the components
+    (``refined_``: after latent refinement)."""
+    columns = np.stack([arrays[f"{prefix}{name}"] for name in COMPONENTS], axis=1)
     return conformal_alarm(columns, first_row, probation, Config().serve.alarm_quorum, history)
 
 
 def gan_series(
-    series: nab.Series, window: int = 32, steps: int = 300, seed: int = 0
+    series: nab.Series,
+    window: int = 32,
+    steps: int = 300,
+    seed: int = 0,
+    formulation: str = "fanogan",
+    refine_steps: int = 0,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Train on the probationary rows, score every row; (per-row arrays, timings).
 
     The arrays: ``score`` (the ``likelihood`` of the detector's score) and, for the
-    ablations, each standardised component (``component_<name>``); rows without a full
-    window hold 0.
+    ablations, each standardised component (``component_<name>``) and, with
+    ``refine_steps``, each component after latent refinement (``refined_<name>``); rows
+    without a full window hold 0.
     """
     import anomaly
     from anomaly.windows import sliding_windows
@@ -144,17 +152,22 @@ def gan_series(
     values = series.values.astype(np.float32).reshape(-1, 1)
     train_rows = values[: series.probation]
     config = anomaly.Config().updated(
-        model={"window": window}, training={"steps": steps, "seed": seed}
+        model={"window": window, "formulation": formulation},
+        training={"steps": steps, "seed": seed},
     )
     started = time.perf_counter()
     detector = anomaly.train(train_rows, config)
     trained = time.perf_counter()
-    result = detector.score(np.ascontiguousarray(sliding_windows(values, window)))
+    windows = np.ascontiguousarray(sliding_windows(values, window))
+    result = detector.score(windows)
     scored = time.perf_counter()
     per_row = {
         "score": likelihood(result.scores, detector.threshold),
         **{f"component_{name}": v for name, v in result.components.items()},
     }
+    if refine_steps:
+        refined = refined_scores(detector, windows, refine_steps)
+        per_row.update({f"refined_{name}": refined[f"component_{name}"] for name in COMPONENTS})
     arrays = {}
     for name, value in per_row.items():
         arrays[name] = np.zeros(len(series), np.float64)
@@ -166,7 +179,15 @@ def gan_series(
     }
 
 
-def run_nab(out: Path, names=None, window: int = 32, steps: int = 300, seed: int = 0) -> None:
+def run_nab(
+    out: Path,
+    names=None,
+    window: int = 32,
+    steps: int = 300,
+    seed: int = 0,
+    formulation: str = "fanogan",
+    refine_steps: int = 0,
+) -> None:
     """GAN scores for each series into ``OUT/nab_scores/`` (kept, so a rerun resumes)."""
     corpus = nab.load_corpus(names=names)
     score_dir = out / "nab_scores"
@@ -176,7 +197,7 @@ def run_nab(out: Path, names=None, window: int = 32, steps: int = 300, seed: int
         file = score_dir / (series.name.replace("/", "__") + ".npz")
         if file.exists():
             continue
-        arrays, timings = gan_series(series, window, steps, seed)
+        arrays, timings = gan_series(series, window, steps, seed, formulation, refine_steps)
         np.savez(file, **arrays)
         with open(log_path, "a") as fh:
             fh.write(
@@ -187,6 +208,8 @@ def run_nab(out: Path, names=None, window: int = 32, steps: int = 300, seed: int
                         "window": window,
                         "steps": steps,
                         "seed": seed,
+                        "formulation": formulation,
+                        "refine_steps": refine_steps,
                         **timings,
                     }
                 )
@@ -226,6 +249,7 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
         else []
     )
     window = timings[0]["window"] if timings else 32
+    refined = all(f"refined_{COMPONENTS[0]}" in arrays for arrays in gan_arrays.values())
     gan_lik = {name: rolling_likelihood(a, window - 1) for name, a in gan_scores.items()}
     gan_conformal = {
         s.name: component_alarm(gan_arrays[s.name], window - 1, s.probation) for s in corpus
@@ -251,6 +275,16 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
         "windowed_gaussian": nab.score_corpus(wg_scores, corpus),
         "knn_cad": nab.score_corpus(knn_cad_scores, corpus),
     }
+    if refined:  # the method on the components after latent refinement
+        results["gan+conformal:refined"] = nab.score_corpus(
+            {
+                s.name: component_alarm(
+                    gan_arrays[s.name], window - 1, s.probation, prefix="refined_"
+                )
+                for s in corpus
+            },
+            corpus,
+        )
     for name in COMPONENTS:  # ablations: each standardised component alone, ranked alone
         alone = {
             s.name: conformal_alarm(
@@ -268,6 +302,8 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
         "gan_score_seconds_total": sum(t["score_seconds"] for t in timings),
         "window": timings[0]["window"] if timings else None,
         "steps": timings[0]["steps"] if timings else None,
+        "formulation": timings[0].get("formulation", "fanogan") if timings else None,
+        "refine_steps": timings[0].get("refine_steps", 0) if timings else None,
         "windowed_gaussian_seconds_total": wg_seconds,
         "knn_cad_seconds_total": knn_cad_seconds,
     }
@@ -283,11 +319,14 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
     for m, res in results.items():
         std = res["standard"]
         label = {
-            "gan": f"gan (window {payload['window']}, {payload['steps']} steps)",
+            "gan": f"gan ({payload['formulation']}, window {payload['window']}, "
+            f"{payload['steps']} steps)",
             "gan+likelihood": "gan + HTM-style rolling likelihood",
             "gan+conformal": "**gan + conformal alarm, 2 of 4 components** (the method)",
             "gan+conformal:fixed_history": "gan + conformal alarm, 2 of 4, history not grown",
             "gan+conformal:combined_score": "gan + conformal alarm on the combined score",
+            "gan+conformal:refined": f"gan + conformal alarm, 2 of 4 components after "
+            f"{payload['refine_steps']} latent refinement steps",
             "knn_cad": "KNN-CAD (NAB peer, reimplemented)",
         }.get(m, m.replace("gan+conformal:only_", "gan + conformal alarm, only "))
         lines.append(
