@@ -63,6 +63,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
     for detector in ("gan", "gan+conformal", "windowed_gaussian", "knn_cad", *ablations):
         for profile in nab.PROFILE_NAMES:
             assert math.isfinite(result["results"][detector][profile]["score"])
+    assert result["gan_refine_seconds_total"] > 0  # the refined ablation is timed
     assert "windowed_gaussian" in (tmp_path / "nab.md").read_text()
     assert "KNN-CAD" in (tmp_path / "nab.md").read_text()
 
