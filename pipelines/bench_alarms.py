@@ -4,9 +4,10 @@ ranking the four score components with a quorum, in the same process.
     python -m pipelines.bench_alarms [--history 750] [--batch 512] [--repeats 21]
 
 Prints the median milliseconds ``KeyedAlarms.update`` takes for one batch of records spread
-over 1, 100 and ``--batch`` distinct keys (every key's history already full), and the cost
-per distinct key. No Kafka and no model: the scores are random, which is what the ranking
-costs whatever the model.
+over 1, 100 and ``--batch`` distinct keys (after one batch that creates every key), and the
+cost per distinct key. A history still growing costs as much as a full one: it is ranked as
+a window of ``--history`` values padded in front. No Kafka and no model: the scores are
+random, which is what the ranking costs whatever the model.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from anomaly.config import COMPONENTS, ServeConfig
-from anomaly.conformal import ConformalAlarm
+from anomaly.conformal import DEFAULT_HISTORY_GROWTH, ConformalAlarm
 from anomaly.errors import ConfigError
 from anomaly.scoring import ScoringParams
 
@@ -43,7 +43,7 @@ class KeyedAlarms:
         quorum: int = 1,
     ):
         reference = np.asarray(reference, np.float64)
-        seeded = history // 2
+        seeded = history // DEFAULT_HISTORY_GROWTH  # ConformalAlarm grows it to `history`
         self._seed = np.quantile(reference, (np.arange(seeded) + 0.5) / seeded, axis=0)
         self._settings = {
             "history": history,

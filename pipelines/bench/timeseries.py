@@ -36,12 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.config import COMPONENTS, Config
+from anomaly.config import COMPONENTS, ServeConfig
 from anomaly.conformal import ConformalAlarm
 from pipelines.bench import nab
 from pipelines.bench.knn_cad import knn_cad
 from pipelines.bench.methods import refined_scores
 
+#: The alarm settings the streaming service uses by default (level, quorum).
+_SERVE_DEFAULTS = ServeConfig()
 #: Two of the shortest series, for the smoke test.
 QUICK_SERIES = (
     "realTraffic/speed_7578.csv",
@@ -113,7 +115,7 @@ def conformal_alarm(
     alarm = ConformalAlarm(
         columns[first_row:probation],
         history=history,
-        alarm_level=Config().serve.alarm_level,
+        alarm_level=_SERVE_DEFAULTS.alarm_level,
         quorum=quorum,
     )
     out[probation:] = nab.alarm_scores(alarm.update(columns[probation:]))
@@ -128,7 +130,7 @@ def component_alarm(
     service does with ``serve.alarm_history`` set). ``prefix`` picks the components
     (``refined_``: after latent refinement)."""
     columns = np.stack([arrays[f"{prefix}{name}"] for name in COMPONENTS], axis=1)
-    return conformal_alarm(columns, first_row, probation, Config().serve.alarm_quorum, history)
+    return conformal_alarm(columns, first_row, probation, _SERVE_DEFAULTS.alarm_quorum, history)
 
 
 def gan_series(
