@@ -124,12 +124,13 @@ def test_a_quorum_of_two_ignores_noise_in_one_column_and_catches_an_event_in_two
     scores[lone_spikes, 0] += 10.0  # noise in one component at a time
     scores[5500, :2] += [10.0, 1000.0]  # an event lifts two components together
     history = 500
-    quorum = ConformalAlarm(scores[:history], alarm_level=0.999, quiet_rows=0, quorum=2)
+    settings = {"history": history, "alarm_level": 0.999, "quiet_rows": 0}
+    quorum = ConformalAlarm(scores[:history], quorum=2, **settings)
     alarms = np.flatnonzero(quorum.update(scores[history:]).alarms) + history
     assert 5500 in alarms
     assert not np.isin(lone_spikes, alarms).any()
     assert len(alarms) < 10  # about 3 columns choose 2 times 0.001^2 per row by chance
-    any_column = ConformalAlarm(scores[:history], alarm_level=0.999, quiet_rows=0, quorum=1)
+    any_column = ConformalAlarm(scores[:history], quorum=1, **settings)
     assert np.isin(
         lone_spikes, np.flatnonzero(any_column.update(scores[history:]).alarms) + history
     ).all()
