@@ -156,7 +156,24 @@ class ServeConfig(_Section):
     metrics_port: int = Field(9108, ge=0, le=65535)
     """Port of the /metrics, /healthz and /readyz endpoint; 0 picks a free one."""
     metrics_host: str = "0.0.0.0"
-    """Address the metrics endpoint listens on (all interfaces, for Prometheus scrapes)."""
+    """Address the metrics endpoint listens on: all interfaces, because Prometheus scrapes
+    from another host or pod; ``127.0.0.1`` when it scrapes from the same host."""
+    metrics_certfile: str | None = None
+    """PEM certificate (chain) file: the metrics endpoint speaks HTTPS only; ``None``: HTTP."""
+    metrics_keyfile: str | None = None
+    """PEM private key of ``metrics_certfile``; ``None`` when the key is in the certfile."""
+    metrics_basic_auth_username: str | None = None
+    """User that ``/metrics`` requires (HTTP basic auth, with the password below);
+    ``/healthz`` and ``/readyz`` stay open for probes. ``None``: no authentication."""
+    metrics_basic_auth_password_file: str | None = None
+    """File holding the basic-auth password (a trailing newline is ignored), read once at
+    start, as orchestrators mount secrets."""
+    metrics_idle_timeout_s: float = Field(10.0, gt=0)
+    """Longest a metrics connection stays open: idle, sending its request slowly or reading
+    the answer slowly, it is closed after this long (a scrape takes milliseconds)."""
+    metrics_max_connections: int = Field(16, ge=1)
+    """Metrics connections served at once; more are answered 503 (closed, with TLS) at once,
+    so clients holding connections block scrapes for ``metrics_idle_timeout_s`` at most."""
     max_batch_size: int = Field(512, ge=1)
     max_wait_ms: int = Field(20, ge=0)
     """Longest a record waits for its micro-batch to fill."""
