@@ -4,20 +4,30 @@ No pickle anywhere: networks load with ``safe_mode=True``, the latent prototypes
 ``.npy`` array loaded with ``allow_pickle=False``, everything else is JSON. ``manifest.json``
 lists the SHA-256 of every file and is verified before anything is loaded, so a truncated,
 corrupted or edited bundle is refused with the name of the file that changed.
+
+A bundle is untrusted input: the manifest may only name files inside the bundle (no
+absolute paths, no ``..``, no symbolic link that leads out), checked before any file is
+read, and every JSON file must have the types its reader expects (``typed_part``), so a
+damaged or hostile bundle is a ``BundleError`` naming the file and the problem.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import typing
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import keras
 import numpy as np
+from pydantic import ConfigDict, ValidationError, create_model
 
 from anomaly.errors import BundleError
 
@@ -75,11 +85,23 @@ def load_bundle(path: str | os.PathLike[str]) -> BundleContents:
             raise BundleError(
                 f"{path / (name + '.keras')}: cannot be loaded as a Keras model: {exc}"
             ) from None
-    parts = {name: _read_json(path / f"{name}.json") for name in JSON_PARTS}
+    parts = {}
+    for name in JSON_PARTS:
+        file = path / f"{name}.json"
+        parts[name] = _read_json(file)
+        if not isinstance(parts[name], dict):
+            raise BundleError(
+                f"{file}: holds a JSON {_json_type(parts[name])}, not an object; {RESTORE_HINT}"
+            )
     try:
         reference = np.load(path / LATENT_PROTOTYPES, allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         raise BundleError(f"{path / LATENT_PROTOTYPES}: not a plain numeric array: {exc}") from None
+    if reference.ndim != 2 or reference.dtype.kind != "f" or not len(reference):
+        raise BundleError(
+            f"{path / LATENT_PROTOTYPES}: holds a {reference.ndim}-D {reference.dtype} array of "
+            f"shape {reference.shape}; expected a non-empty 2-D float array; {RESTORE_HINT}"
+        )
     return BundleContents(networks, parts, reference, bundle_version_id(path))
 
 
@@ -87,7 +109,13 @@ def verify_bundle(path: Path) -> dict:
     """Check the manifest, the bundle version and every file's checksum."""
     if not path.is_dir():
         raise BundleError(f"model bundle not found: {path} is not a directory")
-    manifest = _read_json(path / MANIFEST)
+    manifest_file = path / MANIFEST
+    manifest = _read_json(_inside(path, MANIFEST, manifest_file))
+    if not isinstance(manifest, dict):
+        raise BundleError(
+            f"{manifest_file}: holds a JSON {_json_type(manifest)}, not an object with "
+            f"bundle_version and files; {RESTORE_HINT}"
+        )
     version = manifest.get("bundle_version")
     if version != BUNDLE_VERSION:
         raise BundleError(
@@ -98,11 +126,25 @@ def verify_bundle(path: Path) -> dict:
         {f"{n}.keras" for n in NETWORKS} | {f"{n}.json" for n in JSON_PARTS} | {LATENT_PROTOTYPES}
     )
     listed = manifest.get("files", {})
+    if not isinstance(listed, dict):
+        raise BundleError(
+            f"{manifest_file}: 'files' is a JSON {_json_type(listed)}; expected an object of "
+            f"file name -> SHA-256; {RESTORE_HINT}"
+        )
+    # Every name is checked before any file is read (hashed), so a hostile manifest cannot
+    # make the loader open anything outside the bundle.
+    files = {name: _inside(path, name, manifest_file) for name in listed}
+    for name, checksum in listed.items():
+        if not isinstance(checksum, str):
+            raise BundleError(
+                f"{manifest_file}: the checksum of {name} is a JSON {_json_type(checksum)}, "
+                f"not a SHA-256 hex string; {RESTORE_HINT}"
+            )
     missing_from_manifest = sorted(expected - set(listed))
     if missing_from_manifest:
         raise BundleError(f"{path / MANIFEST}: does not list {', '.join(missing_from_manifest)}")
     for name, checksum in sorted(listed.items()):
-        file = path / name
+        file = files[name]
         if not file.is_file():
             raise BundleError(f"{path}: missing file {name}")
         if _sha256(file) != checksum:
@@ -118,7 +160,90 @@ def bundle_version_id(path: Path) -> str:
     return hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest()[:12]
 
 
-def _read_json(file: Path) -> dict:
+RESTORE_HINT = "the bundle is damaged or was not written by this package; retrain or restore it"
+
+
+def typed_part(bundle: Path, name: str, values: dict, cls: type) -> dict[str, Any]:
+    """``values`` of ``<name>.json`` checked against the fields of dataclass ``cls``: every
+    field of the right JSON type (no coercion: a threshold of ``"0.5"`` is refused), none
+    unknown. Returns the values to build ``cls`` from; a problem is a ``BundleError``
+    naming the file and the key."""
+    try:
+        checked = _strict_model(cls).model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors()[:3]:
+            where = ".".join(str(p) for p in error["loc"]) or "the file"
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown key {where!r}")
+            elif error["type"] == "missing":
+                problems.append(f"missing key {where!r}")
+            else:
+                got = _json_type(error.get("input"))
+                problems.append(f"{where}: {error['msg'].lower()}, got a JSON {got}")
+        more = len(exc.errors()) - len(problems)
+        raise BundleError(
+            f"{bundle / (name + '.json')}: "
+            + "; ".join(problems)
+            + (f" and {more} more problem(s)" if more > 0 else "")
+            + f"; {RESTORE_HINT}"
+        ) from None
+    return {field.name: getattr(checked, field.name) for field in dataclasses.fields(cls)}
+
+
+@functools.cache
+def _strict_model(cls: type):
+    hints = typing.get_type_hints(cls)
+    fields = {}
+    for field in dataclasses.fields(cls):
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = ...
+        fields[field.name] = (hints[field.name], default)
+    config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=True)
+    return create_model(f"{cls.__name__}Json", __config__=config, **fields)
+
+
+def _inside(bundle: Path, name: object, manifest: Path) -> Path:
+    """``bundle / name`` if ``name`` is a plain file name whose file (after symbolic links)
+    is inside the bundle; otherwise a ``BundleError``. Reads nothing."""
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "\0" in name
+        or len(PurePosixPath(name).parts) != 1
+        or len(PureWindowsPath(name).parts) != 1
+        or PurePosixPath(name).is_absolute()
+    ):
+        raise BundleError(
+            f"{manifest}: names {name!r}, which is not a file of this bundle (a bundle lists "
+            "only plain file names inside its folder: no absolute paths, no '..'); refused "
+            "before reading anything"
+        )
+    file = bundle / name
+    target = file.resolve()
+    if not target.is_relative_to(bundle.resolve()):
+        raise BundleError(
+            f"{file}: is a symbolic link to {target}, outside the bundle; refused before "
+            "reading anything (copy the file into the bundle instead)"
+        )
+    return file
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _read_json(file: Path) -> Any:
     try:
         return json.loads(file.read_text())
     except FileNotFoundError:

@@ -192,3 +192,167 @@ def test_saving_over_an_existing_bundle_replaces_it(tabular_detector, bundle, pr
     np.testing.assert_array_equal(
         anomaly.load(bundle).score(probe).scores, tabular_detector.score(probe).scores
     )
+
+
+# -- a bundle is untrusted input --------------------------------------------------------
+
+
+def list_in_manifest(bundle: Path, name: str, checksum: str = "0" * 64) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][name] = checksum
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def rewrite_json(bundle: Path, name: str, change) -> None:
+    """Change a JSON part and record its new checksum, as a hostile bundle would."""
+    values = json.loads((bundle / name).read_text())
+    change(values)
+    (bundle / name).write_text(json.dumps(values))
+    rewrite_checksum(bundle, name)
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not part of any bundle")
+    return secret
+
+
+def sha256_of(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def test_manifest_naming_an_absolute_path_is_refused(bundle, outside):
+    list_in_manifest(bundle, str(outside), sha256_of(outside))
+
+    message = load_error(bundle)
+
+    assert message.startswith(f"{bundle / 'manifest.json'}: names {str(outside)!r}, which is not")
+    assert "refused before reading anything" in message
+
+
+def test_manifest_naming_a_parent_path_is_refused(bundle, outside):
+    list_in_manifest(bundle, "../outside/secret.txt", sha256_of(outside))
+
+    assert load_error(bundle).startswith(
+        f"{bundle / 'manifest.json'}: names '../outside/secret.txt', which is not a file"
+    )
+
+
+def test_symlink_out_of_the_bundle_is_refused_before_any_file_is_read(bundle, outside):
+    # A changed critic.keras comes first in name order: its checksum is never computed,
+    # because every listed name is checked before anything is read.
+    (bundle / "critic.keras").write_bytes(b"changed")
+    (bundle / "zz-link").symlink_to(outside)
+    list_in_manifest(bundle, "zz-link", sha256_of(outside))
+
+    assert load_error(bundle) == (
+        f"{bundle / 'zz-link'}: is a symbolic link to {outside}, outside the bundle; refused "
+        "before reading anything (copy the file into the bundle instead)"
+    )
+
+
+def test_required_part_that_is_a_symlink_out_of_the_bundle_is_refused(bundle, tmp_path):
+    copy = tmp_path / "elsewhere-schema.json"
+    shutil.move(bundle / "schema.json", copy)
+    (bundle / "schema.json").symlink_to(copy)  # same content: the checksum would match
+
+    assert load_error(bundle).startswith(f"{bundle / 'schema.json'}: is a symbolic link to ")
+
+
+def test_symlink_within_the_bundle_still_loads(bundle, probe, tabular_detector):
+    # As Kubernetes mounts a ConfigMap: each file a link into a hidden folder beside it.
+    (bundle / "..data").mkdir()
+    shutil.move(bundle / "scoring.json", bundle / "..data" / "scoring.json")
+    (bundle / "scoring.json").symlink_to(Path("..data") / "scoring.json")
+
+    np.testing.assert_array_equal(
+        anomaly.load(bundle).score(probe).scores, tabular_detector.score(probe).scores
+    )
+
+
+def test_manifest_files_as_a_list_is_refused_naming_the_key(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"] = sorted(manifest["files"])
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    assert load_error(bundle).startswith(
+        f"{bundle / 'manifest.json'}: 'files' is a JSON array; expected an object of file name"
+    )
+
+
+def test_manifest_that_is_not_an_object_is_refused(bundle):
+    (bundle / "manifest.json").write_text("[2]")
+
+    assert load_error(bundle).startswith(f"{bundle / 'manifest.json'}: holds a JSON array")
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "problem"),
+    [
+        (
+            "schema.json",
+            lambda v: v.update(feature_names=3),
+            "feature_names: input should be a valid list, got a JSON number",
+        ),
+        (
+            "schema.json",
+            lambda v: v.update(feature_names=["f0", 1]),
+            "feature_names.1: input should be a valid string, got a JSON number",
+        ),
+        (
+            "scoring.json",
+            lambda v: v.update(threshold="0.5"),
+            "threshold: input should be a valid number, got a JSON string",
+        ),
+        ("scoring.json", lambda v: v.pop("weights"), "missing key 'weights'"),
+        ("scoring.json", lambda v: v.update(backdoor=1), "unknown key 'backdoor'"),
+        (
+            "preprocessing.json",
+            lambda v: v.update(mean={"f0": 1}),
+            "mean: input should be a valid list, got a JSON object",
+        ),
+        (
+            "config.json",
+            lambda v: v["training"].update(steps="many"),
+            "training.steps: Input should be a valid integer",
+        ),
+    ],
+)
+def test_wrongly_typed_json_part_is_a_bundle_error_naming_file_and_key(
+    bundle, name, change, problem
+):
+    rewrite_json(bundle, name, change)
+
+    message = load_error(bundle)
+
+    assert message.startswith(f"{bundle / name}: ")
+    assert problem in message
+    assert message.endswith("retrain or restore it")
+
+
+def test_json_part_that_is_not_an_object_is_refused(bundle):
+    (bundle / "health.json").write_text('"healthy"')
+    rewrite_checksum(bundle, "health.json")
+
+    assert load_error(bundle).startswith(
+        f"{bundle / 'health.json'}: holds a JSON string, not an object"
+    )
+
+
+def test_parts_that_disagree_on_the_feature_count_are_refused(bundle):
+    rewrite_json(bundle, "preprocessing.json", lambda v: v.update(mean=v["mean"][:-1]))
+
+    assert load_error(bundle).startswith(
+        f"{bundle / 'preprocessing.json'}: mean has 9 values for 10 features"
+    )
+
+
+def test_latent_prototypes_of_the_wrong_shape_are_refused(bundle):
+    np.save(bundle / "latent_prototypes.npy", np.zeros(5, np.float32))
+    rewrite_checksum(bundle, "latent_prototypes.npy")
+
+    assert load_error(bundle).startswith(
+        f"{bundle / 'latent_prototypes.npy'}: holds a 1-D float32 array of shape (5,)"
+    )
