@@ -11,7 +11,7 @@ import numpy as np
 
 from anomaly import bundle
 from anomaly.config import COMPONENTS, Config
-from anomaly.errors import DataError, SchemaError
+from anomaly.errors import BundleError, ConfigError, DataError, SchemaError
 from anomaly.preprocessing import Standardizer
 from anomaly.scoring import ScoringEngine, ScoringParams
 
@@ -178,22 +178,76 @@ class Detector:
 
 def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> Detector:
     """Load a model bundle written by ``Detector.save``; any problem is a ``BundleError``."""
+    path = Path(path)
     contents = bundle.load_bundle(path)
     parts = contents.parts
-    config = Config.from_dict(parts["config"])
-    schema = Schema(**parts["schema"])
+    try:
+        config = Config.from_dict(parts["config"])
+    except ConfigError as exc:
+        raise BundleError(f"{path / 'config.json'}: {exc}; {bundle.RESTORE_HINT}") from None
+    schema = Schema(**bundle.typed_part(path, "schema", parts["schema"], Schema))
+    params = ScoringParams(**bundle.typed_part(path, "scoring", parts["scoring"], ScoringParams))
+    standardizer = Standardizer.from_json(
+        bundle.typed_part(path, "preprocessing", parts["preprocessing"], _StandardizerJson)
+    )
+    _check_shapes(path, contents, schema, standardizer, params)
     engine = ScoringEngine(
         contents.networks["encoder"],
         contents.networks["generator"],
         contents.networks["critic"],
-        Standardizer.from_json(parts["preprocessing"]),
+        standardizer,
         contents.latent_prototypes,
-        ScoringParams.from_json(parts["scoring"]),
+        params,
         batch_size=config.scoring.batch_size,
         jit_compile=default_jit_compile() if jit_compile is None else jit_compile,
     )
     metadata = {**parts["metadata"], "model_version": contents.version}
     return Detector(engine, schema, config, metadata, parts["health"])
+
+
+@dataclass(frozen=True)
+class _StandardizerJson:
+    """What ``preprocessing.json`` holds (``Standardizer.to_json``)."""
+
+    mean: list[float]
+    scale: list[float]
+    clip_value: float
+
+
+def _check_shapes(
+    path: Path, contents, schema: Schema, standardizer: Standardizer, params: ScoringParams
+) -> None:
+    """The parts agree with each other and with the networks, or the bundle is refused."""
+    d = len(schema.feature_names)
+    problems = []
+    if params.formulation not in ("fanogan", "bigan"):
+        problems.append(f"{path / 'scoring.json'}: unknown formulation {params.formulation!r}")
+    for name in ("location", "scale"):
+        missing = [c for c in COMPONENTS if c not in getattr(params, name)]
+        if missing:
+            problems.append(f"{path / 'scoring.json'}: {name} lacks {', '.join(missing)}")
+    if not d:
+        problems.append(f"{path / 'schema.json'}: feature_names is empty")
+    for name in ("mean", "scale"):
+        if len(getattr(standardizer, name)) != d:
+            problems.append(
+                f"{path / 'preprocessing.json'}: {name} has {len(getattr(standardizer, name))} "
+                f"values for {d} features"
+            )
+    encoder = contents.networks["encoder"]
+    if tuple(encoder.inputs[0].shape[1:]) != schema.record_shape:
+        problems.append(
+            f"{path / 'encoder.keras'}: takes records of shape {tuple(encoder.inputs[0].shape[1:])}"
+            f" but schema.json describes {schema.record_shape}"
+        )
+    latent = encoder.outputs[0].shape[-1]
+    if contents.latent_prototypes.shape[1] != latent:
+        problems.append(
+            f"{path / bundle.LATENT_PROTOTYPES}: prototypes of size "
+            f"{contents.latent_prototypes.shape[1]} for a latent space of size {latent}"
+        )
+    if problems:
+        raise BundleError(f"{problems[0]}; {bundle.RESTORE_HINT}")
 
 
 def default_jit_compile() -> bool:
