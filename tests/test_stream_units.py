@@ -83,14 +83,46 @@ def test_reason_codes_are_the_documented_set():
         "bad_type",
         "non_finite",
         "too_large",
+        "bad_id",
+        "bad_timestamp",
+        "score_failed",
+        "encode_failed",
+        "send_failed",
     )
 
 
-def test_wrong_feature_names_are_named_in_the_explanation():
-    batch = _decode([b'{"features": {"a": 1, "b": 2, "zz": 3}}'])
+def test_missing_feature_names_are_named_and_unknown_ones_only_counted():
+    batch = _decode([b'{"features": {"a": 1, "b": 2, "password=hunter2": 3}}'])
     ((_, reason, detail),) = batch.rejected
     assert reason == "wrong_features"
-    assert "'c'" in detail and "'zz'" in detail
+    assert "'c'" in detail and "1 unknown feature name" in detail
+    assert "hunter2" not in detail  # a message's content is never quoted
+
+
+@pytest.mark.parametrize(
+    ("field", "raw", "reason"),
+    [
+        ("id", b'"\\ud800"', "bad_id"),  # an unpaired surrogate, escaped in the JSON
+        ("timestamp", b'"a\\udfffb"', "bad_timestamp"),
+        ("id", b"[" * 300 + b"]" * 300, "bad_id"),  # nested deeper than any encoder goes
+        ("id", b'{"a": 1}', "bad_id"),
+        ("id", b"9007199254740993", "bad_id"),  # 2^53 + 1: a double would change it
+        ("id", b"123456789012345678901234567890", "bad_id"),
+        ("id", b"1e400", "bad_id"),
+        ("timestamp", b"-1e400", "bad_timestamp"),
+    ],
+)
+def test_ids_and_timestamps_that_cannot_be_kept_exactly_are_refused(field, raw, reason):
+    message = b'{"features": [1, 2, 3], "' + field.encode() + b'": ' + raw + b"}"
+    batch = _decode([message, b'{"features": [1, 2, 3], "id": 9007199254740992}'])
+    assert [r[:2] for r in batch.rejected] == [(0, reason)]
+    assert batch.accepted == [1] and batch.ids == [9007199254740992]
+
+
+@pytest.mark.parametrize("value", ["x", "", 17, -(2**53), 1.5e-300, 1700000000.125, True, None])
+def test_ids_that_a_double_holds_exactly_are_kept(value):
+    batch = _decode([orjson.dumps({"features": [1, 2, 3], "id": value, "timestamp": value})])
+    assert batch.ids == [value] and batch.timestamps == [value] and not batch.rejected
 
 
 def test_time_series_results_without_a_full_window_have_null_scores():
@@ -104,8 +136,11 @@ def test_time_series_results_without_a_full_window_have_null_scores():
         def __len__(self):
             return 1
 
-    encoder = ResultEncoder("v1", 1.0, time_series=True)
-    out, flags = encoder.encode([0, 0], [5, 6], ["x", "y"], [None, 3], Result(), [1], 4.2)
+    encoder = ResultEncoder("v1", 1.0, time_series=True, max_bytes=10_000)
+    out, flags, failures = encoder.encode(
+        [b"k", None], [0, 0], [5, 6], ["x", "y"], [None, 3], Result(), [1], 4.2
+    )
+    assert failures == []
     first, second = (orjson.loads(v) for v in out)
     assert first["window_complete"] is False and first["score"] is None and first["offset"] == 5
     assert second["window_complete"] is True and second["score"] == 2.0 and second["timestamp"] == 3
@@ -125,9 +160,9 @@ def test_with_alarms_on_results_carry_the_p_value_and_the_alarm_is_the_flag():
             return 2
 
     alarms = (np.array([0.5, 1.0]), np.array([False, True]))
-    encoder = ResultEncoder("v1", 1.0, time_series=True)
-    out, flags = encoder.encode(
-        [0, 0, 0], [5, 6, 7], ["x", "y", "z"], [1, 2, 3], Result(), [1, 2], 4.2, alarms
+    encoder = ResultEncoder("v1", 1.0, time_series=True, max_bytes=10_000)
+    out, flags, _ = encoder.encode(
+        [None] * 3, [0, 0, 0], [5, 6, 7], ["x", "y", "z"], [1, 2, 3], Result(), [1, 2], 4.2, alarms
     )
     first, second, third = (orjson.loads(v) for v in out)
     assert first["p_value"] is None and first["alarm"] is False  # no full window yet

@@ -8,6 +8,18 @@ the entity (time-series mode windows each key's records separately).
 A message that cannot be scored is rejected with one of the reason codes of ``REASONS`` and a
 human-readable explanation; the service writes it to the dead-letter topic with
 ``encode_rejection`` (the original bytes in base64, the reason and where it came from).
+Explanations never quote the message's content (it may hold secrets): only the model's own
+feature names, types, counts and positions.
+
+``id`` and ``timestamp`` are copied to the result exactly or the record is refused: each must
+be null, a boolean, a string that is valid Unicode (no unpaired surrogate), or a number that
+a double holds exactly (an integer or a finite number of magnitude at most 2^53). Anything
+else (an object, an array, ``1e400``, an integer beyond 2^53) would be changed or lost on the
+way out, or would stop the encoder.
+
+Every message the service produces fits the producer's limit: ``fit_result`` cuts a result's
+``id`` and ``timestamp`` when they would make it too large, and ``encode_rejection`` cuts the
+original key and value it carries; each cut is marked, with the SHA-256 of the whole.
 
 Validation happens here, at the edge, so the batch handed to the model is all finite
 numbers. The checks are per record in plain Python (a JSON parse, a key-set comparison and a
@@ -29,13 +41,33 @@ import numpy as np
 import orjson
 
 #: Reason codes of rejected records (the ``reason`` label of anomaly_records_rejected_total).
-REASONS = ("not_json", "bad_schema", "wrong_features", "bad_type", "non_finite", "too_large")
+REASONS = (
+    "not_json",
+    "bad_schema",
+    "wrong_features",
+    "bad_type",
+    "non_finite",
+    "too_large",
+    "bad_id",
+    "bad_timestamp",
+    "score_failed",
+    "encode_failed",
+    "send_failed",
+)
 
 #: Largest part of an original message copied into a dead-letter record (base64 makes it a
-#: third larger), so the record stays under Kafka's default 1 MiB message limit. Longer
-#: values are cut, marked ``value_truncated`` and identified by size, SHA-256 and their
+#: third larger). Longer values (or less, when the producer's limit leaves less room) are
+#: cut, marked ``value_truncated`` and identified by size, SHA-256 and their
 #: topic/partition/offset.
 DLQ_VALUE_LIMIT = 256 * 1024
+#: Bytes of a Kafka record beyond its key and value (batch and record headers), kept free
+#: under the producer's ``max_request_size``.
+RECORD_OVERHEAD_BYTES = 1024
+#: Longest original key a dead-letter record keeps as its own Kafka key; a longer one is
+#: carried (cut if need be) in ``key_base64`` only.
+DLQ_KEY_LIMIT = 4096
+#: Largest magnitude of a number copied to a result: beyond it a double is no longer exact.
+_EXACT_LIMIT = 2**53
 
 _NUMBER_TYPES = frozenset((int, float))
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -143,12 +175,22 @@ class RecordDecoder:
             if not numbers.issuperset(map(type, row)):
                 rejected.append((index, "bad_type", self._describe_types(row)))
                 continue
+            record_id = message.get("id")
+            problem = _inexact(record_id)
+            if problem is not None:
+                rejected.append((index, "bad_id", f"'id' {problem}"))
+                continue
+            stamp = message.get("timestamp")
+            problem = _inexact(stamp)
+            if problem is not None:
+                rejected.append((index, "bad_timestamp", f"'timestamp' {problem}"))
+                continue
             if fallback:
                 slow.append(len(rows))
             rows.append(row)
             accepted.append(index)
-            ids.append(message.get("id"))
-            stamps.append(message.get("timestamp"))
+            ids.append(record_id)
+            stamps.append(stamp)
 
         if slow:  # integers beyond float range only get through the lenient parser
             for position in reversed(slow):
@@ -181,12 +223,12 @@ class RecordDecoder:
 
     def _describe_names(self, features: dict) -> str:
         missing = [name for name in self.names if name not in features]
-        extra = sorted(str(k) for k in features.keys() - self._name_set)
+        extra = features.keys() - self._name_set
         parts = []
         if missing:
             parts.append(f"missing feature(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-        if extra:
-            parts.append(f"unknown feature(s) {extra[:10]}{' ...' if len(extra) > 10 else ''}")
+        if extra:  # names from the message are not quoted: they may hold anything
+            parts.append(f"{len(extra)} unknown feature name(s) (not quoted)")
         return "; ".join(parts)
 
     def _describe_types(self, row) -> str:
@@ -214,6 +256,29 @@ def _parse_leniently(raw: bytes, error: Exception) -> tuple[Any, tuple[str, str]
     return message, None
 
 
+def _inexact(value) -> str | None:
+    """Why ``value`` (an ``id`` or ``timestamp``) cannot be copied to a result exactly, or
+    ``None`` when it can."""
+    kind = type(value)
+    if value is None or kind is bool:
+        return None
+    if kind is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is a string with an unpaired surrogate (not valid Unicode)"
+        return None
+    if kind is int:
+        if -_EXACT_LIMIT <= value <= _EXACT_LIMIT:
+            return None
+        return "is an integer beyond 2^53, which JSON readers that use doubles change"
+    if kind is float:
+        if math.isfinite(value) and abs(value) <= _EXACT_LIMIT:
+            return None
+        return "is a number beyond 2^53 or beyond float range, which cannot be kept exactly"
+    return f"is a JSON {_json_type(value)}; expected a string, a number or null"
+
+
 def _fits_float(value) -> bool:
     try:
         return math.isfinite(value)
@@ -236,15 +301,18 @@ def _json_type(value) -> str:
 
 
 class ResultEncoder:
-    """Builds the JSON result of each record (see ``encode``) with orjson."""
+    """Builds the JSON result of each record (see ``encode``) with orjson, each within
+    ``max_bytes`` together with its Kafka key."""
 
-    def __init__(self, model_version: str, threshold: float, time_series: bool):
+    def __init__(self, model_version: str, threshold: float, time_series: bool, max_bytes: int):
         self.model_version = model_version
         self.threshold = float(threshold)
         self.time_series = time_series
+        self.max_bytes = max_bytes
 
     def encode(
         self,
+        keys: list[bytes | None],
         partitions: list[int],
         offsets: list[int],
         ids: list,
@@ -253,8 +321,10 @@ class ResultEncoder:
         scored: list[int] | None,
         processing_ms: float,
         alarms: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[list[bytes], list[bool]]:
-        """One result per record (in order) and whether it goes to the alerts topic.
+    ) -> tuple[list[bytes | None], list[bool], list[tuple[int, str]]]:
+        """One result per record (in order), whether it goes to the alerts topic, and the
+        (position, explanation) of each record whose result could not be encoded (its
+        payload is ``None``; the service dead-letters it).
 
         ``result`` is the ``ScoreResult`` of the records at positions ``scored`` (all of
         them when ``None``); in time-series mode the others get ``window_complete: false``
@@ -262,122 +332,159 @@ class ResultEncoder:
         conformal alarms are on, adds ``p_value`` and ``alarm`` to each result, and the
         alarm, not ``is_anomaly``, sends a result to the alerts topic.
         """
-        dumps = orjson.dumps
-        version = self.model_version
-        threshold = self.threshold
+        n = len(offsets)
         names = list(result.components)
-        scores = result.scores.tolist()
-        flags = result.is_anomaly.tolist()
-        percentiles = result.percentiles.tolist()
-        tops = result.top_features
         if alarms is not None:
             p_values, raised = (a.tolist() for a in alarms)
             extras = [{"p_value": p, "alarm": a} for p, a in zip(p_values, raised, strict=True)]
         else:
-            raised, extras = flags, [None] * len(scores)
-        columns = zip(*(result.components[name].tolist() for name in names), strict=True)
-        ms = round(processing_ms, 3)
-
-        def build(i, p, o, complete, s, c, f, q, t, ts, extra) -> bytes:
-            """One result; ``complete`` is None in tabular mode, which has no
-            ``window_complete`` key (deleting it keeps the other keys' order, and is
-            cheaper than merging it in); ``extra`` holds the conformal alarm's fields."""
-            record = {
-                "id": i,
-                "partition": p,
-                "offset": o,
-                "window_complete": complete,
-                "score": s,
-                "components": c,
-                "threshold": threshold,
-                "is_anomaly": f,
-                "percentile": q,
-                "top_features": t,
-                "model_version": version,
-                "processing_time_ms": ms,
-                "timestamp": ts,
-            }
-            if complete is None:
-                del record["window_complete"]
-            if extra is not None:
-                record.update(extra)
-            return dumps(record)
-
-        if scored is None and not self.time_series:
-            out = [
-                build(i, p, o, None, s, dict(zip(names, c, strict=True)), f, q, t, ts, e)
-                for i, p, o, s, c, f, q, t, ts, e in zip(
-                    ids,
-                    partitions,
-                    offsets,
-                    scores,
-                    columns,
-                    flags,
-                    percentiles,
-                    tops,
-                    timestamps,
+            raised, extras = result.is_anomaly.tolist(), [None] * len(result)
+        scored = range(n) if scored is None else scored
+        scores = dict(
+            zip(
+                scored,
+                zip(
+                    result.scores.tolist(),
+                    zip(*(result.components[name].tolist() for name in names), strict=True),
+                    result.is_anomaly.tolist(),
+                    result.percentiles.tolist(),
+                    result.top_features,
                     extras,
                     strict=True,
-                )
-            ]
-            return out, raised
-        scored = range(len(offsets)) if scored is None else scored
-        out: list[bytes] = [b""] * len(offsets)
-        flagged = [False] * len(offsets)
-        for position, s, c, f, q, t, e, a in zip(
-            scored, scores, columns, flags, percentiles, tops, extras, raised, strict=True
-        ):
-            out[position] = build(
-                ids[position],
-                partitions[position],
-                offsets[position],
-                True,
-                s,
-                dict(zip(names, c, strict=True)),
-                f,
-                q,
-                t,
-                timestamps[position],
-                e,
+                ),
+                strict=True,
             )
-            flagged[position] = a
-        for position, value in enumerate(out):
-            if not value:
-                out[position] = build(
-                    ids[position],
-                    partitions[position],
-                    offsets[position],
-                    False,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    timestamps[position],
-                    None if alarms is None else {"p_value": None, "alarm": False},
-                )
-        return out, flagged
-
-
-def encode_rejection(record, reason: str, detail: str, model_version: str) -> bytes:
-    """The dead-letter record of a rejected Kafka ``record``: where it came from, why it
-    was rejected, and its key and value in base64 (cut at ``DLQ_VALUE_LIMIT``)."""
-    value = record.value if record.value is not None else b""
-    truncated = len(value) > DLQ_VALUE_LIMIT
-    return orjson.dumps(
-        {
-            "reason": reason,
-            "error": detail,
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "kafka_timestamp_ms": record.timestamp,
-            "key_base64": base64.b64encode(record.key).decode() if record.key is not None else None,
-            "value_base64": base64.b64encode(value[:DLQ_VALUE_LIMIT]).decode(),
-            "value_truncated": truncated,
-            "value_bytes": len(value),
-            "value_sha256": hashlib.sha256(value).hexdigest(),
-            "model_version": model_version,
-            "rejected_at": time.time(),
+        )
+        window_complete = True if self.time_series else None
+        unscored = (None, None, None, None, None, None)
+        unscored_extra = None if alarms is None else {"p_value": None, "alarm": False}
+        flagged = [False] * n
+        for position, alert in zip(scored, raised, strict=True):
+            flagged[position] = alert
+        base = {
+            "threshold": self.threshold,
+            "model_version": self.model_version,
+            "processing_time_ms": round(processing_ms, 3),
         }
-    )
+        out: list[bytes | None] = []
+        failures: list[tuple[int, str]] = []
+        for position in range(n):
+            score, columns, flag, percentile, top, extra = scores.get(position, unscored)
+            complete = window_complete if columns is not None else False
+            record = {
+                "id": ids[position],
+                "partition": partitions[position],
+                "offset": offsets[position],
+                "window_complete": complete,
+                "score": score,
+                "components": None if columns is None else dict(zip(names, columns, strict=True)),
+                "threshold": base["threshold"],
+                "is_anomaly": flag,
+                "percentile": percentile,
+                "top_features": top,
+                "model_version": base["model_version"],
+                "processing_time_ms": base["processing_time_ms"],
+                "timestamp": timestamps[position],
+            }
+            if complete is None:  # tabular mode has no window_complete key
+                del record["window_complete"]
+            if columns is None and unscored_extra is not None:
+                record.update(unscored_extra)
+            elif extra is not None:
+                record.update(extra)
+            key = keys[position]
+            try:
+                out.append(fit_result(record, self.max_bytes - (len(key) if key else 0)))
+            except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+                out.append(None)
+                flagged[position] = False
+                failures.append((position, f"the result could not be encoded: {_first_line(exc)}"))
+        return out, flagged, failures
+
+
+def fit_result(record: dict, room: int) -> bytes:
+    """``record`` as JSON in at most ``room`` bytes: a string ``id`` or ``timestamp`` that
+    makes it longer is cut, and marked with ``<name>_truncated`` and ``<name>_sha256`` (of its
+    UTF-8). Raises ``ValueError`` when even that does not fit."""
+    payload = orjson.dumps(record)
+    if len(payload) <= room:
+        return payload
+    cut = {**record, "id": None, "timestamp": None}
+    long_fields = [
+        name for name in ("id", "timestamp") if isinstance(record.get(name), str) and record[name]
+    ]
+    marks = 120 * len(long_fields)  # "<name>_truncated":true,"<name>_sha256":"<64 hex>"
+    share = (room - len(orjson.dumps(cut)) - marks) // max(1, len(long_fields))
+    for name in ("id", "timestamp"):
+        value = record.get(name)
+        if name not in long_fields:
+            cut[name] = value
+            continue
+        cut[name] = _cut_to_json_size(value, share)
+        cut[f"{name}_truncated"] = True
+        cut[f"{name}_sha256"] = hashlib.sha256(value.encode("utf-8")).hexdigest()
+    payload = orjson.dumps(cut)
+    if len(payload) > room:
+        raise ValueError(f"the result needs {len(payload)} bytes; the producer allows {room}")
+    return payload
+
+
+def _cut_to_json_size(text: str, size: int) -> str:
+    """The longest prefix of ``text`` found whose JSON string takes at most ``size`` bytes."""
+    if size <= 2:
+        return ""
+    length = len(orjson.dumps(text))
+    keep = len(text) * (size - 2) // max(1, length)
+    while keep > 0 and len(orjson.dumps(text[:keep])) > size:
+        keep = keep * 9 // 10
+    return text[:keep]
+
+
+def encode_rejection(
+    record, reason: str, detail: str, model_version: str, max_bytes: int
+) -> tuple[bytes | None, bytes]:
+    """The Kafka key and value of the dead-letter record of a rejected Kafka ``record``:
+    where it came from, why it was rejected, and its original key and value in base64.
+
+    Key and value are cut to fit ``max_bytes`` in all (the value also at
+    ``DLQ_VALUE_LIMIT``), each marked ``*_truncated`` with its size and SHA-256. The original
+    key is also the dead-letter record's own key, unless it is longer than
+    ``DLQ_KEY_LIMIT``.
+    """
+    key = record.key if record.key is not None else b""
+    value = record.value if record.value is not None else b""
+    kafka_key = record.key if record.key is not None and len(key) <= DLQ_KEY_LIMIT else None
+    letter = {
+        "reason": reason,
+        "error": detail[:2000],
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "kafka_timestamp_ms": record.timestamp,
+        "key_base64": None if record.key is None else "",
+        "key_truncated": False,
+        "key_bytes": len(key),
+        "key_sha256": hashlib.sha256(key).hexdigest(),
+        "value_base64": "",
+        "value_truncated": False,
+        "value_bytes": len(value),
+        "value_sha256": hashlib.sha256(value).hexdigest(),
+        "model_version": model_version,
+        "rejected_at": time.time(),
+    }
+    fixed = len(orjson.dumps(letter)) + 16 + (len(kafka_key) if kafka_key else 0)
+    raw_room = max(0, (max_bytes - fixed) * 3 // 4 - 8)  # base64: 4 bytes per 3
+    value_keep = min(len(value), DLQ_VALUE_LIMIT, raw_room - min(len(key), raw_room // 2))
+    key_keep = min(len(key), raw_room - value_keep)
+    if record.key is not None:
+        letter["key_base64"] = base64.b64encode(key[:key_keep]).decode()
+        letter["key_truncated"] = key_keep < len(key)
+    letter["value_base64"] = base64.b64encode(value[:value_keep]).decode()
+    letter["value_truncated"] = value_keep < len(value)
+    return kafka_key, orjson.dumps(letter)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's type and the first line of its message, for an explanation."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__

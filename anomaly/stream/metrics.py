@@ -126,7 +126,7 @@ class ServiceMetrics:
         self.rejected = Counter(
             "anomaly_records_rejected_total",
             "Records rejected and written to the dead-letter topic, by reason "
-            "(not_json, bad_schema, wrong_features, bad_type, non_finite, too_large).",
+            f"({', '.join(REASONS)}).",
             ["reason"],
             registry=registry,
         )
@@ -201,6 +201,20 @@ class ServiceMetrics:
             "Times the input partitions were paused because too many results were unacknowledged.",
             registry=registry,
         )
+        self.fetch_errors = Counter(
+            "anomaly_fetch_errors_total",
+            "Polls of the input topic that failed because the client could not read what the "
+            "broker returned, by error type (nothing past it is committed; it is fetched again).",
+            ["error"],
+            registry=registry,
+        )
+        self.broker_reachable = Gauge(
+            "anomaly_broker_reachable",
+            "1 while the consumer is connected to the Kafka cluster, 0 once it has been "
+            "without a connection for a few seconds (the service is then not ready).",
+            registry=registry,
+        )
+        self.broker_reachable.set(1)
         self.rejoins = Counter(
             "anomaly_consumer_rejoins_total",
             "Times the consumer subscribed afresh because a rebalance left it without partitions "

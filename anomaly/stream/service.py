@@ -8,22 +8,31 @@ dead-letter and alert records) Kafka has acknowledged:
 2. validate and decode them (``messages``), score the accepted ones with a single
    ``detector.score`` call, encode one result per record and hand them to the producer, and
    rejected records to the dead-letter topic;
-3. keep the batch's producer futures; a batch is *settled* once all of them succeeded, in
-   batch order, and only settled batches' offsets are committed (asynchronously, at most
-   every ``commit_interval_ms``; synchronously on rebalance and shutdown). A failed delivery
-   stops the service (``DeliveryError``) without committing that batch: a restart scores it
-   again.
+3. the batch then waits in ``delivery.Delivery`` until Kafka has acknowledged all of its
+   messages; only then are its offsets committed (asynchronously, at most every
+   ``commit_interval_ms``; synchronously on rebalance and shutdown).
+
+**A record's failure is that record's.** Whatever stage fails for one record (decoding,
+validation, scoring, encoding its result, Kafka refusing the result) sends that record to
+the dead-letter topic with the reason, and the stream goes on. What cannot be written for a
+while (the broker, the output or dead-letter topic unavailable) is sent again, with the
+input paused meanwhile; nothing is dropped.
 
 The producer works in its own thread while the loop polls and scores the next batch. When
-more than ``max_pending_results`` results are unacknowledged, the input partitions are
+more than ``max_pending_results`` results are unacknowledged the input partitions are
 paused (back-pressure) until half of them are.
 
-Rebalances: before partitions are revoked the producer is flushed and what is settled is
-committed, so the next owner starts right after the last result produced here; records
-polled but not yet processed for those partitions are dropped (the next owner reads them).
-The per-key state of the keys of revoked partitions (time-series windows,
-``anomaly.stream.windowing``; conformal alarms, ``anomaly.stream.alarms``) is dropped, unless
-the same partitions are assigned straight back.
+**The broker.** The loop watches the consumer's connections: when none has been up for
+``BROKER_LOST_AFTER_S`` it logs ``event=broker_lost`` once and ``/readyz`` answers 503; when
+one is back it logs ``event=broker_back``. The clients reconnect by themselves (their
+reconnect backoff is capped, see ``clients``).
+
+Rebalances (``rebalance.Assignment`` holds the rules): before partitions are revoked the
+producer is flushed and what is settled is committed, so the next owner starts right after
+the last result produced here; records polled but not yet processed for those partitions
+are dropped (the next owner reads them). The per-key state of the keys of revoked
+partitions (time-series windows, ``anomaly.stream.windowing``; conformal alarms,
+``anomaly.stream.alarms``) is dropped, unless the same partitions are assigned straight back.
 
 ``stop()`` (SIGTERM/SIGINT in ``anomaly.stream.serve``) lets the batch in hand finish, then
 flushes, commits, leaves the group and closes, within ``shutdown_timeout_s``.
@@ -31,13 +40,10 @@ flushes, commits, leaves the group and closes, within ``shutdown_timeout_s``.
 
 from __future__ import annotations
 
-import base64
 import gc
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -50,11 +56,18 @@ from kafka.structs import OffsetAndMetadata
 from anomaly.config import COMPONENTS, ServeConfig
 from anomaly.stream.alarms import KeyedAlarms
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
+from anomaly.stream.delivery import Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
-from anomaly.stream.errors import DeliveryError, StreamError
-from anomaly.stream.messages import RecordDecoder, ResultEncoder, encode_rejection
+from anomaly.stream.errors import StreamError
+from anomaly.stream.messages import (
+    RECORD_OVERHEAD_BYTES,
+    RecordDecoder,
+    ResultEncoder,
+    encode_rejection,
+)
 from anomaly.stream.metrics import ServiceMetrics
 from anomaly.stream.partitioning import KeyPartitions
+from anomaly.stream.rebalance import Assignment, names
 from anomaly.stream.windowing import KeyedWindows
 
 if TYPE_CHECKING:
@@ -70,23 +83,18 @@ IDLE_POLL_MS = 25
 PENDING_POLL_MS = 5
 #: Longest a blocking wait for acknowledgements lasts (while paused by back-pressure).
 FLUSH_WAIT_S = 1.0
-#: Seconds between consumer-lag updates.
+#: Seconds between consumer-lag updates and broker-connection checks.
 LAG_INTERVAL_S = 1.0
+#: The broker counts as lost once the consumer has had no connection to it for this long
+#: (a reconnect after an idle connection closes takes milliseconds).
+BROKER_LOST_AFTER_S = 3.0
 #: The loop counts as alive (``/healthz``) if an iteration began this recently; generous
-#: because a rebalance can hold a poll for up to the session timeout (45 s).
+#: because a rebalance can hold a poll for up to the session timeout.
 ALIVE_STALE_S = 120.0
+#: Seconds between two log lines about the same unreadable fetch.
+FETCH_ERROR_LOG_S = 30.0
 
 PROFILE_STAGES = ("poll", "decode", "score", "encode", "send", "flush", "commit", "bookkeeping")
-
-
-@dataclass
-class _Batch:
-    """Results of one micro-batch handed to the producer, not yet acknowledged."""
-
-    futures: list
-    offsets: dict[TopicPartition, int]
-    """Next offset per input partition: what to commit once the futures succeeded."""
-    kafka_timestamps_ms: list[int]
 
 
 class ScoringService:
@@ -104,13 +112,12 @@ class ScoringService:
         self.detector = detector
         self.config = config
         self.client_id = client_id or f"{config.group_id}-{detector.version}"
-        names = detector.feature_names
+        names_ = detector.feature_names
         window = detector.schema.window
-        self._decoder = RecordDecoder(names, config.max_message_bytes)
-        self._encoder = ResultEncoder(
-            detector.version, detector.threshold, time_series=bool(window)
-        )
-        self._windows = KeyedWindows(window, len(names), config.max_entities) if window else None
+        self._decoder = RecordDecoder(names_, config.max_message_bytes)
+        self._encoder: ResultEncoder | None = None  # needs the producer's size limit
+        self._max_bytes = 0
+        self._windows = KeyedWindows(window, len(names_), config.max_entities) if window else None
         params = detector.engine.params
         self._alarms = KeyedAlarms.for_model(params, config) if config.alarm_history else None
         self.metrics = ServiceMetrics(
@@ -138,20 +145,13 @@ class ScoringService:
         self._started = False
         self._running = False
         self._last_tick = 0.0
-        self._pending: deque[_Batch] = deque()
-        self._pending_results = 0
-        self._settled: dict[TopicPartition, int] = {}  # acknowledged, not yet committed
+        self._delivery = Delivery(self._send, self._reroute)
+        self._assignment = Assignment(config.input_topic)
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last consumed
-        self._assigned: set[TopicPartition] = set()
-        self._rebalances = 0
-        self._last_revoked: set[int] = set()
-        self._forget_on_assign: set[int] = set()
-        #: First record dropped at a revocation, per partition, to rewind to if it comes back.
-        self._rewind: dict[TopicPartition, int] = {}
-        self._fatal: BaseException | None = None
         self._paused = False
-        #: When the consumer last lost its assignment (or subscribed), until one arrives.
-        self._unassigned_since: float | None = None
+        self._broker_lost_at: float | None = None
+        self._broker_unseen_since: float | None = None
+        self._fetch_errors: dict[str, float] = {}  # last log time per fetch-error description
         self._last_commit_attempt = 0.0
         self._last_lag_update = 0.0
 
@@ -174,6 +174,13 @@ class ScoringService:
         config = self.config
         try:
             self._producer = make_producer(config, self.client_id)
+            self._max_bytes = self._producer.config["max_request_size"] - RECORD_OVERHEAD_BYTES
+            self._encoder = ResultEncoder(
+                self.detector.version,
+                self.detector.threshold,
+                time_series=bool(self.detector.schema.window),
+                max_bytes=self._max_bytes,
+            )
             for topic in (config.output_topic, config.dlq_topic, config.alerts_topic):
                 if topic:  # fetch metadata now, not while the first batch waits
                     self._producer.partitions_for(topic)
@@ -219,7 +226,7 @@ class ScoringService:
     def _subscribe(self) -> None:
         """Join the group for the input topic (the join itself happens in ``poll``)."""
         self._consumer.subscribe([self.config.input_topic], listener=_RebalanceListener(self))
-        self._unassigned_since = time.monotonic()
+        self._assignment.subscribed()
 
     def _rejoin_if_stalled(self) -> None:
         """Subscribe afresh if the consumer has been without an assignment for longer than the
@@ -229,12 +236,10 @@ class ScoringService:
         the group leader's SyncGroup is in flight and the rebalance began from a metadata
         change: its join loop never resumes, no assignment arrives and heartbeats stay off.
         No metadata refresh here: ``topics()`` has no timeout, and a broker outage is one
-        way to get here.
+        way to get here (so not while the broker is lost).
         """
-        if self._unassigned_since is None:
-            return
-        unassigned_s = time.monotonic() - self._unassigned_since
-        if unassigned_s < self.config.session_timeout_ms / 1000:
+        unassigned_s = self._assignment.unassigned_for()
+        if unassigned_s < self.config.session_timeout_ms / 1000 or self._broker_lost_at:
             return
         log.warning("event=rebalance_stalled unassigned_s=%.1f action=resubscribe", unassigned_s)
         self.metrics.rejoins.inc()
@@ -251,14 +256,12 @@ class ScoringService:
             while not self._stop.is_set():
                 self._last_tick = time.monotonic()
                 records, polled_at = self._collect()
-                if self._fatal is not None:
-                    raise self._fatal
                 if records:
                     self._process(records, polled_at)
                 self._settle(block=self._paused)
                 self._commit_settled()
                 self._apply_backpressure()
-                self._update_lag()
+                self._watch_broker_and_lag()
                 self._rejoin_if_stalled()
         except BaseException as exc:
             failure = exc
@@ -284,16 +287,22 @@ class ScoringService:
         return self._running and time.monotonic() - self._last_tick < ALIVE_STALE_S
 
     def ready(self) -> bool:
-        """The model is loaded and input partitions are assigned (``/readyz``)."""
-        return self._running and bool(self._assigned) and not self._stop.is_set()
+        """The model is loaded, the broker is reachable and input partitions are assigned
+        (``/readyz``)."""
+        return (
+            self._running
+            and bool(self._assignment.assigned)
+            and self._broker_lost_at is None
+            and not self._stop.is_set()
+        )
 
     def assignment(self) -> set[TopicPartition]:
-        return set(self._assigned)
+        return set(self._assignment.assigned)
 
     def stats(self) -> dict[str, int]:
         """Counts so far: batches, consumed, scored, rejected, flagged, commits, and
         pending_results (handed to the producer, not yet acknowledged)."""
-        return {**self._counts, "pending_results": self._pending_results}
+        return {**self._counts, "pending_results": self._delivery.pending_messages}
 
     def profile(self) -> dict[str, float]:
         """Seconds the loop spent in each stage (``PROFILE_STAGES``) so far."""
@@ -301,14 +310,30 @@ class ScoringService:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def _poll(self, timeout_ms: int, max_records: int) -> dict:
+        """One consumer poll; a fetch the client cannot read is logged (rate-limited) and
+        polled again later, never raised: its records stay in Kafka, uncommitted."""
+        try:
+            return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            self.metrics.fetch_errors.labels(type(exc).__name__).inc()
+            described = _describe_fetch_error(exc)
+            now = time.monotonic()
+            if now - self._fetch_errors.get(described, -FETCH_ERROR_LOG_S) >= FETCH_ERROR_LOG_S:
+                self._fetch_errors[described] = now
+                log.error(
+                    "event=fetch_failed %s action=nothing_committed_past_it_will_fetch_again",
+                    described,
+                )
+            return {}
+
     def _collect(self) -> tuple[list, float]:
         """Poll one micro-batch: up to max_batch_size records, waiting at most max_wait_ms
         after the first one for it to fill."""
         start = perf_counter()
-        consumer = self._consumer
         limit = self.config.max_batch_size
-        timeout = PENDING_POLL_MS if self._pending else IDLE_POLL_MS
-        polled = consumer.poll(timeout_ms=timeout, max_records=limit)
+        timeout = PENDING_POLL_MS if self._delivery.pending else IDLE_POLL_MS
+        polled = self._poll(timeout, limit)
         records = (
             [r for part in polled.values() for r in part]
             if len(polled) != 1
@@ -321,13 +346,13 @@ class ScoringService:
                 remaining = deadline - perf_counter()
                 if remaining <= 0:
                     break
-                rebalances = self._rebalances
-                more = consumer.poll(
-                    timeout_ms=max(1, int(remaining * 1000)), max_records=limit - len(records)
-                )
+                rebalances = self._assignment.rebalances
+                more = self._poll(max(1, int(remaining * 1000)), limit - len(records))
                 fresh = [r for part in more.values() for r in part]
-                if self._rebalances != rebalances:
-                    records = self._drop_revoked(records, fresh)
+                if self._assignment.rebalances != rebalances:
+                    records, seeks = self._assignment.drop_revoked(records, fresh)
+                    for tp, offset in seeks.items():
+                        self._consumer.seek(tp, offset)
                 else:
                     records = records + fresh
                 if not fresh:
@@ -335,36 +360,28 @@ class ScoringService:
         self._profile["poll"] += perf_counter() - start
         return records, polled_at
 
-    def _drop_revoked(self, held: list, fresh: list) -> list:
-        """The records in hand after a rebalance during a poll of the micro-batch.
-
-        Those of revoked partitions are dropped: their offsets were not committed, so whoever
-        owns the partition next scores them. A dropped partition that comes back to this
-        consumer is rewound to its first dropped record, now or when it is assigned, because
-        kafka-python keeps the fetch position of a partition it gets back and would skip
-        them; records of it fetched past that point are dropped too and fetched again.
-        """
-        first_dropped: dict[int, int] = {}
-        for record in held:
-            if record.partition in self._last_revoked:
-                first_dropped.setdefault(record.partition, record.offset)
-        rewound = set()
-        for partition, offset in first_dropped.items():
-            tp = TopicPartition(self.config.input_topic, partition)
-            if tp in self._assigned:
-                self._consumer.seek(tp, offset)
-                rewound.add(partition)
-            elif self._unassigned_since is not None:  # the new assignment is still to come
-                self._rewind[tp] = offset
-        return [r for r in held if r.partition not in first_dropped] + [
-            r for r in fresh if r.partition not in rewound
-        ]
+    def _score(self, rows: np.ndarray):
+        """Score ``rows`` in one call. If the call fails, find the rows that fail on their
+        own; return the result of the others and the positions (in ``rows``) of those."""
+        try:
+            return self.detector.score(rows), []
+        except Exception:  # noqa: BLE001 (found row by row below; the stream goes on)
+            log.exception("event=score_failed rows=%d action=score_row_by_row", len(rows))
+        failed = []
+        for position in range(len(rows)):
+            try:
+                self.detector.score(rows[position : position + 1])
+            except Exception:  # noqa: BLE001
+                failed.append(position)
+        good = np.setdiff1d(np.arange(len(rows)), failed)
+        return (self.detector.score(rows[good]) if len(good) else None), failed
 
     def _process(self, records: list, polled_at: float) -> None:
         profile = self._profile
         config = self.config
         t0 = perf_counter()
         decoded = self._decoder.decode([r.value for r in records])
+        rejected = list(decoded.rejected)
         accepted = decoded.accepted
         t1 = perf_counter()
         profile["decode"] += t1 - t0
@@ -375,21 +392,30 @@ class ScoringService:
         scored_positions = None
         if accepted:
             if self._windows is None:
-                result = self.detector.score(decoded.rows)
+                result, failed = self._score(decoded.rows)
+                if failed:  # scored_positions: the chosen records the result belongs to
+                    scored_positions = np.setdiff1d(np.arange(len(chosen)), failed).tolist()
             else:
                 windows, scored_positions = self._windows.push(
                     decoded.rows, [r.key for r in chosen], partitions
                 )
+                failed = []
                 if len(windows):
-                    result = self.detector.score(windows)
+                    result, failed_windows = self._score(windows)
+                    failed = [scored_positions[w] for w in failed_windows]
+                    scored_positions = [p for p in scored_positions if p not in set(failed)]
+            rejected += [
+                (accepted[p], "score_failed", "the model could not score this record")
+                for p in failed
+            ]
         t2 = perf_counter()
         profile["score"] += t2 - t1
 
+        payloads: list = []
         flags: list[bool] = []
-        payloads: list[bytes] = []
         alarms = None
-        if result is not None or accepted:
-            if result is None:  # time-series mode, no window complete in this batch
+        if chosen:
+            if result is None:  # nothing scored in this batch
                 result = _EMPTY_RESULT
                 scored_positions = []
             if self._alarms is not None:
@@ -399,7 +425,8 @@ class ScoringService:
                     [chosen[i].key for i in scored],
                     [partitions[i] for i in scored],
                 )
-            payloads, flags = self._encoder.encode(
+            payloads, flags, failures = self._encoder.encode(
+                [r.key for r in chosen],
                 partitions,
                 [r.offset for r in chosen],
                 decoded.ids,
@@ -409,52 +436,42 @@ class ScoringService:
                 (t2 - polled_at) * 1000,
                 alarms,
             )
+            rejected += [(accepted[p], "encode_failed", detail) for p, detail in failures]
         t3 = perf_counter()
         profile["encode"] += t3 - t2
 
-        send = self._producer.send
+        dead = {index for index, _, _ in rejected}
+        outgoing: list[Outgoing] = []
         topic = config.output_topic
+        alerts = config.alerts_topic
         partition_of = self._output_partition
-        futures = [
-            send(topic, value=v, key=r.key, partition=partition_of(r.key))
-            for v, r in zip(payloads, chosen, strict=True)
-        ]
-        n_flagged = n_alerts = 0
-        if result is not None and len(result):
-            n_flagged = int(np.count_nonzero(result.is_anomaly))
-            n_alerts = n_flagged if alarms is None else int(np.count_nonzero(alarms[1]))
-            if n_alerts and config.alerts_topic:
-                alerts = config.alerts_topic
-                futures.extend(
-                    send(alerts, value=v, key=r.key)
-                    for v, r, f in zip(payloads, chosen, flags, strict=True)
-                    if f
-                )
-        for index, reason, detail in decoded.rejected:
-            record = records[index]
-            self.metrics.rejected.labels(reason).inc()
-            if config.dlq_topic:
-                payload = encode_rejection(record, reason, detail, self.detector.version)
-                futures.append(send(config.dlq_topic, value=payload, key=record.key))
-            else:
-                _log_rejection(record, reason, detail)
+        for p, (value, record) in enumerate(zip(payloads, chosen, strict=True)):
+            if value is None or accepted[p] in dead:
+                continue
+            key = record.key
+            outgoing.append(Outgoing(topic, key, value, record, partition_of(key)))
+            if alerts and flags[p]:
+                outgoing.append(Outgoing(alerts, key, value, record))
+        n_alerts = sum(flag for p, flag in enumerate(flags) if accepted[p] not in dead)
+        for index, reason, detail in sorted(rejected):
+            outgoing.extend(self._dead_letter(records[index], reason, detail))
         t4 = perf_counter()
         profile["send"] += t4 - t3
 
-        offsets = {}
+        next_offsets = {}
         for r in records:
-            offsets[r.partition] = r.offset + 1
-        topic_in = config.input_topic
-        next_offsets = {TopicPartition(topic_in, p): o for p, o in offsets.items()}
+            next_offsets[TopicPartition(config.input_topic, r.partition)] = r.offset + 1
         self._positions.update(next_offsets)
-        self._pending.append(_Batch(futures, next_offsets, [r.timestamp for r in records]))
-        self._pending_results += len(futures)
+        self._delivery.add(outgoing, next_offsets, [r.timestamp for r in records])
+        t5 = perf_counter()
+        profile["send"] += t5 - t4
 
         n, n_scored = len(records), (len(result) if result is not None else 0)
+        n_flagged = int(np.count_nonzero(result.is_anomaly)) if n_scored else 0
         m = self.metrics
         m.consumed.inc(n)
         m.batch_size.observe_repeated(n, 1)
-        m.processing_latency.observe_repeated(t4 - polled_at, n)
+        m.processing_latency.observe_repeated(t5 - polled_at, n)
         if n_scored:
             m.scored.inc(n_scored)
             m.record_score.observe(result.scores)
@@ -466,62 +483,80 @@ class ScoringService:
         counts["batches"] += 1
         counts["consumed"] += n
         counts["scored"] += n_scored
-        counts["rejected"] += len(decoded.rejected)
+        counts["rejected"] += len(rejected)
         counts["flagged"] += n_flagged
-        profile["bookkeeping"] += perf_counter() - t4
+        profile["bookkeeping"] += perf_counter() - t5
 
-    def _settle(self, block: bool = False, raise_on_failure: bool = True) -> None:
+    # -- dead letters -----------------------------------------------------------------------
+
+    def _dead_letter(self, record, reason: str, detail: str, max_bytes: int | None = None):
+        """The dead letter of ``record`` as a list of zero or one ``Outgoing``, counted; with
+        no dead-letter topic, one log line instead (never the message's content)."""
+        self.metrics.rejected.labels(reason).inc()
+        if not self.config.dlq_topic:
+            log.warning(
+                "event=rejected reason=%s topic=%s partition=%d offset=%d value_bytes=%d "
+                "detail=%r action=dropped_no_dlq_topic",
+                reason,
+                record.topic,
+                record.partition,
+                record.offset,
+                len(record.value or b""),
+                detail,
+            )
+            return []
+        key, value = encode_rejection(
+            record, reason, detail, self.detector.version, max_bytes or self._max_bytes
+        )
+        return [Outgoing(self.config.dlq_topic, key, value, record, dead_letter=True)]
+
+    def _send(self, message: Outgoing):
+        return self._producer.send(
+            message.topic, value=message.value, key=message.key, partition=message.partition
+        )
+
+    def _reroute(self, message: Outgoing, error: BaseException) -> Outgoing | None:
+        """What to send instead of a message Kafka refused for what it is (``Delivery``):
+        the dead letter of its input record; a refused dead letter is cut harder, once."""
+        if message.reroutes >= 2 or not self.config.dlq_topic:
+            return None
+        what = "dead letter" if message.dead_letter else f"message to {message.topic}"
+        detail = f"Kafka refused the {what} of this record: {type(error).__name__}"
+        small = 16 * 1024 if message.dead_letter else None
+        letters = self._dead_letter(message.origin, "send_failed", detail, small)
+        self._counts["rejected"] += 1
+        return letters[0]
+
+    # -- settling, committing, back-pressure ------------------------------------------------
+
+    def _settle(self, block: bool = False) -> None:
         """Move acknowledged batches (in order) from pending to settled offsets."""
-        if not self._pending:
+        delivery = self._delivery
+        if not delivery.pending:
             return
         if block:
             start = perf_counter()
             try:
                 self._producer.flush(timeout=FLUSH_WAIT_S)
             except KafkaTimeoutError:
-                log.warning(
-                    "event=flush_slow pending_results=%d waited_s=%.1f",
-                    self._pending_results,
-                    FLUSH_WAIT_S,
-                )
+                pass  # still unacknowledged: back-pressure and the broker watch say why
             self._profile["flush"] += perf_counter() - start
         start = perf_counter()
-        now = time.time()
-        stamps: list[int] = []
-        while self._pending:
-            batch = self._pending[0]
-            futures = batch.futures
-            if futures and not (futures[-1].is_done and all(f.is_done for f in futures)):
-                break
-            failed = [f for f in futures if f.exception is not None]
-            if failed:
-                error = DeliveryError(
-                    f"Kafka did not acknowledge {len(failed)} of {len(futures)} results of a batch "
-                    f"({failed[0].exception!r}); their input offsets are not committed and will be "
-                    "scored again after a restart"
-                )
-                if raise_on_failure:
-                    raise error
-                log.error("event=delivery_failed %s", error)
-                break
-            self._pending.popleft()
-            self._pending_results -= len(futures)
-            self._settled.update(batch.offsets)
-            stamps.extend(batch.kafka_timestamps_ms)
+        stamps = delivery.settle()
         if stamps:
             self.metrics.end_to_end_latency.observe(
-                now - np.asarray(stamps, dtype=np.float64) / 1000.0
+                time.time() - np.asarray(stamps, dtype=np.float64) / 1000.0
             )
         self._profile["bookkeeping"] += perf_counter() - start
 
     def _commit_settled(self, force: bool = False) -> None:
         """Commit settled offsets of assigned partitions asynchronously (rate-limited)."""
-        if not self._settled:
+        if not self._delivery.settled:
             return
         now = time.monotonic()
         if not force and (now - self._last_commit_attempt) * 1000 < self.config.commit_interval_ms:
             return
-        offsets = self._take_settled(self._assigned)
+        offsets = self._take_settled(self._assignment.assigned)
         if not offsets:
             return
         start = perf_counter()
@@ -530,23 +565,20 @@ class ScoringService:
         self._profile["commit"] += perf_counter() - start
 
     def _take_settled(self, partitions) -> dict[TopicPartition, OffsetAndMetadata]:
-        offsets = {
-            tp: OffsetAndMetadata(o, "", -1) for tp, o in self._settled.items() if tp in partitions
-        }
-        for tp in offsets:
-            del self._settled[tp]
-        return offsets
+        taken = self._delivery.take_settled(partitions)
+        return {tp: OffsetAndMetadata(o, "", -1) for tp, o in taken.items()}
 
     def _on_commit(self, offsets, response) -> None:
         if isinstance(response, BaseException):
-            log.warning(
-                "event=commit_failed error=%r partitions=%d (retried with the next commit)",
-                response,
-                len(offsets),
+            if self._broker_lost_at is None:  # while it is lost, broker_lost says it all
+                log.warning(
+                    "event=commit_failed error=%s partitions=%d (retried with the next commit)",
+                    type(response).__name__,
+                    len(offsets),
+                )
+            self._delivery.restore(
+                {tp: meta.offset for tp, meta in offsets.items()}, self._assignment.assigned
             )
-            for tp, meta in offsets.items():
-                if tp in self._assigned and self._settled.get(tp, -1) < meta.offset:
-                    self._settled[tp] = meta.offset
             return
         self._counts["commits"] += 1
         self.metrics.last_commit.set(time.time())
@@ -562,35 +594,40 @@ class ScoringService:
             )
             self._on_commit(offsets, None)
         except KafkaError as exc:
-            log.warning("event=commit_failed error=%r partitions=%d", exc, len(offsets))
+            log.warning("event=commit_failed error=%s partitions=%d", type(exc).__name__, len(offsets))
         self._profile["commit"] += perf_counter() - start
         return len(offsets)
 
     def _apply_backpressure(self) -> None:
         limit = self.config.max_pending_results
-        if not self._paused and self._pending_results > limit:
-            partitions = self._consumer.assignment()
-            self._consumer.pause(*partitions)
+        pending = self._delivery.pending_messages
+        blocked = self._delivery.blocked
+        if not self._paused and (pending > limit or blocked):
+            self._consumer.pause(*self._consumer.assignment())
             self._paused = True
             self.metrics.backpressure_pauses.inc()
             log.info(
-                "event=paused pending_results=%d max_pending_results=%d",
-                self._pending_results,
+                "event=paused pending_results=%d max_pending_results=%d reason=%s",
+                pending,
                 limit,
+                "output_unavailable" if blocked else "pending_results",
             )
-        elif self._paused and self._pending_results <= limit // 2:
+        elif self._paused and pending <= limit // 2 and not blocked:
             self._consumer.resume(*self._consumer.paused())
             self._paused = False
-            log.info("event=resumed pending_results=%d", self._pending_results)
+            log.info("event=resumed pending_results=%d", pending)
 
-    def _update_lag(self) -> None:
+    def _watch_broker_and_lag(self) -> None:
         now = time.monotonic()
         if now - self._last_lag_update < LAG_INTERVAL_S:
             return
         self._last_lag_update = now
+        self._watch_broker(now)
+        if self._broker_lost_at is not None:
+            return
         self._output_partition.refresh()  # the output topic may have grown
         consumer = self._consumer
-        for tp in list(self._assigned):
+        for tp in list(self._assignment.assigned):
             try:
                 high = consumer.highwater(tp)
                 position = self._positions.get(tp)
@@ -601,78 +638,86 @@ class ScoringService:
             if high is not None and position is not None:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
 
+    def _watch_broker(self, now: float) -> None:
+        """Log once when the broker is lost and once when it is back; ``ready`` follows."""
+        if _broker_connected(self._consumer):
+            self._broker_unseen_since = None
+            if self._broker_lost_at is not None:
+                log.info(
+                    "event=broker_back bootstrap_servers=%s unreachable_s=%.1f",
+                    self.config.bootstrap_servers,
+                    now - self._broker_lost_at,
+                )
+                self._broker_lost_at = None
+                self.metrics.broker_reachable.set(1)
+            return
+        if self._broker_unseen_since is None:
+            self._broker_unseen_since = now
+        if self._broker_lost_at is None and now - self._broker_unseen_since >= BROKER_LOST_AFTER_S:
+            self._broker_lost_at = self._broker_unseen_since
+            self.metrics.broker_reachable.set(0)
+            log.warning(
+                "event=broker_lost bootstrap_servers=%s action=reconnecting_not_ready "
+                "pending_results=%d",
+                self.config.bootstrap_servers,
+                self._delivery.pending_messages,
+            )
+
     # -- rebalances (called by the consumer while the loop is blocked in poll or close) -----
 
     async def _partitions_revoked(self, revoked) -> None:
         revoked = set(revoked)
-        self._begin_rebalance(revoked)
         if not revoked:
+            self._assignment.release(revoked, keep_key_state=True)
             return
         committed = 0
         if self._producer is not None:
             try:
                 self._producer.flush(timeout=self.config.shutdown_timeout_s)
             except KafkaTimeoutError:
-                log.warning("event=flush_slow on=revoke pending_results=%d", self._pending_results)
-            try:
-                self._settle(raise_on_failure=True)
-            except DeliveryError as exc:
-                self._fatal = exc
+                log.warning(
+                    "event=flush_slow on=revoke pending_results=%d",
+                    self._delivery.pending_messages,
+                )
+            self._delivery.settle()
             offsets = self._take_settled(revoked)
             if offsets:
                 try:
                     await self._consumer.commit_async(offsets, callback=self._on_commit)
                     committed = len(offsets)
                 except Exception as exc:  # noqa: BLE001 (any failure: the next owner re-scores)
-                    log.warning("event=commit_failed on=revoke error=%r", exc)
-        self._drop(revoked, keep_key_state=not self._pending)
-        log.info("event=partitions_revoked partitions=%s committed=%d", _names(revoked), committed)
+                    log.warning("event=commit_failed on=revoke error=%s", type(exc).__name__)
+        self._release(revoked, keep_key_state=not self._delivery.pending)
+        log.info("event=partitions_revoked partitions=%s committed=%d", names(revoked), committed)
 
     def _partitions_assigned(self, assigned) -> None:
-        assigned = set(assigned)
-        self._assigned |= assigned
-        self._unassigned_since = None
-        for tp in assigned & self._rewind.keys():
-            self._consumer.seek(tp, self._rewind[tp])
-        self._rewind = {}
-        gone = self._forget_on_assign - {tp.partition for tp in assigned}
+        seeks, gone = self._assignment.grant(set(assigned))
+        for tp, offset in seeks.items():
+            self._consumer.seek(tp, offset)
         if gone:
             self._forget_keys(gone)
-        self._forget_on_assign = set()
         self._paused = False  # a new assignment starts unpaused
-        log.info("event=partitions_assigned partitions=%s", _names(assigned))
-
-    def _begin_rebalance(self, taken: set[TopicPartition]) -> None:
-        """Note partitions revoked or lost: the poll in hand drops their records, and the
-        consumer is without an assignment until the next one arrives."""
-        self._rebalances += 1
-        self._last_revoked = {tp.partition for tp in taken}
-        if self._unassigned_since is None:
-            self._unassigned_since = time.monotonic()
+        log.info("event=partitions_assigned partitions=%s", names(assigned))
 
     def _partitions_lost(self, lost) -> None:
         lost = set(lost)
-        self._begin_rebalance(lost)
-        self._drop(lost, keep_key_state=False)
+        self._release(lost, keep_key_state=False)
         log.warning(
             "event=partitions_lost partitions=%s (not committed; the next owner re-scores)",
-            _names(lost),
+            names(lost),
         )
 
-    def _drop(self, partitions: set[TopicPartition], keep_key_state: bool) -> None:
-        self._assigned -= partitions
+    def _release(self, partitions: set[TopicPartition], keep_key_state: bool) -> None:
+        forget = self._assignment.release(partitions, keep_key_state)
+        self._delivery.forget(partitions)
         for tp in partitions:
-            self._settled.pop(tp, None)
             self._positions.pop(tp, None)
             try:
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
             except KeyError:
                 pass
-        numbers = {tp.partition for tp in partitions}
-        if keep_key_state:
-            self._forget_on_assign |= numbers
-        else:
-            self._forget_keys(numbers)
+        if forget:
+            self._forget_keys(forget)
 
     def _forget_keys(self, partitions: set[int]) -> None:
         """Drop the per-key state (windows, alarms) of the keys of ``partitions``."""
@@ -687,18 +732,19 @@ class ScoringService:
         deadline = started + self.config.shutdown_timeout_s
         self._stop.set()
         try:
-            if self._producer is not None and self._pending:
+            if self._producer is not None and self._delivery.pending:
                 start = perf_counter()
                 try:
                     self._producer.flush(timeout=max(0.1, (deadline - time.monotonic()) * 0.6))
                 except KafkaTimeoutError:
                     log.warning(
-                        "event=flush_slow on=shutdown pending_results=%d", self._pending_results
+                        "event=flush_slow on=shutdown pending_results=%d",
+                        self._delivery.pending_messages,
                     )
                 self._profile["flush"] += perf_counter() - start
-            self._settle(raise_on_failure=False)
+            self._delivery.settle()
             if self._consumer is not None:
-                self._commit_sync(set(self._assigned), deadline)
+                self._commit_sync(set(self._assignment.assigned), deadline)
         except Exception as exc:  # noqa: BLE001 (closing must go on)
             log.warning("event=shutdown_error error=%r", exc)
         finally:
@@ -715,7 +761,7 @@ class ScoringService:
                 c["scored"],
                 c["rejected"],
                 c["flagged"],
-                len(self._pending),
+                len(self._delivery.pending),
                 f" error={failure!r}"
                 if failure is not None and not isinstance(failure, KeyboardInterrupt)
                 else "",
@@ -754,7 +800,7 @@ class _RebalanceListener(AsyncConsumerRebalanceListener):
 
 
 class _EmptyResult:
-    """Stands in for a ScoreResult when no record of a batch completed a window."""
+    """Stands in for a ScoreResult when no record of a batch was scored."""
 
     scores = is_anomaly = percentiles = np.empty(0)
     components = {name: np.empty(0) for name in COMPONENTS}
@@ -767,19 +813,19 @@ class _EmptyResult:
 _EMPTY_RESULT = _EmptyResult()
 
 
-def _names(partitions) -> str:
-    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions)) or "-"
+def _describe_fetch_error(exc: KafkaError) -> str:
+    """``error=<type> detail=<first line>`` of an error ``poll`` raised: kafka-python's
+    messages name the partition and offset (never a record's content)."""
+    text = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return f"error={type(exc).__name__} detail={text!r}"
 
 
-def _log_rejection(record, reason: str, detail: str) -> None:
-    value = record.value or b""
-    log.warning(
-        "event=rejected reason=%s topic=%s partition=%d offset=%d detail=%r value_base64=%s%s",
-        reason,
-        record.topic,
-        record.partition,
-        record.offset,
-        detail,
-        base64.b64encode(value[:4096]).decode(),
-        " (truncated)" if len(value) > 4096 else "",
-    )
+def _broker_connected(consumer) -> bool:
+    """Whether ``consumer`` has a live connection to a broker of the cluster.
+
+    kafka-python has no public call for this; its network client answers ``connected``
+    per node. A consumer that is fetching keeps a connection to each partition leader, so
+    none connected for a few seconds means the cluster is out of reach.
+    """
+    client = consumer._client  # noqa: SLF001 (no public equivalent in kafka-python)
+    return any(client.connected(broker.node_id) for broker in client.cluster.brokers())

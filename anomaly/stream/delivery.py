@@ -1,0 +1,238 @@
+"""Delivery bookkeeping: which input offsets may be committed, and what to do when Kafka
+refuses something the service produced.
+
+Every micro-batch hands the producer one message per input record (a result or a dead
+letter, plus alerts) and becomes a pending ``Batch``. A batch is *settled* once every one of
+its messages is acknowledged; batches settle in the order they were polled, and only
+settled batches' offsets are committed, so a record's offset is never committed before its
+result is in Kafka (at least once).
+
+A message Kafka refuses is never dropped and never stops the service:
+
+- refused for what it is (too large for the topic, an invalid record): ``reroute`` turns it
+  into a dead letter of its input record (reason ``send_failed``), which is sent instead;
+- refused for where it goes or when (broker or topic unavailable, not authorised, timed
+  out): it is sent again every ``RETRY_INTERVAL_S``, its batch stays unsettled, and
+  ``blocked`` tells the loop to pause its input until it goes through.
+
+``Delivery`` knows nothing of Kafka clients beyond the producer's ``send`` and the futures
+it returns (``is_done``, ``exception``), so its rules are unit-tested with fakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
+
+log = logging.getLogger("anomaly.stream")
+
+#: Errors that belong to the message itself: sending it again cannot succeed.
+RECORD_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidRecordError,
+    CorruptRecordError,
+    TypeError,
+    ValueError,
+)
+#: Seconds between attempts to send again a message Kafka could not take.
+RETRY_INTERVAL_S = 1.0
+
+
+@dataclass
+class Outgoing:
+    """One message for the producer, and the input record it answers."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    origin: Any
+    """The input ``ConsumerRecord`` (topic, partition, offset, key, value)."""
+    partition: int | None = None
+    dead_letter: bool = False
+    reroutes: int = 0
+    """Times this message was replaced by a (smaller) dead letter."""
+    future: Any = None
+    error: BaseException | None = None
+    """Why the last attempt failed at once (``send`` raised); ``None`` otherwise."""
+
+
+@dataclass
+class Batch:
+    """The messages of one micro-batch, and the input offsets they release."""
+
+    messages: list[Outgoing]
+    offsets: dict[Any, int]
+    """Next offset per input partition: what to commit once every message is acknowledged."""
+    kafka_timestamps_ms: list[int] = field(default_factory=list)
+
+
+class Delivery:
+    """Pending batches, settled offsets and retries (see the module docstring).
+
+    ``send(message)`` hands a message to the producer and returns its future (it may raise);
+    ``reroute(message, error)`` returns the dead letter to send instead of a message refused
+    for what it is (``message.reroutes`` says how many times it was replaced already, so
+    each replacement can be smaller), or ``None`` when it has none: then the message is
+    retried like any other failure.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[Outgoing], Any],
+        reroute: Callable[[Outgoing, BaseException], Outgoing | None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._send = send
+        self._reroute = reroute
+        self._clock = clock
+        self.pending: deque[Batch] = deque()
+        self.pending_messages = 0
+        self.settled: dict[Any, int] = {}
+        """Acknowledged, not yet committed: next offset per input partition."""
+        self._failing: dict[int, Outgoing] = {}  # id(message) -> message to send again
+        self._next_retry = 0.0
+        self._unavailable_since: float | None = None
+        self.rerouted = 0
+        """Messages replaced by a dead letter so far."""
+
+    # -- handing over --------------------------------------------------------------------
+
+    def add(self, messages: list[Outgoing], offsets: dict, kafka_timestamps_ms: list[int]) -> None:
+        """Send a batch's messages and keep the batch until they are all acknowledged."""
+        for message in messages:
+            self._attempt(message)
+        self.pending.append(Batch(messages, offsets, kafka_timestamps_ms))
+        self.pending_messages += len(messages)
+
+    def _attempt(self, message: Outgoing) -> None:
+        try:
+            message.future, message.error = self._send(message), None
+        except Exception as exc:  # noqa: BLE001 (a failed send is that message's failure)
+            message.future, message.error = None, exc
+
+    @property
+    def blocked(self) -> bool:
+        """Some message could not be delivered and waits to be sent again: pause input."""
+        return bool(self._failing)
+
+    # -- settling ------------------------------------------------------------------------
+
+    def settle(self) -> list[int]:
+        """Move acknowledged batches, in order, to ``settled``; deal with refused messages.
+        Returns the Kafka timestamps of the input records whose batches settled."""
+        stamps: list[int] = []
+        retry_now = self._failing and self._clock() >= self._next_retry
+        if retry_now:
+            self._retry()
+        for batch in self.pending:
+            for message in batch.messages:
+                self._check(message)
+        while self.pending:
+            batch = self.pending[0]
+            if not all(_acknowledged(m) for m in batch.messages):
+                break
+            self.pending.popleft()
+            self.pending_messages -= len(batch.messages)
+            self.settled.update(batch.offsets)
+            stamps.extend(batch.kafka_timestamps_ms)
+        self._note_availability()
+        return stamps
+
+    def _check(self, message: Outgoing) -> None:
+        """Look at a finished attempt: reroute a refused message, or queue a retry."""
+        if id(message) in self._failing:
+            return
+        error = message.error
+        if error is None:
+            future = message.future
+            if future is None or not future.is_done or future.exception is None:
+                return
+            error = future.exception
+        if isinstance(error, RECORD_ERRORS):
+            replacement = self._reroute(message, error)
+            if replacement is not None:
+                self.rerouted += 1
+                _replace(message, replacement)
+                self._attempt(message)
+                return
+        self._failing[id(message)] = message
+        message.error = error
+        if self._unavailable_since is None:
+            self._unavailable_since = self._clock()
+            self._next_retry = self._unavailable_since + RETRY_INTERVAL_S
+            log.warning(
+                "event=output_unavailable topic=%s error=%s action=pause_input_and_retry",
+                message.topic,
+                _describe(error),
+            )
+
+    def _retry(self) -> None:
+        failing, self._failing = self._failing, {}
+        for message in failing.values():
+            self._attempt(message)
+        self._next_retry = self._clock() + RETRY_INTERVAL_S
+
+    def _note_availability(self) -> None:
+        if self._unavailable_since is not None and not self._failing:
+            log.info(
+                "event=output_available unavailable_s=%.1f",
+                self._clock() - self._unavailable_since,
+            )
+            self._unavailable_since = None
+
+    # -- committing ----------------------------------------------------------------------
+
+    def take_settled(self, partitions) -> dict[Any, int]:
+        """Remove and return the settled offsets of ``partitions`` (to commit them)."""
+        taken = {tp: o for tp, o in self.settled.items() if tp in partitions}
+        for tp in taken:
+            del self.settled[tp]
+        return taken
+
+    def restore(self, offsets: dict[Any, int], partitions) -> None:
+        """Offsets whose commit failed: commit them again with the next ones (unless a
+        later offset of the same partition is already waiting, or it is no longer ours)."""
+        for tp, offset in offsets.items():
+            if tp in partitions and self.settled.get(tp, -1) < offset:
+                self.settled[tp] = offset
+
+    def forget(self, partitions) -> None:
+        """Partitions gone in a rebalance: their settled offsets are not ours to commit."""
+        for tp in partitions:
+            self.settled.pop(tp, None)
+
+
+def _acknowledged(message: Outgoing) -> bool:
+    future = message.future
+    return (
+        message.error is None
+        and future is not None
+        and future.is_done
+        and future.exception is None
+    )
+
+
+def _replace(message: Outgoing, replacement: Outgoing) -> None:
+    message.topic = replacement.topic
+    message.key = replacement.key
+    message.value = replacement.value
+    message.partition = replacement.partition
+    message.dead_letter = True
+    message.reroutes += 1
+    message.future = message.error = None
+
+
+def _describe(error: BaseException) -> str:
+    return type(error).__name__

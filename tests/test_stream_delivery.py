@@ -1,0 +1,275 @@
+"""The delivery and rebalance rules of the service, each on its own, with fake clients.
+
+``anomaly.stream.delivery`` decides which input offsets may be committed and what happens
+when Kafka refuses a message; ``anomaly.stream.rebalance`` decides what a rebalance does to
+the records in hand. The real-broker tests in ``test_stream_service.py`` run them together.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from types import SimpleNamespace
+
+import orjson
+import pytest
+from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, TopicAuthorizationFailedError
+
+from anomaly.stream.delivery import RETRY_INTERVAL_S, Delivery, Outgoing
+from anomaly.stream.messages import encode_rejection, fit_result
+from anomaly.stream.rebalance import Assignment
+
+TOPIC = "in"
+
+
+def tp(partition: int) -> TopicPartition:
+    return TopicPartition(TOPIC, partition)
+
+
+class FakeFuture:
+    def __init__(self):
+        self.is_done = False
+        self.exception = None
+
+    def succeed(self):
+        self.is_done = True
+
+    def fail(self, error):
+        self.is_done, self.exception = True, error
+
+
+class FakeProducer:
+    """Records every send; ``refuse`` makes the next sends to a topic raise at once."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, bytes, FakeFuture]] = []
+        self.refuse: dict[str, BaseException] = {}
+
+    def send(self, message: Outgoing) -> FakeFuture:
+        if message.topic in self.refuse:
+            raise self.refuse[message.topic]
+        future = FakeFuture()
+        self.sent.append((message.topic, message.value, future))
+        return future
+
+    def last(self, topic: str) -> FakeFuture:
+        return [f for t, _, f in self.sent if t == topic][-1]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def origin(partition: int, offset: int):
+    return SimpleNamespace(
+        topic=TOPIC, partition=partition, offset=offset, key=b"k", value=b"v", timestamp=0
+    )
+
+
+def make_delivery():
+    producer, clock = FakeProducer(), Clock()
+    rerouted = []
+
+    def reroute(message, error):
+        rerouted.append((message.origin.offset, type(error).__name__))
+        if message.reroutes >= 1:
+            return None
+        return Outgoing("dlq", None, b"letter", message.origin, dead_letter=True)
+
+    return Delivery(producer.send, reroute, clock), producer, clock, rerouted
+
+
+def batch(delivery, partition, first, count, topic="out"):
+    messages = [Outgoing(topic, None, b"r", origin(partition, o)) for o in range(first, first + count)]
+    delivery.add(messages, {tp(partition): first + count}, [0] * count)
+    return messages
+
+
+def test_a_batch_settles_only_when_every_message_is_acknowledged_and_in_order():
+    delivery, producer, _, _ = make_delivery()
+    first = batch(delivery, 0, 0, 2)
+    second = batch(delivery, 0, 2, 1)
+    second[0].future.succeed()
+    first[0].future.succeed()
+    delivery.settle()
+    assert delivery.settled == {}  # the first batch still waits for its second message
+    first[1].future.succeed()
+    delivery.settle()
+    assert delivery.settled == {tp(0): 3} and delivery.pending_messages == 0
+
+
+def test_a_message_refused_for_its_size_becomes_a_dead_letter_and_the_batch_settles():
+    delivery, producer, _, rerouted = make_delivery()
+    (message,) = batch(delivery, 0, 7, 1)
+    message.future.fail(MessageSizeTooLargeError())
+    delivery.settle()
+    assert rerouted == [(7, "MessageSizeTooLargeError")]
+    assert message.topic == "dlq" and message.dead_letter and not delivery.blocked
+    producer.last("dlq").succeed()
+    delivery.settle()
+    assert delivery.settled == {tp(0): 8} and delivery.rerouted == 1
+
+
+def test_a_send_that_raises_at_once_is_handled_like_a_refusal():
+    delivery, producer, _, rerouted = make_delivery()
+    producer.refuse["out"] = MessageSizeTooLargeError()
+    (message,) = batch(delivery, 1, 0, 1)
+    delivery.settle()
+    assert rerouted == [(0, "MessageSizeTooLargeError")] and message.topic == "dlq"
+
+
+def test_an_unavailable_topic_pauses_input_retries_and_loses_nothing(caplog):
+    delivery, producer, clock, rerouted = make_delivery()
+    (message,) = batch(delivery, 0, 0, 1)
+    caplog.set_level(logging.INFO, "anomaly.stream")
+    message.future.fail(TopicAuthorizationFailedError())
+    delivery.settle()
+    assert delivery.blocked and rerouted == [] and delivery.settled == {}
+    sends = len(producer.sent)
+    clock.now += RETRY_INTERVAL_S / 2
+    delivery.settle()
+    assert len(producer.sent) == sends  # not before the retry interval
+    clock.now += RETRY_INTERVAL_S
+    delivery.settle()
+    assert len(producer.sent) == sends + 1 and not delivery.blocked
+    producer.last("out").succeed()
+    delivery.settle()
+    assert delivery.settled == {tp(0): 1}
+    events = [r.getMessage().split()[0] for r in caplog.records]
+    assert events == ["event=output_unavailable", "event=output_available"]
+
+
+def test_a_timed_out_send_is_sent_again_not_dead_lettered():
+    delivery, producer, clock, rerouted = make_delivery()
+    producer.refuse["out"] = KafkaTimeoutError()
+    batch(delivery, 0, 0, 1)
+    delivery.settle()
+    assert delivery.blocked and rerouted == []
+    del producer.refuse["out"]
+    clock.now += RETRY_INTERVAL_S
+    delivery.settle()
+    producer.last("out").succeed()
+    delivery.settle()
+    assert delivery.settled == {tp(0): 1} and not delivery.blocked
+
+
+def test_a_dead_letter_that_cannot_be_cut_further_is_retried_not_dropped():
+    delivery, producer, clock, rerouted = make_delivery()
+    (message,) = batch(delivery, 0, 0, 1)
+    message.future.fail(MessageSizeTooLargeError())
+    delivery.settle()
+    producer.last("dlq").fail(MessageSizeTooLargeError())
+    delivery.settle()
+    assert delivery.blocked and len(rerouted) == 2 and delivery.settled == {}
+
+
+def test_failed_commits_are_restored_unless_a_later_offset_waits():
+    delivery, _, _, _ = make_delivery()
+    delivery.settled = {tp(0): 5, tp(1): 9}
+    taken = delivery.take_settled({tp(0), tp(1)})
+    assert taken == {tp(0): 5, tp(1): 9} and delivery.settled == {}
+    delivery.settled[tp(1)] = 12
+    delivery.restore(taken, {tp(0), tp(1)})
+    assert delivery.settled == {tp(0): 5, tp(1): 12}
+    delivery.restore({tp(2): 3}, {tp(0)})  # no longer ours: not committed by us
+    assert tp(2) not in delivery.settled
+
+
+# -- sizes ------------------------------------------------------------------------------------
+
+
+def test_a_result_with_a_huge_id_is_cut_to_fit_and_marked_with_the_ids_hash():
+    huge = "é\n" * 400_000
+    record = {"id": huge, "score": 1.5, "timestamp": "t"}
+    payload = fit_result(record, 100_000)
+    result = orjson.loads(payload)
+    assert len(payload) <= 100_000
+    assert result["id_truncated"] is True and huge.startswith(result["id"]) and result["id"]
+    assert result["id_sha256"] == hashlib.sha256(huge.encode()).hexdigest()
+    assert result["score"] == 1.5 and result["timestamp"] == "t"
+
+
+def test_a_result_that_fits_is_left_alone():
+    record = {"id": "x" * 100, "score": 1.5}
+    assert fit_result(record, 1000) == orjson.dumps(record)
+
+
+def test_a_dead_letter_of_a_huge_key_and_value_fits_and_says_what_was_cut():
+    key, value = b"K" * 600_000, b"V" * 900_000
+    record = SimpleNamespace(topic=TOPIC, partition=2, offset=40, key=key, value=value, timestamp=1)
+    kafka_key, payload = encode_rejection(record, "not_json", "not valid JSON", "v1", 1_000_000)
+    assert kafka_key is None  # a key this long is carried in the payload only
+    assert len(payload) <= 1_000_000
+    letter = orjson.loads(payload)
+    assert letter["key_truncated"] and letter["value_truncated"]
+    assert key.startswith(base64.b64decode(letter["key_base64"]))
+    assert value.startswith(base64.b64decode(letter["value_base64"]))
+    assert letter["key_sha256"] == hashlib.sha256(key).hexdigest()
+    assert letter["value_bytes"] == 900_000 and (letter["partition"], letter["offset"]) == (2, 40)
+
+
+def test_a_small_dead_letter_keeps_its_key_and_whole_value():
+    record = SimpleNamespace(topic=TOPIC, partition=0, offset=1, key=b"e1", value=b"{", timestamp=1)
+    kafka_key, payload = encode_rejection(record, "not_json", "x", "v1", 1_000_000)
+    letter = orjson.loads(payload)
+    assert kafka_key == b"e1" and not letter["key_truncated"] and not letter["value_truncated"]
+    assert base64.b64decode(letter["value_base64"]) == b"{"
+
+
+# -- rebalances -------------------------------------------------------------------------------
+
+
+def rec(partition, offset):
+    return SimpleNamespace(partition=partition, offset=offset)
+
+
+def test_records_of_revoked_partitions_are_dropped_from_the_batch_in_hand():
+    assignment = Assignment(TOPIC)
+    assignment.grant({tp(0), tp(1)})
+    assignment.release({tp(1)}, keep_key_state=False)
+    kept, seeks = assignment.drop_revoked([rec(0, 5), rec(1, 8), rec(1, 9)], [rec(0, 6)])
+    assert [(r.partition, r.offset) for r in kept] == [(0, 5), (0, 6)] and seeks == {}
+
+
+def test_a_dropped_partition_given_back_is_rewound_to_its_first_dropped_record():
+    assignment = Assignment(TOPIC)
+    assignment.grant({tp(0), tp(1)})
+    assignment.release({tp(1)}, keep_key_state=True)
+    kept, seeks = assignment.drop_revoked([rec(1, 8), rec(1, 9)], [])
+    assert kept == [] and seeks == {}  # the new assignment is still to come
+    seeks, gone = assignment.grant({tp(1)})
+    assert seeks == {tp(1): 8} and gone == set()
+
+
+def test_a_partition_already_back_is_rewound_at_once_and_its_fresh_records_dropped():
+    assignment = Assignment(TOPIC)
+    assignment.grant({tp(0)})
+    assignment.release({tp(0)}, keep_key_state=True)
+    assignment.grant({tp(0)})
+    kept, seeks = assignment.drop_revoked([rec(0, 3)], [rec(0, 10)])
+    assert kept == [] and seeks == {tp(0): 3}
+
+
+def test_key_state_of_revoked_partitions_is_forgotten_unless_they_come_straight_back():
+    assignment = Assignment(TOPIC)
+    assignment.grant({tp(0), tp(1)})
+    assert assignment.release({tp(0), tp(1)}, keep_key_state=True) == set()
+    _, gone = assignment.grant({tp(1)})
+    assert gone == {0}
+    assert assignment.release({tp(1)}, keep_key_state=False) == {1}
+
+
+def test_time_without_an_assignment_counts_from_subscribing_until_a_grant():
+    clock = Clock()
+    assignment = Assignment(TOPIC, clock)
+    assignment.subscribed()
+    clock.now = 12.0
+    assert assignment.unassigned_for() == pytest.approx(12.0)
+    assignment.grant({tp(0)})
+    assert assignment.unassigned_for() == 0.0
