@@ -72,6 +72,12 @@ class _Rejects:
         self._writer.close()
         return self.path
 
+    def discard(self) -> None:
+        """Remove the rejects file if this run wrote it (the run failed; nothing to keep)."""
+        if self._writer is not None:
+            self._writer.close()
+            self.path.unlink(missing_ok=True)
+
 
 def _valid_rows(
     chunk: io.Chunk, path: PathLike, names: list[str], on_invalid: str, rejects: _Rejects
@@ -108,14 +114,18 @@ def train_file(
     names = reader.feature_names
     table = io.join_chunks(reader)
     rejects = _Rejects(rejects_path(out), names)
-    usable = _valid_rows(table, data, names, d.on_invalid, rejects)
-    if table.labels is not None:
-        usable &= table.labels == 0
-    entities = table.entities[usable] if table.entities is not None else None
-    detector = train(table.features[usable], config, feature_names=names, entities=entities)
-    detector.metadata["training_file"] = str(data)
-    detector.metadata["rows_rejected"] = rejects.count
-    detector.save(out)
+    try:
+        usable = _valid_rows(table, data, names, d.on_invalid, rejects)
+        if table.labels is not None:
+            usable &= table.labels == 0
+        entities = table.entities[usable] if table.entities is not None else None
+        detector = train(table.features[usable], config, feature_names=names, entities=entities)
+        detector.metadata["training_file"] = str(data)
+        detector.metadata["rows_rejected"] = rejects.count
+        detector.save(out)
+    except BaseException:
+        rejects.discard()
+        raise
     summary = RunSummary(
         rows_read=len(table.features),
         rows_scored=int(usable.sum()),
@@ -174,12 +184,20 @@ def iter_scored(
 def _reader_for(detector: Detector, data: PathLike, label_column: str | None) -> io.TableReader:
     cfg = detector.config.data
     positional = Path(data).suffix == ".npy"
+    entity_column = detector.schema.entity_column
+    if positional and entity_column:
+        raise SchemaError(
+            f"{data}: a .npy array holds only feature values, but this model windows each "
+            f"series of entity column {entity_column!r} separately; score a CSV, Parquet or "
+            "JSON lines file that has that column"
+        )
     reader = io.TableReader(
         data,
         features=None if positional else detector.feature_names,
-        id_column=cfg.id_column,
+        # A .npy array has no id column: its records are known by the output's row numbers.
+        id_column=None if positional else cfg.id_column,
         label_column=label_column,
-        entity_column=detector.schema.entity_column,
+        entity_column=entity_column,
         chunk_rows=cfg.chunk_rows,
     )
     if len(reader.feature_names) != len(detector.feature_names):
@@ -224,10 +242,11 @@ def score_file(
     """Score every row of ``data`` into ``out`` (CSV, Parquet or JSON lines by extension).
 
     The output is written to a temporary file and renamed at the end, so a run stopped by
-    bad input leaves no half-written output behind.
+    bad input leaves nothing behind: no half-written output, no rejects file.
     """
     started = time.perf_counter()
     out = Path(out)
+    io.check_output_format(out)  # before the temporary name, which the user never chose
     on_invalid = on_invalid or detector.config.data.on_invalid
     rejects = _Rejects(rejects_path(out), detector.feature_names)
     partial = out.with_name(f".partial-{out.name}")
@@ -244,6 +263,9 @@ def score_file(
         if read == 0:
             raise DataError(f"{data}: has no data rows")
         os.replace(partial, out)
+    except BaseException:
+        rejects.discard()
+        raise
     finally:
         partial.unlink(missing_ok=True)
     return RunSummary(

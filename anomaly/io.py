@@ -565,6 +565,12 @@ def _unreadable(path: Path, kind: str, detail: str) -> DataError:
     )
 
 
+def check_output_format(path: str | os.PathLike[str]) -> str:
+    """The result format ``path``'s extension means; a ``DataError`` naming ``path`` and the
+    supported extensions when there is none."""
+    return _format_of(Path(path), _WRITE_FORMATS, "write")
+
+
 def _format_of(path: Path, formats: dict[str, str], action: str) -> str:
     name = path.name.lower()
     for suffix, kind in formats.items():

@@ -4,6 +4,7 @@ user can get wrong."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -389,3 +390,69 @@ def test_installed_command_exits_2_on_bad_usage(tmp_path):
 
     assert proc.returncode == 2
     assert "Missing option '--model'" in proc.stderr
+
+
+# -- failures leave nothing behind; .npy input with an id-column model ------------------
+
+
+def test_npy_scores_with_a_model_trained_with_an_id_column_rows_numbered(model, files, tmp_path):
+    rows = pd.read_csv(files / "eval.csv").head(20)[FEATURES].to_numpy()
+    np.save(data := tmp_path / "rows.npy", rows)
+    out = tmp_path / "out.csv"
+
+    result = score(model, data, out, "--no-progress")
+
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(out)
+    assert scored["row"].tolist() == list(range(1, 21))
+    assert "id" not in scored.columns
+    expected = anomaly.load(model).score(rows).scores
+    np.testing.assert_allclose(scored["score"], expected, rtol=1e-6)
+
+
+def test_unsupported_output_extension_names_the_users_path_and_leaves_nothing(
+    model, files, tmp_path
+):
+    out = tmp_path / "results" / "out.txt"
+
+    line = score_error(model, files / "eval.csv", out, "--on-invalid", "skip")
+
+    assert line.startswith(f"error: {out}: cannot write '.txt'; supported extensions: .csv")
+    assert ".parquet" in line and ".jsonl" in line
+    assert "partial" not in line
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_failed_score_with_on_invalid_skip_removes_its_rejects_and_output(model, files, tmp_path):
+    frame = pd.read_csv(files / "eval.csv").head(30)
+    frame["f1"] = frame["f1"].astype(object)
+    frame.loc[2, "f1"] = np.nan  # rejected in the first chunk ...
+    frame.loc[22, "f1"] = "abc"  # ... then a later chunk stops the run
+    frame.to_csv(data := tmp_path / "bad.csv", index=False)
+    detector = anomaly.load(model)
+    detector.config = detector.config.updated(data={"chunk_rows": 10})
+    out = tmp_path / "out" / "scores.csv"
+
+    from anomaly.files import score_file
+
+    with pytest.raises(anomaly.DataError, match="column 'f1' is not numeric: row 23"):
+        score_file(detector, data, out, on_invalid="skip")
+
+    assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+def test_wrongly_typed_bundle_exits_2_with_one_line_for_info_and_score(model, files, tmp_path):
+    bundle = Path(shutil.copytree(model, tmp_path / "model"))
+    schema = json.loads((bundle / "schema.json").read_text())
+    schema["feature_names"] = 10
+    (bundle / "schema.json").write_text(json.dumps(schema))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["schema.json"] = hashlib.sha256(
+        (bundle / "schema.json").read_bytes()
+    ).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    line = error_line(run("info", str(bundle)))
+
+    assert line.startswith(f"error: {bundle / 'schema.json'}: feature_names: input should be")
+    assert score_error(bundle, files / "eval.csv", tmp_path / "out.csv") == line
