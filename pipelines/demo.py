@@ -14,8 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,8 @@ from anomaly.evaluation import evaluate_file
 from anomaly.files import score_file, train_file
 
 N_FEATURES = 12
+#: Longest the demo waits for the service's results, dead letter and alerts.
+STREAM_DEADLINE_S = 120.0
 
 
 def make_sample(directory: Path, seed: int = 7) -> tuple[Path, Path]:
@@ -90,6 +95,45 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class StreamOutcome:
+    """What the demo read back: messages per topic, the alerts, and how many results said
+    they were flagged (each of which the service also sends to the alerts topic)."""
+
+    counts: dict[str, int]
+    alerts: list[dict] = field(default_factory=list)
+    flagged: int = 0
+
+
+def read_stream(
+    messages: Iterable, topics: dict[str, str], records: int, deadline: float
+) -> StreamOutcome:
+    """Read ``messages`` (of the scores, dlq and alerts topics) until every record has its
+    result, the malformed message its dead letter, and the alerts topic every alert the
+    results flagged; or until ``deadline`` (``time.monotonic()``) passes.
+
+    The topics are consumed together in no fixed order, so the last alerts can come after
+    the last result: stopping at the last result undercounts the alerts.
+    """
+    outcome = StreamOutcome({topic: 0 for topic in topics.values()})
+    for message in messages:
+        outcome.counts[message.topic] += 1
+        if message.topic == topics["scores"]:
+            result = orjson.loads(message.value)
+            # With conformal alarms on, the alarm (not the flag) sends a result to alerts.
+            outcome.flagged += bool(result.get("alarm", result.get("is_anomaly")))
+        elif message.topic == topics["alerts"]:
+            outcome.alerts.append(orjson.loads(message.value))
+        done = (
+            outcome.counts[topics["scores"]] >= records
+            and outcome.counts[topics["dlq"]] >= 1
+            and len(outcome.alerts) >= outcome.flagged
+        )
+        if done or time.monotonic() > deadline:
+            break
+    return outcome
+
+
 def run_stream(out: Path, detector: anomaly.Detector) -> None:
     """Start the local broker, stream score.csv through ``anomaly serve``, print the flags."""
     from kafka import KafkaConsumer, KafkaProducer
@@ -146,22 +190,18 @@ def run_stream(out: Path, detector: anomaly.Detector) -> None:
             topics["dlq"],
             bootstrap_servers=bootstrap,
             auto_offset_reset="earliest",
-            consumer_timeout_ms=90_000,
+            consumer_timeout_ms=int(STREAM_DEADLINE_S * 1000),
         )
-        counts = {topic: 0 for topic in topics.values()}
-        flagged = []
-        for message in consumer:
-            counts[message.topic] += 1
-            if message.topic == topics["alerts"]:
-                flagged.append(orjson.loads(message.value))
-            if counts[topics["scores"]] >= len(frame) and counts[topics["dlq"]] >= 1:
-                break
+        outcome = read_stream(consumer, topics, len(frame), time.monotonic() + STREAM_DEADLINE_S)
         consumer.close()
+        counts, flagged = outcome.counts, outcome.alerts
+        missing = outcome.flagged - len(flagged)
         print(
             f"streamed {len(frame)} records + 1 malformed message through anomaly serve: "
             f"{counts[topics['scores']]} results on {topics['scores']}, "
             f"{len(flagged)} flagged on {topics['alerts']}, {counts[topics['dlq']]} on "
             f"{topics['dlq']}"
+            + (f" ({missing} alerts missing after {STREAM_DEADLINE_S:.0f} s)" if missing else "")
         )
         for result in sorted(flagged, key=lambda r: -r["score"])[:5]:
             print(f"  id={result['id']} score={result['score']:.1f} top={result['top_features']}")

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -456,3 +457,42 @@ def test_wrongly_typed_bundle_exits_2_with_one_line_for_info_and_score(model, fi
 
     assert line.startswith(f"error: {bundle / 'schema.json'}: feature_names: input should be")
     assert score_error(bundle, files / "eval.csv", tmp_path / "out.csv") == line
+
+
+# -- the demo ----------------------------------------------------------------------------
+
+
+def test_demo_reads_every_alert_the_results_flagged_even_when_alerts_come_last():
+    from collections import namedtuple
+
+    from pipelines.demo import read_stream
+
+    message = namedtuple("Message", "topic value")
+    topics = {"records": "r", "scores": "s", "dlq": "d", "alerts": "a"}
+    results = [{"id": i, "is_anomaly": i in (1, 3), "score": float(i)} for i in range(4)]
+    # The results and the dead letter arrive first; the alerts topic's fetch comes after.
+    stream = [message("s", json.dumps(r).encode()) for r in results]
+    stream += [message("d", b"{}")]
+    stream += [message("a", json.dumps(r).encode()) for r in results if r["is_anomaly"]]
+    stream += [message("s", b"never read")]  # what comes after is not waited for
+
+    outcome = read_stream(iter(stream), topics, records=4, deadline=time.monotonic() + 60)
+
+    assert outcome.flagged == 2
+    assert [a["id"] for a in outcome.alerts] == [1, 3]
+    assert outcome.counts == {"r": 0, "s": 4, "d": 1, "a": 2}
+
+
+def test_demo_stops_reading_at_its_deadline():
+    from collections import namedtuple
+
+    from pipelines.demo import read_stream
+
+    message = namedtuple("Message", "topic value")
+    topics = {"records": "r", "scores": "s", "dlq": "d", "alerts": "a"}
+    flagged = json.dumps({"is_anomaly": True}).encode()
+    endless = (message("s", flagged) for _ in iter(int, 1))  # alerts never come
+
+    outcome = read_stream(endless, topics, records=1, deadline=time.monotonic() - 1)
+
+    assert outcome.counts["s"] == 1 and outcome.alerts == []
