@@ -10,9 +10,19 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import core_schema
 
 from anomaly.conformal import DEFAULT_ALARM_LEVEL
 from anomaly.errors import ConfigError
@@ -142,8 +152,112 @@ class ScoringConfig(_Section):
         return self
 
 
+#: Kafka client options the service sets itself, and where to set them instead. A
+#: ``[serve]`` key of the same name (``group_id``, ``linger_ms``, ...) is refused the same way.
+RESERVED_KAFKA_OPTIONS = {
+    "client_id": "the service names its clients after [serve] group_id and the model version",
+    "enable_auto_commit": "the service commits offsets itself once results are acknowledged; "
+    "see [serve] commit_interval_ms",
+    "max_poll_records": "use [serve] max_batch_size",
+    "heartbeat_interval_ms": "the service derives it from [serve] session_timeout_ms",
+    "key_deserializer": "the service reads keys and values as bytes",
+    "value_deserializer": "the service reads keys and values as bytes",
+    "key_serializer": "the service writes keys and values as bytes",
+    "value_serializer": "the service writes keys and values as bytes",
+    "transactional_id": "the service delivers at least once, without transactions",
+}
+
+#: A Kafka option whose name ends in this is read from the file it names (one trailing
+#: newline stripped) and given as the option without the suffix, the way container
+#: orchestrators mount secrets: ``sasl_plain_password_file`` -> ``sasl_plain_password``.
+FILE_SUFFIX = "_file"
+
+
+def is_secret_option(name: str) -> bool:
+    """Whether the value of Kafka option ``name`` is a secret that is never shown."""
+    name = name.lower()
+    return (
+        any(word in name for word in ("password", "secret", "token", "credential"))
+        or name.startswith("sasl_oauth")
+        or name == "ssl_password"
+    )
+
+
+class KafkaOptions(Mapping[str, str | int | float | bool]):
+    """Kafka client options (``[serve.kafka]``), kafka-python's names, read-only.
+
+    Its ``repr`` and ``str`` mask secret values (``is_secret_option``), so a logged
+    configuration shows ``sasl_plain_password='***'``; ``_file`` options hold paths, and the
+    file's content is only read when a client is made (``anomaly.stream.kafka_options``).
+    """
+
+    __slots__ = ("_options",)
+
+    def __init__(self, options: Mapping[str, str | int | float | bool] | None = None):
+        self._options = dict(options or {})
+
+    def __getitem__(self, name: str) -> str | int | float | bool:
+        return self._options[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._options)
+
+    def __len__(self) -> int:
+        return len(self._options)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._options.items())))
+
+    def masked(self) -> dict[str, str | int | float | bool]:
+        """The options with every secret value replaced by ``'***'``."""
+        return {k: "***" if is_secret_option(k) else v for k, v in self._options.items()}
+
+    def __repr__(self) -> str:
+        return f"KafkaOptions({self.masked()!r})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, _source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            cls._validated,
+            core_schema.dict_schema(core_schema.str_schema(), core_schema.any_schema()),
+            serialization=core_schema.plain_serializer_function_ser_schema(dict),
+        )
+
+    @classmethod
+    def _validated(cls, options: dict[str, Any]) -> KafkaOptions:
+        # Messages name the option, never its value: the value may be a secret.
+        for name, value in options.items():
+            if not name.isidentifier() or name != name.lower():
+                raise ValueError(f"Kafka option {name!r}: names are kafka-python's, lower case")
+            if not isinstance(value, str | int | float | bool):
+                raise ValueError(
+                    f"Kafka option {name!r} must be a string, number or boolean"
+                )
+            base = name.removesuffix(FILE_SUFFIX)
+            if base != name and not isinstance(value, str):
+                raise ValueError(f"Kafka option {name!r} must be the path of a file")
+            if base in RESERVED_KAFKA_OPTIONS:
+                raise ValueError(
+                    f"Kafka option {name!r} is set by the service: "
+                    f"{RESERVED_KAFKA_OPTIONS[base]}"
+                )
+            if base in ServeConfig.model_fields:
+                raise ValueError(f"Kafka option {name!r} is set by the service: use [serve] {base}")
+            if base != name and base in options:
+                raise ValueError(f"Kafka options {base!r} and {name!r}: give one of them")
+        return cls(options)
+
+
 class ServeConfig(_Section):
-    """The Kafka scoring service; every key can also come from ``ANOMALY_SERVE_<KEY>``."""
+    """The Kafka scoring service; every key can also come from ``ANOMALY_SERVE_<KEY>``, and
+    every Kafka client option from ``ANOMALY_SERVE_KAFKA_<OPTION>``."""
+
+    # Validation errors never echo input values: [serve.kafka] may hold secrets.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     model: str | None = None
     """Model bundle directory to serve (``anomaly serve --model``)."""
@@ -151,7 +265,12 @@ class ServeConfig(_Section):
     input_topic: str = "records"
     output_topic: str = "scores"
     dlq_topic: str | None = "records-dlq"
+    """Dead-letter topic; ``""`` or none turns it off (rejected records are then only
+    counted and logged)."""
     alerts_topic: str | None = None
+    create_topics: bool = False
+    """Create the output, dead-letter and alerts topics at start-up when missing (broker
+    defaults for partitions and replication); the input topic must exist."""
     group_id: str = "anomaly-scorer"
     metrics_port: int = Field(9108, ge=0, le=65535)
     """Port of the /metrics, /healthz and /readyz endpoint; 0 picks a free one."""
@@ -210,10 +329,23 @@ class ServeConfig(_Section):
     """Rank each score component against its own history and alarm when this many reach
     ``alarm_level`` together (noise lifts one component at a time, an anomaly several);
     ``None`` ranks the combined score instead."""
+    kafka: KafkaOptions = Field(default_factory=KafkaOptions)
+    """Options of the Kafka clients (``[serve.kafka]``), by kafka-python's names: TLS and SASL
+    (``security_protocol``, ``ssl_cafile``, ``sasl_mechanism``, ...), the producer's
+    ``compression_type`` (default none; ``gzip``, ``snappy``, ``lz4`` or ``zstd``), and so on.
+    Each client gets the options it accepts; ``NAME_file`` reads option ``NAME`` from a file.
+    Never saved in model bundles (``Config.for_bundle``)."""
+
+    @field_validator("dlq_topic", "alerts_topic")
+    @classmethod
+    def _empty_topic_is_none(cls, topic: str | None) -> str | None:
+        return topic or None
 
 
 class Config(_Section):
     """Everything the package can be told, with defaults."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # [serve.kafka] may hold secrets
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -244,6 +376,11 @@ class Config(_Section):
             return cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigError(f"{path}: {_describe(exc)}") from None
+
+    def for_bundle(self) -> dict[str, Any]:
+        """The configuration as saved in a model bundle: everything but ``serve.kafka``, the
+        client options of one deployment (credentials among them), not of the model."""
+        return self.model_dump(exclude={"serve": {"kafka"}})
 
     def updated(self, **sections: dict[str, Any]) -> Config:
         """A copy with some keys of some sections replaced, validated like a file.

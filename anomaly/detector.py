@@ -149,7 +149,7 @@ class Detector:
             },
             "metadata": {k: v for k, v in self.metadata.items() if k != "model_version"},
             "health": self.health,
-            "config": self.config.model_dump(),
+            "config": self.config.for_bundle(),  # no deployment secrets in bundles
         }
         contents = bundle.BundleContents(e.networks, parts, e.latent_prototypes, version="")
         self.version = bundle.save_bundle(path, contents)

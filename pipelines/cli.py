@@ -191,8 +191,17 @@ def info(model):
 @click.option("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT].")
 @click.option("--input-topic", help="Topic of the records to score.")
 @click.option("--output-topic", help="Topic to write one result per record to.")
-@click.option("--dlq-topic", help="Dead-letter topic for records that cannot be scored.")
+@click.option(
+    "--dlq-topic", help="Dead-letter topic for records that cannot be scored ('' turns it off)."
+)
 @click.option("--alerts-topic", help="Topic that also receives the results of flagged records.")
+@click.option(
+    "--create-topics",
+    is_flag=True,
+    default=None,
+    help="Create missing output, dead-letter and alerts topics at start (the input topic "
+    "must exist).",
+)
 @click.option("--group-id", help="Kafka consumer group.")
 @click.option("--metrics-port", type=int, help="Port of /metrics, /healthz, /readyz (0: any free).")
 @click.option(
@@ -210,6 +219,7 @@ def serve(
     output_topic,
     dlq_topic,
     alerts_topic,
+    create_topics,
     group_id,
     metrics_port,
     alarm_history,
@@ -219,7 +229,8 @@ def serve(
 
     Every option can also be set as ANOMALY_SERVE_<OPTION> (e.g. ANOMALY_SERVE_INPUT_TOPIC) or
     in the [serve] section of --config; the command line wins over the environment, which
-    wins over the file.
+    wins over the file. Kafka client options (TLS, SASL, compression) go in [serve.kafka] or
+    ANOMALY_SERVE_KAFKA_<OPTION>.
     """
     from anomaly.stream import run_service
 
@@ -231,6 +242,7 @@ def serve(
         output_topic=output_topic,
         dlq_topic=dlq_topic,
         alerts_topic=alerts_topic,
+        create_topics=create_topics,
         group_id=group_id,
         metrics_port=metrics_port,
         alarm_history=alarm_history,

@@ -9,16 +9,41 @@ Settings that matter:
 - producer: idempotent with ``acks=all`` (kafka-python's default), a small ``linger_ms`` and
   batches large enough for a micro-batch of results;
 - values and keys are bytes in and out (no serializer functions: they are deprecated and
-  cost a call per record).
+  cost a call per record);
+- every client also gets the ``[serve.kafka]`` options it accepts (TLS, SASL, the producer's
+  ``compression_type``, ...; ``anomaly.stream.kafka_options``). They may replace the
+  service's choices of ``batch_size``, ``bootstrap_timeout_ms`` and the admin client's
+  ``request_timeout_ms``; the settings the service depends on are refused in the
+  configuration.
+
+Start-up (``check_broker``) turns a failed bootstrap into one line that says why: the
+broker unreachable, authentication failed, or the TLS handshake failed; kafka-python only
+logs the reason and raises a timeout, so its log records are read while the admin client
+bootstraps (and not passed on: the retries would be a screenful).
 """
 
 from __future__ import annotations
 
+import logging
+import ssl
+from typing import Any
+
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import (
+    AuthorizationError,
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    SaslAuthenticationFailedError,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+    for_code,
+)
 
 from anomaly.config import ServeConfig
 from anomaly.stream.errors import StreamError
+from anomaly.stream.kafka_options import client_options
 
 #: How long start-up waits for the broker before failing.
 STARTUP_TIMEOUT_MS = 10_000
@@ -27,61 +52,180 @@ PRODUCER_BATCH_BYTES = 256 * 1024
 
 
 def check_broker(config: ServeConfig) -> None:
-    """Fail fast, naming the problem, when the broker is unreachable or a topic is missing."""
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=config.bootstrap_servers,
-            client_id=f"{config.group_id}-startup",
-            bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
-            request_timeout_ms=STARTUP_TIMEOUT_MS,
-        )
-    except KafkaError as exc:
-        raise StreamError(
-            f"cannot reach Kafka at {config.bootstrap_servers} within "
-            f"{STARTUP_TIMEOUT_MS / 1000:.0f} s ({exc}); check bootstrap_servers and that the "
-            "broker is up"
-        ) from None
-    try:
-        existing = set(admin.list_topics())
-    except KafkaError as exc:
-        raise StreamError(
-            f"cannot list the topics of Kafka at {config.bootstrap_servers}: {exc}"
-        ) from None
-    finally:
-        admin.close()
+    """Fail fast, naming the problem, when the broker is unreachable, refuses the
+    credentials or the TLS handshake, or a topic is missing (created instead, for all but
+    the input topic, with ``create_topics``)."""
     wanted = {
         "input_topic": config.input_topic,
         "output_topic": config.output_topic,
         "dlq_topic": config.dlq_topic,
         "alerts_topic": config.alerts_topic,
     }
-    missing = [
-        f"{key}={topic!r}" for key, topic in wanted.items() if topic and topic not in existing
-    ]
-    if missing:
-        raise StreamError(
-            f"topic(s) missing on Kafka at {config.bootstrap_servers}: {', '.join(missing)}; "
-            "create them first (e.g. kafka-topics.sh --create) or point the settings at "
-            "existing ones"
-        )
-    if len({t for t in wanted.values() if t}) < len([t for t in wanted.values() if t]):
+    named = [t for t in wanted.values() if t]
+    if len(set(named)) < len(named):
         raise StreamError(f"input, output, dead-letter and alerts topics must differ: {wanted}")
+    admin = make_admin(config, f"{config.group_id}-startup")
+    try:
+        try:
+            existing = set(admin.list_topics())
+        except KafkaError as exc:
+            raise StreamError(
+                f"cannot list the topics of Kafka at {config.bootstrap_servers}: {exc}"
+            ) from None
+        if config.input_topic not in existing:
+            raise StreamError(
+                f"input topic {config.input_topic!r} does not exist on Kafka at "
+                f"{config.bootstrap_servers}; create it first (e.g. kafka-topics.sh --create) "
+                "or set input_topic to an existing one"
+            )
+        missing = {key: t for key, t in wanted.items() if t and t not in existing}
+        if missing and config.create_topics:
+            _create_topics(admin, config, sorted(missing.values()))
+        elif missing:
+            listed = ", ".join(f"{key}={topic!r}" for key, topic in missing.items())
+            way_out = (
+                "; or turn the dead-letter topic off with --dlq-topic '' (dlq_topic = \"\" in "
+                "[serve], ANOMALY_SERVE_DLQ_TOPIC=)"
+                if "dlq_topic" in missing
+                else ""
+            )
+            raise StreamError(
+                f"topic(s) missing on Kafka at {config.bootstrap_servers}: {listed}; create "
+                "them first, let the service create them with --create-topics "
+                f"(create_topics = true in [serve]){way_out}"
+            )
+    finally:
+        admin.close()
+
+
+def make_admin(config: ServeConfig, client_id: str) -> KafkaAdminClient:
+    """An admin client, bootstrapped: a failure is a one-line ``StreamError`` that says
+    whether the broker was unreachable, refused the credentials or the TLS handshake."""
+    options = {
+        "bootstrap_timeout_ms": STARTUP_TIMEOUT_MS,
+        "request_timeout_ms": STARTUP_TIMEOUT_MS,
+        **client_options(config.kafka, "admin"),
+        "bootstrap_servers": config.bootstrap_servers,
+        "client_id": client_id,
+    }
+    with _BootstrapFailures() as failures:
+        try:
+            return KafkaAdminClient(**options)
+        except KafkaError as exc:
+            raise StreamError(_bootstrap_failure(config, options, exc, failures.last)) from None
+
+
+def _create_topics(admin: KafkaAdminClient, config: ServeConfig, topics: list[str]) -> None:
+    """Create ``topics`` with the broker's default partitions and replication; one created
+    meanwhile by another instance is fine."""
+    try:
+        response = admin.create_topics(topics, raise_errors=False, wait_for_metadata=False)
+        failed = []
+        for topic in response["topics"]:
+            error = for_code(topic["error_code"])
+            if topic["error_code"] and error is not TopicAlreadyExistsError:
+                failed.append(f"{topic['name']!r} ({error.__name__}: {topic['error_message']})")
+        if failed:
+            raise StreamError(
+                f"cannot create topic(s) on Kafka at {config.bootstrap_servers}: "
+                + ", ".join(failed)
+            )
+        admin.wait_for_topics(topics)
+    except KafkaError as exc:
+        raise StreamError(
+            f"cannot create topic(s) {topics} on Kafka at {config.bootstrap_servers}: {exc}"
+        ) from None
+    logging.getLogger("anomaly.stream").info("event=topics_created topics=%s", ",".join(topics))
+
+
+class _BootstrapFailures(logging.Handler):
+    """Holds the last exception kafka-python logged while a client bootstrapped; its
+    ``kafka`` loggers go to this handler only for that time."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last: BaseException | None = None
+        self._logger = logging.getLogger("kafka")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            # The final "Bootstrap failed: KafkaTimeoutError" says less than the cause.
+            if isinstance(arg, BaseException) and not isinstance(arg, KafkaTimeoutError):
+                self.last = arg
+
+    def __enter__(self) -> _BootstrapFailures:
+        self._saved = self._logger.level, self._logger.propagate
+        if self._logger.getEffectiveLevel() > logging.WARNING:
+            self._logger.setLevel(logging.WARNING)
+        self._logger.propagate = False
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._saved[0])
+        self._logger.propagate = self._saved[1]
+
+
+def _bootstrap_failure(
+    config: ServeConfig, options: dict[str, Any], exc: KafkaError, logged: BaseException | None
+) -> str:
+    """One line saying why bootstrapping failed; kafka-python's messages hold no secrets."""
+    servers = config.bootstrap_servers
+    protocol = str(options.get("security_protocol", "PLAINTEXT")).upper()
+    mechanism = options.get("sasl_mechanism")
+    for cause in (exc, logged):
+        if isinstance(cause, SaslAuthenticationFailedError):
+            return (
+                f"authentication failed against Kafka at {servers} (SASL {mechanism}): "
+                f"{_reason(cause)}; check sasl_plain_username and the password in [serve.kafka]"
+            )
+        if isinstance(cause, UnsupportedSaslMechanismError | IllegalSaslStateError):
+            return (
+                f"authentication failed against Kafka at {servers}: the broker refused SASL "
+                f"{mechanism} ({type(cause).__name__}); check security_protocol "
+                f"({protocol}) and sasl_mechanism against the listener"
+            )
+        if isinstance(cause, AuthorizationError):
+            return f"Kafka at {servers} denied access: {_reason(cause)}"
+        if isinstance(cause, ssl.SSLError) or (
+            isinstance(cause, KafkaConnectionError) and "Handshake failed" in str(cause)
+        ):
+            return (
+                f"TLS handshake with Kafka at {servers} failed ({protocol}): {_reason(cause)}; "
+                "check security_protocol, ssl_cafile, ssl_certfile/ssl_keyfile and "
+                "ssl_check_hostname in [serve.kafka]"
+            )
+    timeout_s = options["bootstrap_timeout_ms"] / 1000
+    detail = f" (last error: {_reason(logged)})" if logged else f" ({exc})"
+    return (
+        f"cannot reach Kafka at {servers} within {timeout_s:g} s{detail}; check "
+        "bootstrap_servers, security_protocol and that the broker is up"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def make_consumer(config: ServeConfig, client_id: str) -> KafkaConsumer:
     """A group consumer of the input topic (not yet subscribed)."""
     try:
         return KafkaConsumer(
-            bootstrap_servers=config.bootstrap_servers,
-            group_id=config.group_id,
-            client_id=client_id,
-            enable_auto_commit=False,
-            auto_offset_reset=config.auto_offset_reset,
-            max_poll_records=config.max_batch_size,
-            fetch_max_wait_ms=config.fetch_max_wait_ms,
-            session_timeout_ms=config.session_timeout_ms,
-            heartbeat_interval_ms=min(3_000, config.session_timeout_ms // 3),
-            bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
+            **{
+                "bootstrap_timeout_ms": STARTUP_TIMEOUT_MS,
+                **client_options(config.kafka, "consumer"),
+                "bootstrap_servers": config.bootstrap_servers,
+                "group_id": config.group_id,
+                "client_id": client_id,
+                "enable_auto_commit": False,
+                "auto_offset_reset": config.auto_offset_reset,
+                "max_poll_records": config.max_batch_size,
+                "fetch_max_wait_ms": config.fetch_max_wait_ms,
+                "session_timeout_ms": config.session_timeout_ms,
+                "heartbeat_interval_ms": min(3_000, config.session_timeout_ms // 3),
+            }
         )
     except KafkaError as exc:
         raise StreamError(
@@ -93,13 +237,17 @@ def make_producer(config: ServeConfig, client_id: str) -> KafkaProducer:
     """The producer of results, alerts and dead-letter records."""
     try:
         return KafkaProducer(
-            bootstrap_servers=config.bootstrap_servers,
-            client_id=client_id,
-            linger_ms=config.linger_ms,
-            batch_size=PRODUCER_BATCH_BYTES,
-            bootstrap_timeout_ms=STARTUP_TIMEOUT_MS,
+            **{
+                "batch_size": PRODUCER_BATCH_BYTES,
+                "bootstrap_timeout_ms": STARTUP_TIMEOUT_MS,
+                **client_options(config.kafka, "producer"),
+                "bootstrap_servers": config.bootstrap_servers,
+                "client_id": client_id,
+                "linger_ms": config.linger_ms,
+            }
         )
     except KafkaError as exc:
         raise StreamError(
             f"cannot create the Kafka producer for {config.bootstrap_servers}: {exc}"
         ) from None
+

@@ -1,0 +1,245 @@
+"""``[serve.kafka]``: Kafka client options from TOML, the environment and secret files, the
+options each client gets, and secrets that are never shown or saved."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import anomaly
+from anomaly.config import Config, ServeConfig
+from anomaly.errors import ConfigError
+from anomaly.stream import clients
+from anomaly.stream.kafka_options import client_options
+from anomaly.stream.settings import resolve_serve_config
+
+SECRET = "s3cr3t-Pa55"
+
+
+def _toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "serve.toml"
+    path.write_text(text)
+    return path
+
+
+def _secret_file(tmp_path: Path, content: str = SECRET + "\n") -> Path:
+    path = tmp_path / "kafka-password"
+    path.write_text(content)
+    return path
+
+
+def test_toml_kafka_table_is_read_with_its_value_types(tmp_path):
+    path = _toml(
+        tmp_path,
+        "[serve.kafka]\n"
+        'security_protocol = "SASL_SSL"\n'
+        'ssl_cafile = "/etc/kafka/ca.pem"\n'
+        "ssl_check_hostname = false\n"
+        "max_request_size = 2097152\n",
+    )
+    options = resolve_serve_config(path, environ={}).kafka
+    assert dict(options) == {
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": "/etc/kafka/ca.pem",
+        "ssl_check_hostname": False,
+        "max_request_size": 2_097_152,
+    }
+
+
+def test_environment_option_overrides_the_file_converted_to_kafka_python_types(tmp_path):
+    path = _toml(tmp_path, '[serve.kafka]\nsecurity_protocol = "SSL"\nacks = 1\n')
+    environ = {
+        "ANOMALY_SERVE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "ANOMALY_SERVE_KAFKA_SSL_CHECK_HOSTNAME": "false",
+        "ANOMALY_SERVE_KAFKA_MAX_REQUEST_SIZE": "2097152",
+        "ANOMALY_SERVE_KAFKA_RETRIES": "5",
+        "ANOMALY_SERVE_KAFKA_ACKS": "",
+    }
+    options = dict(resolve_serve_config(path, environ=environ).kafka)
+    assert options == {
+        "security_protocol": "SASL_SSL",
+        "ssl_check_hostname": False,
+        "max_request_size": 2_097_152,
+        "retries": 5.0,  # kafka-python's default is float("inf")
+    }
+    assert type(options["max_request_size"]) is int and type(options["retries"]) is float
+
+
+def test_environment_value_of_the_wrong_type_is_named_without_a_secret_value():
+    with pytest.raises(ConfigError, match="ANOMALY_SERVE_KAFKA_MAX_REQUEST_SIZE.*'lots'.*integer"):
+        resolve_serve_config(environ={"ANOMALY_SERVE_KAFKA_MAX_REQUEST_SIZE": "lots"})
+    with pytest.raises(ConfigError, match="ANOMALY_SERVE_KAFKA_CHECK_CRCS.*boolean"):
+        resolve_serve_config(environ={"ANOMALY_SERVE_KAFKA_CHECK_CRCS": "maybe"})
+
+
+def test_environment_file_option_replaces_the_files_plain_option(tmp_path):
+    path = _toml(tmp_path, '[serve.kafka]\nsasl_plain_password = "from-toml"\n')
+    secret = _secret_file(tmp_path)
+    environ = {"ANOMALY_SERVE_KAFKA_SASL_PLAIN_PASSWORD_FILE": str(secret)}
+    options = resolve_serve_config(path, environ=environ).kafka
+    assert dict(options) == {"sasl_plain_password_file": str(secret)}
+
+
+def test_file_option_is_read_without_one_trailing_newline_and_given_without_suffix(tmp_path):
+    secret = _secret_file(tmp_path, SECRET + "\n\n")
+    config = ServeConfig(kafka={"sasl_plain_password_file": str(secret)})
+    assert client_options(config.kafka, "consumer") == {"sasl_plain_password": SECRET + "\n"}
+
+
+def test_missing_secret_file_names_option_and_path_at_start(tmp_path):
+    missing = tmp_path / "nowhere" / "kafka-password"
+    environ = {"ANOMALY_SERVE_KAFKA_SASL_PLAIN_PASSWORD_FILE": str(missing)}
+    with pytest.raises(ConfigError) as caught:
+        resolve_serve_config(environ=environ)
+    message = str(caught.value)
+    assert "sasl_plain_password_file" in message and str(missing) in message
+    assert "\n" not in message
+
+
+def test_unreadable_secret_file_never_shows_its_content(tmp_path):
+    secret = tmp_path / "kafka-password"
+    secret.write_bytes(b"\xff\xfe" + SECRET.encode())
+    with pytest.raises(ConfigError, match="ssl_password_file.*cannot read") as caught:
+        client_options(ServeConfig(kafka={"ssl_password_file": str(secret)}).kafka, "producer")
+    assert SECRET not in str(caught.value)
+
+
+def test_option_no_kafka_client_accepts_is_an_error_naming_it(tmp_path):
+    path = _toml(tmp_path, '[serve.kafka]\nsecurity_protocl = "SSL"\n')
+    with pytest.raises(ConfigError, match="'security_protocl' is not an option"):
+        resolve_serve_config(path, environ={})
+    with pytest.raises(ConfigError, match="'no_such_option' is not an option"):
+        resolve_serve_config(environ={"ANOMALY_SERVE_KAFKA_NO_SUCH_OPTION": "1"})
+
+
+def test_option_that_needs_a_python_object_is_refused():
+    with pytest.raises(ConfigError, match="'ssl_context' takes a Python object"):
+        resolve_serve_config(environ={"ANOMALY_SERVE_KAFKA_SSL_CONTEXT": "x"})
+
+
+@pytest.mark.parametrize(
+    ("option", "instead"),
+    [
+        ("group_id", r"\[serve\] group_id"),
+        ("bootstrap_servers", r"\[serve\] bootstrap_servers"),
+        ("linger_ms", r"\[serve\] linger_ms"),
+        ("max_poll_records", r"\[serve\] max_batch_size"),
+        ("enable_auto_commit", r"\[serve\] commit_interval_ms"),
+        ("value_deserializer", "bytes"),
+        ("client_id", r"\[serve\] group_id"),
+    ],
+)
+def test_option_the_service_sets_is_refused_naming_the_serve_key(option, instead):
+    with pytest.raises(ConfigError, match=rf"'{option}' is set by the service.*{instead}"):
+        Config.from_dict({"serve": {"kafka": {option: "x"}}})
+
+
+def test_each_client_gets_only_the_options_it_accepts():
+    kafka = ServeConfig(
+        kafka={
+            "security_protocol": "SSL",  # all three
+            "compression_type": "zstd",  # producer only
+            "isolation_level": "read_committed",  # consumer only
+            "allow_auto_create_topics": False,  # consumer and producer
+        }
+    ).kafka
+    assert set(client_options(kafka, "consumer")) == {
+        "security_protocol",
+        "isolation_level",
+        "allow_auto_create_topics",
+    }
+    assert set(client_options(kafka, "producer")) == {
+        "security_protocol",
+        "compression_type",
+        "allow_auto_create_topics",
+    }
+    assert set(client_options(kafka, "admin")) == {"security_protocol"}
+
+
+def test_repr_str_and_logs_of_the_config_mask_secret_values(caplog):
+    config = ServeConfig(
+        kafka={
+            "sasl_plain_username": "scorer",
+            "sasl_plain_password": SECRET,
+            "ssl_password": SECRET,
+            "sasl_oauth_token_provider_secret": SECRET,
+        }
+    )
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("anomaly.test").info("config %s %r", config, config.kafka)
+    for shown in (repr(config), str(config), str(config.kafka), caplog.text):
+        assert SECRET not in shown
+        assert "sasl_plain_password': '***'" in shown and "'scorer'" in shown
+
+
+def test_validation_errors_never_echo_secret_input_values():
+    bad = {"kafka": {"sasl_plain_password": [SECRET]}, "max_batch_size": SECRET}
+    with pytest.raises(ConfigError) as caught:
+        Config.from_dict({"serve": bad})
+    assert SECRET not in str(caught.value) and "sasl_plain_password" in str(caught.value)
+    with pytest.raises(ValueError) as raw:  # pydantic's own error, e.g. a direct construction
+        ServeConfig(**bad)
+    assert SECRET not in str(raw.value)
+    with pytest.raises(ConfigError) as from_env:
+        resolve_serve_config(environ={"ANOMALY_SERVE_MAX_BATCH_SIZE": SECRET})
+    assert SECRET not in str(from_env.value)
+
+
+def test_bundle_config_leaves_out_the_kafka_options():
+    config = Config.from_dict({"serve": {"kafka": {"sasl_plain_password": SECRET}}})
+    saved = config.for_bundle()
+    assert "kafka" not in saved["serve"] and saved["serve"]["group_id"] == "anomaly-scorer"
+    assert Config.from_dict(saved).serve.kafka == {}
+
+
+def test_empty_dlq_topic_turns_the_dead_letter_topic_off():
+    assert resolve_serve_config(overrides={"dlq_topic": ""}, environ={}).dlq_topic is None
+    assert resolve_serve_config(environ={"ANOMALY_SERVE_DLQ_TOPIC": ""}).dlq_topic is None
+    assert Config.from_dict({"serve": {"dlq_topic": ""}}).serve.dlq_topic is None
+
+
+def test_create_topics_comes_from_the_command_line_and_environment():
+    assert resolve_serve_config(overrides={"create_topics": True}, environ={}).create_topics
+    assert resolve_serve_config(environ={"ANOMALY_SERVE_CREATE_TOPICS": "true"}).create_topics
+    assert not resolve_serve_config(environ={}).create_topics
+
+
+def test_clients_get_kafka_options_under_the_services_own_settings(monkeypatch):
+    made = {}
+
+    def fake(kind):
+        return lambda **options: made.setdefault(kind, options)
+
+    monkeypatch.setattr(clients, "KafkaConsumer", fake("consumer"))
+    monkeypatch.setattr(clients, "KafkaProducer", fake("producer"))
+    config = ServeConfig(
+        group_id="scorers",
+        kafka={"security_protocol": "SSL", "compression_type": "lz4", "batch_size": 65536},
+    )
+    clients.make_consumer(config, "c1")
+    clients.make_producer(config, "p1")
+    consumer, producer = made["consumer"], made["producer"]
+    assert consumer["security_protocol"] == producer["security_protocol"] == "SSL"
+    assert consumer["group_id"] == "scorers" and consumer["enable_auto_commit"] is False
+    assert "compression_type" not in consumer
+    assert producer["compression_type"] == "lz4" and producer["batch_size"] == 65536
+
+
+@pytest.mark.slow
+def test_secret_is_neither_in_a_saved_bundle_nor_in_anomaly_info(tiny_bundle, tmp_path):
+    detector = anomaly.load(tiny_bundle)
+    detector.config = detector.config.updated(
+        serve={"kafka": {"sasl_plain_username": "scorer", "sasl_plain_password": SECRET}}
+    )
+    out = detector.save(tmp_path / "model")
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert anomaly.load(out).config.serve.kafka == {}
+    from pipelines.cli import cli
+
+    result = CliRunner().invoke(cli, ["info", str(out)])
+    assert result.exit_code == 0 and SECRET not in result.output
