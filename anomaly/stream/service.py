@@ -164,14 +164,20 @@ class ScoringService:
         shape = (1, *self.detector.schema.record_shape)
         self.detector.score(np.zeros(shape, np.float32))  # compiles the scoring graph now
         check_broker(self.config)
+        config = self.config
         self._server = MetricsServer(
             self.metrics.registry,
-            self.config.metrics_host,
-            self.config.metrics_port,
+            config.metrics_host,
+            config.metrics_port,
             self.alive,
             self.ready,
+            certfile=config.metrics_certfile,
+            keyfile=config.metrics_keyfile,
+            basic_auth_username=config.metrics_basic_auth_username,
+            basic_auth_password_file=config.metrics_basic_auth_password_file,
+            idle_timeout_s=config.metrics_idle_timeout_s,
+            max_connections=config.metrics_max_connections,
         )
-        config = self.config
         try:
             self._producer = make_producer(config, self.client_id)
             self._max_bytes = self._producer.config["max_request_size"] - RECORD_OVERHEAD_BYTES
