@@ -1,0 +1,192 @@
+"""Every Kafka compression codec, both ways, on the real broker of ``kafka_bootstrap``:
+batches librdkafka (confluent-kafka) compresses are all scored, and the service's own
+producer with ``[serve.kafka] compression_type`` writes results a plain consumer reads."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+import anomaly
+from anomaly.stream import ScoringService
+from tests._support import wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+CODECS = ["gzip", "snappy", "lz4", "zstd"]
+RECORDS = 60
+RESULT_DEADLINE_S = 60
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_bundle):
+    return anomaly.load(tiny_bundle)
+
+
+@pytest.fixture
+def topics(kafka_topic_factory):
+    return {
+        "input_topic": kafka_topic_factory(2, prefix="in"),
+        "output_topic": kafka_topic_factory(2, prefix="out"),
+        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+    }
+
+
+def _serve_config(bootstrap, topics, **settings):
+    return (
+        anomaly.Config()
+        .updated(
+            serve={
+                "bootstrap_servers": bootstrap,
+                "group_id": f"codecs-{uuid.uuid4().hex[:8]}",
+                "metrics_port": 0,
+                "metrics_host": "127.0.0.1",
+                **topics,
+                **settings,
+            }
+        )
+        .serve
+    )
+
+
+@contextlib.contextmanager
+def _running(detector, config):
+    """A started ScoringService running in a thread; stopped and joined on exit."""
+    service = ScoringService(detector, config)
+    service.start()
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            service.run()
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="scoring-service", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: service.ready() or errors, 30, "input partitions to be assigned")
+        yield service
+    finally:
+        service.stop()
+        thread.join(timeout=config.shutdown_timeout_s + 5)
+        assert not thread.is_alive(), "service did not stop within its shutdown timeout"
+        assert not errors, f"service failed: {errors[0]!r}"
+
+
+def _records(detector, n):
+    rows = np.random.default_rng(7).normal(size=(n, len(detector.feature_names)))
+    return [
+        (f"key-{i % 5}".encode(), orjson.dumps({"id": i, "features": row.tolist()}))
+        for i, row in enumerate(rows)
+    ]
+
+
+def _produce_with_librdkafka(bootstrap, topic, codec, messages):
+    """Send with librdkafka, ``codec``-compressed, lingering so batches hold many records;
+    return each record's (partition, offset)."""
+    from confluent_kafka import Producer
+
+    delivered, failed = [], []
+
+    def on_delivery(error, message):
+        if error is not None:
+            failed.append(error)
+        else:
+            delivered.append((message.partition(), message.offset()))
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 50}
+    )
+    for key, value in messages:
+        producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+    assert producer.flush(30) == 0, "librdkafka did not deliver every record"
+    assert not failed, failed
+    return delivered
+
+
+def _produce_plain(bootstrap, topic, messages):
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    try:
+        futures = [producer.send(topic, value=value, key=key) for key, value in messages]
+        producer.flush(timeout=30)
+        return [(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)]
+    finally:
+        producer.close(timeout=10)
+
+
+def _count_with_librdkafka(bootstrap, topic):
+    """How many records of ``topic`` librdkafka reads (up to ``RECORDS``)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"batches-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        messages = []
+        deadline = time.monotonic() + 30
+        while len(messages) < RECORDS and time.monotonic() < deadline:
+            messages.extend(m for m in consumer.consume(RECORDS, timeout=1) if not m.error())
+        return len(messages)
+    finally:
+        consumer.close()
+
+
+def _read_results(bootstrap, topic, count):
+    """Every result on ``topic`` once ``count`` are there, read by a plain consumer."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        results = []
+        deadline = time.monotonic() + RESULT_DEADLINE_S
+        while len(results) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                results.extend(orjson.loads(r.value) for r in batch)
+        return results
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_every_record_of_librdkafka_compressed_batches_is_scored_once(
+    codec, detector, topics, kafka_bootstrap
+):
+    messages = _records(detector, RECORDS)
+    sent = _produce_with_librdkafka(kafka_bootstrap, topics["input_topic"], codec, messages)
+    config = _serve_config(kafka_bootstrap, topics)
+    with _running(detector, config):
+        results = _read_results(kafka_bootstrap, topics["output_topic"], RECORDS)
+    scored = sorted((r["partition"], r["offset"]) for r in results)
+    assert scored == sorted(sent), f"{codec}: results do not match the input one to one"
+    assert all("score" in r for r in results)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_results_compressed_with_each_codec_are_read_by_a_plain_consumer(
+    codec, detector, topics, kafka_bootstrap
+):
+    messages = _records(detector, RECORDS)
+    sent = _produce_plain(kafka_bootstrap, topics["input_topic"], messages)
+    config = _serve_config(kafka_bootstrap, topics, kafka={"compression_type": codec})
+    with _running(detector, config):
+        results = _read_results(kafka_bootstrap, topics["output_topic"], RECORDS)
+    assert sorted((r["partition"], r["offset"]) for r in results) == sorted(sent)
+    # librdkafka reads them too: the batches are valid for other clients, not only ours.
+    assert _count_with_librdkafka(kafka_bootstrap, topics["output_topic"]) == RECORDS

@@ -1,0 +1,185 @@
+"""Start-up of ``anomaly serve`` against the real broker of ``kafka_bootstrap``: a client
+that cannot authenticate or shake hands fails in one line that names the bootstrap servers
+and no secret; missing topics are created on request, or the error says how to go on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka.admin import KafkaAdminClient
+
+import anomaly
+from anomaly.stream import ScoringService, StreamError
+from anomaly.stream.clients import check_broker
+from tests.test_cli import TF_NATIVE_LOG
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SECRET = "s3cr3t-Pa55"
+
+
+def _serve(bundle: Path, bootstrap: str, input_topic: str, **kafka: str):
+    """``anomaly serve`` as a process, with Kafka options from ANOMALY_SERVE_KAFKA_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_SERVE_")}
+    env.update({f"ANOMALY_SERVE_KAFKA_{k.upper()}": v for k, v in kafka.items()})
+    env["ANOMALY_SERVE_KAFKA_BOOTSTRAP_TIMEOUT_MS"] = "3000"
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--model", str(bundle)]
+        + ["--bootstrap-servers", bootstrap, "--input-topic", input_topic]
+        + ["--metrics-port", "0", "--create-topics"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _own_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line and not TF_NATIVE_LOG.match(line)]
+
+
+def _assert_one_line_failure(result, *expected: str) -> None:
+    lines = _own_lines(result.stderr)
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1, lines
+    for text in expected:
+        assert text in errors[0], errors[0]
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+    assert "event=started" not in result.stderr  # never reported ready
+
+
+def test_tls_handshake_failure_stops_serve_in_one_line_naming_the_servers(
+    tiny_bundle, kafka_bootstrap, kafka_topic_factory
+):
+    result = _serve(
+        tiny_bundle,
+        kafka_bootstrap,
+        kafka_topic_factory(1),
+        security_protocol="SSL",  # the test broker's listener is plaintext
+        ssl_password=SECRET,
+    )
+    _assert_one_line_failure(result, "TLS handshake", f"Kafka at {kafka_bootstrap} failed")
+
+
+def test_sasl_refused_by_the_listener_stops_serve_as_an_authentication_failure(
+    tiny_bundle, kafka_bootstrap, kafka_topic_factory
+):
+    result = _serve(
+        tiny_bundle,
+        kafka_bootstrap,
+        kafka_topic_factory(1),
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="scorer",
+        sasl_plain_password=SECRET,
+    )
+    _assert_one_line_failure(result, f"authentication failed against Kafka at {kafka_bootstrap}")
+
+
+def _config(bootstrap: str, **serve):
+    return anomaly.Config().updated(serve={"bootstrap_servers": bootstrap, **serve}).serve
+
+
+def test_missing_dead_letter_topic_error_names_both_ways_out(kafka_bootstrap, kafka_topic_factory):
+    config = _config(
+        kafka_bootstrap,
+        input_topic=kafka_topic_factory(1),
+        output_topic=kafka_topic_factory(1),
+        dlq_topic=f"dlq-{uuid.uuid4().hex[:10]}",
+    )
+    with pytest.raises(StreamError) as caught:
+        check_broker(config)
+    message = str(caught.value)
+    assert "dlq_topic=" in message and "--create-topics" in message
+    assert "--dlq-topic ''" in message and 'dlq_topic = ""' in message
+
+
+def test_service_starts_without_a_dead_letter_topic_when_it_is_turned_off(
+    kafka_bootstrap, kafka_topic_factory
+):
+    config = _config(
+        kafka_bootstrap,
+        input_topic=kafka_topic_factory(1),
+        output_topic=kafka_topic_factory(1),
+        dlq_topic="",
+    )
+    check_broker(config)  # records-dlq does not exist on the test broker
+
+
+def test_create_topics_creates_missing_output_dlq_and_alerts_but_not_input(
+    kafka_bootstrap, kafka_topic_factory
+):
+    names = {key: f"{key}-{uuid.uuid4().hex[:10]}" for key in ("output", "dlq", "alerts")}
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        with pytest.raises(StreamError, match="input topic 'absent-.*' does not exist"):
+            absent = f"absent-{uuid.uuid4().hex}"
+            check_broker(_config(kafka_bootstrap, input_topic=absent, create_topics=True))
+        config = _config(
+            kafka_bootstrap,
+            input_topic=kafka_topic_factory(1),
+            output_topic=names["output"],
+            dlq_topic=names["dlq"],
+            alerts_topic=names["alerts"],
+            create_topics=True,
+        )
+        check_broker(config)
+        assert set(names.values()) <= set(admin.list_topics())
+        check_broker(config)  # existing ones are fine the second time
+    finally:
+        admin.delete_topics(list(names.values()), raise_errors=False)
+        admin.close()
+
+
+def _secure_config(kafka_secure, mode: str, topic: str, **kafka):
+    secured = kafka_secure[mode]
+    return _config(
+        secured.bootstrap,
+        input_topic=topic,
+        dlq_topic="",
+        output_topic=topic + "-out",
+        create_topics=True,
+        kafka={**secured.options, **kafka},
+    )
+
+
+def test_scram_credentials_from_a_secret_file_pass_the_start_up_check(
+    kafka_secure, kafka_topic_factory
+):
+    config = _secure_config(kafka_secure, "sasl_scram512", kafka_topic_factory(1))
+    assert "sasl_plain_password_file" in config.kafka
+    try:
+        check_broker(config)
+    finally:
+        admin = KafkaAdminClient(bootstrap_servers=kafka_secure.bootstrap)
+        admin.delete_topics([config.output_topic], raise_errors=False)
+        admin.close()
+
+
+def test_wrong_scram_password_refuses_to_start_with_a_one_line_auth_error(
+    kafka_secure, kafka_topic_factory, tiny_bundle, tmp_path
+):
+    wrong = tmp_path / "kafka-password"
+    wrong.write_text(SECRET + "\n")
+    config = _secure_config(
+        kafka_secure,
+        "sasl_scram512",
+        kafka_topic_factory(1),
+        sasl_plain_password_file=str(wrong),
+    )
+    service = ScoringService(anomaly.load(tiny_bundle), config)
+    with pytest.raises(StreamError) as caught:
+        service.start()
+    message = str(caught.value)
+    assert message.startswith(f"authentication failed against Kafka at {config.bootstrap_servers}")
+    assert "SCRAM-SHA-512" in message and "\n" not in message and SECRET not in message
+    assert not service.ready()
