@@ -1,13 +1,19 @@
 """Shared pytest fixtures.
 
-Kafka: ``kafka_bootstrap`` starts one real single-node broker per test session with the
-project's own script (``deploy/kafka/kafka-local``) and stops it at the end;
-``kafka_topic_factory`` makes uniquely named topics on it. Tests that use them carry
-``@pytest.mark.kafka``.
+Kafka: one real single-node broker per test session, started with the project's own script
+(``deploy/kafka/kafka-local start --secure``) and stopped at the end.
 
-When the broker cannot start (no Java or Maven, no network for the first install, a start
-timeout) the Kafka tests are skipped with the reason, except when ``CI=true``: there a missing
-broker is a failure, so CI never goes green without having run them.
+- ``kafka_bootstrap``: its PLAINTEXT bootstrap, ``"127.0.0.1:PORT"``.
+- ``kafka_topic_factory``: makes uniquely named topics on it.
+- ``kafka_secure``: its TLS, mutual-TLS and SASL_SSL listeners, with kafka-python options per
+  mode (a ``KafkaSecure``).
+- ``restartable_kafka``: a broker of the test's own, to stop and start again on the same port
+  with the same data (a ``RestartableKafka``).
+
+Tests that use them carry ``@pytest.mark.kafka``. When a broker cannot start (no Java, Maven
+or openssl, no network for the first install, a start timeout) those tests are skipped with the
+reason, except when ``CI=true``: there a missing broker is a failure, so CI never goes green
+without having run them.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from types import MappingProxyType
+from typing import Any, NoReturn
 
 import pytest
 
@@ -46,6 +54,11 @@ def _broker_unavailable(reason: str) -> NoReturn:
     pytest.skip(f"Kafka broker unavailable: {reason}")
 
 
+def _broker_failed(reason: str) -> NoReturn:
+    """For a broker that started once and then would not start again: always a failure."""
+    pytest.fail(f"Kafka broker failed: {reason}", pytrace=False)
+
+
 def _run_kafka_local(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(KAFKA_LOCAL), *args],
@@ -64,63 +77,98 @@ def _script_output(stdout: str | bytes | None, stderr: str | bytes | None) -> st
     return f"--- stdout ---\n{text(stdout)}\n--- stderr ---\n{text(stderr)}"
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """``"127.0.0.1:PORT"`` of a real Kafka broker that lives for the whole test session."""
-    # Not under pytest's basetemp: pytest keeps only the last 3 of those per user, so a second
-    # test run on the machine would delete a running broker's data (and kill it).
-    run_dir = Path(tempfile.mkdtemp(prefix="anomaly-kafka-pytest-"))
+def _stop_kafka_local(run_dir: Path) -> None:
+    """``kafka-local stop --dir RUN_DIR``: returns once the broker is gone; fails the test if
+    the script does."""
+    stopped = _run_kafka_local("stop", "--dir", str(run_dir), timeout=KAFKA_STOP_TIMEOUT_S)
+    if stopped.returncode != 0:
+        pytest.fail(
+            f"'kafka-local stop' failed; a broker may be left running from {run_dir}\n"
+            + _script_output(stopped.stdout, stopped.stderr),
+            pytrace=False,
+        )
+
+
+def _start_kafka_local(
+    run_dir: Path,
+    *options: str,
+    on_failure: Callable[[str], NoReturn],
+    command: str = "start",
+) -> dict[str, str]:
+    """``kafka-local start --dir RUN_DIR OPTIONS`` (or ``restart``); returns its stdout's key=value lines once
+    the broker accepts clients. On failure, makes sure no broker is left running from RUN_DIR
+    and calls ``on_failure`` with the reason and the script's output (with the broker's log
+    tail)."""
     dir_args = ("--dir", str(run_dir))
 
-    def stop() -> subprocess.CompletedProcess[str]:
-        return _run_kafka_local("stop", *dir_args, timeout=KAFKA_STOP_TIMEOUT_S)
-
     def stop_after_failed_start() -> None:
-        # start cleans up after itself unless it was killed; make sure nothing is left. The
-        # script's output (with the broker's log tail) goes into the skip/fail message.
+        # start cleans up after itself unless it was killed; make sure nothing is left.
         try:
-            if stop().returncode == 0:
-                shutil.rmtree(run_dir, ignore_errors=True)
+            _run_kafka_local("stop", *dir_args, timeout=KAFKA_STOP_TIMEOUT_S)
         except (OSError, subprocess.SubprocessError):
             pass
 
     try:
         # --owner-pid: the script's watchdog stops the broker if this process dies without
-        # running the teardown below (killed by a timeout, for instance).
+        # running the teardown (killed by a timeout, for instance).
         result = _run_kafka_local(
-            "start", *dir_args, "--owner-pid", str(os.getpid()), timeout=KAFKA_START_TIMEOUT_S
+            command, *dir_args, *options, "--owner-pid", str(os.getpid()),
+            timeout=KAFKA_START_TIMEOUT_S,
         )
     except FileNotFoundError as exc:
-        _broker_unavailable(f"cannot run {KAFKA_LOCAL}: {exc}")
+        on_failure(f"cannot run {KAFKA_LOCAL}: {exc}")
     except subprocess.TimeoutExpired as exc:
         stop_after_failed_start()
-        _broker_unavailable(
-            f"'kafka-local start' did not finish within {KAFKA_START_TIMEOUT_S} s\n"
+        on_failure(
+            f"'kafka-local {command}' did not finish within {KAFKA_START_TIMEOUT_S} s\n"
             + _script_output(exc.stdout, exc.stderr)
         )
 
     lines = result.stdout.strip().splitlines()
+    # The last line is always bootstrap=HOST:PORT (the PLAINTEXT listener).
     match = re.fullmatch(r"bootstrap=(\S+:\d+)", lines[-1].strip()) if lines else None
     if result.returncode != 0 or match is None:
         stop_after_failed_start()
-        _broker_unavailable(
-            f"'kafka-local start' exited with status {result.returncode}"
+        on_failure(
+            f"'kafka-local {command}' exited with status {result.returncode}"
             + ("" if match or result.returncode else " without a bootstrap= line")
             + "\n"
             + _script_output(result.stdout, result.stderr)
         )
+    values = {}
+    for line in lines:
+        key, sep, value = line.strip().partition("=")
+        if sep:
+            values[key] = value
+    return values
 
+
+def _new_run_dir() -> Path:
+    # Not under pytest's basetemp: pytest keeps only the last 3 of those per user, so a second
+    # test run on the machine would delete a running broker's data (and kill it).
+    return Path(tempfile.mkdtemp(prefix="anomaly-kafka-pytest-"))
+
+
+@pytest.fixture(scope="session")
+def _kafka_session_broker() -> Iterator[Mapping[str, str]]:
+    """The session's broker, with the secured listeners too: the key=value lines of
+    ``kafka-local start --secure``. One JVM serves ``kafka_bootstrap`` and ``kafka_secure``
+    (``--secure`` adds a few tenths of a second to the start, about a second under load; a
+    second broker would add a whole start, 4-10 s, and 350-600 MB)."""
+    run_dir = _new_run_dir()
+    lines = _start_kafka_local(run_dir, "--secure", on_failure=_broker_unavailable)
     try:
-        yield match.group(1)
+        yield MappingProxyType(lines)
     finally:
-        stopped = stop()
-        if stopped.returncode != 0:
-            pytest.fail(
-                "'kafka-local stop' failed; a broker may be left running from "
-                f"{run_dir}\n" + _script_output(stopped.stdout, stopped.stderr),
-                pytrace=False,
-            )
+        _stop_kafka_local(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(_kafka_session_broker: Mapping[str, str]) -> str:
+    """``"127.0.0.1:PORT"`` of a real Kafka broker that lives for the whole test session
+    (its PLAINTEXT listener)."""
+    return _kafka_session_broker["bootstrap"]
 
 
 @pytest.fixture
@@ -155,6 +203,158 @@ def kafka_topic_factory(
                 admin.delete_topics(created, raise_errors=False)
         finally:
             admin.close()
+
+
+#: The ways into ``kafka_secure``'s broker besides PLAINTEXT.
+KAFKA_SECURE_MODES = ("ssl", "mtls", "sasl_plain", "sasl_scram256", "sasl_scram512")
+
+
+@dataclass(frozen=True)
+class KafkaSecureMode:
+    """One secured way into the broker: where to connect and the kafka-python options.
+
+    ``options`` use kafka-python's names. For SASL they name the password by file,
+    ``sasl_plain_password_file`` (as the service's configuration does; kafka-python itself has
+    no ``*_file`` options): ``client_options()`` reads it and inlines ``sasl_plain_password``
+    for a client built directly, ``KafkaProducer(bootstrap_servers=m.bootstrap,
+    **m.client_options())``.
+    """
+
+    name: str
+    bootstrap: str
+    options: Mapping[str, Any]
+
+    def client_options(self) -> dict[str, Any]:
+        options = dict(self.options)
+        password_file = options.pop("sasl_plain_password_file", None)
+        if password_file is not None:
+            options["sasl_plain_password"] = Path(password_file).read_text()
+        return options
+
+
+@dataclass(frozen=True)
+class KafkaSecure:
+    """The session broker's secured listeners (``kafka-local start --secure``).
+
+    ``modes[name]`` for ``name`` in ``KAFKA_SECURE_MODES``: ``"ssl"`` (TLS, the broker checked
+    against the private CA ``ssl_cafile``), ``"mtls"`` (TLS with the client certificate
+    ``ssl_certfile``/``ssl_keyfile``, required by that listener), ``"sasl_plain"``,
+    ``"sasl_scram256"``, ``"sasl_scram512"`` (SASL_SSL as ``sasl_username`` with the password in
+    ``sasl_password_file``). ``bootstrap`` is the PLAINTEXT listener, as ``kafka_bootstrap``;
+    ``server_log`` the broker's log (what it refused, and why).
+    """
+
+    bootstrap: str
+    modes: Mapping[str, KafkaSecureMode]
+    ssl_cafile: str
+    ssl_certfile: str
+    ssl_keyfile: str
+    sasl_username: str
+    sasl_password_file: str
+    server_log: Path
+
+    def __getitem__(self, name: str) -> KafkaSecureMode:
+        return self.modes[name]
+
+    def client_options(self, name: str) -> dict[str, Any]:
+        """Mode ``name``'s options with the SASL password inlined (see ``KafkaSecureMode``)."""
+        return self.modes[name].client_options()
+
+
+def _kafka_secure_from(lines: Mapping[str, str]) -> KafkaSecure:
+    tls = {
+        "ssl_cafile": lines["ssl_cafile"],
+        # The broker's certificate names IP:127.0.0.1 and DNS:localhost; check it.
+        "ssl_check_hostname": True,
+    }
+    mutual = {**tls, "ssl_certfile": lines["ssl_certfile"], "ssl_keyfile": lines["ssl_keyfile"]}
+
+    def sasl(mechanism: str) -> dict[str, Any]:
+        return {
+            "security_protocol": "SASL_SSL",
+            **tls,
+            "sasl_mechanism": mechanism,
+            "sasl_plain_username": lines["sasl_username"],
+            "sasl_plain_password_file": lines["sasl_password_file"],
+        }
+
+    modes = {
+        "ssl": (lines["ssl_bootstrap"], {"security_protocol": "SSL", **tls}),
+        "mtls": (lines["mtls_bootstrap"], {"security_protocol": "SSL", **mutual}),
+        "sasl_plain": (lines["sasl_ssl_bootstrap"], sasl("PLAIN")),
+        "sasl_scram256": (lines["sasl_ssl_bootstrap"], sasl("SCRAM-SHA-256")),
+        "sasl_scram512": (lines["sasl_ssl_bootstrap"], sasl("SCRAM-SHA-512")),
+    }
+    return KafkaSecure(
+        bootstrap=lines["bootstrap"],
+        modes=MappingProxyType(
+            {
+                name: KafkaSecureMode(name, bootstrap, MappingProxyType(options))
+                for name, (bootstrap, options) in modes.items()
+            }
+        ),
+        ssl_cafile=lines["ssl_cafile"],
+        ssl_certfile=lines["ssl_certfile"],
+        ssl_keyfile=lines["ssl_keyfile"],
+        sasl_username=lines["sasl_username"],
+        sasl_password_file=lines["sasl_password_file"],
+        server_log=Path(lines["dir"]) / "logs" / "server.log",
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_secure(_kafka_session_broker: Mapping[str, str]) -> KafkaSecure:
+    """The session broker's TLS, mutual-TLS and SASL_SSL listeners (a ``KafkaSecure``)."""
+    try:
+        return _kafka_secure_from(_kafka_session_broker)
+    except KeyError as exc:
+        pytest.fail(f"'kafka-local start --secure' printed no {exc} line", pytrace=False)
+
+
+class RestartableKafka:
+    """A broker of one test's own, in its own directory (not the session broker).
+
+    ``stop()`` returns once the broker process is gone; ``start()`` starts it again on the same
+    port with the same data and returns once it accepts clients; ``restart()`` runs
+    ``kafka-local restart`` (both). ``bootstrap`` is its PLAINTEXT bootstrap (what the last
+    start printed); ``run_dir`` its directory; ``is_running()`` asks ``kafka-local status``.
+    """
+
+    def __init__(self, run_dir: Path, bootstrap: str) -> None:
+        self.run_dir = run_dir
+        self.bootstrap = bootstrap
+
+    def start(self) -> str:
+        """Start the stopped broker again (same port, same data); returns its bootstrap."""
+        lines = _start_kafka_local(self.run_dir, on_failure=_broker_failed)
+        self.bootstrap = lines["bootstrap"]
+        return self.bootstrap
+
+    def stop(self) -> None:
+        _stop_kafka_local(self.run_dir)
+
+    def restart(self) -> str:
+        """``kafka-local restart``: stop, then start on the same port with the same data."""
+        lines = _start_kafka_local(self.run_dir, command="restart", on_failure=_broker_failed)
+        self.bootstrap = lines["bootstrap"]
+        return self.bootstrap
+
+    def is_running(self) -> bool:
+        status = _run_kafka_local("status", "--dir", str(self.run_dir), timeout=30)
+        return status.returncode == 0
+
+
+@pytest.fixture
+def restartable_kafka() -> Iterator[RestartableKafka]:
+    """A running broker of this test's own (a ``RestartableKafka``), stopped and deleted at
+    teardown."""
+    run_dir = _new_run_dir()
+    try:
+        lines = _start_kafka_local(run_dir, on_failure=_broker_unavailable)
+        yield RestartableKafka(run_dir, lines["bootstrap"])
+    finally:
+        _stop_kafka_local(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # -- model bundles -------------------------------------------------------------------------
