@@ -310,9 +310,13 @@ class ServeConfig(_Section):
     max_entities: int = Field(100_000, ge=1)
     """Time-series mode: entities (Kafka keys) whose partial window is kept; the oldest
     seen is dropped beyond it and starts a new window."""
-    session_timeout_ms: int = Field(45_000, ge=1_000)
+    session_timeout_ms: int = Field(10_000, ge=1_000)
     """Consumer-group session: a crashed instance's partitions move to the others after
-    this long (the broker allows 6 s to 30 min by default)."""
+    this long (the broker allows 6 s to 30 min by default). Shorter than the Java client's
+    45 s so a replacement takes over a crashed instance's partitions soon; heartbeats come
+    from a background thread every third of it. With ``[serve.kafka] group_instance_id``
+    (static membership) a restarted instance of the same id takes its partitions back at
+    once, without a rebalance."""
     alarm_history: int | None = Field(None, ge=4)
     """Conformal alarms (``anomaly.conformal``), for streams that drift: rank each record's
     score components (or score) against the last this-many records of its Kafka key (a new

@@ -190,3 +190,38 @@ def test_results_compressed_with_each_codec_are_read_by_a_plain_consumer(
     assert sorted((r["partition"], r["offset"]) for r in results) == sorted(sent)
     # librdkafka reads them too: the batches are valid for other clients, not only ours.
     assert _count_with_librdkafka(kafka_bootstrap, topics["output_topic"]) == RECORDS
+
+
+def test_a_batch_that_cannot_be_decompressed_is_dead_lettered_record_by_record(
+    detector, kafka_topic_factory, kafka_bootstrap, monkeypatch
+):
+    """A corrupt compressed payload (its checksum passes; its codec fails), simulated by a
+    zstd decoder that fails: each of its records gets a dead letter (reason ``unreadable``,
+    with topic, partition and offset), the plain batches around it are all scored, and the
+    service neither stops nor spins on it (kafka-python would, without the seek)."""
+    import zstandard
+
+    import kafka.record.default_records as default_records
+
+    def corrupt(_data):
+        raise zstandard.ZstdError("could not decompress data: Corrupted block detected")
+
+    monkeypatch.setattr(default_records, "zstd_decode", corrupt)
+    topics = {
+        "input_topic": kafka_topic_factory(1, prefix="in"),
+        "output_topic": kafka_topic_factory(1, prefix="out"),
+        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+    }
+    messages = _records(detector, 30)
+    before = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[:10])
+    broken = _produce_with_librdkafka(kafka_bootstrap, topics["input_topic"], "zstd", messages[10:20])
+    after = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[20:])
+    config = _serve_config(kafka_bootstrap, topics)
+    with _running(detector, config) as service:
+        results = _read_results(kafka_bootstrap, topics["output_topic"], 20)
+        letters = _read_results(kafka_bootstrap, topics["dlq_topic"], 10)
+        assert service.ready()
+    assert sorted((r["partition"], r["offset"]) for r in results) == sorted(before + after)
+    assert sorted((d["partition"], d["offset"]) for d in letters) == sorted(broken)
+    assert {d["reason"] for d in letters} == {"unreadable"}
+    assert all("ZstdError" in d["error"] and d["topic"] == topics["input_topic"] for d in letters)

@@ -137,10 +137,11 @@ def test_an_unavailable_topic_pauses_input_retries_and_loses_nothing(caplog):
     assert len(producer.sent) == sends  # not before the retry interval
     clock.now += RETRY_INTERVAL_S
     delivery.settle()
-    assert len(producer.sent) == sends + 1 and not delivery.blocked
+    assert len(producer.sent) == sends + 1
+    assert delivery.blocked  # sent again, not yet through: the input stays paused
     producer.last("out").succeed()
     delivery.settle()
-    assert delivery.settled == {tp(0): 1}
+    assert delivery.settled == {tp(0): 1} and not delivery.blocked
     events = [r.getMessage().split()[0] for r in caplog.records]
     assert events == ["event=output_unavailable", "event=output_available"]
 

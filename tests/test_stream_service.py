@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +63,39 @@ def topics(kafka_topic_factory):
     return make
 
 
-def _config(bootstrap: str, topics: dict[str, str], **settings) -> anomaly.Config:
+@dataclass(frozen=True)
+class Cluster:
+    """How the service and the test's own clients reach the broker in one mode: plaintext,
+    or a secured listener of ``kafka_secure`` (SASL_SSL with SCRAM, mutual TLS)."""
+
+    bootstrap: str
+    serve_kafka: dict
+    """The service's ``[serve.kafka]`` options (the SASL password by file)."""
+    client: dict
+    """kafka-python options of the test's clients, ``bootstrap_servers`` included."""
+
+
+@pytest.fixture(params=["plaintext", "sasl_scram512", "mtls"])
+def cluster(request, kafka_bootstrap) -> Cluster:
+    """The session broker through each of: its PLAINTEXT listener, SASL_SSL with
+    SCRAM-SHA-512 and mutual TLS."""
+    if request.param == "plaintext":
+        return Cluster(kafka_bootstrap, {}, {"bootstrap_servers": kafka_bootstrap})
+    mode = request.getfixturevalue("kafka_secure")[request.param]
+    client = {"bootstrap_servers": mode.bootstrap, **mode.client_options()}
+    return Cluster(mode.bootstrap, dict(mode.options), client)
+
+
+def _clients(target: str | Cluster) -> dict:
+    """kafka-python options for a test client of ``target`` (a bootstrap or a Cluster)."""
+    return {"bootstrap_servers": target} if isinstance(target, str) else dict(target.client)
+
+
+def _config(target: str | Cluster, topics: dict[str, str], **settings) -> anomaly.Config:
+    secured = {} if isinstance(target, str) else {"kafka": target.serve_kafka}
     serve = {
-        "bootstrap_servers": bootstrap,
+        "bootstrap_servers": target if isinstance(target, str) else target.bootstrap,
+        **secured,
         "group_id": f"test-{uuid.uuid4().hex[:8]}",
         "metrics_port": 0,
         "metrics_host": "127.0.0.1",
@@ -99,9 +130,9 @@ def _running(detector, config):
         assert not errors, f"service failed: {errors[0]!r}"
 
 
-def _produce(bootstrap: str, topic: str, messages) -> list[tuple[int, int]]:
+def _produce(target: str | Cluster, topic: str, messages) -> list[tuple[int, int]]:
     """Send (key, value) pairs; return each one's (partition, offset)."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = KafkaProducer(**_clients(target), linger_ms=5)
     try:
         futures = [producer.send(topic, value=value, key=key) for key, value in messages]
         producer.flush(timeout=30)
@@ -117,7 +148,7 @@ STALL_S = 10
 
 
 def _read(
-    bootstrap: str,
+    target: str | Cluster,
     topic: str,
     count: int | None = None,
     deadline_s: float = RESULT_DEADLINE_S,
@@ -127,17 +158,15 @@ def _read(
     with ``covers``, once results for all those input (partition, offset) pairs are)."""
     deadline = time.monotonic() + deadline_s
     while True:
-        records, complete = _read_from_start(bootstrap, topic, count, covers, deadline)
+        records, complete = _read_from_start(target, topic, count, covers, deadline)
         if complete or time.monotonic() >= deadline:
             return records
 
 
-def _read_from_start(bootstrap, topic, count, covers, deadline):
+def _read_from_start(target, topic, count, covers, deadline):
     """One consumer's read of ``topic``: (records, complete), giving up at ``deadline`` or
     after ``STALL_S`` seconds without a record."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
-    )
+    consumer = KafkaConsumer(**_clients(target), enable_auto_commit=False, fetch_max_wait_ms=50)
     try:
         partitions = [
             TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))
@@ -211,11 +240,12 @@ def _status(port: int, path: str) -> int:
 
 
 def test_every_record_gets_exactly_one_result_anomalies_are_flagged_and_metrics_agree(
-    kafka_bootstrap, topics, detector, tiny_bundle_mixing
+    cluster, kafka_bootstrap, topics, detector, tiny_bundle_mixing
 ):
+    """Run plain, over SASL_SSL (SCRAM-SHA-512) and over mutual TLS (``cluster``)."""
     names = detector.feature_names
     t = topics(3)
-    config = _config(kafka_bootstrap, t, max_batch_size=64)
+    config = _config(cluster, t, max_batch_size=64)
     normal = _normal_rows(tiny_bundle_mixing, 300, seed=1)
     anomalous = np.random.default_rng(2).normal(size=(20, 8)) * 4
     messages = [
@@ -227,8 +257,8 @@ def test_every_record_gets_exactly_one_result_anomalies_are_flagged_and_metrics_
     ]
 
     with _running(detector, config) as service:
-        sent = _produce(kafka_bootstrap, t["input_topic"], messages)
-        results = _read(kafka_bootstrap, t["output_topic"], len(messages))
+        sent = _produce(cluster, t["input_topic"], messages)
+        results = _read(cluster, t["output_topic"], len(messages))
         decoded = [orjson.loads(r.value) for r in results]
 
         # Exactly one result per input record, by (partition, offset), with the input's key.
@@ -256,7 +286,7 @@ def test_every_record_gets_exactly_one_result_anomalies_are_flagged_and_metrics_
         false_alarms = sum(by_id[i]["is_anomaly"] for i in range(300))
         assert false_alarms <= 15
         flagged = [d for d in decoded if d["is_anomaly"]]
-        alerts = _read(kafka_bootstrap, t["alerts_topic"], len(flagged))
+        alerts = _read(cluster, t["alerts_topic"], len(flagged))
         assert sorted(orjson.loads(a.value)["offset"] for a in alerts) == sorted(
             d["offset"] for d in flagged
         )
@@ -356,11 +386,12 @@ def test_conformal_alarms_follow_each_keys_drift_and_raise_one_alert_per_event(
 
 
 def test_each_kind_of_bad_message_goes_to_the_dead_letter_topic_and_its_neighbours_are_scored(
-    kafka_bootstrap, topics, detector, tiny_bundle_mixing
+    cluster, topics, detector, tiny_bundle_mixing
 ):
+    """Run plain, over SASL_SSL (SCRAM-SHA-512) and over mutual TLS (``cluster``)."""
     names = detector.feature_names
     t = topics(1)
-    config = _config(kafka_bootstrap, t, max_message_bytes=2000)
+    config = _config(cluster, t, max_message_bytes=2000)
     row = _normal_rows(tiny_bundle_mixing, 1, seed=5)[0].tolist()
     bad = {
         "not_json": [b"{oops", b"\xff\xfe\x00"],
@@ -391,9 +422,9 @@ def test_each_kind_of_bad_message_goes_to_the_dead_letter_topic_and_its_neighbou
     messages.append((b"good", _record(len(messages), np.array(row), names, True)))
 
     with _running(detector, config) as service:
-        sent = _produce(kafka_bootstrap, t["input_topic"], messages)
-        dead = _read(kafka_bootstrap, t["dlq_topic"], len(expected))
-        results = _read(kafka_bootstrap, t["output_topic"], len(messages) - len(expected))
+        sent = _produce(cluster, t["input_topic"], messages)
+        dead = _read(cluster, t["dlq_topic"], len(expected))
+        results = _read(cluster, t["output_topic"], len(messages) - len(expected))
         metrics = _scrape(service.metrics_port)
 
     letters = [orjson.loads(d.value) for d in dead]

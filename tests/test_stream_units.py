@@ -88,6 +88,7 @@ def test_reason_codes_are_the_documented_set():
         "score_failed",
         "encode_failed",
         "send_failed",
+        "unreadable",
     )
 
 

@@ -6,8 +6,13 @@ Settings that matter:
   acknowledged), ``max_poll_records`` = the micro-batch size, and a short
   ``fetch_max_wait_ms``: kafka-python keeps one fetch in flight per broker, so a long wait on
   caught-up partitions holds back partitions that still have data;
-- producer: idempotent with ``acks=all`` (kafka-python's default), a small ``linger_ms`` and
-  batches large enough for a micro-batch of results;
+- producer: ``acks=all``, one request in flight per broker (results of a key stay in order
+  when a request is retried), a small ``linger_ms`` and batches large enough for a
+  micro-batch of results. Not idempotent: kafka-python 3.0.12's idempotent producer treats
+  any non-retriable refusal (one result over the topic's ``max.message.bytes``) as fatal
+  and fails every message it holds from then on, where the service needs that one
+  message refused and the others delivered (``delivery``). Without idempotence a retried
+  request can write a result twice, which at-least-once delivery allows anyway;
 - values and keys are bytes in and out (no serializer functions: they are deprecated and
   cost a call per record);
 - every client also gets the ``[serve.kafka]`` options it accepts (TLS, SASL, the producer's
@@ -47,6 +52,11 @@ from anomaly.stream.kafka_options import client_options
 
 #: How long start-up waits for the broker before failing.
 STARTUP_TIMEOUT_MS = 10_000
+#: Longest wait between reconnection attempts to a broker that went away. kafka-python's
+#: default (30 s, reached by doubling from 50 ms) made the service resume 36-50 s after a
+#: broker came back; at 1 s it resumes within seconds, at a few connection attempts per
+#: second while the broker is down. ``[serve.kafka] reconnect_backoff_max_ms`` overrides it.
+RECONNECT_BACKOFF_MAX_MS = 1_000
 #: Producer request batch size per partition; a micro-batch of 512 results is about 250 kB.
 PRODUCER_BATCH_BYTES = 256 * 1024
 
@@ -215,6 +225,7 @@ def make_consumer(config: ServeConfig, client_id: str) -> KafkaConsumer:
         return KafkaConsumer(
             **{
                 "bootstrap_timeout_ms": STARTUP_TIMEOUT_MS,
+                "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
                 **client_options(config.kafka, "consumer"),
                 "bootstrap_servers": config.bootstrap_servers,
                 "group_id": config.group_id,
@@ -240,6 +251,10 @@ def make_producer(config: ServeConfig, client_id: str) -> KafkaProducer:
             **{
                 "batch_size": PRODUCER_BATCH_BYTES,
                 "bootstrap_timeout_ms": STARTUP_TIMEOUT_MS,
+                "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+                "enable_idempotence": False,
+                "acks": "all",
+                "max_in_flight_requests_per_connection": 1,
                 **client_options(config.kafka, "producer"),
                 "bootstrap_servers": config.bootstrap_servers,
                 "client_id": client_id,

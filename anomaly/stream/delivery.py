@@ -102,6 +102,8 @@ class Delivery:
         self.settled: dict[Any, int] = {}
         """Acknowledged, not yet committed: next offset per input partition."""
         self._failing: dict[int, Outgoing] = {}  # id(message) -> message to send again
+        #: Messages sent again, not yet acknowledged: input stays paused until they are.
+        self._retried: dict[int, Outgoing] = {}
         self._next_retry = 0.0
         self._unavailable_since: float | None = None
         self.rerouted = 0
@@ -124,8 +126,8 @@ class Delivery:
 
     @property
     def blocked(self) -> bool:
-        """Some message could not be delivered and waits to be sent again: pause input."""
-        return bool(self._failing)
+        """Some message could not be delivered and is not yet through: pause input."""
+        return bool(self._failing or self._retried)
 
     # -- settling ------------------------------------------------------------------------
 
@@ -157,7 +159,10 @@ class Delivery:
         error = message.error
         if error is None:
             future = message.future
-            if future is None or not future.is_done or future.exception is None:
+            if future is None or not future.is_done:
+                return
+            if future.exception is None:
+                self._retried.pop(id(message), None)
                 return
             error = future.exception
         if isinstance(error, RECORD_ERRORS):
@@ -180,12 +185,13 @@ class Delivery:
 
     def _retry(self) -> None:
         failing, self._failing = self._failing, {}
+        self._retried.update(failing)
         for message in failing.values():
             self._attempt(message)
         self._next_retry = self._clock() + RETRY_INTERVAL_S
 
     def _note_availability(self) -> None:
-        if self._unavailable_since is not None and not self._failing:
+        if self._unavailable_since is not None and not self.blocked:
             log.info(
                 "event=output_available unavailable_s=%.1f",
                 self._clock() - self._unavailable_since,

@@ -53,6 +53,7 @@ REASONS = (
     "score_failed",
     "encode_failed",
     "send_failed",
+    "unreadable",
 )
 
 #: Largest part of an original message copied into a dead-letter record (base64 makes it a

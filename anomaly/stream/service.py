@@ -44,13 +44,14 @@ import gc
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING
 
 import numpy as np
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError, UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
 from anomaly.config import COMPONENTS, ServeConfig
@@ -317,21 +318,61 @@ class ScoringService:
     # -- the loop ---------------------------------------------------------------------------
 
     def _poll(self, timeout_ms: int, max_records: int) -> dict:
-        """One consumer poll; a fetch the client cannot read is logged (rate-limited) and
-        polled again later, never raised: its records stay in Kafka, uncommitted."""
+        """One consumer poll. A record the client cannot read is dead-lettered and skipped
+        (``_skip_unreadable``); a poll error that names no record is logged (rate-limited)
+        and the poll tried again."""
         try:
             return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        except KafkaError as exc:
+        except UnsupportedCodecError as exc:
+            # A deployment problem, not a record's: skipping would dead-letter the stream.
+            raise StreamError(
+                f"cannot read the input: {exc}; install the codec packages this release "
+                "depends on (python-snappy, lz4, zstandard); nothing past it was committed"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 (a corrupt batch raises the codec's own errors)
             self.metrics.fetch_errors.labels(type(exc).__name__).inc()
+            if self._skip_unreadable(exc):
+                return {}
             described = _describe_fetch_error(exc)
             now = time.monotonic()
             if now - self._fetch_errors.get(described, -FETCH_ERROR_LOG_S) >= FETCH_ERROR_LOG_S:
                 self._fetch_errors[described] = now
-                log.error(
-                    "event=fetch_failed %s action=nothing_committed_past_it_will_fetch_again",
-                    described,
-                )
+                log.error("event=fetch_failed error=%s action=fetch_again", described)
             return {}
+
+    def _skip_unreadable(self, error: BaseException) -> bool:
+        """After ``poll`` raised while unpacking a fetched batch (a failed checksum, a
+        payload its codec cannot decompress): dead-letter the record at the partition's
+        position (reason ``unreadable``), seek past it, and return True. False when the
+        error names no partition being read.
+
+        kafka-python raises these from the partition's record iterator, which is dead
+        afterwards: polling again without a seek would spin on it forever. Where it stopped
+        is only in the consumer's fetcher (``_next_partition_records``); each offset of an
+        unreadable batch is skipped in turn, so every one gets its own dead letter.
+        """
+        fetcher = getattr(self._consumer, "_fetcher", None)  # noqa: SLF001 (see docstring)
+        part = getattr(fetcher, "_next_partition_records", None)
+        if not part or part.topic_partition not in self._assignment.assigned:
+            return False
+        tp = part.topic_partition
+        offset = self._consumer.position(tp)
+        log.error(
+            "event=fetch_failed topic=%s partition=%d offset=%d error=%s "
+            "action=dead_lettered_and_skipped",
+            tp.topic,
+            tp.partition,
+            offset,
+            _describe_fetch_error(error),
+        )
+        origin = _Unreadable(tp.topic, tp.partition, offset)
+        detail = f"the consumer could not read this record's batch: {_describe_fetch_error(error)}"
+        self._delivery.add(
+            self._dead_letter(origin, "unreadable", detail), {tp: offset + 1}, []
+        )
+        self._counts["rejected"] += 1
+        self._consumer.seek(tp, offset + 1)
+        return True
 
     def _collect(self) -> tuple[list, float]:
         """Poll one micro-batch: up to max_batch_size records, waiting at most max_wait_ms
@@ -819,11 +860,23 @@ class _EmptyResult:
 _EMPTY_RESULT = _EmptyResult()
 
 
-def _describe_fetch_error(exc: KafkaError) -> str:
-    """``error=<type> detail=<first line>`` of an error ``poll`` raised: kafka-python's
-    messages name the partition and offset (never a record's content)."""
+@dataclass(frozen=True)
+class _Unreadable:
+    """Where a record the consumer could not read was: the origin of its dead letter."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: None = None
+    value: None = None
+    timestamp: None = None
+
+
+def _describe_fetch_error(exc: BaseException) -> str:
+    """``<type>: <first line>`` of an error ``poll`` raised (kafka-python's and the codecs'
+    messages name partitions and offsets, never a record's content)."""
     text = str(exc).splitlines()[0][:300] if str(exc) else ""
-    return f"error={type(exc).__name__} detail={text!r}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _broker_connected(consumer) -> bool:

@@ -1,0 +1,253 @@
+"""Faults healed and visible, on real brokers: the broker stopped mid-stream and started again
+on the same port and data; the output topic refusing results for a while; a crashed
+instance replaced by a new one.
+
+Each test says what an operator relies on: nothing is lost, the service resumes by itself,
+``/readyz`` tells the truth meanwhile, and the log has one event when it goes wrong and one
+when it is right again.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+from tests._support import wait_for
+from tests.test_stream_service import (
+    _config,
+    _normal_rows,
+    _produce,
+    _read,
+    _record,
+    _running,
+    _scrape,
+    _Serve,
+    detector,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+__all__ = ["detector"]  # the module-scoped fixture, shared with test_stream_service
+
+OUTAGE_S = 30
+#: The service must be scoring again this soon after the broker is back.
+RESUME_WITHIN_S = 10
+
+
+def _create_topics(bootstrap: str, **partitions: int) -> dict[str, str]:
+    """Topics named ``<role>-<random>`` with the given partitions; returns role -> name."""
+    names = {role: f"{role.replace('_topic', '')}-{uuid.uuid4().hex[:8]}" for role in partitions}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pytest-faults")
+    try:
+        admin.create_topics(
+            {names[r]: {"num_partitions": n, "replication_factor": 1} for r, n in partitions.items()},
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    return names
+
+
+class _SteadyProducer(threading.Thread):
+    """Sends ``total`` records at about ``rate`` per second and keeps (partition, offset) of
+    each acknowledged one; it rides out a broker outage (long delivery timeout)."""
+
+    def __init__(self, bootstrap, topic, rows, names, rate):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.rows, self.names, self.rate = (
+            bootstrap,
+            topic,
+            rows,
+            names,
+            rate,
+        )
+        self.sent: list[tuple[int, int]] = []
+        self.handed = 0
+        self.error: BaseException | None = None
+
+    def run(self):
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            linger_ms=5,
+            reconnect_backoff_max_ms=500,
+            delivery_timeout_ms=180_000,
+            request_timeout_ms=10_000,
+        )
+        futures = []
+        try:
+            began = time.monotonic()
+            for i, row in enumerate(self.rows):
+                futures.append(
+                    producer.send(
+                        self.topic,
+                        value=_record(i, row, self.names, False),
+                        key=f"e{i % 11}".encode(),
+                    )
+                )
+                self.handed = i + 1
+                time.sleep(max(0.0, began + (i + 1) / self.rate - time.monotonic()))
+            producer.flush(timeout=180)
+            self.sent = [(m.partition, m.offset) for m in (f.get(timeout=60) for f in futures)]
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            self.error = exc
+        finally:
+            producer.close(timeout=10)
+
+
+class _Events(logging.Handler):
+    """Collects the service's ``event=...`` log lines."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def count(self, event: str) -> int:
+        return sum(line.startswith(f"event={event} ") for line in self.lines)
+
+
+@pytest.fixture
+def events():
+    handler = _Events()
+    logger = logging.getLogger("anomaly.stream")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+def test_broker_stopped_mid_stream_the_service_resumes_on_its_own_and_loses_nothing(
+    restartable_kafka, detector, tiny_bundle_mixing, events
+):
+    broker = restartable_kafka
+    t = _create_topics(broker.bootstrap, input_topic=3, output_topic=2, dlq_topic=1)
+    names = detector.feature_names
+    config = _config(broker.bootstrap, {**t, "alerts_topic": None}, max_batch_size=64)
+    rows = _normal_rows(tiny_bundle_mixing, 9000, seed=21)
+    producer = _SteadyProducer(broker.bootstrap, t["input_topic"], rows, names, rate=150)
+
+    with _running(detector, config) as service:
+        producer.start()
+        wait_for(lambda: service.stats()["consumed"] >= 1500, 60, "1500 records consumed")
+        broker.stop()
+        stopped = time.monotonic()
+        wait_for(lambda: not service.ready(), 15, "/readyz to say not ready once the broker is gone")
+        assert events.count("broker_lost") == 1
+        assert service.alive()  # the loop itself is fine: no restart wanted
+        time.sleep(max(0.0, stopped + OUTAGE_S - time.monotonic()))  # the outage itself
+        assert producer.handed < len(rows), "the input ended during the outage: not mid-stream"
+
+        consumed_before = service.stats()["consumed"]
+        broker.start()
+        back = time.monotonic()
+        wait_for(
+            lambda: service.ready() and service.stats()["consumed"] > consumed_before,
+            RESUME_WITHIN_S,
+            f"scoring to resume within {RESUME_WITHIN_S} s of the broker's return",
+        )
+        resumed_after = time.monotonic() - back
+        producer.join(timeout=240)
+        assert producer.error is None, producer.error
+        results = _read(broker.bootstrap, t["output_topic"], covers=set(producer.sent))
+
+    seen = Counter((d["partition"], d["offset"]) for d in (orjson.loads(r.value) for r in results))
+    missing = set(producer.sent) - set(seen)
+    assert len(producer.sent) == len(rows)
+    assert not missing, f"{len(missing)} records without a result, e.g. {sorted(missing)[:5]}"
+    assert events.count("broker_lost") == 1 and events.count("broker_back") == 1
+    print(f"resumed {resumed_after:.1f} s after the broker was back")  # quoted in the README
+
+
+def test_results_the_output_topic_refuses_go_to_the_dead_letter_topic_and_the_stream_goes_on(
+    kafka_bootstrap, kafka_topic_factory, detector, tiny_bundle_mixing
+):
+    """The output topic's ``max.message.bytes`` is cut below any result for a while: the
+    broker refuses each result for its size, so each record's dead letter (``send_failed``)
+    takes its place; once the limit is back, results flow again. Nothing is dropped."""
+    t = {
+        "input_topic": kafka_topic_factory(2, prefix="in"),
+        "output_topic": kafka_topic_factory(1, prefix="out"),
+        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+        "alerts_topic": None,
+    }
+    names = detector.feature_names
+    config = _config(kafka_bootstrap, t, max_batch_size=64)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="pytest-faults")
+
+    def output_limit(value: str) -> None:
+        topic = ConfigResource(ConfigResourceType.TOPIC, t["output_topic"], {"max.message.bytes": value})
+        assert admin.alter_configs([topic]) == {"topic": {t["output_topic"]: "OK"}}
+
+    rows = _normal_rows(tiny_bundle_mixing, 400, seed=23)
+    messages = [(f"e{i % 5}".encode(), _record(i, r, names, False)) for i, r in enumerate(rows)]
+    try:
+        with _running(detector, config) as service:
+            output_limit("100")
+            refused = _produce(kafka_bootstrap, t["input_topic"], messages[:200])
+            letters = _read(kafka_bootstrap, t["dlq_topic"], len(refused))
+            output_limit("1048588")
+            accepted = _produce(kafka_bootstrap, t["input_topic"], messages[200:])
+            results = _read(kafka_bootstrap, t["output_topic"], len(accepted))
+            assert service.ready()
+            metrics = _scrape(service.metrics_port)
+    finally:
+        admin.close()
+    dead = {(d["partition"], d["offset"]): d for d in map(orjson.loads, (r.value for r in letters))}
+    assert dead.keys() == set(refused)
+    assert all(d["reason"] == "send_failed" and "MessageSizeTooLarge" in d["error"] for d in dead.values())
+    assert {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))} == set(accepted)
+    assert metrics[("anomaly_records_rejected_total", (("reason", "send_failed"),))] == len(refused)
+
+
+def test_a_crashed_instance_is_replaced_at_once_with_static_membership(
+    kafka_bootstrap, kafka_topic_factory, tiny_bundle, tmp_path
+):
+    """With ``[serve.kafka] group_instance_id`` (static membership), a new instance with the
+    crashed one's id gets its partitions without waiting for the session to time out."""
+    t = {
+        "input_topic": kafka_topic_factory(2, prefix="in"),
+        "output_topic": kafka_topic_factory(1, prefix="out"),
+        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+    }
+    group = f"static-{uuid.uuid4().hex[:8]}"
+    settings = {"session_timeout_ms": 30_000, "kafka_group_instance_id": "scorer-0"}
+    first = _Serve(tiny_bundle, kafka_bootstrap, t, group, tmp_path, "first", **settings)
+    first.wait_ready()
+    first.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    second = _Serve(tiny_bundle, kafka_bootstrap, t, group, tmp_path, "second", **settings)
+    try:
+        second.wait_ready()
+        takeover_s = time.monotonic() - killed
+        assert takeover_s < settings["session_timeout_ms"] / 1000 / 2, takeover_s
+        print(f"took over {takeover_s:.1f} s after the kill")  # quoted in the README
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        rows = np.zeros((20, 8))
+        futures = [
+            producer.send(t["input_topic"], value=_record(i, r, [f"f{j}" for j in range(8)], False))
+            for i, r in enumerate(rows)
+        ]
+        producer.flush(timeout=30)
+        sent = {(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)}
+        producer.close(timeout=10)
+        results = _read(kafka_bootstrap, t["output_topic"], covers=sent)
+        assert {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))} >= sent
+        assert second.stop() == 0
+    finally:
+        first.kill_quietly()
+        second.kill_quietly()
