@@ -122,7 +122,7 @@ def make_admin(config: ServeConfig, client_id: str) -> KafkaAdminClient:
         try:
             return KafkaAdminClient(**options)
         except KafkaError as exc:
-            raise StreamError(_bootstrap_failure(config, options, exc, failures.last)) from None
+            raise StreamError(_bootstrap_failure(config, options, exc, failures)) from None
 
 
 def _create_topics(admin: KafkaAdminClient, config: ServeConfig, topics: list[str]) -> None:
@@ -155,37 +155,61 @@ class _BootstrapFailures(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.last: BaseException | None = None
+        self.refused: BaseException | None = None
+        """A SASL refusal, whenever it came (later attempts may end otherwise)."""
+        self.authenticating = False
+        """The broker answered a SASL handshake: TCP and TLS worked, credentials were sent."""
         self._logger = logging.getLogger("kafka")
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Only types are looked at: DEBUG records hold the SASL exchange's bytes.
         args = record.args if isinstance(record.args, tuple) else ()
         for arg in args:
+            if type(arg).__name__ == "SaslHandshakeResponse":
+                self.authenticating = True
             # The final "Bootstrap failed: KafkaTimeoutError" says less than the cause.
             if isinstance(arg, BaseException) and not isinstance(arg, KafkaTimeoutError):
                 self.last = arg
+                if isinstance(arg, SaslAuthenticationFailedError):
+                    self.refused = arg
 
     def __enter__(self) -> _BootstrapFailures:
-        self._saved = self._logger.level, self._logger.propagate
-        if self._logger.getEffectiveLevel() > logging.WARNING:
-            self._logger.setLevel(logging.WARNING)
-        self._logger.propagate = False
-        self._logger.addHandler(self)
+        logger = self._logger
+        self._saved = logger.level, logger.propagate, list(logger.handlers)
+        # DEBUG, for the SASL handshake's response: a failed authentication often reaches
+        # kafka-python 3.0.12 as a bare disconnect (it drops a reply that arrives together
+        # with the broker closing the connection). Only this handler sees these records.
+        for handler in self._saved[2]:
+            logger.removeHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        logger.addHandler(self)
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._logger.removeHandler(self)
-        self._logger.setLevel(self._saved[0])
-        self._logger.propagate = self._saved[1]
+        logger = self._logger
+        logger.removeHandler(self)
+        logger.setLevel(self._saved[0])
+        logger.propagate = self._saved[1]
+        for handler in self._saved[2]:
+            logger.addHandler(handler)
 
 
 def _bootstrap_failure(
-    config: ServeConfig, options: dict[str, Any], exc: KafkaError, logged: BaseException | None
+    config: ServeConfig, options: dict[str, Any], exc: KafkaError, failures: _BootstrapFailures
 ) -> str:
     """One line saying why bootstrapping failed; kafka-python's messages hold no secrets."""
     servers = config.bootstrap_servers
     protocol = str(options.get("security_protocol", "PLAINTEXT")).upper()
     mechanism = options.get("sasl_mechanism")
-    for cause in (exc, logged):
+    logged = failures.last
+    if failures.refused is None and failures.authenticating and isinstance(logged, KafkaConnectionError):
+        return (
+            f"authentication failed against Kafka at {servers} (SASL {mechanism}): the broker "
+            "closed the connection during authentication; check sasl_plain_username and the "
+            "password in [serve.kafka]"
+        )
+    for cause in (exc, failures.refused, logged):
         if isinstance(cause, SaslAuthenticationFailedError):
             return (
                 f"authentication failed against Kafka at {servers} (SASL {mechanism}): "
