@@ -1,6 +1,8 @@
-"""Every Kafka compression codec, both ways, on the real broker of ``kafka_bootstrap``:
-batches librdkafka (confluent-kafka) compresses are all scored, and the service's own
-producer with ``[serve.kafka] compression_type`` writes results a plain consumer reads."""
+"""What other clients send, on the real broker of ``kafka_bootstrap``: batches librdkafka
+(confluent-kafka) compresses with each codec are all scored, and the service's own producer
+with ``[serve.kafka] compression_type`` writes results a plain consumer reads; a batch that
+cannot be unpacked (corrupt, or a decompression bomb) is dead-lettered record by record;
+records of an aborted transaction are not scored."""
 
 from __future__ import annotations
 
@@ -225,3 +227,61 @@ def test_a_batch_that_cannot_be_decompressed_is_dead_lettered_record_by_record(
     assert sorted((d["partition"], d["offset"]) for d in letters) == sorted(broken)
     assert {d["reason"] for d in letters} == {"unreadable"}
     assert all("ZstdError" in d["error"] and d["topic"] == topics["input_topic"] for d in letters)
+
+
+def test_a_decompression_bomb_is_dead_lettered_without_unpacking_it_whole(
+    detector, kafka_topic_factory, kafka_bootstrap, monkeypatch
+):
+    """A zstd record of a few kilobytes that unpacks past the ceiling (lowered to 1 MiB
+    here, 64 MiB by default): the service stops unpacking at the ceiling, dead-letters the
+    record (``unreadable``, naming the bomb) and scores its neighbours."""
+    from anomaly.stream import codecs
+
+    monkeypatch.setattr(codecs, "MAX_BATCH_BYTES", 1024 * 1024)
+    topics = {
+        "input_topic": kafka_topic_factory(1, prefix="in"),
+        "output_topic": kafka_topic_factory(1, prefix="out"),
+        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+    }
+    messages = _records(detector, 10)
+    before = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[:5])
+    from confluent_kafka import Producer
+
+    bomb = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "compression.type": "zstd", "message.max.bytes": 10_000_000}
+    )
+    bomb.produce(topics["input_topic"], value=b"0" * 3_000_000)
+    assert bomb.flush(30) == 0
+    after = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[5:])
+    with _running(detector, _serve_config(kafka_bootstrap, topics)):
+        results = _read_results(kafka_bootstrap, topics["output_topic"], 10)
+        letters = _read_results(kafka_bootstrap, topics["dlq_topic"], 1)
+    assert sorted((r["partition"], r["offset"]) for r in results) == sorted(before + after)
+    ((letter,),) = [letters]
+    assert letter["reason"] == "unreadable" and "DecompressionBombError" in letter["error"]
+    assert letter["offset"] == 5
+
+
+def test_records_of_an_aborted_transaction_are_not_scored(detector, topics, kafka_bootstrap):
+    """A librdkafka transactional producer aborts one transaction and commits the next:
+    only the committed records get results (the consumer reads committed records only)."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": f"tx-{uuid.uuid4().hex[:8]}"}
+    )
+    producer.init_transactions(30)
+    messages = _records(detector, 10)
+    for commit, part in ((False, messages[:5]), (True, messages[5:])):
+        producer.begin_transaction()
+        for key, value in part:
+            producer.produce(topics["input_topic"], value=value, key=key)
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.flush(30)
+            producer.abort_transaction(30)
+    with _running(detector, _serve_config(kafka_bootstrap, topics)) as service:
+        results = _read_results(kafka_bootstrap, topics["output_topic"], 5)
+        wait_for(lambda: service.stats()["commits"] > 0, 30, "the offsets to be committed")
+    assert sorted(r["id"] for r in results) == [5, 6, 7, 8, 9]

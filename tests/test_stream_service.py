@@ -477,7 +477,10 @@ def test_a_lone_service_joins_once_and_keeps_its_partitions(
     caplog.set_level(logging.INFO, logger="anomaly.stream")
     t = topics(3)
     with _running(detector, _config(kafka_bootstrap, t)) as service:
-        time.sleep(3)  # the metadata response that triggered the second rebalance came in ms
+        # A record scored after the join: the metadata response that triggered the second
+        # rebalance came within milliseconds of it, long before a fetch completes.
+        sent = _produce(kafka_bootstrap, t["input_topic"], [(b"k", _record(0, np.zeros(8), detector.feature_names, False))])
+        _read(kafka_bootstrap, t["output_topic"], covers=set(sent))
         assert service.ready()
         assert service.assignment() == {TopicPartition(t["input_topic"], p) for p in range(3)}
     events = [r.getMessage().split()[0] for r in caplog.records if r.name == "anomaly.stream"]
@@ -534,7 +537,8 @@ def test_records_in_hand_at_a_rebalance_are_scored_when_their_partition_comes_ba
         with _paced_producer(
             kafka_bootstrap, t["input_topic"], tiny_bundle_mixing, names, 600, 100
         ) as (sent, _):
-            time.sleep(1.5)
+            # Mid-stream: a sixth of the records sent, the service holding a part-filled batch.
+            wait_for(lambda: len(sent) >= 100, 30, "100 records sent")
             _group_member(kafka_bootstrap, config.group_id, t["input_topic"]).close(
                 autocommit=False
             )
@@ -782,7 +786,7 @@ def test_two_services_share_partitions_and_sigterm_hands_over_without_loss(
             more,
             _,
         ):
-            time.sleep(0.7)
+            wait_for(lambda: len(more) >= 750, 30, "a quarter of the second wave sent")
             began = time.monotonic()
             assert a.stop(signal.SIGTERM) == 0, a.log.read_text()
             assert time.monotonic() - began < 10 + 2

@@ -183,3 +183,38 @@ def test_wrong_scram_password_refuses_to_start_with_a_one_line_auth_error(
     assert message.startswith(f"authentication failed against Kafka at {config.bootstrap_servers}")
     assert "SCRAM-SHA-512" in message and "\n" not in message and SECRET not in message
     assert not service.ready()
+
+
+def test_a_wrong_plain_password_is_reported_and_never_reaches_a_log_handler(
+    kafka_secure, kafka_topic_factory, tmp_path
+):
+    """SASL PLAIN sends the password itself. Start-up reads kafka-python's DEBUG records
+    of the exchange to tell a refusal from an outage; no handler, however low its level,
+    may receive them."""
+    import logging
+
+    class Everything(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    wrong = tmp_path / "kafka-password"
+    wrong.write_text(SECRET + "\n")
+    config = _secure_config(
+        kafka_secure, "sasl_plain", kafka_topic_factory(1), sasl_plain_password_file=str(wrong)
+    )
+    handler = Everything()
+    watched = [logging.getLogger(name) for name in ("kafka.net.connection", "kafka", "")]
+    for logger in watched:
+        logger.addHandler(handler)
+    try:
+        with pytest.raises(StreamError, match="^authentication failed against Kafka"):
+            check_broker(config)
+    finally:
+        for logger in watched:
+            logger.removeHandler(handler)
+    assert not any(SECRET in message for message in handler.messages)
+    assert not any("SaslAuthenticateRequest" in message for message in handler.messages)

@@ -2,6 +2,8 @@
 
 Settings that matter:
 
+- consumer: ``isolation_level="read_committed"``: records of a transaction its producer
+  aborted are never scored (kafka-python's default reads them);
 - consumer: auto-commit off (offsets are committed by the service once results are
   acknowledged), ``max_poll_records`` = the micro-batch size, and a short
   ``fetch_max_wait_ms``: kafka-python keeps one fetch in flight per broker, so a long wait on
@@ -149,8 +151,16 @@ def _create_topics(admin: KafkaAdminClient, config: ServeConfig, topics: list[st
 
 
 class _BootstrapFailures(logging.Handler):
-    """Holds the last exception kafka-python logged while a client bootstrapped; its
-    ``kafka`` loggers go to this handler only for that time."""
+    """Holds the exceptions kafka-python logged while a client bootstrapped; its ``kafka``
+    loggers go to this handler only for that time.
+
+    It also notes whether the broker answered a SASL handshake: a failed authentication
+    often reaches kafka-python 3.0.12 as a bare disconnect (it drops an error reply that
+    arrives together with the broker closing the connection). That answer is logged at
+    DEBUG, with the SASL exchange's bytes beside it; the connection logger is opened to
+    DEBUG through a filter that reads the records' types and passes on no record below its
+    former level, so no handler anywhere sees them.
+    """
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -160,39 +170,42 @@ class _BootstrapFailures(logging.Handler):
         self.authenticating = False
         """The broker answered a SASL handshake: TCP and TLS worked, credentials were sent."""
         self._logger = logging.getLogger("kafka")
+        self._connection = logging.getLogger("kafka.net.connection")
 
     def emit(self, record: logging.LogRecord) -> None:
-        # Only types are looked at: DEBUG records hold the SASL exchange's bytes.
-        args = record.args if isinstance(record.args, tuple) else ()
-        for arg in args:
-            if type(arg).__name__ == "SaslHandshakeResponse":
-                self.authenticating = True
+        for arg in _args(record):
             # The final "Bootstrap failed: KafkaTimeoutError" says less than the cause.
             if isinstance(arg, BaseException) and not isinstance(arg, KafkaTimeoutError):
                 self.last = arg
                 if isinstance(arg, SaslAuthenticationFailedError):
                     self.refused = arg
 
+    def filter(self, record: logging.LogRecord) -> bool:  # on the connection logger
+        if any(type(arg).__name__ == "SaslHandshakeResponse" for arg in _args(record)):
+            self.authenticating = True
+        return record.levelno >= self._threshold
+
     def __enter__(self) -> _BootstrapFailures:
-        logger = self._logger
-        self._saved = logger.level, logger.propagate, list(logger.handlers)
-        # DEBUG, for the SASL handshake's response: a failed authentication often reaches
-        # kafka-python 3.0.12 as a bare disconnect (it drops a reply that arrives together
-        # with the broker closing the connection). Only this handler sees these records.
-        for handler in self._saved[2]:
-            logger.removeHandler(handler)
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
-        logger.addHandler(self)
+        self._saved = self._logger.level, self._logger.propagate, self._connection.level
+        self._threshold = self._connection.getEffectiveLevel()
+        if self._logger.getEffectiveLevel() > logging.WARNING:
+            self._logger.setLevel(logging.WARNING)
+        self._logger.propagate = False
+        self._logger.addHandler(self)
+        self._connection.setLevel(logging.DEBUG)
+        self._connection.addFilter(self.filter)
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        logger = self._logger
-        logger.removeHandler(self)
-        logger.setLevel(self._saved[0])
-        logger.propagate = self._saved[1]
-        for handler in self._saved[2]:
-            logger.addHandler(handler)
+        self._connection.removeFilter(self.filter)
+        self._connection.setLevel(self._saved[2])
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._saved[0])
+        self._logger.propagate = self._saved[1]
+
+
+def _args(record: logging.LogRecord) -> tuple:
+    return record.args if isinstance(record.args, tuple) else ()
 
 
 def _bootstrap_failure(
@@ -250,6 +263,7 @@ def make_consumer(config: ServeConfig, client_id: str) -> KafkaConsumer:
             **{
                 "bootstrap_timeout_ms": STARTUP_TIMEOUT_MS,
                 "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+                "isolation_level": "read_committed",
                 **client_options(config.kafka, "consumer"),
                 "bootstrap_servers": config.bootstrap_servers,
                 "group_id": config.group_id,

@@ -43,8 +43,6 @@ RECORD_ERRORS = (
     RecordListTooLargeError,
     InvalidRecordError,
     CorruptRecordError,
-    TypeError,
-    ValueError,
 )
 #: Seconds between attempts to send again a message Kafka could not take.
 RETRY_INTERVAL_S = 1.0
@@ -187,6 +185,9 @@ class Delivery:
         failing, self._failing = self._failing, {}
         self._retried.update(failing)
         for message in failing.values():
+            # The producer places it by its key again: the topic may have been recreated
+            # with other partitions meanwhile.
+            message.partition = None
             self._attempt(message)
         self._next_retry = self._clock() + RETRY_INTERVAL_S
 

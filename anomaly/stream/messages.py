@@ -11,11 +11,13 @@ human-readable explanation; the service writes it to the dead-letter topic with
 Explanations never quote the message's content (it may hold secrets): only the model's own
 feature names, types, counts and positions.
 
-``id`` and ``timestamp`` are copied to the result exactly or the record is refused: each must
-be null, a boolean, a string that is valid Unicode (no unpaired surrogate), or a number that
-a double holds exactly (an integer or a finite number of magnitude at most 2^53). Anything
-else (an object, an array, ``1e400``, an integer beyond 2^53) would be changed or lost on the
-way out, or would stop the encoder.
+``id`` is copied to the result exactly or the record is refused: it must be null, a boolean,
+a string that is valid Unicode (no unpaired surrogate), or an integer of magnitude at most
+2^53. Anything else would be changed or lost on the way out, or would stop the encoder: an
+object or array, an integer beyond 2^53 (JSON readers that use doubles change it), and any
+number with a fraction or exponent (``1e400``, ``1e-400``, or more digits than a double
+keeps). ``timestamp`` obeys the same rules, except that it may also be a finite number of
+magnitude at most 2^53, read as a double (epoch seconds keep about a microsecond).
 
 Every message the service produces fits the producer's limit: ``fit_result`` cuts a result's
 ``id`` and ``timestamp`` when they would make it too large, and ``encode_rejection`` cuts the
@@ -177,12 +179,12 @@ class RecordDecoder:
                 rejected.append((index, "bad_type", self._describe_types(row)))
                 continue
             record_id = message.get("id")
-            problem = _inexact(record_id)
+            problem = _inexact(record_id, fractions=False)
             if problem is not None:
                 rejected.append((index, "bad_id", f"'id' {problem}"))
                 continue
             stamp = message.get("timestamp")
-            problem = _inexact(stamp)
+            problem = _inexact(stamp, fractions=True)
             if problem is not None:
                 rejected.append((index, "bad_timestamp", f"'timestamp' {problem}"))
                 continue
@@ -257,9 +259,9 @@ def _parse_leniently(raw: bytes, error: Exception) -> tuple[Any, tuple[str, str]
     return message, None
 
 
-def _inexact(value) -> str | None:
-    """Why ``value`` (an ``id`` or ``timestamp``) cannot be copied to a result exactly, or
-    ``None`` when it can."""
+def _inexact(value, fractions: bool) -> str | None:
+    """Why ``value`` (an ``id``, or a ``timestamp`` with ``fractions``) cannot be copied to
+    a result exactly, or ``None`` when it can."""
     kind = type(value)
     if value is None or kind is bool:
         return None
@@ -274,6 +276,11 @@ def _inexact(value) -> str | None:
             return None
         return "is an integer beyond 2^53, which JSON readers that use doubles change"
     if kind is float:
+        if not fractions:
+            return (
+                "is a number with a fraction or exponent, which a double may change; send it "
+                "as a string or an integer"
+            )
         if math.isfinite(value) and abs(value) <= _EXACT_LIMIT:
             return None
         return "is a number beyond 2^53 or beyond float range, which cannot be kept exactly"

@@ -15,6 +15,9 @@ from kafka.partitioner.default import murmur2
 
 #: Keys remembered; the cache is emptied when it grows past this.
 MAX_KEYS = 100_000
+#: Longer keys are hashed each time instead of remembered, so the cache's memory stays
+#: bounded (at most MAX_KEYS * MAX_CACHED_KEY_BYTES) whatever keys producers send.
+MAX_CACHED_KEY_BYTES = 256
 
 
 class KeyPartitions:
@@ -41,8 +44,9 @@ class KeyPartitions:
         if partition is None:
             if not self._partitions:
                 return None
-            if len(self._cache) >= MAX_KEYS:
-                self._cache.clear()
             partition = self._partitions[(murmur2(key) & 0x7FFFFFFF) % len(self._partitions)]
-            self._cache[key] = partition
+            if len(key) <= MAX_CACHED_KEY_BYTES:
+                if len(self._cache) >= MAX_KEYS:
+                    self._cache.clear()
+                self._cache[key] = partition
         return partition

@@ -55,6 +55,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
 from anomaly.config import COMPONENTS, ServeConfig
+from anomaly.stream import codecs
 from anomaly.stream.alarms import KeyedAlarms
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
 from anomaly.stream.delivery import Delivery, Outgoing
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
     from anomaly.detector import Detector
 
 log = logging.getLogger("anomaly.stream")
+codecs.install()  # a compressed batch may not unpack to more than codecs.MAX_BATCH_BYTES
 
 #: How long an idle poll waits for records. Kept short: kafka-python's poll can sleep
 #: through its whole timeout when it has no fetch in flight, even if records arrive.
@@ -720,7 +722,7 @@ class ScoringService:
         committed = 0
         if self._producer is not None:
             try:
-                self._producer.flush(timeout=self.config.shutdown_timeout_s)
+                self._producer.flush(timeout=self._flush_budget_s())
             except KafkaTimeoutError:
                 log.warning(
                     "event=flush_slow on=revoke pending_results=%d",
@@ -736,6 +738,15 @@ class ScoringService:
                     log.warning("event=commit_failed on=revoke error=%s", type(exc).__name__)
         self._release(revoked, keep_key_state=not self._delivery.pending)
         log.info("event=partitions_revoked partitions=%s committed=%d", names(revoked), committed)
+
+    def _flush_budget_s(self) -> float:
+        """How long a flush before revoking may take: the session timeout's worth in a
+        rebalance, what is left of ``shutdown_timeout_s`` when stopping (the consumer's
+        close revokes too)."""
+        if self._stop_requested_at is None:
+            return self.config.shutdown_timeout_s
+        deadline = self._stop_requested_at + self.config.shutdown_timeout_s
+        return max(0.1, (deadline - time.monotonic()) * 0.5)
 
     def _partitions_assigned(self, assigned) -> None:
         seeks, gone = self._assignment.grant(set(assigned))
@@ -775,7 +786,9 @@ class ScoringService:
     # -- shutdown ---------------------------------------------------------------------------
 
     def _shutdown(self, failure: BaseException | None) -> None:
-        started = self._stop_requested_at or time.monotonic()
+        if self._stop_requested_at is None:  # stopping on an error, not on request
+            self._stop_requested_at = time.monotonic()
+        started = self._stop_requested_at
         deadline = started + self.config.shutdown_timeout_s
         self._stop.set()
         try:
