@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from pathlib import Path
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -234,16 +234,13 @@ class KafkaOptions(Mapping[str, str | int | float | bool]):
             if not name.isidentifier() or name != name.lower():
                 raise ValueError(f"Kafka option {name!r}: names are kafka-python's, lower case")
             if not isinstance(value, str | int | float | bool):
-                raise ValueError(
-                    f"Kafka option {name!r} must be a string, number or boolean"
-                )
+                raise ValueError(f"Kafka option {name!r} must be a string, number or boolean")
             base = name.removesuffix(FILE_SUFFIX)
             if base != name and not isinstance(value, str):
                 raise ValueError(f"Kafka option {name!r} must be the path of a file")
             if base in RESERVED_KAFKA_OPTIONS:
                 raise ValueError(
-                    f"Kafka option {name!r} is set by the service: "
-                    f"{RESERVED_KAFKA_OPTIONS[base]}"
+                    f"Kafka option {name!r} is set by the service: {RESERVED_KAFKA_OPTIONS[base]}"
                 )
             if base in ServeConfig.model_fields:
                 raise ValueError(f"Kafka option {name!r} is set by the service: use [serve] {base}")

@@ -2,6 +2,7 @@
 
     python -m pipelines.bench_stream [--bootstrap HOST:PORT] [--records 50000] [--features 30]
                                      [--batch-sizes 1,64,512] [--repeats 3] [--model DIR]
+                                     [--compression zstd]
 
 Without ``--bootstrap`` it starts a broker with ``deploy/kafka/kafka-local`` (and stops it at
 the end). It trains a tiny model of ``--features`` features (or takes ``--model``), then, for
@@ -270,10 +271,15 @@ def _records(n: int, features: int, seed: int = 0):
     return rows
 
 
-def _produce(bootstrap: str, topic: str, rows: np.ndarray) -> None:
+def _produce(bootstrap: str, topic: str, rows: np.ndarray, compression: str | None) -> None:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        batch_size=512 * 1024,
+        compression_type=compression,
+    )
     now = time.time()
     for i, row in enumerate(rows.tolist()):
         producer.send(
@@ -286,7 +292,12 @@ def _produce(bootstrap: str, topic: str, rows: np.ndarray) -> None:
 
 
 def _latency(
-    bootstrap: str, topics: tuple[str, str], rows: np.ndarray, rate: float, seconds: float
+    bootstrap: str,
+    topics: tuple[str, str],
+    rows: np.ndarray,
+    rate: float,
+    seconds: float,
+    compression: str | None,
 ):
     """Produce at ``rate``/s for ``seconds``; return the latencies (s) of the results seen."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -317,7 +328,7 @@ def _latency(
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, compression_type=compression)
     tick = 0.01
     per_tick = rate * tick
     start = time.monotonic()
@@ -390,7 +401,8 @@ def run(args) -> None:
         size = len(orjson.dumps({"id": 0, "features": rows[0].tolist(), "timestamp": time.time()}))
         print(
             f"broker {bootstrap}; model {detector.version} with {features} features; records of "
-            f"about {size} bytes; {PARTITIONS} partitions; max_wait_ms {MAX_WAIT_MS}",
+            f"about {size} bytes; {PARTITIONS} partitions; max_wait_ms {MAX_WAIT_MS}; input "
+            f"compression {args.compression or 'none'}",
             flush=True,
         )
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -403,7 +415,7 @@ def run(args) -> None:
             for repeat in range(args.repeats):  # alternating runs; medians and pooled latencies
                 for kind in ("bare", "service"):
                     topics = _topics(admin, kind, batch)
-                    _produce(bootstrap, topics[0], rows[:n])
+                    _produce(bootstrap, topics[0], rows[:n], args.compression)
                     log = workdir / "logs" / f"{kind}-{batch}-{repeat}.log"
                     log.parent.mkdir(exist_ok=True)
                     worker = _Worker(
@@ -419,7 +431,7 @@ def run(args) -> None:
                         if rate is None:
                             rate = min(args.latency_rate, 0.5 * rps["bare"][0])
                         latencies[kind] += _latency(
-                            bootstrap, topics, rows, rate, args.latency_seconds
+                            bootstrap, topics, rows, rate, args.latency_seconds, args.compression
                         )
                     finally:
                         worker.stop()
@@ -500,6 +512,11 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=2000.0)
     parser.add_argument("--latency-seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per batch size")
+    parser.add_argument(
+        "--compression",
+        choices=["gzip", "snappy", "lz4", "zstd"],
+        help="codec of the input batches (default: uncompressed)",
+    )
     # worker mode (internal)
     parser.add_argument("--worker", choices=["bare", "service"], help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)

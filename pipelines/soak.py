@@ -111,9 +111,7 @@ class _Reader(threading.Thread):
 def _produce(bootstrap, topic, rows, rate, seconds, compression, sent: list[int], stop) -> None:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, compression_type=compression
-    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, compression_type=compression)
     tick, start, count = 0.01, time.monotonic(), 0
     total = int(rate * seconds)
     while count < total and not stop.is_set():
@@ -158,10 +156,24 @@ def run(args) -> int:
         admin.close()
         port = _free_port()
         service = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "serve", "--model", str(model),
-             "--bootstrap-servers", bootstrap, "--input-topic", topics["in"],
-             "--output-topic", topics["out"], "--dlq-topic", topics["dlq"],
-             "--metrics-port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "serve",
+                "--model",
+                str(model),
+                "--bootstrap-servers",
+                bootstrap,
+                "--input-topic",
+                topics["in"],
+                "--output-topic",
+                topics["out"],
+                "--dlq-topic",
+                topics["dlq"],
+                "--metrics-port",
+                str(port),
+            ],
             env={**os.environ, "ANOMALY_SERVE_METRICS_HOST": "127.0.0.1"},
             stdout=subprocess.DEVNULL,
             stderr=open(workdir / "service.log", "wb"),  # noqa: SIM115 (lives with the process)
@@ -182,8 +194,11 @@ def run(args) -> int:
             f"input compression {args.compression or 'none'}, service pid {service.pid}",
             flush=True,
         )
-        print(f"{'minute':>7} {'sent':>8} {'results':>8} {'rss_mb':>7} {'lag':>7} "
-              f"{'p50_ms':>7} {'p99_ms':>7}", flush=True)
+        print(
+            f"{'minute':>7} {'sent':>8} {'results':>8} {'rss_mb':>7} {'lag':>7} "
+            f"{'p50_ms':>7} {'p99_ms':>7}",
+            flush=True,
+        )
         producer.start()
         began, last_sent, rss = time.monotonic(), 0, []
         interval = 0

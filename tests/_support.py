@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -27,3 +28,18 @@ def wait_for(condition: Callable[[], T], deadline_s: float, what: str, poll_s: f
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
+
+
+class LogLines(logging.Handler):
+    """Keeps the message of every record it receives, in ``lines``."""
+
+    def __init__(self, level: int = logging.DEBUG):
+        super().__init__(level)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def count(self, event: str) -> int:
+        """How many lines are the service's ``event=<event> ...``."""
+        return sum(line.startswith(f"event={event} ") for line in self.lines)

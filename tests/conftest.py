@@ -95,10 +95,10 @@ def _start_kafka_local(
     on_failure: Callable[[str], NoReturn],
     command: str = "start",
 ) -> dict[str, str]:
-    """``kafka-local start --dir RUN_DIR OPTIONS`` (or ``restart``); returns its stdout's key=value lines once
-    the broker accepts clients. On failure, makes sure no broker is left running from RUN_DIR
-    and calls ``on_failure`` with the reason and the script's output (with the broker's log
-    tail)."""
+    """``kafka-local start --dir RUN_DIR OPTIONS`` (or ``restart``); returns its stdout's
+    key=value lines once the broker accepts clients. On failure, makes sure no broker is
+    left running from RUN_DIR and calls ``on_failure`` with the reason and the script's
+    output (with the broker's log tail)."""
     dir_args = ("--dir", str(run_dir))
 
     def stop_after_failed_start() -> None:
@@ -112,7 +112,11 @@ def _start_kafka_local(
         # --owner-pid: the script's watchdog stops the broker if this process dies without
         # running the teardown (killed by a timeout, for instance).
         result = _run_kafka_local(
-            command, *dir_args, *options, "--owner-pid", str(os.getpid()),
+            command,
+            *dir_args,
+            *options,
+            "--owner-pid",
+            str(os.getpid()),
             timeout=KAFKA_START_TIMEOUT_S,
         )
     except FileNotFoundError as exc:

@@ -205,9 +205,7 @@ def _refusals_since(server_log: Path, offset: int, bootstrap: str) -> list[str]:
     with server_log.open("rb") as log:
         log.seek(offset)
         text = log.read().decode(errors="replace")
-    return [
-        m["reason"] for m in _FAILED_AUTHENTICATION.finditer(text) if m["port"] == port
-    ]
+    return [m["reason"] for m in _FAILED_AUTHENTICATION.finditer(text) if m["port"] == port]
 
 
 def _assert_cannot_bootstrap(bootstrap: str, options: dict) -> None:
@@ -248,9 +246,7 @@ def test_mtls_listener_refuses_a_client_without_a_certificate(kafka_secure):
         k: v for k, v in mutual.options.items() if k not in ("ssl_certfile", "ssl_keyfile")
     }
     # The same options are good enough for the server-authenticated listener ...
-    consumer = KafkaConsumer(
-        bootstrap_servers=kafka_secure["ssl"].bootstrap, **without_certificate
-    )
+    consumer = KafkaConsumer(bootstrap_servers=kafka_secure["ssl"].bootstrap, **without_certificate)
     consumer.close()
     log_offset = kafka_secure.server_log.stat().st_size
 

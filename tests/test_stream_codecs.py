@@ -6,8 +6,6 @@ records of an aborted transaction are not scored."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 import uuid
 
@@ -17,8 +15,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 import anomaly
-from anomaly.stream import ScoringService
 from tests._support import wait_for
+from tests.test_stream_service import _config, _running
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -32,6 +30,14 @@ def detector(tiny_bundle):
     return anomaly.load(tiny_bundle)
 
 
+def _one_partition_topics(kafka_topic_factory):
+    """Input, output and dead-letter topics of one partition each: offsets in order."""
+    return {
+        role: kafka_topic_factory(1, prefix=role.split("_")[0])
+        for role in ("input_topic", "output_topic", "dlq_topic")
+    }
+
+
 @pytest.fixture
 def topics(kafka_topic_factory):
     return {
@@ -39,48 +45,6 @@ def topics(kafka_topic_factory):
         "output_topic": kafka_topic_factory(2, prefix="out"),
         "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
     }
-
-
-def _serve_config(bootstrap, topics, **settings):
-    return (
-        anomaly.Config()
-        .updated(
-            serve={
-                "bootstrap_servers": bootstrap,
-                "group_id": f"codecs-{uuid.uuid4().hex[:8]}",
-                "metrics_port": 0,
-                "metrics_host": "127.0.0.1",
-                **topics,
-                **settings,
-            }
-        )
-        .serve
-    )
-
-
-@contextlib.contextmanager
-def _running(detector, config):
-    """A started ScoringService running in a thread; stopped and joined on exit."""
-    service = ScoringService(detector, config)
-    service.start()
-    errors: list[BaseException] = []
-
-    def run():
-        try:
-            service.run()
-        except BaseException as exc:  # noqa: BLE001 (reported by the test)
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="scoring-service", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: service.ready() or errors, 30, "input partitions to be assigned")
-        yield service
-    finally:
-        service.stop()
-        thread.join(timeout=config.shutdown_timeout_s + 5)
-        assert not thread.is_alive(), "service did not stop within its shutdown timeout"
-        assert not errors, f"service failed: {errors[0]!r}"
 
 
 def _records(detector, n):
@@ -172,7 +136,7 @@ def test_every_record_of_librdkafka_compressed_batches_is_scored_once(
 ):
     messages = _records(detector, RECORDS)
     sent = _produce_with_librdkafka(kafka_bootstrap, topics["input_topic"], codec, messages)
-    config = _serve_config(kafka_bootstrap, topics)
+    config = _config(kafka_bootstrap, topics)
     with _running(detector, config):
         results = _read_results(kafka_bootstrap, topics["output_topic"], RECORDS)
     scored = sorted((r["partition"], r["offset"]) for r in results)
@@ -186,7 +150,7 @@ def test_results_compressed_with_each_codec_are_read_by_a_plain_consumer(
 ):
     messages = _records(detector, RECORDS)
     sent = _produce_plain(kafka_bootstrap, topics["input_topic"], messages)
-    config = _serve_config(kafka_bootstrap, topics, kafka={"compression_type": codec})
+    config = _config(kafka_bootstrap, topics, kafka={"compression_type": codec})
     with _running(detector, config):
         results = _read_results(kafka_bootstrap, topics["output_topic"], RECORDS)
     assert sorted((r["partition"], r["offset"]) for r in results) == sorted(sent)
@@ -201,24 +165,21 @@ def test_a_batch_that_cannot_be_decompressed_is_dead_lettered_record_by_record(
     zstd decoder that fails: each of its records gets a dead letter (reason ``unreadable``,
     with topic, partition and offset), the plain batches around it are all scored, and the
     service neither stops nor spins on it (kafka-python would, without the seek)."""
-    import zstandard
-
     import kafka.record.default_records as default_records
+    import zstandard
 
     def corrupt(_data):
         raise zstandard.ZstdError("could not decompress data: Corrupted block detected")
 
     monkeypatch.setattr(default_records, "zstd_decode", corrupt)
-    topics = {
-        "input_topic": kafka_topic_factory(1, prefix="in"),
-        "output_topic": kafka_topic_factory(1, prefix="out"),
-        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
-    }
+    topics = _one_partition_topics(kafka_topic_factory)
     messages = _records(detector, 30)
     before = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[:10])
-    broken = _produce_with_librdkafka(kafka_bootstrap, topics["input_topic"], "zstd", messages[10:20])
+    broken = _produce_with_librdkafka(
+        kafka_bootstrap, topics["input_topic"], "zstd", messages[10:20]
+    )
     after = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[20:])
-    config = _serve_config(kafka_bootstrap, topics)
+    config = _config(kafka_bootstrap, topics)
     with _running(detector, config) as service:
         results = _read_results(kafka_bootstrap, topics["output_topic"], 20)
         letters = _read_results(kafka_bootstrap, topics["dlq_topic"], 10)
@@ -238,22 +199,22 @@ def test_a_decompression_bomb_is_dead_lettered_without_unpacking_it_whole(
     from anomaly.stream import codecs
 
     monkeypatch.setattr(codecs, "MAX_BATCH_BYTES", 1024 * 1024)
-    topics = {
-        "input_topic": kafka_topic_factory(1, prefix="in"),
-        "output_topic": kafka_topic_factory(1, prefix="out"),
-        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
-    }
+    topics = _one_partition_topics(kafka_topic_factory)
     messages = _records(detector, 10)
     before = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[:5])
     from confluent_kafka import Producer
 
     bomb = Producer(
-        {"bootstrap.servers": kafka_bootstrap, "compression.type": "zstd", "message.max.bytes": 10_000_000}
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "compression.type": "zstd",
+            "message.max.bytes": 10_000_000,
+        }
     )
     bomb.produce(topics["input_topic"], value=b"0" * 3_000_000)
     assert bomb.flush(30) == 0
     after = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[5:])
-    with _running(detector, _serve_config(kafka_bootstrap, topics)):
+    with _running(detector, _config(kafka_bootstrap, topics)):
         results = _read_results(kafka_bootstrap, topics["output_topic"], 10)
         letters = _read_results(kafka_bootstrap, topics["dlq_topic"], 1)
     assert sorted((r["partition"], r["offset"]) for r in results) == sorted(before + after)
@@ -281,7 +242,7 @@ def test_records_of_an_aborted_transaction_are_not_scored(detector, topics, kafk
         else:
             producer.flush(30)
             producer.abort_transaction(30)
-    with _running(detector, _serve_config(kafka_bootstrap, topics)) as service:
+    with _running(detector, _config(kafka_bootstrap, topics)) as service:
         results = _read_results(kafka_bootstrap, topics["output_topic"], 5)
         wait_for(lambda: service.stats()["commits"] > 0, 30, "the offsets to be committed")
     assert sorted(r["id"] for r in results) == [5, 6, 7, 8, 9]

@@ -86,7 +86,9 @@ def make_delivery():
 
 
 def batch(delivery, partition, first, count, topic="out"):
-    messages = [Outgoing(topic, None, b"r", origin(partition, o)) for o in range(first, first + count)]
+    messages = [
+        Outgoing(topic, None, b"r", origin(partition, o)) for o in range(first, first + count)
+    ]
     delivery.add(messages, {tp(partition): first + count}, [0] * count)
     return messages
 

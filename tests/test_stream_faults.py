@@ -22,7 +22,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from tests._support import wait_for
+from tests._support import LogLines, wait_for
 from tests.test_stream_service import (
     _config,
     _normal_rows,
@@ -49,7 +49,10 @@ def _create_topics(bootstrap: str, **partitions: int) -> dict[str, str]:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pytest-faults")
     try:
         admin.create_topics(
-            {names[r]: {"num_partitions": n, "replication_factor": 1} for r, n in partitions.items()},
+            {
+                names[r]: {"num_partitions": n, "replication_factor": 1}
+                for r, n in partitions.items()
+            },
             wait_for_metadata=True,
         )
     finally:
@@ -103,23 +106,10 @@ class _SteadyProducer(threading.Thread):
             producer.close(timeout=10)
 
 
-class _Events(logging.Handler):
-    """Collects the service's ``event=...`` log lines."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-    def count(self, event: str) -> int:
-        return sum(line.startswith(f"event={event} ") for line in self.lines)
-
-
 @pytest.fixture
 def events():
-    handler = _Events()
+    """The service's log lines (``anomaly.stream``, INFO and up) during the test."""
+    handler = LogLines(logging.INFO)
     logger = logging.getLogger("anomaly.stream")
     logger.addHandler(handler)
     previous = logger.level
@@ -146,7 +136,9 @@ def test_broker_stopped_mid_stream_the_service_resumes_on_its_own_and_loses_noth
         wait_for(lambda: service.stats()["consumed"] >= 1500, 60, "1500 records consumed")
         broker.stop()
         stopped = time.monotonic()
-        wait_for(lambda: not service.ready(), 15, "/readyz to say not ready once the broker is gone")
+        wait_for(
+            lambda: not service.ready(), 15, "/readyz to say not ready once the broker is gone"
+        )
         assert events.count("broker_lost") == 1
         assert service.alive()  # the loop itself is fine: no restart wanted
         time.sleep(max(0.0, stopped + OUTAGE_S - time.monotonic()))  # the outage itself
@@ -190,7 +182,9 @@ def test_results_the_output_topic_refuses_go_to_the_dead_letter_topic_and_the_st
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="pytest-faults")
 
     def output_limit(value: str) -> None:
-        topic = ConfigResource(ConfigResourceType.TOPIC, t["output_topic"], {"max.message.bytes": value})
+        topic = ConfigResource(
+            ConfigResourceType.TOPIC, t["output_topic"], {"max.message.bytes": value}
+        )
         assert admin.alter_configs([topic]) == {"topic": {t["output_topic"]: "OK"}}
 
     rows = _normal_rows(tiny_bundle_mixing, 400, seed=23)
@@ -209,8 +203,12 @@ def test_results_the_output_topic_refuses_go_to_the_dead_letter_topic_and_the_st
         admin.close()
     dead = {(d["partition"], d["offset"]): d for d in map(orjson.loads, (r.value for r in letters))}
     assert dead.keys() == set(refused)
-    assert all(d["reason"] == "send_failed" and "MessageSizeTooLarge" in d["error"] for d in dead.values())
-    assert {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))} == set(accepted)
+    assert all(
+        d["reason"] == "send_failed" and "MessageSizeTooLarge" in d["error"] for d in dead.values()
+    )
+    assert {
+        (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
+    } == set(accepted)
     assert metrics[("anomaly_records_rejected_total", (("reason", "send_failed"),))] == len(refused)
 
 
@@ -246,7 +244,9 @@ def test_a_crashed_instance_is_replaced_at_once_with_static_membership(
         sent = {(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)}
         producer.close(timeout=10)
         results = _read(kafka_bootstrap, t["output_topic"], covers=sent)
-        assert {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))} >= sent
+        assert {
+            (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
+        } >= sent
         assert second.stop() == 0
     finally:
         first.kill_quietly()

@@ -20,7 +20,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from tests.test_stream_service import _config, _normal_rows, _read, _running, _scrape, detector
+from tests.test_stream_service import _config, _read, _running, _scrape, detector
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 __all__ = ["detector"]  # the module-scoped fixture, shared with test_stream_service
@@ -59,7 +59,10 @@ KINDS = {
     "invalid_utf8": ("not_json", lambda rng, i, n: _with(rng, n, i, id=b'"\xff\xfe\xc3"')),
     "empty": ("not_json", lambda rng, i, n: b""),
     "tombstone": ("not_json", lambda rng, i, n: None),
-    "nested_features": ("not_json", lambda rng, i, n: b'{"features": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+    "nested_features": (
+        "not_json",
+        lambda rng, i, n: b'{"features": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ),
     "array": ("bad_schema", lambda rng, i, n: orjson.dumps(_features(rng, n))),
     "no_features": ("bad_schema", lambda rng, i, n: orjson.dumps({"id": i})),
     "features_string": ("bad_schema", lambda rng, i, n: b'{"features": "1,2,3"}'),
@@ -73,13 +76,31 @@ KINDS = {
             {"features": {**dict(zip(n[1:], _features(rng, n), strict=False)), "pw=secret": 1}}
         ),
     ),
-    "string_value": ("bad_type", lambda rng, i, n: orjson.dumps({"features": [*_features(rng, n)[:-1], "1"]})),
-    "bool_value": ("bad_type", lambda rng, i, n: orjson.dumps({"features": [True, *_features(rng, n)[1:]]})),
-    "nan_literal": ("non_finite", lambda rng, i, n: b'{"features": [NaN' + b", 1" * (len(n) - 1) + b"]}"),
-    "huge_float": ("non_finite", lambda rng, i, n: b'{"features": [1e999' + b", 1" * (len(n) - 1) + b"]}"),
-    "huge_int": ("non_finite", lambda rng, i, n: b'{"features": [' + b"9" * 400 + b", 1" * (len(n) - 1) + b"]}"),
+    "string_value": (
+        "bad_type",
+        lambda rng, i, n: orjson.dumps({"features": [*_features(rng, n)[:-1], "1"]}),
+    ),
+    "bool_value": (
+        "bad_type",
+        lambda rng, i, n: orjson.dumps({"features": [True, *_features(rng, n)[1:]]}),
+    ),
+    "nan_literal": (
+        "non_finite",
+        lambda rng, i, n: b'{"features": [NaN' + b", 1" * (len(n) - 1) + b"]}",
+    ),
+    "huge_float": (
+        "non_finite",
+        lambda rng, i, n: b'{"features": [1e999' + b", 1" * (len(n) - 1) + b"]}",
+    ),
+    "huge_int": (
+        "non_finite",
+        lambda rng, i, n: b'{"features": [' + b"9" * 400 + b", 1" * (len(n) - 1) + b"]}",
+    ),
     "surrogate_id": ("bad_id", lambda rng, i, n: _with(rng, n, i, id=b'"\\ud800"')),
-    "surrogate_timestamp": ("bad_timestamp", lambda rng, i, n: _with(rng, n, i, timestamp=b'"x\\udc00"')),
+    "surrogate_timestamp": (
+        "bad_timestamp",
+        lambda rng, i, n: _with(rng, n, i, timestamp=b'"x\\udc00"'),
+    ),
     "nested_id": ("bad_id", lambda rng, i, n: _with(rng, n, i, id=b"[" * 300 + b"]" * 300)),
     "big_int_id": ("bad_id", lambda rng, i, n: _with(rng, n, i, id=str(2**53 + 1 + i).encode())),
     "inf_id": ("bad_id", lambda rng, i, n: _with(rng, n, i, id=b"1e400")),

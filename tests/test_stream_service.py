@@ -479,7 +479,11 @@ def test_a_lone_service_joins_once_and_keeps_its_partitions(
     with _running(detector, _config(kafka_bootstrap, t)) as service:
         # A record scored after the join: the metadata response that triggered the second
         # rebalance came within milliseconds of it, long before a fetch completes.
-        sent = _produce(kafka_bootstrap, t["input_topic"], [(b"k", _record(0, np.zeros(8), detector.feature_names, False))])
+        sent = _produce(
+            kafka_bootstrap,
+            t["input_topic"],
+            [(b"k", _record(0, np.zeros(8), detector.feature_names, False))],
+        )
         _read(kafka_bootstrap, t["output_topic"], covers=set(sent))
         assert service.ready()
         assert service.assignment() == {TopicPartition(t["input_topic"], p) for p in range(3)}

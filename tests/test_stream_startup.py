@@ -4,6 +4,7 @@ and no secret; missing topics are created on request, or the error says how to g
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from kafka.admin import KafkaAdminClient
 import anomaly
 from anomaly.stream import ScoringService, StreamError
 from anomaly.stream.clients import check_broker
+from tests._support import LogLines
 from tests.test_cli import TF_NATIVE_LOG
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -191,22 +193,12 @@ def test_a_wrong_plain_password_is_reported_and_never_reaches_a_log_handler(
     """SASL PLAIN sends the password itself. Start-up reads kafka-python's DEBUG records
     of the exchange to tell a refusal from an outage; no handler, however low its level,
     may receive them."""
-    import logging
-
-    class Everything(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.DEBUG)
-            self.messages: list[str] = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
-
     wrong = tmp_path / "kafka-password"
     wrong.write_text(SECRET + "\n")
     config = _secure_config(
         kafka_secure, "sasl_plain", kafka_topic_factory(1), sasl_plain_password_file=str(wrong)
     )
-    handler = Everything()
+    handler = LogLines(logging.DEBUG)
     watched = [logging.getLogger(name) for name in ("kafka.net.connection", "kafka", "")]
     for logger in watched:
         logger.addHandler(handler)
@@ -216,5 +208,5 @@ def test_a_wrong_plain_password_is_reported_and_never_reaches_a_log_handler(
     finally:
         for logger in watched:
             logger.removeHandler(handler)
-    assert not any(SECRET in message for message in handler.messages)
-    assert not any("SaslAuthenticateRequest" in message for message in handler.messages)
+    assert not any(SECRET in line for line in handler.lines)
+    assert not any("SaslAuthenticateRequest" in line for line in handler.lines)

@@ -216,7 +216,11 @@ def _bootstrap_failure(
     protocol = str(options.get("security_protocol", "PLAINTEXT")).upper()
     mechanism = options.get("sasl_mechanism")
     logged = failures.last
-    if failures.refused is None and failures.authenticating and isinstance(logged, KafkaConnectionError):
+    if (
+        failures.refused is None
+        and failures.authenticating
+        and isinstance(logged, KafkaConnectionError)
+    ):
         return (
             f"authentication failed against Kafka at {servers} (SASL {mechanism}): the broker "
             "closed the connection during authentication; check sasl_plain_username and the "
@@ -303,4 +307,3 @@ def make_producer(config: ServeConfig, client_id: str) -> KafkaProducer:
         raise StreamError(
             f"cannot create the Kafka producer for {config.bootstrap_servers}: {exc}"
         ) from None
-

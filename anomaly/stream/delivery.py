@@ -224,10 +224,7 @@ class Delivery:
 def _acknowledged(message: Outgoing) -> bool:
     future = message.future
     return (
-        message.error is None
-        and future is not None
-        and future.is_done
-        and future.exception is None
+        message.error is None and future is not None and future.is_done and future.exception is None
     )
 
 

@@ -369,9 +369,7 @@ class ScoringService:
         )
         origin = _Unreadable(tp.topic, tp.partition, offset)
         detail = f"the consumer could not read this record's batch: {_describe_fetch_error(error)}"
-        self._delivery.add(
-            self._dead_letter(origin, "unreadable", detail), {tp: offset + 1}, []
-        )
+        self._delivery.add(self._dead_letter(origin, "unreadable", detail), {tp: offset + 1}, [])
         self._counts["rejected"] += 1
         self._consumer.seek(tp, offset + 1)
         return True
@@ -643,7 +641,9 @@ class ScoringService:
             )
             self._on_commit(offsets, None)
         except KafkaError as exc:
-            log.warning("event=commit_failed error=%s partitions=%d", type(exc).__name__, len(offsets))
+            log.warning(
+                "event=commit_failed error=%s partitions=%d", type(exc).__name__, len(offsets)
+            )
         self._profile["commit"] += perf_counter() - start
         return len(offsets)
 

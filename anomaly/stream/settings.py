@@ -86,9 +86,7 @@ def _kafka_from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         if name.startswith(KAFKA_ENV_PREFIX):
             option = name[len(KAFKA_ENV_PREFIX) :].lower()
             raw = raw.strip()
-            options[option] = (
-                kafka_options.from_environment(option, raw, name) if raw else None
-            )
+            options[option] = kafka_options.from_environment(option, raw, name) if raw else None
     return options
 
 
