@@ -276,3 +276,51 @@ def test_time_without_an_assignment_counts_from_subscribing_until_a_grant():
     assert assignment.unassigned_for() == pytest.approx(12.0)
     assignment.grant({tp(0)})
     assert assignment.unassigned_for() == 0.0
+
+
+def test_input_pauses_above_the_limit_and_resumes_only_at_half_of_it():
+    delivery, _, _, _ = make_delivery()
+    batch(delivery, 0, 0, 11)
+    assert delivery.pause_reason(limit=10, paused=False) == "pending_results"
+    for m in delivery.pending[0].messages[:5]:
+        m.future.succeed()  # not settled yet: the batch still waits for its other messages
+    assert delivery.pause_reason(limit=10, paused=True) == "pending_results"
+    batch(delivery, 1, 0, 4)
+    for b in list(delivery.pending):
+        for m in b.messages:
+            m.future.succeed()
+    delivery.settle()
+    assert delivery.pause_reason(limit=10, paused=True) is None
+
+
+def test_input_stays_paused_while_a_message_waits_to_be_sent_again():
+    delivery, _, _, _ = make_delivery()
+    (message,) = batch(delivery, 0, 0, 1)
+    message.future.fail(KafkaTimeoutError())
+    delivery.settle()
+    assert delivery.pause_reason(limit=1000, paused=False) == "output_unavailable"
+
+
+# -- the broker watch -------------------------------------------------------------------------
+
+
+def test_the_broker_is_lost_after_three_seconds_without_a_connection_and_back_at_once(caplog):
+    from anomaly.stream.broker_watch import LOST_AFTER_S, BrokerWatch
+
+    clock, up = Clock(), [True]
+    watch = BrokerWatch(lambda: up[0], "b:9092", clock)
+    caplog.set_level(logging.INFO, "anomaly.stream")
+    assert watch.check() is None and not watch.lost
+    up[0] = False
+    assert watch.check() is None  # a reconnect takes milliseconds: not lost yet
+    clock.now += LOST_AFTER_S / 2
+    assert watch.check() is None and not watch.lost
+    clock.now += LOST_AFTER_S / 2
+    assert watch.check() is False and watch.lost
+    clock.now += 10
+    assert watch.check() is None  # one event for the whole outage
+    up[0] = True
+    assert watch.check() is True and not watch.lost
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split()[0] for line in lines] == ["event=broker_lost", "event=broker_back"]
+    assert "unreachable_s=13.0" in lines[1]

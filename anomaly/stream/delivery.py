@@ -16,7 +16,8 @@ A message Kafka refuses is never dropped and never stops the service:
   ``blocked`` tells the loop to pause its input until it goes through.
 
 ``Delivery`` knows nothing of Kafka clients beyond the producer's ``send`` and the futures
-it returns (``is_done``, ``exception``), so its rules are unit-tested with fakes.
+it returns (``is_done``, ``exception``), so its rules are unit-tested with fakes; it also
+says when the input should be paused (``pause_reason``, back-pressure).
 """
 
 from __future__ import annotations
@@ -126,6 +127,19 @@ class Delivery:
     def blocked(self) -> bool:
         """Some message could not be delivered and is not yet through: pause input."""
         return bool(self._failing or self._retried)
+
+    def pause_reason(self, limit: int, paused: bool) -> str | None:
+        """Why the input should be paused now, or None to let it run (back-pressure).
+
+        Paused while a message waits to be sent again (``output_unavailable``), or once
+        more than ``limit`` messages are unacknowledged (``pending_results``) until half of
+        them are: the gap keeps the input from flapping.
+        """
+        if self.blocked:
+            return "output_unavailable"
+        if self.pending_messages > (limit // 2 if paused else limit):
+            return "pending_results"
+        return None
 
     # -- settling ------------------------------------------------------------------------
 

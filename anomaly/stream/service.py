@@ -22,10 +22,10 @@ The producer works in its own thread while the loop polls and scores the next ba
 more than ``max_pending_results`` results are unacknowledged the input partitions are
 paused (back-pressure) until half of them are.
 
-**The broker.** The loop watches the consumer's connections: when none has been up for
-``BROKER_LOST_AFTER_S`` it logs ``event=broker_lost`` once and ``/readyz`` answers 503; when
-one is back it logs ``event=broker_back``. The clients reconnect by themselves (their
-reconnect backoff is capped, see ``clients``).
+**The broker.** The loop watches the consumer's connections (``broker_watch``): when none
+has been up for a few seconds it logs ``event=broker_lost`` once and ``/readyz`` answers
+503; when one is back it logs ``event=broker_back``. The clients reconnect by themselves
+(their reconnect backoff is capped, see ``clients``).
 
 Rebalances (``rebalance.Assignment`` holds the rules): before partitions are revoked the
 producer is flushed and what is settled is committed, so the next owner starts right after
@@ -57,6 +57,7 @@ from kafka.structs import OffsetAndMetadata
 from anomaly.config import COMPONENTS, ServeConfig
 from anomaly.stream import codecs
 from anomaly.stream.alarms import KeyedAlarms
+from anomaly.stream.broker_watch import BrokerWatch
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
 from anomaly.stream.delivery import Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
@@ -88,9 +89,6 @@ PENDING_POLL_MS = 5
 FLUSH_WAIT_S = 1.0
 #: Seconds between consumer-lag updates and broker-connection checks.
 LAG_INTERVAL_S = 1.0
-#: The broker counts as lost once the consumer has had no connection to it for this long
-#: (a reconnect after an idle connection closes takes milliseconds).
-BROKER_LOST_AFTER_S = 3.0
 #: The loop counts as alive (``/healthz``) if an iteration began this recently; generous
 #: because a rebalance can hold a poll for up to the session timeout.
 ALIVE_STALE_S = 120.0
@@ -152,8 +150,9 @@ class ScoringService:
         self._assignment = Assignment(config.input_topic)
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last consumed
         self._paused = False
-        self._broker_lost_at: float | None = None
-        self._broker_unseen_since: float | None = None
+        self._broker = BrokerWatch(
+            lambda: _broker_connected(self._consumer), config.bootstrap_servers
+        )
         self._fetch_errors: dict[str, float] = {}  # last log time per fetch-error description
         self._last_commit_attempt = 0.0
         self._last_lag_update = 0.0
@@ -248,7 +247,7 @@ class ScoringService:
         way to get here (so not while the broker is lost).
         """
         unassigned_s = self._assignment.unassigned_for()
-        if unassigned_s < self.config.session_timeout_ms / 1000 or self._broker_lost_at:
+        if unassigned_s < self.config.session_timeout_ms / 1000 or self._broker.lost:
             return
         log.warning("event=rebalance_stalled unassigned_s=%.1f action=resubscribe", unassigned_s)
         self.metrics.rejoins.inc()
@@ -301,7 +300,7 @@ class ScoringService:
         return (
             self._running
             and bool(self._assignment.assigned)
-            and self._broker_lost_at is None
+            and not self._broker.lost
             and not self._stop.is_set()
         )
 
@@ -617,7 +616,7 @@ class ScoringService:
 
     def _on_commit(self, offsets, response) -> None:
         if isinstance(response, BaseException):
-            if self._broker_lost_at is None:  # while it is lost, broker_lost says it all
+            if not self._broker.lost:  # while it is lost, broker_lost says it all
                 log.warning(
                     "event=commit_failed error=%s partitions=%d (retried with the next commit)",
                     type(response).__name__,
@@ -650,8 +649,8 @@ class ScoringService:
     def _apply_backpressure(self) -> None:
         limit = self.config.max_pending_results
         pending = self._delivery.pending_messages
-        blocked = self._delivery.blocked
-        if not self._paused and (pending > limit or blocked):
+        why = self._delivery.pause_reason(limit, self._paused)
+        if why is not None and not self._paused:
             self._consumer.pause(*self._consumer.assignment())
             self._paused = True
             self.metrics.backpressure_pauses.inc()
@@ -659,9 +658,9 @@ class ScoringService:
                 "event=paused pending_results=%d max_pending_results=%d reason=%s",
                 pending,
                 limit,
-                "output_unavailable" if blocked else "pending_results",
+                why,
             )
-        elif self._paused and pending <= limit // 2 and not blocked:
+        elif why is None and self._paused:
             self._consumer.resume(*self._consumer.paused())
             self._paused = False
             log.info("event=resumed pending_results=%d", pending)
@@ -671,8 +670,10 @@ class ScoringService:
         if now - self._last_lag_update < LAG_INTERVAL_S:
             return
         self._last_lag_update = now
-        self._watch_broker(now)
-        if self._broker_lost_at is not None:
+        change = self._broker.check()
+        if change is not None:
+            self.metrics.broker_reachable.set(1 if change else 0)
+        if self._broker.lost:
             return
         self._output_partition.refresh()  # the output topic may have grown
         consumer = self._consumer
@@ -686,31 +687,6 @@ class ScoringService:
                 continue
             if high is not None and position is not None:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
-
-    def _watch_broker(self, now: float) -> None:
-        """Log once when the broker is lost and once when it is back; ``ready`` follows."""
-        if _broker_connected(self._consumer):
-            self._broker_unseen_since = None
-            if self._broker_lost_at is not None:
-                log.info(
-                    "event=broker_back bootstrap_servers=%s unreachable_s=%.1f",
-                    self.config.bootstrap_servers,
-                    now - self._broker_lost_at,
-                )
-                self._broker_lost_at = None
-                self.metrics.broker_reachable.set(1)
-            return
-        if self._broker_unseen_since is None:
-            self._broker_unseen_since = now
-        if self._broker_lost_at is None and now - self._broker_unseen_since >= BROKER_LOST_AFTER_S:
-            self._broker_lost_at = self._broker_unseen_since
-            self.metrics.broker_reachable.set(0)
-            log.warning(
-                "event=broker_lost bootstrap_servers=%s action=reconnecting_not_ready "
-                "pending_results=%d",
-                self.config.bootstrap_servers,
-                self._delivery.pending_messages,
-            )
 
     # -- rebalances (called by the consumer while the loop is blocked in poll or close) -----
 

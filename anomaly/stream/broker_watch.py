@@ -1,0 +1,69 @@
+"""Whether the service can reach its Kafka cluster, as one event when that changes.
+
+The clients reconnect by themselves and log every failed attempt; an operator wants one
+line when the cluster is lost and one when it is back, and a readiness probe that says so
+meanwhile. ``BrokerWatch`` turns a connection probe, checked about once a second, into
+exactly that: the cluster counts as lost once the probe has failed for ``LOST_AFTER_S``
+(a connection that closes when idle is back within milliseconds), and as back at the first
+success after that.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("anomaly.stream")
+
+#: Seconds without a connection after which the cluster counts as lost.
+LOST_AFTER_S = 3.0
+
+
+class BrokerWatch:
+    """``check()`` probes ``connected`` and logs ``event=broker_lost`` / ``event=broker_back``
+    (with ``servers`` and how long it was lost); ``lost`` is true in between."""
+
+    def __init__(
+        self,
+        connected: Callable[[], bool],
+        servers: str,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._connected = connected
+        self._servers = servers
+        self._clock = clock
+        self._unseen_since: float | None = None
+        self._lost_since: float | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self._lost_since is not None
+
+    def check(self) -> bool | None:
+        """Probe once. Returns False when the cluster was just lost, True when it just came
+        back, None when nothing changed."""
+        now = self._clock()
+        if self._connected():
+            self._unseen_since = None
+            if self._lost_since is None:
+                return None
+            log.info(
+                "event=broker_back bootstrap_servers=%s unreachable_s=%.1f",
+                self._servers,
+                now - self._lost_since,
+            )
+            self._lost_since = None
+            return True
+        if self._unseen_since is None:
+            self._unseen_since = now
+        if self._lost_since is None and now - self._unseen_since >= LOST_AFTER_S:
+            self._lost_since = self._unseen_since
+            log.warning(
+                "event=broker_lost bootstrap_servers=%s unreachable_s=%.1f "
+                "action=reconnecting_not_ready",
+                self._servers,
+                now - self._unseen_since,
+            )
+            return False
+        return None
