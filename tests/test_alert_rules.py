@@ -30,6 +30,8 @@ EXPECTED_ALERTS = {
     "DeadLetterRateHigh",
     "AnomalyScorerDown",
     "AnomalyScorerStalled",
+    "KafkaUnreachable",
+    "UnreadableRecords",
 }
 
 
