@@ -29,15 +29,28 @@ def tp(partition: int) -> TopicPartition:
 
 
 class FakeFuture:
+    """kafka-python's producer future as Delivery uses it: state and callbacks."""
+
     def __init__(self):
         self.is_done = False
         self.exception = None
+        self._callbacks, self._errbacks = [], []
+
+    def add_callback(self, f, *args):
+        self._callbacks.append((f, args))
+
+    def add_errback(self, f, *args):
+        self._errbacks.append((f, args))
 
     def succeed(self):
         self.is_done = True
+        for f, args in self._callbacks:
+            f(*args, "metadata")
 
     def fail(self, error):
         self.is_done, self.exception = True, error
+        for f, args in self._errbacks:
+            f(*args, error)
 
 
 class FakeProducer:

@@ -103,6 +103,11 @@ class Delivery:
         self._failing: dict[int, Outgoing] = {}  # id(message) -> message to send again
         #: Messages sent again, not yet acknowledged: input stays paused until they are.
         self._retried: dict[int, Outgoing] = {}
+        #: Attempts that failed, and retried messages that went through, as the producer's
+        #: thread reports them (callbacks on the futures): settling looks at these only,
+        #: not at every pending message.
+        self._refused: deque[Outgoing] = deque()
+        self._through: deque[Outgoing] = deque()
         self._next_retry = 0.0
         self._unavailable_since: float | None = None
         self.rerouted = 0
@@ -117,11 +122,23 @@ class Delivery:
         self.pending.append(Batch(messages, offsets, kafka_timestamps_ms))
         self.pending_messages += len(messages)
 
-    def _attempt(self, message: Outgoing) -> None:
+    def _attempt(self, message: Outgoing, retry: bool = False) -> None:
         try:
-            message.future, message.error = self._send(message), None
+            future = self._send(message)
         except Exception as exc:  # noqa: BLE001 (a failed send is that message's failure)
             message.future, message.error = None, exc
+            self._refused.append(message)
+            return
+        message.future, message.error = future, None
+        future.add_errback(self._refused_by_kafka, message)
+        if retry:
+            future.add_callback(self._went_through, message)
+
+    def _refused_by_kafka(self, message: Outgoing, _error: BaseException) -> None:
+        self._refused.append(message)  # deque.append is atomic: safe from another thread
+
+    def _went_through(self, message: Outgoing, _metadata: Any) -> None:
+        self._through.append(message)
 
     @property
     def blocked(self) -> bool:
@@ -147,15 +164,18 @@ class Delivery:
         """Move acknowledged batches, in order, to ``settled``; deal with refused messages.
         Returns the Kafka timestamps of the input records whose batches settled."""
         stamps: list[int] = []
-        retry_now = self._failing and self._clock() >= self._next_retry
-        if retry_now:
+        if self._failing and self._clock() >= self._next_retry:
             self._retry()
-        for batch in self.pending:
-            for message in batch.messages:
-                self._check(message)
+        while self._refused:
+            self._check(self._refused.popleft())
+        while self._through:
+            self._retried.pop(id(self._through.popleft()), None)
         while self.pending:
             batch = self.pending[0]
-            if not all(_acknowledged(m) for m in batch.messages):
+            messages = batch.messages
+            if messages and not (
+                _acknowledged(messages[-1]) and all(_acknowledged(m) for m in messages)
+            ):
                 break
             self.pending.popleft()
             self.pending_messages -= len(batch.messages)
@@ -171,10 +191,7 @@ class Delivery:
         error = message.error
         if error is None:
             future = message.future
-            if future is None or not future.is_done:
-                return
-            if future.exception is None:
-                self._retried.pop(id(message), None)
+            if future is None or not future.is_done or future.exception is None:
                 return
             error = future.exception
         if isinstance(error, RECORD_ERRORS):
@@ -202,7 +219,7 @@ class Delivery:
             # The producer places it by its key again: the topic may have been recreated
             # with other partitions meanwhile.
             message.partition = None
-            self._attempt(message)
+            self._attempt(message, retry=True)
         self._next_retry = self._clock() + RETRY_INTERVAL_S
 
     def _note_availability(self) -> None:
