@@ -24,6 +24,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from tests._support import LogLines, wait_for
 from tests.test_stream_service import (
+    Cluster,
     _config,
     _normal_rows,
     _produce,
@@ -251,3 +252,75 @@ def test_a_crashed_instance_is_replaced_at_once_with_static_membership(
     finally:
         first.kill_quietly()
         second.kill_quietly()
+
+
+def test_an_output_topic_the_service_may_not_write_for_a_while_pauses_input_and_drops_nothing(
+    kafka_secure, kafka_topic_factory, detector, tiny_bundle_mixing, events
+):
+    """The service runs over SASL_SSL as the broker's SASL user; an ACL denies that user
+    writes to the output topic for a while. The service logs ``output_unavailable`` once,
+    pauses its input and sends the results again every second; once the ACL is gone they go
+    through, ``output_available`` is logged, and every record has its result, none of them
+    dead-lettered."""
+    from kafka.admin import (
+        ACL,
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+
+    mode = kafka_secure["sasl_scram512"]
+    t = {
+        "input_topic": kafka_topic_factory(2, prefix="in"),
+        "output_topic": kafka_topic_factory(1, prefix="out"),
+        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+        "alerts_topic": None,
+    }
+    service_side = Cluster(mode.bootstrap, dict(mode.options), {})
+    config = _config(service_side, t)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_secure.bootstrap, client_id="pytest-acl")
+    deny = ACL(
+        principal=f"User:{kafka_secure.sasl_username}",
+        host="*",
+        operation=ACLOperation.WRITE,
+        permission_type=ACLPermissionType.DENY,
+        resource_pattern=ResourcePattern(ResourceType.TOPIC, t["output_topic"]),
+    )
+    names = detector.feature_names
+    rows = _normal_rows(tiny_bundle_mixing, 300, seed=29)
+    messages = [(f"e{i % 5}".encode(), _record(i, r, names, False)) for i, r in enumerate(rows)]
+    try:
+        with _running(detector, config) as service:
+            before = _produce(kafka_secure.bootstrap, t["input_topic"], messages[:100])
+            _read(kafka_secure.bootstrap, t["output_topic"], covers=set(before))
+            result = admin.create_acls([deny])
+            assert not result["failed"], result
+            during = _produce(kafka_secure.bootstrap, t["input_topic"], messages[100:])
+            wait_for(lambda: events.count("output_unavailable") == 1, 30, "output_unavailable")
+            wait_for(lambda: events.count("paused") >= 1, 10, "the input to be paused")
+            assert events.count("output_available") == 0 and service.stats()["rejected"] == 0
+            admin.delete_acls(
+                [
+                    ACLFilter(
+                        principal=deny.principal,
+                        host="*",
+                        operation=ACLOperation.WRITE,
+                        permission_type=ACLPermissionType.DENY,
+                        resource_pattern=ResourcePatternFilter(
+                            ResourceType.TOPIC, t["output_topic"], ACLResourcePatternType.LITERAL
+                        ),
+                    )
+                ]
+            )
+            wait_for(lambda: events.count("output_available") == 1, 30, "output_available")
+            results = _read(kafka_secure.bootstrap, t["output_topic"], covers=set(during))
+            assert service.stats()["rejected"] == 0  # sent again, never dead-lettered
+    finally:
+        admin.close()
+    seen = {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))}
+    assert set(before) | set(during) <= seen
+    assert events.count("output_unavailable") == 1 and events.count("output_available") == 1

@@ -839,5 +839,5 @@ def test_serve_command_exits_2_with_one_line_when_the_input_topic_is_missing(
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "input_topic='missing-" in errors[0], result.stderr
+    assert len(errors) == 1 and "input topic 'missing-" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
