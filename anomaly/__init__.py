@@ -1,10 +1,10 @@
 """GAN-based anomaly detection: train on normal data, score records, flag anomalies.
 
-    import anomaly
-    detector = anomaly.train(normal_rows, anomaly.Config())
-    result = detector.score(new_rows)        # scores, flags, percentiles, explanations
-    detector.save("model/")
-    detector = anomaly.load("model/")
+import anomaly
+detector = anomaly.train(normal_rows, anomaly.Config())
+result = detector.score(new_rows)        # scores, flags, percentiles, explanations
+detector.save("model/")
+detector = anomaly.load("model/")
 """
 
 import os as _os

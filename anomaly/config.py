@@ -165,6 +165,11 @@ RESERVED_KAFKA_OPTIONS = {
     "key_serializer": "the service writes keys and values as bytes",
     "value_serializer": "the service writes keys and values as bytes",
     "transactional_id": "the service delivers at least once, without transactions",
+    "acks": "the service's results count as delivered only when every in-sync replica has "
+    "them (acks=all)",
+    "enable_idempotence": "kafka-python's idempotent producer fails every later message "
+    "after one the broker refuses; the service sends without it",
+    "isolation_level": "the service scores committed records only (read_committed)",
 }
 
 #: A Kafka option whose name ends in this is read from the file it names (one trailing
@@ -176,11 +181,9 @@ FILE_SUFFIX = "_file"
 def is_secret_option(name: str) -> bool:
     """Whether the value of Kafka option ``name`` is a secret that is never shown."""
     name = name.lower()
-    return (
-        any(word in name for word in ("password", "secret", "token", "credential"))
-        or name.startswith("sasl_oauth")
-        or name == "ssl_password"
-    )
+    return any(
+        word in name for word in ("password", "secret", "token", "credential")
+    ) or name.startswith("sasl_oauth")
 
 
 class KafkaOptions(Mapping[str, str | int | float | bool]):

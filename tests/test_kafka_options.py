@@ -50,13 +50,13 @@ def test_toml_kafka_table_is_read_with_its_value_types(tmp_path):
 
 
 def test_environment_option_overrides_the_file_converted_to_kafka_python_types(tmp_path):
-    path = _toml(tmp_path, '[serve.kafka]\nsecurity_protocol = "SSL"\nacks = 1\n')
+    path = _toml(tmp_path, '[serve.kafka]\nsecurity_protocol = "SSL"\nrequest_timeout_ms = 5000\n')
     environ = {
         "ANOMALY_SERVE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "ANOMALY_SERVE_KAFKA_SSL_CHECK_HOSTNAME": "false",
         "ANOMALY_SERVE_KAFKA_MAX_REQUEST_SIZE": "2097152",
         "ANOMALY_SERVE_KAFKA_RETRIES": "5",
-        "ANOMALY_SERVE_KAFKA_ACKS": "",
+        "ANOMALY_SERVE_KAFKA_REQUEST_TIMEOUT_MS": "",
     }
     options = dict(resolve_serve_config(path, environ=environ).kafka)
     assert options == {
@@ -130,6 +130,9 @@ def test_option_that_needs_a_python_object_is_refused():
         ("enable_auto_commit", r"\[serve\] commit_interval_ms"),
         ("value_deserializer", "bytes"),
         ("client_id", r"\[serve\] group_id"),
+        ("acks", "acks=all"),
+        ("enable_idempotence", "refuses"),
+        ("isolation_level", "read_committed"),
     ],
 )
 def test_option_the_service_sets_is_refused_naming_the_serve_key(option, instead):
@@ -142,13 +145,13 @@ def test_each_client_gets_only_the_options_it_accepts():
         kafka={
             "security_protocol": "SSL",  # all three
             "compression_type": "zstd",  # producer only
-            "isolation_level": "read_committed",  # consumer only
+            "fetch_min_bytes": 1,  # consumer only
             "allow_auto_create_topics": False,  # consumer and producer
         }
     ).kafka
     assert set(client_options(kafka, "consumer")) == {
         "security_protocol",
-        "isolation_level",
+        "fetch_min_bytes",
         "allow_auto_create_topics",
     }
     assert set(client_options(kafka, "producer")) == {

@@ -209,6 +209,7 @@ def test_a_result_with_a_huge_id_is_cut_to_fit_and_marked_with_the_ids_hash():
     assert result["id_truncated"] is True and huge.startswith(result["id"]) and result["id"]
     assert result["id_sha256"] == hashlib.sha256(huge.encode()).hexdigest()
     assert result["score"] == 1.5 and result["timestamp"] == "t"
+    assert "timestamp_truncated" not in result  # only what was cut is marked
 
 
 def test_a_result_that_fits_is_left_alone():
@@ -337,3 +338,28 @@ def test_the_broker_is_lost_after_three_seconds_without_a_connection_and_back_at
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split()[0] for line in lines] == ["event=broker_lost", "event=broker_back"]
     assert "unreachable_s=13.0" in lines[1]
+
+
+def test_a_retried_message_then_refused_for_its_size_is_dead_lettered_and_input_resumes():
+    delivery, producer, clock, rerouted = make_delivery()
+    (message,) = batch(delivery, 0, 0, 1)
+    message.future.fail(KafkaTimeoutError())
+    delivery.settle()
+    clock.now += RETRY_INTERVAL_S
+    delivery.settle()  # sent again
+    producer.last("out").fail(MessageSizeTooLargeError())
+    delivery.settle()
+    assert rerouted == [(0, "MessageSizeTooLargeError")] and message.topic == "dlq"
+    producer.last("dlq").succeed()
+    delivery.settle()
+    assert delivery.settled == {tp(0): 1} and not delivery.blocked
+
+
+def test_offsets_of_a_revoked_partition_are_not_committed_when_its_batch_settles_later():
+    delivery, _, _, _ = make_delivery()
+    messages = batch(delivery, 0, 0, 2)
+    delivery.forget({tp(0)})
+    for m in messages:
+        m.future.succeed()
+    delivery.settle()
+    assert delivery.settled == {} and not delivery.pending

@@ -59,6 +59,10 @@ STARTUP_TIMEOUT_MS = 10_000
 #: broker came back; at 1 s it resumes within seconds, at a few connection attempts per
 #: second while the broker is down. ``[serve.kafka] reconnect_backoff_max_ms`` overrides it.
 RECONNECT_BACKOFF_MAX_MS = 1_000
+#: Longest a send may block the loop waiting for a topic's metadata or for buffer space
+#: (kafka-python's default is 60 s). A topic without metadata (deleted, not authorised)
+#: then fails a send after 1 s, and the service sends it again later with its input paused.
+MAX_BLOCK_MS = 1_000
 #: Producer request batch size per partition; a micro-batch of 512 results is about 250 kB.
 PRODUCER_BATCH_BYTES = 256 * 1024
 
@@ -294,6 +298,7 @@ def make_producer(config: ServeConfig, client_id: str) -> KafkaProducer:
                 "batch_size": PRODUCER_BATCH_BYTES,
                 "bootstrap_timeout_ms": STARTUP_TIMEOUT_MS,
                 "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+                "max_block_ms": MAX_BLOCK_MS,
                 "enable_idempotence": False,
                 "acks": "all",
                 "max_in_flight_requests_per_connection": 1,

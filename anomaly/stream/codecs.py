@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
+import zlib
 
 import kafka.record.default_records as default_records
 import kafka.record.legacy_records as legacy_records
@@ -61,6 +63,38 @@ def lz4_decode(payload: bytes) -> bytes:
 
     decompressor = lz4.frame.LZ4FrameDecompressor()
     return _bounded(lambda limit: decompressor.decompress(payload, max_length=limit), "lz4")
+
+
+def is_unpacking_error(error: BaseException) -> bool:
+    """Whether ``error``, raised by the consumer's ``poll``, means a fetched batch could not
+    be unpacked (a failed checksum, a payload its codec cannot decompress, a bomb), as
+    opposed to a problem of the connection, the group or the client."""
+    from kafka.errors import CorruptRecordError
+
+    codec_errors: tuple[type[BaseException], ...] = (
+        CorruptRecordError,
+        DecompressionBombError,
+        gzip.BadGzipFile,
+        zlib.error,
+        EOFError,
+        struct.error,
+    )
+    try:
+        import zstandard
+
+        codec_errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    try:
+        import cramjam  # python-snappy's backend
+
+        codec_errors += (cramjam.DecompressionError,)
+    except (ImportError, AttributeError):
+        pass
+    if isinstance(error, codec_errors):
+        return True
+    # lz4.frame raises a bare RuntimeError ("LZ4F_decompress failed ...").
+    return type(error) is RuntimeError and "LZ4" in str(error)
 
 
 def install() -> None:

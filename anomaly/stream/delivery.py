@@ -199,7 +199,7 @@ class Delivery:
             if replacement is not None:
                 self.rerouted += 1
                 _replace(message, replacement)
-                self._attempt(message)
+                self._attempt(message, retry=id(message) in self._retried)
                 return
         self._failing[id(message)] = message
         message.error = error
@@ -247,9 +247,12 @@ class Delivery:
                 self.settled[tp] = offset
 
     def forget(self, partitions) -> None:
-        """Partitions gone in a rebalance: their settled offsets are not ours to commit."""
+        """Partitions gone in a rebalance: their offsets, settled or still pending, are not
+        ours to commit (a pending batch's results are still delivered)."""
         for tp in partitions:
             self.settled.pop(tp, None)
+            for batch in self.pending:
+                batch.offsets.pop(tp, None)
 
 
 def _acknowledged(message: Outgoing) -> bool:

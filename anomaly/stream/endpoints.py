@@ -2,8 +2,9 @@
 
 ``/healthz`` answers 200 while the scoring loop is alive (running and not stuck in one
 iteration for long), 503 otherwise: a liveness probe restarts a dead or hung service.
-``/readyz`` answers 200 once the model is loaded and input partitions are assigned, 503
-before that, between rebalances and while shutting down: a readiness probe.
+``/readyz`` answers 200 once the model is loaded, the broker is reachable and input
+partitions are assigned; 503 before that, between rebalances, while the broker is lost and
+while shutting down: a readiness probe.
 
 The endpoint is safe to expose beyond the pod:
 

@@ -412,29 +412,26 @@ class ResultEncoder:
 
 def fit_result(record: dict, room: int) -> bytes:
     """``record`` as JSON in at most ``room`` bytes: a string ``id`` or ``timestamp`` that
-    makes it longer is cut, and marked with ``<name>_truncated`` and ``<name>_sha256`` (of its
-    UTF-8). Raises ``ValueError`` when even that does not fit."""
+    makes it longer is cut, the longer one first, and marked with ``<name>_truncated`` and
+    ``<name>_sha256`` (of its UTF-8). Raises ``ValueError`` when even that does not fit."""
     payload = orjson.dumps(record)
     if len(payload) <= room:
         return payload
-    cut = {**record, "id": None, "timestamp": None}
-    long_fields = [
-        name for name in ("id", "timestamp") if isinstance(record.get(name), str) and record[name]
-    ]
-    marks = 120 * len(long_fields)  # "<name>_truncated":true,"<name>_sha256":"<64 hex>"
-    share = (room - len(orjson.dumps(cut)) - marks) // max(1, len(long_fields))
-    for name in ("id", "timestamp"):
-        value = record.get(name)
-        if name not in long_fields:
-            cut[name] = value
-            continue
+    cut = dict(record)
+    strings = [n for n in ("id", "timestamp") if isinstance(record.get(n), str) and record[n]]
+    for name in sorted(strings, key=lambda n: -len(record[n])):
+        value = record[name]
+        marks = {
+            f"{name}_truncated": True,
+            f"{name}_sha256": hashlib.sha256(value.encode()).hexdigest(),
+        }
+        cut.update({name: "", **marks})
+        share = room - len(orjson.dumps(cut)) + 2  # the room "" took
         cut[name] = _cut_to_json_size(value, share)
-        cut[f"{name}_truncated"] = True
-        cut[f"{name}_sha256"] = hashlib.sha256(value.encode("utf-8")).hexdigest()
-    payload = orjson.dumps(cut)
-    if len(payload) > room:
-        raise ValueError(f"the result needs {len(payload)} bytes; the producer allows {room}")
-    return payload
+        payload = orjson.dumps(cut)
+        if len(payload) <= room:
+            return payload
+    raise ValueError(f"the result needs {len(payload)} bytes; the producer allows {room}")
 
 
 def _cut_to_json_size(text: str, size: int) -> str:
@@ -461,6 +458,7 @@ def encode_rejection(
     """
     key = record.key if record.key is not None else b""
     value = record.value if record.value is not None else b""
+    no_value = record.value is None  # a tombstone, or a record that could not be read
     kafka_key = record.key if record.key is not None and len(key) <= DLQ_KEY_LIMIT else None
     letter = {
         "reason": reason,
@@ -489,6 +487,8 @@ def encode_rejection(
         letter["key_truncated"] = key_keep < len(key)
     letter["value_base64"] = base64.b64encode(value[:value_keep]).decode()
     letter["value_truncated"] = value_keep < len(value)
+    if no_value:
+        letter.update(value_base64=None, value_bytes=None, value_sha256=None)
     return kafka_key, orjson.dumps(letter)
 
 

@@ -198,13 +198,15 @@ class ServiceMetrics:
         self.target_fpr.set(target_fpr)
         self.backpressure_pauses = Counter(
             "anomaly_backpressure_pauses_total",
-            "Times the input partitions were paused because too many results were unacknowledged.",
+            "Times the input partitions were paused: too many results unacknowledged, or a "
+            "result or dead letter waiting to be sent again.",
             registry=registry,
         )
         self.fetch_errors = Counter(
             "anomaly_fetch_errors_total",
-            "Polls of the input topic that failed because the client could not read what the "
-            "broker returned, by error type (nothing past it is committed; it is fetched again).",
+            "Polls of the input topic that failed, by error type: a batch that could not be "
+            "unpacked (its records dead-lettered as unreadable and skipped) or another fetch "
+            "error (polled again).",
             ["error"],
             registry=registry,
         )

@@ -11,6 +11,7 @@ Records without a key are left to the producer (sticky partitioning).
 from __future__ import annotations
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
 #: Keys remembered; the cache is emptied when it grows past this.
@@ -31,8 +32,13 @@ class KeyPartitions:
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the topic's partitions (cached metadata); forget keys if they changed."""
-        partitions = sorted(self._producer.partitions_for(self.topic) or ())
+        """Re-read the topic's partitions (cached metadata); forget keys if they changed.
+        Without metadata for the topic (deleted, not authorised) the partitions stay as
+        they were; sending to it says what is wrong."""
+        try:
+            partitions = sorted(self._producer.partitions_for(self.topic) or ())
+        except KafkaError:
+            return
         if partitions != self._partitions:
             self._partitions = partitions
             self._cache.clear()

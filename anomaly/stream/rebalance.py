@@ -5,8 +5,9 @@ The rules, each a method of ``Assignment``:
 - **Revoked** (``release``): the partitions are no longer ours. Records already polled for
   them but not yet processed are dropped: their offsets were not committed, so the next
   owner reads them. The per-key state of their keys (time-series windows, conformal alarms)
-  is dropped too, unless results are still pending, in which case it is kept until the next
-  assignment shows whether the partitions came straight back.
+  is kept until the next assignment shows whether the partitions came straight back, and
+  then dropped for those that did not; but when results of theirs were still unacknowledged
+  (``keep_key_state=False``), their records will be scored again, so it is dropped at once.
 - **Lost** (``release`` with ``keep_key_state=False``): the same, at once.
 - **Assigned** (``grant``): the partitions are ours. A partition dropped from records in
   hand and now given back is rewound to its first dropped record, because kafka-python keeps

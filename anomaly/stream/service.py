@@ -59,7 +59,7 @@ from anomaly.stream import codecs
 from anomaly.stream.alarms import KeyedAlarms
 from anomaly.stream.broker_watch import BrokerWatch
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
-from anomaly.stream.delivery import Delivery, Outgoing
+from anomaly.stream.delivery import RETRY_INTERVAL_S, Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.errors import StreamError
 from anomaly.stream.messages import (
@@ -92,6 +92,8 @@ LAG_INTERVAL_S = 1.0
 #: The loop counts as alive (``/healthz``) if an iteration began this recently; generous
 #: because a rebalance can hold a poll for up to the session timeout.
 ALIVE_STALE_S = 120.0
+#: Size a dead letter Kafka refused is cut to (its original key and value mostly cut away).
+HARD_CUT_BYTES = 16 * 1024
 #: Seconds between two log lines about the same unreadable fetch.
 FETCH_ERROR_LOG_S = 30.0
 
@@ -154,6 +156,7 @@ class ScoringService:
             lambda: _broker_connected(self._consumer), config.bootstrap_servers
         )
         self._fetch_errors: dict[str, float] = {}  # last log time per fetch-error description
+        self._topics_without_metadata: dict[str, float] = {}  # topic -> until when
         self._last_commit_attempt = 0.0
         self._last_lag_update = 0.0
 
@@ -318,12 +321,12 @@ class ScoringService:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _poll(self, timeout_ms: int, max_records: int) -> dict:
-        """One consumer poll. A record the client cannot read is dead-lettered and skipped
-        (``_skip_unreadable``); a poll error that names no record is logged (rate-limited)
-        and the poll tried again."""
+    def _poll(self, timeout_ms: int, max_records: int) -> list:
+        """One consumer poll, as a list of records. A record the client cannot read comes
+        back as an ``_Unreadable`` in its place (``_unreadable``); any other poll error is
+        logged (rate-limited) and the poll tried again next time."""
         try:
-            return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except UnsupportedCodecError as exc:
             # A deployment problem, not a record's: skipping would dead-letter the stream.
             raise StreamError(
@@ -332,46 +335,51 @@ class ScoringService:
             ) from None
         except Exception as exc:  # noqa: BLE001 (a corrupt batch raises the codec's own errors)
             self.metrics.fetch_errors.labels(type(exc).__name__).inc()
-            if self._skip_unreadable(exc):
-                return {}
+            unreadable = self._unreadable(exc) if codecs.is_unpacking_error(exc) else None
+            if unreadable is not None:
+                return [unreadable]
             described = _describe_fetch_error(exc)
             now = time.monotonic()
             if now - self._fetch_errors.get(described, -FETCH_ERROR_LOG_S) >= FETCH_ERROR_LOG_S:
                 self._fetch_errors[described] = now
                 log.error("event=fetch_failed error=%s action=fetch_again", described)
-            return {}
+            return []
+        if len(polled) == 1:
+            return next(iter(polled.values()))
+        return [r for part in polled.values() for r in part]
 
-    def _skip_unreadable(self, error: BaseException) -> bool:
-        """After ``poll`` raised while unpacking a fetched batch (a failed checksum, a
-        payload its codec cannot decompress): dead-letter the record at the partition's
-        position (reason ``unreadable``), seek past it, and return True. False when the
-        error names no partition being read.
+    def _unreadable(self, error: BaseException) -> _Unreadable | None:
+        """After ``poll`` raised while unpacking a fetched batch: the record at that
+        partition's position, to dead-letter (reason ``unreadable``) in its place among the
+        records in hand, with the consumer moved past it. None when no partition being read
+        is at fault.
 
         kafka-python raises these from the partition's record iterator, which is dead
         afterwards: polling again without a seek would spin on it forever. Where it stopped
         is only in the consumer's fetcher (``_next_partition_records``); each offset of an
-        unreadable batch is skipped in turn, so every one gets its own dead letter.
+        unreadable batch is skipped in turn, so every one gets its own dead letter. The
+        dead letter goes with the micro-batch, after the records of the same partition
+        polled before it, so no offset is committed before theirs.
         """
         fetcher = getattr(self._consumer, "_fetcher", None)  # noqa: SLF001 (see docstring)
         part = getattr(fetcher, "_next_partition_records", None)
         if not part or part.topic_partition not in self._assignment.assigned:
-            return False
+            return None
         tp = part.topic_partition
         offset = self._consumer.position(tp)
+        described = _describe_fetch_error(error)
         log.error(
             "event=fetch_failed topic=%s partition=%d offset=%d error=%s "
             "action=dead_lettered_and_skipped",
             tp.topic,
             tp.partition,
             offset,
-            _describe_fetch_error(error),
+            described,
         )
-        origin = _Unreadable(tp.topic, tp.partition, offset)
-        detail = f"the consumer could not read this record's batch: {_describe_fetch_error(error)}"
-        self._delivery.add(self._dead_letter(origin, "unreadable", detail), {tp: offset + 1}, [])
-        self._counts["rejected"] += 1
         self._consumer.seek(tp, offset + 1)
-        return True
+        return _Unreadable(
+            tp.topic, tp.partition, offset, f"the consumer could not read its batch: {described}"
+        )
 
     def _collect(self) -> tuple[list, float]:
         """Poll one micro-batch: up to max_batch_size records, waiting at most max_wait_ms
@@ -379,12 +387,7 @@ class ScoringService:
         start = perf_counter()
         limit = self.config.max_batch_size
         timeout = PENDING_POLL_MS if self._delivery.pending else IDLE_POLL_MS
-        polled = self._poll(timeout, limit)
-        records = (
-            [r for part in polled.values() for r in part]
-            if len(polled) != 1
-            else next(iter(polled.values()))
-        )
+        records = self._poll(timeout, limit)
         polled_at = perf_counter()
         if records and len(records) < limit and self.config.max_wait_ms > 0:
             deadline = polled_at + self.config.max_wait_ms / 1000
@@ -393,8 +396,7 @@ class ScoringService:
                 if remaining <= 0:
                     break
                 rebalances = self._assignment.rebalances
-                more = self._poll(max(1, int(remaining * 1000)), limit - len(records))
-                fresh = [r for part in more.values() for r in part]
+                fresh = self._poll(max(1, int(remaining * 1000)), limit - len(records))
                 if self._assignment.rebalances != rebalances:
                     records, seeks = self._assignment.drop_revoked(records, fresh)
                     for tp, offset in seeks.items():
@@ -420,14 +422,24 @@ class ScoringService:
             except Exception:  # noqa: BLE001
                 failed.append(position)
         good = np.setdiff1d(np.arange(len(rows)), failed)
-        return (self.detector.score(rows[good]) if len(good) else None), failed
+        if len(good):
+            try:
+                return self.detector.score(rows[good]), failed
+            except Exception:  # noqa: BLE001 (fails only together: none of them is scored)
+                log.exception("event=score_failed rows=%d action=dead_letter_all", len(good))
+        return None, list(range(len(rows)))
 
     def _process(self, records: list, polled_at: float) -> None:
         profile = self._profile
         config = self.config
         t0 = perf_counter()
         decoded = self._decoder.decode([r.value for r in records])
-        rejected = list(decoded.rejected)
+        rejected = [
+            (i, "unreadable", records[i].detail)
+            if type(records[i]) is _Unreadable
+            else (i, reason, detail)
+            for i, reason, detail in decoded.rejected
+        ]
         accepted = decoded.accepted
         t1 = perf_counter()
         profile["decode"] += t1 - t0
@@ -449,7 +461,8 @@ class ScoringService:
                 if len(windows):
                     result, failed_windows = self._score(windows)
                     failed = [scored_positions[w] for w in failed_windows]
-                    scored_positions = [p for p in scored_positions if p not in set(failed)]
+                    unscored = set(failed)
+                    scored_positions = [p for p in scored_positions if p not in unscored]
             rejected += [
                 (accepted[p], "score_failed", "the model could not score this record")
                 for p in failed
@@ -482,7 +495,12 @@ class ScoringService:
                 (t2 - polled_at) * 1000,
                 alarms,
             )
-            rejected += [(accepted[p], "encode_failed", detail) for p, detail in failures]
+            already = {index for index, _, _ in rejected}  # one dead letter per record
+            rejected += [
+                (accepted[p], "encode_failed", detail)
+                for p, detail in failures
+                if accepted[p] not in already
+            ]
         t3 = perf_counter()
         profile["encode"] += t3 - t2
 
@@ -508,7 +526,8 @@ class ScoringService:
         for r in records:
             next_offsets[TopicPartition(config.input_topic, r.partition)] = r.offset + 1
         self._positions.update(next_offsets)
-        self._delivery.add(outgoing, next_offsets, [r.timestamp for r in records])
+        stamps = [r.timestamp for r in records if r.timestamp is not None]
+        self._delivery.add(outgoing, next_offsets, stamps)
         t5 = perf_counter()
         profile["send"] += t5 - t4
 
@@ -557,21 +576,37 @@ class ScoringService:
         return [Outgoing(self.config.dlq_topic, key, value, record, dead_letter=True)]
 
     def _send(self, message: Outgoing):
-        return self._producer.send(
-            message.topic, value=message.value, key=message.key, partition=message.partition
-        )
+        """Hand ``message`` to the producer. A topic whose metadata could not be had (the
+        send blocked ``max_block_ms`` and failed) fails its next sends at once for
+        ``RETRY_INTERVAL_S``, so one batch does not block the loop once per message."""
+        until = self._topics_without_metadata.get(message.topic)
+        if until is not None and time.monotonic() < until:
+            raise KafkaTimeoutError(f"no metadata for topic {message.topic!r} a moment ago")
+        try:
+            return self._producer.send(
+                message.topic, value=message.value, key=message.key, partition=message.partition
+            )
+        except KafkaTimeoutError:
+            self._topics_without_metadata[message.topic] = time.monotonic() + RETRY_INTERVAL_S
+            raise
 
     def _reroute(self, message: Outgoing, error: BaseException) -> Outgoing | None:
         """What to send instead of a message Kafka refused for what it is (``Delivery``):
-        the dead letter of its input record; a refused dead letter is cut harder, once."""
-        if message.reroutes >= 2 or not self.config.dlq_topic:
+        for a result or an alert, its record's dead letter (``send_failed``); for a dead
+        letter, the same cut to ``HARD_CUT_BYTES``, once. None when there is nothing
+        smaller to send (the message is then retried)."""
+        if not self.config.dlq_topic:
             return None
-        what = "dead letter" if message.dead_letter else f"message to {message.topic}"
-        detail = f"Kafka refused the {what} of this record: {type(error).__name__}"
-        small = 16 * 1024 if message.dead_letter else None
-        letters = self._dead_letter(message.origin, "send_failed", detail, small)
-        self._counts["rejected"] += 1
-        return letters[0]
+        detail = f"Kafka refused the message to {message.topic}: {type(error).__name__}"
+        if not message.dead_letter:
+            self._counts["rejected"] += 1
+            return self._dead_letter(message.origin, "send_failed", detail)[0]
+        if len(message.key or b"") + len(message.value) <= HARD_CUT_BYTES:
+            return None
+        key, value = encode_rejection(
+            message.origin, "send_failed", detail, self.detector.version, HARD_CUT_BYTES
+        )
+        return Outgoing(self.config.dlq_topic, key, value, message.origin, dead_letter=True)
 
     # -- settling, committing, back-pressure ------------------------------------------------
 
@@ -716,13 +751,16 @@ class ScoringService:
         log.info("event=partitions_revoked partitions=%s committed=%d", names(revoked), committed)
 
     def _flush_budget_s(self) -> float:
-        """How long a flush before revoking may take: the session timeout's worth in a
-        rebalance, what is left of ``shutdown_timeout_s`` when stopping (the consumer's
-        close revokes too)."""
+        """How long a flush before revoking may take. It runs on the consumer's network
+        thread, which sends no heartbeat meanwhile: a third of the session timeout in a
+        rebalance, and no more than what is left of ``shutdown_timeout_s`` when stopping
+        (the consumer's close revokes too). What is not acknowledged by then is not
+        committed, and the next owner scores it again."""
+        rebalance_s = self.config.session_timeout_ms / 1000 / 3
         if self._stop_requested_at is None:
-            return self.config.shutdown_timeout_s
+            return rebalance_s
         deadline = self._stop_requested_at + self.config.shutdown_timeout_s
-        return max(0.1, (deadline - time.monotonic()) * 0.5)
+        return max(0.1, min(rebalance_s, (deadline - time.monotonic()) * 0.5))
 
     def _partitions_assigned(self, assigned) -> None:
         seeks, gone = self._assignment.grant(set(assigned))
@@ -851,11 +889,13 @@ _EMPTY_RESULT = _EmptyResult()
 
 @dataclass(frozen=True)
 class _Unreadable:
-    """Where a record the consumer could not read was: the origin of its dead letter."""
+    """A record the consumer could not read, in its place among the records in hand: where
+    it was and why (its key, value and timestamp are unknown)."""
 
     topic: str
     partition: int
     offset: int
+    detail: str
     key: None = None
     value: None = None
     timestamp: None = None
