@@ -37,6 +37,7 @@ import numpy as np
 import orjson
 
 from pipelines.bench_stream import KAFKA_LOCAL, _records, _start_broker, _train
+from pipelines.demo import _free_port
 
 PARTITIONS = 4
 
@@ -243,14 +244,6 @@ def run(args) -> int:
         if broker_dir is not None:
             subprocess.run([str(KAFKA_LOCAL), "stop", "--dir", str(broker_dir)], check=False)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:

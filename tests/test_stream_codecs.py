@@ -12,11 +12,11 @@ import uuid
 import numpy as np
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 import anomaly
 from tests._support import wait_for
-from tests.test_stream_service import _config, _running
+from tests.test_stream_service import _config, _produce, _running
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -76,16 +76,6 @@ def _produce_with_librdkafka(bootstrap, topic, codec, messages):
     assert producer.flush(30) == 0, "librdkafka did not deliver every record"
     assert not failed, failed
     return delivered
-
-
-def _produce_plain(bootstrap, topic, messages):
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    try:
-        futures = [producer.send(topic, value=value, key=key) for key, value in messages]
-        producer.flush(timeout=30)
-        return [(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)]
-    finally:
-        producer.close(timeout=10)
 
 
 def _count_with_librdkafka(bootstrap, topic):
@@ -149,7 +139,7 @@ def test_results_compressed_with_each_codec_are_read_by_a_plain_consumer(
     codec, detector, topics, kafka_bootstrap
 ):
     messages = _records(detector, RECORDS)
-    sent = _produce_plain(kafka_bootstrap, topics["input_topic"], messages)
+    sent = _produce(kafka_bootstrap, topics["input_topic"], messages)
     config = _config(kafka_bootstrap, topics, kafka={"compression_type": codec})
     with _running(detector, config):
         results = _read_results(kafka_bootstrap, topics["output_topic"], RECORDS)
@@ -174,11 +164,11 @@ def test_a_batch_that_cannot_be_decompressed_is_dead_lettered_record_by_record(
     monkeypatch.setattr(default_records, "zstd_decode", corrupt)
     topics = _one_partition_topics(kafka_topic_factory)
     messages = _records(detector, 30)
-    before = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[:10])
+    before = _produce(kafka_bootstrap, topics["input_topic"], messages[:10])
     broken = _produce_with_librdkafka(
         kafka_bootstrap, topics["input_topic"], "zstd", messages[10:20]
     )
-    after = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[20:])
+    after = _produce(kafka_bootstrap, topics["input_topic"], messages[20:])
     config = _config(kafka_bootstrap, topics)
     with _running(detector, config) as service:
         results = _read_results(kafka_bootstrap, topics["output_topic"], 20)
@@ -201,7 +191,7 @@ def test_a_decompression_bomb_is_dead_lettered_without_unpacking_it_whole(
     monkeypatch.setattr(codecs, "MAX_BATCH_BYTES", 1024 * 1024)
     topics = _one_partition_topics(kafka_topic_factory)
     messages = _records(detector, 10)
-    before = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[:5])
+    before = _produce(kafka_bootstrap, topics["input_topic"], messages[:5])
     from confluent_kafka import Producer
 
     bomb = Producer(
@@ -213,7 +203,7 @@ def test_a_decompression_bomb_is_dead_lettered_without_unpacking_it_whole(
     )
     bomb.produce(topics["input_topic"], value=b"0" * 3_000_000)
     assert bomb.flush(30) == 0
-    after = _produce_plain(kafka_bootstrap, topics["input_topic"], messages[5:])
+    after = _produce(kafka_bootstrap, topics["input_topic"], messages[5:])
     with _running(detector, _config(kafka_bootstrap, topics)):
         results = _read_results(kafka_bootstrap, topics["output_topic"], 10)
         letters = _read_results(kafka_bootstrap, topics["dlq_topic"], 1)
