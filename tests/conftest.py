@@ -32,6 +32,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests._support import unavailable
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = REPO_ROOT / "deploy" / "kafka" / "kafka-local"
 
@@ -41,17 +43,9 @@ KAFKA_START_TIMEOUT_S = 300
 KAFKA_STOP_TIMEOUT_S = 60
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
 def _broker_unavailable(reason: str) -> NoReturn:
     """Fail under CI=true, skip otherwise. Never returns."""
-    if _in_ci():
-        pytest.fail(
-            f"Kafka broker unavailable (CI=true, so this is a failure): {reason}", pytrace=False
-        )
-    pytest.skip(f"Kafka broker unavailable: {reason}")
+    unavailable(f"Kafka broker unavailable: {reason}")
 
 
 def _broker_failed(reason: str) -> NoReturn:

@@ -15,8 +15,15 @@ import pytest
 
 from pipelines import benchmark
 from pipelines.bench import nab, tabular, timeseries
+from tests._support import unavailable
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def shared_data() -> None:
+    if not _have_data():
+        unavailable("the shared datasets were not found beside the checkout")
 
 
 def _have_data() -> bool:
@@ -26,7 +33,7 @@ def _have_data() -> bool:
     return tab and series
 
 
-@pytest.mark.skipif(not _have_data(), reason="shared datasets not found")
+@pytest.mark.usefixtures("shared_data")
 def test_quick_benchmark_end_to_end(tmp_path):
     rc = benchmark.main(["--suite", "all", "--quick", "--nab-steps", "10", "--out", str(tmp_path)])
     assert rc == 0
@@ -71,7 +78,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
         assert (tmp_path / "plots" / plot).stat().st_size > 1000
 
 
-@pytest.mark.skipif(not _have_data(), reason="shared datasets not found")
+@pytest.mark.usefixtures("shared_data")
 def test_the_nab_suite_runs_the_other_formulation(tmp_path):
     series = timeseries.QUICK_SERIES[0]
     argv = ["--suite", "nab", "--quick", "--nab-steps", "10", "--nab-formulation", "bigan"]

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.errors import StreamError
+from tests._support import unavailable
 
 HOST = "127.0.0.1"
 
@@ -142,7 +143,7 @@ def test_connections_beyond_the_bound_are_refused_and_scrapes_work_once_they_go(
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
+        unavailable("openssl is needed to make a test certificate")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(

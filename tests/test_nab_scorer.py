@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines.bench import nab
+from tests._support import unavailable
 
 N = 100
 WINDOW = [(40, 49)]
@@ -274,7 +275,13 @@ def _nab_data_available():
     return (root / "labels" / "combined_windows.json").is_file()
 
 
-needs_nab = pytest.mark.skipif(not _nab_data_available(), reason="NAB data not available")
+@pytest.fixture
+def nab_data() -> None:
+    if not _nab_data_available():
+        unavailable(f"NAB data not found in {nab._nab_root(None)}")
+
+
+needs_nab = pytest.mark.usefixtures("nab_data")
 
 
 @needs_nab

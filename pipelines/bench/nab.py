@@ -9,8 +9,9 @@ code is copied; the rules were read from those files and rewritten with numpy.
 Licence and citation
 --------------------
 NAB (code, data and labels) is "Copyright 2014-2024 Numenta Inc." and released under the MIT
-licence (``LICENSE.txt`` next to the data in ``/work/shared/datasets/nab``). The data are read
-from there at run time and are not part of this repository. If you publish NAB numbers, cite
+licence (``LICENSE.txt`` next to the data in ``shared/datasets/nab`` beside the checkout).
+The data are read from there at run time and are not part of this repository. If you
+publish NAB numbers, cite
 
 * Lavin, A. & Ahmad, S. (2015). Evaluating Real-time Anomaly Detection Algorithms -- the
   Numenta Anomaly Benchmark. IEEE ICMLA 2015.
@@ -65,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly.conformal import ConformalResult
+from pipelines.bench.tabular import datasets_dir
 
 __all__ = [
     "DEFAULT_NAB_ROOT",
@@ -86,8 +88,9 @@ __all__ = [
     "windowed_gaussian",
 ]
 
-#: Where the shared copy of the NAB data lives; ``$NAB_ROOT`` overrides it.
-DEFAULT_NAB_ROOT = Path("/work/shared/datasets/nab")
+#: Where the shared copy of the NAB data lives: ``nab/`` of the shared datasets beside the
+#: checkout (``$ANOMALY_DATASETS`` moves them); ``$NAB_ROOT`` overrides it.
+DEFAULT_NAB_ROOT = datasets_dir() / "nab"
 
 PROBATION_FRACTION = 0.15
 #: Upstream caps the probationary period at ``0.15 * 5000`` rows.
