@@ -10,7 +10,7 @@ At-least-once delivery, a dead-letter topic for bad records, Prometheus metrics 
 ``prometheus_client``.
 """
 
-from anomaly.stream.errors import DeliveryError, StreamError
+from anomaly.stream.errors import StreamError
 from anomaly.stream.messages import REASONS
 from anomaly.stream.process import run_service, serve
 from anomaly.stream.service import ScoringService
@@ -18,7 +18,6 @@ from anomaly.stream.settings import resolve_serve_config
 
 __all__ = [
     "REASONS",
-    "DeliveryError",
     "ScoringService",
     "StreamError",
     "resolve_serve_config",

@@ -198,6 +198,11 @@ def _app(
     credentials: tuple[bytes, bytes] | None,
 ) -> Callable:
     metrics = make_wsgi_app(registry)
+    #: path -> (probe, body when it answers yes, body when no)
+    probes = {
+        "/healthz": (alive, b"ok\n", b"scoring loop not alive\n"),
+        "/readyz": (ready, b"ready\n", b"not ready\n"),
+    }
 
     def reply(start_response, status: str, body: bytes, headers=()) -> Iterable[bytes]:
         start_response(
@@ -221,19 +226,11 @@ def _app(
             return metrics(environ, start_response)
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return reply(start_response, "405 Method Not Allowed", b"use GET\n", [("Allow", "GET")])
-        if path == "/healthz":
-            ok = alive()
+        if path in probes:
+            probe, yes, no = probes[path]
+            ok = probe()
             return reply(
-                start_response,
-                "200 OK" if ok else "503 Service Unavailable",
-                b"ok\n" if ok else b"scoring loop not alive\n",
-            )
-        if path == "/readyz":
-            ok = ready()
-            return reply(
-                start_response,
-                "200 OK" if ok else "503 Service Unavailable",
-                b"ready\n" if ok else b"not ready\n",
+                start_response, "200 OK" if ok else "503 Service Unavailable", yes if ok else no
             )
         return reply(
             start_response, "404 Not Found", b"not found; try /metrics, /healthz or /readyz\n"

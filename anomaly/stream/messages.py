@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from anomaly.stream.errors import describe_error
+
 #: Reason codes of rejected records (the ``reason`` label of anomaly_records_rejected_total).
 REASONS = (
     "not_json",
@@ -406,7 +408,9 @@ class ResultEncoder:
             except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
                 out.append(None)
                 flagged[position] = False
-                failures.append((position, f"the result could not be encoded: {_first_line(exc)}"))
+                failures.append(
+                    (position, f"the result could not be encoded: {describe_error(exc)}")
+                )
         return out, flagged, failures
 
 
@@ -490,9 +494,3 @@ def encode_rejection(
     if no_value:
         letter.update(value_base64=None, value_bytes=None, value_sha256=None)
     return kafka_key, orjson.dumps(letter)
-
-
-def _first_line(exc: BaseException) -> str:
-    """An exception's type and the first line of its message, for an explanation."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__

@@ -108,6 +108,6 @@ class Assignment:
         return kept + [r for r in fresh if r.partition not in rewound], seeks
 
 
-def names(partitions: Any) -> str:
+def partition_names(partitions: Any) -> str:
     """``topic[p],...`` for a log line, or ``-``."""
     return ",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions)) or "-"

@@ -61,7 +61,7 @@ from anomaly.stream.broker_watch import BrokerWatch
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
 from anomaly.stream.delivery import RETRY_INTERVAL_S, Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
-from anomaly.stream.errors import StreamError
+from anomaly.stream.errors import StreamError, describe_error
 from anomaly.stream.messages import (
     RECORD_OVERHEAD_BYTES,
     RecordDecoder,
@@ -70,7 +70,7 @@ from anomaly.stream.messages import (
 )
 from anomaly.stream.metrics import ServiceMetrics
 from anomaly.stream.partitioning import KeyPartitions
-from anomaly.stream.rebalance import Assignment, names
+from anomaly.stream.rebalance import Assignment, partition_names
 from anomaly.stream.windowing import KeyedWindows
 
 if TYPE_CHECKING:
@@ -115,12 +115,12 @@ class ScoringService:
         self.detector = detector
         self.config = config
         self.client_id = client_id or f"{config.group_id}-{detector.version}"
-        names_ = detector.feature_names
+        names = detector.feature_names
         window = detector.schema.window
-        self._decoder = RecordDecoder(names_, config.max_message_bytes)
+        self._decoder = RecordDecoder(names, config.max_message_bytes)
         self._encoder: ResultEncoder | None = None  # needs the producer's size limit
         self._max_bytes = 0
-        self._windows = KeyedWindows(window, len(names_), config.max_entities) if window else None
+        self._windows = KeyedWindows(window, len(names), config.max_entities) if window else None
         params = detector.engine.params
         self._alarms = KeyedAlarms.for_model(params, config) if config.alarm_history else None
         self.metrics = ServiceMetrics(
@@ -338,7 +338,7 @@ class ScoringService:
             unreadable = self._unreadable(exc) if codecs.is_unpacking_error(exc) else None
             if unreadable is not None:
                 return [unreadable]
-            described = _describe_fetch_error(exc)
+            described = describe_error(exc)
             now = time.monotonic()
             if now - self._fetch_errors.get(described, -FETCH_ERROR_LOG_S) >= FETCH_ERROR_LOG_S:
                 self._fetch_errors[described] = now
@@ -367,7 +367,7 @@ class ScoringService:
             return None
         tp = part.topic_partition
         offset = self._consumer.position(tp)
-        described = _describe_fetch_error(error)
+        described = describe_error(error)
         log.error(
             "event=fetch_failed topic=%s partition=%d offset=%d error=%s "
             "action=dead_lettered_and_skipped",
@@ -748,7 +748,11 @@ class ScoringService:
                 except Exception as exc:  # noqa: BLE001 (any failure: the next owner re-scores)
                     log.warning("event=commit_failed on=revoke error=%s", type(exc).__name__)
         self._release(revoked, keep_key_state=not self._delivery.pending)
-        log.info("event=partitions_revoked partitions=%s committed=%d", names(revoked), committed)
+        log.info(
+            "event=partitions_revoked partitions=%s committed=%d",
+            partition_names(revoked),
+            committed,
+        )
 
     def _flush_budget_s(self) -> float:
         """How long a flush before revoking may take. It runs on the consumer's network
@@ -769,14 +773,14 @@ class ScoringService:
         if gone:
             self._forget_keys(gone)
         self._paused = False  # a new assignment starts unpaused
-        log.info("event=partitions_assigned partitions=%s", names(assigned))
+        log.info("event=partitions_assigned partitions=%s", partition_names(assigned))
 
     def _partitions_lost(self, lost) -> None:
         lost = set(lost)
         self._release(lost, keep_key_state=False)
         log.warning(
             "event=partitions_lost partitions=%s (not committed; the next owner re-scores)",
-            names(lost),
+            partition_names(lost),
         )
 
     def _release(self, partitions: set[TopicPartition], keep_key_state: bool) -> None:
@@ -899,13 +903,6 @@ class _Unreadable:
     key: None = None
     value: None = None
     timestamp: None = None
-
-
-def _describe_fetch_error(exc: BaseException) -> str:
-    """``<type>: <first line>`` of an error ``poll`` raised (kafka-python's and the codecs'
-    messages name partitions and offsets, never a record's content)."""
-    text = str(exc).splitlines()[0][:300] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _broker_connected(consumer) -> bool:
