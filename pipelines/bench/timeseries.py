@@ -165,6 +165,7 @@ def gan_series(
     scored = time.perf_counter()
     per_row = {
         "score": likelihood(result.scores, detector.threshold),
+        "raw_score": result.scores,
         **{f"component_{name}": v for name, v in result.components.items()},
     }
     if refine_steps:
