@@ -5,8 +5,9 @@ factors through a mixing matrix, with sensor noise, slow drift, a work cycle, an
 changes during normal operation. The first ``train_rows`` rows are normal operation only (the
 "first minutes" a user trains on); later rows hold five collective anomalies, one of each kind
 in ``KINDS``, and at least one setpoint change that is normal but never seen in training.
-Everything is drawn from ``numpy.random.default_rng([seed, run])``: the same (seed, run) gives
-the same arrays on every machine.
+Everything is drawn from ``numpy.random.SeedSequence([seed, run])`` (one child stream each for
+the events, the process, the setpoints and the anomalies): the same (seed, run) gives the same
+arrays on every machine.
 
 The process (units: a factor's values are of order 1; a channel's factor-driven part has a
 standard deviation of about 1 before its physical offset and scale)
@@ -151,26 +152,30 @@ def make_run(
     regime_changes: int | None = None,
     drift: bool = True,
 ) -> SensorRun:
-    """One run drawn from ``default_rng([seed, run])``; ``None`` draws the parameter as the
+    """One run drawn from ``SeedSequence([seed, run])``; ``None`` draws the parameter as the
     module docstring says. ``kinds=()``, ``regime_changes=0`` and ``drift=False`` (no sensor
     drift, no ambient temperature) give a stationary normal run, for checking a detector's
     false-alarm rate."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown anomaly kind(s) {unknown}; known: {list(KINDS)}")
-    rng = np.random.default_rng([seed, run])
+    # one stream per part, so that a run with other options (no setpoint change, no drift)
+    # keeps the same process and noise: only what the option changes differs
+    events_rng, process_rng, setpoint_rng, anomaly_rng = (
+        np.random.default_rng(child) for child in np.random.SeedSequence([seed, run]).spawn(4)
+    )
+    rng = events_rng
     n_train = int(rng.integers(*_TRAIN_ROWS, endpoint=True)) if train_rows is None else train_rows
     n_test = int(rng.integers(*_TEST_ROWS, endpoint=True)) if test_rows is None else test_rows
     n = n_train + n_test
     n_regimes = int(rng.integers(1, 2, endpoint=True)) if regime_changes is None else regime_changes
-
-    events = _place_events(
-        rng, n_train, n, [str(k) for k in rng.permutation(list(kinds))], n_regimes
-    )
+    order = [str(k) for k in rng.permutation(list(kinds))]
+    events = _place_events(rng, n_train, n, order, n_regimes)
     segments = [(a, b, k) for a, b, k in events if k != "regime"]
     ramps = [(a, b) for a, b, k in events if k == "regime"]
 
-    load_set, flow_set = _setpoints(rng, n, ramps)
+    load_set, flow_set = _setpoints(setpoint_rng, n, ramps)
+    rng = process_rng
     t = np.arange(n, dtype=np.float64)
     period = rng.uniform(150, 400)
     cycle = np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
@@ -178,9 +183,7 @@ def make_run(
     ambient = _ar1(rng, n, 0.995, 0.3) + 0.5 * np.sin(
         2 * np.pi * t / (3 * n) + rng.uniform(0, 2 * np.pi)
     )
-    if not drift:
-        ambient[:] = 0.0
-    temperature = _lag(load, 30.0) + ambient
+    temperature = _lag(load, 30.0) + (ambient if drift else 0.0)
     flow = flow_set + _ar1(rng, n, 0.9, 1.0)
     factors = np.column_stack([load, temperature, flow])
 
@@ -195,18 +198,15 @@ def make_run(
     d = len(CHANNELS)
     sigma = rng.uniform(*_NOISE, d)
     noise = rng.standard_normal((n, d)) * sigma
-    if drift:
-        offset_end = rng.uniform(-1.5, 1.5, d) * sigma
-        gain_end = rng.uniform(-0.03, 0.03, d)
-    else:
-        offset_end = gain_end = np.zeros(d)
+    offset_end = rng.uniform(-1.5, 1.5, d) * sigma * drift
+    gain_end = rng.uniform(-0.03, 0.03, d) * drift
     ramp = (t / (n - 1))[:, None]
     signal = clean * (1.0 + gain_end * ramp) + offset_end * ramp + noise
     normal_mean = signal[:n_train].mean(axis=0)
     normal_std = signal[:n_train].std(axis=0)
 
     for start, stop, kind in segments:
-        _inject(rng, signal, noise, start, stop, kind, sigma, normal_mean, normal_std)
+        _inject(anomaly_rng, signal, noise, start, stop, kind, sigma, normal_mean, normal_std)
 
     physical_offset = rng.uniform(-50, 200, d).round()
     physical_scale = 10.0 ** rng.uniform(-1, 1.5, d)
@@ -259,18 +259,20 @@ def _place_events(rng, n_train: int, n: int, kinds: list[str], n_regimes: int):
     """Non-overlapping (start, stop, kind) events after the training part, ``GAP`` rows
     apart; anomalies first (so they always fit), then the setpoint ramps."""
     lo, hi = np.log(_SEGMENT_LENGTH[0]), np.log(_SEGMENT_LENGTH[1])
-    wanted = [(int(np.exp(rng.uniform(lo, hi))), kind) for kind in kinds]
-    wanted += [(int(rng.integers(20, 60, endpoint=True)), "regime") for _ in range(n_regimes)]
     placed: list[tuple[int, int, str]] = []
-    for length, kind in wanted:
+    for kind in [*kinds, *["regime"] * n_regimes]:
+        if kind == "regime":
+            length = int(rng.integers(20, 60, endpoint=True))
+        else:
+            length = int(np.exp(rng.uniform(lo, hi)))
         for _ in range(10_000):
             start = int(rng.integers(n_train + GAP, n - GAP - length))
             stop = start + length
             if all(stop + GAP <= a or b + GAP <= start for a, b, _ in placed):
                 placed.append((start, stop, kind))
                 break
-        else:  # pragma: no cover - the sizes above leave room many times over
-            raise RuntimeError(f"no room for a {kind} event of {length} rows")
+        else:  # the default sizes leave room many times over; a short test_rows may not
+            raise ValueError(f"no room for a {kind} event of {length} rows: test_rows too small")
     return sorted(placed)
 
 
