@@ -14,7 +14,7 @@ import math
 import pytest
 
 from pipelines import benchmark
-from pipelines.bench import nab, tabular, timeseries
+from pipelines.bench import nab_corpus, nab_scorer, tabular, timeseries
 from tests._support import unavailable
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def shared_data() -> None:
 
 def _have_data() -> bool:
     tab = (tabular.datasets_dir() / "tabular" / f"{benchmark.QUICK_DATASET}.npz").is_file()
-    root = nab._nab_root(None)
+    root = nab_corpus._nab_root(None)
     series = all((root / "data" / name).is_file() for name in timeseries.QUICK_SERIES)
     return tab and series
 
@@ -68,7 +68,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert result["series"] == 2
     ablations = ("gan+conformal:fixed_history", "gan+conformal:refined")
     for detector in ("gan", "gan+conformal", "windowed_gaussian", "knn_cad", *ablations):
-        for profile in nab.PROFILE_NAMES:
+        for profile in nab_scorer.PROFILE_NAMES:
             assert math.isfinite(result["results"][detector][profile]["score"])
     assert result["gan_refine_seconds_total"] > 0  # the refined ablation is timed
     assert "windowed_gaussian" in (tmp_path / "nab.md").read_text()

@@ -29,7 +29,7 @@ import numpy as np
 
 from anomaly.conformal import ConformalAlarm
 from anomaly.windows import sliding_windows
-from pipelines.bench import nab
+from pipelines.bench import nab_scorer
 
 VECTOR_LENGTH = 19
 NEIGHBOURS = 27
@@ -75,7 +75,7 @@ def knn_cad(values: np.ndarray, probation: int) -> np.ndarray:
         reference, history=len(reference), alarm_level=ALARM_LEVEL, quiet_rows=p // 5
     )
     result = alarm.update(non_conformity[p - 1 :])
-    out[p - 1 :] = nab.alarm_scores(result)
+    out[p - 1 :] = nab_scorer.alarm_scores(result)
     return out
 
 

@@ -1,4 +1,5 @@
-"""Numenta Anomaly Benchmark (NAB): corpus loader, scorer and the windowed-Gaussian baseline.
+"""Numenta Anomaly Benchmark (NAB) scorer; the corpus is in :mod:`pipelines.bench.nab_corpus`,
+the windowed-Gaussian baseline in :mod:`pipelines.bench.nab_baselines`.
 
 This is an independent reimplementation of the scoring rules of NAB
 (https://github.com/numenta/NAB, files ``nab/sweeper.py``, ``nab/scorer.py``,
@@ -54,47 +55,28 @@ windows, ...); ``windows_detected`` / ``windows_missed`` count windows.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from anomaly.conformal import ConformalResult
-from pipelines.bench.tabular import datasets_dir
+from pipelines.bench.nab_corpus import Series, check_windows, load_corpus, probationary_length
 
 __all__ = [
-    "DEFAULT_NAB_ROOT",
     "PROFILES",
     "PROFILE_NAMES",
     "CorpusScore",
     "Profile",
-    "Series",
     "SeriesScore",
     "alarm_scores",
-    "load_corpus",
-    "probationary_length",
-    "run_windowed_gaussian",
     "scaled_sigmoid",
     "score_corpus",
     "score_corpus_at_threshold",
     "score_detections",
     "sweep_corpus",
-    "windowed_gaussian",
 ]
-
-#: Where the shared copy of the NAB data lives: ``nab/`` of the shared datasets beside the
-#: checkout (``$ANOMALY_DATASETS`` moves them); ``$NAB_ROOT`` overrides it.
-DEFAULT_NAB_ROOT = datasets_dir() / "nab"
-
-PROBATION_FRACTION = 0.15
-#: Upstream caps the probationary period at ``0.15 * 5000`` rows.
-PROBATION_CAP = PROBATION_FRACTION * 5000
 
 
 @dataclass(frozen=True)
@@ -125,95 +107,6 @@ def _profile(profile: str | Profile) -> Profile:
         raise ValueError(f"unknown NAB profile {profile!r}; known: {', '.join(PROFILES)}") from None
 
 
-# --------------------------------------------------------------------------------------------
-# Corpus
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Series:
-    """One NAB series: its rows and its anomaly windows as inclusive row ranges."""
-
-    name: str  # path relative to data/, e.g. "realKnownCause/nyc_taxi.csv"
-    timestamps: np.ndarray  # datetime64[ns]
-    values: np.ndarray  # float64
-    windows: tuple[tuple[int, int], ...]  # (first row, last row), sorted, disjoint
-
-    def __len__(self) -> int:
-        return int(self.values.shape[0])
-
-    @property
-    def probation(self) -> int:
-        return probationary_length(len(self))
-
-
-def probationary_length(n: int) -> int:
-    """Rows at the start of an ``n``-row series whose detections NAB ignores."""
-    return int(min(math.floor(PROBATION_FRACTION * n), PROBATION_CAP))
-
-
-def _nab_root(root: str | os.PathLike | None) -> Path:
-    if root is not None:
-        return Path(root)
-    return Path(os.environ.get("NAB_ROOT", DEFAULT_NAB_ROOT))
-
-
-def load_corpus(root: str | os.PathLike | None = None,
-                names: Iterable[str] | None = None) -> list[Series]:
-    """Load the NAB series and their windows (all 58 series unless ``names`` picks some).
-
-    ``root`` is the folder holding ``data/`` and ``labels/`` (default ``$NAB_ROOT`` or
-    :data:`DEFAULT_NAB_ROOT`). Series come in sorted name order.
-    """
-    root = _nab_root(root)
-    labels_path = root / "labels" / "combined_windows.json"
-    if not labels_path.is_file():
-        raise FileNotFoundError(f"NAB window labels not found at {labels_path}")
-    with open(labels_path) as fh:
-        all_windows: dict[str, list[list[str]]] = json.load(fh)
-    wanted = sorted(all_windows) if names is None else list(names)
-    corpus = []
-    for name in wanted:
-        if name not in all_windows:
-            raise KeyError(f"{name!r} is not a series of the NAB corpus")
-        frame = pd.read_csv(root / "data" / name, header=0)
-        ts = pd.to_datetime(frame["timestamp"]).to_numpy(dtype="datetime64[ns]")
-        values = frame["value"].to_numpy(dtype=np.float64)
-        windows = []
-        for start, end in all_windows[name]:
-            s, e = (_row_of(ts, t, name) for t in (start, end))
-            if e < s:
-                raise ValueError(f"{name}: window [{start}, {end}] ends before it starts")
-            windows.append((s, e))
-        corpus.append(Series(name, ts, values, _check_windows(windows, len(values), name)))
-    return corpus
-
-
-def _row_of(timestamps: np.ndarray, when: str, name: str) -> int:
-    """First row whose timestamp equals ``when`` exactly (as upstream requires)."""
-    t = pd.Timestamp(when).to_datetime64().astype("datetime64[ns]")
-    hits = np.flatnonzero(timestamps == t)
-    if hits.size == 0:
-        raise ValueError(f"{name}: window timestamp {when} is not a row of the series")
-    return int(hits[0])
-
-
-def _check_windows(windows: Iterable[Sequence[int]], n: int,
-                   name: str = "series") -> tuple[tuple[int, int], ...]:
-    out = tuple(sorted((int(s), int(e)) for s, e in windows))
-    for k, (s, e) in enumerate(out):
-        if not 0 <= s <= e < n:
-            raise ValueError(f"{name}: window rows {(s, e)} outside 0..{n - 1} or reversed")
-        if k and s <= out[k - 1][1]:
-            raise ValueError(f"{name}: windows {out[k - 1]} and {(s, e)} overlap")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Scoring
-# --------------------------------------------------------------------------------------------
-
-
 def scaled_sigmoid(position: np.ndarray | float) -> np.ndarray:
     """NAB's scaled sigmoid: ``2 / (1 + exp(5 p)) - 1``, and ``-1`` for ``p > 3``."""
     p = np.asarray(position, dtype=np.float64)
@@ -236,9 +129,9 @@ def _row_units(n: int, windows: Sequence[tuple[int, int]]) -> tuple[np.ndarray, 
     win = np.full(n, -1, dtype=np.intp)
     unit = np.empty(n, dtype=np.float64)
     for k, (s, e) in enumerate(windows):
-        win[s:e + 1] = k
+        win[s : e + 1] = k
         width = float(e - s + 1)
-        unit[s:e + 1] = scaled_sigmoid(-(e - rows[s:e + 1] + 1) / width)
+        unit[s : e + 1] = scaled_sigmoid(-(e - rows[s : e + 1] + 1) / width)
     outside = win < 0
     if windows:
         ends = np.array([e for _, e in windows])
@@ -268,9 +161,12 @@ class SeriesScore:
     windows_missed: int
 
 
-def score_detections(detections: np.ndarray, windows: Sequence[Sequence[int]],
-                     profile: str | Profile = "standard",
-                     probation: int | None = None) -> SeriesScore:
+def score_detections(
+    detections: np.ndarray,
+    windows: Sequence[Sequence[int]],
+    profile: str | Profile = "standard",
+    probation: int | None = None,
+) -> SeriesScore:
     """Score one series' binary detections (one bool per row) for one profile.
 
     ``windows`` are inclusive ``(first row, last row)`` pairs. ``probation`` defaults to
@@ -281,7 +177,7 @@ def score_detections(detections: np.ndarray, windows: Sequence[Sequence[int]],
     if det.ndim != 1:
         raise ValueError("detections must be one-dimensional")
     n = det.shape[0]
-    wins = _check_windows(windows, n)
+    wins = check_windows(windows, n)
     probation = probationary_length(n) if probation is None else int(probation)
     unit, win = _row_units(n, wins)
     scorable = np.arange(n) >= probation
@@ -339,8 +235,10 @@ class _Sweep:
                 raise KeyError(f"no anomaly scores for series {series.name!r}")
             a = np.asarray(scores[series.name], dtype=np.float64)
             if a.shape != (len(series),):
-                raise ValueError(f"{series.name}: {a.shape[0] if a.ndim == 1 else a.shape} "
-                                 f"anomaly scores for {len(series)} rows")
+                raise ValueError(
+                    f"{series.name}: {a.shape[0] if a.ndim == 1 else a.shape} "
+                    f"anomaly scores for {len(series)} rows"
+                )
             if not np.isfinite(a).all():
                 raise ValueError(f"{series.name}: anomaly scores must be finite (NaN/inf found)")
             unit, win = _row_units(len(series), series.windows)
@@ -358,16 +256,18 @@ class _Sweep:
         self.in_win = self.win >= 0
         m = self.a.shape[0]
         # index of the last row of each run of equal scores: the candidate thresholds
-        self.cut = np.flatnonzero(np.r_[self.a[1:] != self.a[:-1], True]) if m else \
-            np.empty(0, np.intp)
+        self.cut = (
+            np.flatnonzero(np.r_[self.a[1:] != self.a[:-1], True]) if m else np.empty(0, np.intp)
+        )
         # rows inside windows, grouped by window (stable: still in descending score order)
         self.win_pos = np.flatnonzero(self.in_win)
         grp = self.win[self.win_pos]
         by_win = np.argsort(grp, kind="stable")
         self.win_pos = self.win_pos[by_win]
         grp = grp[by_win]
-        self.win_bounds = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1], True]) if grp.size \
-            else np.array([0])
+        self.win_bounds = (
+            np.flatnonzero(np.r_[True, grp[1:] != grp[:-1], True]) if grp.size else np.array([0])
+        )
         self.n_windows = self.win_bounds.size - 1
         self.first_hit = self.win_pos[self.win_bounds[:-1]]  # earliest sorted position per window
         self.cum_in = np.cumsum(self.in_win)
@@ -402,20 +302,33 @@ class _Sweep:
         raw = float(raws[j])
         normalised = 100.0 * (raw - null) / (perfect - null) if perfect != null else math.nan
         return CorpusScore(
-            profile=prof.name, score=normalised, raw=raw, null=null, perfect=perfect,
-            threshold=float(thresholds[j]), tp=tp, fp=fp, fn=total_in - tp,
-            tn=total_out - fp, windows_detected=windows_detected, n_windows=self.n_windows,
+            profile=prof.name,
+            score=normalised,
+            raw=raw,
+            null=null,
+            perfect=perfect,
+            threshold=float(thresholds[j]),
+            tp=tp,
+            fp=fp,
+            fn=total_in - tp,
+            tn=total_out - fp,
+            windows_detected=windows_detected,
+            n_windows=self.n_windows,
         )
 
 
-def sweep_corpus(scores: Mapping[str, np.ndarray], corpus: Sequence[Series],
-                 profile: str | Profile = "standard") -> tuple[np.ndarray, np.ndarray]:
+def sweep_corpus(
+    scores: Mapping[str, np.ndarray], corpus: Sequence[Series], profile: str | Profile = "standard"
+) -> tuple[np.ndarray, np.ndarray]:
     """The whole threshold curve: (thresholds descending with ``inf`` first, raw scores)."""
     return _Sweep(scores, corpus).curve(_profile(profile))
 
 
-def score_corpus(scores: Mapping[str, np.ndarray], corpus: Sequence[Series] | None = None,
-                 profiles: Iterable[str | Profile] = PROFILE_NAMES) -> dict[str, CorpusScore]:
+def score_corpus(
+    scores: Mapping[str, np.ndarray],
+    corpus: Sequence[Series] | None = None,
+    profiles: Iterable[str | Profile] = PROFILE_NAMES,
+) -> dict[str, CorpusScore]:
     """NAB score per profile, the threshold optimised over the whole corpus per profile.
 
     ``scores`` maps each series name to one anomaly score (any finite float) per row (extra
@@ -427,18 +340,19 @@ def score_corpus(scores: Mapping[str, np.ndarray], corpus: Sequence[Series] | No
     return {p.name: sweep.best(p) for p in map(_profile, profiles)}
 
 
-def score_corpus_at_threshold(scores: Mapping[str, np.ndarray], corpus: Sequence[Series],
-                              profile: str | Profile, threshold: float) -> SeriesScore:
+def score_corpus_at_threshold(
+    scores: Mapping[str, np.ndarray],
+    corpus: Sequence[Series],
+    profile: str | Profile,
+    threshold: float,
+) -> SeriesScore:
     """Sum of the per-series scores at a fixed threshold (upstream's scoring step)."""
-    parts = [score_detections(np.asarray(scores[s.name]) >= threshold, s.windows, profile,
-                              s.probation) for s in corpus]
+    parts = [
+        score_detections(np.asarray(scores[s.name]) >= threshold, s.windows, profile, s.probation)
+        for s in corpus
+    ]
     fields = SeriesScore.__dataclass_fields__
     return SeriesScore(*(sum(getattr(p, f) for p in parts) for f in fields))
-
-
-# --------------------------------------------------------------------------------------------
-# Windowed Gaussian baseline (upstream nab/detectors/gaussian/windowedGaussian_detector.py)
-# --------------------------------------------------------------------------------------------
 
 
 def alarm_scores(result: ConformalResult) -> np.ndarray:
@@ -448,63 +362,3 @@ def alarm_scores(result: ConformalResult) -> np.ndarray:
     entry does, so one event counts as one detection.
     """
     return np.where(result.quiet, 0.5, result.p_values)
-
-
-def windowed_gaussian(values: np.ndarray, window_size: int = 6400,
-                      step_size: int = 100) -> np.ndarray:
-    """NAB's windowed-Gaussian detector run online over one series; scores in ``[0, 1]``.
-
-    The score of row ``i`` is ``1 - Q(|x_i - mean| / std)`` (``Q``: the Gaussian tail
-    probability) with the mean and (population) standard deviation of the window *before*
-    row ``i`` is added; the first row scores 0. The window grows row by row up to
-    ``window_size`` values, then slides forward by ``step_size`` values each time
-    ``step_size`` new rows have arrived. A zero std is replaced by ``1e-6``. Statistics are
-    computed with ``numpy.mean``/``numpy.std`` on the same values as upstream, so the scores
-    match upstream's bit for bit (up to the platform's ``erfc``).
-    """
-    x = np.asarray(values, dtype=np.float64)
-    n = x.shape[0]
-    scores = np.zeros(n, dtype=np.float64)
-    if n < 2:
-        return scores
-    mean = np.empty(n)
-    std = np.empty(n)
-    # growing phase: row i (1 <= i <= window_size) sees x[:i]
-    for i in range(1, min(n - 1, window_size) + 1):
-        w = x[:i]
-        mean[i] = w.mean()
-        std[i] = w.std()
-    # sliding phase: row i >= window_size sees x[k*step : window_size + k*step],
-    # k = (i - window_size) // step (the window moves once a full step has been buffered)
-    if n - 1 > window_size:
-        for k in range((n - 1 - window_size) // step_size + 1):
-            lo = window_size + k * step_size
-            if lo == window_size:
-                lo += 1  # row window_size itself is done above
-            hi = min(window_size + (k + 1) * step_size, n)
-            w = x[k * step_size:window_size + k * step_size]
-            mean[lo:hi] = w.mean()
-            std[lo:hi] = w.std()
-    m, s, v = mean[1:], std[1:], x[1:]
-    s = np.where(s == 0.0, 0.000001, s)
-    reflected = np.where(v < m, 2 * m - v, v)  # the Gaussian is symmetric about its mean
-    z = (reflected - m) / s / math.sqrt(2)
-    tail = 0.5 * np.fromiter((math.erfc(t) for t in z), dtype=np.float64, count=z.shape[0])
-    scores[1:] = 1 - tail
-    return scores
-
-
-def _wg_one(args: tuple[np.ndarray, int, int]) -> np.ndarray:
-    return windowed_gaussian(*args)
-
-
-def run_windowed_gaussian(corpus: Sequence[Series], window_size: int = 6400,
-                          step_size: int = 100, jobs: int = 1) -> dict[str, np.ndarray]:
-    """Run :func:`windowed_gaussian` over every series (``jobs`` > 1: in processes)."""
-    work = [(s.values, window_size, step_size) for s in corpus]
-    if jobs > 1 and len(work) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(_wg_one, work, chunksize=1))
-    else:
-        results = [_wg_one(w) for w in work]
-    return {s.name: r for s, r in zip(corpus, results, strict=True)}
