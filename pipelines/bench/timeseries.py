@@ -38,7 +38,7 @@ import numpy as np
 
 from anomaly.config import COMPONENTS, ServeConfig
 from anomaly.conformal import ConformalAlarm
-from pipelines.bench import nab
+from pipelines.bench import nab_baselines, nab_corpus, nab_scorer
 from pipelines.bench.knn_cad import knn_cad
 from pipelines.bench.methods import refined_scores
 
@@ -118,7 +118,7 @@ def conformal_alarm(
         alarm_level=_SERVE_DEFAULTS.alarm_level,
         quorum=quorum,
     )
-    out[probation:] = nab.alarm_scores(alarm.update(columns[probation:]))
+    out[probation:] = nab_scorer.alarm_scores(alarm.update(columns[probation:]))
     return out
 
 
@@ -134,7 +134,7 @@ def component_alarm(
 
 
 def gan_series(
-    series: nab.Series,
+    series: nab_corpus.Series,
     window: int = 32,
     steps: int = 300,
     seed: int = 0,
@@ -194,7 +194,7 @@ def run_nab(
     refine_steps: int = 0,
 ) -> None:
     """GAN scores for each series into ``OUT/nab_scores/`` (kept, so a rerun resumes)."""
-    corpus = nab.load_corpus(names=names)
+    corpus = nab_corpus.load_corpus(names=names)
     score_dir = out / "nab_scores"
     score_dir.mkdir(parents=True, exist_ok=True)
     log_path = out / "nab_series.jsonl"
@@ -238,11 +238,11 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
     if not done:
         (out / "nab.md").write_text("No NAB results.\n")
         return {}
-    corpus = nab.load_corpus(names=done)
+    corpus = nab_corpus.load_corpus(names=done)
     gan_arrays = {s.name: np.load(score_dir / (s.name.replace("/", "__") + ".npz")) for s in corpus}
     gan_scores = {name: arrays["score"] for name, arrays in gan_arrays.items()}
     started = time.perf_counter()
-    wg_scores = nab.run_windowed_gaussian(corpus)
+    wg_scores = nab_baselines.run_windowed_gaussian(corpus)
     wg_seconds = time.perf_counter() - started
     timings = (
         [
@@ -272,16 +272,16 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
     knn_cad_scores = {s.name: knn_cad(s.values, s.probation) for s in corpus}
     knn_cad_seconds = time.perf_counter() - started
     results = {
-        "gan": nab.score_corpus(gan_scores, corpus),
-        "gan+likelihood": nab.score_corpus(gan_lik, corpus),
-        "gan+conformal": nab.score_corpus(gan_conformal, corpus),
-        "gan+conformal:fixed_history": nab.score_corpus(gan_conformal_fixed, corpus),
-        "gan+conformal:combined_score": nab.score_corpus(gan_conformal_sum, corpus),
-        "windowed_gaussian": nab.score_corpus(wg_scores, corpus),
-        "knn_cad": nab.score_corpus(knn_cad_scores, corpus),
+        "gan": nab_scorer.score_corpus(gan_scores, corpus),
+        "gan+likelihood": nab_scorer.score_corpus(gan_lik, corpus),
+        "gan+conformal": nab_scorer.score_corpus(gan_conformal, corpus),
+        "gan+conformal:fixed_history": nab_scorer.score_corpus(gan_conformal_fixed, corpus),
+        "gan+conformal:combined_score": nab_scorer.score_corpus(gan_conformal_sum, corpus),
+        "windowed_gaussian": nab_scorer.score_corpus(wg_scores, corpus),
+        "knn_cad": nab_scorer.score_corpus(knn_cad_scores, corpus),
     }
     if refined:  # the method on the components after latent refinement
-        results["gan+conformal:refined"] = nab.score_corpus(
+        results["gan+conformal:refined"] = nab_scorer.score_corpus(
             {
                 s.name: component_alarm(
                     gan_arrays[s.name], window - 1, s.probation, prefix="refined_"
@@ -297,7 +297,7 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
             )
             for s in corpus
         }
-        results[f"gan+conformal:only_{name}"] = nab.score_corpus(alone, corpus)
+        results[f"gan+conformal:only_{name}"] = nab_scorer.score_corpus(alone, corpus)
     timings = [t for t in timings if t["series"] in gan_scores]
     payload = {
         "series": len(corpus),
@@ -338,7 +338,7 @@ def write_nab_report(out: Path, plots_dir: Path | None = None) -> dict:
         }.get(m, m.replace("gan+conformal:only_", "gan + conformal alarm, only "))
         lines.append(
             f"| {label} | "
-            + " | ".join(f"{res[p].score:.1f}" for p in nab.PROFILE_NAMES)
+            + " | ".join(f"{res[p].score:.1f}" for p in nab_scorer.PROFILE_NAMES)
             + f" | {std.windows_detected}/{std.n_windows} | {std.threshold:.6f} |"
         )
     lines.append("")
@@ -362,12 +362,12 @@ def _nab_plot(results, plots_dir: Path) -> None:
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 2.8))
-    x = np.arange(len(nab.PROFILE_NAMES))
+    x = np.arange(len(nab_scorer.PROFILE_NAMES))
     width = 0.8 / len(results)
     for i, (m, res) in enumerate(results.items()):
-        vals = [res[p].score for p in nab.PROFILE_NAMES]
+        vals = [res[p].score for p in nab_scorer.PROFILE_NAMES]
         ax.bar(x + (i - (len(results) - 1) / 2) * width, vals, width, label=m)
-    ax.set_xticks(x, nab.PROFILE_NAMES, fontsize=8)
+    ax.set_xticks(x, nab_scorer.PROFILE_NAMES, fontsize=8)
     ax.set_ylabel("NAB score", fontsize=8)
     ax.axhline(0, color="grey", lw=0.6)
     ax.legend(fontsize=7)
