@@ -1,7 +1,10 @@
 """Calibration on held-out normal data: component statistics, threshold, percentiles.
 
 Nothing here looks at labels: the held-out split is normal data the networks never trained
-on, so its score distribution is what "normal" looks like to the trained model.
+on, so its score distribution is what "normal" looks like to the trained model. The
+threshold is the conformal order statistic of those scores at the target false-positive
+rate, or, where too few of them lie above it to resolve that rate, a generalised Pareto fit
+of their tail (``anomaly.tail``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from anomaly.scoring import (
     standardise,
     weighted_score,
 )
+from anomaly.tail import Tail
 
 
 def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
@@ -33,10 +37,11 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
     )
     standard = standardise(raw, params)
     scores = ops.convert_to_numpy(weighted_score(standard, params)).astype(np.float64)
-    threshold = float(np.quantile(scores, 1.0 - params.target_fpr, method="higher"))
+    tail = Tail.fit(scores)
     return replace(
         params,
-        threshold=threshold,
+        threshold=tail.threshold(params.target_fpr),
+        tail=tail.to_json(),
         reference_scores=_quantiles(scores),
         reference_components={
             name: _quantiles(ops.convert_to_numpy(standard[name])) for name in COMPONENTS

@@ -14,6 +14,7 @@ from anomaly.config import COMPONENTS, Config
 from anomaly.errors import BundleError, ConfigError, DataError, SchemaError
 from anomaly.preprocessing import Standardizer
 from anomaly.scoring import ScoringEngine, ScoringParams
+from anomaly.tail import Tail
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,17 @@ class Detector:
     @property
     def components(self) -> tuple[str, ...]:
         return COMPONENTS
+
+    def threshold_at(self, target_fpr: float) -> float:
+        """The score threshold at another false-positive rate, from the same calibration
+        (``anomaly.tail``): ``result.scores > detector.threshold_at(0.001)`` flags about
+        0.1 % of normal records."""
+        if not self.engine.params.tail:
+            raise BundleError(
+                "this model bundle keeps no calibration tail (it was saved by an older "
+                "version): retrain it to get thresholds at other rates"
+            )
+        return Tail(**self.engine.params.tail).threshold(target_fpr)
 
     def score(self, x: np.ndarray) -> ScoreResult:
         """Score records: (n, d) rows, or (n, window, d) windows in time-series mode.
@@ -187,6 +199,8 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
         raise BundleError(f"{path / 'config.json'}: {exc}; {bundle.RESTORE_HINT}") from None
     schema = Schema(**bundle.typed_part(path, "schema", parts["schema"], Schema))
     params = ScoringParams(**bundle.typed_part(path, "scoring", parts["scoring"], ScoringParams))
+    if params.tail:
+        bundle.typed_part(path, "scoring", params.tail, Tail)
     standardizer = Standardizer.from_json(
         bundle.typed_part(path, "preprocessing", parts["preprocessing"], _StandardizerJson)
     )

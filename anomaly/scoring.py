@@ -24,6 +24,7 @@ Everything here is ``keras.ops``; ``anomaly._compile`` compiles it per backend.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import keras
 import numpy as np
@@ -55,6 +56,9 @@ class ScoringParams:
     reference_components: dict[str, list[float]] = field(default_factory=dict)
     """The same quantiles of each standardised component (empty in bundles saved before
     conformal alarms ranked components)."""
+    tail: dict[str, Any] = field(default_factory=dict)
+    """The upper tail of the held-out normal scores (``anomaly.tail.Tail``), from which a
+    threshold at any small false-positive rate follows (empty in bundles saved before)."""
 
     @property
     def calibrated(self) -> bool:
