@@ -81,6 +81,8 @@ def test_csv_export(tmp_path):
     assert lines[0] == "t,ch0,ch1,ch2,ch3,ch4,ch5,ch6,ch7,label"
     assert len(lines) == len(run) + 1
     assert sum(int(line.rsplit(",", 1)[1]) for line in lines[1:]) == run.labels.sum()
+    first = write_run_csv(run, tmp_path / "train.csv", run.train_rows).read_text().splitlines()
+    assert first == lines[: run.train_rows + 1]
 
 
 def _hand_run() -> SensorRun:

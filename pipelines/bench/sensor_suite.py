@@ -37,8 +37,9 @@ alarm (``anomaly.conformal``) that way, as an example and a reference point.
 
 Run: ``python -m pipelines.bench.sensor_suite --out results/sensors --seeds 0 1
 --runs-per-seed 3`` writes ``sensor_results.jsonl`` (one row per run x detector) and
-``sensors.md`` (pooled tables). ``--csv`` also writes each run as CSV for trying
-``anomaly train``/``anomaly score`` by hand.
+``sensors.md`` (pooled tables). ``--csv`` also writes each run, and its training part, as CSV
+under ``runs/`` for trying ``anomaly train``/``anomaly score`` by hand
+(``sensors.write_run_csv``).
 """
 
 from __future__ import annotations
@@ -332,6 +333,7 @@ def run_sensor_suite(
         for run in runs:
             if csv:
                 write_run_csv(run, out / "runs" / f"{run.name}.csv")
+                write_run_csv(run, out / "runs" / f"{run.name}-train.csv", run.train_rows)
             for name, detector in detectors.items():
                 detection = _as_detection(detector(run))
                 for suffix, flags in detection.flags.items():
@@ -433,7 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="add each detector's flags through the library's conformal alarm "
         "(+conformal: the combined score; +conformal2: components, quorum 2)",
     )
-    parser.add_argument("--csv", action="store_true", help="write each run as CSV under runs/")
+    parser.add_argument(
+        "--csv", action="store_true", help="write each run and its training part as CSV under runs/"
+    )
     args = parser.parse_args(argv)
 
     alarms = {}

@@ -222,16 +222,19 @@ def make_suite(seeds, runs_per_seed: int) -> list[SensorRun]:
     return [make_run(int(seed), run) for seed in seeds for run in range(runs_per_seed)]
 
 
-def write_run_csv(run: SensorRun, path: str | Path) -> Path:
-    """The run as CSV: ``t``, ``ch0`` ... ``ch7``, ``label``; for ``anomaly train`` on the
-    first ``run.train_rows`` rows and ``anomaly score`` on the whole file by hand."""
+def write_run_csv(run: SensorRun, path: str | Path, rows: int | None = None) -> Path:
+    """The run (its first ``rows`` rows, e.g. ``run.train_rows``) as CSV: ``t``, ``ch0`` ...
+    ``ch7``, ``label``. By hand: ``anomaly train --data train.csv --id-column t
+    --label-column label --out model`` on the training part, then ``anomaly score --model
+    model --data run.csv --out scores.csv`` on the whole run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    stop = len(run) if rows is None else rows
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["t", *[f"ch{i}" for i in range(run.values.shape[1])], "label"])
-        for i, (row, label) in enumerate(zip(run.values, run.labels, strict=True)):
-            writer.writerow([i, *(f"{v:.6g}" for v in row), int(label)])
+        for i in range(stop):
+            writer.writerow([i, *(f"{v:.6g}" for v in run.values[i]), int(run.labels[i])])
     return path
 
 
