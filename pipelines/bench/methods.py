@@ -25,11 +25,20 @@ def refined_scores(detector, records: np.ndarray, refine_steps: int) -> dict[str
     return refined.score(np.asarray(records, np.float32))
 
 
+#: False-positive rates at which the calibration's realised rate is measured on TEST normals.
+CALIBRATION_TARGETS = (0.01, 0.001)
+
+
 def gan(config: anomaly.Config, refine_steps: int = 10):
     """The GAN detector; variants: the combined score, each component alone, and the
-    combined score with AnoGAN-style latent refinement."""
+    combined score with AnoGAN-style latent refinement. Its info also holds the thresholds
+    the detector's calibration gives at ``CALIBRATION_TARGETS`` and, for label-free
+    studies, the standardised components of TEST, of the held-out normal rows the detector
+    calibrated on, and of synthetic anomalies made from those (``synthetic_anomalies``)."""
 
     def method(train, test, seed):
+        from anomaly.training import _split
+
         cfg = config.updated(training={"seed": seed})
         started = time.perf_counter()
         detector = anomaly.train(train, cfg)
@@ -41,6 +50,9 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
         if refine_steps:
             variants["refined"] = refined_scores(detector, test, refine_steps)["score"]
         health = detector.health
+        # the rows the detector held out for calibration (the same seeded split as training)
+        _, held_out = _split(np.asarray(train, np.float32), cfg)
+        synthetic, kinds = synthetic_anomalies(held_out, train, seed)
         info = {
             "train": trained - started,
             "score": scored - trained,
@@ -49,10 +61,41 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
                 "diversity_ratio": float(health["diversity_ratio"]),
                 "warnings": list(health["warnings"]),
             },
+            "thresholds": {str(t): detector.threshold_at(t) for t in CALIBRATION_TARGETS},
+            "calibration_rows": len(held_out),
+            "components": {
+                "test": _components(result),
+                "held_out": _components(detector.score(held_out)),
+                "synthetic": _components(detector.score(synthetic)),
+                "synthetic_kind": kinds,
+            },
         }
         return variants, info
 
     return method
+
+
+def _components(result) -> np.ndarray:
+    return np.stack([result.components[name] for name in COMPONENTS], axis=1).astype(np.float32)
+
+
+def synthetic_anomalies(normal: np.ndarray, train: np.ndarray, seed: int):
+    """Anomalies made from normal rows only (no labels), as many of each kind as rows:
+    ``shuffled`` (each feature permuted on its own: the marginals of normal data without
+    its dependencies), ``perturbed`` (a quarter of the features, at least one, moved by a
+    training standard deviation) and ``uniform`` (uniform in the training rows' range).
+    Returns the rows and their kind (0, 1, 2)."""
+    rng = np.random.default_rng(20_000 + seed)
+    normal = np.asarray(normal, np.float64)
+    n, d = normal.shape
+    shuffled = np.stack([rng.permutation(normal[:, j]) for j in range(d)], axis=1)
+    scale = np.asarray(train, np.float64).std(axis=0)
+    moved = rng.random((n, d)) < max(0.25, 1.0 / d)
+    perturbed = normal + moved * rng.choice([-1.0, 1.0], (n, d)) * scale
+    low, high = np.min(train, axis=0), np.max(train, axis=0)
+    uniform = rng.uniform(low, high, (n, d))
+    rows = np.concatenate([shuffled, perturbed, uniform]).astype(np.float32)
+    return rows, np.repeat(np.arange(3), n)
 
 
 def _standardised(fit_predict, variants=None):

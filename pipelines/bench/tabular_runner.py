@@ -73,7 +73,7 @@ def run_tabular(
                     continue
                 started = time.perf_counter()
                 try:
-                    rows, variants, y_test = _run_one(name, method, dataset, seed)
+                    rows, variants, y_test, components = _run_one(name, method, dataset, seed)
                 except Exception as exc:  # a failing peer must not stop the benchmark
                     log(f"FAILED {name} on {dataset} seed {seed}: {exc!r}")
                     traceback.print_exc()
@@ -102,6 +102,14 @@ def run_tabular(
                         score_dir / f"{dataset}__{name}.npz",
                         y_test=y_test,
                         **{k or "main": np.asarray(v, np.float32) for k, v in variants.items()},
+                    )
+                if components is not None:  # for label-free studies of the score's weights
+                    component_dir = out / "components"
+                    component_dir.mkdir(exist_ok=True)
+                    np.savez_compressed(
+                        component_dir / f"{dataset}__{name}__seed{seed}.npz",
+                        y_test=y_test,
+                        **components,
                     )
                 main = rows[0]
                 log(
@@ -135,7 +143,14 @@ def _run_one(name, method, dataset, seed):
                 **({"health": timings["health"]} if "health" in timings else {}),
             }
         )
-    return rows, variants, split.y_test
+    if "thresholds" in timings:  # the calibration's realised rate on TEST's normal rows
+        normal_scores = np.asarray(variants[""], np.float64)[split.y_test == 0]
+        rows[0]["calibration_rows"] = timings["calibration_rows"]
+        rows[0]["realised_fpr"] = {
+            target: float(np.mean(normal_scores > threshold))
+            for target, threshold in timings["thresholds"].items()
+        }
+    return rows, variants, split.y_test, timings.get("components")
 
 
 def load_rows(out: Path) -> list[dict]:
