@@ -9,6 +9,7 @@ of their tail (``anomaly.tail``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -46,6 +47,21 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
         reference_components={
             name: _quantiles(ops.convert_to_numpy(standard[name])) for name in COMPONENTS
         },
+    )
+
+
+def resolution_warning(held_out_rows: int, target_fpr: float) -> str | None:
+    """A warning when fewer held-out normal records than ``1 / target_fpr`` calibrate the
+    threshold: not one of them is expected above it, so it is extrapolated from the tail fit
+    alone, and its realised rate can be several times the target or a fraction of it."""
+    if held_out_rows * target_fpr >= 1.0:
+        return None
+    return (
+        f"the threshold was calibrated on {held_out_rows} held-out normal records, too few to "
+        f"resolve a false-positive rate of {target_fpr:g} (that needs {math.ceil(1 / target_fpr)}"
+        "): it is extrapolated from a tail fit, and the rate it realises on new normal data may "
+        "be several times the target; train on more normal rows, or raise "
+        "training.validation_fraction"
     )
 
 

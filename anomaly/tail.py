@@ -86,10 +86,10 @@ class Tail:
 
     def exceedance(self, scores: np.ndarray, body: np.ndarray | None = None) -> np.ndarray:
         """Estimated probability that a normal score reaches each of ``scores``: the
-        conformal share of calibration scores at or above it (counting the new one), and the
-        fitted tail beyond the peaks' threshold. Below the kept largest scores, the share
-        comes from ``body``, evenly spaced quantiles of all the calibration scores
-        (ascending), when given."""
+        conformal share of calibration scores at or above it (counting the new one) where
+        at least ``MIN_ORDER_POINTS`` are, and the fitted tail beyond that. Below the kept
+        largest scores, the share comes from ``body``, evenly spaced quantiles of all the
+        calibration scores (ascending), when given."""
         scores = np.asarray(scores, np.float64)
         largest = np.asarray(self.largest)[::-1]  # ascending
         at_or_above = len(largest) - np.searchsorted(largest, scores, side="left")
@@ -107,7 +107,9 @@ class Tail:
             base = np.maximum(1.0 + self.shape * excess / self.scale, 0.0)
             with np.errstate(divide="ignore"):
                 pareto = share * np.power(base, -1.0 / self.shape)
-        return np.where(scores > self.peaks_from, np.minimum(pareto, empirical), empirical)
+        # as in ``threshold``: the order statistic where enough scores lie above, else the tail
+        resolved = (at_or_above + 1 >= MIN_ORDER_POINTS) | (scores <= self.peaks_from)
+        return np.where(resolved, empirical, pareto)
 
     def _pareto_quantile(self, alpha: float) -> float:
         ratio = alpha * self.n / self.peaks

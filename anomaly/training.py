@@ -11,6 +11,7 @@ import hashlib
 import math
 import platform
 import time
+import warnings
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 
@@ -18,7 +19,7 @@ import keras
 import numpy as np
 
 from anomaly import health
-from anomaly.calibration import calibrate
+from anomaly.calibration import calibrate, resolution_warning
 from anomaly.config import Config
 from anomaly.detector import Detector, Schema, default_jit_compile
 from anomaly.errors import TrainingError
@@ -97,6 +98,10 @@ def train(
         jit_compile=default_jit_compile(),
     )
     engine = engine.with_params(calibrate(engine, held_out))
+    too_few = resolution_warning(len(held_out), config.scoring.target_fpr)
+    if too_few:
+        report["warnings"].append(too_few)
+        warnings.warn(too_few, health.TrainingWarning, stacklevel=2)
     schema = Schema(feature_names, config.model.window, config.data.entity_column)
     meta = _metadata(rows, len(fit_part), len(held_out), history, time.perf_counter() - started)
     return Detector(engine, schema, config, meta, report)
