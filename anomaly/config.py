@@ -252,6 +252,15 @@ class KafkaOptions(Mapping[str, str | int | float | bool]):
         return cls(options)
 
 
+#: ``[serve]`` keys that became ``[alarms]`` keys, by their new name.
+MOVED_TO_ALARMS = {
+    "alarm_history": "history",
+    "alarm_level": "level",
+    "alarm_quiet_rows": "quiet_rows",
+    "alarm_quorum": "quorum",
+}
+
+
 class ServeConfig(_Section):
     """The Kafka scoring service; every key can also come from ``ANOMALY_SERVE_<KEY>``, and
     every Kafka client option from ``ANOMALY_SERVE_KAFKA_<OPTION>``."""
@@ -317,22 +326,6 @@ class ServeConfig(_Section):
     from a background thread every third of it. With ``[serve.kafka] group_instance_id``
     (static membership) a restarted instance of the same id takes its partitions back at
     once, without a rebalance."""
-    alarm_history: int | None = Field(None, ge=4)
-    """Conformal alarms (``anomaly.conformal``), for streams that drift: rank each record's
-    score components (or score) against the last this-many records of its Kafka key (a new
-    key starts from half as many held-out normal values and grows). Results
-    gain ``p_value`` and ``alarm``, and the alerts topic gets alarms instead of threshold
-    flags. ``None``: off. Each key keeps this many values per ranked column (8 bytes each; 4
-    columns with ``alarm_quorum``), for up to ``max_entities`` keys."""
-    alarm_level: float = Field(DEFAULT_ALARM_LEVEL, gt=0, le=1)
-    """p-value at which a record alarms (KNN-CAD's 0.9965: 1 normal record in about 286)."""
-    alarm_quiet_rows: int | None = Field(None, ge=0)
-    """Records of a key that cannot alarm after its alarm; ``None``: a tenth of
-    ``alarm_history`` (a fifth of the held-out values a key starts from, as KNN-CAD)."""
-    alarm_quorum: int | None = Field(2, ge=1, le=len(COMPONENTS))
-    """Rank each score component against its own history and alarm when this many reach
-    ``alarm_level`` together (noise lifts one component at a time, an anomaly several);
-    ``None`` ranks the combined score instead."""
     kafka: KafkaOptions = Field(default_factory=KafkaOptions)
     """Options of the Kafka clients (``[serve.kafka]``), by kafka-python's names: TLS and SASL
     (``security_protocol``, ``ssl_cafile``, ``sasl_mechanism``, ...), the producer's
@@ -345,6 +338,123 @@ class ServeConfig(_Section):
     def _empty_topic_is_none(cls, topic: str | None) -> str | None:
         return topic or None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, values: Any) -> Any:
+        moved = (
+            [key for key in values if key in MOVED_TO_ALARMS] if isinstance(values, dict) else []
+        )
+        if moved:
+            raise ValueError(
+                "; ".join(f"serve.{key} moved to [alarms] {MOVED_TO_ALARMS[key]}" for key in moved)
+            )
+        return values
+
+
+#: The adaptive method ``[alarms] method = "auto"`` picks in time-series mode: the one that
+#: measures better on the Numenta benchmark (``docs/benchmarks.md``).
+TIME_SERIES_METHOD: Literal["conformal", "dspot"] = "conformal"
+#: The default exit level's false-alarm share, as a multiple of the entering level's, and
+#: the lowest default exit level (the median: below it, half of the normal rows).
+EXIT_SHARE_FACTOR, MIN_DEFAULT_EXIT_LEVEL = 10, 0.5
+
+
+class AlarmConfig(_Section):
+    """The adaptive alarm stage (``anomaly.alarms``): thresholds that follow each stream.
+
+    A stream is a Kafka key in the service, a file or one entity's rows of it in
+    ``anomaly score`` and ``evaluate``. Each row gets a *level* in [0, 1] per score column
+    from the stream's own past, the highest level ``quorum`` columns reach together, and a
+    decision under ``semantics``. The service reads this section from its configuration
+    file and ``ANOMALY_ALARMS_<KEY>``; files are scored with the model's (its training
+    configuration's), which ``--config`` replaces key by key."""
+
+    method: Literal["auto", "threshold", "conformal", "dspot"] = "auto"
+    """``threshold``: the model's calibrated threshold (``is_anomaly``), no state across rows.
+    ``conformal``: each row ranked against the stream's last ``history`` rows
+    (``anomaly.conformal``). ``dspot``: drift-aware peaks over threshold, each row's residual
+    from the mean of the last ``drift_depth`` rows against a generalised Pareto tail
+    (``anomaly.spot``). ``auto``: ``threshold`` for independent rows, and in time-series mode
+    (``model.window`` set) the adaptive method that measures better on the Numenta benchmark
+    (``TIME_SERIES_METHOD``)."""
+    semantics: Literal["event", "state"] = "event"
+    """``event``: one alarm per event, then ``quiet_rows`` rows that cannot alarm (what the
+    Numenta benchmark scores). ``state``: a flagged state with hysteresis, entered at a row
+    reaching ``level``, every row in it flagged, left after ``exit_rows`` rows in a row below
+    ``exit_level`` (an operator watching sensors: a stuck valve is flagged until it is not)."""
+    level: float = Field(DEFAULT_ALARM_LEVEL, gt=0, le=1)
+    """Level at which a row alarms (enters the state): KNN-CAD's published 0.9965, reached by
+    about 1 normal row in 286."""
+    exit_level: float | None = Field(None, gt=0, lt=1)
+    """State semantics: rows below it count towards leaving the state. ``None``: the level
+    whose false-alarm share is ten times the entering one's, ``1 - 10 (1 - level)`` (0.965 at
+    the default level), at least 0.5: an event's rows must fall well back into the normal
+    range, not just under the alarm level, so one event does not flicker in and out of the
+    state."""
+    exit_rows: int = Field(3, ge=1)
+    """State semantics: consecutive rows below ``exit_level`` that end the state, the last of
+    them the first row out (1: plain hysteresis). Three: one or two rows of an event can dip
+    (noise, a window sliding over it), while three normal rows in a row fall below the
+    default exit level with probability 0.965 ** 3 = 0.9, so an alert ends about three rows
+    after its anomaly."""
+    quiet_rows: int | None = Field(None, ge=0)
+    """Event semantics: rows of a stream that cannot alarm after its alarm. ``None``: a fifth
+    of the rows a stream starts from (KNN-CAD's), ``history / 10`` for a model's streams."""
+    history: int = Field(1500, ge=4)
+    """Conformal: the scores each row is ranked against (per column). A stream of a model
+    (a Kafka key, a file, an entity) starts from half as many evenly spaced quantiles of the
+    model's held-out normal values, for both methods, and grows with its rows. 1500 is twice
+    the longest reference of the Numenta benchmark (750 rows), where a history twice the
+    reference raised the GAN's score from 55.4 to 59.3 (docs/benchmarks.md). Memory: 8 bytes
+    per value and column, 48 KB per stream with 4 columns."""
+    quorum: int | None = Field(2, ge=1, le=len(COMPONENTS))
+    """How many of the model's score components must reach the level together (each has its
+    own history: noise lifts one at a time, an anomaly several; 2 of 4 on the Numenta
+    benchmark). ``None``: one column, the combined score."""
+    drift_depth: int = Field(30, ge=1)
+    """DSPOT: rows in the moving mean a row's residual is taken from (the paper's ``d``).
+    Thirty adds 1/30 (3 %) to the noise's variance and lags a linear drift by 15 rows, and
+    is about one window of the Numenta suite (32 rows), over which the GAN's window scores
+    are correlated; it is also how many alarming rows in a row make a lasting new level the
+    normal."""
+    max_peaks: int = Field(250, ge=2)
+    """DSPOT: peaks (residuals over the tail's threshold) kept per column for the tail's
+    refit: with about 2-4 % of rows peaks, the tail follows the last 6,000-12,000 rows, and
+    250 peaks pin the mean excess down to about 6 %. 2 KB per column."""
+
+    def resolved_method(self, time_series: bool) -> Literal["threshold", "conformal", "dspot"]:
+        """The method ``auto`` stands for: ``threshold`` for independent rows,
+        ``TIME_SERIES_METHOD`` in time-series mode."""
+        if self.method != "auto":
+            return self.method
+        return TIME_SERIES_METHOD if time_series else "threshold"
+
+    @property
+    def resolved_exit_level(self) -> float:
+        """``exit_level``, or its default from ``level``."""
+        if self.exit_level is not None:
+            return self.exit_level
+        return max(1.0 - EXIT_SHARE_FACTOR * (1.0 - self.level), MIN_DEFAULT_EXIT_LEVEL)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlarmConfig:
+        if self.semantics == "state" or self.exit_level is not None:
+            exit_level = self.resolved_exit_level
+            if not 0.0 < exit_level < self.level:
+                given = "" if self.exit_level is not None else " (its default from level)"
+                raise ValueError(
+                    f"exit_level{given} is {exit_level:.6g}; it must lie between 0 and level "
+                    f"({self.level:.6g}): set alarms.exit_level"
+                )
+        dspot = self.method == "dspot" or (self.method == "auto" and TIME_SERIES_METHOD == "dspot")
+        if dspot and self.drift_depth + 2 > self.history // 2:
+            raise ValueError(
+                f"drift_depth ({self.drift_depth}) must be at most history // 2 - 2 "
+                f"({self.history // 2 - 2}): a model's stream starts from history // 2 values, "
+                "the first drift_depth of which start DSPOT's moving mean"
+            )
+        return self
+
 
 class Config(_Section):
     """Everything the package can be told, with defaults."""
@@ -356,6 +466,7 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    alarms: AlarmConfig = Field(default_factory=AlarmConfig)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
@@ -380,6 +491,17 @@ class Config(_Section):
             return cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigError(f"{path}: {_describe(exc)}") from None
+
+    @classmethod
+    def from_bundle(cls, values: dict[str, Any]) -> Config:
+        """The configuration a model bundle holds (``for_bundle``). Bundles saved before the
+        ``[alarms]`` section hold ``serve.alarm_*`` keys, which the service never read from a
+        bundle (it reads its own file and environment): they are dropped."""
+        serve = values.get("serve")
+        if isinstance(serve, dict):
+            kept = {key: value for key, value in serve.items() if key not in MOVED_TO_ALARMS}
+            values = {**values, "serve": kept}
+        return cls.from_dict(values)
 
     def for_bundle(self) -> dict[str, Any]:
         """The configuration as saved in a model bundle: everything but ``serve.kafka``, the

@@ -24,10 +24,11 @@ an anomaly lifts several (on the Numenta benchmark, requiring two of the GAN's f
 components found as many anomaly windows as ranking their sum, with a fifth fewer false
 alarms: see ``docs/benchmarks.md``).
 
-One anomaly usually lifts many consecutive scores (a sliding window overlaps the event for
-its whole length), and every extra alarm for the same event is a false positive to the
-operator who was already paged. So an alarm opens a quiet period of ``quiet_rows`` rows
-during which the stream cannot alarm again; their p-values are still reported.
+``ConformalLevels`` gives each row's p-value per column, the level that
+``anomaly.decision`` turns into alarms (one per event, or a flagged state);
+``ConformalAlarm`` is the method with event semantics on one stream, as the benchmark
+harness calls it. The adaptive alarm stage of the service and of ``anomaly score``
+(``anomaly.alarms``) uses the same parts.
 """
 
 from __future__ import annotations
@@ -37,100 +38,45 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from anomaly.decision import EventSemantics, StreamAlarm, default_quiet_rows, reference_rows
+
 #: KNN-CAD's published alarm level: about 1 row in 286 of a normal stream reaches it.
 DEFAULT_ALARM_LEVEL = 0.9965
 #: How far the history grows by default, as a multiple of the reference.
 DEFAULT_HISTORY_GROWTH = 2
-#: KNN-CAD's quiet period, one fifth of the reference (its probationary period).
-DEFAULT_QUIET_SHARE = 0.2
 #: Rows ranked at once; bounds the (rows x columns x history) comparison to a few MB.
 _CHUNK = 1024
 
 
-@dataclass(frozen=True)
-class ConformalResult:
-    """Per row: the p-value in [0, 1], whether it alarmed, and whether it was quiet.
+class ConformalLevels:
+    """Conformal p-values of one stream's score columns, each against its own history.
 
-    With several score columns, the p-value is the highest level that ``quorum`` columns
-    reach together (their ``quorum``-th largest p-value)."""
-
-    p_values: np.ndarray
-    alarms: np.ndarray
-    quiet: np.ndarray
-
-
-class ConformalAlarm:
-    """Conformal p-values and alarms for one stream of anomaly scores, fed in time order.
-
-    ``reference`` seeds the history with scores of normal data (for example the stream's
-    first rows, or held-out normal records). It is one score per row, or one column per
-    score component (rows x ``columns``), ranked column by column; then a row alarms when
-    ``quorum`` columns reach the alarm level. The history grows with the stream up to
-    ``history`` scores (default: twice the reference), then slides. Feed later scores (the
-    same columns) to :meth:`update` in time order, in batches of any size: the result does
-    not depend on how the stream is cut into batches.
+    ``reference`` seeds the history with normal scores: one per row, or one column per
+    score component (rows x columns). The history grows with the stream up to ``history``
+    scores (default: twice the reference), then slides. The levels of the ``anomaly.decision``
+    protocol: feed rows (n, columns) in time order to :meth:`update`.
     """
 
-    def __init__(
-        self,
-        reference: np.ndarray,
-        *,
-        history: int | None = None,
-        alarm_level: float = DEFAULT_ALARM_LEVEL,
-        quiet_rows: int | None = None,
-        quorum: int = 1,
-    ):
-        reference = np.asarray(reference, np.float64)
-        if reference.ndim not in (1, 2):
-            raise ValueError(
-                f"the reference must be 1-D (scores) or 2-D (scores x columns), got shape "
-                f"{reference.shape}"
-            )
-        self._columns = reference.shape[1] if reference.ndim == 2 else None
-        reference = reference.reshape(len(reference), -1)
-        if len(reference) < 2:
-            raise ValueError(f"the reference needs at least 2 scores, got {len(reference)}")
-        if not np.isfinite(reference).all():
-            raise ValueError("the reference holds NaN or infinite scores")
-        if not 0.0 < alarm_level <= 1.0:
-            raise ValueError(f"alarm_level must be in (0, 1], got {alarm_level}")
-        self.alarm_level = float(alarm_level)
+    def __init__(self, reference, history: int | None = None):
+        reference, self.row_shape = reference_rows(reference)
         self.history = DEFAULT_HISTORY_GROWTH * len(reference) if history is None else history
         if self.history < len(reference):
             raise ValueError(
                 f"history must be at least the reference's {len(reference)} rows, got {history}"
             )
-        self.quiet_rows = (
-            int(DEFAULT_QUIET_SHARE * len(reference)) if quiet_rows is None else int(quiet_rows)
-        )
-        if self.quiet_rows < 0:
-            raise ValueError(f"quiet_rows must be >= 0, got {quiet_rows}")
-        if not 1 <= quorum <= reference.shape[1]:
-            raise ValueError(
-                f"quorum must be in [1, {reference.shape[1]}] for {reference.shape[1]} score "
-                f"column(s), got {quorum}"
-            )
-        self.quorum = int(quorum)
+        self.reference_rows = len(reference)
+        self._reference = reference
         self._history = reference
-        self._quiet_left = 0
 
-    def update(self, scores: np.ndarray) -> ConformalResult:
-        """Rank ``scores`` (the stream's next rows, in order); the history moves past them."""
-        scores = np.asarray(scores, np.float64)
-        per_row = () if self._columns is None else (self._columns,)
-        if scores.ndim == 0 or scores.shape[1:] != per_row:
-            raise ValueError(
-                f"scores must have shape {('n', *per_row)} like the reference, got {scores.shape}"
-            )
-        if not np.isfinite(scores).all():
-            raise ValueError("scores hold NaN or infinite values")
-        joined = np.concatenate([self._history, scores.reshape(len(scores), -1)])
-        columns = self._rank(joined, len(self._history))
+    def update(self, rows: np.ndarray) -> np.ndarray:
+        """p-values (n, columns) of ``rows``; the history moves past them."""
+        joined = np.concatenate([self._history, rows])
+        p_values = self._rank(joined, len(self._history))
         self._history = joined[-self.history :].copy()
-        # the quorum-th largest p-value of each row: the level that many columns reach
-        p_values = np.sort(columns, axis=1)[:, -self.quorum]
-        alarms, quiet = self._alarms(p_values >= self.alarm_level)
-        return ConformalResult(p_values, alarms, quiet)
+        return p_values
+
+    def fresh(self) -> ConformalLevels:
+        return ConformalLevels(self._reference.reshape(-1, *self.row_shape), self.history)
 
     def _rank(self, joined: np.ndarray, past: int) -> np.ndarray:
         """For the rows of ``joined`` after its first ``past`` rows (the history, then the
@@ -152,18 +98,57 @@ class ConformalAlarm:
             p_values[start:stop] = below.T / ranked_against[start:stop, None]
         return p_values
 
-    def _alarms(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Keep the candidates that fall outside the quiet period of an earlier alarm."""
-        n = len(candidates)
-        alarms = np.zeros(n, bool)
-        quiet = np.zeros(n, bool)
-        quiet[: min(self._quiet_left, n)] = True
-        next_free = self._quiet_left  # first row (in this batch) allowed to alarm
-        for row in np.flatnonzero(candidates):
-            if row < next_free:
-                continue
-            alarms[row] = True
-            next_free = row + 1 + self.quiet_rows
-            quiet[row + 1 : next_free] = True
-        self._quiet_left = max(0, next_free - n)
-        return alarms, quiet
+
+@dataclass(frozen=True)
+class ConformalResult:
+    """Per row: the p-value in [0, 1], whether it alarmed, and whether it was quiet.
+
+    With several score columns, the p-value is the highest level that ``quorum`` columns
+    reach together (their ``quorum``-th largest p-value)."""
+
+    p_values: np.ndarray
+    alarms: np.ndarray
+    quiet: np.ndarray
+
+
+class ConformalAlarm:
+    """Conformal p-values and event alarms for one stream of anomaly scores, fed in time order.
+
+    ``reference`` seeds the history with scores of normal data (for example the stream's
+    first rows, or held-out normal records). It is one score per row, or one column per
+    score component (rows x ``columns``), ranked column by column; then a row alarms when
+    ``quorum`` columns reach the alarm level, and ``quiet_rows`` rows (default: a fifth of
+    the reference) cannot alarm after it. The history grows with the stream up to
+    ``history`` scores (default: twice the reference), then slides. Feed later scores (the
+    same columns) to :meth:`update` in time order, in batches of any size: the result does
+    not depend on how the stream is cut into batches.
+    """
+
+    def __init__(
+        self,
+        reference,
+        *,
+        history: int | None = None,
+        alarm_level: float = DEFAULT_ALARM_LEVEL,
+        quiet_rows: int | None = None,
+        quorum: int = 1,
+    ):
+        levels = ConformalLevels(reference, history)
+        if not 0.0 < alarm_level <= 1.0:
+            raise ValueError(f"alarm_level must be in (0, 1], got {alarm_level}")
+        self.history = levels.history
+        self.alarm_level = float(alarm_level)
+        self.quiet_rows = (
+            default_quiet_rows(levels.reference_rows) if quiet_rows is None else int(quiet_rows)
+        )
+        if self.quiet_rows < 0:
+            raise ValueError(f"quiet_rows must be >= 0, got {quiet_rows}")
+        self._stream = StreamAlarm(
+            levels, quorum, EventSemantics(self.alarm_level, self.quiet_rows)
+        )
+        self.quorum = quorum
+
+    def update(self, scores) -> ConformalResult:
+        """Rank ``scores`` (the stream's next rows, in order); the history moves past them."""
+        result = self._stream.update(scores)
+        return ConformalResult(result.levels, result.alarms, result.quiet)

@@ -194,7 +194,7 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
     contents = bundle.load_bundle(path)
     parts = contents.parts
     try:
-        config = Config.from_dict(parts["config"])
+        config = Config.from_bundle(parts["config"])
     except ConfigError as exc:
         raise BundleError(f"{path / 'config.json'}: {exc}; {bundle.RESTORE_HINT}") from None
     schema = Schema(**bundle.typed_part(path, "schema", parts["schema"], Schema))

@@ -1,0 +1,295 @@
+"""The adaptive alarm stage (anomaly/alarms.py, decision.py, spot.py): causal levels and
+decisions per stream, both semantics, and the keyed container the service and files share."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from anomaly.alarms import AlarmStage
+from anomaly.config import COMPONENTS, AlarmConfig, Config
+from anomaly.errors import ConfigError
+
+METHODS = ("conformal", "dspot")
+SEMANTICS = ("event", "state")
+
+
+def _config(**keys) -> AlarmConfig:
+    return AlarmConfig(**keys)
+
+
+def _stream(n: int = 3000, seed: int = 0) -> np.ndarray:
+    """Four score components of a normal stream with a drift, two events and a new level."""
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(n, 4)) + np.linspace(0.0, 3.0, n)[:, None]
+    scores[1200:1210, :3] += 8.0  # an event lifting three components for ten rows
+    scores[1800, :2] += 12.0  # a spike in two
+    scores[2400:, :] += 5.0  # a lasting new level
+    return scores
+
+
+# -- both semantics, worked by hand ----------------------------------------------------------
+
+# Conformal levels by hand: each row's p-value is the share of the 4 values before it (the
+# reference [1, 2, 3, 4], then the stream) that lie strictly below it:
+#   row:      0    1  2  3  4     5  6  7     8     9     10  11
+#   value:    2.5  5  6  1  5.5   .5 .2 3     .4    .3    9   2
+#   p-value:  .5   1  1  0  .75   0  0  .75   .25   .25   1   .5
+# e.g. row 4 (5.5) against [2.5, 5, 6, 1]: three below, 0.75.
+HAND_SERIES = [2.5, 5.0, 6.0, 1.0, 5.5, 0.5, 0.2, 3.0, 0.4, 0.3, 9.0, 2.0]
+HAND_LEVELS = [0.5, 1.0, 1.0, 0.0, 0.75, 0.0, 0.0, 0.75, 0.25, 0.25, 1.0, 0.5]
+HAND = {
+    "method": "conformal",
+    "quorum": None,
+    "history": 4,
+    "level": 0.75,
+    "exit_level": 0.5,
+    "exit_rows": 2,
+    "quiet_rows": 2,
+}
+
+
+def test_event_semantics_by_hand_one_alarm_then_a_quiet_period():
+    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], _config(**HAND, semantics="event"))
+    result = stage.update(HAND_SERIES)
+    np.testing.assert_array_equal(result.levels, HAND_LEVELS)
+    # rows at or above 0.75: 1, 2, 4, 7, 10. Row 1 alarms and rows 2-3 are quiet (so row 2
+    # does not alarm); row 4 is free again and alarms, 5-6 quiet; row 7 alarms, 8-9 quiet;
+    # row 10 alarms, 11 quiet (and the quiet period runs on past the batch).
+    assert result.alarms.astype(int).tolist() == [0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0]
+    assert result.quiet.astype(int).tolist() == [0, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0, 1]
+    assert stage.states == 0
+
+
+def test_state_semantics_by_hand_every_row_of_the_state_is_flagged_with_hysteresis():
+    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], _config(**HAND, semantics="state"))
+    result = stage.update(HAND_SERIES)
+    np.testing.assert_array_equal(result.levels, HAND_LEVELS)
+    # Enter at a level >= 0.75, leave at the 2nd row in a row below 0.5 (the first row out):
+    # row 1 enters; 2 stays; 3 is low (run 1); 4 is not low (run 0); 5 low (1); 6 low (2):
+    # out. Row 7 enters; 8 low (1); 9 low (2): out. Row 10 enters; 11 (0.5) is not below
+    # 0.5, so the stream ends the batch in the state.
+    assert result.alarms.astype(int).tolist() == [0, 1, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1]
+    assert not result.quiet.any()
+    assert stage.states == 1
+
+
+@pytest.mark.parametrize("semantics", SEMANTICS)
+def test_the_hand_worked_series_gives_the_same_decisions_row_by_row(semantics):
+    whole = AlarmStage([1.0, 2.0, 3.0, 4.0], _config(**HAND, semantics=semantics))
+    expected = whole.update(HAND_SERIES)
+    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], _config(**HAND, semantics=semantics))
+    rows = [stage.update([value]) for value in HAND_SERIES]
+    for field in ("levels", "alarms", "quiet"):
+        joined = np.concatenate([getattr(r, field) for r in rows])
+        np.testing.assert_array_equal(joined, getattr(expected, field))
+
+
+# -- causality ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("semantics", SEMANTICS)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_rows_decision_does_not_change_when_later_rows_are_appended(method, semantics):
+    scores = _stream()
+    config = _config(method=method, semantics=semantics)
+    full = AlarmStage(scores[:500], config).update(scores[500:])
+    assert full.alarms.any()
+    for k in (1, 700, 1305, 1901):
+        head = AlarmStage(scores[:500], config).update(scores[500 : 500 + k])
+        for field in ("levels", "alarms", "quiet"):
+            np.testing.assert_array_equal(getattr(head, field), getattr(full, field)[:k])
+
+
+@pytest.mark.parametrize("semantics", SEMANTICS)
+@pytest.mark.parametrize("method", METHODS)
+def test_batches_of_any_size_give_the_same_result(method, semantics):
+    scores = _stream(seed=1)
+    config = _config(method=method, semantics=semantics)
+    whole = AlarmStage(scores[:500], config).update(scores[500:])
+    for cuts in ([1, 2, 3, 700, 701, 1900], list(range(37, 2500, 37))):
+        stage = AlarmStage(scores[:500], config)
+        parts = [stage.update(part) for part in np.split(scores[500:], cuts)]
+        for field in ("levels", "alarms", "quiet"):
+            joined = np.concatenate([getattr(p, field) for p in parts])
+            np.testing.assert_array_equal(joined, getattr(whole, field))
+
+
+# -- DSPOT ------------------------------------------------------------------------------------
+
+
+def test_dspot_follows_a_slow_drift_that_a_fixed_threshold_fires_on_and_catches_a_spike():
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=6000) + np.linspace(0.0, 30.0, 6000)  # drifting normal scores
+    scores[4000] += 8.0  # one spike
+    reference = scores[:500]
+    config = _config(method="dspot", quorum=None, quiet_rows=0)
+    alarms = np.flatnonzero(AlarmStage(reference, config).update(scores[500:]).alarms) + 500
+    assert 4000 in alarms
+    assert len(alarms) < 0.005 * 5500  # about 1 - level of the rows, as on noise
+    fixed_threshold = np.quantile(reference, config.level)
+    assert (scores[500:] > fixed_threshold).mean() > 0.9
+
+
+def test_dspot_takes_a_lasting_new_level_for_the_normal_after_drift_depth_alarms():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=4000)
+    scores[2000:] += 10.0
+    config = _config(method="dspot", quorum=None, semantics="state", drift_depth=30)
+    flagged = AlarmStage(scores[:500], config).update(scores[500:]).alarms
+    after = flagged[2000 - 500 :]
+    assert after[:30].all()  # the new level is news for drift_depth rows
+    assert after[30 + config.exit_rows :].mean() < 0.01  # then it is the normal
+
+
+def test_dspot_levels_of_normal_noise_alarm_at_about_one_minus_the_level():
+    rng = np.random.default_rng(4)
+    scores = rng.standard_t(5, size=(60_000, 2))
+    config = _config(method="dspot", quorum=1, level=0.99, quiet_rows=0)
+    result = AlarmStage(scores[:1000], config).update(scores[1000:])
+    # the quorum-th (1st) largest of two columns: about twice 1 % of the rows
+    assert 0.012 < result.alarms.mean() < 0.03
+
+
+# -- the keyed container ----------------------------------------------------------------------
+
+
+def test_two_keys_are_independent_streams():
+    scores = _stream(seed=5)
+    config = _config(method="dspot")
+    alone = AlarmStage(scores[:500], config).update(scores[500:1500])
+    stage = AlarmStage(scores[:500], config)
+    other = np.random.default_rng(6).normal(size=(1000, 4)) * 5.0
+    interleaved = np.empty((2000, 4))
+    interleaved[0::2], interleaved[1::2] = scores[500:1500], other
+    keys = ["a", "b"] * 1000
+    both = stage.update(interleaved, keys=keys)
+    np.testing.assert_array_equal(both.levels[0::2], alone.levels)
+    np.testing.assert_array_equal(both.alarms[0::2], alone.alarms)
+    assert len(stage) == 2
+
+
+def test_revoked_partitions_and_the_key_bound_drop_streams():
+    config = _config(method="conformal", quorum=None, history=4, level=1.0, quiet_rows=0)
+    stage = AlarmStage(np.zeros(4), config, max_keys=2)
+    stage.update(np.ones(3), [b"a", b"b", b"c"], [0, 1, 1])
+    assert len(stage) == 2  # a, seen least recently, was dropped
+    assert stage.forget_partitions([1]) == 2 and len(stage) == 0
+    result = stage.update(np.array([0.5]), [b"b"], [1])
+    assert result.levels[0] == 1.0  # b starts again from the reference (zeros)
+
+
+def test_keys_in_the_flagged_state_are_counted_until_they_leave_it():
+    config = _config(**HAND, semantics="state")
+    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], config, max_keys=2)
+    stage.update([5.0, 1.0], keys=["up", "calm"], partitions=[0, 1])
+    assert stage.states == 1  # "up" entered the state (5 beats its reference)
+    stage.update([5.5], keys=["up"], partitions=[0])  # still in it; "calm" is now the oldest
+    stage.update([6.0], keys=["other"], partitions=[1])
+    assert stage.states == 2 and len(stage) == 2  # "calm" was dropped, not in the state
+    stage.forget_partitions([0])
+    assert stage.states == 1
+
+
+def test_a_nan_row_is_refused_before_any_stream_moves():
+    config = _config(**HAND)
+    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], config)
+    with pytest.raises(ValueError, match="NaN"):
+        stage.update([2.5, np.nan], keys=["a", "b"])
+    assert len(stage) == 0
+    assert stage.update([2.5], keys=["a"]).levels.tolist() == [0.5]
+
+
+# -- a model's stage ----------------------------------------------------------------------
+
+
+def _detector(window: int | None, components: bool = True) -> SimpleNamespace:
+    reference = np.linspace(0.0, 1.0, 101).tolist()
+    params = SimpleNamespace(
+        reference_scores=reference,
+        reference_components={name: reference for name in COMPONENTS} if components else {},
+    )
+    return SimpleNamespace(
+        engine=SimpleNamespace(params=params), schema=SimpleNamespace(window=window)
+    )
+
+
+def test_auto_is_the_threshold_for_independent_rows_and_adaptive_in_time_series_mode():
+    assert AlarmStage.for_model(_detector(window=None), AlarmConfig()) is None
+    stage = AlarmStage.for_model(_detector(window=8), AlarmConfig())
+    assert stage is not None and stage.method == AlarmConfig().resolved_method(time_series=True)
+    assert AlarmStage.for_model(_detector(None), AlarmConfig(method="dspot")).method == "dspot"
+    assert AlarmStage.for_model(_detector(8), AlarmConfig(method="threshold")) is None
+
+
+def test_a_models_streams_start_from_half_the_history_of_its_reference_quantiles():
+    config = AlarmConfig(method="conformal", history=10, quorum=None, quiet_rows=0, level=0.9)
+    stage = AlarmStage.for_model(_detector(window=4), config)
+    # five quantiles of 0..1 (0.1, 0.3, ..., 0.9): 0.5 beats two and 0.95 all of them
+    result = stage.update(np.array([0.5, 0.95]), keys=["a", "b"])
+    assert result.levels.tolist() == [0.4, 1.0]
+    assert result.alarms.tolist() == [False, True]
+
+
+def test_a_quorum_needs_the_models_component_reference():
+    with pytest.raises(ConfigError, match="retrain it, or set alarms.quorum to null"):
+        AlarmStage.for_model(_detector(window=4, components=False), AlarmConfig())
+    stage = AlarmStage.for_model(_detector(4, components=False), AlarmConfig(quorum=None))
+    result = SimpleNamespace(
+        scores=np.zeros(2), components={name: np.full(2, i) for i, name in enumerate(COMPONENTS)}
+    )
+    np.testing.assert_array_equal(stage.columns(result), [0.0, 0.0])
+    with_components = AlarmStage.for_model(_detector(window=4), AlarmConfig())
+    np.testing.assert_array_equal(with_components.columns(result), [[0, 1, 2, 3], [0, 1, 2, 3]])
+
+
+def test_the_reference_must_fit_the_quorum_and_the_history():
+    with pytest.raises(ConfigError, match="alarms.quorum = 2 needs at least 2 score columns"):
+        AlarmStage(np.zeros(10), AlarmConfig(method="conformal"))
+    with pytest.raises(ConfigError, match="alarms.quorum is None"):
+        AlarmStage(np.zeros((10, 2)), AlarmConfig(method="conformal", quorum=None))
+    with pytest.raises(ConfigError, match=r"alarms.history \(8\) is shorter"):
+        AlarmStage(np.zeros(10), AlarmConfig(method="conformal", quorum=None, history=8))
+    with pytest.raises(ConfigError, match="'threshold' has no adaptive stage"):
+        AlarmStage(np.zeros(10), AlarmConfig(method="threshold", quorum=None))
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_alarm_defaults():
+    config = AlarmConfig()
+    assert (config.method, config.semantics, config.level) == ("auto", "event", 0.9965)
+    assert config.resolved_exit_level == pytest.approx(0.965)
+    assert config.resolved_method(time_series=False) == "threshold"
+
+
+@pytest.mark.parametrize(
+    ("alarms", "message"),
+    [
+        ({"semantics": "state", "exit_level": 0.999}, r"alarms: .*exit_level is 0\.999"),
+        ({"semantics": "state", "level": 0.5}, r"exit_level \(its default.*\) is 0\.5;"),
+        ({"exit_level": 0.5, "level": 0.4}, "must lie between 0 and level"),
+        ({"quorum": 5}, "alarms.quorum"),
+        ({"method": "spot"}, "alarms.method"),
+        ({"semantics": "flag"}, "alarms.semantics"),
+        ({"exit_rows": 0}, "alarms.exit_rows"),
+        ({"method": "dspot", "history": 60}, r"drift_depth \(30\) must be at most"),
+        ({"histroy": 10}, "unknown key 'alarms.histroy'"),
+    ],
+)
+def test_bad_alarm_settings_are_errors_that_name_the_key(alarms, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_dict({"alarms": alarms})
+
+
+def test_the_old_serve_alarm_keys_say_where_they_moved():
+    with pytest.raises(ConfigError, match=r"serve.alarm_history moved to \[alarms\] history"):
+        Config.from_dict({"serve": {"alarm_history": 500, "alarm_quorum": None}})
+
+
+def test_a_bundle_saved_with_the_old_serve_alarm_keys_still_loads_its_configuration():
+    saved = Config().for_bundle()
+    saved["serve"].update(alarm_history=None, alarm_level=0.9965, alarm_quorum=2)
+    del saved["alarms"]  # bundles before the section
+    assert Config.from_bundle(saved).alarms == AlarmConfig()
