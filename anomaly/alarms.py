@@ -51,6 +51,7 @@ from anomaly.spot import DriftSpot
 
 if TYPE_CHECKING:
     from anomaly.detector import Detector
+    from anomaly.scoring import ScoringParams
 
 #: Seed of the fixed order in which a model's reference quantiles start each stream.
 _SEED_ORDER = 0
@@ -120,9 +121,26 @@ class AlarmStage:
         """The stage ``config`` asks for on ``detector``'s scores, every stream starting from
         the model's held-out normal values; None when the method is the model's threshold
         (``auto`` for a model of independent rows)."""
-        if config.resolved_method(time_series=bool(detector.schema.window)) == "threshold":
+        return cls.for_params(
+            detector.engine.params,
+            config,
+            time_series=bool(detector.schema.window),
+            max_keys=max_keys,
+        )
+
+    @classmethod
+    def for_params(
+        cls,
+        params: ScoringParams,
+        config: AlarmConfig,
+        *,
+        time_series: bool,
+        max_keys: int | None = None,
+    ) -> AlarmStage | None:
+        """``for_model`` from a model's scoring parameters (its held-out normal values) and
+        whether it scores time-series windows."""
+        if config.resolved_method(time_series=time_series) == "threshold":
             return None
-        params = detector.engine.params
         if config.quorum is None:
             reference = np.asarray(params.reference_scores, np.float64)
         elif not params.reference_components:
