@@ -43,9 +43,9 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
         params,
         threshold=tail.threshold(params.target_fpr),
         tail=tail.to_json(),
-        reference_scores=_quantiles(scores),
+        reference_scores=reference_quantiles(scores),
         reference_components={
-            name: _quantiles(ops.convert_to_numpy(standard[name])) for name in COMPONENTS
+            name: reference_quantiles(ops.convert_to_numpy(standard[name])) for name in COMPONENTS
         },
     )
 
@@ -65,7 +65,7 @@ def resolution_warning(held_out_rows: int, target_fpr: float) -> str | None:
     )
 
 
-def _quantiles(values: np.ndarray) -> list[float]:
+def reference_quantiles(values: np.ndarray) -> list[float]:
     """``REFERENCE_QUANTILES`` evenly spaced quantiles: a fixed-size picture of normal."""
     quantiles = np.quantile(np.asarray(values, np.float64), np.linspace(0, 1, REFERENCE_QUANTILES))
     return [float(v) for v in quantiles]

@@ -9,14 +9,14 @@ import pytest
 
 from pipelines.bench.sensor_peers import PCAMonitor
 from pipelines.bench.sensor_suite import (
-    Alarm,
+    STAGES,
     check_causal,
-    conformal_stage,
     flag_runs,
     pca_detector,
     pooled,
     run_counts,
     run_sensor_suite,
+    stage_configs,
 )
 from pipelines.bench.sensors import GAP, KINDS, SensorRun, make_run, make_suite, write_run_csv
 
@@ -154,7 +154,7 @@ def test_pca_peer_flags_a_gross_level_shift_and_few_normal_rows():
 
 def test_pca_detector_is_causal_and_finds_anomalies():
     run = make_run(0, 1)
-    detector = pca_detector({"+conformal": Alarm(conformal_stage(quorum=2), components=True)})
+    detector = pca_detector(stage_configs(STAGES))  # the product's stages are causal too
     check_causal(detector, run, cut=run.segments[2][0] + 10)
     c = run_counts(run, detector(run).flags[""])
     assert c["detected"] >= 2
@@ -165,14 +165,14 @@ def test_run_sensor_suite_writes_results(tmp_path):
         tmp_path,
         [0],
         2,
-        {"pca": pca_detector({"+conformal": conformal_stage()})},
+        {"pca": pca_detector(stage_configs(["conformal:state"]))},
         log=lambda _: None,
     )
-    assert set(summary) == {"pca", "pca+conformal"}
+    assert set(summary) == {"pca", "pca+conformal:state"}
     rows = [
         json.loads(line) for line in (tmp_path / "sensor_results.jsonl").read_text().splitlines()
     ]
     assert len(rows) == 4 and {r["run"] for r in rows} == {"s0-r0", "s0-r1"}
     assert summary["pca"]["segments"] == 10
     table = (tmp_path / "sensors.md").read_text()
-    assert "| pca |" in table and "| pca+conformal |" in table and "broken_correlation" in table
+    assert "| pca |" in table and "| pca+conformal:state |" in table and "broken_correlation" in table

@@ -26,14 +26,11 @@ trained with ``anomaly.train`` and flagged with its own calibrated threshold, wh
 from ``anomaly train``/``anomaly score`` today), ``pca_detector`` (PCA T²/Q at fixed 99 %
 control limits) and ``iforest_detector`` (IsolationForest, ``contamination="auto"``).
 
-The hook for an adaptive alarm stage (``AlarmStage``): a function of (scores of every row of
-the run in time order, shape (n,) or (n, k) for score components; the number of first rows
-that are the training part) returning flags (n,). Pass it to ``gan_detector`` /
-``pca_detector`` / ``iforest_detector`` as ``alarms={"+name": stage}`` (or
-``Alarm(stage, components=True)`` to give it the score components as columns instead of the
-combined score): each run then reports the fixed-threshold flags as ``gan`` and the stage's as
-``gan+name``, from one training. ``conformal_stage`` wraps the library's online conformal
-alarm (``anomaly.conformal``) that way, as an example and a reference point.
+The product's adaptive alarm stage (``anomaly.alarms.AlarmStage``, configured by an
+``[alarms]`` section) runs on the GAN's scores as ``anomaly score`` runs it on the run's file,
+and on the PCA peer's score: ``gan_detector(config, stages={"+conformal:state": alarms})``
+reports the fixed-threshold flags as ``gan`` and the stage's as ``gan+conformal:state``, from
+one training (``stage_configs`` names every method and semantics).
 
 Run: ``python -m pipelines.bench.sensor_suite --out results/sensors --seeds 0 1
 --runs-per-seed 3`` writes ``sensor_results.jsonl`` (one row per run x detector) and
@@ -54,21 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly.alarms import AlarmStage
+from anomaly.config import AlarmConfig
 from pipelines.bench.sensor_peers import IsolationForestPeer, PCAMonitor
 from pipelines.bench.sensors import KINDS, SensorRun, make_suite, write_run_csv
-
-#: An adaptive alarm: (scores of every row in time order, (n,) or (n, k); the number of
-#: first rows that are the training part) -> 0/1 flags (n,), row i's flag from rows <= i only.
-AlarmStage = Callable[[np.ndarray, int], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Alarm:
-    """An alarm stage and what it is fed: the combined score (n,), or with ``components``
-    the score components as columns (n, k)."""
-
-    stage: AlarmStage
-    components: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,29 +171,26 @@ def _f1(precision: float, recall: float) -> float:
 # --- detectors ---------------------------------------------------------------------------
 
 
-def _with_alarms(run, flags, score, components, alarms) -> tuple[dict, dict]:
-    """The fixed flags as ``""`` and each alarm stage's flags under its name."""
-    out = {"": np.asarray(flags, bool)}
-    seconds = {}
-    for name, alarm in (alarms or {}).items():
-        alarm = alarm if isinstance(alarm, Alarm) else Alarm(alarm)
+def _stage_flags(stages, make_stage, result) -> tuple[dict, dict]:
+    """Each product alarm stage's decisions, by variant name, and its seconds."""
+    flags, seconds = {}, {}
+    for name, alarm_config in (stages or {}).items():
         started = time.perf_counter()
-        fed = components if alarm.components else score
-        flagged = np.asarray(alarm.stage(fed, run.train_rows)).astype(bool)
+        flags[name] = make_stage(alarm_config).update(result).alarms
         seconds[name] = time.perf_counter() - started
-        out[name] = flagged
-    return out, seconds
+    return flags, seconds
 
 
-def gan_detector(config=None, alarms: Mapping[str, Alarm | AlarmStage] | None = None) -> Detector:
+def gan_detector(config=None, stages: Mapping[str, AlarmConfig] | None = None) -> Detector:
     """The product: ``anomaly.train`` on the training part with ``config`` (default
-    ``Config()``), every row scored; flags ``""`` = ``is_anomaly`` (its own calibrated
-    threshold), plus one variant per alarm stage fed the score or the components
-    (``anomaly.config.COMPONENTS`` order)."""
+    ``Config()``), then every row of the run scored in order, as ``anomaly score`` does on
+    the run's file: flags ``""`` = ``is_anomaly`` (its own calibrated threshold), plus one
+    variant per ``[alarms]`` configuration in ``stages``, through the product's stage
+    (``AlarmStage.for_model``: one stream for the run, started from the model's held-out
+    normal values)."""
 
     def detect(run: SensorRun) -> Detection:
         import anomaly
-        from anomaly.config import COMPONENTS
 
         cfg = config or anomaly.Config()
         started = time.perf_counter()
@@ -215,20 +198,21 @@ def gan_detector(config=None, alarms: Mapping[str, Alarm | AlarmStage] | None = 
         trained = time.perf_counter()
         result = detector.score(run.values.astype(np.float32))
         scored = time.perf_counter()
-        components = np.column_stack([result.components[c] for c in COMPONENTS])
-        flags, alarm_seconds = _with_alarms(
-            run, result.is_anomaly, result.scores, components, alarms
+        flags, seconds = _stage_flags(
+            stages, lambda alarms: AlarmStage.for_model(detector, alarms), result
         )
         health = detector.health
         info = {
-            "alarm_seconds": alarm_seconds,
+            "alarm_seconds": seconds,
             "health": {
                 "mode_collapse": bool(health["mode_collapse"]),
                 "diversity_ratio": float(health["diversity_ratio"]),
                 "warnings": list(health["warnings"]),
             },
         }
-        return Detection(flags, trained - started, scored - trained, info)
+        return Detection(
+            {"": result.is_anomaly, **flags}, trained - started, scored - trained, info
+        )
 
     return detect
 
@@ -239,60 +223,60 @@ def gan_threshold(config=None) -> Detector:
 
 
 def pca_detector(
-    alarms: Mapping[str, Alarm | AlarmStage] | None = None,
+    stages: Mapping[str, AlarmConfig] | None = None,
     variance: float = 0.90,
     confidence: float = 0.99,
 ) -> Detector:
-    """PCA T²/Q at fixed control limits (``sensor_peers.PCAMonitor``); alarm stages get
-    ``max(T²/limit, Q/limit)`` or the two ratios as columns."""
+    """PCA T²/Q at fixed control limits (``sensor_peers.PCAMonitor``); the product's alarm
+    stages get its score ``max(T²/limit, Q/limit)`` (one column, ``quorum`` None), each
+    stream started from the training part's scores."""
 
     def detect(run: SensorRun) -> Detection:
         started = time.perf_counter()
         monitor = PCAMonitor.fit(run.values[: run.train_rows], variance, confidence)
         trained = time.perf_counter()
-        components = monitor.components(run.values)
-        score = components.max(axis=1)
+        score = monitor.components(run.values).max(axis=1)
         scored = time.perf_counter()
-        flags, alarm_seconds = _with_alarms(run, score > 1.0, score, components, alarms)
-        info = {"components": monitor.n_components, "alarm_seconds": alarm_seconds}
-        return Detection(flags, trained - started, scored - trained, info)
+        reference = score[: run.train_rows]
+        flags, seconds = _stage_flags(
+            stages,
+            lambda alarms: AlarmStage(reference, alarms.updated({"quorum": None})),
+            score,
+        )
+        for variant in flags.values():  # the training rows are the stage's reference
+            variant[: run.train_rows] = False
+        info = {"components": monitor.n_components, "alarm_seconds": seconds}
+        return Detection({"": score > 1.0, **flags}, trained - started, scored - trained, info)
 
     return detect
 
 
-def iforest_detector(alarms: Mapping[str, Alarm | AlarmStage] | None = None) -> Detector:
-    """IsolationForest on the training part, ``contamination="auto"`` decision; alarm stages
-    get ``-score_samples``."""
+def iforest_detector() -> Detector:
+    """IsolationForest on the training part, ``contamination="auto"`` decision."""
 
     def detect(run: SensorRun) -> Detection:
         started = time.perf_counter()
         peer = IsolationForestPeer.fit(run.values[: run.train_rows])
         trained = time.perf_counter()
         flags = peer.flags(run.values)
-        score = peer.score(run.values)
         scored = time.perf_counter()
-        flags, alarm_seconds = _with_alarms(run, flags, score, score[:, None], alarms)
-        return Detection(
-            flags, trained - started, scored - trained, {"alarm_seconds": alarm_seconds}
-        )
+        return Detection({"": flags}, trained - started, scored - trained)
 
     return detect
 
 
-def conformal_stage(**kwargs) -> AlarmStage:
-    """The library's ``ConformalAlarm`` as an ``AlarmStage``: the training rows' scores are
-    its reference, later rows are ranked in time order; ``kwargs`` go to ``ConformalAlarm``
-    (``quorum=2`` with the GAN's four components is the NAB suite's method). The training
-    rows' scores are in-sample for the detector, so they run lower than later normal scores."""
-    from anomaly.conformal import ConformalAlarm
+#: The product's adaptive stages measured on the suite: ``+<method>:<semantics>``.
+STAGES = tuple(f"{m}:{s}" for m in ("conformal", "dspot") for s in ("event", "state"))
 
-    def stage(scores: np.ndarray, train_rows: int) -> np.ndarray:
-        alarm = ConformalAlarm(scores[:train_rows], **kwargs)
-        flags = np.zeros(len(scores), bool)
-        flags[train_rows:] = alarm.update(scores[train_rows:]).alarms
-        return flags
 
-    return stage
+def stage_configs(names) -> dict[str, AlarmConfig]:
+    """``[alarms]`` configurations by variant name (``+conformal:state``, ...): the product's
+    defaults with the method and semantics named."""
+    out = {}
+    for name in names:
+        method, semantics = name.split(":")
+        out[f"+{name}"] = AlarmConfig().updated({"method": method, "semantics": semantics})
+    return out
 
 
 def check_causal(detector: Detector, run: SensorRun, cut: int) -> None:
@@ -430,22 +414,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--steps", type=int, help="the GAN's training.steps (default: the product's)"
     )
     parser.add_argument(
-        "--conformal",
-        action="store_true",
-        help="add each detector's flags through the library's conformal alarm "
-        "(+conformal: the combined score; +conformal2: components, quorum 2)",
+        "--stages",
+        default=",".join(STAGES),
+        help="the product's alarm stages applied to the GAN and PCA, comma-separated "
+        f"method:semantics (default: {','.join(STAGES)}; '' for none)",
     )
     parser.add_argument(
         "--csv", action="store_true", help="write each run and its training part as CSV under runs/"
     )
     args = parser.parse_args(argv)
 
-    alarms = {}
-    if args.conformal:
-        alarms = {
-            "+conformal": conformal_stage(),
-            "+conformal2": Alarm(conformal_stage(quorum=2), components=True),
-        }
+    stages = stage_configs([n for n in args.stages.split(",") if n])
     detectors = {}
     for name in args.detectors.split(","):
         if name == "gan":
@@ -454,13 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = anomaly.Config()
             if args.steps:
                 config = config.updated(training={"steps": args.steps})
-            detectors["gan"] = gan_detector(config, alarms)
+            detectors["gan"] = gan_detector(config, stages)
         elif name == "pca":
-            detectors["pca"] = pca_detector(alarms)
+            detectors["pca"] = pca_detector(stages)
         elif name == "iforest":
-            detectors["iforest"] = iforest_detector(
-                {"+conformal": conformal_stage()} if alarms else None
-            )
+            detectors["iforest"] = iforest_detector()
         else:
             parser.error(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}")
     started = time.perf_counter()
