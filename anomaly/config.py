@@ -317,8 +317,9 @@ class ServeConfig(_Section):
     linger_ms: int = Field(5, ge=0)
     """How long the producer waits to fill a request with results."""
     max_entities: int = Field(100_000, ge=1)
-    """Time-series mode: entities (Kafka keys) whose partial window is kept; the oldest
-    seen is dropped beyond it and starts a new window."""
+    """Entities (Kafka keys) whose partial window (time-series mode) and alarm stream
+    (``[alarms]``) are kept; the one seen least recently is dropped beyond it and starts
+    afresh."""
     session_timeout_ms: int = Field(10_000, ge=1_000)
     """Consumer-group session: a crashed instance's partitions move to the others after
     this long (the broker allows 6 s to 30 min by default). Shorter than the Java client's
@@ -421,6 +422,18 @@ class AlarmConfig(_Section):
     """DSPOT: peaks (residuals over the tail's threshold) kept per column for the tail's
     refit: with about 2-4 % of rows peaks, the tail follows the last 6,000-12,000 rows, and
     250 peaks pin the mean excess down to about 6 %. 2 KB per column."""
+
+    def updated(self, keys: Mapping[str, Any]) -> AlarmConfig:
+        """A copy with ``keys`` replaced, validated together with the others."""
+        return Config.from_dict({"alarms": {**self.model_dump(), **keys}}).alarms
+
+    def updated_from_toml(self, path: str | os.PathLike[str]) -> AlarmConfig:
+        """A copy with the keys that the ``[alarms]`` section of TOML file ``path`` sets."""
+        given = Config.from_toml(path).alarms
+        try:
+            return self.updated(given.model_dump(include=given.model_fields_set))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def resolved_method(self, time_series: bool) -> Literal["threshold", "conformal", "dspot"]:
         """The method ``auto`` stands for: ``threshold`` for independent rows,

@@ -205,12 +205,10 @@ def info(model):
 @click.option("--group-id", help="Kafka consumer group.")
 @click.option("--metrics-port", type=int, help="Port of /metrics, /healthz, /readyz (0: any free).")
 @click.option(
-    "--alarm-history",
-    type=int,
-    help="Conformal alarms: rank each record against its key's last N records (default: off).",
-)
-@click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), help="TOML file ([serve] section)."
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML file ([serve] section; its [alarms] keys replace the model's).",
 )
 def serve(
     model,
@@ -222,7 +220,6 @@ def serve(
     create_topics,
     group_id,
     metrics_port,
-    alarm_history,
     config_path,
 ):
     """Score a Kafka topic continuously until SIGTERM/SIGINT.
@@ -230,7 +227,8 @@ def serve(
     Every option can also be set as ANOMALY_SERVE_<OPTION> (e.g. ANOMALY_SERVE_INPUT_TOPIC) or
     in the [serve] section of --config; the command line wins over the environment, which
     wins over the file. Kafka client options (TLS, SASL, compression) go in [serve.kafka] or
-    ANOMALY_SERVE_KAFKA_<OPTION>.
+    ANOMALY_SERVE_KAFKA_<OPTION>. The alarm stage's settings are the model's [alarms],
+    replaced key by key by the [alarms] section of --config, then by ANOMALY_ALARMS_<KEY>.
     """
     from anomaly.stream import run_service
 
@@ -245,7 +243,6 @@ def serve(
         create_topics=create_topics,
         group_id=group_id,
         metrics_port=metrics_port,
-        alarm_history=alarm_history,
     )
 
 

@@ -203,11 +203,18 @@ def test_a_nan_row_is_refused_before_any_stream_moves():
 # -- a model's stage ----------------------------------------------------------------------
 
 
-def _detector(window: int | None, components: bool = True) -> SimpleNamespace:
-    reference = np.linspace(0.0, 1.0, 101).tolist()
+def _detector(window: int | None, components: bool = True, reference=None) -> SimpleNamespace:
+    """A stand-in for a model: its window and held-out normal values (0..1 by default)."""
+    reference = np.linspace(0.0, 1.0, 101) if reference is None else np.asarray(reference)
+    by_name = reference.reshape(len(reference), -1)
     params = SimpleNamespace(
-        reference_scores=reference,
-        reference_components={name: reference for name in COMPONENTS} if components else {},
+        reference_scores=by_name[:, 0].tolist(),
+        reference_components={
+            name: by_name[:, i * by_name.shape[1] // len(COMPONENTS)].tolist()
+            for i, name in enumerate(COMPONENTS)
+        }
+        if components
+        else {},
     )
     return SimpleNamespace(
         engine=SimpleNamespace(params=params), schema=SimpleNamespace(window=window)
@@ -229,6 +236,35 @@ def test_a_models_streams_start_from_half_the_history_of_its_reference_quantiles
     result = stage.update(np.array([0.5, 0.95]), keys=["a", "b"])
     assert result.levels.tolist() == [0.4, 1.0]
     assert result.alarms.tolist() == [False, True]
+
+
+def test_each_key_is_ranked_against_its_own_recent_scores():
+    config = AlarmConfig(method="conformal", history=10, quorum=None, level=0.9, quiet_rows=3)
+    stage = AlarmStage.for_model(_detector(4, reference=np.arange(100.0)), config)
+    # a key starts from 5 quantiles of the model's held-out normal scores (here 0..99):
+    # 9.9, 29.7, 49.5, 69.3, 89.1; its history then grows to 10
+    result = stage.update(np.array([50.0, 200.0]), [b"a", b"b"], [0, 1])
+    assert result.levels.tolist() == [0.6, 1.0] and result.alarms.tolist() == [False, True]
+    # key b now sits at 200: ten more records there and 200 is its normal, key a is unmoved
+    stage.update(np.full(10, 200.0), [b"b"] * 10, [1] * 10)
+    result = stage.update(np.array([200.5, 200.5]), [b"a", b"b"], [0, 1])
+    assert result.levels.tolist() == [1.0, 1.0]
+    assert result.alarms.tolist() == [True, True]  # b's quiet period (3 rows) ended long ago
+    result = stage.update(np.array([201.0]), [b"b"], [1])
+    assert not result.alarms[0]  # quiet: the alarm just raised covers the next 3 records of b
+
+
+def test_with_a_quorum_a_key_alarms_only_when_enough_components_stand_out_together():
+    reference = np.stack([np.arange(100.0), np.arange(100.0) * 10], axis=1)
+    config = AlarmConfig(method="conformal", history=10, quorum=2, level=0.9, quiet_rows=0)
+    stage = AlarmStage.for_model(_detector(4, reference=reference), config)
+    # the model's components: two like the first column (0..99), two like the second; each
+    # history starts as 5 quantiles: 9.9, 29.7, ... and 99, 297, ...; a stands out in one
+    # component only (its others beat 0, 1 and 1 of their 5), b in all four
+    rows = np.array([[500.0, 5.0, 200.0, 200.0], [500.0, 500.0, 5000.0, 5000.0]])
+    result = stage.update(rows, [b"a", b"b"], [0, 0])
+    assert result.alarms.tolist() == [False, True]
+    assert result.levels.tolist() == [0.2, 1.0]  # the level two components of a reach
 
 
 def test_a_quorum_needs_the_models_component_reference():

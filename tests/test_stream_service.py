@@ -30,6 +30,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 import anomaly
+from anomaly.config import AlarmConfig
 from anomaly.stream import ScoringService, StreamError
 from tests._support import free_port, wait_for
 
@@ -106,9 +107,9 @@ def _config(target: str | Cluster, topics: dict[str, str], **settings) -> anomal
 
 
 @contextlib.contextmanager
-def _running(detector, config):
+def _running(detector, config, alarms=None):
     """A started ScoringService running in a thread; stopped and joined on exit."""
-    service = ScoringService(detector, config)
+    service = ScoringService(detector, config, alarms=alarms)
     service.start()
     errors: list[BaseException] = []
 
@@ -345,11 +346,12 @@ def test_every_record_gets_exactly_one_result_anomalies_are_flagged_and_metrics_
 def test_conformal_alarms_follow_each_keys_drift_and_raise_one_alert_per_event(
     kafka_bootstrap, topics, detector, tiny_bundle_mixing
 ):
-    """With ``alarm_history`` set, a key whose level drifts stops alerting once its history
+    """With conformal alarms, a key whose level drifts stops alerting once its history
     holds the new level, while the threshold flag keeps firing; an event still alarms."""
     names = detector.feature_names
     t = topics(2)
-    config = _config(kafka_bootstrap, t, max_batch_size=64, alarm_history=200, alarm_quiet_rows=40)
+    config = _config(kafka_bootstrap, t, max_batch_size=64)
+    alarms = AlarmConfig(method="conformal", history=200, quiet_rows=40)
     drifting = _normal_rows(tiny_bundle_mixing, 600, seed=3)
     drifting[100:] += 2.0  # a new normal level from record 100 on
     drifting[450:455] = 2.0 + np.random.default_rng(4).normal(size=(5, 8)) * 8  # an event
@@ -359,7 +361,7 @@ def test_conformal_alarms_follow_each_keys_drift_and_raise_one_alert_per_event(
         messages.append((b"drifting", _record(f"d{i}", drifting[i], names, False)))
         messages.append((b"steady", _record(f"s{i}", steady[i], names, False)))
 
-    with _running(detector, config) as service:
+    with _running(detector, config, alarms) as service:
         _produce(kafka_bootstrap, t["input_topic"], messages)
         results = _read(kafka_bootstrap, t["output_topic"], len(messages))
         by_id = {d["id"]: d for d in map(orjson.loads, (r.value for r in results))}
@@ -383,6 +385,46 @@ def test_conformal_alarms_follow_each_keys_drift_and_raise_one_alert_per_event(
             d["id"] for d in raised
         )
         assert _scrape(service.metrics_port)[("anomaly_alarms_total", ())] == len(raised)
+        assert _scrape(service.metrics_port)[("anomaly_alarm_states", ())] == 0
+
+
+def test_alarm_state_flags_every_record_of_an_event_and_the_gauge_follows_the_state(
+    kafka_bootstrap, topics, detector, tiny_bundle_mixing
+):
+    """With state semantics every record of a key in the flagged state is an alert, and
+    ``anomaly_alarm_states`` counts the keys in it until they leave it."""
+    names = detector.feature_names
+    t = topics(1)
+    config = _config(kafka_bootstrap, t, max_batch_size=64)
+    alarms = AlarmConfig(method="conformal", semantics="state", history=400)
+    rows = _normal_rows(tiny_bundle_mixing, 330, seed=6)
+    rows[300:310] += np.random.default_rng(7).normal(size=(10, 8)) * 8  # an event, 10 records
+    messages = [(b"valve", _record(f"v{i}", rows[i], names, False)) for i in range(330)]
+
+    with _running(detector, config, alarms) as service:
+        _produce(kafka_bootstrap, t["input_topic"], messages[:305])  # stop inside the event
+        _read(kafka_bootstrap, t["output_topic"], 305)
+        wait_for(
+            lambda: _scrape(service.metrics_port)[("anomaly_alarm_states", ())] == 1,
+            10,
+            "the key to be in the flagged state",
+        )
+        _produce(kafka_bootstrap, t["input_topic"], messages[305:])
+        results = _read(kafka_bootstrap, t["output_topic"], len(messages))
+        by_id = {d["id"]: d for d in map(orjson.loads, (r.value for r in results))}
+        flagged = [i for i in range(330) if by_id[f"v{i}"]["alarm"]]
+        assert 300 in flagged and set(range(300, 305)) <= set(flagged)
+        assert 320 not in flagged  # the state ended after the event
+        alerts = _read(kafka_bootstrap, t["alerts_topic"], len(flagged))
+        assert sorted(orjson.loads(a.value)["id"] for a in alerts) == sorted(
+            f"v{i}" for i in flagged
+        )
+        wait_for(
+            lambda: _scrape(service.metrics_port)[("anomaly_alarm_states", ())] == 0,
+            10,
+            "the key to leave the flagged state",
+        )
+        assert _scrape(service.metrics_port)[("anomaly_alarms_total", ())] == len(flagged)
 
 
 def test_each_kind_of_bad_message_goes_to_the_dead_letter_topic_and_its_neighbours_are_scored(

@@ -4,19 +4,15 @@ precedence, per-key window state."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import orjson
 import pytest
 
-from anomaly.config import COMPONENTS, ServeConfig
+from anomaly.config import AlarmConfig, ServeConfig
 from anomaly.errors import ConfigError
-from anomaly.scoring import ScoringParams
-from anomaly.stream.alarms import KeyedAlarms
 from anomaly.stream.messages import REASONS, RecordDecoder, ResultEncoder
-from anomaly.stream.settings import resolve_serve_config
+from anomaly.stream.settings import resolve_alarm_config, resolve_serve_config
 from anomaly.stream.windowing import KeyedWindows
 
 NAMES = ["a", "b", "c"]
@@ -180,61 +176,6 @@ def test_with_alarms_on_results_carry_the_p_value_and_the_alarm_is_the_flag():
     assert flags == [False, False, True]
 
 
-def test_each_key_is_ranked_against_its_own_recent_scores():
-    alarms = KeyedAlarms(
-        np.arange(100.0), history=10, alarm_level=0.9, quiet_rows=3, max_entities=100
-    )
-    # a key starts from 5 quantiles of the model's held-out normal scores (here 0..99):
-    # 9.9, 29.7, 49.5, 69.3, 89.1; its history then grows to 10
-    p, raised = alarms.update(np.array([50.0, 200.0]), [b"a", b"b"], [0, 1])
-    assert p.tolist() == [0.6, 1.0] and raised.tolist() == [False, True]
-    # key b now sits at 200: ten more records there and 200 is its normal, key a is unmoved
-    alarms.update(np.full(10, 200.0), [b"b"] * 10, [1] * 10)
-    p, raised = alarms.update(np.array([200.5, 200.5]), [b"a", b"b"], [0, 1])
-    assert p.tolist() == [1.0, 1.0]
-    assert raised.tolist() == [True, True]  # b's quiet period (3 rows) ended long ago
-    p, raised = alarms.update(np.array([201.0]), [b"b"], [1])
-    assert not raised[0]  # quiet: the alarm just raised covers the next 3 records of b
-
-
-def test_with_a_quorum_a_key_alarms_only_when_enough_components_stand_out_together():
-    reference = np.stack([np.arange(100.0), np.arange(100.0) * 10], axis=1)  # 2 components
-    alarms = KeyedAlarms(
-        reference, history=10, alarm_level=0.9, quiet_rows=0, max_entities=100, quorum=2
-    )
-    # each component's history starts as 5 quantiles of its reference: 9.9, 29.7, ...
-    # and 99, 297, ...; a stands out in one component only, b in both
-    p, raised = alarms.update(np.array([[500.0, 200.0], [500.0, 5000.0]]), [b"a", b"b"], [0, 0])
-    assert raised.tolist() == [False, True]
-    assert p.tolist() == [0.2, 1.0]  # a's second component beats 1 of its 5
-
-
-def test_alarms_for_a_model_rank_its_components_and_refuse_a_bundle_without_their_reference():
-    params = ScoringParams("fanogan", {}, 0.01, 3, 0, 0.0, 1, reference_scores=[0.0, 1.0])
-    config = ServeConfig(alarm_history=4)
-    with pytest.raises(ConfigError, match="retrain it, or set serve.alarm_quorum to null"):
-        KeyedAlarms.for_model(params, config)
-    by_score = KeyedAlarms.for_model(params, config.model_copy(update={"alarm_quorum": None}))
-    assert not by_score.by_component
-    with_components = replace(
-        params, reference_components={name: [0.0, 1.0] for name in COMPONENTS}
-    )
-    alarms = KeyedAlarms.for_model(with_components, config)
-    result = SimpleNamespace(
-        scores=np.zeros(2), components={name: np.full(2, i) for i, name in enumerate(COMPONENTS)}
-    )
-    np.testing.assert_array_equal(alarms.columns(result), [[0, 1, 2, 3], [0, 1, 2, 3]])
-
-
-def test_revoked_partitions_and_the_entity_bound_drop_alarm_state():
-    alarms = KeyedAlarms(np.zeros(4), history=4, alarm_level=1.0, quiet_rows=0, max_entities=2)
-    alarms.update(np.ones(3), [b"a", b"b", b"c"], [0, 1, 1])
-    assert len(alarms) == 2  # a, seen least recently, was dropped
-    assert alarms.forget_partitions([1]) == 2 and len(alarms) == 0
-    p, _ = alarms.update(np.array([0.5]), [b"b"], [1])
-    assert p[0] == 1.0  # b starts again from the seed (zeros), not from its old history
-
-
 def test_settings_precedence_is_cli_then_environment_then_toml_then_defaults(tmp_path):
     toml = tmp_path / "serve.toml"
     toml.write_text(
@@ -254,20 +195,30 @@ def test_settings_precedence_is_cli_then_environment_then_toml_then_defaults(tmp
     assert config.group_id == ServeConfig().group_id  # None means "not given"
 
 
-def test_conformal_alarm_settings_are_validated_where_they_are_given():
-    config = resolve_serve_config(
-        None, {"alarm_history": 500}, {"ANOMALY_SERVE_ALARM_LEVEL": "0.99"}
-    )
-    assert (config.alarm_history, config.alarm_level, config.alarm_quiet_rows) == (500, 0.99, None)
-    assert ServeConfig().alarm_history is None  # off unless asked for
-    assert ServeConfig().alarm_quorum == 2
-    assert resolve_serve_config(None, None, {"ANOMALY_SERVE_ALARM_QUORUM": ""}).alarm_quorum is None
-    with pytest.raises(ConfigError, match=r"alarm_quorum.*environment"):
-        resolve_serve_config(None, None, {"ANOMALY_SERVE_ALARM_QUORUM": "5"})
-    with pytest.raises(ConfigError, match=r"alarm_history.*command line"):
-        resolve_serve_config(None, {"alarm_history": 1})
-    with pytest.raises(ConfigError, match=r"alarm_level.*environment"):
-        resolve_serve_config(None, None, {"ANOMALY_SERVE_ALARM_LEVEL": "1.5"})
+def test_alarm_settings_are_the_models_then_the_files_then_the_environments(tmp_path):
+    toml = tmp_path / "serve.toml"
+    toml.write_text('[serve]\ninput_topic = "x"\n[alarms]\nsemantics = "state"\nhistory = 600\n')
+    model = AlarmConfig(method="dspot", history=800, level=0.999)
+    env = {"ANOMALY_ALARMS_LEVEL": "0.99", "ANOMALY_ALARMS_QUORUM": ""}
+    alarms = resolve_alarm_config(model, toml, env)
+    assert (alarms.method, alarms.semantics, alarms.history) == ("dspot", "state", 600)
+    assert alarms.level == 0.99 and alarms.quorum is None  # an empty value clears a key
+    assert resolve_alarm_config(model, None, {}) == model
+    with pytest.raises(ConfigError, match=r"alarms.quorum.*environment \(ANOMALY_ALARMS_\*\)"):
+        resolve_alarm_config(model, None, {"ANOMALY_ALARMS_QUORUM": "5"})
+    with pytest.raises(ConfigError, match="unknown environment variable ANOMALY_ALARMS_LEVLE"):
+        resolve_alarm_config(model, None, {"ANOMALY_ALARMS_LEVLE": "0.9"})
+
+
+def test_the_old_alarm_settings_say_where_they_moved(tmp_path):
+    with pytest.raises(
+        ConfigError, match="ANOMALY_SERVE_ALARM_LEVEL moved to ANOMALY_ALARMS_LEVEL"
+    ):
+        resolve_serve_config(None, None, {"ANOMALY_SERVE_ALARM_LEVEL": "0.99"})
+    with pytest.raises(ConfigError, match=r"serve.alarm_history moved to \[alarms\] history"):
+        toml = tmp_path / "old.toml"
+        toml.write_text("[serve]\nalarm_history = 500\n")
+        resolve_serve_config(toml, None, {})
 
 
 def test_unknown_or_bad_environment_settings_are_errors_that_name_them():

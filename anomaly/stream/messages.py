@@ -338,9 +338,9 @@ class ResultEncoder:
 
         ``result`` is the ``ScoreResult`` of the records at positions ``scored`` (all of
         them when ``None``); in time-series mode the others get ``window_complete: false``
-        and null scores. ``alarms``, the (p-values, alarms) of the scored records when
-        conformal alarms are on, adds ``p_value`` and ``alarm`` to each result, and the
-        alarm, not ``is_anomaly``, sends a result to the alerts topic.
+        and null scores. ``alarms``, the (levels, alarms) of the scored records when
+        the adaptive alarm stage is on (``anomaly.alarms``), adds ``p_value`` and ``alarm`` to
+        each result, and the alarm, not ``is_anomaly``, sends a result to the alerts topic.
         """
         n = len(offsets)
         names = list(result.components)

@@ -139,9 +139,17 @@ class ServiceMetrics:
         )
         self.alarms = Counter(
             "anomaly_alarms_total",
-            "Conformal alarms raised (serve.alarm_history set): records whose p-value against "
-            "their key's recent records (serve.alarm_quorum components together, or the "
-            "score) reached serve.alarm_level outside a quiet period.",
+            "Records with alarm true from the adaptive alarm stage ([alarms] method conformal "
+            "or dspot): with event semantics one per event (the first record of a key reaching "
+            "alarms.level outside a quiet period), with state semantics every record of a key "
+            "in the flagged state.",
+            registry=registry,
+        )
+        self.alarm_states = Gauge(
+            "anomaly_alarm_states",
+            "Keys in the flagged state now ([alarms] semantics = state): above 0 from the "
+            "record that enters a state to the one that leaves it; always 0 with event "
+            "semantics or without the adaptive stage.",
             registry=registry,
         )
         ratios = SCORE_BUCKET_RATIOS if threshold > 0 else (0.0,)

@@ -1,8 +1,9 @@
 """The service as a process: settings, logging, signals and a bounded exit.
 
 ``run_service`` is what ``anomaly serve`` calls: it resolves the settings (command line >
-``ANOMALY_SERVE_*`` environment > TOML ``[serve]`` > defaults), loads the model and runs
-``serve``. ``serve`` runs a ``ScoringService`` in the foreground until SIGTERM or SIGINT:
+``ANOMALY_SERVE_*`` environment > TOML ``[serve]`` > defaults), loads the model, resolves
+the alarm stage's settings (``ANOMALY_ALARMS_*`` > TOML ``[alarms]`` > the model's) and
+runs ``serve``. ``serve`` runs a ``ScoringService`` in the foreground until SIGTERM or SIGINT:
 the batch in hand is finished, results flushed, offsets committed and the clients closed;
 if that takes longer than ``shutdown_timeout_s`` the process exits anyway (status 1), and a
 second signal exits at once.
@@ -17,10 +18,10 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from anomaly.config import ServeConfig
+from anomaly.config import AlarmConfig, ServeConfig
 from anomaly.errors import ConfigError
 from anomaly.stream.service import ScoringService
-from anomaly.stream.settings import resolve_serve_config
+from anomaly.stream.settings import resolve_alarm_config, resolve_serve_config
 
 if TYPE_CHECKING:
     from anomaly.detector import Detector
@@ -43,13 +44,14 @@ def run_service(config_path: str | None = None, **overrides: Any) -> None:
         )
     configure_logging()
     detector = anomaly.load(config.model)
-    serve(detector, config)
+    serve(detector, config, resolve_alarm_config(detector.config.alarms, config_path))
 
 
-def serve(detector: Detector, config: ServeConfig) -> None:
+def serve(detector: Detector, config: ServeConfig, alarms: AlarmConfig | None = None) -> None:
     """Run the scoring service in the foreground until SIGTERM or SIGINT (main thread only
-    installs the signal handlers; elsewhere call ``ScoringService.stop``)."""
-    service = ScoringService(detector, config)
+    installs the signal handlers; elsewhere call ``ScoringService.stop``). ``alarms``
+    defaults to the model's ``[alarms]``."""
+    service = ScoringService(detector, config, alarms=alarms)
     service.start()
     if threading.current_thread() is not threading.main_thread():
         service.run()

@@ -4,7 +4,7 @@ The rules, each a method of ``Assignment``:
 
 - **Revoked** (``release``): the partitions are no longer ours. Records already polled for
   them but not yet processed are dropped: their offsets were not committed, so the next
-  owner reads them. The per-key state of their keys (time-series windows, conformal alarms)
+  owner reads them. The per-key state of their keys (time-series windows, alarm streams)
   is kept until the next assignment shows whether the partitions came straight back, and
   then dropped for those that did not; but when results of theirs were still unacknowledged
   (``keep_key_state=False``), their records will be scored again, so it is dropped at once.

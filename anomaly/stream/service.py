@@ -31,8 +31,8 @@ Rebalances (``rebalance.Assignment`` holds the rules): before partitions are rev
 producer is flushed and what is settled is committed, so the next owner starts right after
 the last result produced here; records polled but not yet processed for those partitions
 are dropped (the next owner reads them). The per-key state of the keys of revoked
-partitions (time-series windows, ``anomaly.stream.windowing``; conformal alarms,
-``anomaly.stream.alarms``) is dropped, unless the same partitions are assigned straight back.
+partitions (time-series windows, ``anomaly.stream.windowing``; alarm streams,
+``anomaly.alarms``) is dropped, unless the same partitions are assigned straight back.
 
 ``stop()`` (SIGTERM/SIGINT in ``anomaly.stream.serve``) lets the batch in hand finish, then
 flushes, commits, leaves the group and closes, within ``shutdown_timeout_s``.
@@ -54,9 +54,9 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError, UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
-from anomaly.config import COMPONENTS, ServeConfig
+from anomaly.alarms import AlarmStage
+from anomaly.config import COMPONENTS, AlarmConfig, ServeConfig
 from anomaly.stream import codecs
-from anomaly.stream.alarms import KeyedAlarms
 from anomaly.stream.broker_watch import BrokerWatch
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
 from anomaly.stream.delivery import RETRY_INTERVAL_S, Delivery, Outgoing
@@ -107,9 +107,20 @@ class ScoringService:
     endpoint (raising ``StreamError`` with a clear message when something is wrong);
     ``run()`` loops until ``stop()`` is called (from any thread or a signal handler) and then
     shuts down cleanly. ``run()`` calls ``start()`` itself when needed.
+
+    ``alarms`` (default: the model's ``[alarms]``) chooses what decides a record's alert:
+    the model's threshold, or an adaptive method per Kafka key (``anomaly.alarms``), whose
+    level and decision then join each result as ``p_value`` and ``alarm``.
     """
 
-    def __init__(self, detector: Detector, config: ServeConfig, *, client_id: str | None = None):
+    def __init__(
+        self,
+        detector: Detector,
+        config: ServeConfig,
+        *,
+        alarms: AlarmConfig | None = None,
+        client_id: str | None = None,
+    ):
         if not np.isfinite(detector.threshold):
             raise StreamError(f"model {detector.version} has no calibrated threshold; retrain it")
         self.detector = detector
@@ -122,7 +133,11 @@ class ScoringService:
         self._max_bytes = 0
         self._windows = KeyedWindows(window, len(names), config.max_entities) if window else None
         params = detector.engine.params
-        self._alarms = KeyedAlarms.for_model(params, config) if config.alarm_history else None
+        self._alarms = AlarmStage.for_model(
+            detector,
+            detector.config.alarms if alarms is None else alarms,
+            max_keys=config.max_entities,
+        )
         self.metrics = ServiceMetrics(
             model_version=detector.version,
             formulation=params.formulation,
@@ -479,11 +494,11 @@ class ScoringService:
                 scored_positions = []
             if self._alarms is not None:
                 scored = range(len(chosen)) if scored_positions is None else scored_positions
-                alarms = self._alarms.update(
-                    self._alarms.columns(result),
-                    [chosen[i].key for i in scored],
-                    [partitions[i] for i in scored],
+                decided = self._alarms.update(
+                    result, [chosen[i].key for i in scored], [partitions[i] for i in scored]
                 )
+                alarms = (decided.levels, decided.alarms)
+                self.metrics.alarm_states.set(self._alarms.states)
             payloads, flags, failures = self._encoder.encode(
                 [r.key for r in chosen],
                 partitions,
@@ -800,6 +815,8 @@ class ScoringService:
         for state in (self._windows, self._alarms):
             if state is not None:
                 state.forget_partitions(partitions)
+        if self._alarms is not None:
+            self.metrics.alarm_states.set(self._alarms.states)
 
     # -- shutdown ---------------------------------------------------------------------------
 

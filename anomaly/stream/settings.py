@@ -7,6 +7,10 @@ error says which one held the bad value. An unknown ``ANOMALY_SERVE_*`` variable
 error, like an unknown TOML key; an empty value sets an optional key (e.g. the dead-letter
 topic) to none.
 
+The adaptive alarm stage's settings (``[alarms]``) start from the model's, then the keys the
+file's ``[alarms]`` section sets, then ``ANOMALY_ALARMS_<KEY>`` (``ANOMALY_ALARMS_SEMANTICS=state``)
+(``resolve_alarm_config``, once the model is loaded).
+
 Kafka client options (``[serve.kafka]``) come one at a time from
 ``ANOMALY_SERVE_KAFKA_<OPTION>`` (``ANOMALY_SERVE_KAFKA_SECURITY_PROTOCOL=SASL_SSL``), as the
 type of kafka-python's default for the option; they replace the same option of the file (its
@@ -21,12 +25,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from anomaly.config import FILE_SUFFIX, Config, ServeConfig
+from anomaly.config import FILE_SUFFIX, MOVED_TO_ALARMS, AlarmConfig, Config, ServeConfig
 from anomaly.errors import ConfigError
 from anomaly.stream import kafka_options
 
 ENV_PREFIX = "ANOMALY_SERVE_"
 KAFKA_ENV_PREFIX = ENV_PREFIX + "KAFKA_"
+ALARMS_ENV_PREFIX = "ANOMALY_ALARMS_"
 
 
 def resolve_serve_config(
@@ -55,22 +60,43 @@ def resolve_serve_config(
     return Config.from_dict({"serve": values}).serve
 
 
-def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    fields = ServeConfig.model_fields
+def resolve_alarm_config(
+    base: AlarmConfig,
+    config_path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AlarmConfig:
+    """``base`` (the model's ``[alarms]``) with the keys the TOML file's ``[alarms]`` section
+    sets, then those of ``ANOMALY_ALARMS_<KEY>`` in ``environ`` (default ``os.environ``)."""
+    alarms = base.updated_from_toml(config_path) if config_path else base
+    env = _from_environment(os.environ if environ is None else environ, ALARMS_ENV_PREFIX)
+    if not env:
+        return alarms
+    try:
+        return alarms.updated(env)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (from the environment ({ALARMS_ENV_PREFIX}*))") from None
+
+
+def _from_environment(environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
+    """The keys of ``[serve]`` (``prefix`` ``ANOMALY_SERVE_``) or ``[alarms]``
+    (``ANOMALY_ALARMS_``) that ``environ`` sets, as strings (None: an optional key cleared)."""
+    fields = (ServeConfig if prefix == ENV_PREFIX else AlarmConfig).model_fields
     values = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(prefix):
             continue
         if name.startswith(KAFKA_ENV_PREFIX):
             continue  # one Kafka client option each: _kafka_from_environment
-        key = name[len(ENV_PREFIX) :].lower()
-        if key == "kafka":
+        key = name[len(prefix) :].lower()
+        if key == "kafka" and prefix == ENV_PREFIX:
             raise ConfigError(
                 f"{name}: set Kafka client options one at a time, as "
                 f"{KAFKA_ENV_PREFIX}<OPTION> (e.g. {KAFKA_ENV_PREFIX}SECURITY_PROTOCOL)"
             )
+        if key in MOVED_TO_ALARMS and prefix == ENV_PREFIX:
+            raise ConfigError(f"{name} moved to {ALARMS_ENV_PREFIX}{MOVED_TO_ALARMS[key].upper()}")
         if key not in fields:
-            known = ", ".join(ENV_PREFIX + k.upper() for k in fields)
+            known = ", ".join(prefix + k.upper() for k in fields)
             raise ConfigError(f"unknown environment variable {name}; known: {known}")
         optional = fields[key].default is None or type(None) in getattr(
             fields[key].annotation, "__args__", ()
