@@ -1,4 +1,9 @@
-"""Evaluating a detector on labelled data: metrics, plots and a short Markdown report."""
+"""Evaluating a detector on labelled data: metrics, plots and a short Markdown report.
+
+The threshold's metrics always; with an adaptive alarm stage (``[alarms]``, by default in
+time-series mode) also the alarm's precision, recall, F1 and false-positive rate, its rows
+decided per file or per entity exactly as ``anomaly score`` writes them.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from anomaly.config import AlarmConfig
 from anomaly.detector import Detector
 from anomaly.errors import DataError
 from anomaly.files import _Rejects, iter_scored, rejects_path
@@ -35,13 +41,38 @@ class Evaluation:
     recall: float
     f1: float
     false_positive_rate: float
+    alarm_precision: float | None = None
+    """The adaptive alarm stage's metrics (its ``alarm`` rows as flags); None without one."""
+    alarm_recall: float | None = None
+    alarm_f1: float | None = None
+    alarm_false_positive_rate: float | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The metrics; the alarm's only when there is an alarm stage."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
 
 
-def evaluate_scores(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Evaluation:
-    """Metrics of scores against 0/1 labels; both classes must be present."""
+def _flag_metrics(labels: np.ndarray, flags: np.ndarray) -> dict[str, float]:
+    """Precision, recall, F1 and false-positive rate of 0/1 ``flags`` against 0/1 labels."""
+    labels, flags = np.asarray(labels).astype(int), np.asarray(flags).astype(bool)
+    tp = int((flags & (labels == 1)).sum())
+    fp = int((flags & (labels == 0)).sum())
+    fn = int((~flags & (labels == 1)).sum())
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "precision": p,
+        "recall": r,
+        "f1": 2 * p * r / (p + r) if p + r else 0.0,
+        "false_positive_rate": fp / max(1, int((labels == 0).sum())),
+    }
+
+
+def evaluate_scores(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, alarms: np.ndarray | None = None
+) -> Evaluation:
+    """Metrics of scores against 0/1 labels; both classes must be present. ``alarms``, the
+    alarm stage's decisions of the same rows, adds the alarm's metrics."""
     labels = np.asarray(labels).astype(int)
     if labels.min() == labels.max():
         only = "anomalies" if labels[0] else "normal records"
@@ -51,12 +82,7 @@ def evaluate_scores(labels: np.ndarray, scores: np.ndarray, threshold: float) ->
     precision, recall, cuts = precision_recall_curve(labels, scores)
     f1s = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.argmax(f1s[:-1]))
-    flags = scores > threshold
-    tp = int((flags & (labels == 1)).sum())
-    fp = int((flags & (labels == 0)).sum())
-    fn = int((~flags & (labels == 1)).sum())
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
+    alarm = {} if alarms is None else _flag_metrics(labels, alarms)
     return Evaluation(
         records=len(labels),
         anomalies=int(labels.sum()),
@@ -65,10 +91,8 @@ def evaluate_scores(labels: np.ndarray, scores: np.ndarray, threshold: float) ->
         best_f1=float(f1s[best]),
         best_f1_threshold=float(cuts[best]),
         threshold=float(threshold),
-        precision=p,
-        recall=r,
-        f1=2 * p * r / (p + r) if p + r else 0.0,
-        false_positive_rate=fp / max(1, int((labels == 0).sum())),
+        **_flag_metrics(labels, scores > threshold),
+        **{f"alarm_{name}": value for name, value in alarm.items()},
     )
 
 
@@ -80,13 +104,15 @@ def evaluate_file(
     report_dir: str | os.PathLike[str] | None = None,
     on_invalid: str | None = None,
     progress: bool = False,
+    alarms: AlarmConfig | None = None,
 ) -> Evaluation:
     """Score a labelled file and measure detection quality; with ``report_dir``, also write
-    ``metrics.json``, PNG plots and ``report.md`` there."""
+    ``metrics.json``, PNG plots and ``report.md`` there. ``alarms`` (default: the model's
+    ``[alarms]``) chooses the alarm stage."""
     on_invalid = on_invalid or detector.config.data.on_invalid
     where = Path(report_dir) / Path(data).name if report_dir else Path(data)
     rejects = _Rejects(rejects_path(where), detector.feature_names)
-    labels, scores = [], []
+    labels, scores, alarmed = [], [], []
     for chunk, valid, frame in iter_scored(
         detector,
         data,
@@ -94,17 +120,22 @@ def evaluate_file(
         rejects=rejects,
         label_column=label_column,
         progress=progress,
+        alarms=alarms,
     ):
         if chunk.labels is None:
             raise DataError(f"{data}: no label column {label_column!r}")
         scored = np.isfinite(frame["score"].to_numpy())
         labels.append(chunk.labels[valid][scored])
         scores.append(frame["score"].to_numpy()[scored])
+        if "alarm" in frame:
+            alarmed.append(frame["alarm"].to_numpy()[scored])
     rejects.close()
     if not labels or not sum(len(part) for part in labels):
         raise DataError(f"{data}: has no data rows to evaluate")
     labels, scores = np.concatenate(labels), np.concatenate(scores)
-    result = evaluate_scores(labels, scores, detector.threshold)
+    result = evaluate_scores(
+        labels, scores, detector.threshold, np.concatenate(alarmed) if alarmed else None
+    )
     if report_dir is not None:
         write_report(Path(report_dir), result, labels, scores, detector, str(data))
     return result

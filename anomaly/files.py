@@ -4,6 +4,11 @@ Files are read in chunks (``anomaly.io``), so a file larger than memory can be s
 output keeps the input's row order and id column. Rows with NaN or infinite features stop
 the run with their row numbers, or, with ``on_invalid="skip"``, go to a rejects file next
 to the output (with their row numbers and the reason) so nothing is silently lost.
+
+With an adaptive alarm stage (``[alarms]``, ``anomaly.alarms``: by default in time-series
+mode), the output also gets ``p_value`` and ``alarm``: the file is one stream, or each value
+of the entity column is, its rows in file order and its state carried from chunk to chunk,
+exactly as the service keeps one stream per Kafka key.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from anomaly import io
-from anomaly.config import COMPONENTS, Config
+from anomaly.alarms import AlarmStage
+from anomaly.config import COMPONENTS, AlarmConfig, Config
 from anomaly.detector import Detector
 from anomaly.errors import DataError, SchemaError
 from anomaly.training import train
@@ -38,6 +44,8 @@ class RunSummary:
     output: Path
     rejects: Path | None
     seconds: float
+    alarms: int | None = None
+    """Rows with ``alarm`` true; None without an adaptive alarm stage."""
 
 
 def rejects_path(output: PathLike) -> Path:
@@ -146,14 +154,17 @@ def iter_scored(
     rejects: _Rejects | None = None,
     label_column: str | None = None,
     progress: bool = False,
+    alarms: AlarmConfig | None = None,
 ):
     """Yield ``(chunk, valid_mask, result_frame)`` per chunk: one output row per valid input
-    row, in input order. Shared by ``score_file`` and evaluation."""
+    row, in input order. Shared by ``score_file`` and evaluation. ``alarms`` (default: the
+    model's ``[alarms]``) may add ``p_value`` and ``alarm`` columns."""
     cfg = detector.config.data
     reader = _reader_for(detector, data, label_column)
     rejects = rejects or _Rejects(rejects_path(data), detector.feature_names)
     window = detector.schema.window
     buffer = WindowBuffer(window, len(detector.feature_names)) if window else None
+    stage = AlarmStage.for_model(detector, detector.config.alarms if alarms is None else alarms)
     # disable=None: a bar only on a terminal, so logs and error lines stay clean.
     bar = tqdm(
         total=reader.total_rows, unit=" rows", disable=None if progress else True, leave=False
@@ -165,18 +176,18 @@ def iter_scored(
             frame = pd.DataFrame({"row": chunk.row_numbers[valid]})
             if chunk.ids is not None:
                 frame.insert(1, cfg.id_column, chunk.ids[valid])
+            entities = chunk.entities[valid] if chunk.entities is not None else None
             if buffer is None:
-                _add_scores(
-                    frame,
-                    detector.score(rows) if len(rows) else None,
-                    np.arange(len(rows)),
-                    detector,
-                )
+                result = detector.score(rows) if len(rows) else None
+                positions = np.arange(len(rows))
             else:
-                entities = chunk.entities[valid] if chunk.entities is not None else None
                 windows, positions = buffer.push(rows, entities)
                 result = detector.score(windows) if len(windows) else None
-                _add_scores(frame, result, positions, detector)
+            _add_scores(frame, result, positions, detector)
+            if stage is not None:
+                keys = None if entities is None else entities[positions]
+                decided = stage.update(result, keys) if result is not None else None
+                _add_alarms(frame, decided, positions)
             bar.update(len(chunk.features))
             yield chunk, valid, frame
 
@@ -231,6 +242,15 @@ def _add_scores(frame: pd.DataFrame, result, positions: np.ndarray, detector: De
         frame["window_complete"] = np.isfinite(columns["score"])
 
 
+def _add_alarms(frame: pd.DataFrame, decided, positions: np.ndarray) -> None:
+    """Add the alarm stage's ``p_value`` (its level) and ``alarm``; rows without a score get
+    NaN and no alarm."""
+    p_values, alarms = np.full(len(frame), np.nan), np.zeros(len(frame), bool)
+    if decided is not None:
+        p_values[positions], alarms[positions] = decided.levels, decided.alarms
+    frame["p_value"], frame["alarm"] = p_values, alarms
+
+
 def score_file(
     detector: Detector,
     data: PathLike,
@@ -238,8 +258,10 @@ def score_file(
     *,
     on_invalid: str | None = None,
     progress: bool = False,
+    alarms: AlarmConfig | None = None,
 ) -> RunSummary:
-    """Score every row of ``data`` into ``out`` (CSV, Parquet or JSON lines by extension).
+    """Score every row of ``data`` into ``out`` (CSV, Parquet or JSON lines by extension);
+    ``alarms`` (default: the model's ``[alarms]``) chooses the alarm stage.
 
     The output is written to a temporary file and renamed at the end, so a run stopped by
     bad input leaves nothing behind: no half-written output, no rejects file.
@@ -251,15 +273,23 @@ def score_file(
     rejects = _Rejects(rejects_path(out), detector.feature_names)
     partial = out.with_name(f".partial-{out.name}")
     read = scored = flagged = 0
+    alarmed = None
     try:
         with io.ResultWriter(partial) as writer:
             for chunk, _, frame in iter_scored(
-                detector, data, on_invalid=on_invalid, rejects=rejects, progress=progress
+                detector,
+                data,
+                on_invalid=on_invalid,
+                rejects=rejects,
+                progress=progress,
+                alarms=alarms,
             ):
                 writer.write(frame)
                 read += len(chunk.features)
                 scored += int(np.isfinite(frame["score"]).sum())
                 flagged += int(frame["is_anomaly"].sum())
+                if "alarm" in frame:
+                    alarmed = (alarmed or 0) + int(frame["alarm"].sum())
         if read == 0:
             raise DataError(f"{data}: has no data rows")
         os.replace(partial, out)
@@ -269,5 +299,12 @@ def score_file(
     finally:
         partial.unlink(missing_ok=True)
     return RunSummary(
-        read, scored, flagged, rejects.count, out, rejects.close(), time.perf_counter() - started
+        read,
+        scored,
+        flagged,
+        rejects.count,
+        out,
+        rejects.close(),
+        time.perf_counter() - started,
+        alarmed,
     )

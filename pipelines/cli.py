@@ -45,6 +45,20 @@ def cli() -> None:
     """GAN-based anomaly detection: train on normal data, score files, serve a Kafka stream."""
 
 
+_alarms_config = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML file whose [alarms] keys replace the model's (the alarm stage: method, "
+    "semantics, ...); its other sections are ignored.",
+)
+
+
+def _alarms(detector, config_path: str | None):
+    """The model's [alarms], with the keys of ``config_path``'s section when given."""
+    return detector.config.alarms.updated_from_toml(config_path) if config_path else None
+
+
 _on_invalid = click.option(
     "--on-invalid",
     type=click.Choice(["error", "skip"]),
@@ -128,15 +142,28 @@ def train(
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @_on_invalid
-def score(model, data, out, progress, on_invalid):
-    """Score every row of DATA into OUT, keeping row order and the id column."""
+@_alarms_config
+def score(model, data, out, progress, on_invalid, config_path):
+    """Score every row of DATA into OUT, keeping row order and the id column.
+
+    With an adaptive alarm stage (by default in time-series mode) OUT also gets p_value and
+    alarm, per file or per entity."""
     import anomaly
     from anomaly.files import score_file
 
-    summary = score_file(anomaly.load(model), data, out, on_invalid=on_invalid, progress=progress)
+    detector = anomaly.load(model)
+    summary = score_file(
+        detector,
+        data,
+        out,
+        on_invalid=on_invalid,
+        progress=progress,
+        alarms=_alarms(detector, config_path),
+    )
+    alarms = "" if summary.alarms is None else f", {summary.alarms} alarms"
     click.echo(
         f"scored {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s: "
-        f"{summary.anomalies} flagged -> {summary.output}"
+        f"{summary.anomalies} flagged{alarms} -> {summary.output}"
     )
     if summary.rejects:
         click.echo(f"{summary.rows_rejected} rows rejected -> {summary.rejects}")
@@ -156,13 +183,20 @@ def score(model, data, out, progress, on_invalid):
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @_on_invalid
-def evaluate(model, data, label_column, report_dir, as_json, on_invalid):
-    """Measure detection quality on labelled DATA."""
+@_alarms_config
+def evaluate(model, data, label_column, report_dir, as_json, on_invalid, config_path):
+    """Measure detection quality on labelled DATA (and the alarm stage's, when adaptive)."""
     import anomaly
     from anomaly.evaluation import evaluate_file
 
+    detector = anomaly.load(model)
     result = evaluate_file(
-        anomaly.load(model), data, label_column, report_dir=report_dir, on_invalid=on_invalid
+        detector,
+        data,
+        label_column,
+        report_dir=report_dir,
+        on_invalid=on_invalid,
+        alarms=_alarms(detector, config_path),
     )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

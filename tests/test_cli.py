@@ -182,6 +182,41 @@ def test_evaluate_prints_auroc_and_the_other_metrics(model, files):
     assert float(printed["auroc"]) >= 0.95
 
 
+def test_an_adaptive_alarm_stage_from_config_adds_p_value_and_alarm_to_score_and_evaluate(
+    model, files, tmp_path
+):
+    """Independent rows alarm by the model's threshold (``auto``); ``--config`` with an
+    adaptive method adds the stage's columns (the file one stream) and metrics."""
+    plain = tmp_path / "plain.csv"
+    assert score(model, files / "eval.csv", plain, "--no-progress").exit_code == 0
+    assert "p_value" not in pd.read_csv(plain).columns
+    config = tmp_path / "alarms.toml"
+    config.write_text('[alarms]\nmethod = "dspot"\nsemantics = "state"\nquorum = 1\n')
+    out = tmp_path / "alarmed.csv"
+
+    result = score(model, files / "eval.csv", out, "--no-progress", "--config", str(config))
+
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(out)
+    assert scored["p_value"].between(0, 1).all()
+    assert f"{int(scored['alarm'].sum())} alarms" in result.stdout
+    evaluated = run(
+        "evaluate",
+        *("--model", str(model), "--data", str(files / "eval.csv")),
+        *("--label-column", "label", "--json", "--config", str(config)),
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads(evaluated.stdout)
+    labels = pd.read_csv(files / "eval.csv")["label"].to_numpy()
+    flagged = scored["alarm"].to_numpy()
+    assert metrics["alarm_recall"] == pytest.approx((flagged & (labels == 1)).sum() / 100)
+    assert "alarm_f1" in metrics and "alarm_false_positive_rate" in metrics
+    config.write_text('[alarms]\nsemantics = "state"\nexit_level = 0.9999\n')
+    assert "exit_level is 0.9999" in score_error(
+        model, files / "eval.csv", out, "--config", str(config)
+    )
+
+
 def test_evaluate_json_parses_and_a_report_writes_markdown_and_plots(model, files, tmp_path):
     report = tmp_path / "report"
 

@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 
 import anomaly
+from anomaly.alarms import AlarmStage
+from anomaly.config import COMPONENTS
+from anomaly.evaluation import evaluate_file
 from anomaly.files import score_file
 from anomaly.windows import WindowBuffer, sliding_windows
 
@@ -169,3 +172,41 @@ def test_scores_read_in_chunks_of_100_rows_equal_scores_of_whole_series(scored, 
     whole = windowed_detector.score(np.stack([expected[p] for p in positions]))
 
     np.testing.assert_allclose(out["score"].to_numpy()[positions], whole.scores, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_each_entity_is_one_alarm_stream_in_file_order_across_chunks(scored, windowed_detector):
+    """In time-series mode the default stage adds p_value and alarm, per entity, exactly
+    as the stage computes them on each entity's scores at once (the service's per-key code)."""
+    frame, out, summary = scored
+    complete = out["window_complete"].to_numpy()
+    assert out["p_value"][~complete].isna().all() and not out["alarm"][~complete].any()
+    assert summary.alarms == int(out["alarm"].sum())
+    components = out[[f"score_{c}" for c in COMPONENTS]].to_numpy()
+    for entity in ENTITIES:
+        rows = np.flatnonzero((frame["entity"] == entity).to_numpy() & complete)
+        stage = AlarmStage.for_model(windowed_detector, windowed_detector.config.alarms)
+        expected = stage.update(components[rows])
+        np.testing.assert_array_equal(out["p_value"].to_numpy()[rows], expected.levels)
+        np.testing.assert_array_equal(out["alarm"].to_numpy()[rows], expected.alarms)
+    steps = frame["step"].to_numpy()
+    spiked = (frame["entity"] == SPIKE_ENTITY).to_numpy()
+    covers_spike = spiked & (steps >= SPIKE_STEP) & (steps < SPIKE_STEP + WINDOW)
+    assert out["p_value"][covers_spike].max() >= windowed_detector.config.alarms.level
+
+
+@pytest.mark.slow
+def test_evaluate_reports_the_alarms_metrics_in_time_series_mode(windowed_detector, tmp_path):
+    frame = sine_frame(seed=1, spike=True)
+    steps = frame["step"].to_numpy()
+    spiked = (frame["entity"] == SPIKE_ENTITY).to_numpy()
+    frame["label"] = (spiked & (steps >= SPIKE_STEP) & (steps < SPIKE_STEP + WINDOW)).astype(int)
+    frame.to_csv(tmp_path / "labelled.csv", index=False)
+    result = evaluate_file(windowed_detector, tmp_path / "labelled.csv", "label")
+    assert result.alarm_recall > 0 and result.alarm_precision > 0
+    assert result.alarm_false_positive_rate < 0.05
+    threshold_only = windowed_detector.config.alarms.updated({"method": "threshold"})
+    result = evaluate_file(
+        windowed_detector, tmp_path / "labelled.csv", "label", alarms=threshold_only
+    )
+    assert result.alarm_recall is None and "alarm_f1" not in result.to_json()
