@@ -47,6 +47,7 @@ from __future__ import annotations
 import bisect
 import copy
 import math
+from array import array
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -100,13 +101,13 @@ class _Column:
 
     def __init__(self, start: _Start):
         self.start = start
-        self.window = list(start.window)  # the last drift_depth normal values, a ring
+        self.window = array("d", start.window)  # the last drift_depth normal values, a ring
         self.slot = 0  # where the next value goes in the ring
         self.total = math.fsum(self.window)
         self.pending: list[float] = []  # the current run of anomalous values
         self.rows, self.peaks = start.rows, start.peaks  # residuals seen, and above t
-        self.excesses = list(start.excesses)  # the kept peaks' excesses over t, a ring
-        self.capped = [False] * len(self.excesses)  # whether each was an anomaly's, capped
+        self.excesses = array("d", start.excesses)  # the kept peaks' excesses over t, a ring
+        self.capped = bytearray(len(self.excesses))  # whether each was an anomaly's, capped
         self.censored = 0  # how many are
         self.next_excess = 0
         self._resum_excesses()
@@ -153,10 +154,11 @@ class _Column:
         if anomaly:  # kept out of the mean, unless the new level lasts
             self.pending.append(value)
             if len(self.pending) == depth:
-                self.window, self.slot, self.pending = self.pending, 0, []
+                self.window, self.slot, self.pending = array("d", self.pending), 0, []
                 self.total = math.fsum(self.window)
             return level
-        self.pending = []
+        if self.pending:
+            self.pending = []
         self.total += value - self.window[self.slot]
         self.window[self.slot] = value
         self.slot = (self.slot + 1) % depth
