@@ -33,6 +33,7 @@ EXPECTED_ALERTS = {
     "AnomalyScorerStalled",
     "KafkaUnreachable",
     "UnreadableRecords",
+    "AnomalyStateActive",
 }
 
 
