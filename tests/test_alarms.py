@@ -14,10 +14,6 @@ METHODS = ("conformal", "dspot")
 SEMANTICS = ("event", "state")
 
 
-def _config(**keys) -> AlarmConfig:
-    return AlarmConfig(**keys)
-
-
 def _stream(n: int = 3000, seed: int = 0) -> np.ndarray:
     """Four score components of a normal stream with a drift, two events and a new level."""
     rng = np.random.default_rng(seed)
@@ -50,7 +46,7 @@ HAND = {
 
 
 def test_event_semantics_by_hand_one_alarm_then_a_quiet_period():
-    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], _config(**HAND, semantics="event"))
+    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], AlarmConfig(**HAND, semantics="event"))
     result = stage.update(HAND_SERIES)
     np.testing.assert_array_equal(result.levels, HAND_LEVELS)
     # rows at or above 0.75: 1, 2, 4, 7, 10. Row 1 alarms and rows 2-3 are quiet (so row 2
@@ -62,7 +58,7 @@ def test_event_semantics_by_hand_one_alarm_then_a_quiet_period():
 
 
 def test_state_semantics_by_hand_every_row_of_the_state_is_flagged_with_hysteresis():
-    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], _config(**HAND, semantics="state"))
+    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], AlarmConfig(**HAND, semantics="state"))
     result = stage.update(HAND_SERIES)
     np.testing.assert_array_equal(result.levels, HAND_LEVELS)
     # Enter at a level >= 0.75, leave at the 2nd row in a row below 0.5 (the first row out):
@@ -76,9 +72,9 @@ def test_state_semantics_by_hand_every_row_of_the_state_is_flagged_with_hysteres
 
 @pytest.mark.parametrize("semantics", SEMANTICS)
 def test_the_hand_worked_series_gives_the_same_decisions_row_by_row(semantics):
-    whole = AlarmStage([1.0, 2.0, 3.0, 4.0], _config(**HAND, semantics=semantics))
+    whole = AlarmStage([1.0, 2.0, 3.0, 4.0], AlarmConfig(**HAND, semantics=semantics))
     expected = whole.update(HAND_SERIES)
-    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], _config(**HAND, semantics=semantics))
+    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], AlarmConfig(**HAND, semantics=semantics))
     rows = [stage.update([value]) for value in HAND_SERIES]
     for field in ("levels", "alarms", "quiet"):
         joined = np.concatenate([getattr(r, field) for r in rows])
@@ -92,7 +88,7 @@ def test_the_hand_worked_series_gives_the_same_decisions_row_by_row(semantics):
 @pytest.mark.parametrize("method", METHODS)
 def test_a_rows_decision_does_not_change_when_later_rows_are_appended(method, semantics):
     scores = _stream()
-    config = _config(method=method, semantics=semantics)
+    config = AlarmConfig(method=method, semantics=semantics)
     full = AlarmStage(scores[:500], config).update(scores[500:])
     assert full.alarms.any()
     for k in (1, 700, 1305, 1901):
@@ -105,7 +101,7 @@ def test_a_rows_decision_does_not_change_when_later_rows_are_appended(method, se
 @pytest.mark.parametrize("method", METHODS)
 def test_batches_of_any_size_give_the_same_result(method, semantics):
     scores = _stream(seed=1)
-    config = _config(method=method, semantics=semantics)
+    config = AlarmConfig(method=method, semantics=semantics)
     whole = AlarmStage(scores[:500], config).update(scores[500:])
     for cuts in ([1, 2, 3, 700, 701, 1900], list(range(37, 2500, 37))):
         stage = AlarmStage(scores[:500], config)
@@ -123,7 +119,7 @@ def test_dspot_follows_a_slow_drift_that_a_fixed_threshold_fires_on_and_catches_
     scores = rng.normal(size=6000) + np.linspace(0.0, 30.0, 6000)  # drifting normal scores
     scores[4000] += 8.0  # one spike
     reference = scores[:500]
-    config = _config(method="dspot", quorum=None, quiet_rows=0)
+    config = AlarmConfig(method="dspot", quorum=None, quiet_rows=0)
     alarms = np.flatnonzero(AlarmStage(reference, config).update(scores[500:]).alarms) + 500
     assert 4000 in alarms
     assert len(alarms) < 0.005 * 5500  # about 1 - level of the rows, as on noise
@@ -135,7 +131,7 @@ def test_dspot_takes_a_lasting_new_level_for_the_normal_after_drift_depth_alarms
     rng = np.random.default_rng(3)
     scores = rng.normal(size=4000)
     scores[2000:] += 10.0
-    config = _config(method="dspot", quorum=None, semantics="state", drift_depth=30)
+    config = AlarmConfig(method="dspot", quorum=None, semantics="state", drift_depth=30)
     flagged = AlarmStage(scores[:500], config).update(scores[500:]).alarms
     after = flagged[2000 - 500 :]
     assert after[:30].all()  # the new level is news for drift_depth rows
@@ -145,7 +141,7 @@ def test_dspot_takes_a_lasting_new_level_for_the_normal_after_drift_depth_alarms
 def test_dspot_levels_of_normal_noise_alarm_at_about_one_minus_the_level():
     rng = np.random.default_rng(4)
     scores = rng.standard_t(5, size=(60_000, 2))
-    config = _config(method="dspot", quorum=1, level=0.99, quiet_rows=0)
+    config = AlarmConfig(method="dspot", quorum=1, level=0.99, quiet_rows=0)
     result = AlarmStage(scores[:1000], config).update(scores[1000:])
     # the quorum-th (1st) largest of two columns: about twice 1 % of the rows
     assert 0.012 < result.alarms.mean() < 0.03
@@ -156,7 +152,7 @@ def test_dspot_levels_of_normal_noise_alarm_at_about_one_minus_the_level():
 
 def test_two_keys_are_independent_streams():
     scores = _stream(seed=5)
-    config = _config(method="dspot")
+    config = AlarmConfig(method="dspot")
     alone = AlarmStage(scores[:500], config).update(scores[500:1500])
     stage = AlarmStage(scores[:500], config)
     other = np.random.default_rng(6).normal(size=(1000, 4)) * 5.0
@@ -170,7 +166,7 @@ def test_two_keys_are_independent_streams():
 
 
 def test_revoked_partitions_and_the_key_bound_drop_streams():
-    config = _config(method="conformal", quorum=None, history=4, level=1.0, quiet_rows=0)
+    config = AlarmConfig(method="conformal", quorum=None, history=4, level=1.0, quiet_rows=0)
     stage = AlarmStage(np.zeros(4), config, max_keys=2)
     stage.update(np.ones(3), [b"a", b"b", b"c"], [0, 1, 1])
     assert len(stage) == 2  # a, seen least recently, was dropped
@@ -180,7 +176,7 @@ def test_revoked_partitions_and_the_key_bound_drop_streams():
 
 
 def test_keys_in_the_flagged_state_are_counted_until_they_leave_it():
-    config = _config(**HAND, semantics="state")
+    config = AlarmConfig(**HAND, semantics="state")
     stage = AlarmStage([1.0, 2.0, 3.0, 4.0], config, max_keys=2)
     stage.update([5.0, 1.0], keys=["up", "calm"], partitions=[0, 1])
     assert stage.states == 1  # "up" entered the state (5 beats its reference)
@@ -192,7 +188,7 @@ def test_keys_in_the_flagged_state_are_counted_until_they_leave_it():
 
 
 def test_a_nan_row_is_refused_before_any_stream_moves():
-    config = _config(**HAND)
+    config = AlarmConfig(**HAND)
     stage = AlarmStage([1.0, 2.0, 3.0, 4.0], config)
     with pytest.raises(ValueError, match="NaN"):
         stage.update([2.5, np.nan], keys=["a", "b"])
