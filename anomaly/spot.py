@@ -15,8 +15,8 @@ level is one minus the estimated probability that a normal residual reaches its 
 
 Each row then updates the state, so the tail and the mean follow the stream:
 
-* **The peaks.** Every residual above ``t`` is a peak: the counts ``peaks / n`` grow with
-  every row, and its excess joins the last ``max_peaks`` the tail is refitted on, in
+* **The peaks.** Every row counts in ``n`` and every residual above ``t`` in ``peaks``,
+  and its excess joins the last ``max_peaks`` the tail is refitted on, in
   closed form (``tail.gpd_from_moments`` from running sums: the paper's maximum-likelihood
   fit per peak would cost milliseconds in a stream). The paper leaves the rows that reach
   the alarm ``level`` out of the peaks, so that an anomaly cannot fatten the normal tail.
