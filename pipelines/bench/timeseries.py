@@ -3,7 +3,7 @@
 Per series (nothing is tuned on labels; the window and the steps are fixed once for all series):
 
 * TRAIN = the series' probationary period, the rows NAB never scores:
-  ``nab.probationary_length(n) = min(floor(0.15 n), 750)`` rows, values only (the model
+  ``nab_corpus.probationary_length(n) = min(floor(0.15 n), 750)`` rows, values only (the model
   standardises them itself), in time order, through ``anomaly.train`` with
   ``model.window = W`` (default 32) and ``training.steps`` (default 300).
 * Every later row is scored online-style: the window of the ``W`` rows ending at it (NAB
@@ -13,16 +13,21 @@ Per series (nothing is tuned on labels; the window and the steps are fixed once 
   detector's own threshold, calibrated to 1 % false positives on held-out windows of the
   probationary period). That is the row "gan"; "gan+likelihood" adds NAB's HTM-style
   rolling likelihood to it.
-* The method, "gan+conformal": the standardised components through the library's online
-  conformal alarm (``component_alarm`` below): each component is ranked against its own
-  recent values on the series (the probationary rows, then up to twice as many), and a row
-  alarms when two of the four reach the alarm level together. The ablations: the combined
-  score ranked the same way (the method before the quorum), each component alone, and the
-  method with a history as long as the reference (the method before the history grew).
-* ``nab.score_corpus`` gives the normalised score of each profile (standard,
+* The product, "stage:<method>:<semantics>": the product's adaptive alarm stage
+  (``anomaly.alarms.AlarmStage``, ``product_alarms`` below) on every row with a window, in
+  order, as ``anomaly score`` runs it on the series' file: the stream starts from the
+  model's held-out normal values, and each of ``STAGE_METHODS`` (conformal, DSPOT) runs with
+  each of ``STAGE_SEMANTICS`` (event, state), at the ``[alarms]`` defaults otherwise. Scored
+  on its own alarms, and for events also on its levels swept over the corpus.
+* Ablations (harness only): "gan+conformal", the standardised components through the
+  library's ``ConformalAlarm`` started from the series' own training rows (the method before
+  the product's stage), a row alarming when two of the four reach the level together; the
+  combined score ranked the same way, each component alone, and a history as long as the
+  reference.
+* ``nab_scorer.score_corpus`` gives the normalised score of each profile (standard,
   reward_low_FP_rate, reward_low_FN_rate). NAB's windowed-Gaussian baseline
-  (:mod:`pipelines.bench.nab`) and KNN-CAD (:mod:`pipelines.bench.knn_cad`) run on the same
-  series for the same table.
+  (:mod:`pipelines.bench.nab_baselines`) and KNN-CAD (:mod:`pipelines.bench.knn_cad`) run on
+  the same series for the same table.
 
 NAB data and labels: MIT licence, Numenta (Lavin & Ahmad, ICMLA 2015; Ahmad et al.,
 Neurocomputing 2017).
@@ -107,7 +112,7 @@ def conformal_alarm(
     by column, up to twice the reference (the library's default); an alarm needs ``quorum``
     columns at the alarm level, and it is followed by a fifth of the reference in quiet
     rows. The level and the quiet period are KNN-CAD's published settings (the library's
-    defaults, ``serve.alarm_level``); the history's growth was chosen on NAB's labels
+    defaults, ``alarms.level``); the history's growth was chosen on NAB's labels
     (``docs/benchmarks.md``). Ranking only uses each column's order, so ``likelihood``
     values give the same result as the detector's raw scores. ``history`` overrides the
     history's limit (the ablation without growth).
@@ -129,8 +134,8 @@ def component_alarm(
     arrays, first_row: int, probation: int, history: int | None = None, prefix: str = "component_"
 ) -> np.ndarray:
     """The time-series method: each standardised component ranked against its own history,
-    an alarm when ``serve.alarm_quorum`` of them reach the level together (as the streaming
-    service does with ``serve.alarm_history`` set). ``prefix`` picks the components
+    an alarm when ``alarms.quorum`` of them reach the level together (the ablation started
+    from the series' training rows). ``prefix`` picks the components
     (``refined_``: after latent refinement)."""
     columns = np.stack([arrays[f"{prefix}{name}"] for name in COMPONENTS], axis=1)
     return conformal_alarm(columns, first_row, probation, _ALARM_DEFAULTS.quorum, history)
