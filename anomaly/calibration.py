@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from anomaly.config import COMPONENTS
+from anomaly.errors import TrainingError
 from anomaly.scoring import (
     REFERENCE_QUANTILES,
     ScoringEngine,
@@ -38,7 +39,12 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
     )
     standard = standardise(raw, params)
     scores = ops.convert_to_numpy(weighted_score(standard, params)).astype(np.float64)
-    tail = Tail.fit(scores)
+    if not np.isfinite(scores).all():
+        raise TrainingError(
+            "the trained model scores held-out normal records as NaN or infinite: training "
+            "diverged (see the health report's losses); lower training.learning_rate"
+        )
+    tail = Tail.fit(scores, up_to_rate=params.target_fpr)
     return replace(
         params,
         threshold=tail.threshold(params.target_fpr),
@@ -52,8 +58,10 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
 
 def resolution_warning(held_out_rows: int, target_fpr: float) -> str | None:
     """A warning when fewer held-out normal records than ``1 / target_fpr`` calibrate the
-    threshold: not one of them is expected above it, so it is extrapolated from the tail fit
-    alone, and its realised rate can be several times the target or a fraction of it."""
+    threshold: not one of them is expected above it, so its realised rate can be several
+    times the target or a fraction of it. (With fewer than ``anomaly.tail.MIN_ORDER_POINTS``
+    expected above, it is extrapolated from the tail fit too, which the benchmark measured
+    within the goal; below one it is a guess.)"""
     if held_out_rows * target_fpr >= 1.0:
         return None
     return (

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from anomaly import bundle
 from anomaly.config import COMPONENTS, Config
 from anomaly.errors import BundleError, ConfigError, DataError, SchemaError
 from anomaly.preprocessing import Standardizer
-from anomaly.scoring import ScoringEngine, ScoringParams
+from anomaly.scoring import REFERENCE_QUANTILES, ScoringEngine, ScoringParams
 from anomaly.tail import Tail
 
 
@@ -200,7 +201,7 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
     schema = Schema(**bundle.typed_part(path, "schema", parts["schema"], Schema))
     params = ScoringParams(**bundle.typed_part(path, "scoring", parts["scoring"], ScoringParams))
     if params.tail:
-        bundle.typed_part(path, "scoring", params.tail, Tail)
+        params = replace(params, tail=bundle.typed_part(path, "scoring.tail", params.tail, Tail))
     standardizer = Standardizer.from_json(
         bundle.typed_part(path, "preprocessing", parts["preprocessing"], _StandardizerJson)
     )
@@ -240,6 +241,7 @@ def _check_shapes(
         missing = [c for c in COMPONENTS if c not in getattr(params, name)]
         if missing:
             problems.append(f"{path / 'scoring.json'}: {name} lacks {', '.join(missing)}")
+    problems.extend(f"{path / 'scoring.json'}: {p}" for p in _calibration_problems(params))
     if not d:
         problems.append(f"{path / 'schema.json'}: feature_names is empty")
     for name in ("mean", "scale"):
@@ -262,6 +264,30 @@ def _check_shapes(
         )
     if problems:
         raise BundleError(f"{problems[0]}; {bundle.RESTORE_HINT}")
+
+
+def _calibration_problems(params: ScoringParams) -> list[str]:
+    """What makes the calibration unusable: a damaged tail, a threshold that does not follow
+    from it, reference values that are not finite or not one per quantile."""
+    problems = []
+    if params.tail:
+        tail = Tail(**params.tail)
+        problems += [f"tail {problem}" for problem in tail.problems()]
+        if not problems and not math.isclose(
+            tail.threshold(params.target_fpr), params.threshold, rel_tol=1e-9, abs_tol=1e-12
+        ):
+            problems.append("threshold is not the tail's threshold at target_fpr")
+    references = {"reference_scores": params.reference_scores}
+    references.update(
+        {f"reference_components.{k}": v for k, v in params.reference_components.items()}
+    )
+    for name, values in references.items():
+        if len(values) != REFERENCE_QUANTILES or not all(math.isfinite(v) for v in values):
+            problems.append(f"{name} must hold {REFERENCE_QUANTILES} finite values")
+    missing = set(COMPONENTS) - set(params.reference_components)
+    if params.reference_components and missing:
+        problems.append(f"reference_components lacks {', '.join(sorted(missing))}")
+    return problems
 
 
 def default_jit_compile() -> bool:

@@ -57,68 +57,96 @@ class Tail:
     scale: float
 
     @classmethod
-    def fit(cls, scores: np.ndarray) -> Tail:
-        """Fit the tail of finite calibration scores (at least 2)."""
+    def fit(cls, scores: np.ndarray, up_to_rate: float = 0.0) -> Tail:
+        """Fit the tail of finite calibration scores (at least 2), keeping enough of the
+        largest for the order statistic at every rate up to ``up_to_rate`` (and at least
+        ``KEPT_SCORES`` of them)."""
         scores = np.sort(np.asarray(scores, np.float64).ravel())[::-1]
         if len(scores) < 2 or not np.isfinite(scores).all():
             raise ValueError("a tail needs at least 2 finite scores")
         n = len(scores)
-        peaks = min(n // 2, max(MIN_PEAKS, math.ceil(PEAK_SHARE * n)))
+        peaks = peak_count(n)
         peaks_from = float(scores[peaks])
         shape, scale = _fit_gpd(scores[:peaks] - peaks_from)
+        kept = max(KEPT_SCORES, math.ceil((n + 1) * up_to_rate) + 1)
         return cls(
             n=n,
-            largest=[float(v) for v in scores[:KEPT_SCORES]],
+            largest=[float(v) for v in scores[:kept]],
             peaks_from=peaks_from,
             peaks=peaks,
             shape=shape,
             scale=scale,
         )
 
+    def problems(self) -> list[str]:
+        """What makes this tail unusable (read from a file): empty when it is sound."""
+        values = [self.peaks_from, self.shape, self.scale, *self.largest]
+        problems = []
+        if self.n < 2 or not 1 <= self.peaks < self.n:
+            problems.append(f"n = {self.n} and peaks = {self.peaks} need 1 <= peaks < n, n >= 2")
+        if not all(math.isfinite(v) for v in values):
+            problems.append("holds NaN or infinite values")
+        if not self.scale > 0 or not SHAPE_BOUNDS[0] <= self.shape <= SHAPE_BOUNDS[1]:
+            problems.append(f"scale must be > 0 and shape within {SHAPE_BOUNDS}")
+        if not 1 <= len(self.largest) <= self.n or any(
+            a < b for a, b in zip(self.largest, self.largest[1:], strict=False)
+        ):
+            problems.append("largest must hold 1 to n scores in descending order")
+        return problems
+
     def threshold(self, alpha: float) -> float:
-        """The score a new normal score exceeds with probability about ``alpha``."""
+        """The score a new normal score exceeds with probability about ``alpha``: the
+        order statistic where at least ``MIN_ORDER_POINTS`` scores are expected above it,
+        else the fitted tail (never below the order statistic at the smallest rate it
+        resolves, so the threshold rises as ``alpha`` falls)."""
         if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        above = self.n + 1 - math.ceil((self.n + 1) * (1.0 - alpha))  # scores above the k-th
-        if (self.n + 1) * alpha >= MIN_ORDER_POINTS and above <= len(self.largest):
-            return self.largest[above - 1]  # the k-th smallest of n, k = n + 1 - above
-        return self._pareto_quantile(alpha)
-
-    def exceedance(self, scores: np.ndarray, body: np.ndarray | None = None) -> np.ndarray:
-        """Estimated probability that a normal score reaches each of ``scores``: the
-        conformal share of calibration scores at or above it (counting the new one) where
-        at least ``MIN_ORDER_POINTS`` are, and the fitted tail beyond that. Below the kept
-        largest scores, the share comes from ``body``, evenly spaced quantiles of all the
-        calibration scores (ascending), when given."""
-        scores = np.asarray(scores, np.float64)
-        largest = np.asarray(self.largest)[::-1]  # ascending
-        at_or_above = len(largest) - np.searchsorted(largest, scores, side="left")
-        empirical = (at_or_above + 1) / (self.n + 1)
-        if body is not None and len(largest) < self.n:
-            below_kept = scores < largest[0]
-            body = np.asarray(body, np.float64)
-            share = 1.0 - np.searchsorted(body, scores, side="left") / len(body)
-            empirical = np.where(below_kept, np.maximum(share, empirical), empirical)
-        share = self.peaks / self.n
-        excess = np.maximum(scores - self.peaks_from, 0.0)
-        if abs(self.shape) < 1e-9:
-            pareto = share * np.exp(-excess / self.scale)
-        else:
-            base = np.maximum(1.0 + self.shape * excess / self.scale, 0.0)
-            with np.errstate(divide="ignore"):
-                pareto = share * np.power(base, -1.0 / self.shape)
-        # as in ``threshold``: the order statistic where enough scores lie above, else the tail
-        resolved = (at_or_above + 1 >= MIN_ORDER_POINTS) | (scores <= self.peaks_from)
-        return np.where(resolved, empirical, pareto)
-
-    def _pareto_quantile(self, alpha: float) -> float:
+            raise ValueError(f"the rate must be in (0, 1), got {alpha}")
+        resolved = MIN_ORDER_POINTS / (self.n + 1)  # the smallest rate the order statistic takes
+        if alpha >= resolved:
+            return self._order_statistic(alpha)
+        floor = self._order_statistic(resolved) if resolved < 1.0 else -math.inf
         ratio = alpha * self.n / self.peaks
-        if abs(self.shape) < 1e-9:
-            return self.peaks_from - self.scale * math.log(ratio)
-        return self.peaks_from + self.scale / self.shape * (ratio**-self.shape - 1.0)
+        return max(self.peaks_from + pareto_excess(ratio, self.shape, self.scale), floor)
+
+    def _order_statistic(self, alpha: float) -> float:
+        above = self.n + 1 - math.ceil((self.n + 1) * (1.0 - alpha))  # scores above the k-th
+        if above > len(self.largest):
+            raise ValueError(
+                f"a rate of {alpha:g} needs the {above} largest calibration scores, and "
+                f"{len(self.largest)} were kept: calibrate at that rate"
+            )
+        return self.largest[max(above, 1) - 1]  # the k-th smallest of n, k = n + 1 - above
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def peak_count(n: int) -> int:
+    """Peaks a tail of ``n`` scores is fitted on: ``PEAK_SHARE`` of them, at least
+    ``MIN_PEAKS``, at most half."""
+    return min(n // 2, max(MIN_PEAKS, math.ceil(PEAK_SHARE * n)))
+
+
+def pareto_excess(ratio: float, shape: float, scale: float) -> float:
+    """The excess over the peaks' threshold that a peak passes with probability ``ratio``
+    under a generalised Pareto (shape 0: the exponential)."""
+    if abs(shape) < _EXPONENTIAL:
+        return -scale * math.log(ratio)
+    return scale / shape * (ratio**-shape - 1.0)
+
+
+def pareto_survival(excess, shape: float, scale: float):
+    """Probability that a peak's excess over the threshold passes ``excess`` (the inverse of
+    ``pareto_excess``)."""
+    if abs(shape) < _EXPONENTIAL:
+        return np.exp(-np.asarray(excess, np.float64) / scale)
+    base = np.maximum(1.0 + shape * np.asarray(excess, np.float64) / scale, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.power(base, -1.0 / shape)
+
+
+#: A shape closer to 0 than this is taken as the exponential (its limit).
+_EXPONENTIAL = 1e-9
 
 
 def _fit_gpd(excesses: np.ndarray) -> tuple[float, float]:

@@ -356,3 +356,23 @@ def test_latent_prototypes_of_the_wrong_shape_are_refused(bundle):
     assert load_error(bundle).startswith(
         f"{bundle / 'latent_prototypes.npy'}: holds a 1-D float32 array of shape (5,)"
     )
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (lambda s: s["tail"].update(peaks=0), "tail n ="),
+        (lambda s: s["tail"].update(scale=-1.0), "scale must be > 0"),
+        (lambda s: s["tail"].update(largest=[]), "largest must hold"),
+        (lambda s: s["tail"].update(shape=float("nan")), "NaN or infinite"),
+        (lambda s: s.update(threshold=s["threshold"] / 2), "not the tail's threshold"),
+        (lambda s: s["reference_components"]["latent"].__setitem__(3, float("nan")), "latent"),
+        (lambda s: s["reference_components"].pop("critic"), "lacks critic"),
+        (lambda s: s["tail"].update(bogus=1), "scoring.tail"),
+    ],
+)
+def test_a_damaged_calibration_is_refused_at_load(bundle, damage, named):
+    """A bundle's calibration (the tail the threshold comes from, the reference values the
+    alarm stage starts from) is checked at load, not found broken while scoring."""
+    rewrite_json(bundle, "scoring.json", damage)
+    assert named in load_error(bundle)

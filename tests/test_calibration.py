@@ -18,8 +18,38 @@ def test_the_order_statistic_is_the_conformal_one():
     tail = Tail.fit(np.arange(1.0, 200.0))
     assert (200 * 0.05) >= MIN_ORDER_POINTS
     assert tail.threshold(0.05) == 190.0
-    # a new exchangeable score exceeds it with probability 9/200 <= 5 %
-    assert tail.exceedance(np.array([190.5]))[0] == pytest.approx(10 / 200)
+
+
+def test_the_threshold_rises_as_the_rate_falls_across_both_estimates():
+    rng = np.random.default_rng(3)
+    for n in (50, 146, 999, 20_000):
+        tail = Tail.fit(rng.standard_normal(n), up_to_rate=0.2)
+        rates = np.geomspace(0.2, 1e-5, 400)
+        thresholds = [tail.threshold(rate) for rate in rates]
+        assert np.all(np.diff(thresholds) >= 0), n
+
+
+def test_the_order_statistic_is_exact_for_large_samples_at_the_calibrated_rate():
+    scores = np.random.default_rng(4).standard_normal(200_000)
+    tail = Tail.fit(scores, up_to_rate=0.1)
+    k = int(np.ceil(200_001 * 0.9))
+    assert tail.threshold(0.1) == np.sort(scores)[k - 1]
+    with pytest.raises(ValueError, match="calibrate at that rate"):
+        Tail.fit(scores).threshold(0.1)  # 20,000 largest needed, 1,000 kept
+
+
+def test_a_damaged_tail_is_named():
+    tail = Tail.fit(np.arange(100.0))
+    assert tail.problems() == []
+    for damage in (
+        {"n": 0},
+        {"peaks": 0},
+        {"shape": float("nan")},
+        {"scale": -1.0},
+        {"largest": []},
+        {"largest": [1.0, 2.0]},
+    ):
+        assert Tail(**{**tail.to_json(), **damage}).problems(), damage
 
 
 def test_a_plain_quantile_fires_more_often_than_the_conformal_threshold():
