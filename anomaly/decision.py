@@ -128,33 +128,32 @@ class StateSemantics:
         self._low_run = 0  # consecutive rows below exit_level, in the state
 
     def decide(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(flagged, quiet) of the next rows' levels; nothing is quiet in this semantics."""
-        n = len(levels)
-        flagged = np.zeros(n, bool)
-        row = 0
-        while row < n:
-            if not self.in_state:
-                entering = np.flatnonzero(levels[row:] >= self.level)
-                if not len(entering):
-                    break
-                row += int(entering[0])
-                self.in_state, self._low_run = True, 0
-            # in the state from `row`: the length of the run of low rows ending at each row,
-            # counting the run carried from before `row`
-            low = levels[row:] < self.exit_level
-            at = np.arange(len(low))
-            last_high = np.maximum.accumulate(np.where(low, -1, at))
-            run = np.where(last_high < 0, at + 1 + self._low_run, at - last_high)
-            leaving = np.flatnonzero(run >= self.exit_rows)
-            if not len(leaving):
-                flagged[row:] = True
-                self._low_run = int(run[-1])
-                break
-            out = row + int(leaving[0])  # the first row out of the state
-            flagged[row:out] = True
-            self.in_state, self._low_run = False, 0
-            row = out + 1
-        return flagged, np.zeros(n, bool)
+        """(flagged, quiet) of the next rows' levels; nothing is quiet in this semantics.
+
+        One pass over the rows in Python (about 0.1 us a row): whether a row is flagged
+        depends on the state the row before it left, a recurrence that array operations
+        could only follow by rescanning the rest of the batch at every entry and exit
+        (quadratic: seconds for 65,536 rows alternating in and out)."""
+        level, exit_level, exit_rows = self.level, self.exit_level, self.exit_rows
+        in_state, low_run = self.in_state, self._low_run
+        flagged = []
+        for value in levels.tolist():
+            if not in_state:
+                if value < level:
+                    flagged.append(False)
+                    continue
+                in_state, low_run = True, 0
+            if value >= exit_level:
+                low_run = 0
+            else:
+                low_run += 1
+                if low_run >= exit_rows:  # the first row out of the state
+                    in_state, low_run = False, 0
+                    flagged.append(False)
+                    continue
+            flagged.append(True)
+        self.in_state, self._low_run = in_state, low_run
+        return np.array(flagged, bool), np.zeros(len(flagged), bool)
 
     def fresh(self) -> StateSemantics:
         return StateSemantics(self.level, self.exit_level, self.exit_rows)
