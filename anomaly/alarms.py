@@ -176,13 +176,17 @@ class AlarmStage:
         ``scores``: a ``ScoreResult`` (see :meth:`columns`) or rows shaped like the
         reference. ``keys``: the stream of each row (any hashable values; None: every row of
         one stream). ``partitions``: the Kafka partition of each row, for
-        :meth:`forget_partitions`. Rows with NaN or infinite scores are refused
-        (``ValueError``) before any stream moves.
+        :meth:`forget_partitions`. Rows not shaped like the reference, a score that is NaN,
+        infinite or beyond ``anomaly.decision.MAX_SCORE``, and keys or partitions that do not
+        give one per row are refused (``ValueError``) before any stream moves.
         """
         if hasattr(scores, "components"):
             scores = self.columns(scores)
         scores = self._start.checked(scores)
         n = len(scores)
+        for name, given in (("keys", keys), ("partitions", partitions)):
+            if given is not None and len(given) != n:
+                raise ValueError(f"{len(given)} {name} for {n} rows: give one per row")
         if not n:
             return AlarmResult(np.empty(0), np.zeros(0, bool), np.zeros(0, bool))
         if keys is None:

@@ -34,6 +34,11 @@ import numpy as np
 
 #: KNN-CAD's quiet period: one fifth of the reference (its probationary period).
 DEFAULT_QUIET_SHARE = 0.2
+#: Largest score magnitude a stream takes. DSPOT sums windows of scores and squares their
+#: residuals: past about 1e154 a square, past 1e308 a sum overflows (``math.fsum`` raises
+#: after the stream has moved). Every method refuses the same rows, so switching methods
+#: never turns a scored row into a refused one; a detector's scores never come near.
+MAX_SCORE = 1e150
 
 
 def default_quiet_rows(reference_rows: int) -> int:
@@ -57,7 +62,8 @@ class Levels(Protocol):
 
 def reference_rows(reference) -> tuple[np.ndarray, tuple[int, ...]]:
     """A reference of normal scores as rows x columns, and a row's shape as given; raises
-    ``ValueError`` for a shape that is neither 1-D nor 2-D, fewer than 2 rows or a NaN."""
+    ``ValueError`` for a shape that is neither 1-D nor 2-D, fewer than 2 rows or a score
+    that is NaN, infinite or beyond ``MAX_SCORE`` in magnitude."""
     reference = np.asarray(reference, np.float64)
     if reference.ndim not in (1, 2):
         raise ValueError(
@@ -68,9 +74,14 @@ def reference_rows(reference) -> tuple[np.ndarray, tuple[int, ...]]:
     reference = reference.reshape(len(reference), -1)
     if len(reference) < 2:
         raise ValueError(f"the reference needs at least 2 scores, got {len(reference)}")
-    if not np.isfinite(reference).all():
-        raise ValueError("the reference holds NaN or infinite scores")
+    if not _usable(reference):
+        raise ValueError(f"the reference holds NaN or infinite scores, or beyond +-{MAX_SCORE:g}")
     return reference, row_shape
+
+
+def _usable(scores: np.ndarray) -> bool:
+    """Whether every score is finite and within ``MAX_SCORE`` in magnitude."""
+    return bool((np.abs(scores) <= MAX_SCORE).all())  # False for NaN too
 
 
 @dataclass(frozen=True)
@@ -183,15 +194,15 @@ class StreamAlarm:
 
     def checked(self, scores) -> np.ndarray:
         """``scores`` as floats, or ``ValueError`` for rows not shaped like the reference or a
-        NaN or infinite score."""
+        score that is NaN, infinite or beyond ``MAX_SCORE`` in magnitude."""
         scores = np.asarray(scores, np.float64)
         per_row = self.levels.row_shape
         if scores.ndim == 0 or scores.shape[1:] != per_row:
             raise ValueError(
                 f"scores must have shape {('n', *per_row)} like the reference, got {scores.shape}"
             )
-        if not np.isfinite(scores).all():
-            raise ValueError("scores hold NaN or infinite values")
+        if not _usable(scores):
+            raise ValueError(f"scores hold NaN or infinite values, or beyond +-{MAX_SCORE:g}")
         return scores
 
     def update(self, scores) -> AlarmResult:

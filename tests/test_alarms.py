@@ -210,6 +210,34 @@ def test_a_nan_row_is_refused_before_any_stream_moves():
     assert stage.update([2.5], keys=["a"]).levels.tolist() == [0.5]
 
 
+@pytest.mark.parametrize(
+    ("keys", "partitions"),
+    [(["a"], None), (["a", "b", "c", "d", "e"], None), (["a", "b", "c"], [0]), (None, [0, 1])],
+)
+def test_keys_or_partitions_not_one_per_row_are_refused_before_any_stream_moves(keys, partitions):
+    stage = AlarmStage([1.0, 2.0, 3.0, 4.0], AlarmConfig(**HAND))
+    with pytest.raises(ValueError, match="give one per row"):
+        stage.update([2.5, 5.0, 1.0], keys=keys, partitions=partitions)
+    assert len(stage) == 0
+    assert stage.update([2.5], keys=["a"]).levels.tolist() == [0.5]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_score_too_large_for_dspots_sums_is_refused_before_any_stream_moves(method):
+    reference = np.random.default_rng(7).normal(size=500)
+    config = AlarmConfig(method=method, quorum=None)
+    untouched = AlarmStage(reference, config).update([0.5, 3.0]).levels
+    stage = AlarmStage(reference, config)
+    with pytest.raises(ValueError, match=r"beyond \+-1e\+150"):
+        stage.update([0.5, 1.7e308], keys=["a", "b"])
+    with pytest.raises(ValueError, match=r"beyond \+-1e\+150"):
+        AlarmStage(np.append(reference, -1e151), config)
+    assert len(stage) == 0
+    np.testing.assert_array_equal(stage.update([0.5, 3.0], keys=["a", "a"]).levels, untouched)
+    levels = stage.update([1e150, -1e150, 0.5], keys=["a", "a", "a"]).levels  # the bound
+    assert np.isfinite(levels).all()
+
+
 # -- a model's stage ----------------------------------------------------------------------
 
 
