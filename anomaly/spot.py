@@ -4,9 +4,9 @@ Siffer et al., "Anomaly detection in streams with extreme value theory" (KDD 201
 score column, a row's *residual* is its value minus the mean of the ``drift_depth`` values
 before it, so a slow drift of the column's level moves the mean and leaves the residuals
 alone. The residuals' upper tail is modelled as in ``anomaly.tail``: the excesses over a
-high threshold ``t`` (fixed from the reference's residuals, ``tail.PEAK_SHARE`` of them
-above it, at least ``tail.MIN_PEAKS``) follow a generalised Pareto distribution. A row's
-level is one minus the estimated probability that a normal residual reaches its own:
+high threshold ``t`` (fixed from the reference's residuals, ``tail.peak_count`` of them
+above it) follow a generalised Pareto distribution. A row's level is one minus the
+estimated probability that a normal residual reaches its own:
 
 * above ``t``: ``(peaks / n) * (1 + shape (r - t) / scale) ** (-1 / shape)``, ``peaks`` of
   the ``n`` residuals seen having been above ``t``;
@@ -53,10 +53,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from anomaly.decision import reference_rows
-from anomaly.tail import MIN_PEAKS, PEAK_SHARE, gpd_from_moments
-
-#: Below this, a fitted shape is the exponential tail's (shape 0).
-_EXPONENTIAL = 1e-9
+from anomaly.tail import gpd_from_moments, pareto_excess, pareto_survival, peak_count
 
 
 class _Start:
@@ -67,7 +64,7 @@ class _Start:
         means = sliding_window_view(values, drift_depth)[:-1].mean(axis=1)
         residuals = values[drift_depth:] - means
         count = len(residuals)
-        peaks = min(count // 2, max(MIN_PEAKS, math.ceil(PEAK_SHARE * count)))
+        peaks = peak_count(count)
         largest = np.argsort(-residuals, kind="stable")
         self.threshold = float(residuals[largest[peaks]])
         in_time_order = np.sort(largest[:peaks])
@@ -133,9 +130,7 @@ class _Column:
         start = self.start
         excess = residual - start.threshold
         if excess > 0.0:
-            if self.shape < _EXPONENTIAL:
-                return 1.0 - share * math.exp(-excess / self.scale)
-            return 1.0 - share * (1.0 + self.shape * excess / self.scale) ** (-1.0 / self.shape)
+            return 1.0 - share * float(pareto_survival(excess, self.shape, self.scale))
         at_or_above = len(start.body) - bisect.bisect_left(start.body, residual)
         return 1.0 - max(at_or_above / len(start.body), share)
 
@@ -174,9 +169,7 @@ class _Column:
             return 0.0
         if ratio <= 0.0:
             return math.inf
-        if self.shape < _EXPONENTIAL:
-            return -self.scale * math.log(ratio)
-        return self.scale / self.shape * (ratio ** (-self.shape) - 1.0)
+        return pareto_excess(ratio, self.shape, self.scale)
 
     def _add_peak(self, excess: float, capped: bool) -> None:
         self.peaks += 1
