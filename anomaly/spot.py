@@ -55,6 +55,15 @@ from numpy.lib.stride_tricks import sliding_window_view
 from anomaly.decision import reference_rows
 from anomaly.tail import gpd_from_moments, pareto_excess, pareto_survival, peak_count
 
+#: The smallest tail scale, relative to the reference's largest magnitude (taken as at least
+#: 1, so a reference of zeros has a floor too): a detector's scores are float32, about 7
+#: significant digits, so scores closer than about a millionth of their size are one score
+#: up to rounding. When every reference peak ties (a constant reference; its residuals and
+#: ``t`` are then 0, so ``t`` cannot tell the size), ``tail.gpd_from_moments`` gives an
+#: absolute 1e-12, and jitter of 1e-7 on a constant stream alarmed on 3 % of its first
+#: 3,000 rows (1.6 % with a floor of 1e-9).
+SCALE_RESOLUTION = 1e-6
+
 
 class _Start:
     """What one column's streams start from, fitted once on the reference's residuals and
@@ -73,6 +82,7 @@ class _Start:
         self.window = values[-drift_depth:].tolist()
         self.rows, self.peaks = count, peaks
         self.max_peaks = max_peaks
+        self.min_scale = SCALE_RESOLUTION * max(float(np.abs(values).max()), 1.0)
 
 
 class _Column:
@@ -122,7 +132,8 @@ class _Column:
         # an anomaly's excess is only known to reach the alarm threshold's (censored): as the
         # exponential's maximum likelihood under censoring, the mean excess is the sum over
         # the peaks the anomalies did not censor
-        self.shape, self.scale = shape, scale * k / max(1, k - self.censored)
+        self.shape = shape
+        self.scale = max(scale * k / max(1, k - self.censored), self.start.min_scale)
 
     def level(self, residual: float) -> float:
         """One minus the estimated probability that a normal residual reaches ``residual``."""

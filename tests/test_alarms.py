@@ -161,6 +161,18 @@ def test_dspot_levels_of_normal_noise_alarm_at_about_one_minus_the_level():
     assert 0.012 < result.alarms.mean() < 0.03
 
 
+@pytest.mark.parametrize("value", [0.0, 1.0, 1000.0])
+def test_dspot_after_a_constant_reference_ignores_rounding_jitter_and_catches_a_step(value):
+    # every reference peak ties: the tail's scale comes from the values' size, not 1e-12
+    rng = np.random.default_rng(8)
+    stream = value + rng.normal(size=3000) * 1e-7 * max(value, 1.0)
+    stream[2000:] += 0.01 * max(value, 1.0)  # a real step
+    config = AlarmConfig(method="dspot", quorum=None, quiet_rows=0)
+    alarms = AlarmStage(np.full(1000, value), config).update(stream).alarms
+    assert not alarms[:2000].any()
+    assert alarms[2000]
+
+
 # -- the keyed container ----------------------------------------------------------------------
 
 
