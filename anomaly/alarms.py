@@ -18,7 +18,8 @@ harnesses (any keys, or one stream)::
 
 Every stream of a model starts from the model's held-out normal values: half of ``history``
 evenly spaced quantiles of each component (``ScoringParams.reference_components``; of the
-combined score, ``reference_scores``, when ``quorum`` is None), so a new key's first rows
+combined score, ``reference_scores``, when ``quorum`` is None or an older bundle has no
+component references), so a new key's first rows
 are judged against normal data, not against nothing. The bundle keeps only quantiles, whose
 order is lost; DSPOT's residuals need a sequence, so a stream takes them in one fixed
 shuffled order, the residuals of exchangeable normal rows (and a conformal history sliding
@@ -32,6 +33,7 @@ comes back).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -85,7 +87,7 @@ class AlarmStage:
             raise ConfigError(
                 f"alarms.quorum = {config.quorum} needs at least {config.quorum} score columns "
                 f"(rows x columns), but the reference has shape {reference.shape}: set "
-                "alarms.quorum to None to rank one score per row"
+                "alarms.quorum to None (0 in TOML) to rank one score per row"
             )
         if self.method == "conformal":
             if len(reference) > config.history:
@@ -138,17 +140,29 @@ class AlarmStage:
         max_keys: int | None = None,
     ) -> AlarmStage | None:
         """``for_model`` from a model's scoring parameters (its held-out normal values) and
-        whether it scores time-series windows."""
+        whether it scores time-series windows. A bundle saved before per-component
+        references ranks its combined score instead of ``quorum`` components, with a
+        warning, so it still scores as it did; one with no reference at all has no stage
+        (``ConfigError``)."""
         if config.resolved_method(time_series=time_series) == "threshold":
             return None
+        if config.quorum is not None and not params.reference_components:
+            warnings.warn(
+                f"alarms.quorum = {config.quorum} ranks score components, but this model bundle "
+                "has no per-component reference (it was saved by an older version): its alarm "
+                "stage ranks the combined score instead; retrain it to rank components, or set "
+                "alarms.quorum = 0 to say so",
+                stacklevel=2,
+            )
+            config = config.updated({"quorum": None})
         if config.quorum is None:
             reference = np.asarray(params.reference_scores, np.float64)
-        elif not params.reference_components:
-            raise ConfigError(
-                "alarms.quorum ranks score components, but this model bundle has no "
-                "per-component reference (it was saved by an older version): retrain it, or "
-                "set alarms.quorum to null to rank the combined score"
-            )
+            if not len(reference):
+                raise ConfigError(
+                    "this model bundle has no reference of held-out normal scores for the "
+                    "adaptive alarm stage to start from: retrain it, or set "
+                    "alarms.method = 'threshold'"
+                )
         else:
             reference = np.stack(
                 [params.reference_components[name] for name in COMPONENTS], axis=1

@@ -383,9 +383,12 @@ class AlarmConfig(_Section):
     Numenta benchmark scores). ``state``: a flagged state with hysteresis, entered at a row
     reaching ``level``, every row in it flagged, left after ``exit_rows`` rows in a row below
     ``exit_level`` (an operator watching sensors: a stuck valve is flagged until it is not)."""
-    level: float = Field(DEFAULT_ALARM_LEVEL, gt=0, le=1)
+    level: float = Field(DEFAULT_ALARM_LEVEL, gt=0, lt=1)
     """Level at which a row alarms (enters the state): KNN-CAD's published 0.9965, reached by
-    about 1 normal row in 286."""
+    about 1 normal row in 286. Below 1: at 1 DSPOT's alarm threshold is infinite (nothing
+    alarms); a conformal row above its whole history is ``1 - 1 / (history + 1)``. Like
+    ``exit_level``, a number (an integer too, and the text of ``ANOMALY_ALARMS_LEVEL``), never
+    ``true`` or ``false``, which pydantic would take for 1 and 0."""
     exit_level: float | None = Field(None, gt=0, lt=1)
     """State semantics: rows below it count towards leaving the state. ``None``: the level
     whose false-alarm share is ten times the entering one's, ``1 - 10 (1 - level)`` (0.965 at
@@ -408,10 +411,12 @@ class AlarmConfig(_Section):
     the longest reference of the Numenta benchmark (750 rows), where a history twice the
     reference raised the GAN's score from 55.4 to 59.3 (docs/benchmarks.md). Memory: 8 bytes
     per value and column, 48 KB per stream with 4 columns."""
-    quorum: int | None = Field(2, ge=1, le=len(COMPONENTS))
+    quorum: int | None = Field(2, ge=0, le=len(COMPONENTS))
     """How many of the model's score components must reach the level together (each has its
     own history: noise lifts one at a time, an anomaly several; 2 of 4 on the Numenta
-    benchmark). ``None``: one column, the combined score."""
+    benchmark). ``None``: one column, the combined score; ``0`` is read as ``None``, since
+    TOML has no null (``ANOMALY_ALARMS_QUORUM=0``, or empty, does the same). A model bundle
+    saved without per-component references ranks its combined score, with a warning."""
     drift_depth: int = Field(30, ge=1)
     """DSPOT: rows in the moving mean a row's residual is taken from (the paper's ``d``).
     Thirty adds 1/30 (3 %) to the noise's variance and lags a linear drift by 15 rows, and
@@ -422,6 +427,18 @@ class AlarmConfig(_Section):
     """DSPOT: peaks (residuals over the tail's threshold) kept per column for the tail's
     refit: with about 2-4 % of rows peaks, the tail follows the last 6,000-12,000 rows, and
     250 peaks pin the mean excess down to about 6 %. 2 KB per column."""
+
+    @field_validator("level", "exit_level", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true or false")
+        return value
+
+    @field_validator("quorum")
+    @classmethod
+    def _zero_quorum_is_none(cls, quorum: int | None) -> int | None:
+        return quorum or None
 
     def updated(self, keys: Mapping[str, Any]) -> AlarmConfig:
         """A copy with ``keys`` replaced, validated together with the others."""

@@ -2,6 +2,7 @@
 decisions per stream, both semantics, and the keyed container the service and files share."""
 
 import time
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -192,7 +193,7 @@ def test_two_keys_are_independent_streams():
 
 
 def test_revoked_partitions_and_the_key_bound_drop_streams():
-    config = AlarmConfig(method="conformal", quorum=None, history=4, level=1.0, quiet_rows=0)
+    config = AlarmConfig(method="conformal", quorum=None, history=4, level=0.99, quiet_rows=0)
     stage = AlarmStage(np.zeros(4), config, max_keys=2)
     stage.update(np.ones(3), [b"a", b"b", b"c"], [0, 1, 1])
     assert len(stage) == 2  # a, seen least recently, was dropped
@@ -317,16 +318,32 @@ def test_with_a_quorum_a_key_alarms_only_when_enough_components_stand_out_togeth
     assert result.levels.tolist() == [0.2, 1.0]  # the level two components of a reach
 
 
-def test_a_quorum_needs_the_models_component_reference():
-    with pytest.raises(ConfigError, match="retrain it, or set alarms.quorum to null"):
-        AlarmStage.for_model(_detector(window=4, components=False), AlarmConfig())
-    stage = AlarmStage.for_model(_detector(4, components=False), AlarmConfig(quorum=None))
+def test_a_bundle_without_component_references_ranks_its_combined_score_with_a_warning():
+    old_bundle = _detector(window=4, components=False)
+    with pytest.warns(UserWarning, match="ranks the combined score instead; retrain it"):
+        stage = AlarmStage.for_model(old_bundle, AlarmConfig())
+    assert stage.config.quorum is None
     result = SimpleNamespace(
         scores=np.zeros(2), components={name: np.full(2, i) for i, name in enumerate(COMPONENTS)}
     )
     np.testing.assert_array_equal(stage.columns(result), [0.0, 0.0])
+    assert stage.update(result, keys=["a", "b"]).levels.shape == (2,)
     with_components = AlarmStage.for_model(_detector(window=4), AlarmConfig())
     np.testing.assert_array_equal(with_components.columns(result), [[0, 1, 2, 3], [0, 1, 2, 3]])
+    old_bundle.engine.params.reference_scores = []
+    with pytest.raises(ConfigError, match="no reference of held-out normal scores"):
+        AlarmStage.for_model(old_bundle, AlarmConfig(quorum=None))
+
+
+def test_a_quorum_of_0_in_toml_or_the_environment_ranks_the_combined_score(tmp_path):
+    path = tmp_path / "alarms.toml"
+    path.write_text("[alarms]\nquorum = 0\n")
+    assert AlarmConfig().updated_from_toml(path).quorum is None
+    assert AlarmConfig().updated({"quorum": "0"}).quorum is None  # as the environment gives it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the combined score was asked for: no warning
+        stage = AlarmStage.for_model(_detector(4, components=False), AlarmConfig(quorum=0))
+    assert stage.config.quorum is None
 
 
 def test_the_reference_must_fit_the_quorum_and_the_history():
@@ -357,6 +374,11 @@ def test_alarm_defaults():
         ({"semantics": "state", "level": 0.5}, r"exit_level \(its default.*\) is 0\.5;"),
         ({"exit_level": 0.5, "level": 0.4}, "must lie between 0 and level"),
         ({"quorum": 5}, "alarms.quorum"),
+        ({"quorum": -1}, "alarms.quorum"),
+        ({"level": True}, "alarms.level: .*must be a number, not true or false"),
+        ({"level": 1.0}, "alarms.level: .*less than 1"),
+        ({"level": 1}, "alarms.level: .*less than 1"),
+        ({"semantics": "state", "exit_level": False}, "alarms.exit_level: .*not true or false"),
         ({"method": "spot"}, "alarms.method"),
         ({"semantics": "flag"}, "alarms.semantics"),
         ({"exit_rows": 0}, "alarms.exit_rows"),
