@@ -27,8 +27,9 @@ past them drops them evenly, not the lowest first).
 
 With partitions (the service), a key's stream belongs to the partition it was last seen on
 and ``forget_partitions`` drops it at a rebalance, like the key's time-series window;
-beyond ``max_keys`` keys the key seen least recently is dropped (and starts afresh if it
-comes back).
+beyond ``max_streams`` keys (``AlarmConfig.max_streams``, where its memory per stream is
+measured) the key seen least recently is dropped (and starts afresh if it comes back), so a
+file or topic with millions of entities cannot grow the stage without bound.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ class AlarmStage:
     ``reference`` holds normal scores every new stream starts from, in time order: one per
     row (the combined score) when ``config.quorum`` is None, else one column per score
     component (rows x columns). ``config.method`` is ``conformal`` or ``dspot`` (``auto``:
-    the time-series default); ``max_keys`` bounds the streams kept (None: no bound).
+    the time-series default). At most ``config.max_streams`` streams are kept, fewer where
+    the caller bounds its keys too (``max_keys``: the service's ``serve.max_entities``,
+    which bounds its partial windows as well).
     """
 
     def __init__(self, reference, config: AlarmConfig, *, max_keys: int | None = None):
@@ -111,7 +114,9 @@ class AlarmStage:
         else:
             semantics = StateSemantics(config.level, config.resolved_exit_level, config.exit_rows)
         self._start = StreamAlarm(levels, config.quorum or 1, semantics)
-        self.max_keys = max_keys
+        self.max_streams = (
+            config.max_streams if max_keys is None else min(max_keys, config.max_streams)
+        )
         self._streams: dict[Hashable, StreamAlarm] = {}  # least recently seen first
         self._partition_of: dict[Hashable, int] = {}
         self._in_state = 0
@@ -224,7 +229,7 @@ class AlarmStage:
             result = stream.update(scores[rows])
             self._in_state += stream.in_state - was_in_state
             levels[rows], alarms[rows], quiet[rows] = result.levels, result.alarms, result.quiet
-        while self.max_keys is not None and len(self._streams) > self.max_keys:
+        while len(self._streams) > self.max_streams:
             self._drop(next(iter(self._streams)))
         return AlarmResult(levels, alarms, quiet)
 

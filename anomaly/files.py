@@ -8,7 +8,9 @@ to the output (with their row numbers and the reason) so nothing is silently los
 With an adaptive alarm stage (``[alarms]``, ``anomaly.alarms``: by default in time-series
 mode), the output also gets ``p_value`` and ``alarm``: the file is one stream, or each value
 of the entity column is, its rows in file order and its state carried from chunk to chunk,
-exactly as the service keeps one stream per Kafka key.
+exactly as the service keeps one stream per Kafka key. As there, at most
+``alarms.max_streams`` entities keep their state (the one seen least recently starts
+afresh), so a file of millions of entities is scored in bounded memory.
 """
 
 from __future__ import annotations

@@ -202,6 +202,19 @@ def test_revoked_partitions_and_the_key_bound_drop_streams():
     assert result.levels[0] == 1.0  # b starts again from the reference (zeros)
 
 
+def test_a_models_stage_keeps_at_most_max_streams_however_many_keys_come():
+    config = AlarmConfig(method="conformal", quorum=None, history=10, max_streams=3)
+    stage = AlarmStage.for_model(_detector(window=4), config)  # as anomaly score makes it
+    stage.update(np.full(1000, 5.0), keys=list(range(1000)))
+    assert len(stage) == 3
+    # 0.95 tops a fresh stream's history (0.1, 0.3, ..., 0.9) but not one that holds 5.0:
+    # key 999, seen last, kept its state; key 0 was dropped and starts afresh
+    assert stage.update([0.95, 0.95], keys=[999, 0]).levels.tolist() == [5 / 6, 1.0]
+    # the service bounds its keys too (serve.max_entities): the smaller bound holds
+    assert AlarmStage.for_model(_detector(4), config, max_keys=2).max_streams == 2
+    assert AlarmStage.for_model(_detector(4), config, max_keys=10).max_streams == 3
+
+
 def test_keys_in_the_flagged_state_are_counted_until_they_leave_it():
     config = AlarmConfig(**HAND, semantics="state")
     stage = AlarmStage([1.0, 2.0, 3.0, 4.0], config, max_keys=2)
