@@ -50,7 +50,8 @@ _alarms_config = click.option(
     "config_path",
     type=click.Path(dir_okay=False),
     help="TOML file whose [alarms] keys replace the model's (the alarm stage: method, "
-    "semantics, ...); its other sections are ignored.",
+    "semantics, ...). Only [alarms] is used, but the whole file is validated: an unknown "
+    "or moved key in any section (such as serve.alarm_level) is an error.",
 )
 
 

@@ -217,6 +217,14 @@ def test_an_adaptive_alarm_stage_from_config_adds_p_value_and_alarm_to_score_and
     )
 
 
+def test_an_alarms_config_file_is_validated_whole_as_its_help_says(model, files, tmp_path):
+    assert "the whole file is validated" in " ".join(run("score", "--help").output.split())
+    config = tmp_path / "stale.toml"
+    config.write_text('[alarms]\nmethod = "dspot"\n\n[serve]\nalarm_level = 0.99\n')
+    line = score_error(model, files / "eval.csv", tmp_path / "out.csv", "--config", str(config))
+    assert "serve.alarm_level moved to [alarms] level" in line
+
+
 def test_evaluate_json_parses_and_a_report_writes_markdown_and_plots(model, files, tmp_path):
     report = tmp_path / "report"
 
