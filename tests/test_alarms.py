@@ -3,6 +3,7 @@ decisions per stream, both semantics, and the keyed container the service and fi
 
 import time
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -368,6 +369,14 @@ def test_the_reference_must_fit_the_quorum_and_the_history():
         AlarmStage(np.zeros(10), AlarmConfig(method="conformal", quorum=None, history=8))
     with pytest.raises(ConfigError, match="'threshold' has no adaptive stage"):
         AlarmStage(np.zeros(10), AlarmConfig(method="threshold", quorum=None))
+
+
+def test_the_readmes_example_of_a_stage_on_any_scores_runs_with_the_default_config():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if x.startswith("AlarmStage(reference_scores")]
+    names = {"AlarmStage": AlarmStage, "config": Config(), "reference_scores": np.arange(100.0)}
+    stage = eval(line.split("#")[0], names)  # noqa: S307 (our own README)
+    assert stage.update(np.array([50.5, 1000.0])).alarms.tolist() == [False, True]
 
 
 # -- configuration --------------------------------------------------------------------------
