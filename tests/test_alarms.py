@@ -1,7 +1,6 @@
 """The adaptive alarm stage (anomaly/alarms.py, decision.py, spot.py): causal levels and
 decisions per stream, both semantics, and the keyed container the service and files share."""
 
-import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,15 +84,10 @@ def test_the_hand_worked_series_gives_the_same_decisions_row_by_row(semantics):
         np.testing.assert_array_equal(joined, getattr(expected, field))
 
 
-def test_state_semantics_decides_in_one_pass_however_often_the_state_changes():
-    # every row enters or leaves the state: rescanning the rest of the batch at each change
-    # took seconds for these rows; one pass takes milliseconds (a generous bound, not a
-    # benchmark: pipelines/ has those)
+def test_state_semantics_follow_a_state_that_changes_at_every_row():
+    # every row enters or leaves the state (a flapping key in a 65,536-row chunk)
     semantics = StateSemantics(level=0.9, exit_level=0.5, exit_rows=1)
-    levels = np.tile([1.0, 0.0], 32_768)
-    began = time.perf_counter()
-    flagged, quiet = semantics.decide(levels)
-    assert time.perf_counter() - began < 1.0
+    flagged, quiet = semantics.decide(np.tile([1.0, 0.0], 32_768))
     assert flagged.tolist() == [True, False] * 32_768 and not quiet.any()
 
 
