@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly import bundle
+from anomaly import bundle, store
 from anomaly.config import COMPONENTS, Config
 from anomaly.errors import BundleError, ConfigError, DataError, SchemaError
 from anomaly.preprocessing import Standardizer
@@ -190,8 +190,9 @@ class Detector:
 
 
 def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> Detector:
-    """Load a model bundle written by ``Detector.save``; any problem is a ``BundleError``."""
-    path = Path(path)
+    """Load a model bundle written by ``Detector.save``, or the latest version of a model
+    store (``anomaly.store``); any problem is a ``BundleError``."""
+    path = store.resolve(path)
     contents = bundle.load_bundle(path)
     parts = contents.parts
     try:

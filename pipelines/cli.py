@@ -135,7 +135,10 @@ def train(
 
 @cli.command()
 @click.option(
-    "--model", required=True, type=click.Path(file_okay=False), help="Model bundle directory."
+    "--model",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model bundle, or a model store (its latest version).",
 )
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="File to score.")
 @click.option(
@@ -172,7 +175,10 @@ def score(model, data, out, progress, on_invalid, config_path):
 
 @cli.command()
 @click.option(
-    "--model", required=True, type=click.Path(file_okay=False), help="Model bundle directory."
+    "--model",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model bundle, or a model store (its latest version).",
 )
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled file.")
 @click.option("--label-column", required=True, help="Column with 1 for anomalies, 0 for normal.")
@@ -213,6 +219,23 @@ def evaluate(model, data, label_column, report_dir, as_json, on_invalid, config_
 
 
 @cli.command()
+@click.option(
+    "--model", required=True, type=click.Path(file_okay=False), help="Model bundle to publish."
+)
+@click.option(
+    "--store",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model store (made if missing).",
+)
+def publish(model, store):
+    """Add a bundle to a model store as its next version, atomically; print the number."""
+    from anomaly.store import publish as publish_bundle
+
+    click.echo(publish_bundle(model, store))
+
+
+@cli.command()
 @click.argument("model", type=click.Path(file_okay=False))
 def info(model):
     """Show what a model bundle holds."""
@@ -222,7 +245,11 @@ def info(model):
 
 
 @cli.command()
-@click.option("--model", type=click.Path(file_okay=False), help="Model bundle directory.")
+@click.option(
+    "--model",
+    type=click.Path(file_okay=False),
+    help="Model bundle, or a model store (its latest version).",
+)
 @click.option("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT].")
 @click.option("--input-topic", help="Topic of the records to score.")
 @click.option("--output-topic", help="Topic to write one result per record to.")
