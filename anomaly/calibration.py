@@ -9,14 +9,17 @@ of their tail (``anomaly.tail``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 from keras import ops
 
 from anomaly.config import COMPONENTS
-from anomaly.errors import TrainingError
+from anomaly.errors import DataError, SchemaError, TrainingError
 from anomaly.scoring import (
     REFERENCE_QUANTILES,
     ScoringEngine,
@@ -26,6 +29,10 @@ from anomaly.scoring import (
     weighted_score,
 )
 from anomaly.tail import Tail
+from anomaly.windows import records_of
+
+if TYPE_CHECKING:
+    from anomaly.detector import Detector
 
 
 def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
@@ -54,6 +61,44 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
             name: reference_quantiles(ops.convert_to_numpy(standard[name])) for name in COMPONENTS
         },
     )
+
+
+def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector:
+    """The same networks calibrated on fresh normal ``rows`` (in time order in time-series
+    mode; ``entities`` keeps series apart): component statistics, threshold, tail and
+    reference values recomputed on all of them, since the networks never trained on them.
+    The result is a new model whose metadata names its parent and the data's fingerprint."""
+    from anomaly.detector import Detector
+    from anomaly.training import MIN_RECORDS
+
+    rows = np.asarray(rows, np.float32)
+    if rows.ndim != 2 or rows.shape[1] != len(detector.feature_names):
+        raise SchemaError(
+            f"calibration rows must be (records x {len(detector.feature_names)} features), "
+            f"got shape {rows.shape}"
+        )
+    records = detector.check_records(records_of(rows, detector.schema.window, entities))
+    if len(records) < MIN_RECORDS:
+        raise DataError(
+            f"{len(records)} normal records to calibrate on; at least {MIN_RECORDS} are needed"
+        )
+    params = calibrate(detector.engine, records)
+    health = {**detector.health, "warnings": list(detector.health.get("warnings", []))}
+    too_few = resolution_warning(len(records), params.target_fpr)
+    if too_few:
+        health["warnings"].append(too_few)
+    metadata = {k: v for k, v in detector.metadata.items() if k != "model_version"}
+    metadata["lineage"] = [
+        *metadata.get("lineage", []),
+        {
+            "parent_version": detector.version,
+            "recalibrated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "calibration_records": int(len(records)),
+            "calibration_data_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),
+        },
+    ]
+    engine = detector.engine.with_params(params)
+    return Detector(engine, detector.schema, detector.config, metadata, health)
 
 
 def resolution_warning(held_out_rows: int, target_fpr: float) -> str | None:

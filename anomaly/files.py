@@ -148,6 +148,37 @@ def train_file(
     return detector, summary
 
 
+def calibrate_file(
+    detector: Detector, data: PathLike, out: PathLike, label_column: str | None = None
+) -> tuple[Detector, RunSummary]:
+    """Recalibrate ``detector`` on a file of fresh normal rows (label 0 with
+    ``label_column``; rows with NaN or infinite values are refused) and save the new model to
+    ``out`` (``anomaly.calibration.recalibrate``)."""
+    from anomaly.calibration import recalibrate
+
+    started = time.perf_counter()
+    reader = _reader_for(detector, data, label_column)
+    table = io.join_chunks(reader)
+    rejects = _Rejects(rejects_path(out), detector.feature_names)
+    usable = _valid_rows(table, data, detector.feature_names, "error", rejects)
+    if table.labels is not None:
+        usable &= table.labels == 0
+    entities = table.entities[usable] if table.entities is not None else None
+    calibrated = recalibrate(detector, table.features[usable], entities)
+    calibrated.metadata["lineage"][-1]["calibration_file"] = str(data)
+    calibrated.save(out)
+    summary = RunSummary(
+        rows_read=len(table.features),
+        rows_scored=int(usable.sum()),
+        anomalies=0,
+        rows_rejected=0,
+        output=Path(out),
+        rejects=None,
+        seconds=time.perf_counter() - started,
+    )
+    return calibrated, summary
+
+
 def iter_scored(
     detector: Detector,
     data: PathLike,

@@ -28,7 +28,7 @@ from anomaly.networks import build_networks
 from anomaly.preprocessing import Standardizer
 from anomaly.prototypes import kmeans_prototypes
 from anomaly.scoring import ScoringEngine, ScoringParams
-from anomaly.windows import WindowBuffer
+from anomaly.windows import records_of
 
 #: Fewer normal records than this cannot give both a training and a calibration split.
 MIN_RECORDS = 32
@@ -66,7 +66,7 @@ def train(
 
     started = time.perf_counter()
     keras.utils.set_random_seed(config.training.seed)
-    records = _records(rows, config, entities)
+    records = records_of(rows, config.model.window, entities)
     if len(records) < MIN_RECORDS:
         raise TrainingError(
             f"{len(records)} normal records; at least {MIN_RECORDS} are needed to train"
@@ -105,15 +105,6 @@ def train(
     schema = Schema(feature_names, config.model.window, config.data.entity_column)
     meta = _metadata(rows, len(fit_part), len(held_out), history, time.perf_counter() - started)
     return Detector(engine, schema, config, meta, report)
-
-
-def _records(rows, config, entities):
-    window = config.model.window
-    if window is None:
-        return rows
-    buffer = WindowBuffer(window, rows.shape[1])
-    windows, _ = buffer.push(rows, entities)
-    return windows
 
 
 def _split(records, config):

@@ -21,6 +21,15 @@ def sliding_windows(rows: np.ndarray, length: int) -> np.ndarray:
     return windows.transpose(0, 2, 1)
 
 
+def records_of(rows: np.ndarray, window: int | None, entities=None) -> np.ndarray:
+    """What a model of ``window`` (None: independent rows) takes from rows in time order:
+    the rows themselves, or every full window, each entity's series apart."""
+    if window is None:
+        return rows
+    windows, _ = WindowBuffer(window, rows.shape[1]).push(rows, entities)
+    return windows
+
+
 class WindowBuffer:
     """Turns rows arriving in order into complete windows, per entity, across calls."""
 

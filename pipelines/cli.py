@@ -220,6 +220,36 @@ def evaluate(model, data, label_column, report_dir, as_json, on_invalid, config_
 
 @cli.command()
 @click.option(
+    "--model",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model bundle, or a model store (its latest version).",
+)
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Fresh normal rows.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="New model bundle to write."
+)
+@click.option("--label-column", help="Use only rows whose label is 0/false.")
+def calibrate(model, data, out, label_column):
+    """Recalibrate a model on fresh normal data (threshold, component statistics, references)
+    without retraining its networks; save it as a new model."""
+    import anomaly
+    from anomaly.files import calibrate_file
+
+    parent = anomaly.load(model)
+    detector, summary = calibrate_file(parent, data, out, label_column)
+    click.echo(
+        f"recalibrated on {summary.rows_scored} of {summary.rows_read} rows in "
+        f"{summary.seconds:.1f} s; threshold {detector.threshold:.4g} (was "
+        f"{parent.threshold:.4g}, target FPR {detector.engine.params.target_fpr:.2%})"
+    )
+    for warning in detector.health["warnings"][len(parent.health["warnings"]) :]:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"model {detector.version} (parent {parent.version}) -> {summary.output}")
+
+
+@cli.command()
+@click.option(
     "--model", required=True, type=click.Path(file_okay=False), help="Model bundle to publish."
 )
 @click.option(
