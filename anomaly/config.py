@@ -532,19 +532,17 @@ class Config(_Section):
 
     @classmethod
     def from_bundle(cls, values: dict[str, Any]) -> Config:
-        """The configuration a model bundle holds (``for_bundle``). Bundles saved before the
-        ``[alarms]`` section hold ``serve.alarm_*`` keys, which the service never read from a
-        bundle (it reads its own file and environment): they are dropped."""
-        serve = values.get("serve")
-        if isinstance(serve, dict):
-            kept = {key: value for key, value in serve.items() if key not in MOVED_TO_ALARMS}
-            values = {**values, "serve": kept}
-        return cls.from_dict(values)
+        """The configuration a model bundle holds (``for_bundle``). A bundle's ``[serve]``
+        settings are dropped: bundles saved before this release hold the serve settings of
+        the machine that trained them (``serve.alarm_*`` keys among them), which the service
+        never read from a bundle; it reads its own file and environment."""
+        return cls.from_dict({key: value for key, value in values.items() if key != "serve"})
 
     def for_bundle(self) -> dict[str, Any]:
-        """The configuration as saved in a model bundle: everything but ``serve.kafka``, the
-        client options of one deployment (credentials among them), not of the model."""
-        return self.model_dump(exclude={"serve": {"kafka"}})
+        """The configuration as saved in a model bundle: what the model is (data, model,
+        training, scoring, alarms), nothing of where it is served (``[serve]``, the Kafka
+        client options and their credentials among them)."""
+        return self.model_dump(exclude={"serve"})
 
     def updated(self, **sections: dict[str, Any]) -> Config:
         """A copy with some keys of some sections replaced, validated like a file.

@@ -414,6 +414,6 @@ def test_the_old_serve_alarm_keys_say_where_they_moved():
 
 def test_a_bundle_saved_with_the_old_serve_alarm_keys_still_loads_its_configuration():
     saved = Config().for_bundle()
-    saved["serve"].update(alarm_history=None, alarm_level=0.9965, alarm_quorum=2)
+    saved["serve"] = {"alarm_history": None, "alarm_level": 0.9965, "alarm_quorum": 2}
     del saved["alarms"]  # bundles before the section
     assert Config.from_bundle(saved).alarms == AlarmConfig()
