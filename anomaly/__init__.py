@@ -28,6 +28,7 @@ _LAZY = {
     "Detector": "anomaly.detector",
     "ScoreResult": "anomaly.detector",
     "load": "anomaly.detector",
+    "retrain": "anomaly.training",
     "train": "anomaly.training",
 }
 
@@ -51,5 +52,6 @@ __all__ = [
     "ScoreResult",
     "TrainingError",
     "load",
+    "retrain",
     "train",
 ]

@@ -151,22 +151,49 @@ def train_file(
 def calibrate_file(
     detector: Detector, data: PathLike, out: PathLike, label_column: str | None = None
 ) -> tuple[Detector, RunSummary]:
-    """Recalibrate ``detector`` on a file of fresh normal rows (label 0 with
-    ``label_column``; rows with NaN or infinite values are refused) and save the new model to
+    """Recalibrate ``detector`` on a file of fresh normal rows and save the new model to
     ``out`` (``anomaly.calibration.recalibrate``)."""
     from anomaly.calibration import recalibrate
 
+    def recalibrated(rows, entities):
+        child = recalibrate(detector, rows, entities)
+        child.metadata["lineage"][-1]["calibration_file"] = str(data)
+        return child
+
+    return _from_normal_file(detector, data, out, label_column, recalibrated)
+
+
+def retrain_file(
+    detector: Detector,
+    data: PathLike,
+    out: PathLike,
+    label_column: str | None = None,
+    steps: int | None = None,
+) -> tuple[Detector, RunSummary]:
+    """Retrain ``detector`` from its weights on a file of fresh normal rows and save the new
+    model to ``out`` (``anomaly.training.retrain``)."""
+    from anomaly.training import retrain
+
+    def retrained(rows, entities):
+        child = retrain(detector, rows, steps=steps, entities=entities)
+        child.metadata["training_file"] = str(data)
+        return child
+
+    return _from_normal_file(detector, data, out, label_column, retrained)
+
+
+def _from_normal_file(detector, data, out, label_column, make) -> tuple[Detector, RunSummary]:
+    """A new model made by ``make(rows, entities)`` from a file's normal rows (label 0 with
+    ``label_column``; a row with NaN or infinite values stops the run), saved to ``out``."""
     started = time.perf_counter()
-    reader = _reader_for(detector, data, label_column)
-    table = io.join_chunks(reader)
+    table = io.join_chunks(_reader_for(detector, data, label_column))
     rejects = _Rejects(rejects_path(out), detector.feature_names)
     usable = _valid_rows(table, data, detector.feature_names, "error", rejects)
     if table.labels is not None:
         usable &= table.labels == 0
     entities = table.entities[usable] if table.entities is not None else None
-    calibrated = recalibrate(detector, table.features[usable], entities)
-    calibrated.metadata["lineage"][-1]["calibration_file"] = str(data)
-    calibrated.save(out)
+    child = make(table.features[usable], entities)
+    child.save(out)
     summary = RunSummary(
         rows_read=len(table.features),
         rows_scored=int(usable.sum()),
@@ -176,7 +203,7 @@ def calibrate_file(
         rejects=None,
         seconds=time.perf_counter() - started,
     )
-    return calibrated, summary
+    return child, summary
 
 
 def iter_scored(

@@ -42,12 +42,14 @@ def train(
     feature_names: list[str] | None = None,
     entities: np.ndarray | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    parent: Detector | None = None,
 ) -> Detector:
     """Train on normal rows, shape (n, d), and return a calibrated detector.
 
     In time-series mode (``config.model.window``) rows must be in time order; ``entities``
     (one value per row) keeps the series of different entities apart. ``callbacks`` are
-    passed to ``keras.Model.fit`` (checkpoints, TensorBoard, ...).
+    passed to ``keras.Model.fit`` (checkpoints, TensorBoard, ...). With ``parent`` (see
+    ``retrain``), training starts from the parent's weights and keeps its standardisation.
     """
     config = config or Config()
     rows = np.asarray(rows, dtype=np.float32)
@@ -72,10 +74,15 @@ def train(
             f"{len(records)} normal records; at least {MIN_RECORDS} are needed to train"
         )
     fit_part, held_out = _split(records, config)
-    standardizer = Standardizer.fit(fit_part, config.model.clip_value)
+    standardizer = (
+        parent.engine.standardizer
+        if parent
+        else Standardizer.fit(fit_part, config.model.clip_value)
+    )
     x_fit, x_held = standardizer.transform(fit_part), standardizer.transform(held_out)
 
-    model, history = _fit_gan(x_fit, x_held, config, callbacks or [])
+    initial = parent.engine.networks if parent else None
+    model, history = _fit_gan(x_fit, x_held, config, callbacks or [], initial)
     encoder, generator, critic = model.encoder, model.generator, model.critic
     generated = keras.ops.convert_to_numpy(
         generator(keras.random.normal((512, model.latent_dim), seed=0))
@@ -107,6 +114,36 @@ def train(
     return Detector(engine, schema, config, meta, report)
 
 
+def retrain(
+    parent: Detector,
+    rows: np.ndarray,
+    *,
+    steps: int | None = None,
+    entities: np.ndarray | None = None,
+) -> Detector:
+    """A new model trained from ``parent``'s weights on fresh normal ``rows`` (the same
+    features, in the same order), for ``steps`` generator updates (default: the parent's
+    ``training.steps``), then calibrated on its held-out share. It keeps the parent's
+    configuration and standardisation, so the networks see inputs scaled as before; its
+    metadata names the parent, and its health report holds the parent's beside its own."""
+    config = parent.config.updated(training={"steps": steps})
+    started_from = {
+        "parent_version": parent.version,
+        "retrained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "steps": config.training.steps,
+    }
+    child = train(
+        rows, config, feature_names=parent.feature_names, entities=entities, parent=parent
+    )
+    child.metadata["lineage"] = [*parent.metadata.get("lineage", []), started_from]
+    child.health["parent"] = {
+        "model_version": parent.version,
+        "final_metrics": parent.metadata.get("final_metrics", {}),
+        "diversity_ratio": parent.health.get("diversity_ratio"),
+    }
+    return child
+
+
 def _split(records, config):
     """Hold out normal records for calibration: a random share of rows, or the latest
     windows in time-series mode (calibrating on the future is the honest test)."""
@@ -123,7 +160,7 @@ def _latent_dim(config: Config, record_shape: tuple[int, ...]) -> int:
     return config.model.latent_dim or min(32, max(2, math.prod(record_shape)))
 
 
-def _fit_gan(x_fit, x_held, config: Config, callbacks):
+def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None):
     import tensorflow as tf  # training is TensorFlow-only; scoring is backend-agnostic
 
     t, m = config.training, config.model
@@ -134,6 +171,9 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks):
         m.conv_filters,
         m.formulation,
     )
+    if initial is not None:  # warm start: the same architecture, the parent's weights
+        for network, name in ((encoder, "encoder"), (generator, "generator"), (critic, "critic")):
+            network.set_weights(initial[name].get_weights())
     model = AnomalyGAN(
         encoder,
         generator,

@@ -250,6 +250,40 @@ def calibrate(model, data, out, label_column):
 
 @cli.command()
 @click.option(
+    "--model",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model bundle, or a model store (its latest version).",
+)
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Fresh normal rows.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="New model bundle to write."
+)
+@click.option("--steps", type=int, help="Generator updates (default: the model's training.steps).")
+@click.option("--label-column", help="Use only rows whose label is 0/false.")
+def retrain(model, data, out, steps, label_column):
+    """Retrain a model from its weights on fresh normal data, then calibrate it; save it as a
+    new model (same features, configuration and standardisation)."""
+    import anomaly
+    from anomaly.files import retrain_file
+
+    parent = anomaly.load(model)
+    detector, summary = retrain_file(parent, data, out, label_column, steps)
+    click.echo(
+        f"retrained on {summary.rows_scored} of {summary.rows_read} rows in "
+        f"{summary.seconds:.1f} s; threshold {detector.threshold:.4g} (was {parent.threshold:.4g})"
+    )
+    for name, value in detector.metadata.get("final_metrics", {}).items():
+        before = parent.metadata.get("final_metrics", {}).get(name)
+        was = f" (parent {before:.4g})" if isinstance(before, float) else ""
+        click.echo(f"  {name} {value:.4g}{was}")
+    for warning in detector.health["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"model {detector.version} (parent {parent.version}) -> {summary.output}")
+
+
+@cli.command()
+@click.option(
     "--model", required=True, type=click.Path(file_okay=False), help="Model bundle to publish."
 )
 @click.option(

@@ -64,3 +64,70 @@ def test_too_few_or_wrongly_shaped_rows_are_refused(tiny_bundle):
         recalibrate(detector, np.zeros((10, 8)))
     with pytest.raises(anomaly.SchemaError, match="8 features"):
         recalibrate(detector, np.zeros((100, 5)))
+
+
+@pytest.mark.slow
+def test_retraining_warm_starts_on_shifted_normal_data_and_keeps_the_rate(tmp_path):
+    """Retrained from its weights for 60 steps on 5,000 rows of the moved normal, the model
+    flags 0.5-2 % of new normal rows (its parent: far more), keeps its features,
+    standardisation and configuration, and names its parent."""
+    rng = np.random.default_rng(2)
+    config = anomaly.Config().updated(training={"steps": 100, "seed": 0})
+    parent = anomaly.train(normal(rng, 10_000), config, feature_names=["a", "b", "c", "d"])
+    new_normal = normal(rng, 100_000, shift=1.5)
+    child = anomaly.retrain(parent, normal(rng, 5_000, shift=1.5), steps=60)
+    assert np.mean(parent.score(new_normal).is_anomaly) > 0.03
+    assert 0.005 <= np.mean(child.score(new_normal).is_anomaly) <= 0.02
+    assert child.feature_names == parent.feature_names
+    assert child.engine.standardizer is parent.engine.standardizer
+    assert child.config.training.steps == 60 and child.config.model == parent.config.model
+    assert child.metadata["lineage"][-1]["parent_version"] == parent.version
+    assert child.health["parent"]["model_version"] == parent.version
+    # a warm start, not a fresh fit: the encoder moved from the parent's weights, not far off
+    moved = [
+        np.abs(a - b).mean()
+        for a, b in zip(
+            child.engine.networks["encoder"].get_weights(),
+            parent.engine.networks["encoder"].get_weights(),
+            strict=True,
+        )
+    ]
+    assert 0 < max(moved)
+    fresh = anomaly.train(normal(rng, 5_000, shift=1.5), config.updated(training={"steps": 60}))
+    apart = [
+        np.abs(a - b).mean()
+        for a, b in zip(
+            fresh.engine.networks["encoder"].get_weights(),
+            parent.engine.networks["encoder"].get_weights(),
+            strict=True,
+        )
+    ]
+    assert np.mean(moved) < np.mean(apart)
+
+
+def test_the_cli_retrains_and_reports_against_the_parent(tiny_bundle, tiny_bundle_mixing, tmp_path):
+    rng = np.random.default_rng(3)
+    data = tmp_path / "normal.csv"
+    rows = rng.normal(size=(800, 3)) @ tiny_bundle_mixing
+    pd.DataFrame(rows, columns=[f"f{i}" for i in range(8)]).to_csv(data, index=False)
+    out = tmp_path / "retrained"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "retrain",
+            "--model",
+            str(tiny_bundle),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "20",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    parent = anomaly.load(tiny_bundle)
+    assert f"(parent {parent.version})" in result.output and "(parent " in result.output
+    child = anomaly.load(out)
+    assert child.metadata["lineage"][-1]["parent_version"] == parent.version
+    assert child.metadata["training_file"] == str(data)
