@@ -68,6 +68,34 @@ _on_invalid = click.option(
     "OUT.rejects.csv and go on.",
 )
 
+_model = click.option(
+    "--model",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model bundle, or a model store (its latest version).",
+)
+
+
+def _from_fresh_normal_rows(command):
+    """The options of the commands that make a new model from a file of fresh normal rows."""
+    for option in reversed(
+        [
+            _model,
+            click.option(
+                "--data", required=True, type=click.Path(dir_okay=False), help="Fresh normal rows."
+            ),
+            click.option(
+                "--out",
+                required=True,
+                type=click.Path(file_okay=False),
+                help="New model bundle to write.",
+            ),
+            click.option("--label-column", help="Use only rows whose label is 0/false."),
+        ]
+    ):
+        command = option(command)
+    return command
+
 
 @cli.command()
 @click.option(
@@ -134,12 +162,7 @@ def train(
 
 
 @cli.command()
-@click.option(
-    "--model",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Model bundle, or a model store (its latest version).",
-)
+@_model
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="File to score.")
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False), help="Output .csv, .parquet or .jsonl."
@@ -174,12 +197,7 @@ def score(model, data, out, progress, on_invalid, config_path):
 
 
 @cli.command()
-@click.option(
-    "--model",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Model bundle, or a model store (its latest version).",
-)
+@_model
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled file.")
 @click.option("--label-column", required=True, help="Column with 1 for anomalies, 0 for normal.")
 @click.option(
@@ -219,17 +237,7 @@ def evaluate(model, data, label_column, report_dir, as_json, on_invalid, config_
 
 
 @cli.command()
-@click.option(
-    "--model",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Model bundle, or a model store (its latest version).",
-)
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Fresh normal rows.")
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="New model bundle to write."
-)
-@click.option("--label-column", help="Use only rows whose label is 0/false.")
+@_from_fresh_normal_rows
 def calibrate(model, data, out, label_column):
     """Recalibrate a model on fresh normal data (threshold, component statistics, references)
     without retraining its networks; save it as a new model."""
@@ -249,19 +257,9 @@ def calibrate(model, data, out, label_column):
 
 
 @cli.command()
-@click.option(
-    "--model",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Model bundle, or a model store (its latest version).",
-)
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Fresh normal rows.")
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="New model bundle to write."
-)
+@_from_fresh_normal_rows
 @click.option("--steps", type=int, help="Generator updates (default: the model's training.steps).")
-@click.option("--label-column", help="Use only rows whose label is 0/false.")
-def retrain(model, data, out, steps, label_column):
+def retrain(model, data, out, label_column, steps):
     """Retrain a model from its weights on fresh normal data, then calibrate it; save it as a
     new model (same features, configuration and standardisation)."""
     import anomaly

@@ -84,25 +84,20 @@ def test_retraining_warm_starts_on_shifted_normal_data_and_keeps_the_rate(tmp_pa
     assert child.metadata["lineage"][-1]["parent_version"] == parent.version
     assert child.health["parent"]["model_version"] == parent.version
     # a warm start, not a fresh fit: the encoder moved from the parent's weights, not far off
-    moved = [
-        np.abs(a - b).mean()
-        for a, b in zip(
-            child.engine.networks["encoder"].get_weights(),
-            parent.engine.networks["encoder"].get_weights(),
-            strict=True,
-        )
-    ]
-    assert 0 < max(moved)
+    moved = encoder_distance(child, parent)
+    assert moved > 0
     fresh = anomaly.train(normal(rng, 5_000, shift=1.5), config.updated(training={"steps": 60}))
-    apart = [
-        np.abs(a - b).mean()
-        for a, b in zip(
-            fresh.engine.networks["encoder"].get_weights(),
-            parent.engine.networks["encoder"].get_weights(),
-            strict=True,
-        )
-    ]
-    assert np.mean(moved) < np.mean(apart)
+    assert moved < encoder_distance(fresh, parent)
+
+
+def encoder_distance(a, b) -> float:
+    """Mean absolute difference of two detectors' encoder weights."""
+    pairs = zip(
+        a.engine.networks["encoder"].get_weights(),
+        b.engine.networks["encoder"].get_weights(),
+        strict=True,
+    )
+    return float(np.mean([np.abs(x - y).mean() for x, y in pairs]))
 
 
 def test_the_cli_retrains_and_reports_against_the_parent(tiny_bundle, tiny_bundle_mixing, tmp_path):
