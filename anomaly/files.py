@@ -111,7 +111,6 @@ def train_file(
     """Train on a file's normal rows (label 0 when a label column is configured), save the
     bundle to ``out`` and return the detector and a summary."""
     config = config or Config()
-    started = time.perf_counter()
     d = config.data
     reader = io.TableReader(
         data,
@@ -121,17 +120,68 @@ def train_file(
         entity_column=d.entity_column,
         chunk_rows=d.chunk_rows,
     )
+
+    def trained(rows, entities, rows_rejected):
+        detector = train(rows, config, feature_names=reader.feature_names, entities=entities)
+        detector.metadata["training_file"] = str(data)
+        detector.metadata["rows_rejected"] = rows_rejected
+        return detector
+
+    return _model_from_normal_rows(reader, data, out, d.on_invalid, trained)
+
+
+def calibrate_file(
+    detector: Detector, data: PathLike, out: PathLike, label_column: str | None = None
+) -> tuple[Detector, RunSummary]:
+    """Recalibrate ``detector`` on a file of fresh normal rows and save the new model to
+    ``out`` (``anomaly.calibration.recalibrate``)."""
+    from anomaly.calibration import recalibrate
+
+    def recalibrated(rows, entities, _):
+        child = recalibrate(detector, rows, entities)
+        child.metadata["lineage"][-1]["calibration_file"] = str(data)
+        return child
+
+    reader = _reader_for(detector, data, label_column)
+    return _model_from_normal_rows(reader, data, out, "error", recalibrated)
+
+
+def retrain_file(
+    detector: Detector,
+    data: PathLike,
+    out: PathLike,
+    label_column: str | None = None,
+    steps: int | None = None,
+) -> tuple[Detector, RunSummary]:
+    """Retrain ``detector`` from its weights on a file of fresh normal rows and save the new
+    model to ``out`` (``anomaly.training.retrain``)."""
+    from anomaly.training import retrain
+
+    def retrained(rows, entities, _):
+        child = retrain(detector, rows, steps=steps, entities=entities)
+        child.metadata["training_file"] = str(data)
+        return child
+
+    reader = _reader_for(detector, data, label_column)
+    return _model_from_normal_rows(reader, data, out, "error", retrained)
+
+
+def _model_from_normal_rows(
+    reader: io.TableReader, data: PathLike, out: PathLike, on_invalid: str, make
+) -> tuple[Detector, RunSummary]:
+    """A model made by ``make(rows, entities, rows_rejected)`` from the normal rows of
+    ``reader`` (label 0 when it reads labels; invalid rows stop the run or, with
+    ``on_invalid="skip"``, go to ``OUT.rejects.csv``), saved to ``out``."""
+    started = time.perf_counter()
     names = reader.feature_names
     table = io.join_chunks(reader)
     rejects = _Rejects(rejects_path(out), names)
     try:
-        usable = _valid_rows(table, data, names, d.on_invalid, rejects)
+        usable = _valid_rows(table, data, names, on_invalid, rejects)
         if table.labels is not None:
             usable &= table.labels == 0
         entities = table.entities[usable] if table.entities is not None else None
-        detector = train(table.features[usable], config, feature_names=names, entities=entities)
-        detector.metadata["training_file"] = str(data)
-        detector.metadata["rows_rejected"] = rejects.count
+        detector = make(table.features[usable], entities, rejects.count)
         detector.save(out)
     except BaseException:
         rejects.discard()
@@ -146,64 +196,6 @@ def train_file(
         seconds=time.perf_counter() - started,
     )
     return detector, summary
-
-
-def calibrate_file(
-    detector: Detector, data: PathLike, out: PathLike, label_column: str | None = None
-) -> tuple[Detector, RunSummary]:
-    """Recalibrate ``detector`` on a file of fresh normal rows and save the new model to
-    ``out`` (``anomaly.calibration.recalibrate``)."""
-    from anomaly.calibration import recalibrate
-
-    def recalibrated(rows, entities):
-        child = recalibrate(detector, rows, entities)
-        child.metadata["lineage"][-1]["calibration_file"] = str(data)
-        return child
-
-    return _from_normal_file(detector, data, out, label_column, recalibrated)
-
-
-def retrain_file(
-    detector: Detector,
-    data: PathLike,
-    out: PathLike,
-    label_column: str | None = None,
-    steps: int | None = None,
-) -> tuple[Detector, RunSummary]:
-    """Retrain ``detector`` from its weights on a file of fresh normal rows and save the new
-    model to ``out`` (``anomaly.training.retrain``)."""
-    from anomaly.training import retrain
-
-    def retrained(rows, entities):
-        child = retrain(detector, rows, steps=steps, entities=entities)
-        child.metadata["training_file"] = str(data)
-        return child
-
-    return _from_normal_file(detector, data, out, label_column, retrained)
-
-
-def _from_normal_file(detector, data, out, label_column, make) -> tuple[Detector, RunSummary]:
-    """A new model made by ``make(rows, entities)`` from a file's normal rows (label 0 with
-    ``label_column``; a row with NaN or infinite values stops the run), saved to ``out``."""
-    started = time.perf_counter()
-    table = io.join_chunks(_reader_for(detector, data, label_column))
-    rejects = _Rejects(rejects_path(out), detector.feature_names)
-    usable = _valid_rows(table, data, detector.feature_names, "error", rejects)
-    if table.labels is not None:
-        usable &= table.labels == 0
-    entities = table.entities[usable] if table.entities is not None else None
-    child = make(table.features[usable], entities)
-    child.save(out)
-    summary = RunSummary(
-        rows_read=len(table.features),
-        rows_scored=int(usable.sum()),
-        anomalies=0,
-        rows_rejected=0,
-        output=Path(out),
-        rejects=None,
-        seconds=time.perf_counter() - started,
-    )
-    return child, summary
 
 
 def iter_scored(
