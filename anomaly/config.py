@@ -269,7 +269,13 @@ class ServeConfig(_Section):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     model: str | None = None
-    """Model bundle directory to serve (``anomaly serve --model``)."""
+    """Model bundle directory to serve (``anomaly serve --model``), or a model store
+    (``anomaly.store``: numbered versions, followed while serving, see ``model_poll_s``)."""
+    model_poll_s: float = Field(30.0, ge=0)
+    """Serving a store: seconds between looks for a new version to load and swap in between
+    batches (``anomaly.stream.reload``); 0 serves the version found at start until exit."""
+    model_version: int | None = Field(None, ge=1)
+    """Serving a store: the version to serve (a pin, for a rollback) instead of the latest."""
     bootstrap_servers: str = "127.0.0.1:9092"
     input_topic: str = "records"
     output_topic: str = "scores"

@@ -152,14 +152,6 @@ class ServiceMetrics:
             "semantics or without the adaptive stage.",
             registry=registry,
         )
-        ratios = SCORE_BUCKET_RATIOS if threshold > 0 else (0.0,)
-        self.record_score = BatchHistogram(
-            "anomaly_record_score",
-            "Anomaly score of each scored record; buckets are multiples of the model's threshold "
-            f"({threshold:.6g}), so le equal to it counts the records under the threshold.",
-            [0.0, *(r * threshold for r in ratios)] if threshold > 0 else [0.0, 1.0, 10.0, 100.0],
-            registry,
-        )
         self.batch_size = BatchHistogram(
             "anomaly_batch_size_records",
             "Records per micro-batch taken from the input topic.",
@@ -193,17 +185,28 @@ class ServiceMetrics:
             registry=registry,
         )
         self.model_info = Info("anomaly_model", "The model being served.", registry=registry)
-        self.model_info.info({"model_version": model_version, "formulation": formulation})
         self.threshold = Gauge(
             "anomaly_model_threshold", "Score above which a record is flagged.", registry=registry
         )
-        self.threshold.set(threshold)
         self.target_fpr = Gauge(
             "anomaly_model_target_false_positive_rate",
             "False-positive rate on normal data that the threshold was calibrated for.",
             registry=registry,
         )
-        self.target_fpr.set(target_fpr)
+        self.model_swaps = Counter(
+            "anomaly_model_swaps_total",
+            "Times a new version from the model store took over scoring (serve.model_poll_s).",
+            registry=registry,
+        )
+        self.model_load_failures = Counter(
+            "anomaly_model_load_failures_total",
+            "Versions of the model store refused: not loadable (checksum, bundle version, "
+            "damaged file) or not fit for the stream (features, window, no threshold); the "
+            "version in service goes on scoring.",
+            registry=registry,
+        )
+        self.record_score: BatchHistogram | None = None
+        self.serve_model(model_version, formulation, threshold, target_fpr)
         self.backpressure_pauses = Counter(
             "anomaly_backpressure_pauses_total",
             "Times the input partitions were paused: too many results unacknowledged, or a "
@@ -230,6 +233,25 @@ class ServiceMetrics:
             "Times the consumer subscribed afresh because a rebalance left it without partitions "
             "for longer than the session timeout.",
             registry=registry,
+        )
+
+    def serve_model(
+        self, model_version: str, formulation: str, threshold: float, target_fpr: float
+    ) -> None:
+        """Describe the model now serving. The score histogram starts afresh, its buckets
+        multiples of this model's threshold (``rate()`` reads the restart as a reset)."""
+        self.model_info.info({"model_version": model_version, "formulation": formulation})
+        self.threshold.set(threshold)
+        self.target_fpr.set(target_fpr)
+        if self.record_score is not None:
+            self.registry.unregister(self.record_score)
+        ratios = SCORE_BUCKET_RATIOS if threshold > 0 else (0.0,)
+        self.record_score = BatchHistogram(
+            "anomaly_record_score",
+            "Anomaly score of each scored record; buckets are multiples of the threshold of the "
+            f"model serving ({threshold:.6g}), so le equal to it counts the records under it.",
+            [0.0, *(r * threshold for r in ratios)] if threshold > 0 else [0.0, 1.0, 10.0, 100.0],
+            self.registry,
         )
 
 

@@ -1,9 +1,10 @@
 """The service as a process: settings, logging, signals and a bounded exit.
 
 ``run_service`` is what ``anomaly serve`` calls: it resolves the settings (command line >
-``ANOMALY_SERVE_*`` environment > TOML ``[serve]`` > defaults), loads the model, resolves
-the alarm stage's settings (``ANOMALY_ALARMS_*`` > TOML ``[alarms]`` > the model's) and
-runs ``serve``. ``serve`` runs a ``ScoringService`` in the foreground until SIGTERM or SIGINT:
+``ANOMALY_SERVE_*`` environment > TOML ``[serve]`` > defaults), loads the model (a bundle,
+or a store's latest or pinned version, ``reload``), resolves the alarm stage's settings
+(``ANOMALY_ALARMS_*`` > TOML ``[alarms]`` > the model's, for each version served) and runs
+``serve``. ``serve`` runs a ``ScoringService`` in the foreground until SIGTERM or SIGINT:
 the batch in hand is finished, results flushed, offsets committed and the clients closed;
 if that takes longer than ``shutdown_timeout_s`` the process exits anyway (status 1), and a
 second signal exits at once.
@@ -16,10 +17,12 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from anomaly.config import AlarmConfig, ServeConfig
 from anomaly.errors import ConfigError
+from anomaly.stream.reload import ServedModel, load_served_model
 from anomaly.stream.service import ScoringService
 from anomaly.stream.settings import resolve_alarm_config, resolve_serve_config
 
@@ -34,8 +37,6 @@ WATCHDOG_GRACE_S = 1.0
 
 def run_service(config_path: str | None = None, **overrides: Any) -> None:
     """Resolve the settings, load the model and serve it until SIGTERM/SIGINT."""
-    import anomaly
-
     config = resolve_serve_config(config_path, overrides)
     if not config.model:
         raise ConfigError(
@@ -43,15 +44,19 @@ def run_service(config_path: str | None = None, **overrides: Any) -> None:
             "[serve] section of the configuration file"
         )
     configure_logging()
-    detector = anomaly.load(config.model)
-    serve(detector, config, resolve_alarm_config(detector.config.alarms, config_path))
+    model = load_served_model(config.model, config.model_version)
+    serve(model, config, lambda detector: resolve_alarm_config(detector.config.alarms, config_path))
 
 
-def serve(detector: Detector, config: ServeConfig, alarms: AlarmConfig | None = None) -> None:
+def serve(
+    model: Detector | ServedModel,
+    config: ServeConfig,
+    alarms: AlarmConfig | Callable[[Detector], AlarmConfig] | None = None,
+) -> None:
     """Run the scoring service in the foreground until SIGTERM or SIGINT (main thread only
     installs the signal handlers; elsewhere call ``ScoringService.stop``). ``alarms``
     defaults to the model's ``[alarms]``."""
-    service = ScoringService(detector, config, alarms=alarms)
+    service = ScoringService(model, config, alarms=alarms)
     service.start()
     if threading.current_thread() is not threading.main_thread():
         service.run()

@@ -34,6 +34,10 @@ are dropped (the next owner reads them). The per-key state of the keys of revoke
 partitions (time-series windows, ``anomaly.stream.windowing``; alarm streams,
 ``anomaly.alarms``) is dropped, unless the same partitions are assigned straight back.
 
+**The model.** Serving a model store, a new version (or a pinned one) is loaded, checked
+and warmed in a thread of its own and takes over between two batches (``reload``); each
+result names the version that scored it.
+
 ``stop()`` (SIGTERM/SIGINT in ``anomaly.stream.serve``) lets the batch in hand finish, then
 flushes, commits, leaves the group and closes, within ``shutdown_timeout_s``.
 """
@@ -44,6 +48,7 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -71,6 +76,7 @@ from anomaly.stream.messages import (
 from anomaly.stream.metrics import ServiceMetrics
 from anomaly.stream.partitioning import KeyPartitions
 from anomaly.stream.rebalance import Assignment, partition_names
+from anomaly.stream.reload import ServedModel, StoreWatcher, warm_up
 from anomaly.stream.windowing import KeyedWindows
 
 if TYPE_CHECKING:
@@ -108,22 +114,27 @@ class ScoringService:
     ``run()`` loops until ``stop()`` is called (from any thread or a signal handler) and then
     shuts down cleanly. ``run()`` calls ``start()`` itself when needed.
 
-    ``alarms`` (default: the model's ``[alarms]``) chooses what decides a record's alert:
-    the model's threshold, or an adaptive method per Kafka key (``anomaly.alarms``), whose
-    level and decision then join each result as ``p_value`` and ``alarm``.
+    ``model`` is a ``Detector`` or a ``reload.ServedModel`` (a store's version, which the
+    service then follows: ``anomaly.stream.reload``). ``alarms`` (default: the model's
+    ``[alarms]``; a function of the model to resolve them for each version served) chooses
+    what decides a record's alert: the model's threshold, or an adaptive method per Kafka
+    key (``anomaly.alarms``), whose level and decision then join each result as
+    ``p_value`` and ``alarm``.
     """
 
     def __init__(
         self,
-        detector: Detector,
+        model: Detector | ServedModel,
         config: ServeConfig,
         *,
-        alarms: AlarmConfig | None = None,
+        alarms: AlarmConfig | Callable[[Detector], AlarmConfig] | None = None,
         client_id: str | None = None,
     ):
+        served = model if isinstance(model, ServedModel) else ServedModel(model, model.version)
+        detector = served.detector
         if not np.isfinite(detector.threshold):
-            raise StreamError(f"model {detector.version} has no calibrated threshold; retrain it")
-        self.detector = detector
+            raise StreamError(f"model {served.version} has no calibrated threshold; retrain it")
+        self.served = served
         self.config = config
         self.client_id = client_id or f"{config.group_id}-{detector.version}"
         names = detector.feature_names
@@ -132,19 +143,29 @@ class ScoringService:
         self._encoder: ResultEncoder | None = None  # needs the producer's size limit
         self._max_bytes = 0
         self._windows = KeyedWindows(window, len(names), config.max_entities) if window else None
-        params = detector.engine.params
+        if callable(alarms):
+            self._alarms_for = alarms
+        else:
+            self._alarms_for = lambda d: d.config.alarms if alarms is None else alarms
         self._alarms = AlarmStage.for_model(
-            detector,
-            detector.config.alarms if alarms is None else alarms,
-            max_keys=config.max_entities,
+            detector, self._alarms_for(detector), max_keys=config.max_entities
         )
         self.metrics = ServiceMetrics(
-            model_version=detector.version,
-            formulation=params.formulation,
+            model_version=served.version,
+            formulation=detector.engine.params.formulation,
             threshold=detector.threshold,
-            target_fpr=params.target_fpr,
+            target_fpr=detector.engine.params.target_fpr,
             max_batch_size=config.max_batch_size,
         )
+        self._watcher = None
+        if served.store_version is not None and config.model and config.model_poll_s > 0:
+            self._watcher = StoreWatcher(
+                config.model,
+                served,
+                poll_s=config.model_poll_s,
+                pinned=config.model_version,
+                on_refused=lambda version, reason: self.metrics.model_load_failures.inc(),
+            )
         self._profile = dict.fromkeys(PROFILE_STAGES, 0.0)
         self._counts = {
             "batches": 0,
@@ -181,8 +202,7 @@ class ScoringService:
         """Validate the model and broker, open the endpoint and the clients; fail fast."""
         if self._started:
             return
-        shape = (1, *self.detector.schema.record_shape)
-        self.detector.score(np.zeros(shape, np.float32))  # compiles the scoring graph now
+        warm_up(self.detector)
         check_broker(self.config)
         config = self.config
         self._server = MetricsServer(
@@ -201,12 +221,7 @@ class ScoringService:
         try:
             self._producer = make_producer(config, self.client_id)
             self._max_bytes = self._producer.config["max_request_size"] - RECORD_OVERHEAD_BYTES
-            self._encoder = ResultEncoder(
-                self.detector.version,
-                self.detector.threshold,
-                time_series=bool(self.detector.schema.window),
-                max_bytes=self._max_bytes,
-            )
+            self._encoder = self._result_encoder()
             for topic in (config.output_topic, config.dlq_topic, config.alerts_topic):
                 if topic:  # fetch metadata now, not while the first batch waits
                     self._producer.partitions_for(topic)
@@ -227,18 +242,21 @@ class ScoringService:
             self._server = None
             raise
         self._started = True
+        if self._watcher is not None:
+            self._watcher.start()
         # The model and its framework are long-lived objects: keep them out of the cyclic
         # garbage collector's full passes, which would otherwise pause the loop for tens of ms.
         gc.collect()
         gc.freeze()
         log.info(
-            "event=started model_version=%s formulation=%s features=%d window=%s "
+            "event=started model_version=%s formulation=%s features=%d window=%s model_poll_s=%s "
             "input_topic=%s output_topic=%s dlq_topic=%s alerts_topic=%s group_id=%s "
             "metrics=%s:%d max_batch_size=%d",
-            self.detector.version,
+            self.served.version,
             self.detector.engine.params.formulation,
             len(self.detector.feature_names),
             self.detector.schema.window,
+            self._watcher.poll_s if self._watcher else "off",
             self.config.input_topic,
             self.config.output_topic,
             self.config.dlq_topic,
@@ -281,6 +299,7 @@ class ScoringService:
         try:
             while not self._stop.is_set():
                 self._last_tick = time.monotonic()
+                self._swap_model_if_ready()
                 records, polled_at = self._collect()
                 if records:
                     self._process(records, polled_at)
@@ -294,6 +313,49 @@ class ScoringService:
             raise
         finally:
             self._shutdown(failure)
+
+    @property
+    def detector(self) -> Detector:
+        """The model scoring now."""
+        return self.served.detector
+
+    def _result_encoder(self) -> ResultEncoder:
+        return ResultEncoder(
+            self.served.version,
+            self.detector.threshold,
+            time_series=bool(self.detector.schema.window),
+            max_bytes=self._max_bytes,
+        )
+
+    def _swap_model_if_ready(self) -> None:
+        """Between batches: let the version the store watcher has ready take over.
+
+        Windows of records (time-series mode) are kept: they hold records, which the new
+        version reads the same way (same features, same window). Alarm streams start afresh
+        from the new version's held-out normal scores: a p-value or a tail fitted on one
+        model's scores says nothing about another's.
+        """
+        ready = self._watcher.take() if self._watcher is not None else None
+        if ready is None:
+            return
+        previous, self.served = self.served, ready
+        detector = ready.detector
+        self._encoder = self._result_encoder()
+        self._alarms = AlarmStage.for_model(
+            detector, self._alarms_for(detector), max_keys=self.config.max_entities
+        )
+        params = detector.engine.params
+        self.metrics.serve_model(
+            ready.version, params.formulation, detector.threshold, params.target_fpr
+        )
+        self.metrics.alarm_states.set(0)
+        self.metrics.model_swaps.inc()
+        log.info(
+            "event=model_swapped from_version=%s to_version=%s threshold=%.6g",
+            previous.version,
+            ready.version,
+            detector.threshold,
+        )
 
     def stop(self, reason: str = "requested") -> None:
         """Ask the loop to stop after the batch in hand; safe from any thread or a signal."""
@@ -586,7 +648,7 @@ class ScoringService:
             )
             return []
         key, value = encode_rejection(
-            record, reason, detail, self.detector.version, max_bytes or self._max_bytes
+            record, reason, detail, self.served.version, max_bytes or self._max_bytes
         )
         return [Outgoing(self.config.dlq_topic, key, value, record, dead_letter=True)]
 
@@ -619,7 +681,7 @@ class ScoringService:
         if len(message.key or b"") + len(message.value) <= HARD_CUT_BYTES:
             return None
         key, value = encode_rejection(
-            message.origin, "send_failed", detail, self.detector.version, HARD_CUT_BYTES
+            message.origin, "send_failed", detail, self.served.version, HARD_CUT_BYTES
         )
         return Outgoing(self.config.dlq_topic, key, value, message.origin, dead_letter=True)
 
@@ -843,6 +905,8 @@ class ScoringService:
         except Exception as exc:  # noqa: BLE001 (closing must go on)
             log.warning("event=shutdown_error error=%r", exc)
         finally:
+            if self._watcher is not None:
+                self._watcher.close()
             self._close_clients(deadline)
             self._running = False
             if self._server is not None:

@@ -1,0 +1,137 @@
+"""Following a model store (``anomaly.stream.reload``): which version is taken, which refused.
+
+These drive ``StoreWatcher.check`` directly (what its thread does every ``model_poll_s``);
+the swap inside the running service, on the real broker, is in ``test_stream_reload``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import anomaly
+from anomaly.errors import BundleError
+from anomaly.store import publish
+from anomaly.stream.reload import StoreWatcher, load_served_model
+
+
+@pytest.fixture(scope="module")
+def retrained_bundle(tiny_bundle, tiny_bundle_mixing, tmp_path_factory) -> Path:
+    """``tiny_bundle`` retrained for a few steps on fresh normal rows: same features."""
+    rows = np.random.default_rng(5).normal(size=(1500, 3)) @ tiny_bundle_mixing
+    child = anomaly.retrain(anomaly.load(tiny_bundle), rows, steps=20)
+    return child.save(tmp_path_factory.mktemp("retrained") / "model")
+
+
+def _watching(store: Path, **settings) -> tuple[StoreWatcher, list[tuple[int, str]]]:
+    refusals: list[tuple[int, str]] = []
+    served = load_served_model(store, settings.pop("serving", None))
+    watcher = StoreWatcher(
+        store,
+        served,
+        poll_s=60,
+        on_refused=lambda version, reason: refusals.append((version, reason)),
+        **settings,
+    )
+    return watcher, refusals
+
+
+def _tampered_copy(bundle: Path, store: Path, number: int) -> Path:
+    """``bundle`` placed in ``store`` as version ``number`` with one file changed after its
+    manifest was written (as a broken copy or an attacker would leave it)."""
+    target = store / str(number)
+    shutil.copytree(bundle, target)
+    scoring = json.loads((target / "scoring.json").read_text())
+    scoring["threshold"] = scoring["threshold"] * 0.5
+    (target / "scoring.json").write_text(json.dumps(scoring))
+    return target
+
+
+def test_a_published_version_is_loaded_warmed_and_taken_once(
+    tiny_bundle, retrained_bundle, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    watcher, refusals = _watching(store)
+    watcher.check()
+    assert watcher.take() is None  # nothing newer than what serves
+
+    publish(retrained_bundle, store)
+    watcher.check()
+    ready = watcher.take()
+    assert ready is not None and ready.version == "2" and ready.store_version == 2
+    assert ready.detector.version == anomaly.load(retrained_bundle).version
+    watcher.check()
+    assert watcher.take() is None and refusals == []
+
+
+def test_a_tampered_version_is_refused_once_and_retried_when_its_files_change(
+    tiny_bundle, retrained_bundle, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    watcher, refusals = _watching(store)
+    broken = _tampered_copy(retrained_bundle, store, 2)
+    watcher.check()
+    watcher.check()
+    assert watcher.take() is None
+    assert len(refusals) == 1 and refusals[0][0] == 2
+    assert "checksum mismatch" in refusals[0][1] and "scoring.json" in refusals[0][1]
+
+    shutil.copy2(retrained_bundle / "scoring.json", broken / "scoring.json")  # repaired
+    watcher.check()
+    ready = watcher.take()
+    assert ready is not None and ready.version == "2" and len(refusals) == 1
+
+
+@pytest.mark.filterwarnings("ignore::anomaly.health.TrainingWarning")  # a throwaway 10-step model
+def test_a_version_for_other_features_is_refused_and_the_next_good_one_taken(
+    tiny_bundle, retrained_bundle, tmp_path
+):
+    rows = np.random.default_rng(1).normal(size=(600, 5))
+    config = anomaly.Config().updated(training={"steps": 10})
+    other = anomaly.train(rows, config, feature_names=[f"g{i}" for i in range(5)])
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    watcher, refusals = _watching(store)
+    publish(other.save(tmp_path / "other"), store)
+    watcher.check()
+    assert watcher.take() is None
+    assert refusals and "features (5) are not the stream's (8" in refusals[0][1]
+
+    publish(retrained_bundle, store)
+    watcher.check()
+    assert watcher.take().version == "3"
+
+
+def test_a_pin_rolls_back_and_removing_the_latest_falls_back_to_the_one_before(
+    tiny_bundle, retrained_bundle, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    publish(retrained_bundle, store)
+    pinned, _ = _watching(store, pinned=1, serving=2)
+    pinned.check()
+    assert pinned.take().version == "1"
+
+    latest, _ = _watching(store)
+    assert latest.take() is None
+    shutil.rmtree(store / "2")
+    latest.check()
+    assert latest.take().version == "1"
+
+
+def test_serving_a_pinned_version_that_the_store_lacks_fails_naming_what_it_holds(
+    tiny_bundle, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    with pytest.raises(BundleError, match="has no version 4; it holds 1"):
+        load_served_model(store, 4)
+    with pytest.raises(BundleError, match="is a bundle, not a model store"):
+        load_served_model(tiny_bundle, 1)
+    assert load_served_model(tiny_bundle).version == anomaly.load(tiny_bundle).version
