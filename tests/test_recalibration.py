@@ -9,14 +9,8 @@ from click.testing import CliRunner
 
 import anomaly
 from anomaly.calibration import recalibrate
+from pipelines.bench.lifecycle import normal_rows as normal
 from pipelines.cli import cli
-
-D = 4
-COVARIANCE = np.full((D, D), 0.5) + 0.5 * np.eye(D)
-
-
-def normal(rng, n, shift=0.0):
-    return (rng.multivariate_normal(np.zeros(D), COVARIANCE, n) + shift).astype(np.float32)
 
 
 @pytest.mark.slow
