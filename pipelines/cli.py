@@ -163,19 +163,64 @@ def train(
 
 @cli.command()
 @_model
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="File to score.")
 @click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="Output .csv, .parquet or .jsonl."
+    "--data",
+    required=True,
+    type=click.Path(),
+    help="File to score (--engine spark: a Parquet file or folder, local or any URI Spark reads).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="Output .csv, .parquet or .jsonl (--engine spark: a new folder of Parquet part files).",
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @_on_invalid
 @_alarms_config
-def score(model, data, out, progress, on_invalid, config_path):
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: this process, in chunks. spark: Apache Spark (the spark extra), Parquet in "
+    "and out; models of independent rows only.",
+)
+@click.option(
+    "--spark-master",
+    help="Spark master URL for --engine spark, e.g. local[2], yarn, k8s://... (default: "
+    "spark-submit's, else local[*]).",
+)
+def score(model, data, out, progress, on_invalid, config_path, engine, spark_master):
     """Score every row of DATA into OUT, keeping row order and the id column.
 
     With an adaptive alarm stage (by default in time-series mode) OUT also gets p_value and
-    alarm, per file or per entity."""
+    alarm, per file or per entity. --engine spark writes the same columns; skipped rows go to
+    OUT.rejects (a Parquet folder)."""
     import anomaly
+
+    if engine == "spark":
+        from anomaly import spark
+
+        run = spark.score_parquet(
+            spark.session(spark_master),
+            data,
+            out,
+            model,
+            on_invalid=on_invalid,
+            alarms=_alarms(anomaly.load(model), config_path) if config_path else None,
+        )
+        click.echo(
+            f"scored {run.rows_scored} of {run.rows_read} rows in {run.partitions} partitions "
+            f"in {run.seconds:.1f} s: {run.anomalies} flagged -> {run.output}"
+        )
+        if run.rejects:
+            click.echo(f"{run.rows_rejected} rows rejected -> {run.rejects}")
+        return
+    if spark_master:
+        raise click.UsageError("--spark-master needs --engine spark")
+    if Path(out).is_dir():
+        raise click.BadParameter(f"{out} is a folder; give a file name", param_hint="'--out'")
     from anomaly.files import score_file
 
     detector = anomaly.load(model)
