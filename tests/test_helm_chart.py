@@ -1,0 +1,583 @@
+"""The Helm chart (deploy/helm/anomaly-scorer) renders objects that Kubernetes, KEDA and the
+Prometheus Operator accept, and that run the service the way it needs to be run.
+
+Real tools, as ``deploy/helm/install-tools`` installs them (``scripts/setup`` runs it): ``helm
+lint`` and ``helm template`` on the default values and on the example that turns everything
+on (Secret, SASL_SSL, KEDA, ServiceMonitor, init container), and ``kubeconform -strict`` on
+every rendered object against the JSON schemas of the Kubernetes releases the chart supports
+and of the CRDs it uses (ScaledObject, TriggerAuthentication, ServiceMonitor). Without the
+tools these tests skip, except under ``CI=true``, where they fail. The rendered
+``config.toml`` is read with ``tomllib`` and validated by the service's own configuration
+code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from anomaly.config import Config
+from anomaly.stream import kafka_options
+from anomaly.stream.settings import resolve_serve_config
+from tests._support import unavailable
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "deploy" / "helm" / "anomaly-scorer"
+FULL_VALUES = ROOT / "deploy" / "helm" / "examples" / "secured-autoscaled-values.yaml"
+INSTALL_TOOLS = ROOT / "deploy" / "helm" / "install-tools"
+K8S_MANIFESTS = ROOT / "deploy" / "k8s"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+RELEASE = "scorer"
+
+DEFAULT_KINDS = {"ConfigMap", "Deployment", "PodDisruptionBudget", "Service"}
+FULL_KINDS = DEFAULT_KINDS | {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+
+
+@dataclass(frozen=True)
+class Tools:
+    helm: str
+    kubeconform: str
+    kube_versions: tuple[str, ...]
+    schema_locations: tuple[str, ...]
+
+
+@pytest.fixture(scope="module")
+def tools() -> Tools:
+    result = subprocess.run(
+        [str(INSTALL_TOOLS), "paths"], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = [line.partition("=") for line in result.stdout.splitlines()]
+    found = {key: value for key, _, value in lines}
+    tools = Tools(
+        helm=found["helm"],
+        kubeconform=found["kubeconform"],
+        kube_versions=tuple(v for k, _, v in lines if k == "kube_version"),
+        schema_locations=tuple(v for k, _, v in lines if k == "schema_location"),
+    )
+    missing = [p for p in (tools.helm, tools.kubeconform) if not Path(p).is_file()]
+    missing += [
+        location.split("{{")[0]
+        for location in tools.schema_locations
+        if not Path(location.split("{{")[0]).is_dir()
+    ]
+    if missing:
+        unavailable(f"not installed: {', '.join(missing)}; run deploy/helm/install-tools")
+    return tools
+
+
+def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def _template(
+    tools: Tools, *args: str, kube_version: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    version = ["--kube-version", kube_version] if kube_version else []
+    return _run([tools.helm, "template", RELEASE, str(CHART), *version, *args])
+
+
+def render(tools: Tools, *args: str) -> dict[str, dict[str, Any]]:
+    """The objects ``helm template`` makes with ``args``, by kind (one of each here)."""
+    result = _template(tools, *args)
+    assert result.returncode == 0, f"helm template {' '.join(args)} failed:\n{result.stderr}"
+    objects = [o for o in yaml.safe_load_all(result.stdout) if o]
+    kinds = [o["kind"] for o in objects]
+    assert len(kinds) == len(set(kinds)), kinds
+    return {o["kind"]: o for o in objects}
+
+
+def render_error(tools: Tools, *args: str) -> str:
+    result = _template(tools, *args)
+    assert result.returncode != 0, f"helm template {' '.join(args)} rendered:\n{result.stdout}"
+    return result.stderr
+
+
+def kubeconform(tools: Tools, manifests: str, kube_version: str) -> tuple[int, dict[str, Any]]:
+    args = [tools.kubeconform, "-strict", "-summary", "-verbose", "-output", "json"]
+    args += ["-kubernetes-version", kube_version]
+    for location in tools.schema_locations:
+        args += ["-schema-location", location]
+    result = _run([*args, "-"], stdin=manifests)
+    return result.returncode, json.loads(result.stdout)
+
+
+def config_toml(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return tomllib.loads(objects["ConfigMap"]["data"]["config.toml"])
+
+
+def scorer(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    (container,) = [
+        c
+        for c in objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "scorer"
+    ]
+    return container
+
+
+def pod_spec(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return objects["Deployment"]["spec"]["template"]["spec"]
+
+
+def full_values() -> dict[str, Any]:
+    return yaml.safe_load(FULL_VALUES.read_text())
+
+
+# ---------------------------------------------------------------------------- the real tools
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(FULL_VALUES)]], ids=["default", "full"])
+def test_helm_lint_passes_strictly(tools: Tools, values: list[str]) -> None:
+    result = _run([tools.helm, "lint", "--strict", str(CHART), *values])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("values", "kinds"),
+    [([], DEFAULT_KINDS), (["-f", str(FULL_VALUES)], FULL_KINDS)],
+    ids=["default", "full"],
+)
+def test_every_rendered_object_passes_the_schema_check(
+    tools: Tools, values: list[str], kinds: set[str]
+) -> None:
+    assert len(tools.kube_versions) >= 2  # the oldest supported release and the newest
+    for version in tools.kube_versions:
+        result = _template(tools, *values, kube_version=version)
+        assert result.returncode == 0, result.stderr
+        code, report = kubeconform(tools, result.stdout, version)
+        statuses = {r["kind"]: r["status"] for r in report["resources"]}
+        assert code == 0, json.dumps(report, indent=2)
+        # Every kind has its schema (CRDs included): nothing skipped, nothing unknown.
+        assert statuses == dict.fromkeys(kinds, "statusValid"), (version, statuses)
+        assert report["summary"] == {"valid": len(kinds), "invalid": 0, "errors": 0, "skipped": 0}
+
+
+def _with(objects: dict[str, dict[str, Any]], kind: str, change) -> str:
+    broken = copy.deepcopy(objects[kind])
+    change(broken)
+    return yaml.safe_dump(broken)
+
+
+@pytest.mark.parametrize(
+    ("kind", "change", "complaint"),
+    [
+        ("Deployment", lambda o: o["spec"].update(replicas="two"), "/spec/replicas"),
+        (
+            "Deployment",
+            lambda o: o["spec"]["template"]["spec"]["containers"][0]["readinessProbe"].update(
+                timeoutSecond=3
+            ),
+            "timeoutSecond",
+        ),
+        ("ScaledObject", lambda o: o["spec"].update(maxReplicaCount="12"), "/spec/maxReplicaCount"),
+        (
+            "ServiceMonitor",
+            lambda o: o["spec"]["endpoints"][0]["relabelings"][0].update(action="rename"),
+            "/spec/endpoints/0/relabelings/0/action",
+        ),
+        (
+            "TriggerAuthentication",
+            lambda o: o["spec"]["secretTargetRef"][0].pop("parameter"),
+            "parameter",
+        ),
+    ],
+    ids=[
+        "deployment-type",
+        "deployment-unknown-field",
+        "scaledobject",
+        "servicemonitor",
+        "triggerauth",
+    ],
+)
+def test_schema_check_rejects_a_broken_object(
+    tools: Tools, kind: str, change, complaint: str
+) -> None:
+    objects = render(tools, "-f", str(FULL_VALUES))
+    code, report = kubeconform(tools, _with(objects, kind, change), tools.kube_versions[-1])
+    assert code != 0
+    (resource,) = report["resources"]
+    assert resource["status"] == "statusInvalid", resource
+    assert complaint in resource["msg"], resource["msg"]
+
+
+def test_the_kustomize_manifests_pass_the_same_schema_check(tools: Tools) -> None:
+    manifests = "\n---\n".join(
+        p.read_text()
+        for p in sorted(K8S_MANIFESTS.glob("*.yaml"))
+        if p.name != "kustomization.yaml"
+    )
+    for version in tools.kube_versions:
+        code, report = kubeconform(tools, manifests, version)
+        assert code == 0, json.dumps(report, indent=2)
+        assert report["summary"]["valid"] == 3, report["summary"]
+
+
+# ---------------------------------------------------------------------------- behaviour
+
+
+def test_probes_ask_healthz_and_readyz_on_the_metrics_port(tools: Tools) -> None:
+    for args, port in (([], 9108), (["--set", "serve.metrics_port=9200"], 9200)):
+        objects = render(tools, *args)
+        container = scorer(objects)
+        assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] == "metrics"
+            assert container[probe]["httpGet"]["scheme"] == "HTTP"
+        assert config_toml(objects)["serve"]["metrics_port"] == port
+        (service_port,) = objects["Service"]["spec"]["ports"]
+        assert (service_port["port"], service_port["targetPort"]) == (port, "metrics")
+        # Not-ready scorers (no partition, broker lost) are still scraped.
+        assert objects["Service"]["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_probes_speak_https_when_the_metrics_endpoint_has_a_certificate(tools: Tools) -> None:
+    objects = render(
+        tools,
+        "--set",
+        "serve.metrics_certfile=/etc/metrics-tls/tls.crt",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+    )
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert scorer(objects)[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert objects["ServiceMonitor"]["spec"]["endpoints"][0]["scheme"] == "https"
+
+
+@pytest.mark.parametrize(
+    ("args", "shutdown", "grace"),
+    [
+        ([], 10, 30),
+        (["-f", str(FULL_VALUES)], 15, 35),
+        (["--set-json", "serve.shutdown_timeout_s=12.5"], 12.5, 33),
+        (["--set", "terminationGracePeriodSeconds=11"], 10, 11),
+        (["--set", "shutdownMarginSeconds=1"], 10, 11),
+    ],
+)
+def test_grace_period_outlasts_the_shutdown_timeout(tools: Tools, args, shutdown, grace) -> None:
+    objects = render(tools, *args)
+    assert config_toml(objects)["serve"]["shutdown_timeout_s"] == shutdown
+    assert pod_spec(objects)["terminationGracePeriodSeconds"] == grace
+    assert grace > shutdown
+
+
+BROKEN_RULES = {
+    "grace-equal": (
+        ["--set", "terminationGracePeriodSeconds=10"],
+        "terminationGracePeriodSeconds (10) must be longer than serve.shutdown_timeout_s (10)",
+    ),
+    "grace-shorter": (
+        ["--set", "serve.shutdown_timeout_s=40", "--set", "terminationGracePeriodSeconds=30"],
+        "terminationGracePeriodSeconds (30) must be longer than serve.shutdown_timeout_s (40)",
+    ),
+    "no-margin": (
+        ["--set", "shutdownMarginSeconds=0"],
+        "terminationGracePeriodSeconds (10) must be longer than serve.shutdown_timeout_s (10)",
+    ),
+    "max-replicas-over-partitions": (
+        ["-f", str(FULL_VALUES), "--set", "autoscaling.maxReplicas=13"],
+        "autoscaling.maxReplicas (13) exceeds kafka.inputPartitions (12)",
+    ),
+    "autoscaling-without-partitions": (
+        ["--set", "autoscaling.enabled=true"],
+        "kafka.inputPartitions is required with autoscaling.enabled",
+    ),
+    "replicas-over-partitions": (
+        ["--set", "kafka.inputPartitions=1"],
+        "replicaCount (2) exceeds kafka.inputPartitions (1)",
+    ),
+    "min-over-max": (
+        [
+            "-f",
+            str(FULL_VALUES),
+            "--set",
+            "autoscaling.minReplicas=8",
+            "--set",
+            "autoscaling.maxReplicas=4",
+        ],
+        "autoscaling.minReplicas (8) exceeds autoscaling.maxReplicas (4)",
+    ),
+    "password-in-configmap": (
+        ["--set", "serve.kafka.sasl_plain_password=hunter2"],
+        "serve.kafka.sasl_plain_password would be written in clear into a ConfigMap",
+    ),
+    "secret-keys-without-secret": (
+        ["--set", "kafka.secretOptions.sasl_plain_password=password"],
+        "set kafka.existingSecret to the Secret's name",
+    ),
+    "option-twice": (
+        ["-f", str(FULL_VALUES), "--set", "serve.kafka.ssl_cafile=/etc/ssl/ca.pem"],
+        "Kafka option ssl_cafile is given twice",
+    ),
+    "keda-without-password": (
+        ["-f", str(FULL_VALUES), "--set", "kafka.secretOptions=null"],
+        "KEDA's Kafka scaler needs the SASL password too",
+    ),
+    "keda-unknown-mechanism": (
+        ["-f", str(FULL_VALUES), "--set", "serve.kafka.sasl_mechanism=GSSAPI"],
+        'serve.kafka.sasl_mechanism "GSSAPI": the chart gives KEDA',
+    ),
+    "metrics-port-zero": (
+        ["--set", "serve.metrics_port=0"],
+        "serve.metrics_port must be a fixed port",
+    ),
+    "model-set-twice": (["--set", "serve.model=/elsewhere"], "serve.model is set by the chart"),
+    "init-without-image": (
+        ["--set", "model.initContainer.enabled=true"],
+        "model.initContainer.enabled needs model.initContainer.image",
+    ),
+    # values.schema.json: helm checks the values' types before rendering.
+    "partitions-not-a-number": (
+        ["--set", "kafka.inputPartitions=twelve"],
+        "at '/kafka/inputPartitions': got string, want null or integer",
+    ),
+    "misspelt-value": (
+        ["--set", "autoscalling.enabled=true"],
+        "additional properties 'autoscalling'",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "message"), BROKEN_RULES.values(), ids=BROKEN_RULES.keys())
+def test_render_fails_with_a_clear_message(tools: Tools, args: list[str], message: str) -> None:
+    assert message in render_error(tools, *args)
+
+
+def test_the_kafka_secret_is_mounted_as_files_named_by_file_options(tools: Tools) -> None:
+    objects = render(tools, "-f", str(FULL_VALUES))
+    values = full_values()
+    mount = (
+        values["kafka"]["secretMountPath"]
+        if "secretMountPath" in values["kafka"]
+        else "/run/secrets/kafka"
+    )
+    (volume,) = [v for v in pod_spec(objects)["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == values["kafka"]["existingSecret"]
+    assert {i["key"] for i in volume["secret"]["items"]} == {"password", "ca.crt"}
+    assert all(i["path"] == i["key"] for i in volume["secret"]["items"])
+    (volume_mount,) = [m for m in scorer(objects)["volumeMounts"] if m["name"] == volume["name"]]
+    assert volume_mount == {"name": volume["name"], "mountPath": mount, "readOnly": True}
+
+    kafka = config_toml(objects)["serve"]["kafka"]
+    assert kafka["sasl_plain_password_file"] == f"{mount}/password"
+    assert kafka["ssl_cafile"] == f"{mount}/ca.crt"
+    assert "sasl_plain_password" not in kafka
+    # No secret reaches the environment either.
+    assert not any("PASSWORD" in e["name"] for e in scorer(objects).get("env", []))
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(FULL_VALUES)]], ids=["default", "full"])
+def test_config_toml_is_a_configuration_the_service_accepts(
+    tools: Tools, tmp_path: Path, values
+) -> None:
+    objects = render(tools, *values)
+    path = tmp_path / "config.toml"
+    path.write_text(objects["ConfigMap"]["data"]["config.toml"])
+    config = Config.from_toml(path)  # unknown keys and bad values raise ConfigError
+    kafka_options.check_options(dict(config.serve.kafka))  # names kafka-python's clients take
+    container = scorer(objects)
+    assert container["args"] == ["--config", "/etc/anomaly/config.toml"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "config"]
+    assert (mount["mountPath"], mount["readOnly"]) == ("/etc/anomaly", True)
+    if not values:
+        # As `anomaly serve --config` resolves it (no secret files to read here).
+        served = resolve_serve_config(path, environ={})
+        assert served.model == "/models"
+        assert served.bootstrap_servers == "kafka-bootstrap.kafka.svc:9092"
+        return
+    wanted = full_values()
+    assert config.serve.model == "/models/store"
+    assert config.serve.group_id == wanted["serve"]["group_id"]
+    assert config.serve.max_batch_size == 512 and isinstance(config.serve.max_batch_size, int)
+    assert config.alarms.semantics == "state" and config.alarms.level == 0.999
+    assert config.serve.kafka["security_protocol"] == "SASL_SSL"
+
+
+def test_toml_values_keep_their_types_and_text(tools: Tools, tmp_path: Path) -> None:
+    tricky = {
+        "quoted": 'say "hi" \\ back\\slash',
+        "lines": "one\ntwo\ttab",
+        "unicode": "žluťoučký kůň ✓ <&>",
+        "whole": 30000,
+        "large": 9007199254740993 // 1024,
+        "fraction": 0.999,
+        "tiny": 1e-05,
+        "yes": True,
+        "no": False,
+        "names": ["a", 'b"c'],
+    }
+    values = tmp_path / "tricky.yaml"
+    values.write_text(yaml.safe_dump({"serve": {"kafka": tricky}}))
+    parsed = config_toml(render(tools, "-f", str(values)))["serve"]["kafka"]
+    assert parsed == tricky
+    assert all(type(parsed[k]) is type(v) for k, v in tricky.items())
+
+
+def test_keda_scales_on_the_services_own_group_topic_and_brokers(tools: Tools) -> None:
+    objects = render(tools, "-f", str(FULL_VALUES))
+    values = full_values()
+    spec = objects["ScaledObject"]["spec"]
+    assert spec["scaleTargetRef"]["name"] == objects["Deployment"]["metadata"]["name"]
+    assert "replicas" not in objects["Deployment"]["spec"]  # KEDA's to set
+    assert spec["minReplicaCount"] == 2
+    assert spec["maxReplicaCount"] == 12 <= values["kafka"]["inputPartitions"]
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    serve = config_toml(objects)["serve"]
+    metadata = trigger["metadata"]
+    assert metadata["bootstrapServers"] == serve["bootstrap_servers"]
+    assert metadata["consumerGroup"] == serve["group_id"]
+    assert metadata["topic"] == serve["input_topic"]
+    assert metadata["offsetResetPolicy"] == "earliest"
+    assert metadata["lagThreshold"] == "10000"
+    assert (metadata["sasl"], metadata["tls"]) == ("scram_sha512", "enable")
+
+    auth = objects["TriggerAuthentication"]
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    secret = values["kafka"]["existingSecret"]
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert refs == {"password": (secret, "password"), "ca": (secret, "ca.crt")}
+    (username,) = auth["spec"]["configMapTargetRef"]
+    assert (username["parameter"], username["name"]) == (
+        "username",
+        objects["ConfigMap"]["metadata"]["name"],
+    )
+    assert objects["ConfigMap"]["data"][username["key"]] == serve["kafka"]["sasl_plain_username"]
+
+
+def test_keda_caps_replicas_at_the_partitions_by_default(tools: Tools) -> None:
+    objects = render(tools, "--set", "autoscaling.enabled=true", "--set", "kafka.inputPartitions=6")
+    spec = objects["ScaledObject"]["spec"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 6)
+    metadata = spec["triggers"][0]["metadata"]
+    assert (metadata["sasl"], metadata["tls"]) == ("none", "disable")
+    assert "authenticationRef" not in spec["triggers"][0]
+    assert "TriggerAuthentication" not in objects
+
+
+def test_servicemonitor_scrapes_the_metrics_service_as_the_alert_rules_job(tools: Tools) -> None:
+    objects = render(tools, "-f", str(FULL_VALUES))
+    monitor = objects["ServiceMonitor"]
+    service = objects["Service"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    (relabel,) = endpoint["relabelings"]
+    assert (relabel["targetLabel"], relabel["replacement"]) == ("job", "anomaly-scorer")
+    assert 'job="anomaly-scorer"' in ALERTS.read_text()
+    # A ServiceMonitor replaces the annotations of annotation-based scraping.
+    assert "prometheus.io/scrape" not in service["metadata"].get("annotations", {})
+    assert render(tools)["Service"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(FULL_VALUES)]], ids=["default", "full"])
+def test_pods_run_as_non_root_on_a_read_only_root(tools: Tools, values) -> None:
+    objects = render(tools, *values)
+    spec = pod_spec(objects)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] != 0
+    assert spec["automountServiceAccountToken"] is False
+    # Service links would inject ANOMALY_SERVE_* variables for a Service of such a name.
+    assert spec["enableServiceLinks"] is False
+    for container in spec["containers"] + spec.get("initContainers", []):
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+    resources = scorer(objects)["resources"]
+    assert set(resources) == {"requests", "limits"}
+    assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(
+        resources["limits"]
+    )
+
+
+def test_the_model_volume_is_mounted_read_only_and_filled_by_the_init_container(
+    tools: Tools,
+) -> None:
+    objects = render(tools)
+    (model,) = [v for v in pod_spec(objects)["volumes"] if v["name"] == "model"]
+    assert model["persistentVolumeClaim"] == {"claimName": "anomaly-models", "readOnly": True}
+    assert "initContainers" not in pod_spec(objects)
+
+    objects = render(tools, "-f", str(FULL_VALUES))
+    spec = pod_spec(objects)
+    (model,) = [v for v in spec["volumes"] if v["name"] == "model"]
+    assert model == {"name": "model", "emptyDir": {"sizeLimit": "4Gi"}}
+    (scorer_mount,) = [m for m in scorer(objects)["volumeMounts"] if m["name"] == "model"]
+    assert scorer_mount == {"name": "model", "mountPath": "/models", "readOnly": True}
+    (init,) = spec["initContainers"]
+    assert init["image"] == full_values()["model"]["initContainer"]["image"]
+    assert init["command"][-1] == "/models/store" == config_toml(objects)["serve"]["model"]
+    (init_mount,) = [m for m in init["volumeMounts"] if m["name"] == "model"]
+    assert init_mount == {
+        "name": "model",
+        "mountPath": "/models",
+    }  # writable for the init container
+
+    # A claim the init container fills is not read-only as a volume; the scorer's mount is.
+    objects = render(
+        tools,
+        "--set",
+        "model.initContainer.enabled=true",
+        "--set",
+        "model.initContainer.image=busybox",
+    )
+    (model,) = [v for v in pod_spec(objects)["volumes"] if v["name"] == "model"]
+    assert model["persistentVolumeClaim"]["readOnly"] is False
+
+
+def test_pod_disruption_budget_selects_the_scorers_and_lets_unready_ones_go(tools: Tools) -> None:
+    objects = render(tools)
+    pdb = objects["PodDisruptionBudget"]["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert (
+        pdb["selector"]["matchLabels"] == objects["Deployment"]["spec"]["selector"]["matchLabels"]
+    )
+    labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    pdb = render(
+        tools,
+        "--set",
+        "podDisruptionBudget.maxUnavailable=null",
+        "--set",
+        "podDisruptionBudget.minAvailable=50%",
+    )["PodDisruptionBudget"]["spec"]
+    assert pdb["minAvailable"] == "50%" and "maxUnavailable" not in pdb
+
+
+def test_a_changed_configuration_rolls_the_pods(tools: Tools) -> None:
+    def checksum(*args: str) -> str:
+        return render(tools, *args)["Deployment"]["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"
+        ]
+
+    assert checksum() == checksum()
+    assert checksum() != checksum("--set", "serve.max_batch_size=64")
+
+
+def test_the_kustomize_configuration_is_one_the_service_accepts(tmp_path: Path) -> None:
+    configmap = yaml.safe_load((K8S_MANIFESTS / "configmap.yaml").read_text())
+    path = tmp_path / "config.toml"
+    path.write_text(configmap["data"]["config.toml"])
+    Config.from_toml(path)
+    deployment = yaml.safe_load((K8S_MANIFESTS / "deployment.yaml").read_text())
+    spec = deployment["spec"]["template"]["spec"]
+    shutdown = tomllib.loads(configmap["data"]["config.toml"])["serve"]["shutdown_timeout_s"]
+    assert spec["terminationGracePeriodSeconds"] > math.ceil(shutdown)
+    assert spec["enableServiceLinks"] is False
+    assert re.fullmatch(r"anomaly-gan:\S+", spec["containers"][0]["image"])
