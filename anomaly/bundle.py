@@ -5,6 +5,12 @@ No pickle anywhere: networks load with ``safe_mode=True``, the latent prototypes
 lists the SHA-256 of every file and is verified before anything is loaded, so a truncated,
 corrupted or edited bundle is refused with the name of the file that changed.
 
+``manifest.json`` also holds the bundle's format version, checked before anything else is
+read: this release writes ``BUNDLE_VERSION`` and reads every version from
+``OLDEST_BUNDLE_VERSION`` on, bringing an older bundle to the current format in memory as it
+loads (``anomaly.migrations``); a newer or older one is refused with one line saying which
+versions this release reads.
+
 A bundle is untrusted input: the manifest may only name files inside the bundle (no
 absolute paths, no ``..``, no symbolic link that leads out), checked before any file is
 read, and every JSON file must have the types its reader expects (``typed_part``), so a
@@ -29,11 +35,16 @@ import keras
 import numpy as np
 from pydantic import ConfigDict, ValidationError, create_model
 
+from anomaly import migrations
 from anomaly.errors import BundleError
 
-BUNDLE_VERSION = 2
+#: The format this release writes.
+BUNDLE_VERSION = 3
+#: The oldest format it reads: ``migrations.MIGRATIONS`` has a step from each one before
+#: ``BUNDLE_VERSION``.
+OLDEST_BUNDLE_VERSION = 2
 NETWORKS = ("encoder", "generator", "critic")
-JSON_PARTS = ("preprocessing", "scoring", "schema", "metadata", "health", "config")
+JSON_PARTS = ("preprocessing", "scoring", "schema", "metadata", "health", "config", "drift")
 LATENT_PROTOTYPES = "latent_prototypes.npy"
 MANIFEST = "manifest.json"
 
@@ -72,9 +83,10 @@ def save_bundle(path: str | os.PathLike[str], contents: BundleContents) -> str:
 
 
 def load_bundle(path: str | os.PathLike[str]) -> BundleContents:
-    """Verify and load a bundle; every failure is a ``BundleError`` that says exactly why."""
+    """Verify and load a bundle, brought to the current format; every failure is a
+    ``BundleError`` that says exactly why."""
     path = Path(path)
-    verify_bundle(path)
+    version = verify_bundle(path)["bundle_version"]
     networks = {}
     for name in NETWORKS:
         try:
@@ -86,13 +98,14 @@ def load_bundle(path: str | os.PathLike[str]) -> BundleContents:
                 f"{path / (name + '.keras')}: cannot be loaded as a Keras model: {exc}"
             ) from None
     parts = {}
-    for name in JSON_PARTS:
+    for name in json_parts(version):
         file = path / f"{name}.json"
         parts[name] = _read_json(file)
         if not isinstance(parts[name], dict):
             raise BundleError(
                 f"{file}: holds a JSON {_json_type(parts[name])}, not an object; {RESTORE_HINT}"
             )
+    parts = _migrated(path, version, parts)
     try:
         reference = np.load(path / LATENT_PROTOTYPES, allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -116,14 +129,11 @@ def verify_bundle(path: Path) -> dict:
             f"{manifest_file}: holds a JSON {_json_type(manifest)}, not an object with "
             f"bundle_version and files; {RESTORE_HINT}"
         )
-    version = manifest.get("bundle_version")
-    if version != BUNDLE_VERSION:
-        raise BundleError(
-            f"{path}: unknown bundle version {version!r}; "
-            f"this package reads version {BUNDLE_VERSION}"
-        )
+    version = _readable_version(path, manifest.get("bundle_version"))
     expected = (
-        {f"{n}.keras" for n in NETWORKS} | {f"{n}.json" for n in JSON_PARTS} | {LATENT_PROTOTYPES}
+        {f"{n}.keras" for n in NETWORKS}
+        | {f"{n}.json" for n in json_parts(version)}
+        | {LATENT_PROTOTYPES}
     )
     listed = manifest.get("files", {})
     if not isinstance(listed, dict):
@@ -153,6 +163,56 @@ def verify_bundle(path: Path) -> dict:
                 "retrain or restore the bundle)"
             )
     return manifest
+
+
+def json_parts(version: int) -> tuple[str, ...]:
+    """The JSON parts a bundle of format ``version`` holds."""
+    later = {
+        name
+        for step, migration in migrations.MIGRATIONS.items()
+        if step >= version
+        for name in migration.adds
+    }
+    return tuple(name for name in JSON_PARTS if name not in later)
+
+
+def _readable_version(path: Path, version: object) -> int:
+    """``version`` if this release reads bundles of it; otherwise a ``BundleError`` saying
+    which versions it reads."""
+    readable = f"this release reads bundle versions {OLDEST_BUNDLE_VERSION} to {BUNDLE_VERSION}"
+    if not isinstance(version, int) or isinstance(version, bool):
+        shown = json.dumps(version)
+        if isinstance(version, list | dict) or len(shown) > 40:
+            shown = f"a JSON {_json_type(version)}"
+        raise BundleError(
+            f"{path}: the bundle version in {MANIFEST} is {shown}, not an integer; {readable}; "
+            "retrain it"
+        )
+    if version > BUNDLE_VERSION:
+        raise BundleError(
+            f"{path}: bundle version {version} was written by a later release; {readable}; "
+            "upgrade the package"
+        )
+    if version < OLDEST_BUNDLE_VERSION:
+        raise BundleError(
+            f"{path}: bundle version {version} is older than this release reads; {readable}; "
+            "retrain it"
+        )
+    return version
+
+
+def _migrated(path: Path, version: int, parts: dict[str, dict]) -> dict[str, dict]:
+    """The parts of a bundle of ``version`` brought to ``BUNDLE_VERSION``
+    (``anomaly.migrations``)."""
+    for step in range(version, BUNDLE_VERSION):
+        try:
+            parts = migrations.MIGRATIONS[step].apply(parts)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(
+                f"{path}: cannot bring bundle version {step} to {step + 1} "
+                f"({type(exc).__name__}: {exc}); {RESTORE_HINT}"
+            ) from None
+    return parts
 
 
 def bundle_version_id(path: Path) -> str:

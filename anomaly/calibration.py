@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from anomaly.config import COMPONENTS
+from anomaly.drift import DriftSummary
 from anomaly.errors import DataError, SchemaError, TrainingError
 from anomaly.scoring import (
     REFERENCE_QUANTILES,
@@ -67,7 +68,9 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
     """The same networks calibrated on fresh normal ``rows`` (in time order in time-series
     mode; ``entities`` keeps series apart): component statistics, threshold, tail and
     reference values recomputed on all of them, since the networks never trained on them.
-    The result is a new model whose metadata names its parent and the data's fingerprint."""
+    The fresh rows are the new normal: drift is measured against them from then on
+    (``anomaly.drift``). The result is a new model whose metadata names its parent and the
+    data's fingerprint."""
     from anomaly.detector import Detector
     from anomaly.training import MIN_RECORDS
 
@@ -98,7 +101,8 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
         },
     ]
     engine = detector.engine.with_params(params)
-    return Detector(engine, detector.schema, detector.config, metadata, health)
+    drift_summary = DriftSummary.fit(detector.feature_names, params.reference_scores, rows)
+    return Detector(engine, detector.schema, detector.config, metadata, health, drift_summary)
 
 
 def resolution_warning(held_out_rows: int, target_fpr: float) -> str | None:

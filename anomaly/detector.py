@@ -12,6 +12,7 @@ import numpy as np
 
 from anomaly import bundle, store
 from anomaly.config import COMPONENTS, Config
+from anomaly.drift import DriftSummary
 from anomaly.errors import BundleError, ConfigError, DataError, SchemaError
 from anomaly.preprocessing import Standardizer
 from anomaly.scoring import REFERENCE_QUANTILES, ScoringEngine, ScoringParams
@@ -69,16 +70,26 @@ class ScoreResult:
 
 
 class Detector:
-    """A trained GAN anomaly detector: ``score`` arrays, ``save`` a bundle, ``load`` it back."""
+    """A trained GAN anomaly detector: ``score`` arrays, ``save`` a bundle, ``load`` it back.
+
+    ``drift_summary`` is the distribution of the normal data it was made on, which drift is
+    measured against (``anomaly.drift``)."""
 
     def __init__(
-        self, engine: ScoringEngine, schema: Schema, config: Config, metadata: dict, health: dict
+        self,
+        engine: ScoringEngine,
+        schema: Schema,
+        config: Config,
+        metadata: dict,
+        health: dict,
+        drift_summary: DriftSummary,
     ):
         self.engine = engine
         self.schema = schema
         self.config = config
         self.metadata = metadata
         self.health = health
+        self.drift_summary = drift_summary
         self.version = metadata.get("model_version", "unsaved")
 
     @property
@@ -163,6 +174,7 @@ class Detector:
             "metadata": {k: v for k, v in self.metadata.items() if k != "model_version"},
             "health": self.health,
             "config": self.config.for_bundle(),  # no deployment secrets in bundles
+            "drift": self.drift_summary.to_json(),
         }
         contents = bundle.BundleContents(e.networks, parts, e.latent_prototypes, version="")
         self.version = bundle.save_bundle(path, contents)
@@ -206,7 +218,8 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
     standardizer = Standardizer.from_json(
         bundle.typed_part(path, "preprocessing", parts["preprocessing"], _StandardizerJson)
     )
-    _check_shapes(path, contents, schema, standardizer, params)
+    drift_summary = DriftSummary(**bundle.typed_part(path, "drift", parts["drift"], DriftSummary))
+    _check_shapes(path, contents, schema, standardizer, params, drift_summary)
     engine = ScoringEngine(
         contents.networks["encoder"],
         contents.networks["generator"],
@@ -218,7 +231,7 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
         jit_compile=default_jit_compile() if jit_compile is None else jit_compile,
     )
     metadata = {**parts["metadata"], "model_version": contents.version}
-    return Detector(engine, schema, config, metadata, parts["health"])
+    return Detector(engine, schema, config, metadata, parts["health"], drift_summary)
 
 
 @dataclass(frozen=True)
@@ -231,7 +244,12 @@ class _StandardizerJson:
 
 
 def _check_shapes(
-    path: Path, contents, schema: Schema, standardizer: Standardizer, params: ScoringParams
+    path: Path,
+    contents,
+    schema: Schema,
+    standardizer: Standardizer,
+    params: ScoringParams,
+    drift_summary: DriftSummary,
 ) -> None:
     """The parts agree with each other and with the networks, or the bundle is refused."""
     d = len(schema.feature_names)
@@ -251,6 +269,9 @@ def _check_shapes(
                 f"{path / 'preprocessing.json'}: {name} has {len(getattr(standardizer, name))} "
                 f"values for {d} features"
             )
+    problems.extend(
+        f"{path / 'drift.json'}: {p}" for p in drift_summary.problems(schema.feature_names)
+    )
     encoder = contents.networks["encoder"]
     if tuple(encoder.inputs[0].shape[1:]) != schema.record_shape:
         problems.append(

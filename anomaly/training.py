@@ -2,7 +2,8 @@
 
 The steps, in order: keep normal rows, window them (time-series mode), hold out a
 validation split, fit the standardiser on the training split only, fit the GAN, measure the
-training's health, and calibrate the scoring engine on the held-out split.
+training's health, calibrate the scoring engine on the held-out split, and summarise the
+normal rows and held-out scores for drift (``anomaly.drift``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from anomaly import health
 from anomaly.calibration import calibrate, resolution_warning
 from anomaly.config import Config
 from anomaly.detector import Detector, Schema, default_jit_compile
+from anomaly.drift import DriftSummary
 from anomaly.errors import TrainingError
 from anomaly.gan import AnomalyGAN
 from anomaly.networks import build_networks
@@ -110,8 +112,9 @@ def train(
         report["warnings"].append(too_few)
         warnings.warn(too_few, health.TrainingWarning, stacklevel=2)
     schema = Schema(feature_names, config.model.window, config.data.entity_column)
+    drift_summary = DriftSummary.fit(feature_names, engine.params.reference_scores, rows)
     meta = _metadata(rows, len(fit_part), len(held_out), history, time.perf_counter() - started)
-    return Detector(engine, schema, config, meta, report)
+    return Detector(engine, schema, config, meta, report, drift_summary)
 
 
 def retrain(

@@ -25,6 +25,7 @@ JSON_FILES = {
     "metadata.json",
     "health.json",
     "config.json",
+    "drift.json",
 }
 CHECKSUM_HINT = (
     "checksum mismatch (the file changed after the bundle was written; "
@@ -86,7 +87,7 @@ def test_bundle_holds_keras_networks_json_parts_and_a_manifest_and_no_pickle(tab
 
     assert files == NETWORK_FILES | JSON_FILES | {"latent_prototypes.npy", "manifest.json"}
     manifest = json.loads((tabular_bundle / "manifest.json").read_text())
-    assert manifest["bundle_version"] == 2
+    assert manifest["bundle_version"] == 3
     assert set(manifest["files"]) == files - {"manifest.json"}
     for name in NETWORK_FILES:
         with zipfile.ZipFile(tabular_bundle / name) as archive:
@@ -136,13 +137,14 @@ def test_unknown_bundle_version_is_refused(bundle):
     manifest["bundle_version"] = 99
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
-    assert (
-        load_error(bundle) == f"{bundle}: unknown bundle version 99; this package reads version 2"
+    assert load_error(bundle) == (
+        f"{bundle}: bundle version 99 was written by a later release; this release reads "
+        "bundle versions 2 to 3; upgrade the package"
     )
 
 
 def test_manifest_that_is_not_json_is_refused(bundle):
-    (bundle / "manifest.json").write_text('{"bundle_version": 2, "files": ')
+    (bundle / "manifest.json").write_text('{"bundle_version": 3, "files": ')
 
     assert load_error(bundle).startswith(f"{bundle / 'manifest.json'}: not valid JSON: ")
 
@@ -376,3 +378,25 @@ def test_a_damaged_calibration_is_refused_at_load(bundle, damage, named):
     alarm stage starts from) is checked at load, not found broken while scoring."""
     rewrite_json(bundle, "scoring.json", damage)
     assert named in load_error(bundle)
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (lambda d: d["feature_edges"][2].reverse(), "feature 'f2': edges must be finite and"),
+        (lambda d: d["feature_edges"][0].__setitem__(0, float("nan")), "'f0': edges must be"),
+        (lambda d: d["feature_shares"][1].pop(), "'f1': 9 shares for 10 bins"),
+        (lambda d: d["feature_shares"][1].__setitem__(0, 0.5), "'f1': shares sum to 1.4"),
+        (lambda d: d["score_shares"].__setitem__(0, -0.1), "score: shares must be finite and non"),
+        (lambda d: d["feature_names"].reverse(), "not the schema's feature names"),
+        (lambda d: d["feature_edges"].pop(), "one list per feature (10)"),
+        (lambda d: d.update(feature_shares=None), "both be null or both lists"),
+        (lambda d: d.pop("score_edges"), "missing key 'score_edges'"),
+        (lambda d: d.update(feature_edges="wide"), "feature_edges: input should be a valid list"),
+    ],
+)
+def test_a_damaged_drift_summary_is_refused_at_load_naming_the_file(bundle, damage, named):
+    rewrite_json(bundle, "drift.json", damage)
+    message = load_error(bundle)
+    assert message.startswith(f"{bundle / 'drift.json'}: ")
+    assert named in message

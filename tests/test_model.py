@@ -156,6 +156,7 @@ def test_latent_refinement_changes_scores_and_keeps_auroc_high(tabular_detector,
         tabular_detector.config,
         tabular_detector.metadata,
         tabular_detector.health,
+        tabular_detector.drift_summary,
     ).score(rows)
 
     assert np.isfinite(refined.scores).all()

@@ -1,0 +1,46 @@
+"""Bundles of earlier formats, brought to the current one as they load.
+
+A change of the bundle format bumps ``anomaly.bundle.BUNDLE_VERSION`` and adds an entry
+here: ``MIGRATIONS[n]`` takes the JSON parts of a bundle of version ``n`` to those of version
+``n + 1``. Migrations run in memory, on the parts as read, after every file's checksum was
+verified as written; the bundle on disk is never rewritten (its checksums, and so its model
+version, stay those it was published with). A bundle of version ``n`` goes through every
+step from ``n`` to the current version, then is validated as a bundle of that version.
+
+A migration adds what can be derived honestly and marks the rest absent; it never invents
+what a model did not record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from anomaly.drift import DriftSummary
+
+Parts = dict[str, dict]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the format, from a version to the next."""
+
+    adds: tuple[str, ...]
+    """The JSON parts the next version added (a bundle of this version has no such file)."""
+    apply: Callable[[Parts], Parts]
+    """The parts of a bundle of this version -> those of the next."""
+
+
+def _add_drift_summary(parts: Parts) -> Parts:
+    """Version 3 added ``drift.json``. A version-2 bundle kept no training distribution of its
+    features, so its summary has none; the score reference comes from the held-out score
+    quantiles its ``scoring.json`` kept (``reference_scores``), as a version-3 bundle's does."""
+    summary = DriftSummary.fit(
+        parts["schema"]["feature_names"], parts["scoring"]["reference_scores"]
+    )
+    return {**parts, "drift": summary.to_json()}
+
+
+MIGRATIONS: dict[int, Migration] = {
+    2: Migration(adds=("drift",), apply=_add_drift_summary),
+}
