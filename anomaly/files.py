@@ -1,4 +1,5 @@
-"""Offline workflows over data files: train from a file, score a file into another.
+"""Offline workflows over data files: train from a file, score a file into another, measure
+a file's drift from the training data.
 
 Files are read in chunks (``anomaly.io``), so a file larger than memory can be scored; the
 output keeps the input's row order and id column. Rows with NaN or infinite features stop
@@ -28,6 +29,7 @@ from anomaly import io
 from anomaly.alarms import AlarmStage
 from anomaly.config import COMPONENTS, AlarmConfig, Config
 from anomaly.detector import Detector
+from anomaly.drift import FeatureBins, FeatureDrift
 from anomaly.errors import DataError, SchemaError
 from anomaly.training import train
 from anomaly.windows import WindowBuffer
@@ -360,3 +362,37 @@ def score_file(
         time.perf_counter() - started,
         alarmed,
     )
+
+
+@dataclass(frozen=True)
+class FileDrift:
+    """What ``drift_file`` measured."""
+
+    features: list[FeatureDrift]
+    """Each feature's PSI, most drifted first."""
+    rows_rejected: int
+    rejects: Path | None
+
+
+def drift_file(detector: Detector, data: PathLike, *, on_invalid: str | None = None) -> FileDrift:
+    """The drift of ``data``'s rows from the normal rows ``detector`` was made on: each
+    feature's population stability index (``anomaly.drift``), most drifted first. The file is
+    read in chunks and only bin counts are kept. Rows with NaN or infinite values stop the run
+    or, with ``on_invalid="skip"``, are left out and written to ``DATA.rejects.csv``. A model
+    saved before drift summaries is a ``BundleError``, before the file is read."""
+    bins = FeatureBins(detector.drift_summary)
+    names = detector.feature_names
+    on_invalid = on_invalid or detector.config.data.on_invalid
+    reader = _reader_for(detector, data, None)
+    rejects = _Rejects(rejects_path(data), names)
+    counts = np.zeros(bins.shape, np.int64)
+    try:
+        for chunk in reader:
+            valid = _valid_rows(chunk, data, names, on_invalid, rejects)
+            counts += bins.counts(chunk.features[valid])
+        if not counts.any():
+            raise DataError(f"{data}: has no valid rows to measure")
+    except BaseException:
+        rejects.discard()
+        raise
+    return FileDrift(bins.ranked(counts), rejects.count, rejects.close())

@@ -1,5 +1,5 @@
 """The ``anomaly`` command line on real files: train, score (CSV, Parquet, JSON lines),
-evaluate, info, and one ``error: ...`` line on stderr with exit code 2 for every input a
+evaluate, drift, info, and one ``error: ...`` line on stderr with exit code 2 for every input a
 user can get wrong."""
 
 from __future__ import annotations
@@ -251,6 +251,71 @@ def test_evaluate_json_parses_and_a_report_writes_markdown_and_plots(model, file
     markdown = (report / "report.md").read_text()
     assert "| auroc |" in markdown and "roc.png" in markdown
     assert json.loads((report / "metrics.json").read_text()) == metrics
+
+
+# -- drift --------------------------------------------------------------------------------
+
+
+def drift(model: Path, data: Path, *options: str):
+    return run("drift", "--model", str(model), "--data", str(data), *options)
+
+
+@pytest.fixture(scope="module")
+def drift_files(correlated_table, tmp_path_factory):
+    """normal.csv: 5000 fresh normal rows; shifted.csv: the same with f4 moved by 3 sd."""
+    root = tmp_path_factory.mktemp("drift")
+    rows = correlated_table.normal(5000, seed=21)
+    frame = frame_of(rows, np.zeros(len(rows), np.int8), prefix="n")
+    frame.to_csv(root / "normal.csv", index=False)
+    frame["f4"] += 3.0 * rows[:, 4].std()
+    frame.to_csv(root / "shifted.csv", index=False)
+    return root
+
+
+def test_drift_ranks_a_shifted_feature_first_and_finds_normal_data_stable(model, drift_files):
+    stable = drift(model, drift_files / "normal.csv", "--json")
+    shifted = drift(model, drift_files / "shifted.csv", "--json")
+
+    assert stable.exit_code == 0 and shifted.exit_code == 0, stable.output + shifted.output
+    assert all(f["drift"] < 0.1 for f in json.loads(stable.stdout)["features"])
+    report = json.loads(shifted.stdout)
+    assert list(report) == ["features"]
+    assert all(list(f) == ["name", "drift"] for f in report["features"])
+    assert sorted(f["name"] for f in report["features"]) == sorted(FEATURES)
+    first = report["features"][0]
+    assert first["name"] == "f4" and first["drift"] > 0.25
+    values = [f["drift"] for f in report["features"]]
+    assert values == sorted(values, reverse=True)
+
+
+def test_drift_prints_a_table_of_the_features_most_drifted_first(model, drift_files):
+    table = drift(model, drift_files / "shifted.csv")
+    ranked = json.loads(drift(model, drift_files / "shifted.csv", "--json").stdout)["features"]
+
+    assert table.exit_code == 0, table.output
+    header, *lines = table.stdout.splitlines()
+    assert header.split() == ["feature", "PSI", "reading"]
+    assert [line.split()[0] for line in lines] == [f["name"] for f in ranked]
+    assert [float(line.split()[1]) for line in lines] == [round(f["drift"], 4) for f in ranked]
+    assert lines[0].endswith("significant shift") and lines[-1].endswith("stable")
+
+
+def test_drift_stops_at_invalid_rows_or_skips_them_to_a_rejects_file(model, files, tmp_path):
+    frame = pd.read_csv(files / "eval.csv").head(200)
+    frame.loc[2, "f1"] = np.nan
+    frame.to_csv(data := tmp_path / "nan.csv", index=False)
+
+    line = error_line(drift(model, data))
+    assert "row 3 (column 'f1' is NaN)" in line and "--on-invalid skip" in line
+    skipped = drift(model, data, "--on-invalid", "skip")
+
+    assert skipped.exit_code == 0, skipped.output
+    assert f"1 rows rejected -> {data}.rejects.csv" in skipped.stdout
+    assert pd.read_csv(f"{data}.rejects.csv")["row"].tolist() == [3]
+    frame.head(3).assign(f1=np.nan).to_csv(only_invalid := tmp_path / "only-nan.csv", index=False)
+    nothing_left = error_line(drift(model, only_invalid, "--on-invalid", "skip"))
+    assert f"{only_invalid}: has no valid rows to measure" in nothing_left
+    assert not Path(f"{only_invalid}.rejects.csv").exists()
 
 
 # -- errors: one line on stderr, exit code 2 ---------------------------------------------------
