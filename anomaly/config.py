@@ -276,6 +276,10 @@ class ServeConfig(_Section):
     batches (``anomaly.stream.reload``); 0 serves the version found at start until exit."""
     model_version: int | None = Field(None, ge=1)
     """Serving a store: the version to serve (a pin, for a rollback) instead of the latest."""
+    drift_window: int = Field(10_000, ge=1)
+    """Latest records the drift metrics cover (``anomaly.drift``: each feature's and the
+    score's population stability index against the model's normal data, and the share
+    flagged); the window keeps bin counts, not records."""
     bootstrap_servers: str = "127.0.0.1:9092"
     input_topic: str = "records"
     output_topic: str = "scores"

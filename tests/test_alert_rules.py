@@ -35,6 +35,8 @@ EXPECTED_ALERTS = {
     "UnreadableRecords",
     "AnomalyStateActive",
     "AnomalyModelLoadFailed",
+    "AnomalyInputDrift",
+    "AnomalyScoreDrift",
 }
 
 

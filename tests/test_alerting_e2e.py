@@ -1,10 +1,11 @@
-"""The anomaly-rate alert fires in a real Prometheus server scraping a running service.
+"""Alerts fire in a real Prometheus server scraping a running service: the anomaly rate, and
+input and score drift.
 
 Prometheus (Debian's package) runs on 127.0.0.1 with 1 s scrape and evaluation intervals
 and the project's own ``deploy/prometheus/alerts.yml``, of which only the ``for:`` durations
 are shortened (the expressions are the ones operators deploy). The scoring service runs in
-a thread against the real Kafka broker; anomalous records are injected and the alert is
-read back from Prometheus's HTTP API.
+a thread against the real Kafka broker; anomalous or shifted records are injected and the
+alerts are read back from Prometheus's HTTP API.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
 POLL_S = 0.5  # how often the waits below look again
+DRIFT_WINDOW = 1000  # records the service's drift figures cover
 
 
 def _get_json(url: str) -> dict:
@@ -60,6 +62,7 @@ def running_service(tiny_bundle, kafka_bootstrap, kafka_topic_factory):
                 "bootstrap_servers": kafka_bootstrap,
                 "group_id": f"alerting-{uuid.uuid4().hex[:8]}",
                 "metrics_port": 0,
+                "drift_window": DRIFT_WINDOW,
                 **topics,
             }
         )
@@ -118,27 +121,63 @@ def test_anomaly_rate_alert_fires_in_prometheus_when_anomalies_are_injected(
         rng = np.random.default_rng(5)
         normal = rng.normal(size=(300, 3)) @ tiny_bundle_mixing
         anomalous = rng.normal(size=(300, 8)) * 4
-        producer = KafkaProducer(bootstrap_servers=bootstrap)
-        for i, row in enumerate(np.vstack([normal, anomalous])):
-            message = {"id": i, "features": row.tolist()}
-            producer.send(input_topic, orjson.dumps(message), key=b"k")
-        producer.flush(timeout=30)
-        producer.close()
+        _send(bootstrap, input_topic, np.vstack([normal, anomalous]))
 
-        def firing():
-            alerts = _get_json(f"{api}/alerts")["data"]["alerts"]
-            return [
-                a
-                for a in alerts
-                if a["labels"]["alertname"] == "AnomalyRateHigh" and a["state"] == "firing"
-            ]
-
-        alerts = wait_for(firing, 90, "AnomalyRateHigh to fire", POLL_S)
+        alerts = wait_for(lambda: _firing(api, "AnomalyRateHigh"), 90, "AnomalyRateHigh", POLL_S)
         assert alerts[0]["labels"]["severity"]
         assert _query(api, "anomaly_anomalies_flagged_total") >= 250
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
+
+
+def test_drift_alerts_fire_for_the_one_feature_a_stream_shifts(
+    prometheus_binary, running_service, tiny_bundle_mixing, tmp_path
+):
+    """Normal records, then normal records whose f3 is moved by 4 of its standard
+    deviations: AnomalyInputDrift fires for f3 alone, and AnomalyScoreDrift too."""
+    service, input_topic, bootstrap = running_service
+    prometheus, port = _start_prometheus(prometheus_binary, tmp_path, service.metrics_port)
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        wait_for(lambda: _query(api, 'up{job="anomaly-scorer"}') == 1.0, 60, "a scrape", POLL_S)
+        rng = np.random.default_rng(9)
+        normal = rng.normal(size=(DRIFT_WINDOW, 3)) @ tiny_bundle_mixing
+        _send(bootstrap, input_topic, normal)
+        wait_for(
+            lambda: _query(api, "anomaly_drift_window_records") == DRIFT_WINDOW,
+            60,
+            "a full window of normal records",
+            POLL_S,
+        )
+        assert _query(api, "max(anomaly_feature_drift_psi)") < 0.1
+        assert not _firing(api, "AnomalyInputDrift")
+
+        shifted = rng.normal(size=(DRIFT_WINDOW, 3)) @ tiny_bundle_mixing
+        shifted[:, 3] += 4 * np.linalg.norm(tiny_bundle_mixing[:, 3])
+        _send(bootstrap, input_topic, shifted)
+        drifted = wait_for(
+            lambda: _firing(api, "AnomalyInputDrift"), 90, "AnomalyInputDrift", POLL_S
+        )
+        wait_for(lambda: _firing(api, "AnomalyScoreDrift"), 90, "AnomalyScoreDrift", POLL_S)
+        assert {a["labels"]["feature"] for a in _firing(api, "AnomalyInputDrift")} == {"f3"}
+        assert drifted[0]["labels"]["severity"] == "warning"
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def _send(bootstrap: str, topic: str, rows: np.ndarray) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for i, row in enumerate(rows):
+        producer.send(topic, orjson.dumps({"id": i, "features": row.tolist()}), key=b"k")
+    producer.flush(timeout=30)
+    producer.close()
+
+
+def _firing(api: str, name: str) -> list[dict]:
+    alerts = _get_json(f"{api}/alerts")["data"]["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == name and a["state"] == "firing"]
 
 
 def _query(api: str, expression: str) -> float | None:

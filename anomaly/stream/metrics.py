@@ -20,6 +20,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from anomaly.drift import DriftMonitor
 from anomaly.stream.messages import REASONS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -205,6 +206,34 @@ class ServiceMetrics:
             "version in service goes on scoring.",
             registry=registry,
         )
+        self.feature_drift = Gauge(
+            "anomaly_feature_drift_psi",
+            "Population stability index of each feature over the latest serve.drift_window "
+            "records against the model's normal training data (below 0.1 stable, 0.1-0.25 "
+            "moderate, above 0.25 a significant shift); absent for a model saved without "
+            "a feature summary.",
+            ["feature"],
+            registry=registry,
+        )
+        self.score_drift = Gauge(
+            "anomaly_score_drift_psi",
+            "Population stability index of the anomaly score over the latest "
+            "serve.drift_window records against the model's held-out normal (calibration) "
+            "scores.",
+            registry=registry,
+        )
+        self.recent_flagged = Gauge(
+            "anomaly_recent_flagged_ratio",
+            "Share of the scored records among the latest serve.drift_window that the model "
+            "flagged; near anomaly_model_target_false_positive_rate on normal data.",
+            registry=registry,
+        )
+        self.drift_window_records = Gauge(
+            "anomaly_drift_window_records",
+            "Records the drift figures cover now (serve.drift_window once the stream has "
+            "filled it; fewer after a start or a model swap).",
+            registry=registry,
+        )
         self.record_score: BatchHistogram | None = None
         self.serve_model(model_version, formulation, threshold, target_fpr)
         self.backpressure_pauses = Counter(
@@ -241,6 +270,7 @@ class ServiceMetrics:
         """Describe the model now serving. The score histogram starts afresh, its buckets
         multiples of this model's threshold (``rate()`` reads the restart as a reset)."""
         self.model_info.info({"model_version": model_version, "formulation": formulation})
+        self.feature_drift.clear()
         self.threshold.set(threshold)
         self.target_fpr.set(target_fpr)
         if self.record_score is not None:
@@ -253,6 +283,14 @@ class ServiceMetrics:
             [0.0, *(r * threshold for r in ratios)] if threshold > 0 else [0.0, 1.0, 10.0, 100.0],
             self.registry,
         )
+
+    def show_drift(self, monitor: DriftMonitor) -> None:
+        """Set the drift gauges from ``monitor``'s window."""
+        for feature, value in monitor.feature_psi().items():
+            self.feature_drift.labels(feature).set(value)
+        self.score_drift.set(monitor.score_psi())
+        self.recent_flagged.set(monitor.flagged_share())
+        self.drift_window_records.set(monitor.records)
 
 
 def _powers_of_two(limit: int) -> list[float]:

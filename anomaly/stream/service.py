@@ -61,6 +61,7 @@ from kafka.structs import OffsetAndMetadata
 
 from anomaly.alarms import AlarmStage
 from anomaly.config import COMPONENTS, AlarmConfig, ServeConfig
+from anomaly.drift import DriftMonitor
 from anomaly.stream import codecs
 from anomaly.stream.broker_watch import BrokerWatch
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
@@ -150,6 +151,7 @@ class ScoringService:
         self._alarms = AlarmStage.for_model(
             detector, self._alarms_for(detector), max_keys=config.max_entities
         )
+        self._drift = DriftMonitor(detector.drift_summary, config.drift_window)
         self.metrics = ServiceMetrics(
             model_version=served.version,
             formulation=detector.engine.params.formulation,
@@ -333,7 +335,8 @@ class ScoringService:
         Windows of records (time-series mode) are kept: they hold records, which the new
         version reads the same way (same features, same window). Alarm streams start afresh
         from the new version's held-out normal scores: a p-value or a tail fitted on one
-        model's scores says nothing about another's.
+        model's scores says nothing about another's. So does the drift window: the new
+        version's normal data is the reference now.
         """
         ready = self._watcher.take() if self._watcher is not None else None
         if ready is None:
@@ -348,6 +351,7 @@ class ScoringService:
         self.metrics.serve_model(
             ready.version, params.formulation, detector.threshold, params.target_fpr
         )
+        self._drift = DriftMonitor(detector.drift_summary, self.config.drift_window)
         self.metrics.alarm_states.set(0)
         self.metrics.model_swaps.inc()
         log.info(
@@ -614,6 +618,8 @@ class ScoringService:
         m.consumed.inc(n)
         m.batch_size.observe_repeated(n, 1)
         m.processing_latency.observe_repeated(t5 - polled_at, n)
+        if chosen:
+            self._drift.observe(decoded.rows, result.scores, result.is_anomaly)
         if n_scored:
             m.scored.inc(n_scored)
             m.record_score.observe(result.scores)
@@ -782,6 +788,7 @@ class ScoringService:
         if now - self._last_lag_update < LAG_INTERVAL_S:
             return
         self._last_lag_update = now
+        self.metrics.show_drift(self._drift)
         change = self._broker.check()
         if change is not None:
             self.metrics.broker_reachable.set(1 if change else 0)
