@@ -88,6 +88,21 @@ def test_a_tampered_version_is_refused_once_and_retried_when_its_files_change(
     assert ready is not None and ready.version == "2" and len(refusals) == 1
 
 
+def test_a_version_of_an_unknown_bundle_format_is_refused_naming_what_this_release_reads(
+    tiny_bundle, retrained_bundle, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    watcher, refusals = _watching(store)
+    future = store / "2"
+    shutil.copytree(retrained_bundle, future)
+    manifest = json.loads((future / "manifest.json").read_text())
+    (future / "manifest.json").write_text(json.dumps({**manifest, "bundle_version": 99}))
+    watcher.check()
+    assert watcher.take() is None
+    assert "bundle version 99 was written by a later release" in refusals[0][1]
+
+
 @pytest.mark.filterwarnings("ignore::anomaly.health.TrainingWarning")  # a throwaway 10-step model
 def test_a_version_for_other_features_is_refused_and_the_next_good_one_taken(
     tiny_bundle, retrained_bundle, tmp_path
