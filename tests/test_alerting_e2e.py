@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -27,6 +28,7 @@ from kafka import KafkaProducer
 import anomaly
 from anomaly.stream import ScoringService
 from tests._support import free_port, unavailable, wait_for
+from tests.test_grafana_dashboard import panel_queries
 
 pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
 
@@ -165,6 +167,50 @@ def test_drift_alerts_fire_for_the_one_feature_a_stream_shifts(
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
+
+
+def test_every_dashboard_panel_returns_data_from_a_running_service(
+    prometheus_binary, running_service, tiny_bundle_mixing, tmp_path
+):
+    """Each query of deploy/grafana/anomaly-scorer.json, its variables filled in as Grafana
+    would (all instances), returns at least one series from Prometheus scraping the service
+    while it scores normal and anomalous records."""
+    service, input_topic, bootstrap = running_service
+    prometheus, port = _start_prometheus(prometheus_binary, tmp_path, service.metrics_port)
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        wait_for(lambda: _query(api, 'up{job="anomaly-scorer"}') == 1.0, 60, "a scrape", POLL_S)
+        rng = np.random.default_rng(11)
+        rows = np.vstack([rng.normal(size=(400, 3)) @ tiny_bundle_mixing, rng.normal(size=(50, 8))])
+        _send(bootstrap, input_topic, rows)
+        wait_for(
+            lambda: (
+                (_query(api, "anomaly_last_commit_timestamp_seconds") or 0) > 0
+                and _query(api, "anomaly_records_scored_total") == len(rows)
+            ),
+            60,
+            "every record scored and committed",
+            POLL_S,
+        )
+        queries = panel_queries(rate_interval="1m")
+        deadline = time.monotonic() + 30  # rates need two scrapes inside their window
+        while True:
+            silent = [(title, query) for title, query in queries if not _series(api, query)]
+            if not silent or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        assert not silent, f"panels whose query returned no data: {silent}"
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def _series(api: str, expression: str) -> list:
+    url = f"{api}/query?query={urllib.request.quote(expression)}"
+    try:
+        return _get_json(url)["data"]["result"]
+    except OSError:  # a query Prometheus refuses (HTTP 400) counts as no data
+        return []
 
 
 def _send(bootstrap: str, topic: str, rows: np.ndarray) -> None:
