@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import io as _bytes_io
+import json
 import os
 import re
 import sys
@@ -76,6 +77,11 @@ PathLike = str | os.PathLike[str]
 #: scoring engine's batch (4,096 by default), big enough to amortise a batch's fixed cost
 #: (bench_scoring: rows/s flattens from about 8,192 rows), small enough for wide tables.
 ARROW_BATCH_ROWS = 32_768
+
+#: ``spark.sql.files.maxPartitionBytes`` set by ``session`` (Spark's default is 128 MB): scoring
+#: costs far more per byte than reading, so smaller tasks spread a file more evenly over the
+#: cores (a 400 MB file is about 13 tasks instead of 4 of uneven sizes).
+PARTITION_BYTES = "32m"
 
 #: Environment variable naming a file where each Python worker logs its model loads.
 LOAD_LOG_ENV = "ANOMALY_SPARK_LOAD_LOG"
@@ -113,15 +119,16 @@ def session(
     ``master`` None takes spark-submit's master, else ``local[*]``. A local master binds the
     driver to 127.0.0.1 with no web UI and runs the Python workers on this interpreter
     (unless ``PYSPARK_PYTHON`` says otherwise). The log level is WARN; Arrow batches are
-    ``ARROW_BATCH_ROWS`` rows; ``config`` adds or replaces Spark settings."""
+    ``ARROW_BATCH_ROWS`` rows, file partitions at most ``PARTITION_BYTES``; ``config`` adds
+    or replaces Spark settings."""
     _pyspark()
-    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
-    if master is None and not SparkConf().contains("spark.master"):
-        master = "local[*]"
+    if master is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        master = "local[*]"  # not under spark-submit, which starts the JVM with its master
     settings = {
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
+        "spark.sql.files.maxPartitionBytes": PARTITION_BYTES,
         "spark.ui.showConsoleProgress": "false",
     }
     if master is not None and master.startswith("local"):
@@ -172,19 +179,20 @@ class _Job:
 def _model(model: PathLike, alarms: AlarmConfig | None) -> tuple[Detector, Path]:
     """The model loaded on the driver (every check of ``anomaly.load`` before any task), or
     a ``ConfigError`` when Spark cannot score it."""
-    from anomaly import store
+    from anomaly import bundle, store
     from anomaly.alarms import AlarmStage
     from anomaly.detector import load
 
     path = store.resolve(model)
-    detector = load(path)
-    window = detector.schema.window
+    bundle.verify_bundle(path)  # checksums first: the schema read next is the bundle's own
+    window = _window(path)
     if window:
         raise ConfigError(
             f"{model}: a time-series model (model.window = {window}) scores sliding windows of "
             "each series in order; Spark scoring takes models of independent rows: score this "
             "data with --engine local"
         )
+    detector = load(path)
     chosen = detector.config.alarms if alarms is None else alarms
     if AlarmStage.for_model(detector, chosen) is not None:
         raise ConfigError(
@@ -193,6 +201,17 @@ def _model(model: PathLike, alarms: AlarmConfig | None) -> tuple[Detector, Path]
             '[alarms] method = "threshold" or score with --engine local'
         )
     return detector, path
+
+
+def _window(path: Path) -> int | None:
+    """The window length in the bundle's schema, read before its networks are loaded (a
+    schema ``load`` would refuse is left for ``load`` to report)."""
+    try:
+        schema = json.loads((path / "schema.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    window = schema.get("window") if isinstance(schema, dict) else None
+    return window if isinstance(window, int) and not isinstance(window, bool) else None
 
 
 def _packed(path: Path) -> bytes:
@@ -222,7 +241,10 @@ def _worker_detector(version: str, bundle) -> Detector:
         root = tempfile.gettempdir()
     target = Path(tempfile.mkdtemp(prefix=f"anomaly-bundle-{version}-", dir=root))
     with tarfile.open(fileobj=_bytes_io.BytesIO(bundle.value), mode="r") as archive:
-        archive.extractall(target, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: no links or paths leading out
+            archive.extractall(target, filter="data")
+        else:
+            archive.extractall(target)
     detector = load(target)
     if detector.version != version:
         raise errors.BundleError(
@@ -411,7 +433,6 @@ def _score_batches(batches: Iterator[pa.RecordBatch], job: _Job) -> Iterator[pa.
     from anomaly.files import _add_scores
 
     detector = _worker_detector(job.version, job.bundle)
-    schema = None
     for batch, rows, features in _numbered(batches, job):
         invalid = io.find_invalid_rows(features)
         if invalid.any() and job.on_invalid == "error":
@@ -424,28 +445,29 @@ def _score_batches(batches: Iterator[pa.RecordBatch], job: _Job) -> Iterator[pa.
         frame = pd.DataFrame({"row": rows[valid]})
         result = detector.score(features[valid]) if valid.any() else None
         _add_scores(frame, result, np.arange(int(valid.sum())), detector)
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = pa.Table.from_pandas(frame, schema=_scores_schema(), preserve_index=False)
         if job.id_column:
             ids = batch.column(job.id_column)
             ids = ids if valid.all() else ids.filter(pa.array(valid))
-            table = table.add_column(1, job.id_column, ids)
-        if schema is None:
-            schema = _arrow_schema(table, job)
-        yield from table.cast(schema).to_batches()
+            table = table.add_column(1, batch.schema.field(job.id_column), ids)
+        yield from table.to_batches()
 
 
-def _arrow_schema(table: pa.Table, job: _Job) -> pa.Schema:
-    """The output's Arrow types as Spark declared them (``row`` not null; text as string)."""
+@functools.cache
+def _scores_schema() -> pa.Schema:
+    """The score columns as Arrow types, as ``_score_schema`` declares them to Spark."""
     import pyarrow as pa
 
-    fields = []
-    for field in table.schema:
-        if field.name == "row":
-            field = field.with_nullable(False)
-        elif pa.types.is_large_string(field.type) and field.name != job.id_column:
-            field = field.with_type(pa.string())
-        fields.append(field)
-    return pa.schema(fields)
+    return pa.schema(
+        [
+            pa.field("row", pa.int64(), nullable=False),
+            ("score", pa.float64()),
+            ("is_anomaly", pa.bool_()),
+            ("percentile", pa.float64()),
+            *((f"score_{c}", pa.float64()) for c in COMPONENTS),
+            ("top_features", pa.string()),
+        ]
+    )
 
 
 def _invalid_batches(batches: Iterator[pa.RecordBatch], job: _Job) -> Iterator[pa.RecordBatch]:
