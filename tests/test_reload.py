@@ -77,6 +77,8 @@ def test_a_tampered_version_is_refused_once_and_retried_when_its_files_change(
     watcher, refusals = _watching(store)
     broken = _tampered_copy(retrained_bundle, store, 2)
     watcher.check()
+    assert refusals == []  # maybe a copy under way: judged when its files stay the same
+    watcher.check()
     watcher.check()
     assert watcher.take() is None
     assert len(refusals) == 1 and refusals[0][0] == 2
@@ -99,6 +101,7 @@ def test_a_version_of_an_unknown_bundle_format_is_refused_naming_what_this_relea
     manifest = json.loads((future / "manifest.json").read_text())
     (future / "manifest.json").write_text(json.dumps({**manifest, "bundle_version": 99}))
     watcher.check()
+    watcher.check()
     assert watcher.take() is None
     assert "bundle version 99 was written by a later release" in refusals[0][1]
 
@@ -114,6 +117,7 @@ def test_a_version_for_other_features_is_refused_and_the_next_good_one_taken(
     publish(tiny_bundle, store)
     watcher, refusals = _watching(store)
     publish(other.save(tmp_path / "other"), store)
+    watcher.check()
     watcher.check()
     assert watcher.take() is None
     assert refusals and "features (5) are not the stream's (8" in refusals[0][1]
@@ -150,3 +154,52 @@ def test_serving_a_pinned_version_that_the_store_lacks_fails_naming_what_it_hold
     with pytest.raises(BundleError, match="is a bundle, not a model store"):
         load_served_model(tiny_bundle, 1)
     assert load_served_model(tiny_bundle).version == anomaly.load(tiny_bundle).version
+
+
+def test_a_version_still_being_copied_in_is_taken_once_complete_and_never_refused(
+    tiny_bundle, retrained_bundle, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    watcher, refusals = _watching(store)
+    partial = store / "2"
+    partial.mkdir()
+    for name in sorted(p.name for p in retrained_bundle.iterdir())[:3]:  # a cp -r under way
+        shutil.copy(retrained_bundle / name, partial / name)
+    watcher.check()
+    assert watcher.take() is None
+    shutil.rmtree(partial)
+    shutil.copytree(retrained_bundle, partial)
+    watcher.check()
+    assert watcher.take().version == "2" and refusals == []
+
+
+def test_a_number_published_again_after_its_version_was_removed_is_loaded_afresh(
+    tiny_bundle, retrained_bundle, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    publish(tiny_bundle, store)
+    watcher, _ = _watching(store)  # serving version 2: the first model
+    shutil.rmtree(store / "2")
+    assert publish(retrained_bundle, store) == 2  # the fix, under the same number
+    watcher.check()
+    ready = watcher.take()
+    assert ready.version == "2"
+    assert ready.detector.version == anomaly.load(retrained_bundle).version
+
+
+def test_a_new_replica_serves_the_latest_version_that_loads(
+    tiny_bundle, retrained_bundle, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    _tampered_copy(retrained_bundle, store, 2)
+    served = load_served_model(store)
+    assert served.version == "1"
+    assert [number for number, _ in served.refused] == [2]
+    assert "checksum mismatch" in served.refused[0][1]
+    watcher, refusals = _watching(store)
+    watcher.check()
+    watcher.check()
+    assert watcher.take() is None and refusals == []  # refused at start, not again

@@ -3,18 +3,25 @@
 Serving a store (``anomaly.store``: ``STORE/1/``, ``STORE/2/``, ...), a ``StoreWatcher``
 thread looks at the store every ``serve.model_poll_s`` seconds. The version to serve is the
 pinned one (``serve.model_version``) or else the highest the store holds, so deleting a bad
-latest version also rolls back. When that differs from the version being served, the
-watcher loads it (checksums, bundle version), checks that it can score this stream (the
-same feature names in the same order, the same window length, a calibrated threshold) and
-warms it (its scoring graph compiled), all off the scoring path; the loop then takes it
-between two batches (``take``). A batch is scored by one model from start to end, so a swap
-neither loses a record nor scores one twice, and each result names the version that scored
-it.
+latest version also rolls back. When that differs from what is being served (another
+number, or the same number holding other content: a version deleted and its number
+published again), the watcher loads it (checksums, bundle version), checks that it can
+score this stream (the same feature names in the same order, the same window length, a
+calibrated threshold), has the service prepare its per-model state (``prepare``: the alarm
+stage its ``[alarms]`` settings make, the drift window) and warms it (its scoring graph
+compiled for every batch shape), all off the scoring path; the loop then takes it between
+two batches (``take``). A batch is scored by one model from start to end, so a swap neither
+loses a record nor scores one twice, and each result names the version that scored it.
 
 A version that fails any of those steps is refused: one log line, one count
-(``anomaly_model_load_failures_total``), and the current version keeps serving. A refusal
-holds until the version's files change (a copy still under way finishes, a bad file is
-replaced), so a broken version is not loaded again on every poll.
+(``anomaly_model_load_failures_total``), and the current version keeps serving. A version
+whose files are still changing (a copy under way) is not refused but looked at again at the
+next poll: a failure counts only once the version's files are the same as at the look
+before. A refusal holds until the version's files change, so a broken version is not loaded
+again on every poll.
+
+At start (``load_served_model``) the latest version that loads is served: a newer one that
+does not is refused as above, so a new replica joins the ones already serving.
 """
 
 from __future__ import annotations
@@ -25,12 +32,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from anomaly import store
-from anomaly.errors import AnomalyError
+from anomaly import bundle, store
+from anomaly.errors import AnomalyError, BundleError
 from anomaly.stream.errors import describe_error
 
 if TYPE_CHECKING:
@@ -38,33 +45,61 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("anomaly.stream")
 
+#: Longest reason a refusal's log line quotes (a damaged file can make a long one).
+MAX_REASON_CHARS = 500
+
 
 @dataclass(frozen=True)
 class ServedModel:
     """A model ready to score the stream, and the version results name it by: its number in
-    a store, or the bundle's content id when a single bundle is served."""
+    a store, or the bundle's content id when a single bundle is served. ``prepared`` is the
+    per-model state the service made for it (``StoreWatcher``'s ``prepare``); ``refused``
+    the newer versions of its store that could not be served at start."""
 
     detector: Detector
     version: str
     store_version: int | None = None
+    prepared: Any = None
+    refused: tuple[tuple[int, str], ...] = ()
 
 
 def load_served_model(path: str | Path, pinned: int | None = None) -> ServedModel:
-    """The model ``serve.model`` names: a bundle, or a store's ``pinned`` version (default:
-    its latest); a ``BundleError`` when it cannot be served."""
+    """The model ``serve.model`` names: a bundle, a store's ``pinned`` version, or the latest
+    version of a store that loads (newer ones that do not are logged and listed in
+    ``refused``); a ``BundleError`` when none can be served."""
     import anomaly
 
-    if not store.is_store(path):
-        detector = anomaly.load(store.resolve(path, pinned))  # a pin on a bundle is an error
-        return ServedModel(detector, detector.version)
-    bundle_path = store.version_path(path, pinned)
-    number = int(bundle_path.name)
-    return ServedModel(anomaly.load(bundle_path), str(number), number)
+    if not store.is_store(path) or pinned is not None:
+        bundle_path = store.resolve(path, pinned)  # a pin on a bundle is an error
+        detector = anomaly.load(bundle_path)
+        if pinned is None:
+            return ServedModel(detector, detector.version)
+        return ServedModel(detector, str(pinned), pinned)
+    numbers = store.versions(path)
+    if not numbers:
+        store.version_path(path)  # raises: a store with no version yet
+    refused: list[tuple[int, str]] = []
+    for number in reversed(numbers):
+        try:
+            detector = anomaly.load(store.version_path(path, number))
+        except BundleError as exc:
+            refused.append((number, _logged_refusal(Path(path), number, "none", str(exc))))
+            continue
+        return ServedModel(detector, str(number), number, refused=tuple(refused))
+    reasons = "; ".join(f"version {n}: {reason}" for n, reason in refused)
+    raise BundleError(f"{path}: no version of this model store can be served ({reasons})")
 
 
-def warm_up(detector: Detector) -> None:
-    """Compile the scoring graph now rather than on the first batch."""
-    detector.score(np.zeros((1, *detector.schema.record_shape), np.float32))
+def warm_up(detector: Detector, max_batch: int = 1) -> None:
+    """Compile the scoring graph now, for every batch shape up to ``max_batch`` records
+    (backends that compile per shape pad batches to powers of two), rather than on the
+    scoring path."""
+    sizes, size = {max_batch}, 1
+    while size < max_batch:
+        sizes.add(size)
+        size *= 2
+    for size in sorted(sizes):
+        detector.score(np.zeros((size, *detector.schema.record_shape), np.float32))
 
 
 def incompatibility(serving: Detector, candidate: Detector) -> str | None:
@@ -83,8 +118,10 @@ def incompatibility(serving: Detector, candidate: Detector) -> str | None:
 
 class StoreWatcher:
     """Looks for the version to serve in ``store`` every ``poll_s`` seconds, in a thread of
-    its own, and has it loaded, checked and warmed for ``take``.
+    its own, and has it loaded, checked, prepared and warmed for ``take``.
 
+    ``prepare(detector)`` makes the service's per-model state (an ``AnomalyError`` refuses
+    the version); ``warm_batch`` is the largest batch to compile for;
     ``on_refused(version, reason)`` is called once per refusal (from the watcher's thread).
     """
 
@@ -95,15 +132,21 @@ class StoreWatcher:
         *,
         poll_s: float,
         pinned: int | None = None,
+        prepare: Callable[[Detector], Any] = lambda detector: None,
+        warm_batch: int = 1,
         on_refused: Callable[[int, str], None] = lambda version, reason: None,
     ):
         self.store = Path(store_path)
         self.poll_s = poll_s
         self.pinned = pinned
         self._serving = serving
+        self._prepare = prepare
+        self._warm_batch = warm_batch
         self._on_refused = on_refused
         self._ready: ServedModel | None = None
-        self._refused: dict[int, tuple] = {}  # version -> fingerprint of its files then
+        # version -> fingerprint of its files when refused, and when last looked at
+        self._refused = {number: self._fingerprint(number) for number, _ in serving.refused}
+        self._looked: dict[int, tuple] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="model-store-watcher")
@@ -129,14 +172,13 @@ class StoreWatcher:
         """One look at the store (what the thread does every ``poll_s``)."""
         target = self._target()
         with self._lock:
-            current = self._serving
-            pending = self._ready
-        if target is None or target == current.store_version:
+            current, pending = self._serving, self._ready
+        if target is None or self._holds(current, target):
             with self._lock:
                 if self._ready is pending:
                     self._ready = None  # a version readied, then removed or unpinned
             return
-        if pending is not None and pending.store_version == target:
+        if pending is not None and self._holds(pending, target):
             return
         candidate = self._load(target, current)
         if candidate is not None:
@@ -164,6 +206,15 @@ class StoreWatcher:
                 return number
         return None
 
+    def _holds(self, model: ServedModel, number: int) -> bool:
+        """Whether ``model`` is what the store's version ``number`` holds now."""
+        if model.store_version != number:
+            return False
+        try:
+            return bundle.bundle_version_id(self.store / str(number)) == model.detector.version
+        except OSError:
+            return True  # being replaced: look again at the next poll
+
     def _load(self, number: int, current: ServedModel) -> ServedModel | None:
         import anomaly
 
@@ -171,25 +222,25 @@ class StoreWatcher:
         if self._refused.get(number) == fingerprint:
             return None
         started = time.monotonic()
+        prepared = None
         try:
             detector = anomaly.load(store.version_path(self.store, number))
             reason = incompatibility(current.detector, detector)
             if reason is None:
-                warm_up(detector)
+                prepared = self._prepare(detector)
+                warm_up(detector, self._warm_batch)
         except AnomalyError as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 (a hostile bundle may fail anywhere)
             reason = f"cannot be loaded: {describe_error(exc)}"
         if reason is not None:
+            settled = self._looked.get(number) == fingerprint == self._fingerprint(number)
+            self._looked[number] = fingerprint
+            if not settled:  # maybe a copy under way: judge it when its files stay the same
+                log.info("event=model_not_settled store=%s version=%d", self.store, number)
+                return None
             self._refused[number] = fingerprint
-            log.error(
-                "event=model_refused store=%s version=%d serving=%s reason=%s",
-                self.store,
-                number,
-                current.version,
-                reason,
-            )
-            self._on_refused(number, reason)
+            self._on_refused(number, _logged_refusal(self.store, number, current.version, reason))
             return None
         log.info(
             "event=model_loaded store=%s version=%d load_s=%.2f",
@@ -197,7 +248,7 @@ class StoreWatcher:
             number,
             time.monotonic() - started,
         )
-        return ServedModel(detector, str(number), number)
+        return ServedModel(detector, str(number), number, prepared)
 
     def _fingerprint(self, number: int) -> tuple:
         """Names, sizes and modification times of a version's files: a change means try
@@ -213,3 +264,18 @@ class StoreWatcher:
             )
         except OSError:
             return ()
+
+
+def _logged_refusal(store_path: Path, number: int, serving: str, reason: str) -> str:
+    """Log a refused version (one line, the reason cut to ``MAX_REASON_CHARS``); return the
+    reason as logged."""
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[: MAX_REASON_CHARS - 3] + "..."
+    log.error(
+        "event=model_refused store=%s version=%d serving=%s reason=%s",
+        store_path,
+        number,
+        serving,
+        reason,
+    )
+    return reason
