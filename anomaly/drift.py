@@ -5,9 +5,19 @@ equal-frequency bins of its normal training rows, in the units records arrive in
 standardisation; per record in time-series mode), and the share of those rows in each bin;
 and the same for the anomaly score of the held-out normal (calibration) records, per window
 in time-series mode. Bins are given by their inner edges, so the outer two are open-ended: a
-value beyond the training range falls in the first or last bin. Edges are deduplicated, so a
-constant or discrete feature gets fewer, wider bins (a constant feature two: below its value,
-and at or above it).
+value beyond the training range falls in the first or last bin.
+
+A value that repeats gets a bin of its own, so that a move to or from it is seen: a feature
+of at most ``BINS`` distinct values (a flag, a count, a constant) gets one bin per value, plus
+"below the smallest" and "above the largest" (share 0 in training), its edges each value and
+the next float above the largest; a 0/1 flag with 5 % ones has bins for 0 and for 1, and a
+constant feature three bins (below, equal, above it). In a feature of more values, one whose
+share exceeds ``1 / BINS`` (a point mass, such as the zeros of a mostly-zero feature) is a
+quantile edge and gets the next float above it as an edge too, so it is a bin by itself. A
+summary so has at most ``MAX_EDGES`` edges per distribution, and a ``drift.json`` with more is
+refused at load. Summaries fitted before this rule (deduplicated quantiles only) are read and
+measured as they were: the stored format did not change, only how new summaries are fitted,
+so the bundle version did not either.
 
 The drift figure is the population stability index of the recent shares ``a_i`` against the
 reference shares ``e_i``:
@@ -31,8 +41,18 @@ import numpy as np
 
 from anomaly.errors import BundleError, SchemaError
 
-#: Equal-frequency bins per distribution (fewer where quantiles coincide).
+#: Equal-frequency bins per distribution (fewer where quantiles coincide; see the module).
 BINS = 10
+#: The most inner edges a fitted distribution has: ``BINS - 1`` quantiles plus, for each
+#: point mass among them (fewer than ``BINS``), the next float above it. A feature of at most
+#: ``BINS`` values has at most ``BINS + 1``.
+MAX_EDGES = 2 * (BINS - 1)
+#: Rows per degree of freedom (non-empty reference bins - 1) below which a batch's PSI is
+#: mostly noise: on ``n`` rows of the training distribution itself the PSI is about
+#: ``(bins - 1) / n`` (its chi-square approximation). At 25 per degree, ten bins need 225
+#: rows, where unshifted data reads about 0.04 and crosses 0.1 for about 1 % of features; at
+#: 100 rows it reads 0.09 and crosses 0.1 for more than a third (measured on Gaussian data).
+MIN_ROWS_PER_DEGREE = 25
 #: Shares below this count as this much in the PSI, so an empty bin gives a finite figure.
 SHARE_FLOOR = 1e-4
 #: Upper bounds of the usual PSI readings: stable, then moderate; above, significant.
@@ -96,8 +116,8 @@ class DriftSummary:
 
     def problems(self, feature_names: list[str]) -> list[str]:
         """What makes the summary unusable for a model of ``feature_names``: other names,
-        edges that are not finite and increasing, shares that are not one per bin,
-        non-negative and summing to 1."""
+        more edges than ``MAX_EDGES``, edges that are not finite and increasing, shares that
+        are not one per bin, non-negative and summing to 1."""
         problems = []
         if self.feature_names != list(feature_names):
             problems.append("feature_names are not the schema's feature names")
@@ -319,17 +339,33 @@ def _checked_rows(rows: np.ndarray, feature_names: list[str]) -> np.ndarray:
 
 
 def _bins(values: np.ndarray) -> tuple[list[float], list[float]]:
-    """Inner edges of ``BINS`` equal-frequency bins of ``values`` and the share of
-    ``values`` in each bin. The edges are values that occur (quantiles without
-    interpolation), deduplicated, so a discrete feature's bins are bounded by its levels."""
+    """Inner edges of about ``BINS`` equal-frequency bins of ``values`` and the share of
+    ``values`` in each bin; a repeated value gets a bin of its own (see the module).
+
+    Values of at most ``BINS`` distinct levels: the edges are each level and the next float
+    above the largest. Otherwise: the deciles (values that occur: quantiles without
+    interpolation), deduplicated, and the next float above each one whose share exceeds
+    ``1 / BINS`` (every such value is a decile: the cumulative share jumps past one)."""
     if not len(values):
         raise ValueError("no values to summarise")
-    edges = np.unique(np.quantile(values, np.arange(1, BINS) / BINS, method="inverted_cdf"))
-    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-    return edges.tolist(), (counts / len(values)).tolist()
+    levels, counts = np.unique(values, return_counts=True)
+    if len(levels) <= BINS:
+        edges = np.append(levels, np.nextafter(levels[-1], np.inf))
+    else:
+        deciles = np.unique(np.quantile(values, np.arange(1, BINS) / BINS, method="inverted_cdf"))
+        masses = levels[counts > len(values) / BINS]
+        edges = np.unique(np.concatenate([deciles, np.nextafter(masses, np.inf)]))
+    binned = np.searchsorted(edges, values, side="right")
+    shares = np.bincount(binned, minlength=len(edges) + 1) / len(values)
+    return edges.tolist(), shares.tolist()
 
 
 def _bin_problems(edges: list[float], shares: list[float]) -> list[str]:
+    if len(edges) > MAX_EDGES:  # checked first: measuring costs time per edge, on every batch
+        return [
+            f"{len(edges)} edges, more than the {MAX_EDGES} a summary is fitted with (every "
+            "batch measured would pay for each)"
+        ]
     problems = []
     if not all(math.isfinite(e) for e in edges) or any(
         b <= a for a, b in zip(edges, edges[1:], strict=False)

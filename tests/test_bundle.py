@@ -14,6 +14,7 @@ import pytest
 
 import anomaly
 from anomaly import BundleError, SchemaError
+from anomaly.drift import MAX_EDGES
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,7 @@ JSON_FILES = {
     "config.json",
     "drift.json",
 }
+FIXTURES = Path(__file__).parent / "fixtures"
 CHECKSUM_HINT = (
     "checksum mismatch (the file changed after the bundle was written; "
     "retrain or restore the bundle)"
@@ -211,6 +213,12 @@ def rewrite_json(bundle: Path, name: str, change) -> None:
     change(values)
     (bundle / name).write_text(json.dumps(values))
     rewrite_checksum(bundle, name)
+
+
+@pytest.fixture
+def v3(tmp_path) -> Path:
+    """A private copy of the committed version-3 bundle (no training needed), free to damage."""
+    return Path(shutil.copytree(FIXTURES / "bundle-v3", tmp_path / "v3"))
 
 
 @pytest.fixture
@@ -400,3 +408,17 @@ def test_a_damaged_drift_summary_is_refused_at_load_naming_the_file(bundle, dama
     message = load_error(bundle)
     assert message.startswith(f"{bundle / 'drift.json'}: ")
     assert named in message
+
+
+def test_a_drift_summary_with_more_edges_than_a_fit_makes_is_refused_at_load(v3):
+    """Measuring costs time per edge on every batch: a hostile drift.json with millions of
+    edges would stall scoring, so more than a fit ever makes is refused, naming the feature."""
+
+    def widen(summary):
+        summary["feature_edges"][1] = [float(e) for e in range(MAX_EDGES + 1)]
+        summary["feature_shares"][1] = [1.0] + [0.0] * (MAX_EDGES + 1)
+
+    rewrite_json(v3, "drift.json", widen)
+    assert load_error(v3).startswith(
+        f"{v3 / 'drift.json'}: feature 'b': {MAX_EDGES + 1} edges, more than the {MAX_EDGES} "
+    )

@@ -10,6 +10,7 @@ import pytest
 import anomaly
 from anomaly.calibration import recalibrate
 from anomaly.drift import (
+    MAX_EDGES,
     SHARE_FLOOR,
     DriftMonitor,
     DriftSummary,
@@ -39,13 +40,50 @@ def test_a_continuous_feature_gets_ten_bins_of_a_tenth_each():
     assert summary.problems(NAMES) == []
 
 
-def test_a_constant_or_discrete_feature_gets_deduplicated_edges():
+def test_each_level_of_a_constant_or_discrete_feature_gets_a_bin_of_its_own():
     rows = np.stack([np.full(1000, 3.0), np.repeat([0.0, 1.0, 2.0, 2.0], 250)], axis=1)
     summary = summary_of(rows)
-    assert summary.feature_edges[0] == [3.0] and summary.feature_shares[0] == [0.0, 1.0]
-    assert summary.feature_edges[1] == [0.0, 1.0, 2.0]
-    assert summary.feature_shares[1] == [0.0, 0.25, 0.25, 0.5]
+    above_3, above_2 = np.nextafter(3.0, np.inf), np.nextafter(2.0, np.inf)
+    assert summary.feature_edges[0] == [3.0, above_3]  # below, equal, above
+    assert summary.feature_shares[0] == [0.0, 1.0, 0.0]
+    assert summary.feature_edges[1] == [0.0, 1.0, 2.0, above_2]
+    assert summary.feature_shares[1] == [0.0, 0.25, 0.25, 0.5, 0.0]
     assert summary.problems(NAMES[:2]) == []
+
+
+def rare_flag_constant_and_zero_inflated(n: int, seed: int, ones=0.05, constant=3.0, zeros=0.9):
+    """A 0/1 flag with a rare 1, a constant, and a feature of mostly zeros, else continuous."""
+    rng = np.random.default_rng(seed)
+    flag = rng.random(n) < ones
+    many = np.where(rng.random(n) < zeros, 0.0, rng.exponential(size=n))
+    return np.stack([flag, np.full(n, constant), many], axis=1).astype(np.float32)
+
+
+def test_a_rare_level_a_constant_that_moves_up_and_a_point_mass_are_seen():
+    summary = summary_of(rare_flag_constant_and_zero_inflated(5000, 0))
+    flag_edges, constant_edges, many_edges = summary.feature_edges
+    assert flag_edges == [0.0, 1.0, np.nextafter(1.0, np.inf)]
+    np.testing.assert_allclose(summary.feature_shares[0], [0.0, 0.95, 0.05, 0.0], atol=0.01)
+    assert many_edges == [0.0, np.nextafter(0.0, np.inf)]  # the zeros are a bin of their own
+
+    def drift(**moved) -> dict[str, float]:
+        rows = rare_flag_constant_and_zero_inflated(2000, 1, **moved)
+        return {f.name: f.drift for f in feature_drift(summary, rows)}
+
+    assert all(value < 0.1 for value in drift().values())
+    assert drift(ones=1.0)["a"] > 0.25 and drift(ones=0.0)["a"] > 0.25
+    assert drift(constant=1e6)["b"] > 0.25 and drift(constant=-1.0)["b"] > 0.25
+    assert drift(zeros=0.5)["c"] > 0.25
+
+
+def test_the_most_edges_a_summary_is_fitted_with_is_max_edges():
+    """Nine point masses of 10.5 % each and a continuous rest: each mass is a decile and gets
+    an edge above it too, the most a fit makes, which a bundle's summary may not exceed."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([np.repeat(np.arange(9.0), 1050), rng.normal(20, 1, size=550)])
+    summary = summary_of(values[:, None])
+    assert len(summary.feature_edges[0]) == MAX_EDGES
+    assert summary.problems(NAMES[:1]) == []
 
 
 def test_psi_is_zero_on_the_reference_shares_and_finite_when_bins_are_empty():
