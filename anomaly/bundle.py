@@ -156,6 +156,11 @@ def verify_bundle(path: Path) -> dict:
     for name, checksum in sorted(listed.items()):
         file = files[name]
         if not file.is_file():
+            if file.exists():  # a named pipe would block the reader, a device never end
+                raise BundleError(
+                    f"{file}: is not a regular file (a named pipe, a device or a directory); "
+                    "a bundle holds regular files only"
+                )
             raise BundleError(f"{path}: missing file {name}")
         if _sha256(file) != checksum:
             raise BundleError(

@@ -161,7 +161,11 @@ class Detector:
         return x
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model bundle to directory ``path`` (replacing it) and return the path."""
+        """Write the model bundle to directory ``path`` (replacing a bundle there) and return
+        the path. A ``BundleError``, before anything is written, when ``path`` is a model
+        store, one of its versions, or a non-empty directory that is not a bundle: save
+        elsewhere and ``anomaly publish`` into a store (``store.check_save_target``)."""
+        store.check_save_target(path)
         e = self.engine
         parts = {
             "preprocessing": e.standardizer.to_json(),

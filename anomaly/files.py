@@ -31,6 +31,7 @@ from anomaly.config import COMPONENTS, AlarmConfig, Config
 from anomaly.detector import Detector
 from anomaly.drift import FeatureBins, FeatureDrift
 from anomaly.errors import DataError, SchemaError
+from anomaly.store import check_save_target
 from anomaly.training import train
 from anomaly.windows import WindowBuffer
 
@@ -175,6 +176,7 @@ def _model_from_normal_rows(
     ``reader`` (label 0 when it reads labels; invalid rows stop the run or, with
     ``on_invalid="skip"``, go to ``OUT.rejects.csv``), saved to ``out``."""
     started = time.perf_counter()
+    check_save_target(out)  # before the data is read and a model made, not after
     names = reader.feature_names
     table = io.join_chunks(reader)
     rejects = _Rejects(rejects_path(out), names)

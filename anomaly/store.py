@@ -3,16 +3,22 @@
 ``STORE/1/``, ``STORE/2/``, ... are bundles (``anomaly.bundle``); the highest number is the
 latest. ``publish`` adds a bundle as the next version so that a reader never sees half of
 one: the bundle is loaded and verified first (a bundle that cannot be served is refused
-before it reaches the store), copied into a hidden staging directory inside the store,
-verified again there, then renamed to its number in one step. A rename onto a number that
-another publisher took in the meantime fails, and the next number is tried. Anything else
-in the store (staging left by a crash, other files) is not a version.
+before it reaches the store), its manifest and the files it lists (nothing else) are copied
+into a hidden staging directory inside the store, verified again there, then renamed to its
+number in one step. A rename onto a number that another publisher took in the meantime
+fails, and the next number is tried. Anything else in the store (staging left by a crash,
+other files, names that are not plain ASCII numbers) is not a version.
+
+Published versions are never changed: saving a model (``Detector.save``) over a store or
+one of its versions is refused (``check_save_target``); save elsewhere and publish.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -21,6 +27,8 @@ from anomaly.errors import BundleError
 
 #: Prefix of the staging directories inside a store (never a version: not a number).
 _STAGING = ".publishing-"
+#: The name of a version: a positive number in ASCII digits, without leading zeros.
+_VERSION_NAME = re.compile(r"[1-9][0-9]*")
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
@@ -37,13 +45,14 @@ def is_store(path: str | os.PathLike[str]) -> bool:
 
 
 def versions(store: str | os.PathLike[str]) -> list[int]:
-    """The store's version numbers, ascending."""
-    store = Path(store)
-    found = []
-    for entry in store.iterdir():
-        if entry.is_dir() and entry.name.isdigit() and entry.name == str(int(entry.name)):
-            found.append(int(entry.name))
-    return sorted(n for n in found if n > 0)
+    """The store's version numbers, ascending: its directories named by a positive decimal
+    number in ASCII digits without leading zeros; any other entry is not a version."""
+    return sorted(int(entry.name) for entry in Path(store).iterdir() if _is_version(entry))
+
+
+def _is_version(entry: Path) -> bool:
+    # Not str.isdigit: it holds for "²" and other Unicode digits that int() refuses.
+    return _VERSION_NAME.fullmatch(entry.name) is not None and entry.is_dir()
 
 
 def version_path(store: str | os.PathLike[str], version: int | None = None) -> Path:
@@ -74,18 +83,37 @@ def resolve(path: str | os.PathLike[str], version: int | None = None) -> Path:
 
 def publish(model: str | os.PathLike[str], store: str | os.PathLike[str]) -> int:
     """Copy bundle ``model`` into ``store`` (made if missing) as its next version; return the
-    version's number."""
+    version's number. Only ``manifest.json`` and the files it lists are copied, each a regular
+    file inside the bundle (a named pipe, a device or a link leading out is refused, naming
+    it), so nothing else lying in the bundle's directory reaches the store. ``model`` may not
+    be a store (publish one of its versions), nor hold ``store``."""
     from anomaly.detector import load  # the model must load as a server would load it
 
     model, store = Path(model), Path(store)
+    if is_store(model):
+        numbers = versions(model)
+        if numbers:
+            raise BundleError(
+                f"{model}: is a model store, not a bundle: publish one of its versions, e.g. "
+                f"{model / str(numbers[-1])}"
+            )
+        raise BundleError(
+            f"{model}: is not a model bundle (it holds none of a bundle's files, such as "
+            f"{bundle.MANIFEST})"
+        )
     load(model)
     if store.exists() and not is_store(store):
         raise BundleError(f"{store}: is a bundle, not a model store")
+    if _real(store).is_relative_to(_real(model)):
+        raise BundleError(
+            f"{store}: is inside the bundle {model}; a model store must lie outside the bundles "
+            "published into it"
+        )
     store.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=store))
     try:
         copy = staging / "bundle"
-        shutil.copytree(model, copy, symlinks=False)
+        _copy_listed_files(model, copy)
         bundle.verify_bundle(copy)
         number = (versions(store) or [0])[-1] + 1
         while True:
@@ -98,3 +126,66 @@ def publish(model: str | os.PathLike[str], store: str | os.PathLike[str]) -> int
                 number += 1  # another publisher took it
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_save_target(path: str | os.PathLike[str]) -> None:
+    """A ``BundleError`` when saving a bundle to ``path`` (which replaces what is there) would
+    destroy what a store holds or what is not a bundle: ``path`` is a model store, a version
+    of one, or a non-empty directory that is not a bundle. A new path, an empty directory or
+    a bundle (replaced) is fine."""
+    path = Path(path)
+    if path.is_dir() and is_store(path):
+        numbers = versions(path)
+        if numbers:
+            raise BundleError(
+                f"{path}: is a model store (versions {', '.join(map(str, numbers))}); saving a "
+                "model there would delete every version: save elsewhere and `anomaly publish` "
+                "it into the store"
+            )
+        if any(path.iterdir()):
+            raise BundleError(
+                f"{path}: is a directory that holds no model bundle; saving a model there would "
+                "delete what it holds: choose a new or empty directory"
+            )
+    store = path.parent
+    if _VERSION_NAME.fullmatch(path.name) and store.is_dir() and is_store(store):
+        if versions(store):
+            raise BundleError(
+                f"{path}: is a version of model store {store}: published versions are never "
+                "changed, and new ones are added by `anomaly publish` only; save elsewhere and "
+                "`anomaly publish` it"
+            )
+
+
+def _real(path: Path) -> Path:
+    """``path`` with symbolic links resolved, whether it exists or not (never raises, not
+    even on a link loop, unlike ``Path.resolve`` on Python 3.11)."""
+    return Path(os.path.realpath(path))
+
+
+def _copy_listed_files(model: Path, copy: Path) -> None:
+    """Copy the manifest of bundle ``model`` and the files it lists into new directory
+    ``copy``, each as a regular file."""
+    manifest = bundle.verify_bundle(model)  # names checked: plain names inside the bundle
+    copy.mkdir()
+    for name in [bundle.MANIFEST, *manifest["files"]]:
+        _copy_regular_file(model / name, copy / name)
+
+
+def _copy_regular_file(source: Path, target: Path) -> None:
+    """Copy ``source`` (after symbolic links) if it is a regular file, else a ``BundleError``.
+    Opened without blocking, so a named pipe is refused rather than waited on."""
+    fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise BundleError(
+            f"{source}: is not a regular file (a named pipe, a device or a directory); a "
+            "bundle holds regular files only"
+        )
+    with os.fdopen(fd, "rb") as reader, target.open("xb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)

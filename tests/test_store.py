@@ -1,9 +1,13 @@
 """The model store: numbered versions, published atomically (``anomaly.store``)."""
 
 import json
+import os
+import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -73,3 +77,127 @@ def test_the_cli_publishes_and_prints_the_number(tiny_bundle, tmp_path):
     info = CliRunner().invoke(cli, ["info", str(store)])
     assert info.exit_code == 0 and json.loads(info.output)["model_version"]
     assert Path(store / "2" / "manifest.json").exists()
+
+
+def manifest_files(bundle: Path) -> set[str]:
+    return set(json.loads((bundle / "manifest.json").read_text())["files"])
+
+
+def test_entries_that_are_not_plain_ascii_numbers_are_not_versions(tiny_bundle, tmp_path):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    for name in ("\u00b2", "\u0663", "01", "0", "1.0", " 2"):  # "²" is str.isdigit, not int()
+        (store / name).mkdir()
+    (store / "7").write_text("a file, not a version")
+    assert versions(store) == [1]
+    assert resolve(store) == store / "1"
+    assert anomaly.load(store).version == anomaly.load(tiny_bundle).version
+    assert publish(tiny_bundle, store) == 2
+
+
+def test_publishing_copies_only_the_files_the_manifest_lists(tiny_bundle, tmp_path):
+    model = Path(shutil.copytree(tiny_bundle, tmp_path / "model"))
+    (tmp_path / "outside.bin").write_bytes(b"not part of the bundle")
+    (model / "extra.bin").symlink_to(tmp_path / "outside.bin")
+    os.mkfifo(model / "pipe")  # copying the whole directory stopped here with a traceback
+    (model / "notes").mkdir()
+    (model / "notes" / "todo.txt").write_text("unlisted")
+    store = tmp_path / "store"
+    assert publish(model, store) == 1
+    copied = {p.name for p in (store / "1").iterdir()}
+    assert copied == manifest_files(model) | {"manifest.json"}
+    assert all((store / "1" / name).is_file() for name in copied)
+    assert anomaly.load(store).version == anomaly.load(model).version
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "link to /dev/zero"])
+def test_a_listed_file_that_is_not_a_regular_file_of_the_bundle_is_refused_in_one_line(
+    tiny_bundle, tmp_path, kind
+):
+    model = Path(shutil.copytree(tiny_bundle, tmp_path / "model"))
+    if kind == "named pipe":
+        os.mkfifo(model / "extra")
+        problem = f"{model / 'extra'}: is not a regular file (a named pipe, a device or a dir"
+    else:
+        (model / "extra").symlink_to("/dev/zero")
+        problem = f"{model / 'extra'}: is a symbolic link to /dev/zero, outside the bundle"
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["files"]["extra"] = "0" * 64
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    store = tmp_path / "store"
+    result = CliRunner().invoke(cli, ["publish", "--model", str(model), "--store", str(store)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {problem}") and len(result.stderr.splitlines()) == 1
+    assert not store.exists() or versions(store) == []
+
+
+def test_a_store_given_as_the_model_is_refused_naming_a_version_to_publish(tiny_bundle, tmp_path):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    publish(tiny_bundle, store)
+    other = tmp_path / "other"
+    for target in (other, store):
+        result = CliRunner().invoke(cli, ["publish", "--model", str(store), "--store", str(target)])
+        assert result.exit_code == 2
+        assert result.stderr == (
+            f"error: {store}: is a model store, not a bundle: publish one of its versions, "
+            f"e.g. {store / '2'}\n"
+        )
+    assert not other.exists() and sorted(p.name for p in store.iterdir()) == ["1", "2"]
+
+
+def test_a_store_inside_the_bundle_it_publishes_is_refused(tiny_bundle, tmp_path):
+    model = Path(shutil.copytree(tiny_bundle, tmp_path / "model"))
+    with pytest.raises(
+        BundleError, match="is inside the bundle .*; a model store must lie outside"
+    ):
+        publish(model, model / "store")
+    assert not (model / "store").exists()
+
+
+def test_saving_over_a_store_or_one_of_its_versions_is_refused_and_changes_nothing(
+    tiny_bundle, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    detector = anomaly.load(store)
+    with pytest.raises(BundleError) as refused:
+        detector.save(store)
+    assert str(refused.value).startswith(
+        f"{store}: is a model store (versions 1); saving a model there would delete every version"
+    )
+    for version in ("1", "2"):  # an existing version, and a new number outside publish
+        with pytest.raises(BundleError) as refused:
+            detector.save(store / version)
+        assert str(refused.value).startswith(
+            f"{store / version}: is a version of model store {store}: published versions are "
+            "never changed"
+        )
+        assert str(refused.value).endswith("save elsewhere and `anomaly publish` it")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "data.csv").write_text("a\n1\n")
+    with pytest.raises(BundleError, match="holds no model bundle; saving a model there would"):
+        detector.save(tmp_path / "work")
+    assert sorted(p.name for p in store.iterdir()) == ["1"]
+    assert anomaly.load(store).version == detector.version
+    assert (tmp_path / "work" / "data.csv").exists()
+
+
+def test_calibrate_with_out_a_store_exits_2_and_keeps_every_version(
+    tiny_bundle, tiny_bundle_mixing, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    publish(tiny_bundle, store)
+    data = tmp_path / "normal.csv"
+    rows = np.random.default_rng(1).normal(size=(600, 3)) @ tiny_bundle_mixing
+    pd.DataFrame(rows, columns=[f"f{i}" for i in range(8)]).to_csv(data, index=False)
+    for out in (store, store / "2"):
+        result = CliRunner().invoke(
+            cli, ["calibrate", "--model", str(store), "--data", str(data), "--out", str(out)]
+        )
+        assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
+        assert "`anomaly publish`" in result.stderr
+    assert versions(store) == [1, 2]
+    assert manifest_files(store / "1") == manifest_files(tiny_bundle)
+    assert anomaly.load(store).version == anomaly.load(tiny_bundle).version
