@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import typing
 from dataclasses import dataclass
@@ -193,14 +194,15 @@ def _readable_version(path: Path, version: object) -> int:
             f"{path}: the bundle version in {MANIFEST} is {shown}, not an integer; {readable}; "
             "retrain it"
         )
+    shown = str(version) if abs(version) < 10**20 else f"of {len(str(abs(version)))} digits"
     if version > BUNDLE_VERSION:
         raise BundleError(
-            f"{path}: bundle version {version} was written by a later release; {readable}; "
+            f"{path}: bundle version {shown} was written by a later release; {readable}; "
             "upgrade the package"
         )
     if version < OLDEST_BUNDLE_VERSION:
         raise BundleError(
-            f"{path}: bundle version {version} is older than this release reads; {readable}; "
+            f"{path}: bundle version {shown} is older than this release reads; {readable}; "
             "retrain it"
         )
     return version
@@ -210,12 +212,17 @@ def _migrated(path: Path, version: int, parts: dict[str, dict]) -> dict[str, dic
     """The parts of a bundle of ``version`` brought to ``BUNDLE_VERSION``
     (``anomaly.migrations``)."""
     for step in range(version, BUNDLE_VERSION):
+        migration = migrations.MIGRATIONS[step]
         try:
-            parts = migrations.MIGRATIONS[step].apply(parts)
-        except (KeyError, TypeError, ValueError) as exc:
+            parts = migration.apply(parts)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            # ArithmeticError: an integer beyond float range (OverflowError) in what it reads
+            reason = f"{type(exc).__name__}: {exc}"
+            reason = reason if len(reason) <= 200 else reason[:200] + "..."
+            files = " and ".join(f"{name}.json" for name in migration.reads)
             raise BundleError(
-                f"{path}: cannot bring bundle version {step} to {step + 1} "
-                f"({type(exc).__name__}: {exc}); {RESTORE_HINT}"
+                f"{path}: cannot bring bundle version {step} to {step + 1} ({reason}) from its "
+                f"{files}; {RESTORE_HINT}"
             ) from None
     return parts
 
@@ -289,8 +296,14 @@ def _inside(bundle: Path, name: object, manifest: Path) -> Path:
             "before reading anything"
         )
     file = bundle / name
-    target = file.resolve()
-    if not target.is_relative_to(bundle.resolve()):
+    try:
+        target, folder = file.resolve(), bundle.resolve()
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError for a link loop
+        raise BundleError(
+            f"{file}: is a symbolic link that leads round in a loop (or cannot be followed); "
+            "refused before reading anything"
+        ) from None
+    if not target.is_relative_to(folder):
         raise BundleError(
             f"{file}: is a symbolic link to {target}, outside the bundle; refused before "
             "reading anything (copy the file into the bundle instead)"
@@ -309,12 +322,35 @@ def _json_type(value: object) -> str:
 
 
 def _read_json(file: Path) -> Any:
+    """The JSON value in ``file``; whatever keeps it from being read (a missing or special
+    file, bytes that are not UTF-8 JSON, an integer beyond Python's digit limit, nesting
+    deeper than the parser's recursion) is a one-line ``BundleError`` naming the file."""
+    if file.exists() and not file.is_file():  # a named pipe would block read_text
+        raise BundleError(
+            f"{file}: is not a regular file (a named pipe, a device or a directory); a bundle "
+            "holds regular files only"
+        )
     try:
-        return json.loads(file.read_text())
+        text = file.read_text()
     except FileNotFoundError:
         raise BundleError(f"{file.parent}: missing file {file.name}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise BundleError(f"{file}: not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise BundleError(f"{file}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{file}: not valid JSON: {exc}") from None
+    except ValueError:  # int(): "Exceeds the limit (4300 digits) for integer string conversion"
+        raise BundleError(
+            f"{file}: holds an integer of more than {sys.get_int_max_str_digits()} digits, "
+            f"which no bundle does; {RESTORE_HINT}"
+        ) from None
+    except RecursionError:
+        raise BundleError(
+            f"{file}: holds JSON nested too deeply to read, which no bundle does; {RESTORE_HINT}"
+        ) from None
 
 
 def _sha256(file: Path) -> str:

@@ -293,9 +293,20 @@ def _check_shapes(
 
 
 def _calibration_problems(params: ScoringParams) -> list[str]:
-    """What makes the calibration unusable: a damaged tail, a threshold that does not follow
-    from it, reference values that are not finite or not one per quantile."""
+    """What makes the calibration unusable: a target false-positive rate outside (0, 1), a
+    threshold that is not finite as the float32 scores are compared with (1e308 would
+    flag nothing), a damaged tail, a threshold that does not follow from it, reference
+    values that are not finite or not one per quantile."""
     problems = []
+    if not 0 < params.target_fpr < 1:  # NaN too
+        problems.append(f"target_fpr is {params.target_fpr!r}; it must lie between 0 and 1")
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(np.float32(params.threshold)):
+            problems.append(
+                f"threshold is {params.threshold!r}, not a finite float32 (scores are float32)"
+            )
+    if problems:
+        return problems
     if params.tail:
         tail = Tail(**params.tail)
         problems += [f"tail {problem}" for problem in tail.problems()]

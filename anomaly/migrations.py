@@ -27,6 +27,8 @@ class Migration:
 
     adds: tuple[str, ...]
     """The JSON parts the next version added (a bundle of this version has no such file)."""
+    reads: tuple[str, ...]
+    """The JSON parts ``apply`` reads (named when it fails on a damaged bundle)."""
     apply: Callable[[Parts], Parts]
     """The parts of a bundle of this version -> those of the next."""
 
@@ -42,5 +44,5 @@ def _add_drift_summary(parts: Parts) -> Parts:
 
 
 MIGRATIONS: dict[int, Migration] = {
-    2: Migration(adds=("drift",), apply=_add_drift_summary),
+    2: Migration(adds=("drift",), reads=("scoring", "schema"), apply=_add_drift_summary),
 }

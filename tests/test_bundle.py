@@ -422,3 +422,79 @@ def test_a_drift_summary_with_more_edges_than_a_fit_makes_is_refused_at_load(v3)
     assert load_error(v3).startswith(
         f"{v3 / 'drift.json'}: feature 'b': {MAX_EDGES + 1} edges, more than the {MAX_EDGES} "
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        (
+            "manifest.json",
+            '{"bundle_version": ' + "9" * 5000 + ', "files": {}}',
+            "holds an integer of more than 4300 digits, which no bundle does",
+        ),
+        ("manifest.json", "[" * 100_000 + "]" * 100_000, "holds JSON nested too deeply to read"),
+        ("health.json", '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "holds JSON nested too"),
+    ],
+)
+def test_json_that_python_cannot_parse_is_a_one_line_bundle_error_naming_the_file(
+    v3, name, content, problem
+):
+    (v3 / name).write_text(content)
+    if name != "manifest.json":
+        rewrite_checksum(v3, name)
+    message = load_error(v3)
+    assert message.startswith(f"{v3 / name}: {problem}")
+    assert "\n" not in message and len(message) < 300
+
+
+def test_a_huge_bundle_version_is_refused_in_a_short_line(v3):
+    manifest = json.loads((v3 / "manifest.json").read_text())
+    manifest["bundle_version"] = 10**4000  # parses (under 4300 digits): shown by its length
+    (v3 / "manifest.json").write_text(json.dumps(manifest))
+    message = load_error(v3)
+    assert message.startswith(f"{v3}: bundle version of 4001 digits was written by a later")
+    assert len(message) < 300
+
+
+@pytest.mark.parametrize("name", ["loop", "schema.json"])
+def test_a_symlink_loop_in_the_bundle_is_refused_in_one_line(v3, name):
+    (v3 / name).unlink(missing_ok=True)
+    (v3 / name).symlink_to(name)
+    if name == "loop":
+        list_in_manifest(v3, name)
+    assert load_error(v3) == (
+        f"{v3 / name}: is a symbolic link that leads round in a loop (or cannot be followed); "
+        "refused before reading anything"
+    )
+
+
+def test_the_cli_refuses_an_unparsable_manifest_in_one_line_with_exit_2(v3):
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    (v3 / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = CliRunner().invoke(cli, ["info", str(v3)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {v3 / 'manifest.json'}: holds JSON nested too")
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("target_fpr", float("nan"), "target_fpr is nan; it must lie between 0 and 1"),
+        ("target_fpr", 5.0, "target_fpr is 5.0; it must lie between 0 and 1"),
+        ("target_fpr", -1.0, "target_fpr is -1.0; it must lie between 0 and 1"),
+        ("threshold", 1e308, "threshold is 1e+308, not a finite float32 (scores are float32)"),
+        ("threshold", float("nan"), "threshold is nan, not a finite float32 (scores are float32)"),
+    ],
+)
+def test_a_target_rate_or_threshold_the_engine_cannot_use_is_refused_naming_scoring_json(
+    v3, key, value, problem
+):
+    """Without a tail to check them against (as in a bundle saved before tails), the target
+    rate and the threshold are still checked: the rate is exported and compared against,
+    and a threshold beyond float32 becomes inf, which flags nothing."""
+    rewrite_json(v3, "scoring.json", lambda scoring: scoring.update({key: value, "tail": {}}))
+    assert load_error(v3).startswith(f"{v3 / 'scoring.json'}: {problem}; ")

@@ -141,5 +141,24 @@ def test_a_version_2_bundle_that_cannot_be_migrated_is_refused_naming_the_step(t
     assert str(refused.value).endswith("retrain or restore it")
 
 
+def test_a_version_2_bundle_with_a_number_beyond_float_range_is_refused_naming_the_files(
+    tmp_path,
+):
+    copy = Path(shutil.copytree(FIXTURES / "bundle-0.1.0", tmp_path / "model"))
+    scoring = json.loads((copy / "scoring.json").read_text())
+    scoring["reference_scores"][0] = 10**401  # a JSON integer no float holds
+    (copy / "scoring.json").write_text(json.dumps(scoring))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["scoring.json"] = hashlib.sha256(
+        (copy / "scoring.json").read_bytes()
+    ).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(anomaly.BundleError) as refused:
+        anomaly.load(copy)
+    message = str(refused.value)
+    assert message.startswith(f"{copy}: cannot bring bundle version 2 to 3 (OverflowError: ")
+    assert "from its scoring.json and schema.json;" in message and "\n" not in message
+
+
 def test_every_readable_version_has_a_migration_to_the_next():
     assert set(MIGRATIONS) == set(range(bundle.OLDEST_BUNDLE_VERSION, bundle.BUNDLE_VERSION))
