@@ -92,16 +92,28 @@ class _Rejects:
             self.path.unlink(missing_ok=True)
 
 
+#: What to do about invalid rows, for the commands that take no ``--on-invalid``.
+_NO_SKIP_REMEDY = (
+    "fix or remove them (calibrate and retrain skip no rows: they have no --on-invalid)"
+)
+
+
 def _valid_rows(
-    chunk: io.Chunk, path: PathLike, names: list[str], on_invalid: str, rejects: _Rejects
+    chunk: io.Chunk,
+    path: PathLike,
+    names: list[str],
+    on_invalid: str,
+    rejects: _Rejects,
+    remedy: str = io.SKIP_REMEDY,
 ):
-    """Mask of usable rows; invalid ones raise (``error``) or go to the rejects file (``skip``)."""
+    """Mask of usable rows; invalid ones raise (``error``, the message ending with
+    ``remedy``) or go to the rejects file (``skip``)."""
     invalid = io.find_invalid_rows(chunk.features)
     if invalid.any():
         if on_invalid == "error":
             raise DataError(
                 io.describe_invalid(
-                    chunk.row_numbers[invalid], chunk.features[invalid], names, path
+                    chunk.row_numbers[invalid], chunk.features[invalid], names, path, remedy
                 )
             )
         rejects.add(chunk, invalid, "NaN or infinite feature value")
@@ -130,7 +142,7 @@ def train_file(
         detector.metadata["rows_rejected"] = rows_rejected
         return detector
 
-    return _model_from_normal_rows(reader, data, out, d.on_invalid, trained)
+    return _model_from_normal_rows(reader, data, out, d.on_invalid, trained, io.SKIP_REMEDY)
 
 
 def calibrate_file(
@@ -146,7 +158,7 @@ def calibrate_file(
         return child
 
     reader = _reader_for(detector, data, label_column)
-    return _model_from_normal_rows(reader, data, out, "error", recalibrated)
+    return _model_from_normal_rows(reader, data, out, "error", recalibrated, _NO_SKIP_REMEDY)
 
 
 def retrain_file(
@@ -166,22 +178,28 @@ def retrain_file(
         return child
 
     reader = _reader_for(detector, data, label_column)
-    return _model_from_normal_rows(reader, data, out, "error", retrained)
+    return _model_from_normal_rows(reader, data, out, "error", retrained, _NO_SKIP_REMEDY)
 
 
 def _model_from_normal_rows(
-    reader: io.TableReader, data: PathLike, out: PathLike, on_invalid: str, make
+    reader: io.TableReader,
+    data: PathLike,
+    out: PathLike,
+    on_invalid: str,
+    make,
+    remedy: str,
 ) -> tuple[Detector, RunSummary]:
     """A model made by ``make(rows, entities, rows_rejected)`` from the normal rows of
-    ``reader`` (label 0 when it reads labels; invalid rows stop the run or, with
-    ``on_invalid="skip"``, go to ``OUT.rejects.csv``), saved to ``out``."""
+    ``reader`` (label 0 when it reads labels; invalid rows stop the run, the message ending
+    with ``remedy``, or, with ``on_invalid="skip"``, go to ``OUT.rejects.csv``),
+    saved to ``out``."""
     started = time.perf_counter()
     check_save_target(out)  # before the data is read and a model made, not after
     names = reader.feature_names
     table = io.join_chunks(reader)
     rejects = _Rejects(rejects_path(out), names)
     try:
-        usable = _valid_rows(table, data, names, on_invalid, rejects)
+        usable = _valid_rows(table, data, names, on_invalid, rejects, remedy)
         if table.labels is not None:
             usable &= table.labels == 0
         entities = table.entities[usable] if table.entities is not None else None

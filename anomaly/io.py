@@ -198,13 +198,19 @@ def find_invalid_rows(features: np.ndarray) -> np.ndarray:
     return ~np.isfinite(features).all(axis=1)
 
 
+#: What to do about rows with NaN or infinite values, for the commands that can skip them.
+SKIP_REMEDY = "fix them or use --on-invalid skip"
+
+
 def describe_invalid(
     row_numbers: np.ndarray,
     features: np.ndarray,
     feature_names: Sequence[str],
     path: str | os.PathLike[str],
+    remedy: str = SKIP_REMEDY,
 ) -> str:
-    """A message naming the rows with NaN or infinite values and the columns that hold them.
+    """A message naming the rows with NaN or infinite values and the columns that hold them,
+    ending with ``remedy``: what the user can do.
 
     Pass all rows or only the invalid ones; the first ten invalid rows are listed.
     """
@@ -221,7 +227,7 @@ def describe_invalid(
     return (
         f"{path}: {count} NaN (missing) or infinite values: {', '.join(listed)}"
         + (f" and {more} more" if more else "")
-        + "; fix them or use --on-invalid skip"
+        + f"; {remedy}"
     )
 
 

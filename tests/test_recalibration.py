@@ -120,3 +120,23 @@ def test_the_cli_retrains_and_reports_against_the_parent(tiny_bundle, tiny_bundl
     child = anomaly.load(out)
     assert child.metadata["lineage"][-1]["parent_version"] == parent.version
     assert child.metadata["training_file"] == str(data)
+
+
+@pytest.mark.parametrize("command", ["calibrate", "retrain"])
+def test_invalid_rows_stop_calibrate_and_retrain_naming_what_they_support(
+    tiny_bundle, tiny_bundle_mixing, tmp_path, command
+):
+    """They have no --on-invalid, so the message may not offer it."""
+    rows = np.random.default_rng(1).normal(size=(100, 3)) @ tiny_bundle_mixing
+    rows[4, 1] = np.nan
+    data = tmp_path / "normal.csv"
+    pd.DataFrame(rows, columns=[f"f{i}" for i in range(8)]).to_csv(data, index=False)
+    out = tmp_path / "out"
+    args = [command, "--model", str(tiny_bundle), "--data", str(data), "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"error: {data}: 1 row has NaN (missing) or infinite values")
+    assert result.stderr.rstrip().endswith(
+        "fix or remove them (calibrate and retrain skip no rows: they have no --on-invalid)"
+    )
+    assert "--on-invalid skip" not in result.stderr and not out.exists()
