@@ -88,7 +88,8 @@ def _from_fresh_normal_rows(command):
                 "--out",
                 required=True,
                 type=click.Path(file_okay=False),
-                help="New model bundle to write.",
+                help="New model bundle to write (not a model store or one of its versions: "
+                "`anomaly publish` it into a store).",
             ),
             click.option("--label-column", help="Use only rows whose label is 0/false."),
         ]
@@ -361,7 +362,11 @@ def drift(model, data, as_json, on_invalid):
 
 @cli.command()
 @click.option(
-    "--model", required=True, type=click.Path(file_okay=False), help="Model bundle to publish."
+    "--model",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model bundle to publish (a store's version is STORE/N; only the files its manifest "
+    "lists are copied).",
 )
 @click.option(
     "--store",
