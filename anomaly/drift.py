@@ -29,11 +29,14 @@ usual reading: below 0.1 stable, 0.1 to 0.25 a moderate shift, above 0.25 a sign
 
 ``feature_drift`` measures a batch of rows offline (``anomaly.files.drift_file`` a file);
 ``DriftMonitor`` keeps the figures over a sliding window of a stream, from bin counts only.
+Measured on fewer rows than ``MIN_ROWS_PER_DEGREE`` per degree of freedom, the offline
+figures come with a ``DriftWarning``: on so few rows chance alone reads a shift.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass
 
@@ -59,6 +62,10 @@ SHARE_FLOOR = 1e-4
 STABLE, MODERATE = 0.1, 0.25
 #: How far a distribution's shares may sum from 1 in a valid summary.
 _SUM_TOLERANCE = 1e-6
+
+
+class DriftWarning(UserWarning):
+    """Drift measured on too few rows for its figures to tell a shift from chance."""
 
 
 @dataclass(frozen=True)
@@ -161,9 +168,13 @@ class FeatureDrift:
 def feature_drift(summary: DriftSummary, rows: np.ndarray) -> list[FeatureDrift]:
     """The PSI of each feature of ``rows`` (n, d), in the units records arrive in, against
     its training distribution; most drifted first. A ``BundleError`` for a model saved
-    before drift summaries."""
+    before drift summaries; a ``DriftWarning`` for too few rows (``FeatureBins.too_few``)."""
     binned = FeatureBins(summary)
-    return binned.ranked(binned.counts(rows))
+    counts = binned.counts(rows)
+    problem = binned.too_few(len(rows))
+    if problem:
+        warnings.warn(problem, DriftWarning, stacklevel=2)
+    return binned.ranked(counts)
 
 
 class FeatureBins:
@@ -185,6 +196,28 @@ class FeatureBins:
     def shape(self) -> tuple[int, int]:
         """The shape of the counts: (features, bins of the feature that has most)."""
         return self._binning.shape
+
+    @property
+    def min_rows(self) -> int:
+        """The fewest rows whose PSI can be read as a shift: ``MIN_ROWS_PER_DEGREE`` per
+        degree of freedom (bins holding training data, less one) of the feature that has
+        most; 225 for ten bins. A constant feature has none: any row tells its move."""
+        return MIN_ROWS_PER_DEGREE * self._degrees
+
+    def too_few(self, rows: int) -> str | None:
+        """Why a PSI over ``rows`` rows cannot be read as a shift, or None when it can."""
+        if rows >= self.min_rows:
+            return None
+        return (
+            f"{rows} rows measured, under the {self.min_rows} its PSI needs: on so few, data "
+            f"drawn from the training distribution itself reads about "
+            f"{self._degrees / max(rows, 1):.2g} by chance alone (the bins less one over the "
+            "rows), so these figures cannot tell a shift; measure thousands of rows"
+        )
+
+    @property
+    def _degrees(self) -> int:
+        return int((self._expected > 0).sum(axis=1).max()) - 1
 
     def counts(self, rows: np.ndarray) -> np.ndarray:
         """Bin counts of ``rows`` (n, d); a ``SchemaError`` for another feature count."""

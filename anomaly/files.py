@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from anomaly import io
 from anomaly.alarms import AlarmStage
 from anomaly.config import COMPONENTS, AlarmConfig, Config
 from anomaly.detector import Detector
-from anomaly.drift import FeatureBins, FeatureDrift
+from anomaly.drift import DriftWarning, FeatureBins, FeatureDrift
 from anomaly.errors import DataError, SchemaError
 from anomaly.store import check_save_target
 from anomaly.training import train
@@ -392,6 +393,11 @@ class FileDrift:
     """Each feature's PSI, most drifted first."""
     rows_rejected: int
     rejects: Path | None
+    rows: int = 0
+    """Rows measured."""
+    warnings: tuple[str, ...] = ()
+    """Why the figures should not be read as they stand (too few rows), each also issued as
+    a ``DriftWarning``."""
 
 
 def drift_file(detector: Detector, data: PathLike, *, on_invalid: str | None = None) -> FileDrift:
@@ -399,7 +405,9 @@ def drift_file(detector: Detector, data: PathLike, *, on_invalid: str | None = N
     feature's population stability index (``anomaly.drift``), most drifted first. The file is
     read in chunks and only bin counts are kept. Rows with NaN or infinite values stop the run
     or, with ``on_invalid="skip"``, are left out and written to ``DATA.rejects.csv``. A model
-    saved before drift summaries is a ``BundleError``, before the file is read."""
+    saved before drift summaries is a ``BundleError``, before the file is read. Too few rows
+    to read a shift (``FeatureBins.too_few``) is a ``DriftWarning``, also kept in the result's
+    ``warnings``."""
     bins = FeatureBins(detector.drift_summary)
     names = detector.feature_names
     on_invalid = on_invalid or detector.config.data.on_invalid
@@ -415,4 +423,14 @@ def drift_file(detector: Detector, data: PathLike, *, on_invalid: str | None = N
     except BaseException:
         rejects.discard()
         raise
-    return FileDrift(bins.ranked(counts), rejects.count, rejects.close())
+    rows = int(counts[0].sum())  # each row is in one bin of each feature
+    problem = bins.too_few(rows)
+    if problem:
+        warnings.warn(f"{data}: {problem}", DriftWarning, stacklevel=2)
+    return FileDrift(
+        bins.ranked(counts),
+        rejects.count,
+        rejects.close(),
+        rows,
+        (f"{data}: {problem}",) if problem else (),
+    )

@@ -300,6 +300,20 @@ def test_drift_prints_a_table_of_the_features_most_drifted_first(model, drift_fi
     assert lines[0].endswith("significant shift") and lines[-1].endswith("stable")
 
 
+def test_drift_on_too_few_rows_warns_on_stderr_and_prints_the_same_json(
+    model, drift_files, tmp_path
+):
+    few = tmp_path / "few.csv"
+    pd.read_csv(drift_files / "normal.csv").head(20).to_csv(few, index=False)
+    result = drift(model, few, "--json")
+
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.stdout)) == ["features"]
+    assert result.stderr.startswith(f"warning: {few}: 20 rows measured, under the 225 its PSI")
+    assert len(result.stderr.splitlines()) == 1
+    assert "warning" not in drift(model, drift_files / "normal.csv", "--json").stderr
+
+
 def test_drift_stops_at_invalid_rows_or_skips_them_to_a_rejects_file(model, files, tmp_path):
     frame = pd.read_csv(files / "eval.csv").head(200)
     frame.loc[2, "f1"] = np.nan

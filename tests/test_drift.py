@@ -3,6 +3,7 @@ offline and over a stream's sliding window; and that making a model (train, cali
 records the rows it was made on."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from anomaly.drift import (
     SHARE_FLOOR,
     DriftMonitor,
     DriftSummary,
+    DriftWarning,
     FeatureBins,
     feature_drift,
     psi,
@@ -123,6 +125,20 @@ def test_a_shifted_feature_ranks_first_and_same_distribution_data_is_stable():
     assert ranked[0].name == "b" and ranked[0].drift > 0.25
     assert all(f.drift < 0.1 for f in ranked[1:])
     assert all(f.drift < 0.1 for f in feature_drift(summary, gaussian(5000, 2)))
+
+
+def test_too_few_rows_for_the_psi_to_tell_a_shift_is_a_warning():
+    """On n unshifted rows the PSI is about (bins - 1) / n: on 12 rows, 0.75, a 'significant
+    shift' for every feature. Ten bins need 225 rows (25 per degree of freedom)."""
+    summary = summary_of(gaussian(5000, 0))
+    with pytest.warns(DriftWarning, match=r"^12 rows measured, under the 225 its PSI needs"):
+        ranked = feature_drift(summary, gaussian(12, 1))
+    assert all(f.drift > 0.25 for f in ranked)  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DriftWarning)
+        assert all(f.drift < 0.1 for f in feature_drift(summary, gaussian(225, 1)))
+        constant = summary_of(np.full((1000, 1), 3.0))  # one bin of data: any row tells
+        assert feature_drift(constant, np.full((1, 1), 4.0))[0].drift > 0.25
 
 
 def test_rows_of_another_feature_count_are_a_schema_error():
