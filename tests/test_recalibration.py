@@ -1,5 +1,6 @@
 """Recalibration on fresh normal data, the networks unchanged (``anomaly calibrate``)."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -36,7 +37,8 @@ def test_the_cli_writes_a_new_model_with_its_lineage(tiny_bundle, tiny_bundle_mi
     rng = np.random.default_rng(1)
     rows = rng.normal(size=(600, 3)) @ tiny_bundle_mixing + 0.5
     data = tmp_path / "normal.csv"
-    pd.DataFrame(rows, columns=[f"f{i}" for i in range(8)]).to_csv(data, index=False)
+    frame = pd.DataFrame(rows, columns=[f"f{i}" for i in range(8)])
+    frame[frame.columns[::-1]].to_csv(data, index=False)  # the model's order is f0..f7
     out = tmp_path / "recalibrated"
     result = CliRunner().invoke(
         cli, ["calibrate", "--model", str(tiny_bundle), "--data", str(data), "--out", str(out)]
@@ -48,7 +50,12 @@ def test_the_cli_writes_a_new_model_with_its_lineage(tiny_bundle, tiny_bundle_mi
     (lineage,) = child.metadata["lineage"]
     assert lineage["parent_version"] == parent.version
     assert lineage["calibration_records"] == 600 and lineage["calibration_file"] == str(data)
-    assert len(lineage["calibration_data_sha256"]) == 64
+    # As the README says: of the rows as float32 in the model's feature order, not the file's
+    assert (
+        lineage["calibration_data_sha256"]
+        == hashlib.sha256(rows.astype(np.float32).tobytes()).hexdigest()
+    )
+    assert lineage["calibration_data_sha256"] != hashlib.sha256(data.read_bytes()).hexdigest()
     assert json.loads((out / "metadata.json").read_text())["lineage"] == [lineage]
 
 
