@@ -194,7 +194,7 @@ def _readable_version(path: Path, version: object) -> int:
             f"{path}: the bundle version in {MANIFEST} is {shown}, not an integer; {readable}; "
             "retrain it"
         )
-    shown = str(version) if abs(version) < 10**20 else f"of {len(str(abs(version)))} digits"
+    shown = str(version) if len(str(version)) <= 40 else f"of {len(str(abs(version)))} digits"
     if version > BUNDLE_VERSION:
         raise BundleError(
             f"{path}: bundle version {shown} was written by a later release; {readable}; "
