@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,102 +108,87 @@ def _start_prometheus(
     return process, port
 
 
-def test_anomaly_rate_alert_fires_in_prometheus_when_anomalies_are_injected(
-    prometheus_binary, running_service, tiny_bundle_mixing, tmp_path
-):
-    service, input_topic, bootstrap = running_service
-    prometheus, port = _start_prometheus(prometheus_binary, tmp_path, service.metrics_port)
-    api = f"http://127.0.0.1:{port}/api/v1"
-    try:
-        wait_for(
-            lambda: _query(api, 'up{job="anomaly-scorer"}') == 1.0,
-            60,
-            "Prometheus to scrape",
-            POLL_S,
-        )
-        rng = np.random.default_rng(5)
-        normal = rng.normal(size=(300, 3)) @ tiny_bundle_mixing
-        anomalous = rng.normal(size=(300, 8)) * 4
-        _send(bootstrap, input_topic, np.vstack([normal, anomalous]))
-
-        alerts = wait_for(lambda: _firing(api, "AnomalyRateHigh"), 90, "AnomalyRateHigh", POLL_S)
-        assert alerts[0]["labels"]["severity"]
-        assert _query(api, "anomaly_anomalies_flagged_total") >= 250
-    finally:
-        prometheus.terminate()
-        prometheus.wait(timeout=30)
-
-
-def test_drift_alerts_fire_for_the_one_feature_a_stream_shifts(
-    prometheus_binary, running_service, tiny_bundle_mixing, tmp_path
-):
-    """Normal records, then normal records whose f3 is moved by 4 of its standard
-    deviations: AnomalyInputDrift fires for f3 alone, and AnomalyScoreDrift too."""
-    service, input_topic, bootstrap = running_service
+@pytest.fixture
+def prometheus_api(prometheus_binary, running_service, tmp_path) -> Iterator[str]:
+    """The HTTP API of a Prometheus server that has scraped ``running_service`` once."""
+    service = running_service[0]
     prometheus, port = _start_prometheus(prometheus_binary, tmp_path, service.metrics_port)
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
         wait_for(lambda: _query(api, 'up{job="anomaly-scorer"}') == 1.0, 60, "a scrape", POLL_S)
-        rng = np.random.default_rng(9)
-        normal = rng.normal(size=(DRIFT_WINDOW, 3)) @ tiny_bundle_mixing
-        _send(bootstrap, input_topic, normal)
-        wait_for(
-            lambda: _query(api, "anomaly_drift_window_records") == DRIFT_WINDOW,
-            60,
-            "a full window of normal records",
-            POLL_S,
-        )
-        assert _query(api, "max(anomaly_feature_drift_psi)") < 0.1
-        assert not _firing(api, "AnomalyInputDrift")
-
-        shifted = rng.normal(size=(DRIFT_WINDOW, 3)) @ tiny_bundle_mixing
-        shifted[:, 3] += 4 * np.linalg.norm(tiny_bundle_mixing[:, 3])
-        _send(bootstrap, input_topic, shifted)
-        drifted = wait_for(
-            lambda: _firing(api, "AnomalyInputDrift"), 90, "AnomalyInputDrift", POLL_S
-        )
-        wait_for(lambda: _firing(api, "AnomalyScoreDrift"), 90, "AnomalyScoreDrift", POLL_S)
-        assert {a["labels"]["feature"] for a in _firing(api, "AnomalyInputDrift")} == {"f3"}
-        assert drifted[0]["labels"]["severity"] == "warning"
+        yield api
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
 
 
+def test_anomaly_rate_alert_fires_in_prometheus_when_anomalies_are_injected(
+    prometheus_api, running_service, tiny_bundle_mixing
+):
+    api, (_, input_topic, bootstrap) = prometheus_api, running_service
+    rng = np.random.default_rng(5)
+    normal = rng.normal(size=(300, 3)) @ tiny_bundle_mixing
+    anomalous = rng.normal(size=(300, 8)) * 4
+    _send(bootstrap, input_topic, np.vstack([normal, anomalous]))
+
+    alerts = wait_for(lambda: _firing(api, "AnomalyRateHigh"), 90, "AnomalyRateHigh", POLL_S)
+    assert alerts[0]["labels"]["severity"]
+    assert _query(api, "anomaly_anomalies_flagged_total") >= 250
+
+
+def test_drift_alerts_fire_for_the_one_feature_a_stream_shifts(
+    prometheus_api, running_service, tiny_bundle_mixing
+):
+    """Normal records, then normal records whose f3 is moved by 4 of its standard
+    deviations: AnomalyInputDrift fires for f3 alone, and AnomalyScoreDrift too."""
+    api, (_, input_topic, bootstrap) = prometheus_api, running_service
+    rng = np.random.default_rng(9)
+    _send(bootstrap, input_topic, rng.normal(size=(DRIFT_WINDOW, 3)) @ tiny_bundle_mixing)
+    wait_for(
+        lambda: _query(api, "anomaly_drift_window_records") == DRIFT_WINDOW,
+        60,
+        "a full window of normal records",
+        POLL_S,
+    )
+    assert _query(api, "max(anomaly_feature_drift_psi)") < 0.1
+    assert not _firing(api, "AnomalyInputDrift")
+
+    shifted = rng.normal(size=(DRIFT_WINDOW, 3)) @ tiny_bundle_mixing
+    shifted[:, 3] += 4 * np.linalg.norm(tiny_bundle_mixing[:, 3])
+    _send(bootstrap, input_topic, shifted)
+    drifted = wait_for(lambda: _firing(api, "AnomalyInputDrift"), 90, "AnomalyInputDrift", POLL_S)
+    wait_for(lambda: _firing(api, "AnomalyScoreDrift"), 90, "AnomalyScoreDrift", POLL_S)
+    assert {a["labels"]["feature"] for a in _firing(api, "AnomalyInputDrift")} == {"f3"}
+    assert drifted[0]["labels"]["severity"] == "warning"
+
+
 def test_every_dashboard_panel_returns_data_from_a_running_service(
-    prometheus_binary, running_service, tiny_bundle_mixing, tmp_path
+    prometheus_api, running_service, tiny_bundle_mixing
 ):
     """Each query of deploy/grafana/anomaly-scorer.json, its variables filled in as Grafana
     would (all instances), returns at least one series from Prometheus scraping the service
     while it scores normal and anomalous records."""
-    service, input_topic, bootstrap = running_service
-    prometheus, port = _start_prometheus(prometheus_binary, tmp_path, service.metrics_port)
-    api = f"http://127.0.0.1:{port}/api/v1"
-    try:
-        wait_for(lambda: _query(api, 'up{job="anomaly-scorer"}') == 1.0, 60, "a scrape", POLL_S)
-        rng = np.random.default_rng(11)
-        rows = np.vstack([rng.normal(size=(400, 3)) @ tiny_bundle_mixing, rng.normal(size=(50, 8))])
-        _send(bootstrap, input_topic, rows)
-        wait_for(
-            lambda: (
-                (_query(api, "anomaly_last_commit_timestamp_seconds") or 0) > 0
-                and _query(api, "anomaly_records_scored_total") == len(rows)
-            ),
-            60,
-            "every record scored and committed",
-            POLL_S,
-        )
-        queries = panel_queries(rate_interval="1m")
-        deadline = time.monotonic() + 30  # rates need two scrapes inside their window
-        while True:
-            silent = [(title, query) for title, query in queries if not _series(api, query)]
-            if not silent or time.monotonic() > deadline:
-                break
-            time.sleep(POLL_S)
-        assert not silent, f"panels whose query returned no data: {silent}"
-    finally:
-        prometheus.terminate()
-        prometheus.wait(timeout=30)
+    api, (_, input_topic, bootstrap) = prometheus_api, running_service
+    rng = np.random.default_rng(11)
+    rows = np.vstack([rng.normal(size=(400, 3)) @ tiny_bundle_mixing, rng.normal(size=(50, 8))])
+    _send(bootstrap, input_topic, rows)
+    wait_for(
+        lambda: (
+            (_query(api, "anomaly_last_commit_timestamp_seconds") or 0) > 0
+            and _query(api, "anomaly_records_scored_total") == len(rows)
+        ),
+        60,
+        "every record scored and committed",
+        POLL_S,
+    )
+    queries = panel_queries(rate_interval="1m")
+    deadline = time.monotonic() + 30  # rates need two scrapes inside their window
+    while True:
+        silent = [(title, query) for title, query in queries if not _series(api, query)]
+        if not silent or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_S)
+    assert not silent, f"panels whose query returned no data: {silent}"
 
 
 def _series(api: str, expression: str) -> list:
