@@ -18,6 +18,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, TopicAuthorizationFailedError
 
 from anomaly.stream.delivery import RETRY_INTERVAL_S, Delivery, Outgoing
+from anomaly.stream.kafka_python_transport import is_record_error
 from anomaly.stream.messages import encode_rejection, fit_result
 from anomaly.stream.rebalance import Assignment
 
@@ -29,7 +30,7 @@ def tp(partition: int) -> TopicPartition:
 
 
 class FakeFuture:
-    """kafka-python's producer future as Delivery uses it: state and callbacks."""
+    """kafka-python's producer future as its transport uses it: state and callbacks."""
 
     def __init__(self):
         self.is_done = False
@@ -54,21 +55,29 @@ class FakeFuture:
 
 
 class FakeProducer:
-    """Records every send; ``refuse`` makes the next sends to a topic raise at once."""
+    """Records every send and reports its outcome to the message as the kafka-python
+    transport does; ``refuse`` makes the next sends to a topic raise at once."""
 
     def __init__(self):
         self.sent: list[tuple[str, bytes, FakeFuture]] = []
         self.refuse: dict[str, BaseException] = {}
+        self._futures: dict[int, FakeFuture] = {}
 
-    def send(self, message: Outgoing) -> FakeFuture:
+    def send(self, message: Outgoing) -> None:
         if message.topic in self.refuse:
             raise self.refuse[message.topic]
         future = FakeFuture()
+        future.add_callback(message.acknowledged)
+        future.add_errback(message.refused)
         self.sent.append((message.topic, message.value, future))
-        return future
+        self._futures[id(message)] = future
 
     def last(self, topic: str) -> FakeFuture:
         return [f for t, _, f in self.sent if t == topic][-1]
+
+    def future(self, message: Outgoing) -> FakeFuture:
+        """The future of the last attempt to send ``message``."""
+        return self._futures[id(message)]
 
 
 class Clock:
@@ -95,7 +104,8 @@ def make_delivery():
             return None
         return Outgoing("dlq", None, b"letter", message.origin, dead_letter=True)
 
-    return Delivery(producer.send, reroute, clock), producer, clock, rerouted
+    delivery = Delivery(producer.send, reroute, clock, is_record_error=is_record_error)
+    return delivery, producer, clock, rerouted
 
 
 def batch(delivery, partition, first, count, topic="out"):
@@ -110,11 +120,11 @@ def test_a_batch_settles_only_when_every_message_is_acknowledged_and_in_order():
     delivery, producer, _, _ = make_delivery()
     first = batch(delivery, 0, 0, 2)
     second = batch(delivery, 0, 2, 1)
-    second[0].future.succeed()
-    first[0].future.succeed()
+    producer.future(second[0]).succeed()
+    producer.future(first[0]).succeed()
     delivery.settle()
     assert delivery.settled == {}  # the first batch still waits for its second message
-    first[1].future.succeed()
+    producer.future(first[1]).succeed()
     delivery.settle()
     assert delivery.settled == {tp(0): 3} and delivery.pending_messages == 0
 
@@ -122,7 +132,7 @@ def test_a_batch_settles_only_when_every_message_is_acknowledged_and_in_order():
 def test_a_message_refused_for_its_size_becomes_a_dead_letter_and_the_batch_settles():
     delivery, producer, _, rerouted = make_delivery()
     (message,) = batch(delivery, 0, 7, 1)
-    message.future.fail(MessageSizeTooLargeError())
+    producer.future(message).fail(MessageSizeTooLargeError())
     delivery.settle()
     assert rerouted == [(7, "MessageSizeTooLargeError")]
     assert message.topic == "dlq" and message.dead_letter and not delivery.blocked
@@ -143,7 +153,7 @@ def test_an_unavailable_topic_pauses_input_retries_and_loses_nothing(caplog):
     delivery, producer, clock, rerouted = make_delivery()
     (message,) = batch(delivery, 0, 0, 1)
     caplog.set_level(logging.INFO, "anomaly.stream")
-    message.future.fail(TopicAuthorizationFailedError())
+    producer.future(message).fail(TopicAuthorizationFailedError())
     delivery.settle()
     assert delivery.blocked and rerouted == [] and delivery.settled == {}
     sends = len(producer.sent)
@@ -178,7 +188,7 @@ def test_a_timed_out_send_is_sent_again_not_dead_lettered():
 def test_a_dead_letter_that_cannot_be_cut_further_is_retried_not_dropped():
     delivery, producer, clock, rerouted = make_delivery()
     (message,) = batch(delivery, 0, 0, 1)
-    message.future.fail(MessageSizeTooLargeError())
+    producer.future(message).fail(MessageSizeTooLargeError())
     delivery.settle()
     producer.last("dlq").fail(MessageSizeTooLargeError())
     delivery.settle()
@@ -293,24 +303,24 @@ def test_time_without_an_assignment_counts_from_subscribing_until_a_grant():
 
 
 def test_input_pauses_above_the_limit_and_resumes_only_at_half_of_it():
-    delivery, _, _, _ = make_delivery()
+    delivery, producer, _, _ = make_delivery()
     batch(delivery, 0, 0, 11)
     assert delivery.pause_reason(limit=10, paused=False) == "pending_results"
     for m in delivery.pending[0].messages[:5]:
-        m.future.succeed()  # not settled yet: the batch still waits for its other messages
+        producer.future(m).succeed()  # not settled: the batch still waits for its other messages
     assert delivery.pause_reason(limit=10, paused=True) == "pending_results"
     batch(delivery, 1, 0, 4)
     for b in list(delivery.pending):
         for m in b.messages:
-            m.future.succeed()
+            producer.future(m).succeed()
     delivery.settle()
     assert delivery.pause_reason(limit=10, paused=True) is None
 
 
 def test_input_stays_paused_while_a_message_waits_to_be_sent_again():
-    delivery, _, _, _ = make_delivery()
+    delivery, producer, _, _ = make_delivery()
     (message,) = batch(delivery, 0, 0, 1)
-    message.future.fail(KafkaTimeoutError())
+    producer.future(message).fail(KafkaTimeoutError())
     delivery.settle()
     assert delivery.pause_reason(limit=1000, paused=False) == "output_unavailable"
 
@@ -343,7 +353,7 @@ def test_the_broker_is_lost_after_three_seconds_without_a_connection_and_back_at
 def test_a_retried_message_then_refused_for_its_size_is_dead_lettered_and_input_resumes():
     delivery, producer, clock, rerouted = make_delivery()
     (message,) = batch(delivery, 0, 0, 1)
-    message.future.fail(KafkaTimeoutError())
+    producer.future(message).fail(KafkaTimeoutError())
     delivery.settle()
     clock.now += RETRY_INTERVAL_S
     delivery.settle()  # sent again
@@ -356,10 +366,10 @@ def test_a_retried_message_then_refused_for_its_size_is_dead_lettered_and_input_
 
 
 def test_offsets_of_a_revoked_partition_are_not_committed_when_its_batch_settles_later():
-    delivery, _, _, _ = make_delivery()
+    delivery, producer, _, _ = make_delivery()
     messages = batch(delivery, 0, 0, 2)
     delivery.forget({tp(0)})
     for m in messages:
-        m.future.succeed()
+        producer.future(m).succeed()
     delivery.settle()
     assert delivery.settled == {} and not delivery.pending

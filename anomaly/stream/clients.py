@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -71,15 +72,7 @@ def check_broker(config: ServeConfig) -> None:
     """Fail fast, naming the problem, when the broker is unreachable, refuses the
     credentials or the TLS handshake, or a topic is missing (created instead, for all but
     the input topic, with ``create_topics``)."""
-    wanted = {
-        "input_topic": config.input_topic,
-        "output_topic": config.output_topic,
-        "dlq_topic": config.dlq_topic,
-        "alerts_topic": config.alerts_topic,
-    }
-    named = [t for t in wanted.values() if t]
-    if len(set(named)) < len(named):
-        raise StreamError(f"input, output, dead-letter and alerts topics must differ: {wanted}")
+    check_topic_names(config)
     admin = make_admin(config, f"{config.group_id}-startup")
     try:
         try:
@@ -88,30 +81,57 @@ def check_broker(config: ServeConfig) -> None:
             raise StreamError(
                 f"cannot list the topics of Kafka at {config.bootstrap_servers}: {exc}"
             ) from None
-        if config.input_topic not in existing:
-            raise StreamError(
-                f"input topic {config.input_topic!r} does not exist on Kafka at "
-                f"{config.bootstrap_servers}; create it first (e.g. kafka-topics.sh --create) "
-                "or set input_topic to an existing one"
-            )
-        missing = {key: t for key, t in wanted.items() if t and t not in existing}
-        if missing and config.create_topics:
-            _create_topics(admin, config, sorted(missing.values()))
-        elif missing:
-            listed = ", ".join(f"{key}={topic!r}" for key, topic in missing.items())
-            way_out = (
-                "; or turn the dead-letter topic off with --dlq-topic '' (dlq_topic = \"\" in "
-                "[serve], ANOMALY_SERVE_DLQ_TOPIC=)"
-                if "dlq_topic" in missing
-                else ""
-            )
-            raise StreamError(
-                f"topic(s) missing on Kafka at {config.bootstrap_servers}: {listed}; create "
-                "them first, let the service create them with --create-topics "
-                f"(create_topics = true in [serve]){way_out}"
-            )
+        check_topics(config, existing, lambda topics: _create_topics(admin, config, topics))
     finally:
         admin.close()
+
+
+def check_topic_names(config: ServeConfig) -> None:
+    """The input, output, dead-letter and alerts topics must differ."""
+    wanted = _wanted_topics(config)
+    named = [t for t in wanted.values() if t]
+    if len(set(named)) < len(named):
+        raise StreamError(f"input, output, dead-letter and alerts topics must differ: {wanted}")
+
+
+def _wanted_topics(config: ServeConfig) -> dict[str, str | None]:
+    return {
+        "input_topic": config.input_topic,
+        "output_topic": config.output_topic,
+        "dlq_topic": config.dlq_topic,
+        "alerts_topic": config.alerts_topic,
+    }
+
+
+def check_topics(
+    config: ServeConfig, existing: set[str], create: Callable[[list[str]], None]
+) -> None:
+    """Given ``existing``, the topics on the cluster (from any client): the input topic must
+    be one of them; the missing others are made with ``create`` (sorted names) with
+    ``create_topics``, or named in a ``StreamError`` that says the ways out."""
+    wanted = _wanted_topics(config)
+    if config.input_topic not in existing:
+        raise StreamError(
+            f"input topic {config.input_topic!r} does not exist on Kafka at "
+            f"{config.bootstrap_servers}; create it first (e.g. kafka-topics.sh --create) "
+            "or set input_topic to an existing one"
+        )
+    missing = {key: t for key, t in wanted.items() if t and t not in existing}
+    if missing and config.create_topics:
+        create(sorted(missing.values()))
+    elif missing:
+        listed = ", ".join(f"{key}={topic!r}" for key, topic in missing.items())
+        way_out = (
+            "; or turn the dead-letter topic off with --dlq-topic '' (dlq_topic = \"\" in "
+            "[serve], ANOMALY_SERVE_DLQ_TOPIC=)"
+            if "dlq_topic" in missing
+            else ""
+        )
+        raise StreamError(
+            f"topic(s) missing on Kafka at {config.bootstrap_servers}: {listed}; create "
+            "them first, let the service create them with --create-topics "
+            f"(create_topics = true in [serve]){way_out}"
+        )
 
 
 def make_admin(config: ServeConfig, client_id: str) -> KafkaAdminClient:

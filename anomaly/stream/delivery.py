@@ -15,9 +15,12 @@ A message Kafka refuses is never dropped and never stops the service:
   out): it is sent again every ``RETRY_INTERVAL_S``, its batch stays unsettled, and
   ``blocked`` tells the loop to pause its input until it goes through.
 
-``Delivery`` knows nothing of Kafka clients beyond the producer's ``send`` and the futures
-it returns (``is_done``, ``exception``), so its rules are unit-tested with fakes; it also
-says when the input should be paused (``pause_reason``, back-pressure).
+``Delivery`` knows nothing of Kafka clients: it hands each message to ``send`` (a
+``transport.Transport``'s), which reports the attempt's outcome once, later, to the message
+itself (``Outgoing.acknowledged``, ``refused`` or ``report``: from kafka-python's sender
+thread, or from librdkafka's delivery reports served on the loop's thread), and it asks
+``is_record_error`` which refusals belong to the message. Its rules are unit-tested with
+fakes; it also says when the input should be paused (``pause_reason``, back-pressure).
 """
 
 from __future__ import annotations
@@ -29,42 +32,49 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka.errors import (
-    CorruptRecordError,
-    InvalidRecordError,
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-)
-
 log = logging.getLogger("anomaly.stream")
 
-#: Errors that belong to the message itself: sending it again cannot succeed.
-RECORD_ERRORS = (
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-    InvalidRecordError,
-    CorruptRecordError,
-)
 #: Seconds between attempts to send again a message Kafka could not take.
 RETRY_INTERVAL_S = 1.0
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Outgoing:
-    """One message for the producer, and the input record it answers."""
+    """One message for the producer, the input record it answers, and the outcome of the
+    last attempt to send it, as the transport reports it (once per attempt, from any
+    thread)."""
 
     topic: str
     key: bytes | None
     value: bytes
     origin: Any
-    """The input ``ConsumerRecord`` (topic, partition, offset, key, value)."""
+    """The input record (topic, partition, offset, key, value, timestamp)."""
     partition: int | None = None
     dead_letter: bool = False
     reroutes: int = 0
     """Times this message was replaced by a (smaller) dead letter."""
-    future: Any = None
-    error: BaseException | None = None
-    """Why the last attempt failed at once (``send`` raised); ``None`` otherwise."""
+    acked: bool = False
+    """The broker acknowledged the last attempt."""
+    error: Any = None
+    """Why the last attempt failed (the client's exception or error); ``None`` otherwise."""
+    _refused: deque | None = field(default=None, repr=False)
+    """Where a refused attempt is reported: its ``Delivery``'s queue (set per attempt)."""
+
+    def acknowledged(self, _metadata: Any = None) -> None:
+        """The broker has the message (its write is atomic: safe from another thread)."""
+        self.acked = True
+
+    def refused(self, error: Any) -> None:
+        """The attempt failed with ``error`` (deque.append is atomic too)."""
+        self.error = error
+        self._refused.append(self)
+
+    def report(self, error: Any, _message: Any = None) -> None:
+        """librdkafka's delivery report: ``error`` None when acknowledged."""
+        if error is None:
+            self.acked = True
+        else:
+            self.refused(error)
 
 
 @dataclass
@@ -80,22 +90,29 @@ class Batch:
 class Delivery:
     """Pending batches, settled offsets and retries (see the module docstring).
 
-    ``send(message)`` hands a message to the producer and returns its future (it may raise);
-    ``reroute(message, error)`` returns the dead letter to send instead of a message refused
-    for what it is (``message.reroutes`` says how many times it was replaced already, so
-    each replacement can be smaller), or ``None`` when it has none: then the message is
-    retried like any other failure.
+    ``send(message)`` hands a message to the producer, which reports its outcome to the
+    message later (it may also raise: the attempt failed at once); ``reroute(message,
+    error)`` returns the dead letter to send instead of a message refused for what it is
+    (``is_record_error(error)``; ``message.reroutes`` says how many times it was replaced
+    already, so each replacement can be smaller), or ``None`` when it has none: then the
+    message is retried like any other failure. ``describe(error)`` names an error in a log
+    line.
     """
 
     def __init__(
         self,
         send: Callable[[Outgoing], Any],
-        reroute: Callable[[Outgoing, BaseException], Outgoing | None],
+        reroute: Callable[[Outgoing, Any], Outgoing | None],
         clock: Callable[[], float] = time.monotonic,
+        *,
+        is_record_error: Callable[[Any], bool],
+        describe: Callable[[Any], str] = lambda error: type(error).__name__,
     ):
         self._send = send
         self._reroute = reroute
         self._clock = clock
+        self._is_record_error = is_record_error
+        self._describe = describe
         self.pending: deque[Batch] = deque()
         self.pending_messages = 0
         self.settled: dict[Any, int] = {}
@@ -103,11 +120,9 @@ class Delivery:
         self._failing: dict[int, Outgoing] = {}  # id(message) -> message to send again
         #: Messages sent again, not yet acknowledged: input stays paused until they are.
         self._retried: dict[int, Outgoing] = {}
-        #: Attempts that failed, and retried messages that went through, as the producer's
-        #: thread reports them (callbacks on the futures): settling looks at these only,
-        #: not at every pending message.
+        #: Attempts that failed, as the transport reports them: settling looks at these
+        #: only, not at every pending message.
         self._refused: deque[Outgoing] = deque()
-        self._through: deque[Outgoing] = deque()
         self._next_retry = 0.0
         self._unavailable_since: float | None = None
         self.rerouted = 0
@@ -117,28 +132,20 @@ class Delivery:
 
     def add(self, messages: list[Outgoing], offsets: dict, kafka_timestamps_ms: list[int]) -> None:
         """Send a batch's messages and keep the batch until they are all acknowledged."""
+        attempt = self._attempt
         for message in messages:
-            self._attempt(message)
+            attempt(message)
         self.pending.append(Batch(messages, offsets, kafka_timestamps_ms))
         self.pending_messages += len(messages)
 
-    def _attempt(self, message: Outgoing, retry: bool = False) -> None:
+    def _attempt(self, message: Outgoing) -> None:
+        # Reset before sending: the outcome may be reported before send returns.
+        message.acked, message.error, message._refused = False, None, self._refused
         try:
-            future = self._send(message)
+            self._send(message)
         except Exception as exc:  # noqa: BLE001 (a failed send is that message's failure)
-            message.future, message.error = None, exc
+            message.error = exc
             self._refused.append(message)
-            return
-        message.future, message.error = future, None
-        future.add_errback(self._refused_by_kafka, message)
-        if retry:
-            future.add_callback(self._went_through, message)
-
-    def _refused_by_kafka(self, message: Outgoing, _error: BaseException) -> None:
-        self._refused.append(message)  # deque.append is atomic: safe from another thread
-
-    def _went_through(self, message: Outgoing, _metadata: Any) -> None:
-        self._through.append(message)
 
     @property
     def blocked(self) -> bool:
@@ -168,14 +175,13 @@ class Delivery:
             self._retry()
         while self._refused:
             self._check(self._refused.popleft())
-        while self._through:
-            self._retried.pop(id(self._through.popleft()), None)
+        if self._retried:
+            for key in [key for key, message in self._retried.items() if message.acked]:
+                del self._retried[key]
         while self.pending:
             batch = self.pending[0]
             messages = batch.messages
-            if messages and not (
-                _acknowledged(messages[-1]) and all(_acknowledged(m) for m in messages)
-            ):
+            if messages and not (messages[-1].acked and all(m.acked for m in messages)):
                 break
             self.pending.popleft()
             self.pending_messages -= len(batch.messages)
@@ -185,31 +191,26 @@ class Delivery:
         return stamps
 
     def _check(self, message: Outgoing) -> None:
-        """Look at a finished attempt: reroute a refused message, or queue a retry."""
-        if id(message) in self._failing:
-            return
+        """Look at a failed attempt: reroute a message refused for what it is, or queue a
+        retry."""
         error = message.error
-        if error is None:
-            future = message.future
-            if future is None or not future.is_done or future.exception is None:
-                return
-            error = future.exception
-        if isinstance(error, RECORD_ERRORS):
+        if error is None or message.acked or id(message) in self._failing:
+            return
+        if self._is_record_error(error):
             replacement = self._reroute(message, error)
             if replacement is not None:
                 self.rerouted += 1
                 _replace(message, replacement)
-                self._attempt(message, retry=id(message) in self._retried)
+                self._attempt(message)
                 return
         self._failing[id(message)] = message
-        message.error = error
         if self._unavailable_since is None:
             self._unavailable_since = self._clock()
             self._next_retry = self._unavailable_since + RETRY_INTERVAL_S
             log.warning(
                 "event=output_unavailable topic=%s error=%s action=pause_input_and_retry",
                 message.topic,
-                _describe(error),
+                self._describe(error),
             )
 
     def _retry(self) -> None:
@@ -219,7 +220,7 @@ class Delivery:
             # The producer places it by its key again: the topic may have been recreated
             # with other partitions meanwhile.
             message.partition = None
-            self._attempt(message, retry=True)
+            self._attempt(message)
         self._next_retry = self._clock() + RETRY_INTERVAL_S
 
     def _note_availability(self) -> None:
@@ -255,13 +256,6 @@ class Delivery:
                 batch.offsets.pop(tp, None)
 
 
-def _acknowledged(message: Outgoing) -> bool:
-    future = message.future
-    return (
-        message.error is None and future is not None and future.is_done and future.exception is None
-    )
-
-
 def _replace(message: Outgoing, replacement: Outgoing) -> None:
     message.topic = replacement.topic
     message.key = replacement.key
@@ -269,8 +263,3 @@ def _replace(message: Outgoing, replacement: Outgoing) -> None:
     message.partition = replacement.partition
     message.dead_letter = True
     message.reroutes += 1
-    message.future = message.error = None
-
-
-def _describe(error: BaseException) -> str:
-    return type(error).__name__

@@ -18,14 +18,19 @@ the dead-letter topic with the reason, and the stream goes on. What cannot be wr
 while (the broker, the output or dead-letter topic unavailable) is sent again, with the
 input paused meanwhile; nothing is dropped.
 
-The producer works in its own thread while the loop polls and scores the next batch. When
-more than ``max_pending_results`` results are unacknowledged the input partitions are
+The producer works in its own thread(s) while the loop polls and scores the next batch.
+When more than ``max_pending_results`` results are unacknowledged the input partitions are
 paused (back-pressure) until half of them are.
+
+**The client library** is behind a ``transport.Transport`` (``[serve] client``:
+kafka-python, the default, or confluent-kafka on librdkafka): making and configuring the
+clients, what a record looks like, acknowledgements, commits, pauses, seeks, rebalances and
+unreadable batches. The loop, its rules and its metrics are the same for both.
 
 **The broker.** The loop watches the consumer's connections (``broker_watch``): when none
 has been up for a few seconds it logs ``event=broker_lost`` once and ``/readyz`` answers
 503; when one is back it logs ``event=broker_back``. The clients reconnect by themselves
-(their reconnect backoff is capped, see ``clients``).
+(their reconnect backoff is capped, see ``clients`` and ``confluent_transport``).
 
 Rebalances (``rebalance.Assignment`` holds the rules): before partitions are revoked the
 producer is flushed and what is settled is committed, so the next owner starts right after
@@ -49,25 +54,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING
 
 import numpy as np
-from kafka import TopicPartition
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError, KafkaTimeoutError, UnsupportedCodecError
-from kafka.structs import OffsetAndMetadata
 
 from anomaly.alarms import AlarmStage
 from anomaly.config import COMPONENTS, AlarmConfig, ServeConfig
 from anomaly.drift import DriftMonitor
 from anomaly.stream import codecs
 from anomaly.stream.broker_watch import BrokerWatch
-from anomaly.stream.clients import check_broker, make_consumer, make_producer
-from anomaly.stream.delivery import RETRY_INTERVAL_S, Delivery, Outgoing
+from anomaly.stream.delivery import Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
-from anomaly.stream.errors import StreamError, describe_error
+from anomaly.stream.errors import StreamError
 from anomaly.stream.messages import (
     RECORD_OVERHEAD_BYTES,
     RecordDecoder,
@@ -75,16 +74,16 @@ from anomaly.stream.messages import (
     encode_rejection,
 )
 from anomaly.stream.metrics import ServiceMetrics
-from anomaly.stream.partitioning import KeyPartitions
 from anomaly.stream.rebalance import Assignment, partition_names
 from anomaly.stream.reload import ServedModel, StoreWatcher, warm_up
+from anomaly.stream.transport import TopicPartition, Transport, Unreadable, make_transport
 from anomaly.stream.windowing import KeyedWindows
 
 if TYPE_CHECKING:
     from anomaly.detector import Detector
 
 log = logging.getLogger("anomaly.stream")
-codecs.install()  # a compressed batch may not unpack to more than codecs.MAX_BATCH_BYTES
+codecs.install()  # kafka-python's batches unpack to at most codecs.MAX_BATCH_BYTES
 
 #: How long an idle poll waits for records. Kept short: kafka-python's poll can sleep
 #: through its whole timeout when it has no fetch in flight, even if records arrive.
@@ -148,10 +147,7 @@ class ScoringService:
             self._alarms_for = alarms
         else:
             self._alarms_for = lambda d: d.config.alarms if alarms is None else alarms
-        self._alarms = AlarmStage.for_model(
-            detector, self._alarms_for(detector), max_keys=config.max_entities
-        )
-        self._drift = DriftMonitor(detector.drift_summary, config.drift_window)
+        self._alarms, self._drift = self._model_state(detector)
         self.metrics = ServiceMetrics(
             model_version=served.version,
             formulation=detector.engine.params.formulation,
@@ -166,8 +162,11 @@ class ScoringService:
                 served,
                 poll_s=config.model_poll_s,
                 pinned=config.model_version,
+                prepare=self._model_state,
+                warm_batch=config.max_batch_size,
                 on_refused=lambda version, reason: self.metrics.model_load_failures.inc(),
             )
+        self.metrics.model_load_failures.inc(len(served.refused))
         self._profile = dict.fromkeys(PROFILE_STAGES, 0.0)
         self._counts = {
             "batches": 0,
@@ -179,22 +178,26 @@ class ScoringService:
         }
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
-        self._consumer = None
-        self._producer = None
-        self._output_partition: KeyPartitions | None = None
+        self._transport: Transport | None = None
+        self._output_partition = None  # the transport's partitioner of the output topic
         self._server: MetricsServer | None = None
         self._started = False
         self._running = False
         self._last_tick = 0.0
-        self._delivery = Delivery(self._send, self._reroute)
+        self._delivery = Delivery(
+            self._send,
+            self._reroute,
+            is_record_error=lambda error: self._transport.is_record_error(error),
+            describe=lambda error: self._transport.describe(error),
+        )
         self._assignment = Assignment(config.input_topic)
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last consumed
         self._paused = False
         self._broker = BrokerWatch(
-            lambda: _broker_connected(self._consumer), config.bootstrap_servers
+            lambda: self._transport is not None and self._transport.connected(),
+            config.bootstrap_servers,
         )
         self._fetch_errors: dict[str, float] = {}  # last log time per fetch-error description
-        self._topics_without_metadata: dict[str, float] = {}  # topic -> until when
         self._last_commit_attempt = 0.0
         self._last_lag_update = 0.0
 
@@ -204,9 +207,10 @@ class ScoringService:
         """Validate the model and broker, open the endpoint and the clients; fail fast."""
         if self._started:
             return
-        warm_up(self.detector)
-        check_broker(self.config)
+        warm_up(self.detector, self.config.max_batch_size)
         config = self.config
+        self._transport = transport = make_transport(config, self.client_id, self)
+        transport.check()
         self._server = MetricsServer(
             self.metrics.registry,
             config.metrics_host,
@@ -221,25 +225,13 @@ class ScoringService:
             max_connections=config.metrics_max_connections,
         )
         try:
-            self._producer = make_producer(config, self.client_id)
-            self._max_bytes = self._producer.config["max_request_size"] - RECORD_OVERHEAD_BYTES
+            self._assignment.subscribed()
+            transport.open()  # the producer, then the consumer, subscribed
+            self._max_bytes = transport.max_message_bytes - RECORD_OVERHEAD_BYTES
             self._encoder = self._result_encoder()
-            for topic in (config.output_topic, config.dlq_topic, config.alerts_topic):
-                if topic:  # fetch metadata now, not while the first batch waits
-                    self._producer.partitions_for(topic)
-            self._output_partition = KeyPartitions(self._producer, config.output_topic)
-            self._consumer = make_consumer(config, self.client_id)
-            # Known partitions before joining, or the first assignment can come back empty.
-            if not self._consumer.partitions_for_topic(config.input_topic):
-                raise StreamError(f"no partitions found for input topic {config.input_topic!r}")
-            self._subscribe()
-            # A blocking metadata refresh after subscribing: kafka-python's group coordinator
-            # snapshots the topic's partitions from it. Without it the first assignment is made
-            # from an empty snapshot and a second rebalance follows at once, which kafka-python
-            # 3.0.12 can leave unfinished (see _rejoin_if_stalled).
-            self._consumer.topics()
+            self._output_partition = transport.partitioner(config.output_topic)
         except BaseException:
-            self._close_clients(time.monotonic() + config.shutdown_timeout_s)
+            transport.close(time.monotonic() + config.shutdown_timeout_s)
             self._server.close()
             self._server = None
             raise
@@ -253,7 +245,7 @@ class ScoringService:
         log.info(
             "event=started model_version=%s formulation=%s features=%d window=%s model_poll_s=%s "
             "input_topic=%s output_topic=%s dlq_topic=%s alerts_topic=%s group_id=%s "
-            "metrics=%s:%d max_batch_size=%d",
+            "metrics=%s:%d max_batch_size=%d client=%s",
             self.served.version,
             self.detector.engine.params.formulation,
             len(self.detector.feature_names),
@@ -267,12 +259,8 @@ class ScoringService:
             self.config.metrics_host,
             self.metrics_port,
             self.config.max_batch_size,
+            transport.name,
         )
-
-    def _subscribe(self) -> None:
-        """Join the group for the input topic (the join itself happens in ``poll``)."""
-        self._consumer.subscribe([self.config.input_topic], listener=_RebalanceListener(self))
-        self._assignment.subscribed()
 
     def _rejoin_if_stalled(self) -> None:
         """Subscribe afresh if the consumer has been without an assignment for longer than the
@@ -281,16 +269,15 @@ class ScoringService:
         kafka-python 3.0.12 leaves a rebalance unfinished when a short poll times out while
         the group leader's SyncGroup is in flight and the rebalance began from a metadata
         change: its join loop never resumes, no assignment arrives and heartbeats stay off.
-        No metadata refresh here: ``topics()`` has no timeout, and a broker outage is one
-        way to get here (so not while the broker is lost).
+        Not while the broker is lost: an outage is one way to get here.
         """
         unassigned_s = self._assignment.unassigned_for()
         if unassigned_s < self.config.session_timeout_ms / 1000 or self._broker.lost:
             return
         log.warning("event=rebalance_stalled unassigned_s=%.1f action=resubscribe", unassigned_s)
         self.metrics.rejoins.inc()
-        self._consumer.unsubscribe()
-        self._subscribe()
+        self._transport.resubscribe()
+        self._assignment.subscribed()
 
     def run(self) -> None:
         """Score until ``stop()``; then finish the batch in hand, flush, commit and close."""
@@ -341,25 +328,37 @@ class ScoringService:
         ready = self._watcher.take() if self._watcher is not None else None
         if ready is None:
             return
-        previous, self.served = self.served, ready
+        previous_version, self.served = self.served.version, ready
         detector = ready.detector
         self._encoder = self._result_encoder()
-        self._alarms = AlarmStage.for_model(
-            detector, self._alarms_for(detector), max_keys=self.config.max_entities
-        )
+        self._alarms, self._drift = ready.prepared
         params = detector.engine.params
         self.metrics.serve_model(
             ready.version, params.formulation, detector.threshold, params.target_fpr
         )
-        self._drift = DriftMonitor(detector.drift_summary, self.config.drift_window)
         self.metrics.alarm_states.set(0)
         self.metrics.model_swaps.inc()
+        # The previous model is garbage in reference cycles that start()'s gc.freeze() put
+        # out of the collector's reach: one full collection frees it, once per swap.
+        started = perf_counter()
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         log.info(
-            "event=model_swapped from_version=%s to_version=%s threshold=%.6g",
-            previous.version,
+            "event=model_swapped from_version=%s to_version=%s threshold=%.6g gc_s=%.3f",
+            previous_version,
             ready.version,
             detector.threshold,
+            perf_counter() - started,
         )
+
+    def _model_state(self, detector: Detector) -> tuple[AlarmStage | None, DriftMonitor]:
+        """What the service keeps per model: the alarm stage its ``[alarms]`` settings make
+        (a conflict among them is a ``ConfigError``) and its drift window."""
+        alarms = AlarmStage.for_model(
+            detector, self._alarms_for(detector), max_keys=self.config.max_entities
+        )
+        return alarms, DriftMonitor(detector.drift_summary, self.config.drift_window)
 
     def stop(self, reason: str = "requested") -> None:
         """Ask the loop to stop after the batch in hand; safe from any thread or a signal."""
@@ -402,65 +401,25 @@ class ScoringService:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _poll(self, timeout_ms: int, max_records: int) -> list:
-        """One consumer poll, as a list of records. A record the client cannot read comes
-        back as an ``_Unreadable`` in its place (``_unreadable``); any other poll error is
-        logged (rate-limited) and the poll tried again next time."""
-        try:
-            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        except UnsupportedCodecError as exc:
-            # A deployment problem, not a record's: skipping would dead-letter the stream.
-            raise StreamError(
-                f"cannot read the input: {exc}; install the codec packages this release "
-                "depends on (python-snappy, lz4, zstandard); nothing past it was committed"
-            ) from None
-        except Exception as exc:  # noqa: BLE001 (a corrupt batch raises the codec's own errors)
-            self.metrics.fetch_errors.labels(type(exc).__name__).inc()
-            unreadable = self._unreadable(exc) if codecs.is_unpacking_error(exc) else None
-            if unreadable is not None:
-                return [unreadable]
-            described = describe_error(exc)
-            now = time.monotonic()
-            if now - self._fetch_errors.get(described, -FETCH_ERROR_LOG_S) >= FETCH_ERROR_LOG_S:
-                self._fetch_errors[described] = now
-                log.error("event=fetch_failed error=%s action=fetch_again", described)
-            return []
-        if len(polled) == 1:
-            return next(iter(polled.values()))
-        return [r for part in polled.values() for r in part]
-
-    def _unreadable(self, error: BaseException) -> _Unreadable | None:
-        """After ``poll`` raised while unpacking a fetched batch: the record at that
-        partition's position, to dead-letter (reason ``unreadable``) in its place among the
-        records in hand, with the consumer moved past it. None when no partition being read
-        is at fault.
-
-        kafka-python raises these from the partition's record iterator, which is dead
-        afterwards: polling again without a seek would spin on it forever. Where it stopped
-        is only in the consumer's fetcher (``_next_partition_records``); each offset of an
-        unreadable batch is skipped in turn, so every one gets its own dead letter. The
-        dead letter goes with the micro-batch, after the records of the same partition
-        polled before it, so no offset is committed before theirs.
-        """
-        fetcher = getattr(self._consumer, "_fetcher", None)  # noqa: SLF001 (see docstring)
-        part = getattr(fetcher, "_next_partition_records", None)
-        if not part or part.topic_partition not in self._assignment.assigned:
-            return None
-        tp = part.topic_partition
-        offset = self._consumer.position(tp)
-        described = describe_error(error)
-        log.error(
-            "event=fetch_failed topic=%s partition=%d offset=%d error=%s "
-            "action=dead_lettered_and_skipped",
-            tp.topic,
-            tp.partition,
-            offset,
-            described,
-        )
-        self._consumer.seek(tp, offset + 1)
-        return _Unreadable(
-            tp.topic, tp.partition, offset, f"the consumer could not read its batch: {described}"
-        )
+    def fetch_failed(self, kind: str, detail: str, unreadable: Unreadable | None) -> None:
+        """A poll met an error (``transport.Listener``): counted by ``kind``; a record
+        dead-lettered in its place is logged where it was, any other error at most once
+        per ``FETCH_ERROR_LOG_S`` (the poll is tried again next time)."""
+        self.metrics.fetch_errors.labels(kind).inc()
+        if unreadable is not None:
+            log.error(
+                "event=fetch_failed topic=%s partition=%d offset=%d error=%s "
+                "action=dead_lettered_and_skipped",
+                unreadable.topic,
+                unreadable.partition,
+                unreadable.offset,
+                detail,
+            )
+            return
+        now = time.monotonic()
+        if now - self._fetch_errors.get(detail, -FETCH_ERROR_LOG_S) >= FETCH_ERROR_LOG_S:
+            self._fetch_errors[detail] = now
+            log.error("event=fetch_failed error=%s action=fetch_again", detail)
 
     def _collect(self) -> tuple[list, float]:
         """Poll one micro-batch: up to max_batch_size records, waiting at most max_wait_ms
@@ -468,7 +427,8 @@ class ScoringService:
         start = perf_counter()
         limit = self.config.max_batch_size
         timeout = PENDING_POLL_MS if self._delivery.pending else IDLE_POLL_MS
-        records = self._poll(timeout, limit)
+        poll = self._transport.poll
+        records = poll(timeout, limit)
         polled_at = perf_counter()
         if records and len(records) < limit and self.config.max_wait_ms > 0:
             deadline = polled_at + self.config.max_wait_ms / 1000
@@ -477,11 +437,11 @@ class ScoringService:
                 if remaining <= 0:
                     break
                 rebalances = self._assignment.rebalances
-                fresh = self._poll(max(1, int(remaining * 1000)), limit - len(records))
+                fresh = poll(max(1, int(remaining * 1000)), limit - len(records))
                 if self._assignment.rebalances != rebalances:
                     records, seeks = self._assignment.drop_revoked(records, fresh)
                     for tp, offset in seeks.items():
-                        self._consumer.seek(tp, offset)
+                        self._transport.seek(tp, offset)
                 else:
                     records = records + fresh
                 if not fresh:
@@ -517,7 +477,7 @@ class ScoringService:
         decoded = self._decoder.decode([r.value for r in records])
         rejected = [
             (i, "unreadable", records[i].detail)
-            if type(records[i]) is _Unreadable
+            if type(records[i]) is Unreadable
             else (i, reason, detail)
             for i, reason, detail in decoded.rejected
         ]
@@ -603,9 +563,9 @@ class ScoringService:
         t4 = perf_counter()
         profile["send"] += t4 - t3
 
-        next_offsets = {}
-        for r in records:
-            next_offsets[TopicPartition(config.input_topic, r.partition)] = r.offset + 1
+        last = {r.partition: r.offset for r in records}  # records are in order per partition
+        input_topic = config.input_topic
+        next_offsets = {TopicPartition(input_topic, p): o + 1 for p, o in last.items()}
         self._positions.update(next_offsets)
         stamps = [r.timestamp for r in records if r.timestamp is not None]
         self._delivery.add(outgoing, next_offsets, stamps)
@@ -658,29 +618,17 @@ class ScoringService:
         )
         return [Outgoing(self.config.dlq_topic, key, value, record, dead_letter=True)]
 
-    def _send(self, message: Outgoing):
-        """Hand ``message`` to the producer. A topic whose metadata could not be had (the
-        send blocked ``max_block_ms`` and failed) fails its next sends at once for
-        ``RETRY_INTERVAL_S``, so one batch does not block the loop once per message."""
-        until = self._topics_without_metadata.get(message.topic)
-        if until is not None and time.monotonic() < until:
-            raise KafkaTimeoutError(f"no metadata for topic {message.topic!r} a moment ago")
-        try:
-            return self._producer.send(
-                message.topic, value=message.value, key=message.key, partition=message.partition
-            )
-        except KafkaTimeoutError:
-            self._topics_without_metadata[message.topic] = time.monotonic() + RETRY_INTERVAL_S
-            raise
+    def _send(self, message: Outgoing) -> None:
+        self._transport.send(message)
 
-    def _reroute(self, message: Outgoing, error: BaseException) -> Outgoing | None:
+    def _reroute(self, message: Outgoing, error) -> Outgoing | None:
         """What to send instead of a message Kafka refused for what it is (``Delivery``):
         for a result or an alert, its record's dead letter (``send_failed``); for a dead
         letter, the same cut to ``HARD_CUT_BYTES``, once. None when there is nothing
         smaller to send (the message is then retried)."""
         if not self.config.dlq_topic:
             return None
-        detail = f"Kafka refused the message to {message.topic}: {type(error).__name__}"
+        detail = f"Kafka refused the message to {message.topic}: {self._transport.describe(error)}"
         if not message.dead_letter:
             self._counts["rejected"] += 1
             return self._dead_letter(message.origin, "send_failed", detail)[0]
@@ -696,14 +644,15 @@ class ScoringService:
     def _settle(self, block: bool = False) -> None:
         """Move acknowledged batches (in order) from pending to settled offsets."""
         delivery = self._delivery
+        start = perf_counter()
+        self._transport.serve()  # librdkafka's delivery reports (kafka-python: its own thread)
+        self._profile["send"] += perf_counter() - start
         if not delivery.pending:
             return
         if block:
             start = perf_counter()
-            try:
-                self._producer.flush(timeout=FLUSH_WAIT_S)
-            except KafkaTimeoutError:
-                pass  # still unacknowledged: back-pressure and the broker watch say why
+            # What is still unacknowledged after it: back-pressure and the broker watch say why.
+            self._transport.flush(FLUSH_WAIT_S)
             self._profile["flush"] += perf_counter() - start
         start = perf_counter()
         stamps = delivery.settle()
@@ -720,46 +669,42 @@ class ScoringService:
         now = time.monotonic()
         if not force and (now - self._last_commit_attempt) * 1000 < self.config.commit_interval_ms:
             return
-        offsets = self._take_settled(self._assignment.assigned)
+        offsets = self._delivery.take_settled(self._assignment.assigned)
         if not offsets:
             return
         start = perf_counter()
         self._last_commit_attempt = now
-        self._consumer.commit_async(offsets, callback=self._on_commit)
+        self._transport.commit(offsets)
         self._profile["commit"] += perf_counter() - start
 
-    def _take_settled(self, partitions) -> dict[TopicPartition, OffsetAndMetadata]:
-        taken = self._delivery.take_settled(partitions)
-        return {tp: OffsetAndMetadata(o, "", -1) for tp, o in taken.items()}
-
-    def _on_commit(self, offsets, response) -> None:
-        if isinstance(response, BaseException):
+    def committed(self, offsets: dict[TopicPartition, int], error) -> None:
+        """The outcome of a commit (``transport.Listener``): offsets whose commit failed are
+        committed again with the next ones."""
+        if error is not None:
             if not self._broker.lost:  # while it is lost, broker_lost says it all
                 log.warning(
                     "event=commit_failed error=%s partitions=%d (retried with the next commit)",
-                    type(response).__name__,
+                    self._transport.describe(error),
                     len(offsets),
                 )
-            self._delivery.restore(
-                {tp: meta.offset for tp, meta in offsets.items()}, self._assignment.assigned
-            )
+            self._delivery.restore(offsets, self._assignment.assigned)
             return
         self._counts["commits"] += 1
         self.metrics.last_commit.set(time.time())
 
     def _commit_sync(self, partitions, deadline: float) -> int:
-        offsets = self._take_settled(partitions)
+        offsets = self._delivery.take_settled(partitions)
         if not offsets:
             return 0
         start = perf_counter()
         try:
-            self._consumer.commit(
-                offsets, timeout_ms=max(1, int((deadline - time.monotonic()) * 1000))
-            )
-            self._on_commit(offsets, None)
-        except KafkaError as exc:
+            self._transport.commit_sync(offsets, max(0.001, deadline - time.monotonic()))
+            self.committed(offsets, None)
+        except Exception as exc:  # noqa: BLE001 (the client's error; the next owner re-scores)
             log.warning(
-                "event=commit_failed error=%s partitions=%d", type(exc).__name__, len(offsets)
+                "event=commit_failed error=%s partitions=%d",
+                self._transport.describe(exc),
+                len(offsets),
             )
         self._profile["commit"] += perf_counter() - start
         return len(offsets)
@@ -769,7 +714,7 @@ class ScoringService:
         pending = self._delivery.pending_messages
         why = self._delivery.pause_reason(limit, self._paused)
         if why is not None and not self._paused:
-            self._consumer.pause(*self._consumer.assignment())
+            self._transport.pause()
             self._paused = True
             self.metrics.backpressure_pauses.inc()
             log.info(
@@ -779,7 +724,7 @@ class ScoringService:
                 why,
             )
         elif why is None and self._paused:
-            self._consumer.resume(*self._consumer.paused())
+            self._transport.resume()
             self._paused = False
             log.info("event=resumed pending_results=%d", pending)
 
@@ -794,43 +739,34 @@ class ScoringService:
             self.metrics.broker_reachable.set(1 if change else 0)
         if self._broker.lost:
             return
-        self._output_partition.refresh()  # the output topic may have grown
-        consumer = self._consumer
+        transport = self._transport
+        transport.tick()  # e.g. the output topic may have grown
         for tp in list(self._assignment.assigned):
-            try:
-                high = consumer.highwater(tp)
-                position = self._positions.get(tp)
-                if position is None:
-                    position = consumer.position(tp, timeout_ms=50)
-            except KafkaError:
-                continue
+            high = transport.high_watermark(tp)
+            position = self._positions.get(tp)
+            if position is None and high is not None:
+                position = transport.position(tp)
             if high is not None and position is not None:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
 
-    # -- rebalances (called by the consumer while the loop is blocked in poll or close) -----
+    # -- rebalances (transport.Listener: while the loop is in poll, or closing) --------------
 
-    async def _partitions_revoked(self, revoked) -> None:
-        revoked = set(revoked)
+    def partitions_revoking(self, revoked: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Before ``revoked`` go: flush the producer (bounded), settle, and return the
+        settled offsets of ``revoked`` for the transport to commit on the way."""
+        if not revoked:
+            return {}
+        if not self._transport.flush(self._flush_budget_s()):
+            log.warning(
+                "event=flush_slow on=revoke pending_results=%d", self._delivery.pending_messages
+            )
+        self._delivery.settle()
+        return self._delivery.take_settled(revoked)
+
+    def partitions_revoked(self, revoked: set[TopicPartition], committed: int) -> None:
         if not revoked:
             self._assignment.release(revoked, keep_key_state=True)
             return
-        committed = 0
-        if self._producer is not None:
-            try:
-                self._producer.flush(timeout=self._flush_budget_s())
-            except KafkaTimeoutError:
-                log.warning(
-                    "event=flush_slow on=revoke pending_results=%d",
-                    self._delivery.pending_messages,
-                )
-            self._delivery.settle()
-            offsets = self._take_settled(revoked)
-            if offsets:
-                try:
-                    await self._consumer.commit_async(offsets, callback=self._on_commit)
-                    committed = len(offsets)
-                except Exception as exc:  # noqa: BLE001 (any failure: the next owner re-scores)
-                    log.warning("event=commit_failed on=revoke error=%s", type(exc).__name__)
         self._release(revoked, keep_key_state=not self._delivery.pending)
         log.info(
             "event=partitions_revoked partitions=%s committed=%d",
@@ -839,8 +775,8 @@ class ScoringService:
         )
 
     def _flush_budget_s(self) -> float:
-        """How long a flush before revoking may take. It runs on the consumer's network
-        thread, which sends no heartbeat meanwhile: a third of the session timeout in a
+        """How long a flush before revoking may take. It runs inside the consumer's poll,
+        which sends no heartbeat meanwhile (kafka-python): a third of the session timeout in a
         rebalance, and no more than what is left of ``shutdown_timeout_s`` when stopping
         (the consumer's close revokes too). What is not acknowledged by then is not
         committed, and the next owner scores it again."""
@@ -850,16 +786,17 @@ class ScoringService:
         deadline = self._stop_requested_at + self.config.shutdown_timeout_s
         return max(0.1, min(rebalance_s, (deadline - time.monotonic()) * 0.5))
 
-    def _partitions_assigned(self, assigned) -> None:
+    def partitions_assigned(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """``assigned`` are ours; returns where to start reading those dropped from records
+        in hand and given back (see ``rebalance``)."""
         seeks, gone = self._assignment.grant(set(assigned))
-        for tp, offset in seeks.items():
-            self._consumer.seek(tp, offset)
         if gone:
             self._forget_keys(gone)
         self._paused = False  # a new assignment starts unpaused
         log.info("event=partitions_assigned partitions=%s", partition_names(assigned))
+        return seeks
 
-    def _partitions_lost(self, lost) -> None:
+    def partitions_lost(self, lost: set[TopicPartition]) -> None:
         lost = set(lost)
         self._release(lost, keep_key_state=False)
         log.warning(
@@ -895,26 +832,26 @@ class ScoringService:
         started = self._stop_requested_at
         deadline = started + self.config.shutdown_timeout_s
         self._stop.set()
+        transport = self._transport
         try:
-            if self._producer is not None and self._delivery.pending:
+            if transport is not None and self._delivery.pending:
                 start = perf_counter()
-                try:
-                    self._producer.flush(timeout=max(0.1, (deadline - time.monotonic()) * 0.6))
-                except KafkaTimeoutError:
+                if not transport.flush(max(0.1, (deadline - time.monotonic()) * 0.6)):
                     log.warning(
                         "event=flush_slow on=shutdown pending_results=%d",
                         self._delivery.pending_messages,
                     )
                 self._profile["flush"] += perf_counter() - start
             self._delivery.settle()
-            if self._consumer is not None:
+            if transport is not None:
                 self._commit_sync(set(self._assignment.assigned), deadline)
         except Exception as exc:  # noqa: BLE001 (closing must go on)
             log.warning("event=shutdown_error error=%r", exc)
         finally:
             if self._watcher is not None:
                 self._watcher.close()
-            self._close_clients(deadline)
+            if transport is not None:
+                transport.close(deadline)
             self._running = False
             if self._server is not None:
                 self._server.close()
@@ -933,37 +870,6 @@ class ScoringService:
                 else "",
             )
 
-    def _close_clients(self, deadline: float) -> None:
-        remaining_ms = max(100, int((deadline - time.monotonic()) * 1000))
-        if self._consumer is not None:
-            try:
-                self._consumer.close(autocommit=False, timeout_ms=remaining_ms)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("event=close_error client=consumer error=%r", exc)
-            self._consumer = None
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            try:
-                producer.close(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception as exc:  # noqa: BLE001
-                log.warning("event=close_error client=producer error=%r", exc)
-
-
-class _RebalanceListener(AsyncConsumerRebalanceListener):
-    """Runs on the consumer's network thread; async so the revoke commit can be awaited."""
-
-    def __init__(self, service: ScoringService):
-        self._service = service
-
-    async def on_partitions_revoked(self, revoked):
-        await self._service._partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned):
-        self._service._partitions_assigned(assigned)
-
-    async def on_partitions_lost(self, lost):
-        self._service._partitions_lost(lost)
-
 
 class _EmptyResult:
     """Stands in for a ScoreResult when no record of a batch was scored."""
@@ -977,28 +883,3 @@ class _EmptyResult:
 
 
 _EMPTY_RESULT = _EmptyResult()
-
-
-@dataclass(frozen=True)
-class _Unreadable:
-    """A record the consumer could not read, in its place among the records in hand: where
-    it was and why (its key, value and timestamp are unknown)."""
-
-    topic: str
-    partition: int
-    offset: int
-    detail: str
-    key: None = None
-    value: None = None
-    timestamp: None = None
-
-
-def _broker_connected(consumer) -> bool:
-    """Whether ``consumer`` has a live connection to a broker of the cluster.
-
-    kafka-python has no public call for this; its network client answers ``connected``
-    per node. A consumer that is fetching keeps a connection to each partition leader, so
-    none connected for a few seconds means the cluster is out of reach.
-    """
-    client = consumer._client  # noqa: SLF001 (no public equivalent in kafka-python)
-    return any(client.connected(broker.node_id) for broker in client.cluster.brokers())
