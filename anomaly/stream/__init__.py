@@ -6,8 +6,9 @@
 or from the command line, ``anomaly serve --model model/ --bootstrap-servers HOST:PORT ...``.
 At-least-once delivery, a dead-letter topic for bad records, Prometheus metrics on
 ``/metrics`` with ``/healthz`` and ``/readyz`` (see ``service``, ``messages`` and
-``metrics``). This is the only part of the package that imports ``kafka`` and
-``prometheus_client``.
+``metrics``), on kafka-python or on librdkafka (``[serve] client``; ``transport``). This is
+the only part of the package that imports ``kafka``, ``confluent_kafka`` (only with
+``client = "confluent"``) and ``prometheus_client``.
 """
 
 from anomaly.stream.errors import StreamError

@@ -7,6 +7,12 @@ shown). This module knows kafka-python: which client accepts which option
 option's value has (to convert ``ANOMALY_SERVE_KAFKA_<OPTION>`` strings), and it reads
 ``NAME_file`` options when a client is made, so a secret mounted as a file is never held
 in the configuration, shown or saved.
+
+With ``[serve] client = "confluent"`` the same options are given to librdkafka under its
+own names (``LIBRDKAFKA_NAMES``: ``ssl_cafile`` -> ``ssl.ca.location``, ...; one table, in
+the README too), each to the clients librdkafka says take it; librdkafka's own dotted names
+(``ssl.endpoint.identification.algorithm``) pass through as they are, and a kafka-python
+name without a librdkafka equivalent is an error that says so.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any, Literal
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from anomaly.config import FILE_SUFFIX, is_secret_option
+from anomaly.config import FILE_SUFFIX, is_librdkafka_name, is_secret_option
 from anomaly.errors import ConfigError
 
 Client = Literal["consumer", "producer", "admin"]
@@ -45,6 +51,79 @@ OBJECT_OPTIONS = frozenset(
     }
 )
 
+#: kafka-python's option -> librdkafka's (``client = "confluent"``). Values are kept, except
+#: ``ssl_check_hostname`` (true -> ``https``, false -> ``none``) and booleans (``true`` /
+#: ``false``).
+LIBRDKAFKA_NAMES = {
+    # every client
+    "security_protocol": "security.protocol",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "ssl_password": "ssl.key.password",
+    "ssl_crlfile": "ssl.crl.location",
+    "ssl_ciphers": "ssl.cipher.suites",
+    "ssl_check_hostname": "ssl.endpoint.identification.algorithm",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "sasl_kerberos_service_name": "sasl.kerberos.service.name",
+    "client_dns_lookup": "client.dns.lookup",
+    "connections_max_idle_ms": "connections.max.idle.ms",
+    "metadata_max_age_ms": "metadata.max.age.ms",
+    "receive_buffer_bytes": "socket.receive.buffer.bytes",
+    "send_buffer_bytes": "socket.send.buffer.bytes",
+    "receive_message_max_bytes": "receive.message.max.bytes",
+    "reconnect_backoff_ms": "reconnect.backoff.ms",
+    "reconnect_backoff_max_ms": "reconnect.backoff.max.ms",
+    "retry_backoff_ms": "retry.backoff.ms",
+    "allow_auto_create_topics": "allow.auto.create.topics",
+    # the consumer
+    "check_crcs": "check.crcs",
+    "client_rack": "client.rack",
+    "fetch_min_bytes": "fetch.min.bytes",
+    "fetch_max_bytes": "fetch.max.bytes",
+    "max_partition_fetch_bytes": "max.partition.fetch.bytes",
+    "max_poll_interval_ms": "max.poll.interval.ms",
+    "group_instance_id": "group.instance.id",
+    # the producer
+    "compression_type": "compression.type",
+    "batch_size": "batch.size",
+    "max_request_size": "message.max.bytes",
+    "delivery_timeout_ms": "message.timeout.ms",
+    "request_timeout_ms": "request.timeout.ms",
+    "retries": "message.send.max.retries",
+}
+
+#: librdkafka's options that only its consumer, or only its producer, takes (librdkafka's
+#: CONFIGURATION.md, "C/P"); the others are given to every client.
+LIBRDKAFKA_CONSUMER_ONLY = frozenset(
+    """group.id group.instance.id partition.assignment.strategy session.timeout.ms
+    heartbeat.interval.ms group.protocol.type group.protocol group.remote.assignor
+    coordinator.query.interval.ms max.poll.interval.ms enable.auto.commit
+    auto.commit.interval.ms enable.auto.offset.store queued.min.messages
+    queued.max.messages.kbytes fetch.wait.max.ms fetch.queue.backoff.ms fetch.message.max.bytes
+    max.partition.fetch.bytes fetch.max.bytes fetch.min.bytes fetch.error.backoff.ms
+    offset.store.method isolation.level enable.partition.eof check.crcs auto.commit.enable
+    auto.offset.reset offset.store.path offset.store.sync.interval.ms
+    consume.callback.max.messages""".split()
+)
+LIBRDKAFKA_PRODUCER_ONLY = frozenset(
+    """transactional.id transaction.timeout.ms enable.idempotence enable.gapless.guarantee
+    queue.buffering.max.messages queue.buffering.max.kbytes queue.buffering.max.ms linger.ms
+    message.send.max.retries retries queue.buffering.backpressure.threshold
+    compression.codec compression.type compression.level batch.num.messages batch.size
+    delivery.report.only.error sticky.partitioning.linger.ms request.required.acks acks
+    request.timeout.ms message.timeout.ms delivery.timeout.ms queuing.strategy
+    produce.offset.report partitioner""".split()
+)
+
+_LIBRDKAFKA_NOT_FOR: dict[Client, frozenset[str]] = {
+    "consumer": LIBRDKAFKA_PRODUCER_ONLY,
+    "producer": LIBRDKAFKA_CONSUMER_ONLY,
+    "admin": LIBRDKAFKA_CONSUMER_ONLY | LIBRDKAFKA_PRODUCER_ONLY,
+}
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -57,11 +136,20 @@ def option_default(name: str) -> Any:
     return None
 
 
-def check_options(options: Mapping[str, Any], *, source: str = "[serve.kafka]") -> None:
+def check_options(
+    options: Mapping[str, Any],
+    *,
+    source: str = "[serve.kafka]",
+    client: str = "kafka-python",
+) -> None:
     """A ``ConfigError`` naming the first option no client accepts, or one that needs a
-    Python object; ``NAME_file`` options are checked as ``NAME``."""
+    Python object; ``NAME_file`` options are checked as ``NAME``. With ``client``
+    ``"confluent"``, also one without a librdkafka equivalent (librdkafka's own dotted names
+    are checked by librdkafka when the clients are made)."""
     for name in options:
         option = name.removesuffix(FILE_SUFFIX)
+        if client == "confluent" and is_librdkafka_name(option):
+            continue
         if not any(option in defaults for defaults in CLIENT_DEFAULTS.values()):
             raise ConfigError(
                 f"{source}: {name!r} is not an option of kafka-python's consumer, producer or "
@@ -72,6 +160,12 @@ def check_options(options: Mapping[str, Any], *, source: str = "[serve.kafka]") 
                 f"{source}: Kafka option {name!r} takes a Python object, which a configuration "
                 "cannot hold; use the equivalent plain options (e.g. ssl_cafile, "
                 "ssl_certfile, ssl_keyfile)"
+            )
+        if client == "confluent" and option not in LIBRDKAFKA_NAMES:
+            raise ConfigError(
+                f"{source}: kafka-python's option {name!r} has no librdkafka equivalent the "
+                "service passes on (client = 'confluent'); remove it, or give librdkafka's "
+                "own option by its dotted name in the [serve.kafka] table"
             )
 
 
@@ -84,6 +178,24 @@ def client_options(options: Mapping[str, Any], client: Client) -> dict[str, Any]
     """The options ``client`` accepts, ``NAME_file`` options read from their files."""
     accepted = CLIENT_DEFAULTS[client]
     return {name: value for name, value in _read_files(options).items() if name in accepted}
+
+
+def librdkafka_options(options: Mapping[str, Any], client: Client) -> dict[str, Any]:
+    """The options ``client`` of librdkafka takes, by librdkafka's names and in its types,
+    ``NAME_file`` options read from their files (``ConfigError`` for a kafka-python name
+    without a librdkafka equivalent)."""
+    check_options(options, client="confluent")
+    values = {}
+    for name, value in _read_files(options).items():
+        librdkafka = name if is_librdkafka_name(name) else LIBRDKAFKA_NAMES[name]
+        if librdkafka in _LIBRDKAFKA_NOT_FOR[client]:
+            continue
+        if name == "ssl_check_hostname":
+            value = "https" if value else "none"
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        values[librdkafka] = value
+    return values
 
 
 def from_environment(option: str, raw: str, variable: str) -> Any:

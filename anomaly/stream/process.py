@@ -93,7 +93,8 @@ def _exit_overdue(config: ServeConfig) -> None:
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr, ``key=value`` fields; kafka-python's chatter above INFO."""
+    """One line per event on stderr, ``key=value`` fields; kafka-python's and librdkafka's
+    chatter above INFO."""
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -103,3 +104,4 @@ def configure_logging(level: int = logging.INFO) -> None:
         root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("librdkafka").setLevel(logging.WARNING)

@@ -15,8 +15,9 @@ Kafka client options (``[serve.kafka]``) come one at a time from
 ``ANOMALY_SERVE_KAFKA_<OPTION>`` (``ANOMALY_SERVE_KAFKA_SECURITY_PROTOCOL=SASL_SSL``), as the
 type of kafka-python's default for the option; they replace the same option of the file (its
 ``NAME_file`` form too), and an empty value removes it. The resolved options are checked
-against kafka-python's clients and their ``_file`` secrets read once, so a typo or a missing
-secret fails before the model is loaded.
+against kafka-python's clients (and, with ``client = "confluent"``, against the names
+librdkafka gets) and their ``_file`` secrets read once, so a typo or a missing secret fails
+before the model is loaded.
 """
 
 from __future__ import annotations
@@ -55,9 +56,25 @@ def resolve_serve_config(
         raise ConfigError(f"unknown serve setting(s) {unknown}")
     if given:
         values = _validated(values, given, "command line")
-    kafka_options.check_options(values["kafka"])
-    kafka_options.check_files(values["kafka"])
-    return Config.from_dict({"serve": values}).serve
+    serve = Config.from_dict({"serve": values}).serve
+    kafka_options.check_options(serve.kafka, client=serve.client)
+    kafka_options.check_files(serve.kafka)
+    if serve.client == "confluent":
+        check_confluent_installed()
+    return serve
+
+
+def check_confluent_installed() -> None:
+    """A ``ConfigError`` saying what to install when ``client = "confluent"`` and
+    confluent-kafka is missing."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "[serve] client = 'confluent' needs confluent-kafka (librdkafka): install the "
+            "package's 'confluent' extra, pip install 'anomaly-gan[confluent]', or set "
+            "client = 'kafka-python'"
+        ) from None
 
 
 def resolve_alarm_config(

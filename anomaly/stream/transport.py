@@ -6,7 +6,15 @@ what a record looks like, how a message is handed over and its acknowledgement r
 how offsets are committed, partitions paused and sought, rebalances reported, a batch it
 cannot read turned into ``Unreadable`` records, and whether the cluster is reachable.
 
-The implementation: ``anomaly.stream.kafka_python_transport`` (kafka-python).
+Two implementations, chosen by ``[serve] client``:
+
+- ``"kafka-python"`` (the default): ``anomaly.stream.kafka_python_transport``;
+- ``"confluent"``: confluent-kafka, on librdkafka (the ``confluent`` extra):
+  ``anomaly.stream.confluent_transport``.
+
+Both give the loop the same guarantees (at least once, dead letters, rebalances, back-pressure,
+every codec; see the README's "Streaming service") and the same ``[serve.kafka]`` options by
+kafka-python's names (``anomaly.stream.kafka_options`` maps them to librdkafka's).
 
 Threads. kafka-python reports acknowledgements on its sender thread and rebalances on the
 thread that polls; librdkafka reports both only while the loop serves it (``poll`` for the
@@ -208,7 +216,11 @@ def _unplaced(_key: bytes | None) -> None:
 
 
 def make_transport(config: ServeConfig, client_id: str, listener: Listener) -> Transport:
-    """The transport of ``config``."""
+    """The transport of ``config.client``."""
+    if config.client == "confluent":
+        from anomaly.stream.confluent_transport import ConfluentTransport
+
+        return ConfluentTransport(config, client_id, listener)
     from anomaly.stream.kafka_python_transport import KafkaPythonTransport
 
     return KafkaPythonTransport(config, client_id, listener)

@@ -1,0 +1,661 @@
+"""The loop's transport on confluent-kafka, librdkafka's Python client
+(``[serve] client = "confluent"``, the ``confluent`` extra).
+
+librdkafka does its network work in C threads of its own, so the loop's Python thread spends
+about a fifth of kafka-python's time per record on Kafka (``pipelines.bench_stream``). The
+settings mirror kafka-python's (``clients``), for the same reasons:
+
+- consumer: auto-commit and the offset store off (the loop commits the offsets whose results
+  are acknowledged), ``isolation.level=read_committed``, ``check.crcs`` on (librdkafka's
+  default is off; kafka-python always checks), the micro-batch's fetch wait
+  (``[serve] fetch_max_wait_ms``), the session of ``[serve] session_timeout_ms``, and eager
+  assignment (``range,roundrobin``, kafka-python's assignors): instances on either client
+  can share a group, so a deployment can move from one to the other a pod at a time;
+- producer: ``acks=all``, not idempotent, one request in flight per connection (a key's
+  results stay in order across retries), ``[serve] linger_ms``, batches of 256 KB,
+  ``message.max.bytes`` and ``message.timeout.ms`` at kafka-python's defaults (1 MiB,
+  120 s), and keys placed by murmur2 as the Java client does (librdkafka's default
+  partitioner hashes with CRC32);
+- both: reconnect backoff capped at 1 s (librdkafka's default is 10 s), Nagle off (as
+  kafka-python), and the ``[serve.kafka]`` options mapped to librdkafka's names
+  (``kafka_options.librdkafka_options``). Secrets go to librdkafka only; it never logs them.
+
+How librdkafka differs, and what this module does about it:
+
+- **Callbacks run on the loop's thread**, inside its calls: rebalances, errors, statistics
+  and commit results inside the consumer's ``poll``/``consume``; delivery reports inside
+  the producer's ``poll``/``flush`` (``serve`` and ``flush``, each loop iteration).
+- **Records**: a ``poll`` waits for the first message, then takes what is already fetched
+  (``consume`` without waiting), as kafka-python's ``poll`` returns at once what it has.
+- **A batch it cannot read** is reported as a consumer error in the stream of messages,
+  per partition: ``_BAD_MSG`` when its CRC fails (with ``check.crcs``), ``_BAD_COMPRESSION``
+  when its codec cannot unpack it (or, for zstd, it would unpack past
+  ``receive.message.max.bytes``, set to ``codecs.MAX_BATCH_BYTES``; gzip and lz4 batches
+  librdkafka unpacks whole). librdkafka does not move past it: it fetches it again and
+  again, and after a CRC failure its reader loses its place in the fetch (error reports
+  with nonsense offsets, then a fetch out of range). So, as on kafka-python, the record at
+  the partition's position is dead-lettered (``Unreadable``) and the consumer seeks past
+  it; what the same poll returned after it for that partition is dropped (it is fetched
+  again), and so is anything older than where a partition was sought to. Each offset of
+  the batch gets its own dead letter. librdkafka's own offset reset is off
+  (``auto.offset.reset=error``): after such a fetch it would start the partition again from
+  its start (or skip to its end); ``_reset`` puts it back where the loop was instead, and
+  applies ``[serve] auto_offset_reset`` only where there is no position (no committed
+  offset yet, or out of range).
+- **The cluster is reachable** while librdkafka's statistics (every second) show a broker
+  connection up; its error callback's ``_ALL_BROKERS_DOWN`` counts as lost at once.
+- **Rebalances**: ``on_revoke`` flushes the producer and commits synchronously (allowed in
+  the callback, unlike kafka-python's); ``on_assign`` starts reading where the listener says
+  (by assigning with offsets); ``on_lost`` drops what was in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+)
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from anomaly.stream import codecs
+from anomaly.stream.clients import (
+    PRODUCER_BATCH_BYTES,
+    RECONNECT_BACKOFF_MAX_MS,
+    STARTUP_TIMEOUT_MS,
+    check_topic_names,
+    check_topics,
+)
+from anomaly.stream.errors import StreamError
+from anomaly.stream.kafka_options import librdkafka_options
+from anomaly.stream.transport import Record, TopicPartition, Transport, Unreadable
+
+log = logging.getLogger("anomaly.stream")
+#: librdkafka's own log lines (its WARNING and above by default, see ``process``).
+librdkafka_log = logging.getLogger("librdkafka")
+
+#: kafka-python's defaults, kept so that switching clients changes nothing else.
+MAX_REQUEST_BYTES = 1_048_576
+DELIVERY_TIMEOUT_MS = 120_000
+#: librdkafka's statistics interval: the broker watch's probe.
+STATISTICS_INTERVAL_MS = 1_000
+#: Errors that belong to the message itself: sending it again cannot succeed.
+RECORD_ERROR_CODES = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+    }
+)
+#: Consumer errors for a batch that cannot be read.
+UNREADABLE_CODES = frozenset({KafkaError._BAD_MSG, KafkaError._BAD_COMPRESSION})
+#: Start-up failures that waiting longer cannot mend.
+REFUSED_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
+#: Seconds between two log lines about the same client error.
+ERROR_LOG_S = 30.0
+
+
+def _error_of(error: Any) -> KafkaError | None:
+    if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
+        return error.args[0]
+    return error if isinstance(error, KafkaError) else None
+
+
+def describe(error: Any) -> str:
+    """librdkafka's name of the error (``MSG_SIZE_TOO_LARGE``), or the exception's type."""
+    kafka_error = _error_of(error)
+    return kafka_error.name() if kafka_error is not None else type(error).__name__
+
+
+def _text(error: KafkaError) -> str:
+    return f"{error.name()}: {' '.join(error.str().split())}"
+
+
+def _described(exc: KafkaException) -> str:
+    error = _error_of(exc)
+    return _text(error) if error is not None else str(exc)
+
+
+class ConfluentTransport(Transport):
+    name = "confluent"
+
+    def __init__(self, config, client_id, listener):
+        super().__init__(config, client_id, listener)
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._topic = config.input_topic
+        self._assigned: set[int] = set()  # partitions of the input topic
+        self._rebalances = 0
+        self._seeked: dict[int, int] = {}  # partition -> offset sought since its last record
+        self._reset_to: dict[int, int] = {}  # partition -> where it was last reset to
+        self._paused = False
+        self._reset_offset = (
+            OFFSET_BEGINNING if config.auto_offset_reset == "earliest" else OFFSET_END
+        )
+        self._up = True  # a broker connection up, as the last statistics said
+        self._logged: dict[str, float] = {}
+        self.max_message_bytes = MAX_REQUEST_BYTES
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _common(self, client: str) -> dict[str, Any]:
+        return {
+            "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+            "socket.nagle.disable": True,
+            "error_cb": self._on_error,
+            "logger": librdkafka_log,
+            **librdkafka_options(self.config.kafka, client),
+            "bootstrap.servers": self.config.bootstrap_servers,
+            "client.id": self.client_id,
+        }
+
+    def _consumer_settings(self) -> dict[str, Any]:
+        config = self.config
+        ceiling = codecs.MAX_BATCH_BYTES
+        return {
+            "check.crcs": True,
+            # A batch may not unpack to more than the codecs' ceiling (zstd, lz4); a fetch
+            # response is kept under it too, as librdkafka requires.
+            "receive.message.max.bytes": ceiling,
+            "fetch.max.bytes": min(52_428_800, ceiling - 512),
+            "max.partition.fetch.bytes": min(1_048_576, ceiling - 512),
+            **self._common("consumer"),
+            "group.id": config.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            # librdkafka resets a position by itself when a fetch is out of range, and
+            # reads a batch with a failed CRC so that it fetches from a nonsense offset
+            # next (its reader loses its place): it would then start again from the
+            # partition's start, or skip to its end. With "error" it reports the reset
+            # instead, and the poll seeks (``_reset``).
+            "auto.offset.reset": "error",
+            "isolation.level": "read_committed",
+            "session.timeout.ms": config.session_timeout_ms,
+            "heartbeat.interval.ms": min(3_000, config.session_timeout_ms // 3),
+            "fetch.wait.max.ms": config.fetch_max_wait_ms,
+            "partition.assignment.strategy": "range,roundrobin",
+            "enable.partition.eof": False,
+            "statistics.interval.ms": STATISTICS_INTERVAL_MS,
+            "stats_cb": self._on_stats,
+            "on_commit": self._on_commit,
+        }
+
+    def _producer_settings(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "batch.size": PRODUCER_BATCH_BYTES,
+            "message.max.bytes": MAX_REQUEST_BYTES,
+            "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+            # Far above what back-pressure lets wait (max_pending_results and a batch).
+            "queue.buffering.max.messages": max(
+                100_000, 2 * config.max_pending_results + 4 * config.max_batch_size
+            ),
+            **self._common("producer"),
+            "acks": "all",
+            "enable.idempotence": False,
+            "max.in.flight.requests.per.connection": 1,
+            "linger.ms": config.linger_ms,
+            "partitioner": "murmur2_random",
+        }
+
+    # -- start-up and shutdown ---------------------------------------------------------------
+
+    def check(self) -> None:
+        config = self.config
+        check_topic_names(config)
+        errors: list[KafkaError] = []
+        try:
+            admin = AdminClient(
+                {
+                    **self._common("admin"),
+                    "client.id": f"{config.group_id}-startup",
+                    "error_cb": errors.append,
+                }
+            )
+        except KafkaException as exc:
+            raise StreamError(f"cannot configure the Kafka client: {_described(exc)}") from None
+        deadline = time.monotonic() + STARTUP_TIMEOUT_MS / 1000
+        while True:
+            try:
+                metadata = admin.list_topics(timeout=1.0)
+                break
+            except KafkaException as exc:
+                admin.poll(0)  # serves error_cb
+                refused = [e for e in errors if e.code() in REFUSED_CODES]
+                if refused or time.monotonic() >= deadline:
+                    raise StreamError(self._bootstrap_failure(refused, errors, exc)) from None
+        existing = {name for name, topic in metadata.topics.items() if topic.error is None}
+        check_topics(config, existing, lambda topics: self._create_topics(admin, topics))
+
+    def _bootstrap_failure(self, refused, errors, exc) -> str:
+        """One line saying why bootstrapping failed; librdkafka's messages hold no secrets."""
+        servers = self.config.bootstrap_servers
+        options = librdkafka_options(self.config.kafka, "admin")
+        protocol = str(options.get("security.protocol", "PLAINTEXT")).upper()
+        mechanism = options.get("sasl.mechanism", "GSSAPI")
+        for error in refused:
+            if error.code() == KafkaError._AUTHENTICATION:
+                return (
+                    f"authentication failed against Kafka at {servers} (SASL {mechanism}): "
+                    f"{_text(error)}; check sasl_plain_username and the password in "
+                    "[serve.kafka]"
+                )
+            return (
+                f"TLS handshake with Kafka at {servers} failed ({protocol}): {_text(error)}; "
+                "check security_protocol, ssl_cafile, ssl_certfile/ssl_keyfile and "
+                "ssl_check_hostname in [serve.kafka]"
+            )
+        last = errors[-1] if errors else _error_of(exc)
+        detail = f" (last error: {_text(last)})" if last is not None else ""
+        return (
+            f"cannot reach Kafka at {servers} within {STARTUP_TIMEOUT_MS / 1000:g} s{detail}; "
+            "check bootstrap_servers, security_protocol and that the broker is up"
+        )
+
+    def _create_topics(self, admin: AdminClient, topics: list[str]) -> None:
+        """With the broker's default partitions and replication; one created meanwhile by
+        another instance is fine."""
+        servers = self.config.bootstrap_servers
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=-1, replication_factor=-1) for t in topics],
+            request_timeout=STARTUP_TIMEOUT_MS / 1000,
+        )
+        failed = []
+        for topic, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                error = _error_of(exc)
+                if error is None or error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    failed.append(f"{topic!r} ({_text(error) if error else exc})")
+        if failed:
+            raise StreamError(f"cannot create topic(s) on Kafka at {servers}: {', '.join(failed)}")
+        deadline = time.monotonic() + STARTUP_TIMEOUT_MS / 1000
+        while set(topics) - set(admin.list_topics(timeout=5).topics):
+            if time.monotonic() >= deadline:
+                raise StreamError(f"topic(s) {topics} created on {servers} but not yet seen")
+            time.sleep(0.1)
+        log.info("event=topics_created topics=%s", ",".join(topics))
+
+    def open(self) -> None:
+        config = self.config
+        try:
+            self._producer = Producer(self._producer_settings())
+            for topic in (config.output_topic, config.dlq_topic, config.alerts_topic):
+                if topic:  # fetch metadata now, not while the first batch waits
+                    self._producer.list_topics(topic, timeout=STARTUP_TIMEOUT_MS / 1000)
+            self._consumer = Consumer(self._consumer_settings())
+            metadata = self._consumer.list_topics(self._topic, timeout=STARTUP_TIMEOUT_MS / 1000)
+        except KafkaException as exc:
+            raise StreamError(
+                f"cannot create the Kafka clients for {config.bootstrap_servers}: {_described(exc)}"
+            ) from None
+        topic = metadata.topics.get(self._topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise StreamError(f"no partitions found for input topic {self._topic!r}")
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        self._consumer.subscribe(
+            [self._topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def close(self, deadline: float) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # revokes (flush, commit), then leaves the group
+            except Exception as exc:  # noqa: BLE001 (closing must go on)
+                log.warning("event=close_error client=consumer error=%r", exc)
+            self._consumer = None
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            try:
+                left = producer.flush(max(0.1, deadline - time.monotonic()))
+                if left:  # not committed: the next owner scores those records again
+                    producer.purge()
+                    producer.flush(0)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("event=close_error client=producer error=%r", exc)
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    def resubscribe(self) -> None:
+        self._consumer.unsubscribe()
+        self._subscribe()
+
+    def poll(self, timeout_ms: int, max_records: int) -> list:
+        consumer = self._consumer
+        rebalances = self._rebalances
+        first = consumer.poll(timeout_ms / 1000)
+        if first is None:
+            return []
+        messages = consumer.consume(max_records - 1, 0) if max_records > 1 else []
+        messages.insert(0, first)
+        topic = self._topic
+        records = [
+            Record(topic, m.partition(), m.offset(), m.key(), m.value(), _timestamp(m))
+            for m in messages
+            if m.error() is None
+        ]
+        if len(records) < len(messages):
+            records = self._with_errors(messages)
+        elif self._seeked:
+            records = self._past_seeks(records)
+        if self._rebalances != rebalances:  # drop what a revoked partition had fetched
+            assigned = self._assigned
+            records = [r for r in records if r.partition in assigned]
+        return records
+
+    def _past_seeks(self, records: list) -> list:
+        """``records`` without those of a partition from before where it was sought to (a
+        fetch that was under way); a partition's first record at or past it ends that."""
+        seeked = self._seeked
+        kept = []
+        for record in records:
+            floor = seeked.get(record.partition)
+            if floor is not None:
+                if record.offset < floor:
+                    continue
+                del seeked[record.partition]
+                self._reset_to.pop(record.partition, None)
+            kept.append(record)
+        return kept
+
+    def _reset(self, partition: int, error: KafkaError) -> None:
+        """librdkafka found no position to read ``partition`` from (out of range, or no
+        committed offset) and stopped fetching it: start it again where it was sought to
+        (once), or else where ``[serve] auto_offset_reset`` says, as librdkafka would have."""
+        start = self._seeked.pop(partition, None)
+        if start is not None and self._reset_to.get(partition) == start:
+            start = None  # out of range there too
+        if start is None:
+            start = self._reset_offset
+            log.info(
+                "event=offset_reset topic=%s partition=%d to=%s reason=%r",
+                self._topic,
+                partition,
+                self.config.auto_offset_reset,
+                _text(error),
+            )
+        self._reset_to[partition] = start
+        self._restart(partition, start)
+
+    def _restart(self, partition: int, start: int) -> None:
+        """Fetch ``partition`` again from ``start``. A stopped partition cannot be sought;
+        in eager assignment the way to start one is to assign them all again, each from
+        where the loop is in it (its next offset, or its committed offset if nothing was
+        read from it since it was assigned)."""
+        consumer = self._consumer
+        restarted = []
+        for tp in consumer.assignment():
+            if tp.partition == partition:
+                offset = start
+            else:
+                offset = self._seeked.get(tp.partition)
+                if offset is None:
+                    (current,) = consumer.position([tp])
+                    offset = current.offset  # OFFSET_INVALID: its committed offset
+            restarted.append(KafkaTopicPartition(tp.topic, tp.partition, offset))
+        consumer.assign(restarted)
+        if self._paused:
+            consumer.pause(consumer.assignment())
+        if start >= 0:
+            self._seeked[partition] = start
+
+    def _with_errors(self, messages: list) -> list:
+        """The records of a poll that returned errors: a batch that cannot be read becomes an
+        ``Unreadable`` at its partition's position, the consumer seeks past that offset,
+        and what follows it in this poll for that partition is dropped; other errors are
+        reported and skipped."""
+        topic, records, sought = self._topic, [], set()
+        for m in messages:
+            error = m.error()
+            partition = m.partition()
+            if error is not None and error.code() == KafkaError._AUTO_OFFSET_RESET:
+                if partition in self._assigned:
+                    self._reset(partition, error)
+                    sought.add(partition)
+                continue
+            if partition in sought:
+                continue
+            if error is None:
+                offset = m.offset()
+                floor = self._seeked.get(partition)
+                if floor is not None:
+                    if offset < floor:
+                        continue  # fetched before the seek
+                    del self._seeked[partition]
+                    self._reset_to.pop(partition, None)
+                records.append(Record(topic, partition, offset, m.key(), m.value(), _timestamp(m)))
+                continue
+            if error.code() == KafkaError._PARTITION_EOF:
+                continue
+            if error.code() not in UNREADABLE_CODES or partition not in self._assigned:
+                self.listener.fetch_failed(error.name(), _text(error), None)
+                continue
+            offset = self._position_of(partition, m.offset(), error, records)
+            self.seek(TopicPartition(topic, partition), offset + 1)
+            sought.add(partition)
+            unreadable = Unreadable(
+                topic, partition, offset, f"the consumer could not read its batch: {_text(error)}"
+            )
+            self.listener.fetch_failed(error.name(), _text(error), unreadable)
+            records.append(unreadable)
+        return records
+
+    def _position_of(self, partition: int, reported: int, error: KafkaError, records) -> int:
+        """The offset the consumer was to read next from ``partition`` when its batch could
+        not be read: after the last record of it returned (in this poll, or before), or
+        where it was sought to. The offset librdkafka reports is the batch's first: only
+        trusted after a codec failure (its CRC passed) and where nothing else is known."""
+        position = None
+        for record in reversed(records):
+            if record.partition == partition:
+                position = record.offset + 1
+                break
+        if position is None:
+            position = self._seeked.get(partition)
+        if position is None:
+            (current,) = self._consumer.position([KafkaTopicPartition(self._topic, partition)])
+            position = current.offset if current.offset >= 0 else None
+        if position is None:
+            return max(reported, 0)
+        if error.code() == KafkaError._BAD_COMPRESSION and reported > position:
+            return reported
+        return position
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        if offset >= 0:  # also where to start it again if it is stopped (``_reset``)
+            self._seeked[partition.partition] = offset
+        try:
+            self._consumer.seek(KafkaTopicPartition(partition.topic, partition.partition, offset))
+        except KafkaException as exc:
+            error = _error_of(exc)
+            if error is not None and error.code() == KafkaError._STATE:
+                # Not fetching: stopped by a reset just before (see ``_reset``).
+                self._restart(partition.partition, offset)
+                return
+            log.warning(
+                "event=seek_failed partition=%d offset=%d error=%s",
+                partition.partition,
+                offset,
+                describe(exc),
+            )
+
+    def pause(self) -> None:
+        self._paused = True
+        self._consumer.pause(self._consumer.assignment())
+
+    def resume(self) -> None:
+        self._paused = False
+        self._consumer.resume(self._consumer.assignment())
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self._consumer.commit(offsets=_commit_offsets(offsets), asynchronous=True)
+
+    def _on_commit(self, error, partitions) -> None:
+        """librdkafka's result of an asynchronous commit (served in ``poll``)."""
+        offsets = {TopicPartition(tp.topic, tp.partition): tp.offset for tp in partitions}
+        if error is None:
+            error = next((tp.error for tp in partitions if tp.error is not None), None)
+        self.listener.committed(offsets, error)
+
+    def commit_sync(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
+        # librdkafka's synchronous commit has no timeout of its own: the shutdown's
+        # watchdog (``process``) bounds it.
+        results = self._consumer.commit(offsets=_commit_offsets(offsets), asynchronous=False)
+        failed = next((tp.error for tp in results or () if tp.error is not None), None)
+        if failed is not None:
+            raise KafkaException(failed)
+
+    def high_watermark(self, partition: TopicPartition) -> int | None:
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                KafkaTopicPartition(partition.topic, partition.partition), cached=True
+            )
+        except KafkaException:
+            return None
+        return high if high is not None and high >= 0 else None
+
+    def position(self, partition: TopicPartition) -> int | None:
+        try:
+            (current,) = self._consumer.position(
+                [KafkaTopicPartition(partition.topic, partition.partition)]
+            )
+        except KafkaException:
+            return None
+        return current.offset if current.offset >= 0 else None
+
+    def connected(self) -> bool:
+        return self._consumer is not None and self._up
+
+    # -- callbacks (on the loop's thread, inside poll, flush or close) -------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list) -> None:
+        """Eager assignment: all of the consumer's partitions. Each starts where the listener
+        says, else at its committed offset, else (none yet) at ``auto_offset_reset``'s end:
+        librdkafka's own reset is off (``auto.offset.reset=error``)."""
+        self._rebalances += 1
+        self._paused = False
+        ours = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
+        self._assigned = {tp.partition for tp in ours}
+        self._seeked = {}
+        starts = self.listener.partitions_assigned(ours)
+        uncommitted: set[int] = set()
+        rest = [tp for tp in partitions if TopicPartition(tp.topic, tp.partition) not in starts]
+        if rest:
+            try:
+                committed = consumer.committed(rest, timeout=STARTUP_TIMEOUT_MS / 1000)
+                uncommitted = {tp.partition for tp in committed if tp.offset < 0}
+            except KafkaException as exc:  # librdkafka then reports a reset: ``_reset``
+                log.warning("event=committed_offsets_unknown error=%s", describe(exc))
+        for tp in partitions:
+            start = starts.get(TopicPartition(tp.topic, tp.partition))
+            if start is not None:
+                tp.offset = start
+                self._seeked[tp.partition] = start
+            elif tp.partition in uncommitted:
+                tp.offset = self._reset_offset
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list) -> None:
+        self._rebalances += 1
+        revoked = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
+        offsets = self.listener.partitions_revoking(revoked) if revoked else {}
+        committed = 0
+        if offsets:
+            try:
+                self.commit_sync(offsets, 0)
+                self.listener.committed(offsets, None)
+                committed = len(offsets)
+            except KafkaException as exc:  # the next owner re-scores
+                log.warning("event=commit_failed on=revoke error=%s", describe(exc))
+        self._assigned -= {tp.partition for tp in revoked}
+        for tp in revoked:
+            self._seeked.pop(tp.partition, None)
+        self.listener.partitions_revoked(revoked, committed)
+        consumer.unassign()
+
+    def _on_lost(self, consumer: Consumer, partitions: list) -> None:
+        self._rebalances += 1
+        lost = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
+        self._assigned -= {tp.partition for tp in lost}
+        self.listener.partitions_lost(lost)
+        consumer.unassign()
+
+    def _on_stats(self, stats: str) -> None:
+        brokers = orjson.loads(stats).get("brokers", {}).values()
+        self._up = any(
+            b.get("state") == "UP" for b in brokers if b.get("source") in ("learned", "configured")
+        )
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka's client-level errors (it retries them itself)."""
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._up = False
+        if error.fatal():
+            log.error("event=kafka_client_error fatal=true error=%s", _text(error))
+            return
+        now = time.monotonic()
+        if now - self._logged.get(error.name(), -ERROR_LOG_S) >= ERROR_LOG_S:
+            self._logged[error.name()] = now
+            log.warning("event=kafka_client_error error=%s", _text(error))
+
+    # -- producing -----------------------------------------------------------------------------
+
+    def send(self, message) -> None:
+        partition = message.partition
+        try:
+            self._producer.produce(
+                message.topic,
+                message.value,
+                message.key,
+                -1 if partition is None else partition,
+                message.report,
+            )
+        except BufferError:  # the queue is full: let it drain a little, once
+            self._producer.poll(0.05)
+            self._producer.produce(
+                message.topic,
+                message.value,
+                message.key,
+                -1 if partition is None else partition,
+                message.report,
+            )
+
+    def serve(self) -> None:
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float) -> bool:
+        if self._producer is None:
+            return True
+        return self._producer.flush(timeout_s) == 0
+
+    def is_record_error(self, error: Any) -> bool:
+        kafka_error = _error_of(error)
+        return kafka_error is not None and kafka_error.code() in RECORD_ERROR_CODES
+
+    def describe(self, error: Any) -> str:
+        return describe(error)
+
+
+def _timestamp(message) -> int | None:
+    kind, value = message.timestamp()
+    return value if kind else None
+
+
+def _commit_offsets(offsets: dict[TopicPartition, int]) -> list:
+    return [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
