@@ -5,6 +5,7 @@ Kafka: one real single-node broker per test session, started with the project's 
 
 - ``kafka_bootstrap``: its PLAINTEXT bootstrap, ``"127.0.0.1:PORT"``.
 - ``kafka_topic_factory``: makes uniquely named topics on it.
+- ``kafka_log_dir``: where it keeps its log segments (to damage a batch on disk).
 - ``kafka_secure``: its TLS, mutual-TLS and SASL_SSL listeners, with kafka-python options per
   mode (a ``KafkaSecure``).
 - ``restartable_kafka``: a broker of the test's own, to stop and start again on the same port
@@ -167,6 +168,13 @@ def kafka_bootstrap(_kafka_session_broker: Mapping[str, str]) -> str:
     """``"127.0.0.1:PORT"`` of a real Kafka broker that lives for the whole test session
     (its PLAINTEXT listener)."""
     return _kafka_session_broker["bootstrap"]
+
+
+@pytest.fixture(scope="session")
+def kafka_log_dir(_kafka_session_broker: Mapping[str, str]) -> Path:
+    """Where the session broker keeps its partitions' log segments
+    (``<log_dir>/<topic>-<partition>/*.log``), for tests that damage a batch on disk."""
+    return Path(_kafka_session_broker["dir"]) / "kraft-data"
 
 
 @pytest.fixture

@@ -251,3 +251,122 @@ def test_secret_is_neither_in_a_saved_bundle_nor_in_anomaly_info(tiny_bundle, tm
 
     result = CliRunner().invoke(cli, ["info", str(out)])
     assert result.exit_code == 0 and SECRET not in result.output
+
+
+# -- client = "confluent": the same options under librdkafka's names ---------------------------
+
+
+def test_librdkafka_gets_the_kafka_python_options_under_its_own_names_per_client(tmp_path):
+    from anomaly.stream.kafka_options import librdkafka_options
+
+    secret = _secret_file(tmp_path)
+    kafka = ServeConfig(
+        client="confluent",
+        kafka={
+            "security_protocol": "SASL_SSL",  # every client
+            "ssl_cafile": "/etc/kafka/ca.pem",
+            "ssl_check_hostname": False,
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": "scorer",
+            "sasl_plain_password_file": str(secret),
+            "compression_type": "zstd",  # producer only
+            "delivery_timeout_ms": 60_000,
+            "fetch_min_bytes": 1,  # consumer only
+            "group_instance_id": "scorer-0",
+            "allow_auto_create_topics": False,  # consumer and producer (librdkafka: all)
+        },
+    ).kafka
+    common = {
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": "/etc/kafka/ca.pem",
+        "ssl.endpoint.identification.algorithm": "none",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "scorer",
+        "sasl.password": SECRET,
+        "allow.auto.create.topics": "false",
+    }
+    assert librdkafka_options(kafka, "consumer") == {
+        **common,
+        "fetch.min.bytes": 1,
+        "group.instance.id": "scorer-0",
+    }
+    assert librdkafka_options(kafka, "producer") == {
+        **common,
+        "compression.type": "zstd",
+        "message.timeout.ms": 60_000,
+    }
+    assert librdkafka_options(kafka, "admin") == common
+
+
+def test_every_mapped_name_is_a_kafka_python_option():
+    from anomaly.stream.kafka_options import CLIENT_DEFAULTS, LIBRDKAFKA_NAMES
+
+    known = set().union(*CLIENT_DEFAULTS.values())
+    assert set(LIBRDKAFKA_NAMES) <= known, set(LIBRDKAFKA_NAMES) - known
+
+
+def test_a_kafka_python_option_without_a_librdkafka_equivalent_is_refused_naming_it(tmp_path):
+    path = _toml(tmp_path, '[serve]\nclient = "confluent"\n[serve.kafka]\nmax_block_ms = 500\n')
+    with pytest.raises(ConfigError, match="'max_block_ms' has no librdkafka equivalent"):
+        resolve_serve_config(path, environ={})
+    # the same option is fine with kafka-python
+    assert resolve_serve_config(path, environ={"ANOMALY_SERVE_CLIENT": "kafka-python"}).kafka
+
+
+def test_librdkafka_names_pass_through_with_client_confluent_only(tmp_path):
+    from anomaly.stream.kafka_options import librdkafka_options
+
+    text = '[serve.kafka]\n"ssl.endpoint.identification.algorithm" = "none"\n'
+    path = _toml(tmp_path, '[serve]\nclient = "confluent"\n' + text)
+    kafka = resolve_serve_config(path, environ={}).kafka
+    assert librdkafka_options(kafka, "producer") == {
+        "ssl.endpoint.identification.algorithm": "none"
+    }
+    with pytest.raises(ConfigError, match="is librdkafka's: set client = 'confluent'"):
+        resolve_serve_config(_toml(tmp_path, text), environ={})
+
+
+@pytest.mark.parametrize(
+    ("option", "instead"),
+    [
+        ("group.id", r"\[serve\] group_id"),
+        ("enable.auto.commit", "commits offsets itself"),
+        ("acks", "acks=all"),
+        ("enable.idempotence", "without idempotence"),
+        ("partition.assignment.strategy", "eager"),
+        ("isolation.level", "read_committed"),
+    ],
+)
+def test_librdkafka_settings_the_service_makes_are_refused(option, instead):
+    with pytest.raises(ConfigError, match=rf"'{option}' is set by the service.*{instead}"):
+        Config.from_dict({"serve": {"client": "confluent", "kafka": {option: "x"}}})
+
+
+def test_librdkafka_secrets_are_masked():
+    config = ServeConfig(
+        client="confluent", kafka={"sasl.password": SECRET, "sasl.oauthbearer.config": SECRET}
+    )
+    assert SECRET not in repr(config) and "'sasl.password': '***'" in repr(config)
+
+
+def test_confluent_clients_get_kafka_options_under_the_services_own_settings():
+    pytest.importorskip("confluent_kafka")
+    from anomaly.stream.confluent_transport import ConfluentTransport
+
+    config = ServeConfig(
+        client="confluent",
+        group_id="scorers",
+        kafka={"security_protocol": "SSL", "compression_type": "lz4", "batch_size": 65536},
+    )
+    transport = ConfluentTransport(config, "c1", listener=None)
+    consumer, producer = transport._consumer_settings(), transport._producer_settings()
+    assert consumer["security.protocol"] == producer["security.protocol"] == "SSL"
+    assert consumer["group.id"] == "scorers" and consumer["enable.auto.commit"] is False
+    assert consumer["enable.auto.offset.store"] is False
+    assert consumer["isolation.level"] == "read_committed" and consumer["check.crcs"] is True
+    assert consumer["partition.assignment.strategy"] == "range,roundrobin"
+    assert "compression.type" not in consumer
+    assert producer["compression.type"] == "lz4" and producer["batch.size"] == 65536
+    assert producer["acks"] == "all" and producer["enable.idempotence"] is False
+    assert producer["max.in.flight.requests.per.connection"] == 1
+    assert producer["partitioner"] == "murmur2_random"

@@ -1,11 +1,13 @@
 """What other clients send, on the real broker of ``kafka_bootstrap``: batches librdkafka
 (confluent-kafka) compresses with each codec are all scored, and the service's own producer
 with ``[serve.kafka] compression_type`` writes results a plain consumer reads; a batch that
-cannot be unpacked (corrupt, or a decompression bomb) is dead-lettered record by record;
-records of an aborted transaction are not scored."""
+cannot be unpacked (damaged on disk: a failed CRC or a payload its codec cannot read, or a
+decompression bomb) is dead-lettered record by record; records of an aborted transaction
+are not scored. Each on both transports (``client``)."""
 
 from __future__ import annotations
 
+import struct
 import time
 import uuid
 
@@ -16,7 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 import anomaly
 from tests._support import wait_for
-from tests.test_stream_service import _config, _produce, _running
+from tests.test_stream_service import CLIENTS, _config, _produce, _running
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -120,13 +122,14 @@ def _read_results(bootstrap, topic, count):
         consumer.close()
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("codec", CODECS)
 def test_every_record_of_librdkafka_compressed_batches_is_scored_once(
-    codec, detector, topics, kafka_bootstrap
+    codec, client, detector, topics, kafka_bootstrap
 ):
     messages = _records(detector, RECORDS)
     sent = _produce_with_librdkafka(kafka_bootstrap, topics["input_topic"], codec, messages)
-    config = _config(kafka_bootstrap, topics)
+    config = _config(kafka_bootstrap, topics, client=client)
     with _running(detector, config):
         results = _read_results(kafka_bootstrap, topics["output_topic"], RECORDS)
     scored = sorted((r["partition"], r["offset"]) for r in results)
@@ -134,13 +137,14 @@ def test_every_record_of_librdkafka_compressed_batches_is_scored_once(
     assert all("score" in r for r in results)
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("codec", CODECS)
 def test_results_compressed_with_each_codec_are_read_by_a_plain_consumer(
-    codec, detector, topics, kafka_bootstrap
+    codec, client, detector, topics, kafka_bootstrap
 ):
     messages = _records(detector, RECORDS)
     sent = _produce(kafka_bootstrap, topics["input_topic"], messages)
-    config = _config(kafka_bootstrap, topics, kafka={"compression_type": codec})
+    config = _config(kafka_bootstrap, topics, kafka={"compression_type": codec}, client=client)
     with _running(detector, config):
         results = _read_results(kafka_bootstrap, topics["output_topic"], RECORDS)
     assert sorted((r["partition"], r["offset"]) for r in results) == sorted(sent)
@@ -180,12 +184,74 @@ def test_a_batch_that_cannot_be_decompressed_is_dead_lettered_record_by_record(
     assert all("ZstdError" in d["error"] and d["topic"] == topics["input_topic"] for d in letters)
 
 
+def _damage_batch_on_disk(log_dir, topic: str, first_offset: int, how: str) -> None:
+    """Damage, in the broker's log segment of ``topic``'s partition 0, the record batch that
+    starts at ``first_offset``: ``crc`` flips its last byte (its CRC32C then fails);
+    ``codec`` breaks its compressed payload's magic number and writes a CRC that matches
+    (the batch passes the check and its codec fails). The broker serves it as it is."""
+    import crc32c
+
+    (segment,) = sorted((log_dir / f"{topic}-0").glob("*.log"))
+    data = bytearray(segment.read_bytes())
+    position = 0
+    while position + 12 <= len(data):
+        base, length = struct.unpack(">qi", data[position : position + 12])
+        if base == first_offset:
+            break
+        position += 12 + length
+    else:
+        raise AssertionError(f"no batch at offset {first_offset} in {segment}")
+    end = position + 12 + length
+    if how == "crc":
+        data[end - 1] ^= 0xFF
+    else:
+        payload = position + 61  # after the v2 batch header
+        data[payload : payload + 4] = b"\x00\x00\x00\x00"
+        data[position + 17 : position + 21] = struct.pack(
+            ">I", crc32c.crc32c(bytes(data[position + 21 : end]))
+        )
+    with segment.open("r+b") as file:
+        file.seek(position)
+        file.write(data[position:end])
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("how", ["crc", "codec"])
+def test_a_batch_damaged_on_disk_is_dead_lettered_record_by_record(
+    how, client, detector, kafka_topic_factory, kafka_bootstrap, kafka_log_dir
+):
+    """A real damaged batch in the broker's log, between readable ones: each of its records
+    gets a dead letter (``unreadable``, with its offset), the records around it are all
+    scored once, and the service neither stops nor spins on it (neither client moves past
+    such a batch by itself; librdkafka even loses its place after a failed CRC)."""
+    topics = _one_partition_topics(kafka_topic_factory)
+    messages = _records(detector, 30)
+    before = _produce(kafka_bootstrap, topics["input_topic"], messages[:10])
+    codec = "zstd" if how == "codec" else "none"
+    broken = _produce_with_librdkafka(
+        kafka_bootstrap, topics["input_topic"], codec, messages[10:20]
+    )
+    after = _produce(kafka_bootstrap, topics["input_topic"], messages[20:])
+    assert sorted(o for _, o in broken) == list(range(10, 20))  # one batch, offsets 10-19
+    _damage_batch_on_disk(kafka_log_dir, topics["input_topic"], 10, how)
+    with _running(detector, _config(kafka_bootstrap, topics, client=client)) as service:
+        results = _read_results(kafka_bootstrap, topics["output_topic"], 20)
+        letters = _read_results(kafka_bootstrap, topics["dlq_topic"], 10)
+        assert service.ready()
+    scored = sorted((r["partition"], r["offset"]) for r in results)
+    assert scored == sorted(before + after), "each readable record scored exactly once"
+    assert sorted((d["partition"], d["offset"]) for d in letters) == sorted(broken)
+    assert {d["reason"] for d in letters} == {"unreadable"}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 def test_a_decompression_bomb_is_dead_lettered_without_unpacking_it_whole(
-    detector, kafka_topic_factory, kafka_bootstrap, monkeypatch
+    client, detector, kafka_topic_factory, kafka_bootstrap, monkeypatch
 ):
     """A zstd record of a few kilobytes that unpacks past the ceiling (lowered to 1 MiB
     here, 64 MiB by default): the service stops unpacking at the ceiling, dead-letters the
-    record (``unreadable``, naming the bomb) and scores its neighbours."""
+    record (``unreadable``, naming the bomb; librdkafka: a codec failure) and scores its
+    neighbours."""
     from anomaly.stream import codecs
 
     monkeypatch.setattr(codecs, "MAX_BATCH_BYTES", 1024 * 1024)
@@ -204,16 +270,20 @@ def test_a_decompression_bomb_is_dead_lettered_without_unpacking_it_whole(
     bomb.produce(topics["input_topic"], value=b"0" * 3_000_000)
     assert bomb.flush(30) == 0
     after = _produce(kafka_bootstrap, topics["input_topic"], messages[5:])
-    with _running(detector, _config(kafka_bootstrap, topics)):
+    with _running(detector, _config(kafka_bootstrap, topics, client=client)):
         results = _read_results(kafka_bootstrap, topics["output_topic"], 10)
         letters = _read_results(kafka_bootstrap, topics["dlq_topic"], 1)
     assert sorted((r["partition"], r["offset"]) for r in results) == sorted(before + after)
     ((letter,),) = [letters]
-    assert letter["reason"] == "unreadable" and "DecompressionBombError" in letter["error"]
+    named = {"kafka-python": "DecompressionBombError", "confluent": "_BAD_COMPRESSION"}[client]
+    assert letter["reason"] == "unreadable" and named in letter["error"]
     assert letter["offset"] == 5
 
 
-def test_records_of_an_aborted_transaction_are_not_scored(detector, topics, kafka_bootstrap):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_records_of_an_aborted_transaction_are_not_scored(
+    client, detector, topics, kafka_bootstrap
+):
     """A librdkafka transactional producer aborts one transaction and commits the next:
     only the committed records get results (the consumer reads committed records only)."""
     from confluent_kafka import Producer
@@ -232,7 +302,7 @@ def test_records_of_an_aborted_transaction_are_not_scored(detector, topics, kafk
         else:
             producer.flush(30)
             producer.abort_transaction(30)
-    with _running(detector, _config(kafka_bootstrap, topics)) as service:
+    with _running(detector, _config(kafka_bootstrap, topics, client=client)) as service:
         results = _read_results(kafka_bootstrap, topics["output_topic"], 5)
         wait_for(lambda: service.stats()["commits"] > 0, 30, "the offsets to be committed")
     assert sorted(r["id"] for r in results) == [5, 6, 7, 8, 9]

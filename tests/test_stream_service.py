@@ -2,7 +2,8 @@
 
 In-process tests run ``ScoringService`` in a thread; the process tests run ``anomaly serve``
 (``python -m pipelines.cli serve``) as subprocesses, kill or stop them, and check from the
-topics that no input record is left without a result.
+topics that no input record is left without a result. The delivery, dead-letter, SIGKILL
+and two-instance tests run on both transports (``client``: kafka-python and librdkafka).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_DEADLINE_S = 60
 START_DEADLINE_S = 90
+#: ``[serve] client``: the transports the shared tests run on.
+CLIENTS = ["kafka-python", "confluent"]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -240,13 +243,15 @@ def _status(port: int, path: str) -> int:
 # -- in-process ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_every_record_gets_exactly_one_result_anomalies_are_flagged_and_metrics_agree(
-    cluster, kafka_bootstrap, topics, detector, tiny_bundle_mixing
+    client, cluster, kafka_bootstrap, topics, detector, tiny_bundle_mixing
 ):
-    """Run plain, over SASL_SSL (SCRAM-SHA-512) and over mutual TLS (``cluster``)."""
+    """Run plain, over SASL_SSL (SCRAM-SHA-512) and over mutual TLS (``cluster``), on each
+    transport."""
     names = detector.feature_names
     t = topics(3)
-    config = _config(cluster, t, max_batch_size=64)
+    config = _config(cluster, t, max_batch_size=64, client=client)
     normal = _normal_rows(tiny_bundle_mixing, 300, seed=1)
     anomalous = np.random.default_rng(2).normal(size=(20, 8)) * 4
     messages = [
@@ -427,13 +432,15 @@ def test_alarm_state_flags_every_record_of_an_event_and_the_gauge_follows_the_st
         assert _scrape(service.metrics_port)[("anomaly_alarms_total", ())] == len(flagged)
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_each_kind_of_bad_message_goes_to_the_dead_letter_topic_and_its_neighbours_are_scored(
-    cluster, topics, detector, tiny_bundle_mixing
+    client, cluster, topics, detector, tiny_bundle_mixing
 ):
-    """Run plain, over SASL_SSL (SCRAM-SHA-512) and over mutual TLS (``cluster``)."""
+    """Run plain, over SASL_SSL (SCRAM-SHA-512) and over mutual TLS (``cluster``), on each
+    transport."""
     names = detector.feature_names
     t = topics(1)
-    config = _config(cluster, t, max_message_bytes=2000)
+    config = _config(cluster, t, max_message_bytes=2000, client=client)
     row = _normal_rows(tiny_bundle_mixing, 1, seed=5)[0].tolist()
     bad = {
         "not_json": [b"{oops", b"\xff\xfe\x00"],
@@ -751,15 +758,16 @@ def _paced_producer(bootstrap, topic, mixing, names, total, per_second):
     thread.join(timeout=120)
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_sigkill_mid_stream_and_restart_leaves_no_record_without_a_result(
-    kafka_bootstrap, topics, tiny_bundle, tiny_bundle_mixing, tmp_path
+    client, kafka_bootstrap, topics, tiny_bundle, tiny_bundle_mixing, tmp_path
 ):
     t = topics(2)
     group = f"kill-{uuid.uuid4().hex[:8]}"
     names = [f"f{i}" for i in range(8)]
     total = 6000
     # A short session: the killed member's partitions are reassigned after 6 s, not 45 s.
-    settings = {"max_batch_size": 32, "session_timeout_ms": 6000}
+    settings = {"max_batch_size": 32, "session_timeout_ms": 6000, "client": client}
     first = _Serve(
         tiny_bundle, kafka_bootstrap, t, group, tmp_path, "first", **settings
     ).wait_ready()
@@ -789,8 +797,9 @@ def test_sigkill_mid_stream_and_restart_leaves_no_record_without_a_result(
             second.kill_quietly()
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_two_services_share_partitions_and_sigterm_hands_over_without_loss(
-    kafka_bootstrap, topics, tiny_bundle, tiny_bundle_mixing, tmp_path
+    client, kafka_bootstrap, topics, tiny_bundle, tiny_bundle_mixing, tmp_path
 ):
     t = topics(4)
     group = f"pair-{uuid.uuid4().hex[:8]}"
@@ -805,6 +814,7 @@ def test_two_services_share_partitions_and_sigterm_hands_over_without_loss(
             name,
             max_batch_size=64,
             shutdown_timeout_s=10,
+            client=client,
         )
         for name in ("a", "b")
     ]

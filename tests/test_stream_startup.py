@@ -167,8 +167,9 @@ def test_scram_credentials_from_a_secret_file_pass_the_start_up_check(
         admin.close()
 
 
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_wrong_scram_password_refuses_to_start_with_a_one_line_auth_error(
-    kafka_secure, kafka_topic_factory, tiny_bundle, tmp_path
+    client, kafka_secure, kafka_topic_factory, tiny_bundle, tmp_path
 ):
     wrong = tmp_path / "kafka-password"
     wrong.write_text(SECRET + "\n")
@@ -177,7 +178,7 @@ def test_wrong_scram_password_refuses_to_start_with_a_one_line_auth_error(
         "sasl_scram512",
         kafka_topic_factory(1),
         sasl_plain_password_file=str(wrong),
-    )
+    ).model_copy(update={"client": client})
     service = ScoringService(anomaly.load(tiny_bundle), config)
     with pytest.raises(StreamError) as caught:
         service.start()
@@ -185,6 +186,27 @@ def test_wrong_scram_password_refuses_to_start_with_a_one_line_auth_error(
     assert message.startswith(f"authentication failed against Kafka at {config.bootstrap_servers}")
     assert "SCRAM-SHA-512" in message and "\n" not in message and SECRET not in message
     assert not service.ready()
+
+
+def test_a_failed_tls_handshake_with_librdkafka_refuses_to_start_in_one_line(
+    kafka_secure, kafka_topic_factory, tiny_bundle
+):
+    """librdkafka (``client = "confluent"``) against the TLS listener without the private CA
+    that signed the broker's certificate."""
+    options = {k: v for k, v in kafka_secure["ssl"].options.items() if k != "ssl_cafile"}
+    config = _config(
+        kafka_secure["ssl"].bootstrap,
+        input_topic=kafka_topic_factory(1),
+        dlq_topic="",
+        client="confluent",
+        kafka=options,
+    )
+    service = ScoringService(anomaly.load(tiny_bundle), config)
+    with pytest.raises(StreamError) as caught:
+        service.start()
+    message = str(caught.value)
+    assert message.startswith(f"TLS handshake with Kafka at {config.bootstrap_servers} failed")
+    assert "\n" not in message and not service.ready()
 
 
 def test_a_wrong_plain_password_is_reported_and_never_reaches_a_log_handler(
