@@ -6,16 +6,19 @@ the swap inside the running service, on the real broker, is in ``test_stream_rel
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import anomaly
-from anomaly.errors import BundleError
+from anomaly.errors import BundleError, ConfigError
 from anomaly.store import publish
+from anomaly.stream import ScoringService
 from anomaly.stream.reload import StoreWatcher, load_served_model
 
 
@@ -203,3 +206,46 @@ def test_a_new_replica_serves_the_latest_version_that_loads(
     watcher.check()
     watcher.check()
     assert watcher.take() is None and refusals == []  # refused at start, not again
+
+
+def _service(store: Path, alarms=None) -> ScoringService:
+    """A ScoringService following ``store`` (not started: no broker needed to swap)."""
+    config = anomaly.Config().updated(serve={"model": str(store), "model_poll_s": 60}).serve
+    return ScoringService(load_served_model(store), config, alarms=alarms)
+
+
+def test_a_version_whose_alarm_settings_conflict_is_refused_and_the_service_keeps_its_own(
+    tiny_bundle, retrained_bundle, tmp_path
+):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    first = anomaly.load(tiny_bundle).version
+
+    def alarms_for(detector):
+        if detector.version != first:  # e.g. its [alarms] conflict with the --config file's
+            raise ConfigError("alarms.exit_level 0.97 must be below alarms.level 0.95")
+        return detector.config.alarms
+
+    service = _service(store, alarms_for)
+    publish(retrained_bundle, store)
+    service._watcher.check()
+    service._watcher.check()
+    service._swap_model_if_ready()
+    assert service.served.version == "1"
+    assert service.metrics.model_load_failures._value.get() == 1
+
+
+def test_a_swap_frees_the_previous_model(tiny_bundle, retrained_bundle, tmp_path):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    service = _service(store)
+    previous = weakref.ref(service.detector)
+    publish(retrained_bundle, store)
+    service._watcher.check()
+    gc.freeze()  # as the running service does after start
+    try:
+        service._swap_model_if_ready()
+        assert service.served.version == "2"
+        assert previous() is None
+    finally:
+        gc.unfreeze()
