@@ -325,7 +325,7 @@ class ServeConfig(_Section):
     model: str | None = None
     """Model bundle directory to serve (``anomaly serve --model``), or a model store
     (``anomaly.store``: numbered versions, followed while serving, see ``model_poll_s``)."""
-    model_poll_s: float = Field(30.0, ge=0)
+    model_poll_s: float = Field(30.0, ge=0, allow_inf_nan=False)
     """Serving a store: seconds between looks for a new version to load and swap in between
     batches (``anomaly.stream.reload``); 0 serves the version found at start until exit."""
     model_version: int | None = Field(None, ge=1)

@@ -165,3 +165,9 @@ def test_config_saved_in_the_bundle_round_trips(tabular_detector, tabular_bundle
     assert Config.from_dict(saved) == tabular_detector.config
     assert anomaly.load(tabular_bundle).config == tabular_detector.config
     assert anomaly.load(tabular_bundle).config.training.steps == 200
+
+
+def test_a_model_poll_interval_must_be_a_finite_number_of_seconds():
+    with pytest.raises(ConfigError, match="model_poll_s: Input should be a finite number"):
+        anomaly.Config().updated(serve={"model_poll_s": float("inf")})
+    assert anomaly.Config().updated(serve={"model_poll_s": 0}).serve.model_poll_s == 0
