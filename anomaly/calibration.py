@@ -45,7 +45,9 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
         location={name: loc for name, (loc, _) in stats.items()},
         scale={name: scale for name, (_, scale) in stats.items()},
     )
-    standard = standardise(raw, params)
+    # As the backend's tensors, so that standardising is one kind of arithmetic (under
+    # PyTorch, NumPy arrays and tensors do not add up).
+    standard = standardise({name: ops.convert_to_tensor(raw[name]) for name in COMPONENTS}, params)
     scores = ops.convert_to_numpy(weighted_score(standard, params)).astype(np.float64)
     if not np.isfinite(scores).all():
         raise TrainingError(
