@@ -16,15 +16,19 @@ Two formulations, chosen by ``ModelConfig.formulation``:
     normalised layers and a logistic loss; G and E are trained together to fool it, plus an
     x-cycle term ||x - G(E(x))||^2 so the encoder reconstructs (as ALAD's cycle does).
 
-Training is TensorFlow-only (``tf.GradientTape``); the trained networks are plain Keras
-models that score under any backend.
+One definition trains under TensorFlow, JAX and PyTorch: the losses below are ``keras.ops``
+functions of the networks, the random draws come from a ``keras.random.SeedGenerator`` that
+is part of the model's state, and the backends differ only in how they take gradients
+(``anomaly._gradients``). The same seed on the same backend trains the same model. The
+trained networks are plain Keras models that save, load and score under any backend.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
+
+from anomaly import _gradients
 
 
 @keras.saving.register_keras_serializable(package="anomaly")
@@ -53,7 +57,9 @@ class AnomalyGAN(keras.Model):
         self.feature_weight = feature_weight
         self.seed = seed
         self.latent_dim = int(generator.inputs[0].shape[-1])
-        self._draws = keras.Variable(0, dtype="int64", trainable=False, name="random_draws")
+        # Model state, so that JAX's stateless step threads it through (and one seed, one
+        # backend: one sequence of draws).
+        self.seed_generator = keras.random.SeedGenerator(seed, name="draws")
         self.critic_loss_tracker = keras.metrics.Mean(name="critic_loss")
         self.generator_loss_tracker = keras.metrics.Mean(name="generator_loss")
         self.encoder_loss_tracker = keras.metrics.Mean(name="encoder_loss")
@@ -70,35 +76,34 @@ class AnomalyGAN(keras.Model):
 
     def compile(self, learning_rate: float = 2e-4, **kwargs):
         """One Adam optimiser per network (beta_1 = 0.5, beta_2 = 0.9: the WGAN-GP settings)."""
-        super().compile(**kwargs)
-
-        def adam():
-            return keras.optimizers.Adam(learning_rate, beta_1=0.5, beta_2=0.9)
-
-        self.critic_optimizer = adam()
-        self.generator_optimizer = adam()
-        self.encoder_optimizer = adam()
+        super().compile(optimizer=None, **kwargs)
+        optimizers = []
+        for name in ("critic", "generator", "encoder"):
+            optimizer = keras.optimizers.Adam(
+                learning_rate, beta_1=0.5, beta_2=0.9, name=f"{name}_optimizer"
+            )
+            optimizer.build(getattr(self, name).trainable_variables)
+            setattr(self, f"{name}_optimizer", optimizer)
+            optimizers.append(optimizer)
+        self.optimizer = _Optimizers(optimizers)
 
     def call(self, x, training=False):
         """Reconstruction G(E(x)): what scoring compares x with."""
         return self.generator(self.encoder(x, training=training), training=training)
 
-    def _next_seed(self):
-        """A fresh (seed, counter) pair per random draw. Stateless draws keyed by a counter
-        make seeded training reproducible: a shared seed generator's state was read in an
-        order that depended on TensorFlow's thread scheduling."""
-        self._draws.assign_add(1)
-        return tf.stack([tf.constant(self.seed, tf.int64), tf.convert_to_tensor(self._draws)])
-
     def _sample_z(self, batch_size):
-        return tf.random.stateless_normal((batch_size, self.latent_dim), seed=self._next_seed())
+        return keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
 
-    def _verdict(self, x, z, training):
-        inputs = [x, z] if self.formulation == "bigan" else x
-        return self.critic(inputs, training=training)
+    def train_step(self, *args):
+        """``train_step(data)`` under TensorFlow and PyTorch; ``train_step(state, data) ->
+        (logs, state)`` under JAX (see ``anomaly._gradients.step``)."""
+        return _gradients.step(self, self._train, args)
 
-    def train_step(self, data):
-        x = data[0] if isinstance(data, tuple) else data
+    def test_step(self, *args):
+        return _gradients.step(self, self._test, args)
+
+    def _train(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if self.formulation == "bigan":
             losses = self._bigan_step(x)
         else:
@@ -107,10 +112,22 @@ class AnomalyGAN(keras.Model):
             tracker.update_state(value)
         return {m.name: m.result() for m in self.metrics}
 
-    def test_step(self, data):
-        x = data[0] if isinstance(data, tuple) else data
+    def _test(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         self.reconstruction_tracker.update_state(_mean_square(x - self(x)))
         return {"reconstruction": self.reconstruction_tracker.result()}
+
+    def _minimise(self, losses, targets):
+        """Minimise each loss named in ``targets`` (loss -> network name) over that network's
+        weights, with gradients taken the backend's way; returns every value of ``losses()``."""
+        return _gradients.minimise(
+            self,
+            losses,
+            {
+                loss: (getattr(self, network), getattr(self, f"{network}_optimizer"))
+                for loss, network in targets.items()
+            },
+        )
 
     # -- f-AnoGAN: WGAN-GP for G and D, izi_f for E -------------------------------------
 
@@ -118,44 +135,56 @@ class AnomalyGAN(keras.Model):
         batch_size = ops.shape(x)[0]
         for _ in range(self.critic_steps):
             z = self._sample_z(batch_size)
-            with tf.GradientTape() as tape:
+            alpha = keras.random.uniform(
+                (batch_size,) + (1,) * (len(x.shape) - 1), seed=self.seed_generator
+            )
+
+            def critic_losses(z=z, alpha=alpha):
                 fake = self.generator(z, training=True)
                 real_verdict, _ = self.critic(x, training=True)
                 fake_verdict, _ = self.critic(fake, training=True)
-                critic_loss = (
+                loss = (
                     ops.mean(fake_verdict)
                     - ops.mean(real_verdict)
-                    + self.gradient_penalty * self._gradient_penalty(x, fake)
+                    + self.gradient_penalty * self._gradient_penalty(x, fake, alpha)
                     + 1e-3 * ops.mean(ops.square(real_verdict))
                 )
-            _apply(tape, critic_loss, self.critic, self.critic_optimizer)
+                return {"critic_loss": loss}
+
+            critic_loss = self._minimise(critic_losses, {"critic_loss": "critic"})["critic_loss"]
 
         z = self._sample_z(batch_size)
-        with tf.GradientTape() as tape:
-            fake_verdict, _ = self.critic(self.generator(z, training=True), training=False)
-            generator_loss = -ops.mean(fake_verdict)
-        _apply(tape, generator_loss, self.generator, self.generator_optimizer)
 
-        with tf.GradientTape() as tape:
+        def generator_losses():
+            fake_verdict, _ = self.critic(self.generator(z, training=True), training=False)
+            return {"generator_loss": -ops.mean(fake_verdict)}
+
+        generator_loss = self._minimise(generator_losses, {"generator_loss": "generator"})[
+            "generator_loss"
+        ]
+
+        def encoder_losses():
             reconstruction = self.generator(self.encoder(x, training=True), training=False)
             _, real_features = self.critic(x, training=False)
             _, rec_features = self.critic(reconstruction, training=False)
             residual = _mean_square(x - reconstruction)
-            encoder_loss = residual + self.feature_weight * _mean_square(
-                real_features - rec_features
-            )
-        _apply(tape, encoder_loss, self.encoder, self.encoder_optimizer)
-        return critic_loss, generator_loss, encoder_loss, residual
+            return {
+                "encoder_loss": residual
+                + self.feature_weight * _mean_square(real_features - rec_features),
+                "residual": residual,
+            }
 
-    def _gradient_penalty(self, real, fake):
-        """Penalise critic gradients whose norm strays from 1 on real-fake interpolates."""
-        shape = [ops.shape(real)[0]] + [1] * (len(real.shape) - 1)
-        alpha = tf.random.stateless_uniform(shape, seed=self._next_seed())
+        values = self._minimise(encoder_losses, {"encoder_loss": "encoder"})
+        return critic_loss, generator_loss, values["encoder_loss"], values["residual"]
+
+    def _gradient_penalty(self, real, fake, alpha):
+        """Penalise critic gradients whose norm strays from 1 on real-fake interpolates. The
+        gradient w.r.t. the interpolates is itself differentiated, w.r.t. the critic's
+        weights, when the critic's loss is minimised."""
         mixed = real + alpha * (fake - real)
-        with tf.GradientTape() as tape:
-            tape.watch(mixed)
-            verdict, _ = self.critic(mixed, training=True)
-        grads = tape.gradient(verdict, mixed)
+        grads = _gradients.input_gradient(
+            lambda points: ops.sum(self.critic(points, training=True)[0]), mixed
+        )
         norms = ops.sqrt(
             ops.sum(ops.square(ops.reshape(grads, (ops.shape(grads)[0], -1))), axis=1) + 1e-12
         )
@@ -164,25 +193,38 @@ class AnomalyGAN(keras.Model):
     # -- BiGAN with an x-cycle term ------------------------------------------------------
 
     def _bigan_step(self, x):
-        batch_size = ops.shape(x)[0]
-        z = self._sample_z(batch_size)
-        with tf.GradientTape() as critic_tape, tf.GradientTape(persistent=True) as ge_tape:
+        z = self._sample_z(ops.shape(x)[0])
+
+        def losses():
             z_hat = self.encoder(x, training=True)
             fake = self.generator(z, training=True)
             real_logit, _ = self.critic([x, z_hat], training=True)
             fake_logit, _ = self.critic([fake, z], training=True)
-            critic_loss = _logistic(real_logit, 1.0) + _logistic(fake_logit, 0.0)
             generator_loss = _logistic(fake_logit, 1.0)
             residual = _mean_square(x - self.generator(z_hat, training=True))
-            encoder_loss = _logistic(real_logit, 0.0) + residual
-            # Summed inside the tape: a sum formed after it is not recorded, which left the
-            # generator without gradients ("No gradients provided for any variable").
-            generator_objective = generator_loss + residual
-        _apply(critic_tape, critic_loss, self.critic, self.critic_optimizer)
-        _apply(ge_tape, generator_objective, self.generator, self.generator_optimizer)
-        _apply(ge_tape, encoder_loss, self.encoder, self.encoder_optimizer)
-        del ge_tape
-        return critic_loss, generator_loss, encoder_loss, residual
+            return {
+                "critic_loss": _logistic(real_logit, 1.0) + _logistic(fake_logit, 0.0),
+                "generator_loss": generator_loss,
+                "generator_objective": generator_loss + residual,
+                "encoder_loss": _logistic(real_logit, 0.0) + residual,
+                "residual": residual,
+            }
+
+        # All three gradients at the same weights, from one forward pass.
+        values = self._minimise(
+            losses,
+            {
+                "critic_loss": "critic",
+                "generator_objective": "generator",
+                "encoder_loss": "encoder",
+            },
+        )
+        return (
+            values["critic_loss"],
+            values["generator_loss"],
+            values["encoder_loss"],
+            values["residual"],
+        )
 
     # -- serialisation -------------------------------------------------------------------
 
@@ -210,9 +252,32 @@ class AnomalyGAN(keras.Model):
         return cls(**config)
 
 
-def _apply(tape, loss, network, optimizer):
-    grads = tape.gradient(loss, network.trainable_weights)
-    optimizer.apply_gradients(zip(grads, network.trainable_weights, strict=True))
+class _Optimizers:
+    """The three networks' optimizers, seen by Keras's trainers as the model's one optimizer:
+    its JAX trainer passes ``optimizer.variables`` into the stateless step and takes them back
+    updated, and callbacks that adjust learning rates visit ``optimizers``."""
+
+    def __init__(self, optimizers: list[keras.optimizers.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def variables(self):
+        return [v for optimizer in self.optimizers for v in optimizer.variables]
+
+    @property
+    def built(self):
+        return all(optimizer.built for optimizer in self.optimizers)
+
+    @property
+    def iterations(self):
+        """Training steps: the generator's optimizer updates once per step."""
+        return self.optimizers[1].iterations
+
+    def build(self, variables):
+        """Each optimizer is built for its own network when the model is compiled."""
+
+    def scale_loss(self, loss):
+        return loss
 
 
 def _mean_square(residual):

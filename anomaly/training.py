@@ -164,8 +164,6 @@ def _latent_dim(config: Config, record_shape: tuple[int, ...]) -> int:
 
 
 def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None):
-    import tensorflow as tf  # training is TensorFlow-only; scoring is backend-agnostic
-
     t, m = config.training, config.model
     encoder, generator, critic = build_networks(
         x_fit.shape[1:],
@@ -187,20 +185,15 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None):
         feature_weight=t.feature_weight,
         seed=t.seed,
     )
-    model.compile(learning_rate=t.learning_rate, jit_compile=True)
+    # XLA under TensorFlow (seeded training is reproducible with it), jax.jit under JAX;
+    # PyTorch runs eagerly (torch.compile does not take the penalty's double gradient).
+    model.compile(learning_rate=t.learning_rate, jit_compile=keras.backend.backend() != "torch")
     batch_size = min(t.batch_size, len(x_fit))
     steps_per_epoch = t.steps_per_epoch or max(
         _MIN_STEPS_PER_EPOCH, math.ceil(len(x_fit) / batch_size)
     )
     steps_per_epoch = min(steps_per_epoch, t.steps)
     epochs = math.ceil(t.steps / steps_per_epoch)
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(x_fit)
-        .shuffle(min(len(x_fit), 100_000), seed=t.seed, reshuffle_each_iteration=True)
-        .repeat()
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(2)
-    )
     stop = keras.callbacks.EarlyStopping(
         monitor="val_reconstruction",
         mode="min",
@@ -208,7 +201,7 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None):
         restore_best_weights=True,
     )
     fitted = model.fit(
-        dataset,
+        _batches(x_fit, batch_size, t.seed),
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         validation_data=x_held,
@@ -218,6 +211,17 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None):
         shuffle=False,
     )
     return model, fitted.history
+
+
+def _batches(x: np.ndarray, batch_size: int, seed: int):
+    """Batches without end, as ``(x,)`` tuples, each pass over the records in a fresh seeded
+    order (the last incomplete batch of a pass left out): NumPy, so that every backend trains
+    on the same batches."""
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(x))
+        for start in range(0, len(x) - batch_size + 1, batch_size):
+            yield (x[order[start : start + batch_size]],)
 
 
 def _initial_params(config: Config) -> ScoringParams:
@@ -233,9 +237,21 @@ def _initial_params(config: Config) -> ScoringParams:
     )
 
 
+#: Packages whose versions the bundle's metadata records, where installed.
+_VERSIONED_PACKAGES = (
+    "anomaly-gan",
+    "keras",
+    "tensorflow-cpu",
+    "tensorflow",
+    "jax",
+    "torch",
+    "numpy",
+)
+
+
 def _metadata(rows, n_fit, n_held, history, seconds) -> dict:
     versions = {}
-    for package in ("anomaly-gan", "keras", "tensorflow-cpu", "tensorflow", "numpy"):
+    for package in _VERSIONED_PACKAGES:
         try:
             versions[package] = package_metadata.version(package)
         except package_metadata.PackageNotFoundError:
