@@ -37,6 +37,9 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
+        from anomaly.backend import require_backend
+
+        require_backend()  # a missing backend in one line, not an ImportError from Keras
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'anomaly' has no attribute {name!r}")
 

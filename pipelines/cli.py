@@ -29,8 +29,21 @@ def _features(value: str | None) -> list[str] | None:
     return [name.strip() for name in value.split(",") if name.strip()] if value else None
 
 
+class _Command(click.Command):
+    """Checks that the Keras backend is installed before the command imports Keras, which
+    would fail with a traceback (``KERAS_BACKEND=torch`` without PyTorch)."""
+
+    def invoke(self, ctx):
+        from anomaly.backend import require_backend
+
+        require_backend()
+        return super().invoke(ctx)
+
+
 class _Group(click.Group):
     """Turns ``AnomalyError`` into one line on stderr and exit code 2."""
+
+    command_class = _Command
 
     def invoke(self, ctx):
         try:

@@ -1,0 +1,71 @@
+"""Which Keras backend this process runs on, and whether it is installed.
+
+Keras imports its backend (TensorFlow, JAX or PyTorch) the moment it is itself imported,
+and a missing one fails there with a traceback. ``require_backend`` checks first, without
+importing Keras, so that a user hears in one line what to install (``anomaly.train`` and
+friends, and every command of the CLI, check before they import Keras).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from anomaly.errors import ConfigError
+
+#: The backends this package trains and scores under: the module Keras imports, its name,
+#: and how to install it.
+BACKENDS = {
+    "tensorflow": ("tensorflow", "TensorFlow", "pip install tensorflow-cpu"),
+    "jax": ("jax", "JAX", "pip install 'anomaly-gan[jax]'"),
+    "torch": ("torch", "PyTorch", "pip install 'anomaly-gan[torch]'"),
+}
+#: Keras's other backends (inference only), left for Keras to judge.
+_OTHER_KERAS_BACKENDS = ("numpy", "openvino")
+
+
+def requested_backend() -> str:
+    """The backend Keras will use (or uses, once imported): ``KERAS_BACKEND``, else the
+    ``backend`` of Keras's configuration file (``$KERAS_HOME/keras.json``, by default
+    ``~/.keras/keras.json``), else TensorFlow, as Keras itself decides."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    name = os.environ.get("KERAS_BACKEND")
+    if name:
+        return name
+    home = os.environ.get("KERAS_HOME")
+    if home is None:
+        base = Path.home()
+        home = str((base if os.access(base, os.W_OK) else Path("/tmp")) / ".keras")
+    try:
+        config = json.loads((Path(home).expanduser() / "keras.json").read_text())
+        name = config.get("backend") if isinstance(config, dict) else None
+    except (OSError, ValueError):
+        name = None
+    return name or "tensorflow"
+
+
+def require_backend() -> str:
+    """The backend's name, or a ``ConfigError`` saying how to install it when it is not."""
+    name = requested_backend()
+    if name in _OTHER_KERAS_BACKENDS:
+        return name
+    if name not in BACKENDS:
+        raise ConfigError(
+            f"KERAS_BACKEND={name} is not a Keras backend this package runs on: use "
+            + ", ".join(BACKENDS)
+        )
+    module, title, install = BACKENDS[name]
+    if "keras" not in sys.modules and not _installed(module):
+        raise ConfigError(f"KERAS_BACKEND={name}, but {title} is not installed: {install}")
+    return name
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
