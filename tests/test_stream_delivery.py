@@ -373,3 +373,30 @@ def test_offsets_of_a_revoked_partition_are_not_committed_when_its_batch_settles
         producer.future(m).succeed()
     delivery.settle()
     assert delivery.settled == {} and not delivery.pending
+
+
+def test_librdkafka_statistics_and_all_brokers_down_say_whether_the_cluster_is_reachable():
+    """The confluent transport's probe for the broker watch: a learned or configured broker
+    UP in librdkafka's statistics, and down at once on its _ALL_BROKERS_DOWN error."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    from anomaly.config import ServeConfig
+    from anomaly.stream.confluent_transport import ConfluentTransport
+
+    def stats(*states):
+        brokers = {
+            "127.0.0.1:9092/bootstrap": {"source": "configured", "state": states[0]},
+            "127.0.0.1:9092/1": {"source": "learned", "state": states[1]},
+            "GroupCoordinator": {"source": "logical", "state": "UP"},
+        }
+        return orjson.dumps({"brokers": brokers}).decode()
+
+    transport = ConfluentTransport(ServeConfig(client="confluent"), "c", listener=None)
+    transport._consumer = object()  # opened
+    transport._on_stats(stats("INIT", "UP"))
+    assert transport.connected()
+    transport._on_error(confluent_kafka.KafkaError(confluent_kafka.KafkaError._ALL_BROKERS_DOWN))
+    assert not transport.connected()
+    transport._on_stats(stats("DOWN", "TRY_CONNECT"))  # a logical broker does not count
+    assert not transport.connected()
+    transport._on_stats(stats("DOWN", "UP"))
+    assert transport.connected()

@@ -46,7 +46,10 @@ How librdkafka differs, and what this module does about it:
   connection up; its error callback's ``_ALL_BROKERS_DOWN`` counts as lost at once.
 - **Rebalances**: ``on_revoke`` flushes the producer and commits synchronously (allowed in
   the callback, unlike kafka-python's); ``on_assign`` starts reading where the listener says
-  (by assigning with offsets); ``on_lost`` drops what was in hand.
+  (by assigning with offsets); ``on_lost`` drops what was in hand. librdkafka rejoins by
+  itself after its session expired (a broker outage), and never leaves a rebalance
+  unfinished as kafka-python 3.0.12 can: the loop does not subscribe afresh for it (that
+  only made the group wait for the old member).
 """
 
 from __future__ import annotations
@@ -331,10 +334,6 @@ class ConfluentTransport(Transport):
                 log.warning("event=close_error client=producer error=%r", exc)
 
     # -- consuming -----------------------------------------------------------------------------
-
-    def resubscribe(self) -> None:
-        self._consumer.unsubscribe()
-        self._subscribe()
 
     def poll(self, timeout_ms: int, max_records: int) -> list:
         consumer = self._consumer

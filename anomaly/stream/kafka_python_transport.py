@@ -77,6 +77,7 @@ def _ours(partitions) -> set[TopicPartition]:
 
 class KafkaPythonTransport(Transport):
     name = "kafka-python"
+    stalls = True  # 3.0.12 can leave a rebalance unfinished (ScoringService._rejoin_if_stalled)
 
     def __init__(self, config, client_id, listener):
         super().__init__(config, client_id, listener)

@@ -271,6 +271,8 @@ class ScoringService:
         change: its join loop never resumes, no assignment arrives and heartbeats stay off.
         Not while the broker is lost: an outage is one way to get here.
         """
+        if not self._transport.stalls:
+            return
         unassigned_s = self._assignment.unassigned_for()
         if unassigned_s < self.config.session_timeout_ms / 1000 or self._broker.lost:
             return

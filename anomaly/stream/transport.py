@@ -106,6 +106,9 @@ class Transport(ABC):
     """
 
     name: ClassVar[str]
+    stalls: ClassVar[bool] = False
+    """The client can leave a rebalance unfinished, so the loop subscribes afresh when it
+    has been without partitions for a session timeout (``resubscribe``)."""
     max_message_bytes: int
     """The largest message the producer sends (its request limit); results and dead
     letters are cut to fit below it."""
@@ -133,8 +136,7 @@ class Transport(ABC):
 
     # -- consuming -----------------------------------------------------------------------------
 
-    @abstractmethod
-    def resubscribe(self) -> None:
+    def resubscribe(self) -> None:  # noqa: B027 (only for a client that ``stalls``)
         """Leave the group and join it afresh (a rebalance that never finished)."""
 
     @abstractmethod
