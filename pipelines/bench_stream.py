@@ -577,7 +577,7 @@ def run(args) -> None:
                 capture_output=True,
                 timeout=120,
             )
-        if succeeded:
+        if succeeded and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"kept {workdir} (worker logs in logs/)", file=sys.stderr)
@@ -649,6 +649,9 @@ def main() -> None:
         "--compression",
         choices=["gzip", "snappy", "lz4", "zstd"],
         help="codec of the input batches (default: uncompressed)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the run's directory (worker logs) at the end"
     )
     parser.add_argument(
         "--clients",

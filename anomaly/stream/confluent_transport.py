@@ -167,8 +167,8 @@ class ConfluentTransport(Transport):
         ceiling = codecs.MAX_BATCH_BYTES
         return {
             "check.crcs": True,
-            # A batch may not unpack to more than the codecs' ceiling (zstd, lz4); a fetch
-            # response is kept under it too, as librdkafka requires.
+            # A zstd batch may not unpack to more than the codecs' ceiling (librdkafka unpacks
+            # gzip and lz4 whole); a fetch response is kept under it too, as it requires.
             "receive.message.max.bytes": ceiling,
             "fetch.max.bytes": min(52_428_800, ceiling - 512),
             "max.partition.fetch.bytes": min(1_048_576, ceiling - 512),
