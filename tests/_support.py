@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import NoReturn, TypeVar
 
 import pytest
@@ -25,6 +27,14 @@ def unavailable(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} (CI=true, so this is a failure)", pytrace=False)
     pytest.skip(reason)
+
+
+def required_module(name: str, extra: str) -> ModuleType:
+    """Module ``name``, or ``unavailable`` naming the package extra that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        unavailable(f"{name} is not installed (pip install -e '.[{extra}]')")
 
 
 def free_port() -> int:

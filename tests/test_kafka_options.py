@@ -15,6 +15,7 @@ from anomaly.errors import ConfigError
 from anomaly.stream import clients
 from anomaly.stream.kafka_options import client_options
 from anomaly.stream.settings import resolve_serve_config
+from tests._support import required_module
 
 SECRET = "s3cr3t-Pa55"
 
@@ -350,7 +351,7 @@ def test_librdkafka_secrets_are_masked():
 
 
 def test_confluent_clients_get_kafka_options_under_the_services_own_settings():
-    pytest.importorskip("confluent_kafka")
+    required_module("confluent_kafka", "confluent")
     from anomaly.stream.confluent_transport import ConfluentTransport
 
     config = ServeConfig(

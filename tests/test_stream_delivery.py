@@ -21,6 +21,7 @@ from anomaly.stream.delivery import RETRY_INTERVAL_S, Delivery, Outgoing
 from anomaly.stream.kafka_python_transport import is_record_error
 from anomaly.stream.messages import encode_rejection, fit_result
 from anomaly.stream.rebalance import Assignment
+from tests._support import required_module
 
 TOPIC = "in"
 
@@ -378,7 +379,7 @@ def test_offsets_of_a_revoked_partition_are_not_committed_when_its_batch_settles
 def test_librdkafka_statistics_and_all_brokers_down_say_whether_the_cluster_is_reachable():
     """The confluent transport's probe for the broker watch: a learned or configured broker
     UP in librdkafka's statistics, and down at once on its _ALL_BROKERS_DOWN error."""
-    confluent_kafka = pytest.importorskip("confluent_kafka")
+    confluent_kafka = required_module("confluent_kafka", "confluent")
     from anomaly.config import ServeConfig
     from anomaly.stream.confluent_transport import ConfluentTransport
 
