@@ -66,6 +66,33 @@ def _emit(**event) -> None:
     sys.stdout.flush()
 
 
+_BARE_COMPONENTS = {"reconstruction": 0.0, "feature": 0.0, "critic": 0.0, "latent": 0.0}
+
+
+def _bare_results(messages: list[dict], partitions, offsets) -> list[bytes]:
+    """What a bare loop produces per record: a result of the service's shape, scores fixed."""
+    dumps = orjson.dumps
+    return [
+        dumps(
+            {
+                "id": m.get("id"),
+                "partition": partition,
+                "offset": offset,
+                "score": 0.0,
+                "components": _BARE_COMPONENTS,
+                "threshold": 1.0,
+                "is_anomaly": False,
+                "percentile": 50.0,
+                "top_features": ["f0", "f1", "f2"],
+                "model_version": "bare",
+                "processing_time_ms": 0.0,
+                "timestamp": m.get("timestamp"),
+            }
+        )
+        for m, partition, offset in zip(messages, partitions, offsets, strict=True)
+    ]
+
+
 def _bare_worker(args) -> None:
     """Consume, decode, encode, send, flush, commit per batch; no scoring."""
     if args.client == "confluent":
@@ -91,9 +118,8 @@ def _bare_worker(args) -> None:
     consumer.subscribe([args.input])
     ready = False
     profile = dict.fromkeys(("poll", "decode", "encode", "send", "flush", "commit"), 0.0)
-    components = {"reconstruction": 0.0, "feature": 0.0, "critic": 0.0, "latent": 0.0}
     done, first, reported = 0, None, False
-    loads, dumps, send, topic = orjson.loads, orjson.dumps, producer.send, args.output
+    loads, send, topic = orjson.loads, producer.send, args.output
     while not stop.is_set():
         t0 = time.perf_counter()
         polled = consumer.poll(timeout_ms=100, max_records=args.batch)
@@ -108,25 +134,9 @@ def _bare_worker(args) -> None:
         first = first or t0
         messages = [loads(r.value) for r in records]
         t2 = time.perf_counter()
-        payloads = [
-            dumps(
-                {
-                    "id": m.get("id"),
-                    "partition": r.partition,
-                    "offset": r.offset,
-                    "score": 0.0,
-                    "components": components,
-                    "threshold": 1.0,
-                    "is_anomaly": False,
-                    "percentile": 50.0,
-                    "top_features": ["f0", "f1", "f2"],
-                    "model_version": "bare",
-                    "processing_time_ms": 0.0,
-                    "timestamp": m.get("timestamp"),
-                }
-            )
-            for m, r in zip(messages, records, strict=True)
-        ]
+        payloads = _bare_results(
+            messages, (r.partition for r in records), (r.offset for r in records)
+        )
         t3 = time.perf_counter()
         for payload, r in zip(payloads, records, strict=True):
             send(topic, value=payload, key=r.key)
@@ -172,9 +182,8 @@ def _bare_confluent_worker(args) -> None:
     consumer.subscribe([args.input])
     ready = False
     profile = dict.fromkeys(("poll", "decode", "encode", "send", "flush", "commit"), 0.0)
-    components = {"reconstruction": 0.0, "feature": 0.0, "critic": 0.0, "latent": 0.0}
     done, first, reported = 0, None, False
-    loads, dumps, produce, topic = orjson.loads, orjson.dumps, producer.produce, args.output
+    loads, produce, topic = orjson.loads, producer.produce, args.output
     while not stop.is_set():
         t0 = time.perf_counter()
         message = consumer.poll(0.1)
@@ -192,25 +201,9 @@ def _bare_confluent_worker(args) -> None:
         first = first or t0
         messages = [loads(r.value()) for r in records]
         t2 = time.perf_counter()
-        payloads = [
-            dumps(
-                {
-                    "id": m.get("id"),
-                    "partition": r.partition(),
-                    "offset": r.offset(),
-                    "score": 0.0,
-                    "components": components,
-                    "threshold": 1.0,
-                    "is_anomaly": False,
-                    "percentile": 50.0,
-                    "top_features": ["f0", "f1", "f2"],
-                    "model_version": "bare",
-                    "processing_time_ms": 0.0,
-                    "timestamp": m.get("timestamp"),
-                }
-            )
-            for m, r in zip(messages, records, strict=True)
-        ]
+        payloads = _bare_results(
+            messages, (r.partition() for r in records), (r.offset() for r in records)
+        )
         t3 = time.perf_counter()
         for payload, r in zip(payloads, records, strict=True):
             produce(topic, payload, r.key())

@@ -616,24 +616,13 @@ class ConfluentTransport(Transport):
     # -- producing -----------------------------------------------------------------------------
 
     def send(self, message) -> None:
-        partition = message.partition
+        partition = -1 if message.partition is None else message.partition
+        produced = (message.topic, message.value, message.key, partition, message.report)
         try:
-            self._producer.produce(
-                message.topic,
-                message.value,
-                message.key,
-                -1 if partition is None else partition,
-                message.report,
-            )
+            self._producer.produce(*produced)
         except BufferError:  # the queue is full: let it drain a little, once
             self._producer.poll(0.05)
-            self._producer.produce(
-                message.topic,
-                message.value,
-                message.key,
-                -1 if partition is None else partition,
-                message.report,
-            )
+            self._producer.produce(*produced)
 
     def serve(self) -> None:
         self._producer.poll(0)
