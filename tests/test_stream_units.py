@@ -42,6 +42,9 @@ def test_array_and_object_features_give_the_same_row_in_model_order():
     [
         (b"{not json", "not_json"),
         (b"\xff\xfe", "not_json"),
+        ('{"features": [1, 2, 3]}'.encode("utf-16"), "not_json"),  # JSON, but not UTF-8
+        (b'\xef\xbb\xbf{"features": [1, 2, 3]}', "not_json"),  # a UTF-8 byte-order mark
+        (b'{"features": [1, 2, 3], "id": "\xed\xa0\x80"}', "not_json"),  # a raw surrogate
         (None, "not_json"),
         (b"[1, 2, 3]", "bad_schema"),
         (b'{"id": 1}', "bad_schema"),

@@ -245,7 +245,9 @@ class RecordDecoder:
 
 def _parse_leniently(raw: bytes, error: Exception) -> tuple[Any, tuple[str, str] | None]:
     """Messages orjson refuses: NaN/Infinity literals and numbers beyond float range are
-    ``non_finite``; anything the standard library cannot parse either is ``not_json``."""
+    ``non_finite``; anything the standard library cannot parse either is ``not_json``, as
+    is anything not UTF-8 (the standard library would also read UTF-16, UTF-32 and a
+    byte-order mark from bytes, so it is given the strictly decoded text)."""
     constants = []
 
     def constant(name):
@@ -253,8 +255,8 @@ def _parse_leniently(raw: bytes, error: Exception) -> tuple[Any, tuple[str, str]
         return float("nan")
 
     try:
-        message = json.loads(raw, parse_constant=constant)
-    except (ValueError, RecursionError):
+        message = json.loads(raw.decode("utf-8"), parse_constant=constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None, ("not_json", f"not valid JSON: {error}")
     if constants:
         return None, ("non_finite", f"JSON holds the non-standard literal {constants[0]}")
