@@ -184,35 +184,35 @@ def test_a_batch_that_cannot_be_decompressed_is_dead_lettered_record_by_record(
     assert all("ZstdError" in d["error"] and d["topic"] == topics["input_topic"] for d in letters)
 
 
-def _damage_batch_on_disk(log_dir, topic: str, first_offset: int, how: str) -> None:
-    """Damage, in the broker's log segment of ``topic``'s partition 0, the record batch that
-    starts at ``first_offset``: ``crc`` flips its last byte (its CRC32C then fails);
-    ``codec`` breaks its compressed payload's magic number and writes a CRC that matches
-    (the batch passes the check and its codec fails). The broker serves it as it is."""
+def _damage_batches_on_disk(log_dir, topic: str, offsets: range, how: str) -> None:
+    """Damage, in the broker's log segment of ``topic``'s partition 0, every record batch
+    that starts within ``offsets`` (a producer may send records in one batch or, when its
+    metadata comes late, in more). ``crc`` flips a batch's last byte
+    (its CRC32C then fails); ``codec`` breaks its compressed payload's magic number and
+    writes a CRC that matches (the batch passes the check and its codec fails). The broker
+    serves them as they are."""
     import crc32c
 
     (segment,) = sorted((log_dir / f"{topic}-0").glob("*.log"))
     data = bytearray(segment.read_bytes())
-    position = 0
+    damaged, position = False, 0
     while position + 12 <= len(data):
         base, length = struct.unpack(">qi", data[position : position + 12])
-        if base == first_offset:
-            break
-        position += 12 + length
-    else:
-        raise AssertionError(f"no batch at offset {first_offset} in {segment}")
-    end = position + 12 + length
-    if how == "crc":
-        data[end - 1] ^= 0xFF
-    else:
-        payload = position + 61  # after the v2 batch header
-        data[payload : payload + 4] = b"\x00\x00\x00\x00"
-        data[position + 17 : position + 21] = struct.pack(
-            ">I", crc32c.crc32c(bytes(data[position + 21 : end]))
-        )
-    with segment.open("r+b") as file:
-        file.seek(position)
-        file.write(data[position:end])
+        end = position + 12 + length
+        if base in offsets:
+            if how == "crc":
+                data[end - 1] ^= 0xFF
+            else:
+                payload = position + 61  # after the v2 batch header
+                data[payload : payload + 4] = b"\x00\x00\x00\x00"
+                data[position + 17 : position + 21] = struct.pack(
+                    ">I", crc32c.crc32c(bytes(data[position + 21 : end]))
+                )
+            damaged = True
+        position = end
+    assert damaged, f"no batch starts in {offsets} in {segment}"
+    with segment.open("r+b") as file:  # in place: the broker has the file open
+        file.write(data)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -220,7 +220,7 @@ def _damage_batch_on_disk(log_dir, topic: str, first_offset: int, how: str) -> N
 def test_a_batch_damaged_on_disk_is_dead_lettered_record_by_record(
     how, client, detector, kafka_topic_factory, kafka_bootstrap, kafka_log_dir
 ):
-    """A real damaged batch in the broker's log, between readable ones: each of its records
+    """Two damaged batches in the broker's log, between readable ones: each of their records
     gets a dead letter (``unreadable``, with its offset), the records around it are all
     scored once, and the service neither stops nor spins on it (neither client moves past
     such a batch by itself; librdkafka even loses its place after a failed CRC)."""
@@ -228,12 +228,13 @@ def test_a_batch_damaged_on_disk_is_dead_lettered_record_by_record(
     messages = _records(detector, 30)
     before = _produce(kafka_bootstrap, topics["input_topic"], messages[:10])
     codec = "zstd" if how == "codec" else "none"
-    broken = _produce_with_librdkafka(
-        kafka_bootstrap, topics["input_topic"], codec, messages[10:20]
-    )
+    broken = [  # two batches (a flush between), both damaged: one after the other
+        *_produce_with_librdkafka(kafka_bootstrap, topics["input_topic"], codec, messages[10:15]),
+        *_produce_with_librdkafka(kafka_bootstrap, topics["input_topic"], codec, messages[15:20]),
+    ]
     after = _produce(kafka_bootstrap, topics["input_topic"], messages[20:])
-    assert sorted(o for _, o in broken) == list(range(10, 20))  # one batch, offsets 10-19
-    _damage_batch_on_disk(kafka_log_dir, topics["input_topic"], 10, how)
+    assert sorted(o for _, o in broken) == list(range(10, 20))
+    _damage_batches_on_disk(kafka_log_dir, topics["input_topic"], range(10, 20), how)
     with _running(detector, _config(kafka_bootstrap, topics, client=client)) as service:
         results = _read_results(kafka_bootstrap, topics["output_topic"], 20)
         letters = _read_results(kafka_bootstrap, topics["dlq_topic"], 10)
