@@ -65,8 +65,9 @@ class ScoreResult:
     @property
     def top_features(self) -> list[list[str]]:
         """Names of the features that drove each record's residual, largest first."""
-        names = self.feature_names
-        return [[names[i] for i in row] for row in self.top_feature_index.tolist()]
+        # Indexing an object array gives the same str objects as a lookup row by row, in C.
+        names = np.array(self.feature_names, dtype=object)
+        return names[self.top_feature_index].tolist()
 
 
 class Detector:

@@ -3,6 +3,7 @@ precedence, per-key window state."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -177,6 +178,86 @@ def test_with_alarms_on_results_carry_the_p_value_and_the_alarm_is_the_flag():
     assert second["p_value"] == 0.5 and second["alarm"] is False and second["is_anomaly"]
     assert third["p_value"] == 1.0 and third["alarm"] is True
     assert flags == [False, False, True]
+
+
+def test_a_mixed_batch_keeps_the_first_reason_of_each_record_and_aligns_the_rest():
+    values = [
+        b'{"features": [1, 2, 3], "id": 9007199254740992, "timestamp": 9007199254740992.0}',
+        b'{"features": [1, "2", 3], "id": 1.5}',  # the type is checked before the id
+        b'{"features": [1, 2, 3], "id": -9007199254740993}',
+        b'{"features": [1, 2, 3], "id": 7, "timestamp": -9007199254740994.0}',
+        b'{"features": {"c": 3, "b": 2.5, "a": 100000000000000000000000000000}, "id": "k"}',
+        b'{"features": [1e39, 2, 3], "timestamp": 1.5}',
+        b'{"features": [NaN, 2, 3], "id": 1}',
+        b'{"features": [1, 2, 3], "id": true, "timestamp": -1712345678.25}',
+        None,
+    ]
+    batch = _decode(values)
+    assert [r[:2] for r in batch.rejected] == [
+        (1, "bad_type"),
+        (2, "bad_id"),
+        (3, "bad_timestamp"),
+        (5, "non_finite"),
+        (6, "non_finite"),
+        (8, "not_json"),
+    ]
+    assert batch.rejected[0][2] == "feature 'b' is a JSON string, not a number"
+    assert batch.rejected[3][2] == "non-finite or out-of-range value in feature(s) ['a']"
+    assert batch.accepted == [0, 4, 7]
+    assert batch.ids == [2**53, "k", True]
+    assert batch.timestamps == [2.0**53, None, -1712345678.25]
+    expected = np.array([[1, 2, 3], [10**29, 2.5, 3], [1, 2, 3]], dtype=np.float32)
+    assert batch.rows.tobytes() == expected.tobytes()
+
+
+def test_results_are_these_bytes_and_one_that_cannot_be_encoded_is_reported_alone():
+    class Result:  # the records at positions 0 and 3 are scored, with alarms on
+        scores = np.array([2.0, 0.5], np.float32)
+        is_anomaly = np.array([True, False])
+        percentiles = np.array([99.5, 10.0], np.float32)
+        components = {
+            "reconstruction": np.array([1.1, -0.2], np.float32),
+            "latent": np.array([0.3, 0.4], np.float32),
+        }
+        top_features = [["b", "a"], ["c", "a"]]
+
+        def __len__(self):
+            return 2
+
+    long_id = "x" * 300
+    encoder = ResultEncoder("v1", 1.0, time_series=False, max_bytes=420)
+    out, flags, failures = encoder.encode(
+        [b"k", None, b"kk", None],
+        [0, 1, 2, 3],
+        [5, 6, 7, 8],
+        [long_id, 2, "\ud800", 4],
+        [1.5, None, 3, "t"],
+        Result(),
+        [0, 3],
+        4.2,
+        (np.array([0.01, 0.5]), np.array([True, False])),
+    )
+    sha = hashlib.sha256(long_id.encode()).hexdigest().encode()
+    assert out == [
+        b'{"id":"xxxxxxxxxxxxxxxxxxxxxxxxxxx","partition":0,"offset":5,"score":2.0,'
+        b'"components":{"reconstruction":1.100000023841858,"latent":0.30000001192092896},'
+        b'"threshold":1.0,"is_anomaly":true,"percentile":99.5,"top_features":["b","a"],'
+        b'"model_version":"v1","processing_time_ms":4.2,"timestamp":1.5,"p_value":0.01,'
+        b'"alarm":true,"id_truncated":true,"id_sha256":"' + sha + b'"}',
+        b'{"id":2,"partition":1,"offset":6,"window_complete":false,"score":null,'
+        b'"components":null,"threshold":1.0,"is_anomaly":null,"percentile":null,'
+        b'"top_features":null,"model_version":"v1","processing_time_ms":4.2,"timestamp":null,'
+        b'"p_value":null,"alarm":false}',
+        None,
+        b'{"id":4,"partition":3,"offset":8,"score":0.5,'
+        b'"components":{"reconstruction":-0.20000000298023224,"latent":0.4000000059604645},'
+        b'"threshold":1.0,"is_anomaly":false,"percentile":10.0,"top_features":["c","a"],'
+        b'"model_version":"v1","processing_time_ms":4.2,"timestamp":"t","p_value":0.5,'
+        b'"alarm":false}',
+    ]
+    assert flags == [True, False, False, False]
+    problem = "TypeError: str is not valid UTF-8: surrogates not allowed"
+    assert failures == [(2, f"the result could not be encoded: {problem}")]
 
 
 def test_settings_precedence_is_cli_then_environment_then_toml_then_defaults(tmp_path):

@@ -37,6 +37,7 @@ import math
 import operator
 import time
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -117,6 +118,7 @@ class RecordDecoder:
         loads = orjson.loads
         n = self.n_features
         numbers = _NUMBER_TYPES
+        limit = _EXACT_LIMIT
         for index, raw in enumerate(values):
             if raw is None:
                 rejected.append((index, "not_json", "message has no value (tombstone)"))
@@ -180,16 +182,20 @@ class RecordDecoder:
             if not numbers.issuperset(map(type, row)):
                 rejected.append((index, "bad_type", self._describe_types(row)))
                 continue
+            # An integer id and a float timestamp within 2^53 are the usual case, and exact:
+            # only other values need _inexact (a call per record is a good part of the cost).
             record_id = message.get("id")
-            problem = _inexact(record_id, fractions=False)
-            if problem is not None:
-                rejected.append((index, "bad_id", f"'id' {problem}"))
-                continue
+            if not (type(record_id) is int and -limit <= record_id <= limit):
+                problem = _inexact(record_id, fractions=False)
+                if problem is not None:
+                    rejected.append((index, "bad_id", f"'id' {problem}"))
+                    continue
             stamp = message.get("timestamp")
-            problem = _inexact(stamp, fractions=True)
-            if problem is not None:
-                rejected.append((index, "bad_timestamp", f"'timestamp' {problem}"))
-                continue
+            if not (type(stamp) is float and -limit <= stamp <= limit):
+                problem = _inexact(stamp, fractions=True)
+                if problem is not None:
+                    rejected.append((index, "bad_timestamp", f"'timestamp' {problem}"))
+                    continue
             if fallback:
                 slow.append(len(rows))
             rows.append(row)
@@ -205,7 +211,9 @@ class RecordDecoder:
                     )
                     for column in (rows, accepted, ids, stamps):
                         del column[position]
-        matrix = np.array(rows, dtype=np.float64).reshape(len(rows), n)
+        # One pass over all values, without NumPy's discovery of the nested lists' shape.
+        matrix = np.fromiter(chain.from_iterable(rows), np.float64, len(rows) * n)
+        matrix = matrix.reshape(len(rows), n)
         finite = np.isfinite(matrix) & (np.abs(matrix) <= _FLOAT32_MAX)
         good = finite.all(axis=1)
         if not good.all():
@@ -346,74 +354,91 @@ class ResultEncoder:
         """
         n = len(offsets)
         names = list(result.components)
-        if alarms is not None:
+        with_alarms = alarms is not None
+        if with_alarms:
             p_values, raised = (a.tolist() for a in alarms)
-            extras = [{"p_value": p, "alarm": a} for p, a in zip(p_values, raised, strict=True)]
         else:
-            raised, extras = result.is_anomaly.tolist(), [None] * len(result)
-        scored = range(n) if scored is None else scored
-        scores = dict(
-            zip(
-                scored,
-                zip(
-                    result.scores.tolist(),
-                    zip(*(result.components[name].tolist() for name in names), strict=True),
-                    result.is_anomaly.tolist(),
-                    result.percentiles.tolist(),
-                    result.top_features,
-                    extras,
-                    strict=True,
-                ),
-                strict=True,
-            )
+            p_values, raised = [None] * len(result), result.is_anomaly.tolist()
+        # dict and zip through map: zip's keyword (strict=) per record would cost a third more.
+        values = zip(*(result.components[name].tolist() for name in names), strict=True)
+        components = list(map(dict, map(zip, repeat(names), values)))
+        # The fields of each scored record in order; an unscored one gets ``unscored``.
+        fields = zip(
+            [True if self.time_series else None] * len(result),  # window_complete
+            result.scores.tolist(),
+            components,
+            result.is_anomaly.tolist(),
+            result.percentiles.tolist(),
+            result.top_features,
+            p_values,
+            raised,  # alarm
+            strict=True,
         )
-        window_complete = True if self.time_series else None
-        unscored = (None, None, None, None, None, None)
-        unscored_extra = None if alarms is None else {"p_value": None, "alarm": False}
-        flagged = [False] * n
-        for position, alert in zip(scored, raised, strict=True):
-            flagged[position] = alert
-        base = {
-            "threshold": self.threshold,
-            "model_version": self.model_version,
-            "processing_time_ms": round(processing_ms, 3),
-        }
+        if scored is None:
+            flagged = list(raised)
+        else:
+            unscored = (False, None, None, None, None, None, None, False)
+            fields = _spread(fields, scored, n, unscored)
+            flagged = _spread(raised, scored, n, False)
+        threshold = self.threshold
+        version = self.model_version
+        milliseconds = round(processing_ms, 3)
+        max_bytes = self.max_bytes
+        dumps = orjson.dumps
         out: list[bytes | None] = []
         failures: list[tuple[int, str]] = []
-        for position in range(n):
-            score, columns, flag, percentile, top, extra = scores.get(position, unscored)
-            complete = window_complete if columns is not None else False
+        for key, record_id, partition, offset, stamp, (
+            complete,
+            score,
+            parts,
+            flag,
+            percentile,
+            top,
+            p_value,
+            alarm,
+        ) in zip(keys, ids, partitions, offsets, timestamps, fields, strict=True):
             record = {
-                "id": ids[position],
-                "partition": partitions[position],
-                "offset": offsets[position],
+                "id": record_id,
+                "partition": partition,
+                "offset": offset,
                 "window_complete": complete,
                 "score": score,
-                "components": None if columns is None else dict(zip(names, columns, strict=True)),
-                "threshold": base["threshold"],
+                "components": parts,
+                "threshold": threshold,
                 "is_anomaly": flag,
                 "percentile": percentile,
                 "top_features": top,
-                "model_version": base["model_version"],
-                "processing_time_ms": base["processing_time_ms"],
-                "timestamp": timestamps[position],
+                "model_version": version,
+                "processing_time_ms": milliseconds,
+                "timestamp": stamp,
             }
             if complete is None:  # tabular mode has no window_complete key
                 del record["window_complete"]
-            if columns is None and unscored_extra is not None:
-                record.update(unscored_extra)
-            elif extra is not None:
-                record.update(extra)
-            key = keys[position]
-            try:
-                out.append(fit_result(record, self.max_bytes - (len(key) if key else 0)))
+            if with_alarms:
+                record["p_value"] = p_value
+                record["alarm"] = alarm
+            room = max_bytes - len(key) if key else max_bytes
+            try:  # fit_result only for the rare result that is too large as it is
+                payload = dumps(record)
+                if len(payload) > room:
+                    payload = fit_result(record, room)
             except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
-                out.append(None)
+                position = len(out)
+                payload = None
                 flagged[position] = False
                 failures.append(
                     (position, f"the result could not be encoded: {describe_error(exc)}")
                 )
+            out.append(payload)
         return out, flagged, failures
+
+
+def _spread(column, positions, n: int, fill) -> list:
+    """``n`` values: those of ``column`` at ``positions`` and ``fill`` everywhere else."""
+    spread = [fill] * n
+    for position, value in zip(positions, column, strict=True):
+        spread[position] = value
+    return spread
 
 
 def fit_result(record: dict, room: int) -> bytes:
