@@ -66,6 +66,28 @@ def _emit(**event) -> None:
     sys.stdout.flush()
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by this process (all its threads: the client library's, the
+    model's) and by the whole machine (every process: the broker's too), from /proc."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    return time.process_time(), busy / os.sysconf("SC_CLK_TCK")
+
+
+def _throughput(records: int, seconds: float, profile: dict, cpu_at_first) -> None:
+    """Report a throughput run, with the CPU it took since the first record."""
+    process, machine = (now - then for now, then in zip(_cpu_seconds(), cpu_at_first, strict=True))
+    _emit(
+        event="throughput",
+        records=records,
+        seconds=seconds,
+        profile=profile,
+        process_cpu_s=process,
+        machine_cpu_s=machine,
+    )
+
+
 _BARE_COMPONENTS = {"reconstruction": 0.0, "feature": 0.0, "critic": 0.0, "latent": 0.0}
 
 
@@ -118,7 +140,7 @@ def _bare_worker(args) -> None:
     consumer.subscribe([args.input])
     ready = False
     profile = dict.fromkeys(("poll", "decode", "encode", "send", "flush", "commit"), 0.0)
-    done, first, reported = 0, None, False
+    done, first, reported, cpu_at_first = 0, None, False, None
     loads, send, topic = orjson.loads, producer.send, args.output
     while not stop.is_set():
         t0 = time.perf_counter()
@@ -131,7 +153,8 @@ def _bare_worker(args) -> None:
             ready = True
         if not records:
             continue
-        first = first or t0
+        if first is None:
+            first, cpu_at_first = t0, _cpu_seconds()
         messages = [loads(r.value) for r in records]
         t2 = time.perf_counter()
         payloads = _bare_results(
@@ -153,7 +176,7 @@ def _bare_worker(args) -> None:
             profile[stage] += seconds
         done += len(records)
         if not reported and done >= args.expect:
-            _emit(event="throughput", records=done, seconds=t6 - first, profile=profile)
+            _throughput(done, t6 - first, profile, cpu_at_first)
             reported = True
     consumer.close(autocommit=False)
     producer.close()
@@ -182,7 +205,7 @@ def _bare_confluent_worker(args) -> None:
     consumer.subscribe([args.input])
     ready = False
     profile = dict.fromkeys(("poll", "decode", "encode", "send", "flush", "commit"), 0.0)
-    done, first, reported = 0, None, False
+    done, first, reported, cpu_at_first = 0, None, False, None
     loads, produce, topic = orjson.loads, producer.produce, args.output
     while not stop.is_set():
         t0 = time.perf_counter()
@@ -198,7 +221,8 @@ def _bare_confluent_worker(args) -> None:
             ready = True
         if not records:
             continue
-        first = first or t0
+        if first is None:
+            first, cpu_at_first = t0, _cpu_seconds()
         messages = [loads(r.value()) for r in records]
         t2 = time.perf_counter()
         payloads = _bare_results(
@@ -220,7 +244,7 @@ def _bare_confluent_worker(args) -> None:
             profile[stage] += seconds
         done += len(records)
         if not reported and done >= args.expect:
-            _emit(event="throughput", records=done, seconds=t6 - first, profile=profile)
+            _throughput(done, t6 - first, profile, cpu_at_first)
             reported = True
     consumer.close()
     producer.flush(10)
@@ -263,14 +287,9 @@ def _service_worker(args) -> None:
             stats = service.stats()
             now = time.perf_counter()
             if first is None and stats["consumed"]:
-                first = now
+                first, cpu_at_first = now, _cpu_seconds()
             if stats["consumed"] >= args.expect and stats["pending_results"] == 0:
-                _emit(
-                    event="throughput",
-                    records=stats["consumed"],
-                    seconds=now - first,
-                    profile=service.profile(),
-                )
+                _throughput(stats["consumed"], now - first, service.profile(), cpu_at_first)
                 return
             time.sleep(0.002)
 
@@ -505,6 +524,7 @@ def run(args) -> None:
         for batch in args.batch_sizes:
             n = args.records if batch > 1 else min(args.records, args.records_batch1)
             rps = {loop: [] for loop in loops}
+            cpu = {loop: [] for loop in loops}  # (process, machine) CPU µs per record
             latencies = {loop: [] for loop in loops}
             rate = None
             for repeat in range(args.repeats):  # alternating runs; medians and pooled latencies
@@ -528,6 +548,12 @@ def run(args) -> None:
                         worker.wait("ready")
                         result = worker.wait("throughput")
                         rps[client, kind].append(result["records"] / result["seconds"])
+                        cpu[client, kind].append(
+                            (
+                                1e6 * result["process_cpu_s"] / result["records"],
+                                1e6 * result["machine_cpu_s"] / result["records"],
+                            )
+                        )
                         total = profiles.setdefault((client, kind, batch), {})
                         for stage, seconds in result["profile"].items():
                             total[stage] = total.get(stage, 0.0) + seconds
@@ -557,6 +583,9 @@ def run(args) -> None:
                 for kind in ("bare", "service"):
                     row[f"{kind}_rps"] = statistics.median(rps[client, kind])
                     row[f"{kind}_all"] = rps[client, kind]
+                    row[f"{kind}_cpu"] = [
+                        statistics.median(c[i] for c in cpu[client, kind]) for i in (0, 1)
+                    ]
                     row[f"{kind}_p50"] = _percentile(latencies[client, kind], 50)
                     row[f"{kind}_p99"] = _percentile(latencies[client, kind], 99)
                 table.append(row)
@@ -598,6 +627,21 @@ def _print(table, profiles, args, load_before: str, load_after: str) -> None:
             runs = ", ".join(f"{v:,.0f}" for v in r[f"{kind}_all"])
             print(f"  {r['client']} {kind} batch {r['batch']}: {runs}")
     print(f"\nload average (1/5/15 min): {load_before} before, {load_after} after")
+    print()
+    print(
+        "CPU per record during the throughput run (median µs; the worker process with all "
+        "its threads, and the whole machine, broker included), and the rate the machine's "
+        f"{os.cpu_count()} cores would allow at the machine's figure:"
+    )
+    print("| client | loop | batch | process µs/record | machine µs/record | cores / machine µs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for r in table:
+        for kind in ("bare", "service"):
+            process, machine = r[f"{kind}_cpu"]
+            print(
+                f"| {r['client']} | {kind} | {r['batch']} | {process:.1f} | {machine:.1f} | "
+                f"{os.cpu_count() * 1e6 / machine:,.0f}/s |"
+            )
     print()
     print("Where the time went during the throughput run (seconds, share of the loop):")
     print("| client | loop | batch | " + " | ".join(STAGES) + " |")
