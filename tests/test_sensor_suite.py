@@ -175,4 +175,6 @@ def test_run_sensor_suite_writes_results(tmp_path):
     assert len(rows) == 4 and {r["run"] for r in rows} == {"s0-r0", "s0-r1"}
     assert summary["pca"]["segments"] == 10
     table = (tmp_path / "sensors.md").read_text()
-    assert "| pca |" in table and "| pca+conformal:state |" in table and "broken_correlation" in table
+    assert (
+        "| pca |" in table and "| pca+conformal:state |" in table and "broken_correlation" in table
+    )
