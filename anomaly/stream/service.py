@@ -7,7 +7,11 @@ dead-letter and alert records) Kafka has acknowledged:
    fill once its first record is in;
 2. validate and decode them (``messages``), score the accepted ones with a single
    ``detector.score`` call, encode one result per record and hand them to the producer, and
-   rejected records to the dead-letter topic;
+   rejected records to the dead-letter topic. The scoring runs in a thread of its own, one
+   batch at a time: while it scores a batch, the loop sends the results of the one before
+   and polls and decodes the next (the model's frameworks compute outside Python's lock).
+   Batches are still sent in the order they were polled, the in-flight one is sent before
+   a rebalance and at shutdown, and a new model version takes over with none in flight;
 3. the batch then waits in ``delivery.Delivery`` until Kafka has acknowledged all of its
    messages; only then are its offsets committed (asynchronously, at most every
    ``commit_interval_ms``; synchronously on rebalance and shutdown).
@@ -54,6 +58,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -69,6 +76,7 @@ from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.errors import StreamError
 from anomaly.stream.messages import (
     RECORD_OVERHEAD_BYTES,
+    DecodedBatch,
     RecordDecoder,
     ResultEncoder,
     encode_rejection,
@@ -80,7 +88,7 @@ from anomaly.stream.transport import TopicPartition, Transport, Unreadable, make
 from anomaly.stream.windowing import KeyedWindows
 
 if TYPE_CHECKING:
-    from anomaly.detector import Detector
+    from anomaly.detector import Detector, ScoreResult
 
 log = logging.getLogger("anomaly.stream")
 codecs.install()  # kafka-python's batches unpack to at most codecs.MAX_BATCH_BYTES
@@ -176,6 +184,8 @@ class ScoringService:
             "flagged": 0,
             "commits": 0,
         }
+        self._scorer: ThreadPoolExecutor | None = None  # the scoring thread
+        self._in_flight: _Batch | None = None  # the batch it scores
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._transport: Transport | None = None
@@ -236,6 +246,7 @@ class ScoringService:
             self._server = None
             raise
         self._started = True
+        self._scorer = ThreadPoolExecutor(1, thread_name_prefix="anomaly-scoring")
         if self._watcher is not None:
             self._watcher.start()
         # The model and its framework are long-lived objects: keep them out of the cyclic
@@ -290,10 +301,8 @@ class ScoringService:
         try:
             while not self._stop.is_set():
                 self._last_tick = time.monotonic()
-                self._swap_model_if_ready()
                 records, polled_at = self._collect()
-                if records:
-                    self._process(records, polled_at)
+                self._advance(self._prepare(records, polled_at) if records else None)
                 self._settle(block=self._paused)
                 self._commit_settled()
                 self._apply_backpressure()
@@ -318,8 +327,9 @@ class ScoringService:
             max_bytes=self._max_bytes,
         )
 
-    def _swap_model_if_ready(self) -> None:
-        """Between batches: let the version the store watcher has ready take over.
+    def _swap_model(self, ready: ServedModel) -> None:
+        """Between batches, none in flight: let the version the store watcher has ready take
+        over.
 
         Windows of records (time-series mode) are kept: they hold records, which the new
         version reads the same way (same features, same window). Alarm streams start afresh
@@ -327,9 +337,6 @@ class ScoringService:
         model's scores says nothing about another's. So does the drift window: the new
         version's normal data is the reference now.
         """
-        ready = self._watcher.take() if self._watcher is not None else None
-        if ready is None:
-            return
         previous_version, self.served = self.served.version, ready
         detector = ready.detector
         self._encoder = self._result_encoder()
@@ -428,11 +435,17 @@ class ScoringService:
         after the first one for it to fill."""
         start = perf_counter()
         limit = self.config.max_batch_size
-        timeout = PENDING_POLL_MS if self._delivery.pending else IDLE_POLL_MS
+        busy = self._delivery.pending or self._in_flight is not None
+        timeout = PENDING_POLL_MS if busy else IDLE_POLL_MS
         poll = self._transport.poll
         records = poll(timeout, limit)
         polled_at = perf_counter()
         if records and len(records) < limit and self.config.max_wait_ms > 0:
+            # Records come slower than a batch fills: the batch in flight is sent now rather
+            # than after the wait.
+            self._profile["poll"] += perf_counter() - start
+            self._finish_in_flight()
+            start = perf_counter()
             deadline = polled_at + self.config.max_wait_ms / 1000
             while len(records) < limit and not self._stop.is_set():
                 remaining = deadline - perf_counter()
@@ -451,31 +464,10 @@ class ScoringService:
         self._profile["poll"] += perf_counter() - start
         return records, polled_at
 
-    def _score(self, rows: np.ndarray):
-        """Score ``rows`` in one call. If the call fails, find the rows that fail on their
-        own; return the result of the others and the positions (in ``rows``) of those."""
-        try:
-            return self.detector.score(rows), []
-        except Exception:  # noqa: BLE001 (found row by row below; the stream goes on)
-            log.exception("event=score_failed rows=%d action=score_row_by_row", len(rows))
-        failed = []
-        for position in range(len(rows)):
-            try:
-                self.detector.score(rows[position : position + 1])
-            except Exception:  # noqa: BLE001
-                failed.append(position)
-        good = np.setdiff1d(np.arange(len(rows)), failed)
-        if len(good):
-            try:
-                return self.detector.score(rows[good]), failed
-            except Exception:  # noqa: BLE001 (fails only together: none of them is scored)
-                log.exception("event=score_failed rows=%d action=dead_letter_all", len(good))
-        return None, list(range(len(rows)))
-
-    def _process(self, records: list, polled_at: float) -> None:
-        profile = self._profile
-        config = self.config
-        t0 = perf_counter()
+    def _prepare(self, records: list, polled_at: float) -> _Batch:
+        """Decode and validate a polled batch; in time-series mode, add its rows to their
+        keys' windows (in order, on the loop's thread) and take the windows they complete."""
+        start = perf_counter()
         decoded = self._decoder.decode([r.value for r in records])
         rejected = [
             (i, "unreadable", records[i].detail)
@@ -483,36 +475,78 @@ class ScoringService:
             else (i, reason, detail)
             for i, reason, detail in decoded.rejected
         ]
-        accepted = decoded.accepted
-        t1 = perf_counter()
-        profile["decode"] += t1 - t0
+        chosen = [records[i] for i in decoded.accepted]
+        batch = _Batch(records, polled_at, decoded, rejected, chosen)
+        if chosen and self._windows is not None:
+            batch.inputs, batch.scored_positions = self._windows.push(
+                decoded.rows, [r.key for r in chosen], batch.partitions
+            )
+        elif chosen:
+            batch.inputs = decoded.rows
+        self._profile["decode"] += perf_counter() - start
+        return batch
 
-        chosen = [records[i] for i in accepted]
-        partitions = [r.partition for r in chosen]
-        result = None
-        scored_positions = None
-        if accepted:
-            if self._windows is None:
-                result, failed = self._score(decoded.rows)
-                if failed:  # scored_positions: the chosen records the result belongs to
-                    scored_positions = np.setdiff1d(np.arange(len(chosen)), failed).tolist()
-            else:
-                windows, scored_positions = self._windows.push(
-                    decoded.rows, [r.key for r in chosen], partitions
-                )
-                failed = []
-                if len(windows):
-                    result, failed_windows = self._score(windows)
-                    failed = [scored_positions[w] for w in failed_windows]
-                    unscored = set(failed)
-                    scored_positions = [p for p in scored_positions if p not in unscored]
-            rejected += [
-                (accepted[p], "score_failed", "the model could not score this record")
-                for p in failed
-            ]
+    def _advance(self, batch: _Batch | None) -> None:
+        """Hand ``batch`` to the scoring thread and send the results of the one it scored
+        before, so that one batch is scored while the loop sends the previous one and polls
+        and decodes the next. A new model version takes over in between, with no batch in
+        flight."""
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None:
+            self._await_scores(previous)
+        ready = self._watcher.take() if self._watcher is not None else None
+        if ready is not None:
+            if previous is not None:
+                self._finish(previous)
+                previous = None
+            self._swap_model(ready)
+        if batch is not None:
+            if batch.inputs is not None and len(batch.inputs):
+                batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
+            self._in_flight = batch
+        if previous is not None:
+            self._finish(previous)
+
+    def _finish_in_flight(self) -> None:
+        """Send the results of the batch being scored (before a rebalance, a wait for a
+        batch to fill, or shutdown)."""
+        batch, self._in_flight = self._in_flight, None
+        if batch is not None:
+            self._await_scores(batch)
+            self._finish(batch)
+
+    def _await_scores(self, batch: _Batch) -> None:
+        """Wait for the scoring thread's result of ``batch`` (the loop's ``score`` stage)."""
+        if batch.scoring is None:
+            return
+        start = perf_counter()
+        batch.result, failed = batch.scoring.result()
+        batch.scoring = None
+        batch.scored_at = perf_counter()
+        if batch.scored_positions is not None:  # positions of windows -> positions of records
+            failed = [batch.scored_positions[w] for w in failed]
+            unscored = set(failed)
+            batch.scored_positions = [p for p in batch.scored_positions if p not in unscored]
+        elif failed:
+            batch.scored_positions = np.setdiff1d(np.arange(len(batch.chosen)), failed).tolist()
+        accepted = batch.decoded.accepted
+        batch.rejected += [
+            (accepted[p], "score_failed", "the model could not score this record") for p in failed
+        ]
+        self._profile["score"] += perf_counter() - start
+
+    def _finish(self, batch: _Batch) -> None:
+        """Encode and send the results and dead letters of a scored batch, hand its offsets
+        to ``Delivery`` and count it."""
+        profile = self._profile
+        config = self.config
         t2 = perf_counter()
-        profile["score"] += t2 - t1
-
+        records, decoded, chosen = batch.records, batch.decoded, batch.chosen
+        rejected = batch.rejected
+        accepted = decoded.accepted
+        partitions = batch.partitions
+        result = batch.result
+        scored_positions = batch.scored_positions
         payloads: list = []
         flags: list[bool] = []
         alarms = None
@@ -535,7 +569,7 @@ class ScoringService:
                 decoded.timestamps,
                 result,
                 scored_positions,
-                (t2 - polled_at) * 1000,
+                ((batch.scored_at or t2) - batch.polled_at) * 1000,
                 alarms,
             )
             already = {index for index, _, _ in rejected}  # one dead letter per record
@@ -579,7 +613,7 @@ class ScoringService:
         m = self.metrics
         m.consumed.inc(n)
         m.batch_size.observe_repeated(n, 1)
-        m.processing_latency.observe_repeated(t5 - polled_at, n)
+        m.processing_latency.observe_repeated(t5 - batch.polled_at, n)
         if chosen:
             self._drift.observe(decoded.rows, result.scores, result.is_anomaly)
         if n_scored:
@@ -758,6 +792,7 @@ class ScoringService:
         settled offsets of ``revoked`` for the transport to commit on the way."""
         if not revoked:
             return {}
+        self._finish_in_flight()
         if not self._transport.flush(self._flush_budget_s()):
             log.warning(
                 "event=flush_slow on=revoke pending_results=%d", self._delivery.pending_messages
@@ -799,6 +834,7 @@ class ScoringService:
         return seeks
 
     def partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self._finish_in_flight()  # its results are sent; those of ``lost`` are not committed
         lost = set(lost)
         self._release(lost, keep_key_state=False)
         log.warning(
@@ -836,6 +872,7 @@ class ScoringService:
         self._stop.set()
         transport = self._transport
         try:
+            self._finish_in_flight()
             if transport is not None and self._delivery.pending:
                 start = perf_counter()
                 if not transport.flush(max(0.1, (deadline - time.monotonic()) * 0.6)):
@@ -852,6 +889,8 @@ class ScoringService:
         finally:
             if self._watcher is not None:
                 self._watcher.close()
+            if self._scorer is not None:
+                self._scorer.shutdown(cancel_futures=True)
             if transport is not None:
                 transport.close(deadline)
             self._running = False
@@ -871,6 +910,54 @@ class ScoringService:
                 if failure is not None and not isinstance(failure, KeyboardInterrupt)
                 else "",
             )
+
+
+def _score(detector: Detector, rows: np.ndarray):
+    """Score ``rows`` in one call (on the scoring thread). If the call fails, find the rows
+    that fail on their own; return the result of the others and the positions (in
+    ``rows``) of those."""
+    try:
+        return detector.score(rows), []
+    except Exception:  # noqa: BLE001 (found row by row below; the stream goes on)
+        log.exception("event=score_failed rows=%d action=score_row_by_row", len(rows))
+    failed = []
+    for position in range(len(rows)):
+        try:
+            detector.score(rows[position : position + 1])
+        except Exception:  # noqa: BLE001
+            failed.append(position)
+    good = np.setdiff1d(np.arange(len(rows)), failed)
+    if len(good):
+        try:
+            return detector.score(rows[good]), failed
+        except Exception:  # noqa: BLE001 (fails only together: none of them is scored)
+            log.exception("event=score_failed rows=%d action=dead_letter_all", len(good))
+    return None, list(range(len(rows)))
+
+
+@dataclass
+class _Batch:
+    """A polled batch on its way through the loop: decoded, then scored (on the scoring
+    thread), then sent."""
+
+    records: list
+    polled_at: float
+    decoded: DecodedBatch
+    rejected: list[tuple[int, str, str]]
+    """(index in ``records``, reason, explanation) of each record to dead-letter."""
+    chosen: list
+    """The accepted records (``decoded.accepted``)."""
+    inputs: np.ndarray | None = None
+    """What the model scores: the accepted rows, or the windows they complete."""
+    scored_positions: list[int] | None = None
+    """Positions in ``chosen`` of the records ``result`` scores (None: all of them)."""
+    scoring: Future | None = None
+    result: ScoreResult | None = None
+    scored_at: float | None = None
+
+    @cached_property
+    def partitions(self) -> list[int]:
+        return [r.partition for r in self.chosen]
 
 
 class _EmptyResult:
