@@ -10,6 +10,7 @@ when it is right again.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
+from anomaly.stream.client_logs import REPEAT_S, VARYING
 from tests._support import LogLines, wait_for
 from tests.test_stream_service import (
     CLIENTS,
@@ -41,6 +43,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 __all__ = ["detector"]  # the module-scoped fixture, shared with test_stream_service
 
 OUTAGE_S = 30
+#: The count a client log line carries of the lines like it that were held back.
+HELD = re.compile(r" \(\d+ like it held back in \d+ s\)$")
 #: The service must be scoring again this soon after the broker is back.
 RESUME_WITHIN_S = 10
 
@@ -123,9 +127,24 @@ def events():
         logger.setLevel(previous)
 
 
+@pytest.fixture
+def client_log():
+    """The client libraries' own log lines (``librdkafka``, ``kafka``; WARNING and up)."""
+    handler = LogLines(logging.WARNING)
+    handler.since = time.monotonic()
+    loggers = [logging.getLogger(name) for name in ("librdkafka", "kafka")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_broker_stopped_mid_stream_the_service_resumes_on_its_own_and_loses_nothing(
-    client, restartable_kafka, detector, tiny_bundle_mixing, events
+    client, restartable_kafka, detector, tiny_bundle_mixing, events, client_log
 ):
     broker = restartable_kafka
     t = _create_topics(broker.bootstrap, input_topic=3, output_topic=2, dlq_topic=1)
@@ -148,6 +167,16 @@ def test_broker_stopped_mid_stream_the_service_resumes_on_its_own_and_loses_noth
         assert service.alive()  # the loop itself is fine: no restart wanted
         time.sleep(max(0.0, stopped + OUTAGE_S - time.monotonic()))  # the outage itself
         assert producer.handed < len(rows), "the input ended during the outage: not mid-stream"
+        # The log stays readable: a client says each thing about the outage once in a while
+        # (librdkafka alone would log a failed connection every few tens of milliseconds).
+        said = Counter(VARYING.sub("#", HELD.sub("", line)) for line in client_log.lines)
+        print(f"{client}: {len(client_log.lines)} client log lines to the outage's end")
+        most = 1 + (time.monotonic() - client_log.since) // REPEAT_S
+        assert max(said.values(), default=0) <= most, said.most_common(3)
+        commit_errors = Counter(
+            line.split()[1] for line in events.lines if line.startswith("event=commit_failed ")
+        )
+        assert max(commit_errors.values(), default=0) <= most, commit_errors
 
         consumed_before = service.stats()["consumed"]
         broker.start()

@@ -83,7 +83,8 @@ from anomaly.stream.kafka_options import librdkafka_options
 from anomaly.stream.transport import Record, TopicPartition, Transport, Unreadable
 
 log = logging.getLogger("anomaly.stream")
-#: librdkafka's own log lines (its WARNING and above by default, see ``process``).
+#: librdkafka's own log lines (its WARNING and above by default, see ``process``; each
+#: thing said at most once a while, see ``client_logs``).
 librdkafka_log = logging.getLogger("librdkafka")
 
 #: kafka-python's defaults, kept so that switching clients changes nothing else.

@@ -108,8 +108,9 @@ LAG_INTERVAL_S = 1.0
 ALIVE_STALE_S = 120.0
 #: Size a dead letter Kafka refused is cut to (its original key and value mostly cut away).
 HARD_CUT_BYTES = 16 * 1024
-#: Seconds between two log lines about the same unreadable fetch.
-FETCH_ERROR_LOG_S = 30.0
+#: Seconds between two log lines about the same error of a fetch or a commit (each is
+#: tried again at once, and would otherwise log a line per attempt while it lasts).
+ERROR_LOG_S = 30.0
 
 PROFILE_STAGES = ("poll", "decode", "score", "encode", "send", "flush", "commit", "bookkeeping")
 
@@ -207,7 +208,7 @@ class ScoringService:
             lambda: self._transport is not None and self._transport.connected(),
             config.bootstrap_servers,
         )
-        self._fetch_errors: dict[str, float] = {}  # last log time per fetch-error description
+        self._logged_errors: dict[tuple[str, str], float] = {}  # (event, error) -> logged at
         self._last_commit_attempt = 0.0
         self._last_lag_update = 0.0
 
@@ -413,7 +414,7 @@ class ScoringService:
     def fetch_failed(self, kind: str, detail: str, unreadable: Unreadable | None) -> None:
         """A poll met an error (``transport.Listener``): counted by ``kind``; a record
         dead-lettered in its place is logged where it was, any other error at most once
-        per ``FETCH_ERROR_LOG_S`` (the poll is tried again next time)."""
+        per ``ERROR_LOG_S`` (the poll is tried again next time)."""
         self.metrics.fetch_errors.labels(kind).inc()
         if unreadable is not None:
             log.error(
@@ -425,10 +426,17 @@ class ScoringService:
                 detail,
             )
             return
-        now = time.monotonic()
-        if now - self._fetch_errors.get(detail, -FETCH_ERROR_LOG_S) >= FETCH_ERROR_LOG_S:
-            self._fetch_errors[detail] = now
+        if self._first_in_a_while("fetch_failed", detail):
             log.error("event=fetch_failed error=%s action=fetch_again", detail)
+
+    def _first_in_a_while(self, event: str, error: str) -> bool:
+        """Whether ``event`` with ``error`` was not logged in the last ``ERROR_LOG_S``
+        (and is now)."""
+        now = time.monotonic()
+        if now - self._logged_errors.get((event, error), -ERROR_LOG_S) < ERROR_LOG_S:
+            return False
+        self._logged_errors[event, error] = now
+        return True
 
     def _collect(self) -> tuple[list, float]:
         """Poll one micro-batch: up to max_batch_size records, waiting at most max_wait_ms
@@ -715,12 +723,15 @@ class ScoringService:
 
     def committed(self, offsets: dict[TopicPartition, int], error) -> None:
         """The outcome of a commit (``transport.Listener``): offsets whose commit failed are
-        committed again with the next ones."""
+        committed again with the next ones (each error logged at most once per
+        ``ERROR_LOG_S``)."""
         if error is not None:
-            if not self._broker.lost:  # while it is lost, broker_lost says it all
+            described = self._transport.describe(error)
+            # While the broker is lost, broker_lost says it all.
+            if not self._broker.lost and self._first_in_a_while("commit_failed", described):
                 log.warning(
                     "event=commit_failed error=%s partitions=%d (retried with the next commit)",
-                    self._transport.describe(error),
+                    described,
                     len(offsets),
                 )
             self._delivery.restore(offsets, self._assignment.assigned)

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
+from anomaly.stream import client_logs
+
 if TYPE_CHECKING:
     from anomaly.config import ServeConfig
     from anomaly.stream.delivery import Outgoing
@@ -218,11 +220,10 @@ def _unplaced(_key: bytes | None) -> None:
 
 
 def make_transport(config: ServeConfig, client_id: str, listener: Listener) -> Transport:
-    """The transport of ``config.client``."""
+    """The transport of ``config.client``; its library's log lines hold back repeats."""
     if config.client == "confluent":
-        from anomaly.stream.confluent_transport import ConfluentTransport
-
-        return ConfluentTransport(config, client_id, listener)
-    from anomaly.stream.kafka_python_transport import KafkaPythonTransport
-
-    return KafkaPythonTransport(config, client_id, listener)
+        from anomaly.stream.confluent_transport import ConfluentTransport as chosen
+    else:
+        from anomaly.stream.kafka_python_transport import KafkaPythonTransport as chosen
+    client_logs.hold_back_repeats()
+    return chosen(config, client_id, listener)
