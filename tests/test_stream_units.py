@@ -356,3 +356,32 @@ def test_results_go_to_the_partition_kafkas_default_partitioner_picks_for_their_
     for key in [f"entity-{i}".encode() for i in range(500)] + [b"", b"\x00\xff"]:
         assert mine(key) == kafkas.partition("out", key, key, None, None, cluster)
     assert mine(None) is None
+
+
+def test_a_client_log_line_repeated_is_let_through_once_per_period_with_the_count_held_back(
+    monkeypatch,
+):
+    import logging
+
+    from anomaly.stream import client_logs
+
+    now = [100.0]
+    monkeypatch.setattr(client_logs.time, "monotonic", lambda: now[0])
+    repeats = client_logs.Repeats(every_s=30)
+
+    def passes(message, *args, name="librdkafka", level=logging.ERROR):
+        record = logging.LogRecord(name, level, __file__, 1, message, args, None)
+        return record.getMessage() if repeats.filter(record) else None
+
+    refused = "Connect to ipv4#127.0.0.1:9092 failed: Connection refused (after %dms in state %s)"
+    assert passes(refused, 0, "CONNECT") is not None
+    for step in range(1, 60):  # a reconnect every 0.5 s, the timing differing each time
+        now[0] += 0.5
+        assert passes(refused, step, "CONNECT") is None
+    assert passes("Connect to ipv4#127.0.0.1:9093 failed: refused") is not None  # another broker
+    assert passes(refused, 0, "CONNECT", name="kafka.conn") is not None  # another logger
+    now[0] += 0.5
+    again = passes(refused, 7, "CONNECT")
+    assert again.endswith("(after 7ms in state CONNECT) (59 like it held back in 30 s)")
+    now[0] += 0.5
+    assert passes(refused, 7, "CONNECT") is None
