@@ -385,3 +385,10 @@ def test_a_client_log_line_repeated_is_let_through_once_per_period_with_the_coun
     assert again.endswith("(after 7ms in state CONNECT) (59 like it held back in 30 s)")
     now[0] += 0.5
     assert passes(refused, 7, "CONNECT") is None
+
+
+def test_json_nested_beyond_the_parsers_depth_is_not_json_and_below_it_is_judged_by_schema():
+    deep = _decode([b'{"features": ' + b"[" * 5000 + b"]" * 5000 + b"}"], max_bytes=100_000)
+    shallow = _decode([b'{"features": ' + b"[" * 500 + b"]" * 500 + b"}"])
+    assert [reason for _, reason, _ in deep.rejected] == ["not_json"]
+    assert [reason for _, reason, _ in shallow.rejected] == ["wrong_features"]
