@@ -3,12 +3,14 @@ Prometheus Operator accept, and that run the service the way it needs to be run.
 
 Real tools, as ``deploy/helm/install-tools`` installs them (``scripts/setup`` runs it): ``helm
 lint`` and ``helm template`` on the default values and on the example that turns everything
-on (Secret, SASL_SSL, KEDA, ServiceMonitor, init container), and ``kubeconform -strict`` on
-every rendered object against the JSON schemas of the Kubernetes releases the chart supports
-and of the CRDs it uses (ScaledObject, TriggerAuthentication, ServiceMonitor). Without the
-tools these tests skip, except under ``CI=true``, where they fail. The rendered
-``config.toml`` is read with ``tomllib`` and validated by the service's own configuration
-code.
+on (Secret, SASL_SSL, KEDA, ServiceMonitor, PrometheusRule, Grafana dashboard, init
+container), ``helm package``, and ``kubeconform -strict`` on every rendered object against
+the JSON schemas of the Kubernetes releases the chart supports and of the CRDs it uses
+(ScaledObject, TriggerAuthentication, ServiceMonitor, PrometheusRule). Without the tools
+these tests skip, except under ``CI=true``, where they fail. The rendered ``config.toml`` is
+read with ``tomllib`` and validated by the service's own configuration code; the rendered
+alert rules and dashboard are compared, as data, with ``deploy/prometheus/alerts.yml`` and
+``deploy/grafana/anomaly-scorer.json``, their one source (the chart links to them).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import copy
 import json
 import math
 import re
+import shutil
 import subprocess
+import tarfile
 import tomllib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +42,19 @@ FULL_VALUES = ROOT / "deploy" / "helm" / "examples" / "secured-autoscaled-values
 INSTALL_TOOLS = ROOT / "deploy" / "helm" / "install-tools"
 K8S_MANIFESTS = ROOT / "deploy" / "k8s"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "anomaly-scorer.json"
 RELEASE = "scorer"
+# render()'s key for the Grafana dashboard's ConfigMap (the configuration's is "ConfigMap").
+DASHBOARD_CM = "ConfigMap/dashboard"
 
-DEFAULT_KINDS = {"ConfigMap", "Deployment", "PodDisruptionBudget", "Service"}
-FULL_KINDS = DEFAULT_KINDS | {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+DEFAULT_KINDS = ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"]
+FULL_KINDS = DEFAULT_KINDS + [
+    "ScaledObject",
+    "TriggerAuthentication",
+    "ServiceMonitor",
+    "PrometheusRule",
+    "ConfigMap",  # the dashboard's
+]
 
 
 @dataclass(frozen=True)
@@ -80,24 +94,31 @@ def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProce
 
 
 def _template(
-    tools: Tools, *args: str, kube_version: str | None = None
+    tools: Tools, *args: str, kube_version: str | None = None, chart: Path = CHART
 ) -> subprocess.CompletedProcess[str]:
     version = ["--kube-version", kube_version] if kube_version else []
-    return _run([tools.helm, "template", RELEASE, str(CHART), *version, *args])
+    return _run([tools.helm, "template", RELEASE, str(chart), *version, *args])
 
 
-def render(tools: Tools, *args: str) -> dict[str, dict[str, Any]]:
-    """The objects ``helm template`` makes with ``args``, by kind (one of each here)."""
-    result = _template(tools, *args)
+def _key(o: dict[str, Any]) -> str:
+    if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard"):
+        return DASHBOARD_CM
+    return o["kind"]
+
+
+def render(tools: Tools, *args: str, chart: Path = CHART) -> dict[str, dict[str, Any]]:
+    """The objects ``helm template`` makes with ``args``, by kind (one of each here; the
+    dashboard's ConfigMap as ``DASHBOARD_CM``)."""
+    result = _template(tools, *args, chart=chart)
     assert result.returncode == 0, f"helm template {' '.join(args)} failed:\n{result.stderr}"
     objects = [o for o in yaml.safe_load_all(result.stdout) if o]
-    kinds = [o["kind"] for o in objects]
-    assert len(kinds) == len(set(kinds)), kinds
-    return {o["kind"]: o for o in objects}
+    keys = [_key(o) for o in objects]
+    assert len(keys) == len(set(keys)), keys
+    return {_key(o): o for o in objects}
 
 
-def render_error(tools: Tools, *args: str) -> str:
-    result = _template(tools, *args)
+def render_error(tools: Tools, *args: str, chart: Path = CHART) -> str:
+    result = _template(tools, *args, chart=chart)
     assert result.returncode != 0, f"helm template {' '.join(args)} rendered:\n{result.stdout}"
     return result.stderr
 
@@ -148,17 +169,17 @@ def test_helm_lint_passes_strictly(tools: Tools, values: list[str]) -> None:
     ids=["default", "full"],
 )
 def test_every_rendered_object_passes_the_schema_check(
-    tools: Tools, values: list[str], kinds: set[str]
+    tools: Tools, values: list[str], kinds: list[str]
 ) -> None:
     assert len(tools.kube_versions) >= 2  # the oldest supported release and the newest
     for version in tools.kube_versions:
         result = _template(tools, *values, kube_version=version)
         assert result.returncode == 0, result.stderr
         code, report = kubeconform(tools, result.stdout, version)
-        statuses = {r["kind"]: r["status"] for r in report["resources"]}
+        statuses = Counter((r["kind"], r["status"]) for r in report["resources"])
         assert code == 0, json.dumps(report, indent=2)
         # Every kind has its schema (CRDs included): nothing skipped, nothing unknown.
-        assert statuses == dict.fromkeys(kinds, "statusValid"), (version, statuses)
+        assert statuses == Counter((k, "statusValid") for k in kinds), (version, statuses)
         assert report["summary"] == {"valid": len(kinds), "invalid": 0, "errors": 0, "skipped": 0}
 
 
@@ -190,6 +211,11 @@ def _with(objects: dict[str, dict[str, Any]], kind: str, change) -> str:
             lambda o: o["spec"]["secretTargetRef"][0].pop("parameter"),
             "parameter",
         ),
+        (
+            "PrometheusRule",
+            lambda o: o["spec"]["groups"][0]["rules"][0].update({"for": "ten minutes"}),
+            "/spec/groups/0/rules/0/for",
+        ),
     ],
     ids=[
         "deployment-type",
@@ -197,6 +223,7 @@ def _with(objects: dict[str, dict[str, Any]], kind: str, change) -> str:
         "scaledobject",
         "servicemonitor",
         "triggerauth",
+        "prometheusrule",
     ],
 )
 def test_schema_check_rejects_a_broken_object(
@@ -347,6 +374,11 @@ BROKEN_RULES = {
         ["--set", "autoscalling.enabled=true"],
         "additional properties 'autoscalling'",
     ),
+    # Written between double quotes into the rules' and the dashboard's selectors.
+    "job-with-a-quote": (
+        ["--set-json", 'metrics.serviceMonitor.job="a\\"b"'],
+        "at '/metrics/serviceMonitor/job'",
+    ),
 }
 
 
@@ -482,6 +514,148 @@ def test_servicemonitor_scrapes_the_metrics_service_as_the_alert_rules_job(tools
     # A ServiceMonitor replaces the annotations of annotation-based scraping.
     assert "prometheus.io/scrape" not in service["metadata"].get("annotations", {})
     assert render(tools)["Service"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+# ---------------------------------------------------------------------------- rules, dashboard
+
+JOB_SELECTOR = re.compile(r'job=~?"([^"]*)"')
+
+
+def alert_groups(job: str = "anomaly-scorer") -> list[dict[str, Any]]:
+    """The groups of deploy/prometheus/alerts.yml, selecting ``job``."""
+    return yaml.safe_load(ALERTS.read_text().replace('job="anomaly-scorer"', f'job="{job}"'))[
+        "groups"
+    ]
+
+
+def dashboard(job: str = "anomaly-scorer") -> dict[str, Any]:
+    """deploy/grafana/anomaly-scorer.json, selecting ``job``."""
+    return json.loads(DASHBOARD.read_text().replace(r"job=\"anomaly-scorer\"", f'job=\\"{job}\\"'))
+
+
+def selected_jobs(rule: dict[str, Any]) -> set[str]:
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    return {job for expr in exprs for job in JOB_SELECTOR.findall(expr)}
+
+
+def dashboard_jobs(node: Any) -> set[str]:
+    """The jobs the dashboard's queries (any string in it) select."""
+    if isinstance(node, dict):
+        node = list(node.values())
+    if isinstance(node, list):
+        return set().union(*(dashboard_jobs(v) for v in node))
+    return set(JOB_SELECTOR.findall(node)) if isinstance(node, str) else set()
+
+
+def dashboard_json(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    (text,) = objects[DASHBOARD_CM]["data"].values()
+    return json.loads(text)
+
+
+def test_the_prometheus_rule_holds_the_groups_of_the_alert_rules_file(tools: Tools) -> None:
+    objects = render(tools, "-f", str(FULL_VALUES))
+    rule = objects["PrometheusRule"]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["name"] == objects["Deployment"]["metadata"]["name"]
+    # kube-prometheus-stack's ruleSelector.
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["spec"] == {"groups": yaml.safe_load(ALERTS.read_text())["groups"]}
+    # Prometheus's templates come out as written: Helm evaluates none of them.
+    (rate_high,) = [
+        r for r in rule["spec"]["groups"][0]["rules"] if r["alert"] == "AnomalyRateHigh"
+    ]
+    assert rate_high["annotations"]["summary"] == (
+        "Anomaly rate {{ $value | humanizePercentage }} on {{ $labels.instance }} is over 5x its"
+        " calibrated level"
+    )
+    # Every rule selects the job the ServiceMonitor gives the scraped series.
+    (relabel,) = objects["ServiceMonitor"]["spec"]["endpoints"][0]["relabelings"]
+    assert relabel["targetLabel"] == "job"
+    assert selected_jobs(rule) == {relabel["replacement"]} == {"anomaly-scorer"}
+
+
+def test_the_dashboard_configmap_holds_the_dashboard_for_grafanas_sidecar(tools: Tools) -> None:
+    objects = render(tools, "-f", str(FULL_VALUES))
+    configmap = objects[DASHBOARD_CM]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "Kafka"}
+    assert "namespace" not in configmap["metadata"]  # the release's
+    (name,) = configmap["data"]
+    assert name.endswith(".json")  # the sidecar's file name
+    assert dashboard_json(objects) == json.loads(DASHBOARD.read_text())
+    assert dashboard_jobs(dashboard_json(objects)) == {"anomaly-scorer"}
+
+    # Another sidecar label, Grafana's namespace, no folder.
+    configmap = render(
+        tools,
+        "--set",
+        "metrics.grafanaDashboard.enabled=true",
+        "--set",
+        "metrics.grafanaDashboard.label=dashboards",
+        "--set",
+        "metrics.grafanaDashboard.labelValue=7",  # a number: written as the string "7"
+        "--set",
+        "metrics.grafanaDashboard.labels.team=data",
+        "--set",
+        "metrics.grafanaDashboard.namespace=monitoring",
+    )[DASHBOARD_CM]
+    labels = configmap["metadata"]["labels"]
+    assert (labels["dashboards"], labels["team"]) == ("7", "data")
+    assert "grafana_dashboard" not in labels
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    assert "annotations" not in configmap["metadata"]
+
+
+def test_rules_and_dashboard_select_the_job_the_servicemonitor_sets(tools: Tools) -> None:
+    objects = render(tools, "-f", str(FULL_VALUES), "--set", "metrics.serviceMonitor.job=fraud")
+    (relabel,) = objects["ServiceMonitor"]["spec"]["endpoints"][0]["relabelings"]
+    assert relabel["replacement"] == "fraud"
+    rule = objects["PrometheusRule"]
+    assert rule["spec"]["groups"] == alert_groups("fraud") != alert_groups()
+    assert selected_jobs(rule) == {"fraud"}
+    assert dashboard_json(objects) == dashboard("fraud")
+    assert dashboard_jobs(dashboard_json(objects)) == {"fraud"}
+
+
+def test_rules_and_dashboard_are_off_by_default(tools: Tools) -> None:
+    for args in ([], ["--set", "metrics.serviceMonitor.enabled=true"]):
+        objects = render(tools, *args)
+        assert "PrometheusRule" not in objects and DASHBOARD_CM not in objects, args
+    objects = render(tools, "--set", "metrics.prometheusRule.enabled=true")
+    assert "PrometheusRule" in objects and DASHBOARD_CM not in objects
+    objects = render(tools, "--set", "metrics.grafanaDashboard.enabled=true")
+    assert DASHBOARD_CM in objects and "PrometheusRule" not in objects
+
+
+def test_helm_package_holds_the_linked_files_themselves(tools: Tools, tmp_path: Path) -> None:
+    result = _run([tools.helm, "package", str(CHART), "--destination", str(tmp_path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    (archive,) = tmp_path.glob("anomaly-scorer-*.tgz")
+    with tarfile.open(archive) as tar:
+        for name, source in (("alerts.yml", ALERTS), ("anomaly-scorer.json", DASHBOARD)):
+            member = tar.getmember(f"anomaly-scorer/files/{name}")
+            assert member.isfile(), name  # the content, not a link
+            assert tar.extractfile(member).read() == source.read_bytes()
+    objects = render(tools, "-f", str(FULL_VALUES), chart=archive)
+    assert objects["PrometheusRule"]["spec"]["groups"] == alert_groups()
+    assert dashboard_json(objects) == dashboard()
+
+
+def test_a_checkout_without_links_fails_the_render_saying_so(tools: Tools, tmp_path: Path) -> None:
+    # With core.symlinks false, git writes a link as a file holding the path it points to.
+    chart = tmp_path / "anomaly-scorer"
+    shutil.copytree(CHART, chart, symlinks=True)
+    for name in ("alerts.yml", "anomaly-scorer.json"):
+        link = chart / "files" / name
+        target = link.readlink()
+        link.unlink()
+        link.write_text(str(target))
+    for value, message in (
+        ("metrics.prometheusRule.enabled", "files/alerts.yml (a symbolic link to deploy/"),
+        ("metrics.grafanaDashboard.enabled", "files/anomaly-scorer.json (a symbolic link to"),
+    ):
+        error = render_error(tools, "--set", f"{value}=true", chart=chart)
+        assert message in error and "core.symlinks" in error, error
 
 
 @pytest.mark.parametrize("values", [[], ["-f", str(FULL_VALUES)]], ids=["default", "full"])

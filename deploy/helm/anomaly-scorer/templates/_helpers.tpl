@@ -240,3 +240,17 @@ lists), from what the service itself is given. */}}
 {{- end -}}
 {{- $_ := include "anomaly-scorer.gracePeriod" . -}}
 {{- end -}}
+
+{{/* A monitoring file of the project, .file under files/ (a symbolic link into deploy/, so
+that the file has one source; helm follows it), with its job="anomaly-scorer" selectors set
+to metrics.serviceMonitor.job (.quote: how a double quote is written around the job in the
+file). Raw text: the templates of Prometheus's annotations stay as they are. */}}
+{{- define "anomaly-scorer.monitoringFile" -}}
+{{- $ctx := .context -}}
+{{- $text := $ctx.Files.Get (printf "files/%s" .file) -}}
+{{- if not $text -}}
+{{- fail (printf "files/%s is missing from the chart: it is a symbolic link to %s; use a checkout that keeps symbolic links (git config core.symlinks true), or the packaged chart" .file .source) -}}
+{{- end -}}
+{{- $job := $ctx.Values.metrics.serviceMonitor.job -}}
+{{- replace (printf "job=%sanomaly-scorer%s" .quote .quote) (printf "job=%s%s%s" .quote $job .quote) $text -}}
+{{- end -}}
