@@ -187,6 +187,7 @@ class ScoringService:
         }
         self._scorer: ThreadPoolExecutor | None = None  # the scoring thread
         self._in_flight: _Batch | None = None  # the batch it scores
+        self._unsent: Exception | None = None  # why the batch in flight could not be sent
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._transport: Transport | None = None
@@ -303,6 +304,8 @@ class ScoringService:
             while not self._stop.is_set():
                 self._last_tick = time.monotonic()
                 records, polled_at = self._collect()
+                if self._unsent is not None:
+                    raise self._unsent
                 self._advance(self._prepare(records, polled_at) if records else None)
                 self._settle(block=self._paused)
                 self._commit_settled()
@@ -508,20 +511,28 @@ class ScoringService:
                 self._finish(previous)
                 previous = None
             self._swap_model(ready)
-        if batch is not None:
-            if batch.inputs is not None and len(batch.inputs):
-                batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
-            self._in_flight = batch
+        if batch is not None and batch.inputs is not None and len(batch.inputs):
+            batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
         if previous is not None:
+            # Should this fail, ``batch`` is not in flight: nothing past ``previous`` is sent
+            # and committed at shutdown.
             self._finish(previous)
+        self._in_flight = batch
 
     def _finish_in_flight(self) -> None:
         """Send the results of the batch being scored (before a rebalance, a wait for a
         batch to fill, or shutdown)."""
         batch, self._in_flight = self._in_flight, None
         if batch is not None:
-            self._await_scores(batch)
-            self._finish(batch)
+            try:
+                self._await_scores(batch)
+                self._finish(batch)
+            except Exception as exc:
+                # Raised in a rebalance callback, the client may keep it from the loop
+                # (kafka-python's poll raises it, which the transport takes for a fetch
+                # error): the loop stops on it after the poll, committing nothing past it.
+                self._unsent = exc
+                raise
 
     def _await_scores(self, batch: _Batch) -> None:
         """Wait for the scoring thread's result of ``batch`` (the loop's ``score`` stage)."""

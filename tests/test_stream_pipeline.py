@@ -1,0 +1,217 @@
+"""The scoring loop's pipeline: a batch is scored in a thread of its own while the loop sends
+the one before it and polls and decodes the next (``anomaly.stream.service``).
+
+What these tests check is what the overlap must not change:
+
+- a batch that fails on its way out (here: a NaN score the alarm stage refuses) stops the
+  service with nothing past it committed, whether it fails in the loop or in a rebalance
+  callback: the next batch, already being scored, is not sent and committed in its place.
+
+They drive ``ScoringService`` through a scripted transport (no broker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import orjson
+import pytest
+
+import anomaly
+import anomaly.stream.service as service_module
+from anomaly.config import AlarmConfig
+from anomaly.stream import ScoringService
+from anomaly.stream.transport import Record, TopicPartition, Transport
+
+INPUT = "in"
+TP0 = TopicPartition(INPUT, 0)
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_bundle):
+    return anomaly.load(tiny_bundle)
+
+
+class _Scripted(Transport):
+    """A transport whose polls return ``script``'s batches in turn (an entry may be a
+    function returning one), every message acknowledged at once; once the script is done
+    it stops the service. Partition 0 of the input is assigned from the start."""
+
+    name = "scripted"
+
+    def __init__(self, config, client_id, listener, script):
+        super().__init__(config, client_id, listener)
+        self.max_message_bytes = 1_048_576
+        self.script = list(script)
+        self.sent = []
+        self.commits: list[dict] = []
+
+    def check(self):
+        pass
+
+    def open(self):
+        self.listener.partitions_assigned({TP0})
+
+    def close(self, deadline):
+        pass
+
+    def poll(self, timeout_ms, max_records):
+        if not self.script:
+            self.listener.stop("script done")
+            return []
+        step = self.script.pop(0)
+        return step() if callable(step) else step
+
+    def seek(self, partition, offset):
+        pass
+
+    def pause(self):
+        pass
+
+    def resume(self):
+        pass
+
+    def commit(self, offsets):
+        self.commits.append(dict(offsets))
+        self.listener.committed(offsets, None)
+
+    def commit_sync(self, offsets, timeout_s):
+        self.commits.append(dict(offsets))
+
+    def high_watermark(self, partition):
+        return None
+
+    def position(self, partition):
+        return None
+
+    def connected(self):
+        return True
+
+    def send(self, message):
+        self.sent.append(message)
+        message.acknowledged()
+
+    def flush(self, timeout_s):
+        return True
+
+    def is_record_error(self, error):
+        return False
+
+    def describe(self, error):
+        return type(error).__name__
+
+    def results(self) -> list[dict]:
+        return [orjson.loads(m.value) for m in self.sent if m.topic == "out"]
+
+
+def _records(detector, first: int, count: int, mark: float | None = None) -> list[Record]:
+    """``count`` records of partition 0 from offset ``first``; each record's first feature is
+    its offset (or ``mark``), so a scored row says which record it was."""
+    rng = np.random.default_rng(first)
+    records = []
+    for offset in range(first, first + count):
+        row = rng.normal(size=len(detector.feature_names))
+        row[0] = offset if mark is None else mark
+        value = orjson.dumps({"id": offset, "features": row.tolist()})
+        records.append(Record(INPUT, 0, offset, b"k%d" % (offset % 3), value, None))
+    return records
+
+
+def _scripted_service(monkeypatch, model, script, alarms=None, **settings):
+    serve = {
+        "bootstrap_servers": "scripted:9092",
+        "input_topic": INPUT,
+        "output_topic": "out",
+        "dlq_topic": "dlq",
+        "group_id": "pipeline",
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
+        "max_batch_size": 4,  # every scripted batch is full: no wait for a batch to fill
+        **settings,
+    }
+    config = anomaly.Config().updated(serve=serve).serve
+    made: list[_Scripted] = []
+
+    def make(config, client_id, listener):
+        made.append(_Scripted(config, client_id, listener, script))
+        return made[0]
+
+    monkeypatch.setattr(service_module, "make_transport", make)
+    service = ScoringService(model, config, alarms=alarms)
+    service.start()
+    return service, made[0]
+
+
+def _nan_for_rows_marked_minus_one(monkeypatch, detector):
+    """The model's scores of rows whose first feature is -1 are NaN (a model gone bad),
+    which the alarm stage refuses (``ValueError``)."""
+    score = detector.score
+
+    def nan_for_marked_rows(rows):
+        result = score(rows)
+        marked = np.asarray(rows)[:, 0] == -1.0
+        if not marked.any():
+            return result
+        nan = np.where(marked, np.nan, 0.0)
+        return dataclasses.replace(
+            result,
+            scores=result.scores + nan,
+            components={k: v + nan for k, v in result.components.items()},
+        )
+
+    monkeypatch.setattr(detector, "score", nan_for_marked_rows)
+
+
+def test_a_batch_that_fails_on_its_way_out_stops_the_service_with_nothing_past_it_committed(
+    monkeypatch, detector
+):
+    """A model's output that the alarm stage refuses (a NaN score) stops the service while
+    it sends batch 1; batch 2 is being scored meanwhile. Batch 2 must not be sent and
+    committed at shutdown: its offsets are past batch 1's, which have no result, so they
+    would be skipped for good."""
+    _nan_for_rows_marked_minus_one(monkeypatch, detector)
+    script = [_records(detector, 0, 4, mark=-1.0), _records(detector, 4, 4)]
+    service, transport = _scripted_service(
+        monkeypatch, detector, script, alarms=AlarmConfig(method="conformal")
+    )
+    with pytest.raises(ValueError, match="NaN"):
+        service.run()
+    committed = [offsets[TP0] for offsets in transport.commits if TP0 in offsets]
+    assert not committed, f"offsets committed past records without a result: {committed}"
+    assert not transport.results(), "nothing of batch 1 was sent, nor anything after it"
+
+
+def test_a_batch_that_fails_in_a_rebalance_callback_stops_the_service_all_the_same(
+    monkeypatch, detector
+):
+    """As above, but batch 1 is sent from the revoke callback of a rebalance that gives the
+    partition straight back. kafka-python raises a callback's exception from ``poll`` once
+    the revocation is done, and its transport takes it for a fetch error (as here): the
+    loop must still stop on it, not go on and commit batch 2 past batch 1's records."""
+    _nan_for_rows_marked_minus_one(monkeypatch, detector)
+    holder: list[ScoringService] = []
+
+    def revoked_in_poll():
+        service = holder[0]
+        try:
+            service.partitions_revoking({TP0})
+            service.partitions_revoked({TP0}, 0)
+        except Exception as exc:  # noqa: BLE001 (kafka-python's poll, then the transport's)
+            service.fetch_failed("KafkaError", repr(exc), None)
+        return []
+
+    def given_back():
+        holder[0].partitions_assigned({TP0})
+        return _records(detector, 4, 4)
+
+    script = [_records(detector, 0, 4, mark=-1.0), revoked_in_poll, given_back]
+    service, transport = _scripted_service(
+        monkeypatch, detector, script, alarms=AlarmConfig(method="conformal")
+    )
+    holder.append(service)
+    with pytest.raises(ValueError, match="NaN"):
+        service.run()
+    committed = [offsets[TP0] for offsets in transport.commits if TP0 in offsets]
+    assert not committed, f"offsets committed past records without a result: {committed}"
+    assert not transport.results()
