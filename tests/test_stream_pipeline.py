@@ -5,14 +5,18 @@ What these tests check is what the overlap must not change:
 
 - a batch that fails on its way out (here: a NaN score the alarm stage refuses) stops the
   service with nothing past it committed, whether it fails in the loop or in a rebalance
-  callback: the next batch, already being scored, is not sent and committed in its place.
+  callback: the next batch, already being scored, is not sent and committed in its place;
+- a result's ``processing_time_ms`` is the time from its poll to its scores, not to the
+  moment the loop, busy with the next poll, came for them.
 
 They drive ``ScoringService`` through a scripted transport (no broker).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import time
 
 import numpy as np
 import orjson
@@ -215,3 +219,27 @@ def test_a_batch_that_fails_in_a_rebalance_callback_stops_the_service_all_the_sa
     committed = [offsets[TP0] for offsets in transport.commits if TP0 in offsets]
     assert not committed, f"offsets committed past records without a result: {committed}"
     assert not transport.results()
+
+
+def test_processing_time_is_from_the_poll_to_the_scores_not_to_the_next_poll(monkeypatch, detector):
+    """The poll after batch 1 takes 5 s (a clock jump while batch 1's scores are ready):
+    batch 1's ``processing_time_ms`` does not include it; batch 2's is its own."""
+    skew = [0.0]
+    monkeypatch.setattr(service_module, "perf_counter", lambda: time.perf_counter() + skew[0])
+    holder: list[ScoringService] = []
+
+    def slow_poll():
+        # Batch 1 is being scored: once its scores are ready, the poll takes 5 s.
+        concurrent.futures.wait([holder[0]._in_flight.scoring])
+        skew[0] += 5.0
+        return _records(detector, 4, 4)
+
+    service, transport = _scripted_service(
+        monkeypatch, detector, [_records(detector, 0, 4), slow_poll]
+    )
+    holder.append(service)
+    service.run()
+    took = {d["offset"]: d["processing_time_ms"] for d in transport.results()}
+    assert sorted(took) == list(range(8))
+    assert all(took[o] < 5000 for o in range(4)), f"batch 1 counted the next poll: {took}"
+    assert all(took[o] < 5000 for o in range(4, 8)), took

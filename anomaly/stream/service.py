@@ -539,9 +539,8 @@ class ScoringService:
         if batch.scoring is None:
             return
         start = perf_counter()
-        batch.result, failed = batch.scoring.result()
+        batch.result, failed, batch.scored_at = batch.scoring.result()
         batch.scoring = None
-        batch.scored_at = perf_counter()
         if batch.scored_positions is not None:  # positions of windows -> positions of records
             failed = [batch.scored_positions[w] for w in failed]
             unscored = set(failed)
@@ -935,9 +934,15 @@ class ScoringService:
 
 
 def _score(detector: Detector, rows: np.ndarray):
-    """Score ``rows`` in one call (on the scoring thread). If the call fails, find the rows
-    that fail on their own; return the result of the others and the positions (in
-    ``rows``) of those."""
+    """``_score_rows`` on the scoring thread, and when its scores were ready (the end of a
+    result's ``processing_time_ms``, not when the loop comes for them)."""
+    result, failed = _score_rows(detector, rows)
+    return result, failed, perf_counter()
+
+
+def _score_rows(detector: Detector, rows: np.ndarray):
+    """Score ``rows`` in one call. If the call fails, find the rows that fail on their own;
+    return the result of the others and the positions (in ``rows``) of those."""
     try:
         return detector.score(rows), []
     except Exception:  # noqa: BLE001 (found row by row below; the stream goes on)
