@@ -7,9 +7,15 @@ What these tests check is what the overlap must not change:
   service with nothing past it committed, whether it fails in the loop or in a rebalance
   callback: the next batch, already being scored, is not sent and committed in its place;
 - a result's ``processing_time_ms`` is the time from its poll to its scores, not to the
-  moment the loop, busy with the next poll, came for them.
+  moment the loop, busy with the next poll, came for them;
+- a new model version that is ready while a batch is being scored takes over after it: each
+  result names the version that scored it;
+- on the real broker, on both clients, a rebalance while a batch is being scored (a backlog,
+  so every poll fills a batch) leaves every record exactly one result, in order per input
+  partition.
 
-They drive ``ScoringService`` through a scripted transport (no broker).
+All but the last drive ``ScoringService`` through a scripted transport (no broker); the
+last needs the ``kafka_bootstrap`` broker (marked ``kafka``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
+from collections import Counter, defaultdict
 
 import numpy as np
 import orjson
@@ -26,7 +33,17 @@ import anomaly
 import anomaly.stream.service as service_module
 from anomaly.config import AlarmConfig
 from anomaly.stream import ScoringService
+from anomaly.stream.reload import ServedModel
 from anomaly.stream.transport import Record, TopicPartition, Transport
+from tests._support import wait_for
+from tests.test_stream_service import (
+    CLIENTS,
+    _config,
+    _group_member,
+    _produce,
+    _read,
+    _running,
+)
 
 INPUT = "in"
 TP0 = TopicPartition(INPUT, 0)
@@ -243,3 +260,99 @@ def test_processing_time_is_from_the_poll_to_the_scores_not_to_the_next_poll(mon
     assert sorted(took) == list(range(8))
     assert all(took[o] < 5000 for o in range(4)), f"batch 1 counted the next poll: {took}"
     assert all(took[o] < 5000 for o in range(4, 8)), took
+
+
+def test_a_version_ready_while_a_batch_is_scored_takes_over_after_it(
+    monkeypatch, detector, tiny_bundle
+):
+    """Version 2 is ready when the loop comes for batch 1's scores (version 1 scoring it):
+    batch 1's results name version 1 and were scored by it; batches 2 and 3 are version
+    2's, with the threshold and nothing else of version 1."""
+    second = anomaly.load(tiny_bundle)
+    scored_by: dict[str, set[int]] = {"1": set(), "2": set()}
+    for version, model in (("1", detector), ("2", second)):
+        score = model.score
+
+        def recording(rows, score=score, seen=scored_by[version]):
+            seen.update(int(v) for v in np.asarray(rows)[:, 0])
+            return score(rows)
+
+        monkeypatch.setattr(model, "score", recording)
+
+    class Watcher:  # the store watcher, with version 2 ready at its second look
+        looks = 0
+
+        def take(self):
+            self.looks += 1
+            return ready if self.looks == 2 else None
+
+        def close(self):
+            pass
+
+    script = [_records(detector, first, 4) for first in (100, 104, 108)]
+    service, transport = _scripted_service(monkeypatch, ServedModel(detector, "1"), script)
+    ready = ServedModel(second, "2", 2, service._model_state(second))
+    service._watcher = Watcher()
+    service.run()
+    versions = {d["offset"]: d["model_version"] for d in transport.results()}
+    assert versions == {o: "1" if o < 104 else "2" for o in range(100, 112)}
+    for version in ("1", "2"):
+        named = {o for o, v in versions.items() if v == version}
+        assert named <= scored_by[version], f"version {version} names records it did not score"
+    assert service.served.version == "2" and service.stats()["scored"] == 12
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_rebalance_while_a_batch_is_scored_leaves_each_record_one_result_in_order(
+    client, kafka_bootstrap, kafka_topic_factory, detector, tiny_bundle_mixing, monkeypatch
+):
+    """A backlog, so every poll fills a batch and one is always being scored; scoring a
+    batch takes 40 ms more than it would. Another member joins the group and leaves:
+    each rebalance finds a batch in flight, and every record still gets exactly one
+    result, results of an input partition in offset order (kafka-python keeps the position
+    of a partition given straight back; librdkafka starts it at its committed offset)."""
+    t = {
+        "input_topic": kafka_topic_factory(2, prefix="in"),
+        "output_topic": kafka_topic_factory(2, prefix="out"),
+        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+    }
+    score = detector.score
+
+    def slower(rows):
+        time.sleep(0.04)
+        return score(rows)
+
+    monkeypatch.setattr(detector, "score", slower)
+    rows = np.random.default_rng(3).normal(size=(6000, 3)) @ tiny_bundle_mixing
+    messages = [
+        (b"e%d" % (i % 13), orjson.dumps({"id": i, "features": row.tolist()}))
+        for i, row in enumerate(rows)
+    ]
+    sent = _produce(kafka_bootstrap, t["input_topic"], messages)
+    config = _config(kafka_bootstrap, t, client=client, max_batch_size=32)
+    in_flight_at_revoke: list[bool] = []
+    with _running(detector, config) as service:
+        revoking = service.partitions_revoking
+
+        def watched(revoked):
+            in_flight_at_revoke.append(service._in_flight is not None)
+            return revoking(revoked)
+
+        service.partitions_revoking = watched
+        wait_for(lambda: service.stats()["consumed"] > 0, 30, "the backlog to be read")
+        member = _group_member(kafka_bootstrap, config.group_id, t["input_topic"])
+        member.close(autocommit=False)
+        results = _read(kafka_bootstrap, t["output_topic"], covers=set(sent))
+    assert any(in_flight_at_revoke), f"no rebalance met a batch in flight: {in_flight_at_revoke}"
+    decoded = [(r.partition, orjson.loads(r.value)) for r in results]
+    counts = Counter((d["partition"], d["offset"]) for _, d in decoded)
+    assert set(counts) == set(sent), f"{len(set(sent) - set(counts))} records without a result"
+    twice = sorted(place for place, n in counts.items() if n > 1)
+    assert not twice, f"{len(twice)} records with more than one result, e.g. {twice[:5]}"
+    offsets = defaultdict(list)  # (output partition, input partition) -> input offsets
+    for out, d in decoded:
+        offsets[out, d["partition"]].append(d["offset"])
+    for (_, partition), seen in offsets.items():
+        assert seen == sorted(seen), f"results of input partition {partition} out of order"
