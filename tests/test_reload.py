@@ -230,7 +230,7 @@ def test_a_version_whose_alarm_settings_conflict_is_refused_and_the_service_keep
     publish(retrained_bundle, store)
     service._watcher.check()
     service._watcher.check()
-    service._swap_model_if_ready()
+    service._advance(None)  # between batches, none in flight
     assert service.served.version == "1"
     assert service.metrics.model_load_failures._value.get() == 1
 
@@ -244,7 +244,7 @@ def test_a_swap_frees_the_previous_model(tiny_bundle, retrained_bundle, tmp_path
     service._watcher.check()
     gc.freeze()  # as the running service does after start
     try:
-        service._swap_model_if_ready()
+        service._advance(None)  # between batches, none in flight
         assert service.served.version == "2"
         assert previous() is None
     finally:
