@@ -449,6 +449,13 @@ def correlated_table() -> CorrelatedTable:
 
 
 @pytest.fixture(scope="session")
+def labelled(correlated_table: CorrelatedTable):
+    """The end-to-end rows ``tabular_detector`` is judged on (and detectors trained on other
+    backends compared with it): 2000 fresh normal rows and 200 injected anomalies, shuffled."""
+    return correlated_table.labelled(2000, 200, seed=1)
+
+
+@pytest.fixture(scope="session")
 def tabular_detector(correlated_table: CorrelatedTable):
     """A detector trained for 200 steps on 3000 normal rows of ``correlated_table``."""
     import anomaly

@@ -19,12 +19,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def labelled(correlated_table):
-    """2000 fresh normal rows and 200 injected anomalies, shuffled."""
-    return correlated_table.labelled(2000, 200, seed=1)
-
-
-@pytest.fixture(scope="module")
 def result(tabular_detector, labelled):
     rows, _ = labelled
     return tabular_detector.score(rows)

@@ -84,12 +84,6 @@ print(json.dumps({
 
 
 @pytest.fixture(scope="module")
-def labelled(correlated_table):
-    """The end-to-end test's rows: 2000 fresh normal rows and 200 injected anomalies."""
-    return correlated_table.labelled(2000, 200, seed=1)
-
-
-@pytest.fixture(scope="module")
 def tensorflow_auroc(tabular_detector, labelled):
     rows, labels = labelled
     return roc_auc_score(labels, tabular_detector.score(rows).scores)
