@@ -14,7 +14,8 @@ import logging
 import re
 import time
 
-#: Seconds between two of a client's log lines that say the same thing.
+#: Seconds between two log lines that say the same thing, here and in the service's own
+#: retried errors (a fetch, a commit, a client error).
 REPEAT_S = 30.0
 #: The loggers of kafka-python (``kafka`` and the loggers under it) and of librdkafka (the
 #: confluent transport's ``logger``).
@@ -23,31 +24,49 @@ CLIENT_LOGGERS = ("kafka", "librdkafka")
 VARYING = re.compile(r"\d+(?:\.\d+)?ms\b|\d+ identical|\d+ (?:events?|errors?|requests?)\b")
 
 
-class Repeats(logging.Filter):
-    """Lets a log line through unless the same logger said the same thing (timings and
-    counts aside) less than ``every_s`` seconds ago; counts the lines it held back and
-    adds the count to the next line it lets through."""
+class Throttle:
+    """Lets each thing be said at most once per ``every_s`` seconds, counting the times it
+    was held back in between."""
 
     def __init__(self, every_s: float = REPEAT_S, max_kinds: int = 1000):
-        super().__init__()
         self.every_s = every_s
         self.max_kinds = max_kinds
-        self._seen: dict[tuple, list] = {}  # what was said -> [when let through, held back]
+        self._seen: dict = {}  # what was said -> [when let through, held back since]
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        kind = (record.name, record.levelno, VARYING.sub("#", message))
+    def admit(self, kind) -> tuple[int, float] | None:
+        """None when ``kind`` was let through less than ``every_s`` ago (it is held back and
+        counted); otherwise it is let through now, and this says how many times it was
+        held back since the last time and how many seconds ago that was (0, 0 the first
+        time)."""
         now = time.monotonic()
         seen = self._seen.get(kind)
         if seen is not None and now - seen[0] < self.every_s:
             seen[1] += 1
-            return False
-        if seen is not None and seen[1]:
-            record.msg = f"{message} ({seen[1]} like it held back in {now - seen[0]:.0f} s)"
-            record.args = ()
-        elif seen is None and len(self._seen) >= self.max_kinds:
+            return None
+        if seen is None and len(self._seen) >= self.max_kinds:
             self._seen.clear()  # bounded: many different lines are not a flood of one
         self._seen[kind] = [now, 0]
+        return (0, 0.0) if seen is None else (seen[1], now - seen[0])
+
+
+class Repeats(logging.Filter):
+    """Lets a log line through unless the same logger said the same thing (timings and
+    counts aside) less than ``every_s`` seconds ago; adds the count of the lines it held
+    back to the next line it lets through."""
+
+    def __init__(self, every_s: float = REPEAT_S):
+        super().__init__()
+        self._throttle = Throttle(every_s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        admitted = self._throttle.admit((record.name, record.levelno, VARYING.sub("#", message)))
+        if admitted is None:
+            return False
+        held, seconds = admitted
+        if held:
+            record.msg = f"{message} ({held} like it held back in {seconds:.0f} s)"
+            record.args = ()
         return True
 
 

@@ -71,6 +71,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from anomaly.stream import codecs
+from anomaly.stream.client_logs import Throttle
 from anomaly.stream.clients import (
     PRODUCER_BATCH_BYTES,
     RECONNECT_BACKOFF_MAX_MS,
@@ -105,8 +106,6 @@ RECORD_ERROR_CODES = frozenset(
 UNREADABLE_CODES = frozenset({KafkaError._BAD_MSG, KafkaError._BAD_COMPRESSION})
 #: Start-up failures that waiting longer cannot mend.
 REFUSED_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
-#: Seconds between two log lines about the same client error.
-ERROR_LOG_S = 30.0
 
 
 def _error_of(error: Any) -> KafkaError | None:
@@ -147,7 +146,7 @@ class ConfluentTransport(Transport):
             OFFSET_BEGINNING if config.auto_offset_reset == "earliest" else OFFSET_END
         )
         self._up = True  # a broker connection up, as the last statistics said
-        self._logged: dict[str, float] = {}
+        self._error_logs = Throttle()  # librdkafka retries its errors: logged once a while
         self.max_message_bytes = MAX_REQUEST_BYTES
 
     # -- configuration -------------------------------------------------------------------------
@@ -609,9 +608,7 @@ class ConfluentTransport(Transport):
         if error.fatal():
             log.error("event=kafka_client_error fatal=true error=%s", _text(error))
             return
-        now = time.monotonic()
-        if now - self._logged.get(error.name(), -ERROR_LOG_S) >= ERROR_LOG_S:
-            self._logged[error.name()] = now
+        if self._error_logs.admit(error.name()) is not None:
             log.warning("event=kafka_client_error error=%s", _text(error))
 
     # -- producing -----------------------------------------------------------------------------

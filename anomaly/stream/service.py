@@ -71,6 +71,7 @@ from anomaly.config import COMPONENTS, AlarmConfig, ServeConfig
 from anomaly.drift import DriftMonitor
 from anomaly.stream import codecs
 from anomaly.stream.broker_watch import BrokerWatch
+from anomaly.stream.client_logs import Throttle
 from anomaly.stream.delivery import Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.errors import StreamError
@@ -108,9 +109,6 @@ LAG_INTERVAL_S = 1.0
 ALIVE_STALE_S = 120.0
 #: Size a dead letter Kafka refused is cut to (its original key and value mostly cut away).
 HARD_CUT_BYTES = 16 * 1024
-#: Seconds between two log lines about the same error of a fetch or a commit (each is
-#: tried again at once, and would otherwise log a line per attempt while it lasts).
-ERROR_LOG_S = 30.0
 
 PROFILE_STAGES = ("poll", "decode", "score", "encode", "send", "flush", "commit", "bookkeeping")
 
@@ -209,7 +207,8 @@ class ScoringService:
             lambda: self._transport is not None and self._transport.connected(),
             config.bootstrap_servers,
         )
-        self._logged_errors: dict[tuple[str, str], float] = {}  # (event, error) -> logged at
+        # A fetch or a commit is tried again at once: its error is logged once a while.
+        self._error_logs = Throttle()
         self._last_commit_attempt = 0.0
         self._last_lag_update = 0.0
 
@@ -417,7 +416,7 @@ class ScoringService:
     def fetch_failed(self, kind: str, detail: str, unreadable: Unreadable | None) -> None:
         """A poll met an error (``transport.Listener``): counted by ``kind``; a record
         dead-lettered in its place is logged where it was, any other error at most once
-        per ``ERROR_LOG_S`` (the poll is tried again next time)."""
+        per ``client_logs.REPEAT_S`` (the poll is tried again next time)."""
         self.metrics.fetch_errors.labels(kind).inc()
         if unreadable is not None:
             log.error(
@@ -429,17 +428,8 @@ class ScoringService:
                 detail,
             )
             return
-        if self._first_in_a_while("fetch_failed", detail):
+        if self._error_logs.admit(("fetch_failed", detail)) is not None:
             log.error("event=fetch_failed error=%s action=fetch_again", detail)
-
-    def _first_in_a_while(self, event: str, error: str) -> bool:
-        """Whether ``event`` with ``error`` was not logged in the last ``ERROR_LOG_S``
-        (and is now)."""
-        now = time.monotonic()
-        if now - self._logged_errors.get((event, error), -ERROR_LOG_S) < ERROR_LOG_S:
-            return False
-        self._logged_errors[event, error] = now
-        return True
 
     def _collect(self) -> tuple[list, float]:
         """Poll one micro-batch: up to max_batch_size records, waiting at most max_wait_ms
@@ -734,11 +724,12 @@ class ScoringService:
     def committed(self, offsets: dict[TopicPartition, int], error) -> None:
         """The outcome of a commit (``transport.Listener``): offsets whose commit failed are
         committed again with the next ones (each error logged at most once per
-        ``ERROR_LOG_S``)."""
+        ``client_logs.REPEAT_S``)."""
         if error is not None:
             described = self._transport.describe(error)
             # While the broker is lost, broker_lost says it all.
-            if not self._broker.lost and self._first_in_a_while("commit_failed", described):
+            lost = self._broker.lost
+            if not lost and self._error_logs.admit(("commit_failed", described)) is not None:
                 log.warning(
                     "event=commit_failed error=%s partitions=%d (retried with the next commit)",
                     described,
