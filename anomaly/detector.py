@@ -151,7 +151,7 @@ class Detector:
                 f"wrong feature count: the model expects records of shape {expected} "
                 f"(features {names}{more}), got records of shape {x.shape[1:]}"
             )
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        bad = ~np.isfinite(x.reshape(len(x), math.prod(expected))).all(axis=1)
         if bad.any():
             rows = np.flatnonzero(bad)
             listed = ", ".join(str(r) for r in rows[:10])
@@ -277,20 +277,93 @@ def _check_shapes(
     problems.extend(
         f"{path / 'drift.json'}: {p}" for p in drift_summary.problems(schema.feature_names)
     )
-    encoder = contents.networks["encoder"]
-    if tuple(encoder.inputs[0].shape[1:]) != schema.record_shape:
-        problems.append(
-            f"{path / 'encoder.keras'}: takes records of shape {tuple(encoder.inputs[0].shape[1:])}"
-            f" but schema.json describes {schema.record_shape}"
-        )
-    latent = encoder.outputs[0].shape[-1]
+    problems.extend(_signature_problems(path, contents.networks, schema, params.formulation))
+    latent = contents.networks["encoder"].outputs[0].shape[-1]
     if contents.latent_prototypes.shape[1] != latent:
         problems.append(
             f"{path / bundle.LATENT_PROTOTYPES}: prototypes of size "
             f"{contents.latent_prototypes.shape[1]} for a latent space of size {latent}"
         )
+    problems.extend(_value_problems(path, params, standardizer, contents.latent_prototypes))
     if problems:
         raise BundleError(f"{problems[0]}; {bundle.RESTORE_HINT}")
+
+
+def _signature_problems(path: Path, networks: dict, schema: Schema, formulation: str) -> list[str]:
+    """Each network takes and gives what scoring feeds it: a bundle whose ``critic.keras``
+    is another network would load and then fail inside the first compiled pass."""
+
+    def shapes(tensors) -> list[tuple]:
+        return [tuple(t.shape[1:]) for t in tensors]
+
+    record = schema.record_shape
+    latent = tuple(networks["encoder"].outputs[0].shape[1:])
+    critic_in = [record, latent] if formulation == "bigan" else [record]
+    expected = {
+        "encoder": ([record], None),
+        "generator": ([latent], [record]),
+        "critic": (critic_in, None),
+    }
+    problems = []
+    for name, (inputs, outputs) in expected.items():
+        net = networks[name]
+        got_in, got_out = shapes(net.inputs), shapes(net.outputs)
+        if got_in != inputs or (outputs is not None and got_out != outputs):
+            problems.append(
+                f"{path / (name + '.keras')}: maps {got_in} to {got_out}, but scoring needs "
+                f"inputs {inputs}" + (f" and outputs {outputs}" if outputs else "")
+            )
+    if len(latent) != 1:
+        problems.append(f"{path / 'encoder.keras'}: gives codes of shape {latent}, not a vector")
+    critic_out = shapes(networks["critic"].outputs)
+    if len(critic_out) != 2 or critic_out[0] != () or len(critic_out[1]) != 1:
+        problems.append(
+            f"{path / 'critic.keras'}: gives {critic_out}, not a verdict per record and a "
+            "feature vector"
+        )
+    return problems
+
+
+def _value_problems(
+    path: Path, params: ScoringParams, standardizer: Standardizer, prototypes: np.ndarray
+) -> list[str]:
+    """Values that pass the checksums of an edited bundle but would make every score NaN,
+    zero or flagged, or scoring hang: the bounds training enforces, checked again."""
+    problems = []
+    try:
+        Config.from_dict(
+            {
+                "scoring": {
+                    "weights": params.weights,
+                    "top_features": params.top_features,
+                    "refine_steps": params.refine_steps,
+                    "refine_learning_rate": params.refine_learning_rate,
+                    "latent_neighbours": params.latent_neighbours,
+                }
+            }
+        )
+    except ConfigError as exc:
+        problems.append(f"{path / 'scoring.json'}: {exc}")
+    if params.latent_neighbours > len(prototypes):
+        problems.append(
+            f"{path / 'scoring.json'}: latent_neighbours is {params.latent_neighbours}, "
+            f"more than the {len(prototypes)} prototypes"
+        )
+    for name in ("location", "scale"):
+        values = getattr(params, name).values()
+        if not all(math.isfinite(v) for v in values):
+            problems.append(f"{path / 'scoring.json'}: {name} must hold finite values")
+    if not all(v > 0 for v in params.scale.values()):
+        problems.append(f"{path / 'scoring.json'}: scale must hold values > 0")
+    if not (np.isfinite(standardizer.mean).all() and np.isfinite(standardizer.scale).all()):
+        problems.append(f"{path / 'preprocessing.json'}: mean and scale must be finite")
+    if not (standardizer.scale > 0).all():
+        problems.append(f"{path / 'preprocessing.json'}: scale must hold values > 0")
+    if not 0 < standardizer.clip_value < math.inf:
+        problems.append(f"{path / 'preprocessing.json'}: clip_value must be finite and > 0")
+    if not np.isfinite(prototypes).all():
+        problems.append(f"{path / bundle.LATENT_PROTOTYPES}: prototypes must be finite")
+    return problems
 
 
 def _calibration_problems(params: ScoringParams) -> list[str]:

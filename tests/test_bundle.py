@@ -389,6 +389,55 @@ def test_a_damaged_calibration_is_refused_at_load(bundle, damage, named):
 
 
 @pytest.mark.parametrize(
+    ("name", "damage", "named"),
+    [
+        ("scoring.json", lambda s: s.update(latent_neighbours=0), "latent_neighbours: Input"),
+        ("scoring.json", lambda s: s.update(latent_neighbours=10**5), "more than the 16 proto"),
+        ("scoring.json", lambda s: s.update(weights={}), "at least one component weight"),
+        ("scoring.json", lambda s: s["weights"].update(latent=float("inf")), "must be finite"),
+        ("scoring.json", lambda s: s.update(refine_steps=10**9), "refine_steps: Input should"),
+        ("scoring.json", lambda s: s.update(top_features=-1), "top_features: Input should"),
+        ("scoring.json", lambda s: s["scale"].update(latent=0.0), "scale must hold values > 0"),
+        ("scoring.json", lambda s: s["location"].update(critic=float("nan")), "location must"),
+        ("preprocessing.json", lambda p: p.update(scale=[0.0] * 4), "scale must hold values"),
+        ("preprocessing.json", lambda p: p.update(mean=[float("nan")] * 4), "must be finite"),
+        ("preprocessing.json", lambda p: p.update(clip_value=float("inf")), "clip_value must"),
+    ],
+)
+def test_values_that_would_break_every_score_are_refused_at_load(v3, name, damage, named):
+    """An edited bundle whose checksums were recomputed must not load and then score every
+    record NaN (never flagged), 0 or flagged, or hang: the bounds training enforces hold at
+    load, with one line naming the file."""
+    rewrite_json(v3, name, damage)
+    error = load_error(v3)
+    assert named in error and name in error and "\n" not in error
+
+
+def test_non_finite_latent_prototypes_are_refused_at_load(v3):
+    prototypes = np.load(v3 / "latent_prototypes.npy")
+    prototypes[5, 0] = np.nan
+    np.save(v3 / "latent_prototypes.npy", prototypes)
+    rewrite_checksum(v3, "latent_prototypes.npy")
+    assert "latent_prototypes.npy: prototypes must be finite" in load_error(v3)
+
+
+@pytest.mark.parametrize(
+    ("source", "replaced", "named"),
+    [
+        ("encoder.keras", "critic.keras", "gives [(4,)], not a verdict per record"),
+        ("critic.keras", "generator.keras", "maps [(4,)] to [(), (16,)], but scoring needs"),
+    ],
+)
+def test_a_network_file_swapped_for_another_network_is_refused_at_load(v3, source, replaced, named):
+    """A network replaced by another loads as Keras, but would fail inside the first
+    compiled pass: the networks' inputs and outputs are checked against what scoring feeds."""
+    shutil.copy(v3 / source, v3 / replaced)
+    rewrite_checksum(v3, replaced)
+    error = load_error(v3)
+    assert f"{replaced}: " in error and named in error
+
+
+@pytest.mark.parametrize(
     "damage, named",
     [
         (lambda d: d["feature_edges"][2].reverse(), "feature 'f2': edges must be finite and"),
