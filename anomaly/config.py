@@ -7,7 +7,9 @@ model was trained with is saved in its bundle, so a model can say how it was mad
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,6 +31,9 @@ from anomaly.errors import ConfigError
 
 #: The score components the engine computes; weights are keyed by these names.
 COMPONENTS = ("reconstruction", "feature", "critic", "latent")
+
+#: What Kafka accepts as a topic name.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class _Section(BaseModel):
@@ -133,9 +138,9 @@ class ScoringConfig(_Section):
     the networks (see pipelines/bench_scoring.py)."""
     latent_neighbours: int = Field(3, ge=1)
     """The ``latent`` component is the mean distance to this many nearest prototypes."""
-    refine_steps: int = Field(0, ge=0)
+    refine_steps: int = Field(0, ge=0, le=1000)
     """AnoGAN-style refinement: gradient steps on z from E(x) before measuring residuals
-    (offline use; 0 turns it off)."""
+    (offline use; 0 turns it off; each step costs about one more forward pass)."""
     refine_learning_rate: float = Field(0.05, gt=0)
     batch_size: int = Field(4096, ge=1)
     """Rows per compiled forward pass when scoring arrays and files."""
@@ -145,8 +150,8 @@ class ScoringConfig(_Section):
         unknown = sorted(set(self.weights) - set(COMPONENTS))
         if unknown:
             raise ValueError(f"unknown component(s) {unknown}; known: {list(COMPONENTS)}")
-        if any(w < 0 for w in self.weights.values()):
-            raise ValueError("component weights must be >= 0")
+        if not all(0 <= w < math.inf for w in self.weights.values()):  # NaN too
+            raise ValueError("component weights must be finite and >= 0")
         if not any(self.weights.get(c, 0.0) > 0 for c in COMPONENTS):
             raise ValueError("at least one component weight must be > 0")
         return self
@@ -349,7 +354,7 @@ class ServeConfig(_Section):
     create_topics: bool = False
     """Create the output, dead-letter and alerts topics at start-up when missing (broker
     defaults for partitions and replication); the input topic must exist."""
-    group_id: str = "anomaly-scorer"
+    group_id: str = Field("anomaly-scorer", min_length=1)
     metrics_port: int = Field(9108, ge=0, le=65535)
     """Port of the /metrics, /healthz and /readyz endpoint; 0 picks a free one."""
     metrics_host: str = "0.0.0.0"
@@ -408,6 +413,19 @@ class ServeConfig(_Section):
     @classmethod
     def _empty_topic_is_none(cls, topic: str | None) -> str | None:
         return topic or None
+
+    @field_validator("input_topic", "output_topic", "dlq_topic", "alerts_topic")
+    @classmethod
+    def _legal_topic_name(cls, topic: str | None) -> str | None:
+        """Kafka's own rule, checked at start: an empty or illegal name would otherwise
+        fail on the first record (or, on librdkafka, be retried forever)."""
+        if topic is not None and not _TOPIC_NAME.fullmatch(topic):
+            shown = topic if len(topic) <= 60 else topic[:60] + "..."
+            raise ValueError(
+                f"{shown!r} is not a Kafka topic name (1-249 of ASCII letters, digits, "
+                "'.', '_' and '-')"
+            )
+        return topic
 
     @model_validator(mode="after")
     def _librdkafka_names_need_confluent(self) -> ServeConfig:

@@ -126,6 +126,35 @@ def test_all_zero_component_weights_are_an_error(tmp_path):
     assert "at least one component weight must be > 0" in message
 
 
+@pytest.mark.parametrize("weight", ["nan", "inf"])
+def test_a_non_finite_component_weight_is_an_error(tmp_path, weight):
+    message = config_error(tmp_path, f"[scoring.weights]\nlatent = {weight}\n")
+
+    assert "component weights must be finite and >= 0" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("output_topic", "", "'' is not a Kafka topic name"),
+        ("input_topic", "in put", "'in put' is not a Kafka topic name"),
+        ("alerts_topic", "a" * 250, "'aaaaa"),
+        ("group_id", "", "serve.group_id: String should have at least 1 character"),
+    ],
+)
+def test_an_empty_or_illegal_topic_or_group_is_an_error_at_start(key, value, problem):
+    """An empty output topic (an unset variable in a deployment, say) used to start and
+    then fail on the first record, or on librdkafka retry it forever; an empty group id
+    left the service joining in a loop."""
+    with pytest.raises(ConfigError) as caught:
+        anomaly.Config().updated(serve={key: value})
+    assert f"serve.{key}" in str(caught.value) and problem in str(caught.value)
+
+
+def test_an_empty_dead_letter_topic_still_turns_dead_letters_off():
+    assert anomaly.Config().updated(serve={"dlq_topic": ""}).serve.dlq_topic is None
+
+
 def test_missing_toml_file_is_a_config_error_naming_it(tmp_path):
     with pytest.raises(ConfigError, match="configuration file not found: .*nowhere.toml"):
         Config.from_toml(tmp_path / "nowhere.toml")
