@@ -54,6 +54,12 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
             "the trained model scores held-out normal records as NaN or infinite: training "
             "diverged (see the health report's losses); lower training.learning_rate"
         )
+    if np.ptp(scores) == 0:
+        raise DataError(
+            f"the {len(scores)} normal records to calibrate on all score {scores[0]:.4g}: they "
+            "do not vary (constant or repeated rows), so no threshold separates anything; "
+            "calibrate on normal data that varies"
+        )
     tail = Tail.fit(scores, up_to_rate=params.target_fpr)
     return replace(
         params,

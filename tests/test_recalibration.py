@@ -67,6 +67,19 @@ def test_too_few_or_wrongly_shaped_rows_are_refused(tiny_bundle):
         recalibrate(detector, np.zeros((100, 5)))
 
 
+def test_rows_that_do_not_vary_are_refused_not_calibrated_to_a_zero_threshold(tiny_bundle):
+    """300 copies of one row used to give threshold 0: the new model then flagged most
+    normal records."""
+    detector = anomaly.load(tiny_bundle)
+    with pytest.raises(anomaly.DataError, match="all score .*: they do not vary"):
+        recalibrate(detector, np.zeros((300, 8)))
+
+
+def test_an_empty_batch_scores_to_an_empty_result(tiny_bundle):
+    result = anomaly.load(tiny_bundle).score(np.empty((0, 8)))
+    assert len(result.scores) == 0 and result.top_features == []
+
+
 @pytest.mark.slow
 def test_retraining_warm_starts_on_shifted_normal_data_and_keeps_the_rate(tmp_path):
     """Retrained from its weights for 60 steps on 5,000 rows of the moved normal, the model
