@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from anomaly.errors import ConfigError
@@ -62,6 +63,37 @@ def require_backend() -> str:
     if "keras" not in sys.modules and not _installed(module):
         raise ConfigError(f"KERAS_BACKEND={name}, but {title} is not installed: {install}")
     return name
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and so its backend) with the process's standard error captured.
+
+    TensorFlow writes C++ start-up lines to file descriptor 2 as it loads (absl's "before
+    InitializeLog" warning, oneDNN's notice), whatever ``TF_CPP_MIN_LOG_LEVEL`` says; they
+    would break the command line's promise of one line per error. What the import writes
+    is replayed if the import fails. For the command line only: a library must not take
+    over its host's standard error."""
+    if "keras" in sys.modules:
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no standard error to protect
+        import keras  # noqa: F401
+
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            os.write(2, captured.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _installed(module: str) -> bool:

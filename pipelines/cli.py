@@ -31,12 +31,14 @@ def _features(value: str | None) -> list[str] | None:
 
 class _Command(click.Command):
     """Checks that the Keras backend is installed before the command imports Keras, which
-    would fail with a traceback (``KERAS_BACKEND=torch`` without PyTorch)."""
+    would fail with a traceback (``KERAS_BACKEND=torch`` without PyTorch), then imports it
+    without TensorFlow's start-up lines on stderr."""
 
     def invoke(self, ctx):
-        from anomaly.backend import require_backend
+        from anomaly.backend import import_keras_quietly, require_backend
 
         require_backend()
+        import_keras_quietly()
         return super().invoke(ctx)
 
 
