@@ -75,6 +75,21 @@ def test_bad_message_is_rejected_with_its_reason_and_its_neighbours_are_kept(val
     assert len(batch.rows) == 2
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b'{"features": [1, 2, ' + b"9" * 5000 + b"]}", "non_finite"),
+        (b'{"features": [1, 2, -' + b"9" * 5000 + b"]}", "non_finite"),
+        (b'{"features": [1, 2, 3], "id": ' + b"9" * 5000 + b"}", "bad_id"),
+    ],
+)
+def test_integers_beyond_the_standard_librarys_4300_digits_get_their_own_reason(value, reason):
+    """Python refuses to convert such integers; they used to be dead-lettered as not_json
+    ("number is infinity when parsed as double"), a misleading reason."""
+    batch = _decode([value], max_bytes=10_000)
+    assert [r[:2] for r in batch.rejected] == [(0, reason)]
+
+
 def test_reason_codes_are_the_documented_set():
     assert REASONS == (
         "not_json",

@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import operator
+import sys
 import time
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -262,8 +263,17 @@ def _parse_leniently(raw: bytes, error: Exception) -> tuple[Any, tuple[str, str]
         constants.append(name)
         return float("nan")
 
+    def integer(digits: str) -> int:
+        # The standard library refuses integers of more than 4300 digits (a guard against
+        # slow conversions). Any such number is far beyond float range and 2^53, so its
+        # sign and size say all that judging it needs: a feature is non_finite, an id bad.
+        limit = sys.get_int_max_str_digits()
+        if not limit or len(digits.lstrip("-")) <= limit:
+            return int(digits)
+        return (-1 if digits[0] == "-" else 1) * 10**limit
+
     try:
-        message = json.loads(raw.decode("utf-8"), parse_constant=constant)
+        message = json.loads(raw.decode("utf-8"), parse_constant=constant, parse_int=integer)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None, ("not_json", f"not valid JSON: {error}")
     if constants:
