@@ -7,7 +7,8 @@ before it reaches the store), its manifest and the files it lists (nothing else)
 into a hidden staging directory inside the store, verified again there, then renamed to its
 number in one step. A rename onto a number that another publisher took in the meantime
 fails, and the next number is tried. Anything else in the store (staging left by a crash,
-other files, names that are not plain ASCII numbers) is not a version.
+other files, names that are not plain ASCII numbers) is not a version; staging untouched for
+a day is removed by the next publish.
 
 Published versions are never changed: saving a model (``Detector.save``) over a store or
 one of its versions is refused (``check_save_target``); save elsewhere and publish.
@@ -20,6 +21,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from anomaly import bundle
@@ -27,6 +29,9 @@ from anomaly.errors import BundleError
 
 #: Prefix of the staging directories inside a store (never a version: not a number).
 _STAGING = ".publishing-"
+#: Age after which a staging directory is a killed publisher's leftover (a publish takes
+#: seconds to minutes), removed by the next publish.
+ABANDONED_STAGING_S = 24 * 3600
 #: The name of a version: a positive number in ASCII digits, without leading zeros.
 _VERSION_NAME = re.compile(r"[1-9][0-9]*")
 
@@ -110,6 +115,7 @@ def publish(model: str | os.PathLike[str], store: str | os.PathLike[str]) -> int
             "published into it"
         )
     store.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_staging(store)
     staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=store))
     try:
         copy = staging / "bundle"
@@ -126,6 +132,18 @@ def publish(model: str | os.PathLike[str], store: str | os.PathLike[str]) -> int
                 number += 1  # another publisher took it
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_abandoned_staging(store: Path) -> None:
+    """A publisher killed mid-copy leaves its staging directory (as large as a bundle);
+    readers ignore it, and the next publish removes those not touched for a day."""
+    cutoff = time.time() - ABANDONED_STAGING_S
+    for entry in store.glob(_STAGING + "*"):
+        try:
+            if entry.is_dir() and not entry.is_symlink() and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:  # gone meanwhile, or not ours to read: leave it
+            continue
 
 
 def check_save_target(path: str | os.PathLike[str]) -> None:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import anomaly
 from anomaly import BundleError
-from anomaly.store import publish, resolve, versions
+from anomaly.store import ABANDONED_STAGING_S, publish, resolve, versions
 from pipelines.cli import cli
 
 
@@ -25,6 +25,22 @@ def test_publishing_numbers_versions_and_load_takes_the_latest(tiny_bundle, tmp_
     assert resolve(store) == store / "2" and resolve(store, 1) == store / "1"
     assert anomaly.load(store).version == anomaly.load(tiny_bundle).version
     assert sorted(p.name for p in store.iterdir()) == ["1", "2"]  # no staging left
+
+
+def test_staging_a_killed_publisher_left_a_day_ago_is_removed_by_the_next_publish(
+    tiny_bundle, tmp_path
+):
+    store = tmp_path / "models"
+    abandoned, in_progress = store / ".publishing-killed", store / ".publishing-running"
+    for staging in (abandoned, in_progress):
+        shutil.copytree(tiny_bundle, staging / "bundle")
+    day_and_a_bit = os.stat(abandoned).st_mtime - ABANDONED_STAGING_S - 60
+    os.utime(abandoned, (day_and_a_bit, day_and_a_bit))
+
+    assert publish(tiny_bundle, store) == 1
+    assert not abandoned.exists()
+    assert (in_progress / "bundle" / "manifest.json").exists()  # another publisher's, now
+    assert versions(store) == [1]
 
 
 def test_a_bundle_that_does_not_load_never_reaches_the_store(tiny_bundle, tmp_path):
