@@ -19,6 +19,7 @@ import gzip
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -155,6 +156,8 @@ class TableReader:
                     f"{_quoted(both)} is listed as a feature and as the {roles[both[0]]}; "
                     "a column can only have one role"
                 )
+            for name in features:
+                _check_not_temporal(self.path, name, dtypes[name])
             return list(features)
         numeric = [
             name
@@ -349,7 +352,13 @@ class _CsvSource:
         self._dtypes = dict.fromkeys(text_columns, str)
 
     def dtypes(self) -> pd.Series | None:
-        return _sampled_dtypes(self)
+        dtypes = _sampled_dtypes(self)
+        if dtypes is not None:
+            # pandas renames a repeated name ("a" again becomes "a.1"): read the names as data.
+            header = pd.read_csv(self.path, header=None, nrows=1, dtype=str, keep_default_na=False)
+            # pandas names empty names apart ("Unnamed: 3"), so only named ones can repeat.
+            _check_unique(self.path, [name for name in header.iloc[0] if name], "header")
+        return dtypes
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
@@ -448,6 +457,7 @@ class _ParquetSource:
         self._schema = metadata.schema.to_arrow_schema()
 
     def dtypes(self) -> pd.Series | None:
+        _check_unique(self.path, self._schema.names, "schema")
         return self._schema.empty_table().to_pandas().dtypes if self.total_rows else None
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
@@ -509,6 +519,29 @@ def _feature_matrix(
         with np.errstate(over="ignore"):  # beyond float32's range becomes inf: reported later
             matrix[:, j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
     return matrix
+
+
+def _check_not_temporal(path: Path, name: str, dtype: Any) -> None:
+    """Refuse a timestamp or duration as a feature: ``pd.to_numeric`` would silently turn it
+    into a count of time units (since 1970, for a timestamp)."""
+    kind = {"M": "a timestamp", "m": "a duration"}.get(getattr(dtype, "kind", ""))
+    if kind:
+        raise SchemaError(
+            f"{path}: feature column {name!r} is {kind} ({dtype}), not a number; "
+            "cast it or leave it out of the features"
+        )
+
+
+def _check_unique(path: Path, names: Sequence[str], where: str) -> None:
+    """Refuse a column name given twice: pandas would rename or nest the second one."""
+    repeated = [(name, n) for name, n in Counter(names).items() if n > 1]
+    if repeated:
+        name, n = repeated[0]
+        times = "twice" if n == 2 else f"{n} times"
+        raise DataError(
+            f"{path}: column {name!r} appears {times} in the {where}; "
+            "give every column its own name"
+        )
 
 
 def _labels(column: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:

@@ -1,0 +1,100 @@
+"""Hostile files at the file edge: each one is refused in one line naming where and why, or
+scored as it should be; never a traceback, never a silent change of the data.
+
+The model is the committed ``bundle-v3`` fixture (features a, b, c, d; read, never changed),
+so no test trains one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from anomaly.io import read_all
+from pipelines.cli import cli
+
+MODEL = Path(__file__).parent / "fixtures" / "bundle-v3"
+FEATURES = ["a", "b", "c", "d"]
+
+
+def rows(n: int = 6) -> pd.DataFrame:
+    """``n`` rows of the model's features."""
+    return pd.DataFrame(np.random.default_rng(0).normal(size=(n, 4)), columns=FEATURES)
+
+
+def score(data: Path, out: Path, *options: str):
+    return CliRunner().invoke(
+        cli,
+        ["score", "--model", str(MODEL), "--data", str(data), "--out", str(out), "--no-progress"]
+        + list(options),
+    )
+
+
+def error_line(result) -> str:
+    """The one line the CLI wrote to stderr, after checking it exited with code 2."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# -- 1. a column name given twice ---------------------------------------------------------
+
+
+def test_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("a,b,c,d,c\n1,2,3,4,5\n")
+
+    line = error_line(score(data, tmp_path / "out.csv"))
+
+    assert line == (
+        f"error: {data}: column 'c' appears twice in the header; give every column its own name"
+    )
+
+
+def test_parquet_schema_naming_a_column_twice_is_refused(tmp_path):
+    data = tmp_path / "data.parquet"
+    columns = [pa.array([float(i)]) for i in range(5)]
+    pq.write_table(pa.table(columns, names=["a", "b", "c", "d", "c"]), data)
+
+    line = error_line(score(data, tmp_path / "out.csv"))
+
+    assert line == (
+        f"error: {data}: column 'c' appears twice in the schema; give every column its own name"
+    )
+
+
+def test_a_csv_column_really_named_like_a_renamed_repeat_is_read(tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("a,a.1\n1,2\n")
+
+    assert read_all(data).features.tolist() == [[1.0, 2.0]]
+
+
+# -- 9. timestamps and durations are not numbers --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        (pd.to_datetime(["2024-01-01", "2024-01-02"]), "a timestamp (datetime64["),
+        (pd.to_datetime(["2024-01-01", "2024-01-02"]).tz_localize("UTC"), "a timestamp ("),
+        (pd.to_timedelta(["1s", "2s"]), "a duration (timedelta64["),
+    ],
+)
+def test_a_timestamp_or_duration_feature_is_refused(tmp_path, values, kind):
+    data = tmp_path / "data.parquet"
+    frame = rows(2)
+    frame["d"] = values
+    frame.to_parquet(data)
+
+    line = error_line(score(data, tmp_path / "out.csv"))
+
+    assert line.startswith(f"error: {data}: feature column 'd' is {kind}")
+    assert line.endswith("), not a number; cast it or leave it out of the features")
