@@ -114,7 +114,12 @@ def _valid_rows(
         if on_invalid == "error":
             raise DataError(
                 io.describe_invalid(
-                    chunk.row_numbers[invalid], chunk.features[invalid], names, path, remedy
+                    chunk.row_numbers[invalid],
+                    chunk.features[invalid],
+                    names,
+                    path,
+                    remedy,
+                    chunk.beyond_float32,
                 )
             )
         rejects.add(chunk, invalid, "NaN or infinite feature value")

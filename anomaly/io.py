@@ -19,9 +19,10 @@ import gzip
 import json
 import os
 import re
+import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -76,6 +77,9 @@ class Chunk:
     """int8 0/1 from the label column, if one was given."""
     entities: np.ndarray | None
     """Values of the entity column (time-series grouping), if one was given."""
+    beyond_float32: dict[tuple[int, int], float] = field(default_factory=dict)
+    """The values read as inf because float32 cannot hold them, by (row number, feature
+    index), so that messages can show what the file holds."""
 
 
 class TableReader:
@@ -117,8 +121,9 @@ class TableReader:
         for frame in self._source.frames(self.chunk_rows, self._columns):
             rows = np.arange(first_row, first_row + len(frame), dtype=np.int64)
             first_row += len(frame)
+            features, beyond = _feature_matrix(frame, self.feature_names, rows, self.path)
             yield Chunk(
-                features=_feature_matrix(frame, self.feature_names, rows, self.path),
+                features=features,
                 row_numbers=rows,
                 ids=None if self.id_column is None else frame[self.id_column].to_numpy(),
                 labels=None
@@ -127,6 +132,7 @@ class TableReader:
                 entities=None
                 if self.entity_column is None
                 else frame[self.entity_column].to_numpy(),
+                beyond_float32=beyond,
             )
 
     def _resolve_features(self, dtypes: pd.Series, features: Sequence[str] | None) -> list[str]:
@@ -193,6 +199,7 @@ def join_chunks(reader: TableReader) -> Chunk:
         ids=joined("ids"),
         labels=joined("labels"),
         entities=joined("entities"),
+        beyond_float32={key: v for chunk in chunks for key, v in chunk.beyond_float32.items()},
     )
 
 
@@ -211,16 +218,18 @@ def describe_invalid(
     feature_names: Sequence[str],
     path: str | os.PathLike[str],
     remedy: str = SKIP_REMEDY,
+    beyond_float32: Mapping[tuple[int, int], float] | None = None,
 ) -> str:
     """A message naming the rows with NaN or infinite values and the columns that hold them,
-    ending with ``remedy``: what the user can do.
+    ending with ``remedy``: what the user can do. ``beyond_float32`` (``Chunk``'s) shows the
+    values that are inf only as float32 as the file holds them.
 
     Pass all rows or only the invalid ones; the first ten invalid rows are listed.
     """
     invalid = find_invalid_rows(features)
     rows, values = row_numbers[invalid], features[invalid]
     listed = [
-        f"row {row} ({_bad_columns(row_values, feature_names)})"
+        f"row {row} ({_bad_columns(row, row_values, feature_names, beyond_float32 or {})})"
         for row, row_values in zip(
             rows[:_LISTED_INVALID_ROWS], values[:_LISTED_INVALID_ROWS], strict=True
         )
@@ -501,13 +510,15 @@ class _NpySource:
 
 def _feature_matrix(
     frame: pd.DataFrame, names: list[str], rows: np.ndarray, path: Path
-) -> np.ndarray:
-    """The features as float32; a value that is not a number stops with its column and row."""
+) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
+    """The features as float32, and the values too large for it (``Chunk.beyond_float32``);
+    a value that is not a number stops with its column and row."""
     matrix = np.empty((len(frame), len(names)), dtype=np.float32)
+    beyond: dict[tuple[int, int], float] = {}
     for j, name in enumerate(names):
         column = frame[name]
         if not pd.api.types.is_numeric_dtype(column.dtype):
-            numbers = pd.to_numeric(column, errors="coerce")
+            numbers = _to_numeric(column, rows, path)
             bad = (numbers.isna() & column.notna()).to_numpy()
             if bad.any():
                 raise DataError(
@@ -516,9 +527,27 @@ def _feature_matrix(
                     "the column out of the features"
                 )
             column = numbers
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
         with np.errstate(over="ignore"):  # beyond float32's range becomes inf: reported later
-            matrix[:, j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
-    return matrix
+            matrix[:, j] = values
+        for i in np.flatnonzero(np.isfinite(values) & ~np.isfinite(matrix[:, j])):
+            beyond[int(rows[i]), j] = float(values[i])
+    return matrix, beyond
+
+
+def _to_numeric(column: pd.Series, rows: np.ndarray, path: Path) -> pd.Series:
+    """``pd.to_numeric``, NaN for what is not a number; an integer beyond float64's range (JSON
+    has no limit) stops with its row."""
+    try:
+        return pd.to_numeric(column, errors="coerce")
+    except OverflowError:
+        huge = column.map(lambda value: isinstance(value, int) and abs(value) > sys.float_info.max)
+        i = int(np.argmax(huge.to_numpy(dtype=bool)))
+        digits = len(str(abs(column.iloc[i])))
+        raise DataError(
+            f"{path}: column {column.name!r} on row {rows[i]} holds an integer of {digits} "
+            "digits, beyond float range; fix the value or leave the column out of the features"
+        ) from None
 
 
 def _check_not_temporal(path: Path, name: str, dtype: Any) -> None:
@@ -576,13 +605,21 @@ def _show(value: object) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
-def _bad_columns(values: np.ndarray, names: Sequence[str]) -> str:
+def _bad_columns(
+    row: int,
+    values: np.ndarray,
+    names: Sequence[str],
+    beyond_float32: Mapping[tuple[int, int], float],
+) -> str:
     """One row's non-finite values, e.g. "column 'b' is NaN, column 'c' is inf"."""
+
+    def shown_value(j: int) -> str:
+        if (row, j) in beyond_float32:
+            return f"{beyond_float32[row, j]:g}, beyond the float32 range the model scores in"
+        return "NaN" if np.isnan(values[j]) else str(float(values[j]))
+
     bad = np.flatnonzero(~np.isfinite(values))
-    shown = [
-        f"column {names[j]!r} is {'NaN' if np.isnan(values[j]) else float(values[j])}"
-        for j in bad[:_LISTED_VALUES]
-    ]
+    shown = [f"column {names[j]!r} is {shown_value(j)}" for j in bad[:_LISTED_VALUES]]
     more = len(bad) - len(shown)
     return ", ".join(shown) + (f" and {more} more columns" if more else "")
 

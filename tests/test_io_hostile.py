@@ -77,6 +77,39 @@ def test_a_csv_column_really_named_like_a_renamed_repeat_is_read(tmp_path):
     assert read_all(data).features.tolist() == [[1.0, 2.0]]
 
 
+# -- 2. an integer float64 cannot hold ------------------------------------------------------
+
+
+def test_json_integer_beyond_float_range_names_its_row_and_column(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        '{"a": 1, "b": 2, "c": 3, "d": 4}\n' + f'{{"a": 1, "b": 2, "c": 3, "d": {10**400}}}\n'
+    )
+
+    line = error_line(score(data, tmp_path / "out.csv"))
+
+    assert line == (
+        f"error: {data}: column 'd' on row 2 holds an integer of 401 digits, beyond float "
+        "range; fix the value or leave the column out of the features"
+    )
+
+
+# -- 8. finite values float32 cannot hold -------------------------------------------------------
+
+
+def test_values_beyond_float32_are_shown_as_the_file_holds_them(tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("a,b,c,d\n1,2,3,4\n1,-1e308,3,1e39\n")
+
+    line = error_line(score(data, tmp_path / "out.csv"))
+
+    assert line == (
+        f"error: {data}: 1 row has NaN (missing) or infinite values: row 2 (column 'b' is "
+        "-1e+308, beyond the float32 range the model scores in, column 'd' is 1e+39, beyond "
+        "the float32 range the model scores in); fix them or use --on-invalid skip"
+    )
+
+
 # -- 9. timestamps and durations are not numbers --------------------------------------------
 
 
