@@ -15,6 +15,7 @@ too many fields is an error naming its line.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import os
@@ -25,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import IO, Any, Protocol, TextIO
 
 import numpy as np
 import pandas as pd
@@ -387,7 +388,7 @@ class _CsvSource:
                 "fix that line (is a value with a comma missing its quotes?)"
             ) from None
         except UnicodeDecodeError as exc:
-            raise _unreadable(self.path, "CSV", f"not UTF-8 text: {exc.reason}") from None
+            raise _not_utf8(self.path, "CSV", exc) from None
         except (OSError, EOFError) as exc:
             raise _unreadable(self.path, "CSV", str(exc)) from None
 
@@ -413,7 +414,7 @@ class _JsonLinesSource:
                     if records:
                         yield pd.DataFrame(records, columns=columns)
         except UnicodeDecodeError as exc:
-            raise _unreadable(self.path, "JSON lines", f"not UTF-8 text: {exc.reason}") from None
+            raise _not_utf8(self.path, "JSON lines", exc) from None
         except (OSError, EOFError) as exc:
             raise _unreadable(self.path, "JSON lines", str(exc)) from None
 
@@ -634,6 +635,40 @@ def _clip(line: str, width: int = 80) -> str:
     return repr(line if len(line) <= width else line[:width] + "...")
 
 
+def _not_utf8(path: Path, kind: str, exc: UnicodeDecodeError) -> DataError:
+    """The first byte that is not UTF-8, with its line: the parser's own error knows only its
+    position in a buffer (and calls a character cut by the buffer's end "unexpected end of
+    data"), so the file is decoded again up to that byte."""
+    found = _first_non_utf8(path)
+    if found is None:  # the file changed since the parser read it
+        return _unreadable(path, kind, f"not UTF-8 text: {exc.reason}")
+    line, offset, byte, reason = found
+    return DataError(
+        f"{path}: line {line} is not UTF-8 text (byte 0x{byte:02x} at byte offset {offset}: "
+        f"{reason}); check that it is a {kind} file, saved as UTF-8"
+    )
+
+
+def _first_non_utf8(path: Path) -> tuple[int, int, int, str] | None:
+    """(line, byte offset, byte, reason) of the first byte that is not UTF-8, or None."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0
+    with _open_binary(path) as handle:
+        while True:
+            block = handle.read(1 << 20)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                # exc.object is the decoder's held-back bytes (no newline among them) + block.
+                start = offset - (len(exc.object) - len(block)) + exc.start
+                line = newlines + exc.object.count(b"\n", 0, exc.start) + 1
+                return line, start, exc.object[exc.start], exc.reason
+            if not block:
+                return None
+            offset += len(block)
+            newlines += block.count(b"\n")
+
+
 def _unreadable(path: Path, kind: str, detail: str) -> DataError:
     return DataError(
         f"{path}: cannot be read as {kind} ({detail}); check that it is a {kind} file "
@@ -661,3 +696,8 @@ def _open_text(path: Path, mode: str) -> TextIO:
     if path.name.lower().endswith(".gz"):
         return gzip.open(path, mode + "t", encoding="utf-8", newline="")
     return path.open(mode, encoding="utf-8", newline="")
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    """The bytes of a file for reading, ungzipped when the name ends in .gz."""
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")

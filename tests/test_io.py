@@ -318,8 +318,8 @@ def test_csv_with_binary_content(tmp_path: Path) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
 
     assert error_message(path) == (
-        f"{path}: cannot be read as CSV (not UTF-8 text: invalid start byte); "
-        "check that it is a CSV file and was fully written"
+        f"{path}: line 1 is not UTF-8 text (byte 0x89 at byte offset 0: invalid start byte); "
+        "check that it is a CSV file, saved as UTF-8"
     )
 
 
@@ -544,7 +544,7 @@ def test_jsonl_line_that_is_not_an_object_is_named(tmp_path: Path) -> None:
         pytest.param(
             "data.jsonl",
             b'{"a": "\xff"}\n',
-            "cannot be read as JSON lines (not UTF-8 text: invalid start byte)",
+            "line 1 is not UTF-8 text (byte 0xff at byte offset 7: invalid start byte)",
             id="not-utf8",
         ),
     ],

@@ -7,6 +7,7 @@ so no test trains one.
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from anomaly.io import read_all
+from anomaly.errors import DataError
+from anomaly.io import TableReader, read_all
 from pipelines.cli import cli
 
 MODEL = Path(__file__).parent / "fixtures" / "bundle-v3"
@@ -131,3 +133,35 @@ def test_a_timestamp_or_duration_feature_is_refused(tmp_path, values, kind):
 
     assert line.startswith(f"error: {data}: feature column 'd' is {kind}")
     assert line.endswith("), not a number; cast it or leave it out of the features")
+
+
+# -- 10. text that is not UTF-8 -----------------------------------------------------------------
+
+
+def test_non_utf8_csv_names_the_line_and_byte(tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"a,b,c,d\n" + b"1,2,3,4\n" * 5 + b"1,2,3,4\xe9\n")
+
+    line = error_line(score(data, tmp_path / "out.csv"))
+
+    assert line == (
+        f"error: {data}: line 7 is not UTF-8 text (byte 0xe9 at byte offset 55: invalid "
+        "continuation byte); check that it is a CSV file, saved as UTF-8"
+    )
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.csv.gz", "data.jsonl"])
+def test_a_non_utf8_byte_deep_in_a_file_is_found_on_its_line(tmp_path, name):
+    good = '{"a": 1}\n' if name.endswith("jsonl") else "1\n"
+    head = ("a\n" if name.startswith("data.csv") else "") + good * 300_000
+    content = head.encode() + b"\xff" + good.encode()
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(content) if name.endswith(".gz") else content)
+    lines = head.count("\n")
+
+    with pytest.raises(DataError) as caught:
+        list(TableReader(path, features=["a"]))
+
+    assert f": line {lines + 1} is not UTF-8 text (byte 0xff at byte offset {len(head)}: " in str(
+        caught.value
+    )
