@@ -16,6 +16,7 @@ afresh), so a file of millions of entities is scored in bounded memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -355,7 +356,7 @@ def score_file(
     read = scored = flagged = 0
     alarmed = None
     try:
-        with io.ResultWriter(partial) as writer:
+        with io.ResultWriter(partial, final=out) as writer:
             for chunk, _, frame in iter_scored(
                 detector,
                 data,
@@ -372,12 +373,16 @@ def score_file(
                     alarmed = (alarmed or 0) + int(frame["alarm"].sum())
         if read == 0:
             raise DataError(f"{data}: has no data rows")
-        os.replace(partial, out)
+        try:
+            os.replace(partial, out)
+        except OSError as exc:
+            raise io.cannot_write(out, exc) from None
     except BaseException:
         rejects.discard()
         raise
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder may not exist or be a file
+            partial.unlink(missing_ok=True)
     return RunSummary(
         read,
         scored,

@@ -16,6 +16,7 @@ too many fields is an error naming its line.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import gzip
 import json
 import os
@@ -248,48 +249,66 @@ class ResultWriter:
     """Writes result tables chunk by chunk; format from the output extension.
 
     CSV gets its header once, JSON lines one object per line, Parquet one file whose
-    schema is the first chunk's. Nothing is created until the first ``write``.
+    schema is the first chunk's. Nothing is created until the first ``write``. Problems are
+    ``DataError``s naming ``final``, the path the user chose, where ``path`` is a temporary
+    name for it.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, final: str | os.PathLike[str] | None = None
+    ) -> None:
         self.path = Path(path)
+        self.final = self.path if final is None else Path(final)
         self._format = _format_of(self.path, _WRITE_FORMATS, "write")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DataError(f"cannot create the folder for {self.path}: {exc}") from None
+            raise DataError(f"cannot create the folder for {self.final}: {exc}") from None
         self._columns: list[str] | None = None
         self._text: TextIO | None = None
         self._parquet: pq.ParquetWriter | None = None
 
     def write(self, frame: pd.DataFrame) -> None:
         """Append the rows of ``frame``, whose columns must be those of the first chunk."""
-        if self._columns is None:
+        first = self._columns is None
+        if first:
             self._open(frame)
         elif list(frame.columns) != self._columns:
             raise ValueError(f"columns {list(frame.columns)} differ from {self._columns}")
-        if self._parquet is not None:
-            table = pa.Table.from_pandas(frame, schema=self._parquet.schema, preserve_index=False)
-            self._parquet.write_table(table)
-        elif self._format == "csv":
-            frame.to_csv(self._text, header=False, index=False)
-        else:
-            frame.to_json(
-                self._text, orient="records", lines=True, double_precision=15, date_format="iso"
-            )
+        try:
+            if self._parquet is not None:
+                table = pa.Table.from_pandas(
+                    frame, schema=self._parquet.schema, preserve_index=False
+                )
+                self._parquet.write_table(table)
+            elif self._format == "csv":
+                frame.to_csv(self._text, header=first, index=False)
+            else:
+                frame.to_json(
+                    self._text, orient="records", lines=True, double_precision=15, date_format="iso"
+                )
+        except OSError as exc:
+            raise cannot_write(self.final, exc) from None
 
     def close(self) -> None:
         """Finish the file (Parquet writes its footer here); safe to call twice."""
-        if self._parquet is not None:
-            self._parquet.close()
-        if self._text is not None:
-            self._text.close()
+        try:
+            if self._parquet is not None:
+                self._parquet.close()
+            if self._text is not None:
+                self._text.close()
+        except OSError as exc:
+            raise cannot_write(self.final, exc) from None
 
     def __enter__(self) -> ResultWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the file is abandoned; the error that stopped the writing is the one to tell
+            with contextlib.suppress(DataError):
+                self.close()
 
     def _open(self, frame: pd.DataFrame) -> None:
         self._columns = list(frame.columns)
@@ -300,11 +319,13 @@ class ResultWriter:
             else:
                 self._text = _open_text(self.path, "w")
         except OSError as exc:
-            raise DataError(
-                f"cannot write {self.path}: {exc}; check that its folder is writable"
-            ) from None
-        if self._format == "csv":
-            frame.iloc[:0].to_csv(self._text, index=False)
+            raise cannot_write(self.final, exc) from None
+
+
+def cannot_write(path: str | os.PathLike[str], exc: OSError) -> DataError:
+    """The error for an ``OSError`` met writing ``path``, e.g. "cannot write out.csv: No space
+    left on device" (the errno's text: the exception's own may name a temporary file)."""
+    return DataError(f"cannot write {path}: {os.strerror(exc.errno) if exc.errno else exc}")
 
 
 # --- Sources: one per format, each yielding pandas frames of at least one row. ---------

@@ -18,8 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly.errors import DataError
-from anomaly.io import TableReader, read_all
+from anomaly.io import ResultWriter, TableReader, read_all
 from pipelines.cli import cli
+from tests._support import unavailable
 
 MODEL = Path(__file__).parent / "fixtures" / "bundle-v3"
 FEATURES = ["a", "b", "c", "d"]
@@ -94,6 +95,54 @@ def test_json_integer_beyond_float_range_names_its_row_and_column(tmp_path):
         f"error: {data}: column 'd' on row 2 holds an integer of 401 digits, beyond float "
         "range; fix the value or leave the column out of the features"
     )
+
+
+# -- 4. and 5. where the output cannot be written -------------------------------------------
+
+
+def test_out_inside_a_regular_file_exits_2_with_one_line(tmp_path):
+    rows().to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out.csv"
+
+    line = error_line(score(tmp_path / "data.csv", out))
+
+    assert line.startswith(f"error: cannot create the folder for {out}: ")
+
+
+@pytest.fixture
+def dev_full() -> Path:
+    """A device whose every write fails with ENOSPC, as a full disk's does."""
+    path = Path("/dev/full")
+    if not path.exists():
+        unavailable("/dev/full (a Linux device) is needed to fill a disk")
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_a_full_disk_is_one_error_naming_the_output(dev_full, tmp_path, suffix):
+    path = tmp_path / f"written{suffix}"
+    path.symlink_to(dev_full)
+    out = tmp_path / f"out{suffix}"
+
+    with pytest.raises(DataError) as caught:
+        with ResultWriter(path, final=out) as writer:
+            writer.write(pd.DataFrame({"row": range(1, 100_001), "score": 0.5}))
+
+    assert str(caught.value) == f"cannot write {out}: No space left on device"
+
+
+def test_a_full_disk_while_scoring_exits_2_and_leaves_nothing(dev_full, tmp_path):
+    data = tmp_path / "data.csv"
+    rows(20_000).to_csv(data, index=False)
+    out = tmp_path / "out.csv"
+    # Where the run writes its output until it is complete: here, a full disk.
+    (tmp_path / ".partial-out.csv").symlink_to(dev_full)
+
+    line = error_line(score(data, out))
+
+    assert line == f"error: cannot write {out}: No space left on device"
+    assert sorted(tmp_path.iterdir()) == [data]
 
 
 # -- 8. finite values float32 cannot hold -------------------------------------------------------
