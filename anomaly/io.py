@@ -248,10 +248,12 @@ def describe_invalid(
 class ResultWriter:
     """Writes result tables chunk by chunk; format from the output extension.
 
-    CSV gets its header once, JSON lines one object per line, Parquet one file whose
-    schema is the first chunk's. Nothing is created until the first ``write``. Problems are
-    ``DataError``s naming ``final``, the path the user chose, where ``path`` is a temporary
-    name for it.
+    CSV gets its header once, JSON lines one object per line, Parquet one file whose column
+    types are the first chunk's, except that a column of text, of missing values only or of
+    mixed types is text, later values written as their text (an id column empty or mixed in
+    the first chunk must not fix a type its later values cannot have). Nothing is created
+    until the first ``write``. Problems are ``DataError``s naming ``final``, the path the
+    user chose, where ``path`` is a temporary name for it.
     """
 
     def __init__(
@@ -269,7 +271,8 @@ class ResultWriter:
         self._parquet: pq.ParquetWriter | None = None
 
     def write(self, frame: pd.DataFrame) -> None:
-        """Append the rows of ``frame``, whose columns must be those of the first chunk."""
+        """Append the rows of ``frame``, whose columns must be those of the first chunk (a
+        result table, whose ``row`` column holds the input's row numbers)."""
         first = self._columns is None
         if first:
             self._open(frame)
@@ -277,10 +280,7 @@ class ResultWriter:
             raise ValueError(f"columns {list(frame.columns)} differ from {self._columns}")
         try:
             if self._parquet is not None:
-                table = pa.Table.from_pandas(
-                    frame, schema=self._parquet.schema, preserve_index=False
-                )
-                self._parquet.write_table(table)
+                self._parquet.write_table(self._arrow_table(frame))
             elif self._format == "csv":
                 frame.to_csv(self._text, header=first, index=False)
             else:
@@ -314,18 +314,86 @@ class ResultWriter:
         self._columns = list(frame.columns)
         try:
             if self._format == "parquet":
-                schema = pa.Schema.from_pandas(frame, preserve_index=False)
-                self._parquet = pq.ParquetWriter(self.path, schema)
+                self._parquet = pq.ParquetWriter(self.path, _parquet_schema(frame))
             else:
                 self._text = _open_text(self.path, "w")
         except OSError as exc:
             raise cannot_write(self.final, exc) from None
+
+    def _arrow_table(self, frame: pd.DataFrame) -> pa.Table:
+        """``frame`` in the file's column types; a value that does not fit stops, naming its
+        row."""
+        schema = self._parquet.schema
+        converted = frame.assign(
+            **{f.name: _as_text(frame[f.name]) for f in schema if _is_text(f.type)}
+        )
+        try:
+            return pa.Table.from_pandas(converted, schema=schema, preserve_index=False)
+        except pa.ArrowException:
+            name, kind = next(
+                (f.name, f.type) for f in schema if not _fits(converted[f.name], f.type)
+            )
+            i = _first_misfit(converted[name], kind)
+            raise DataError(
+                f"cannot write {self.final}: column {name!r} changes type at row "
+                f"{converted['row'].iloc[i]}, which has {_show(converted[name].iloc[i])} "
+                f"after {kind} values; a Parquet column has one type: write CSV or JSON "
+                "lines instead, or give the column values of one type"
+            ) from None
 
 
 def cannot_write(path: str | os.PathLike[str], exc: OSError) -> DataError:
     """The error for an ``OSError`` met writing ``path``, e.g. "cannot write out.csv: No space
     left on device" (the errno's text: the exception's own may name a temporary file)."""
     return DataError(f"cannot write {path}: {os.strerror(exc.errno) if exc.errno else exc}")
+
+
+def _parquet_schema(frame: pd.DataFrame) -> pa.Schema:
+    """The first chunk's column types, text where a column holds text, nothing (all values
+    missing) or values of mixed types."""
+    fields = []
+    for name in frame.columns:
+        try:
+            kind = pa.array(frame[name], from_pandas=True).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed, such as 0, 1, "abc"
+            kind = _TEXT
+        fields.append(pa.field(name, _TEXT if pa.types.is_null(kind) or _is_text(kind) else kind))
+    return pa.schema(fields)
+
+
+#: Parquet's type for text columns: the one pandas writes its own text columns as.
+_TEXT = pa.large_string()
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """Each value as its text (1 -> "1"), missing values kept missing."""
+    if isinstance(values.dtype, pd.StringDtype):
+        return values
+    return values.map(str, na_action="ignore")
+
+
+def _fits(values: pd.Series, kind: pa.DataType) -> bool:
+    try:
+        pa.array(values, type=kind, from_pandas=True)
+    except pa.ArrowException:
+        return False
+    return True
+
+
+def _first_misfit(values: pd.Series, kind: pa.DataType) -> int:
+    """The position of the first value that ``kind`` cannot hold (``values`` has one)."""
+    fitting, misfitting = 0, len(values)  # lengths of a prefix that fits and one that does not
+    while misfitting - fitting > 1:
+        middle = (fitting + misfitting) // 2
+        if _fits(values.iloc[:middle], kind):
+            fitting = middle
+        else:
+            misfitting = middle
+    return fitting
 
 
 # --- Sources: one per format, each yielding pandas frames of at least one row. ---------

@@ -17,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+import anomaly
 from anomaly.errors import DataError
+from anomaly.files import score_file
 from anomaly.io import ResultWriter, TableReader, read_all
 from pipelines.cli import cli
 from tests._support import unavailable
@@ -95,6 +97,62 @@ def test_json_integer_beyond_float_range_names_its_row_and_column(tmp_path):
         f"error: {data}: column 'd' on row 2 holds an integer of 401 digits, beyond float "
         "range; fix the value or leave the column out of the features"
     )
+
+
+# -- 3. Parquet output when the id column's type varies -----------------------------------
+
+
+@pytest.fixture
+def detector_with_ids():
+    """The fixture model reading an ``id`` column, in chunks of 4 rows."""
+    detector = anomaly.load(MODEL)
+    detector.config = detector.config.updated(data={"id_column": "id", "chunk_rows": 4})
+    return detector
+
+
+def with_ids(ids: list) -> pd.DataFrame:
+    frame = rows(len(ids))
+    frame.insert(0, "id", ids)
+    return frame
+
+
+def test_csv_ids_empty_in_the_first_chunk_are_written_to_parquet(detector_with_ids, tmp_path):
+    data = tmp_path / "data.csv"
+    with_ids([None] * 4 + ["x", "y"]).to_csv(data, index=False)
+
+    score_file(detector_with_ids, data, tmp_path / "out.parquet")
+
+    ids = pd.read_parquet(tmp_path / "out.parquet")["id"]
+    assert ids.isna().tolist() == [True] * 4 + [False] * 2
+    assert ids.iloc[4:].tolist() == ["x", "y"]
+
+
+def test_json_ids_of_mixed_types_are_written_to_parquet_as_text(detector_with_ids, tmp_path):
+    data = tmp_path / "data.jsonl"
+    with_ids([0, 1, "abc", 3, "x", 5]).to_json(data, orient="records", lines=True)
+
+    score_file(detector_with_ids, data, tmp_path / "out.parquet")
+
+    ids = pd.read_parquet(tmp_path / "out.parquet")["id"].tolist()
+    assert ids == ["0", "1", "abc", "3", "x", "5"]
+
+
+def test_json_ids_turning_to_text_after_numbers_is_refused_naming_the_row(
+    detector_with_ids, tmp_path
+):
+    data = tmp_path / "data.jsonl"
+    with_ids([0, 1, 2, 3, 4, "abc"]).to_json(data, orient="records", lines=True)
+    out = tmp_path / "out.parquet"
+
+    with pytest.raises(DataError) as caught:
+        score_file(detector_with_ids, data, out)
+
+    assert str(caught.value) == (
+        f"cannot write {out}: column 'id' changes type at row 6, which has 'abc' after int64 "
+        "values; a Parquet column has one type: write CSV or JSON lines instead, or give the "
+        "column values of one type"
+    )
+    assert list(tmp_path.iterdir()) == [data]
 
 
 # -- 4. and 5. where the output cannot be written -------------------------------------------
