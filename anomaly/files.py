@@ -61,8 +61,15 @@ def rejects_path(output: PathLike) -> Path:
     return output.with_name(output.name + ".rejects.csv")
 
 
+def _partial_path(path: Path) -> Path:
+    """The temporary name ``path`` is written under until the run succeeds."""
+    return path.with_name(f".partial-{path.name}")
+
+
 class _Rejects:
-    """Collects rejected rows with their row number and reason; writes them on close."""
+    """Collects rejected rows with their row number and reason, under a temporary name until
+    ``close``: the rejects file belongs to the run's output, so an earlier run's file is
+    replaced (or removed) only when this run's output is in place."""
 
     def __init__(self, path: Path, feature_names: list[str]):
         self.path = path
@@ -77,21 +84,43 @@ class _Rejects:
         frame.insert(0, "reason", reason)
         frame.insert(0, "row", chunk.row_numbers[mask])
         if self._writer is None:
-            self._writer = io.ResultWriter(self.path)
+            self._writer = io.ResultWriter(_partial_path(self.path), final=self.path)
         self._writer.write(frame)
         self.count += int(mask.sum())
 
     def close(self) -> Path | None:
-        if self._writer is None:
-            return None
-        self._writer.close()
+        """Put this run's rejects in place, or remove an earlier run's when this run rejected
+        nothing; the path of the rejects file, None when there is none."""
+        try:
+            if self._writer is None:
+                self.path.unlink(missing_ok=True)
+                return None
+            self._writer.close()
+            os.replace(self._writer.path, self.path)
+        except OSError as exc:
+            raise io.cannot_write(self.path, exc) from None
         return self.path
 
     def discard(self) -> None:
-        """Remove the rejects file if this run wrote it (the run failed; nothing to keep)."""
+        """Remove what this run wrote (it failed; nothing to keep), and nothing else."""
         if self._writer is not None:
-            self._writer.close()
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(DataError):
+                self._writer.close()
+            with contextlib.suppress(OSError):
+                self._writer.path.unlink(missing_ok=True)
+
+
+def _check_not_input(data: PathLike, target: Path) -> None:
+    """Refuse an output that is the input file itself: it would replace the data."""
+    try:
+        same = os.path.samefile(data, target)
+    except OSError:  # either is missing: the reader says so if it is the input
+        return
+    if same:
+        raise DataError(
+            f"{target} is the input file {data}; writing it would replace the data: "
+            "choose another --out"
+        )
 
 
 #: What to do about invalid rows, for the commands that take no ``--on-invalid``.
@@ -203,8 +232,9 @@ def _model_from_normal_rows(
     started = time.perf_counter()
     check_save_target(out)  # before the data is read and a model made, not after
     names = reader.feature_names
-    table = io.join_chunks(reader)
     rejects = _Rejects(rejects_path(out), names)
+    _check_not_input(data, rejects.path)
+    table = io.join_chunks(reader)
     try:
         usable = _valid_rows(table, data, names, on_invalid, rejects, remedy)
         if table.labels is not None:
@@ -212,6 +242,7 @@ def _model_from_normal_rows(
         entities = table.entities[usable] if table.entities is not None else None
         detector = make(table.features[usable], entities, rejects.count)
         detector.save(out)
+        rejects_file = rejects.close()
     except BaseException:
         rejects.discard()
         raise
@@ -221,7 +252,7 @@ def _model_from_normal_rows(
         anomalies=0,
         rows_rejected=rejects.count,
         output=Path(out),
-        rejects=rejects.close(),
+        rejects=rejects_file,
         seconds=time.perf_counter() - started,
     )
     return detector, summary
@@ -231,18 +262,18 @@ def iter_scored(
     detector: Detector,
     data: PathLike,
     *,
+    rejects: _Rejects,
     on_invalid: str = "error",
-    rejects: _Rejects | None = None,
     label_column: str | None = None,
     progress: bool = False,
     alarms: AlarmConfig | None = None,
 ):
     """Yield ``(chunk, valid_mask, result_frame)`` per chunk: one output row per valid input
-    row, in input order. Shared by ``score_file`` and evaluation. ``alarms`` (default: the
-    model's ``[alarms]``) may add ``p_value`` and ``alarm`` columns."""
+    row, in input order. Shared by ``score_file`` and evaluation, whose ``rejects`` take the
+    invalid rows with ``on_invalid="skip"``. ``alarms`` (default: the model's ``[alarms]``)
+    may add ``p_value`` and ``alarm`` columns."""
     cfg = detector.config.data
     reader = _reader_for(detector, data, label_column)
-    rejects = rejects or _Rejects(rejects_path(data), detector.feature_names)
     window = detector.schema.window
     buffer = WindowBuffer(window, len(detector.feature_names)) if window else None
     stage = AlarmStage.for_model(detector, detector.config.alarms if alarms is None else alarms)
@@ -344,15 +375,19 @@ def score_file(
     """Score every row of ``data`` into ``out`` (CSV, Parquet or JSON lines by extension);
     ``alarms`` (default: the model's ``[alarms]``) chooses the alarm stage.
 
-    The output is written to a temporary file and renamed at the end, so a run stopped by
-    bad input leaves nothing behind: no half-written output, no rejects file.
+    The output and the rejects file are written under temporary names and renamed at the
+    end, so a run stopped by bad input leaves nothing behind (no half-written output, no
+    rejects file) and a successful one leaves a rejects file only if it rejected rows. An
+    ``out`` that is ``data`` itself is refused.
     """
     started = time.perf_counter()
     out = Path(out)
     io.check_output_format(out)  # before the temporary name, which the user never chose
     on_invalid = on_invalid or detector.config.data.on_invalid
     rejects = _Rejects(rejects_path(out), detector.feature_names)
-    partial = out.with_name(f".partial-{out.name}")
+    for target in (out, rejects.path):
+        _check_not_input(data, target)
+    partial = _partial_path(out)
     read = scored = flagged = 0
     alarmed = None
     try:
@@ -377,6 +412,7 @@ def score_file(
             os.replace(partial, out)
         except OSError as exc:
             raise io.cannot_write(out, exc) from None
+        rejects_file = rejects.close()
     except BaseException:
         rejects.discard()
         raise
@@ -389,7 +425,7 @@ def score_file(
         flagged,
         rejects.count,
         out,
-        rejects.close(),
+        rejects_file,
         time.perf_counter() - started,
         alarmed,
     )
@@ -430,6 +466,7 @@ def drift_file(detector: Detector, data: PathLike, *, on_invalid: str | None = N
             counts += bins.counts(chunk.features[valid])
         if not counts.any():
             raise DataError(f"{data}: has no valid rows to measure")
+        rejects_file = rejects.close()
     except BaseException:
         rejects.discard()
         raise
@@ -440,7 +477,7 @@ def drift_file(detector: Detector, data: PathLike, *, on_invalid: str | None = N
     return FileDrift(
         bins.ranked(counts),
         rejects.count,
-        rejects.close(),
+        rejects_file,
         rows,
         (f"{data}: {problem}",) if problem else (),
     )

@@ -203,6 +203,75 @@ def test_a_full_disk_while_scoring_exits_2_and_leaves_nothing(dev_full, tmp_path
     assert sorted(tmp_path.iterdir()) == [data]
 
 
+# -- 6. the output is the input ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_scoring_a_file_into_itself_is_refused_and_the_data_kept(tmp_path, suffix):
+    data = tmp_path / f"data{suffix}"
+    rows().to_csv(data, index=False) if suffix == ".csv" else rows().to_parquet(data)
+    before = data.read_bytes()
+    same = tmp_path / "." / data.name
+
+    line = error_line(score(data, same))
+
+    assert line == (
+        f"error: {same} is the input file {data}; writing it would replace the data: "
+        "choose another --out"
+    )
+    assert data.read_bytes() == before
+
+
+def test_an_output_whose_rejects_file_is_the_input_is_refused(tmp_path):
+    data = tmp_path / "out.csv.rejects.csv"
+    rows().to_csv(data, index=False)
+
+    line = error_line(score(data, tmp_path / "out.csv"))
+
+    assert line.startswith(f"error: {data} is the input file {data}; ")
+    assert sorted(tmp_path.iterdir()) == [data]
+
+
+# -- 7. the rejects file belongs to the output it came with -------------------------------------
+
+
+def test_a_clean_run_removes_the_rejects_an_earlier_run_left_for_the_same_out(tmp_path):
+    dirty, clean = tmp_path / "dirty.csv", tmp_path / "clean.csv"
+    frame = rows()
+    frame.to_csv(clean, index=False)
+    frame.loc[2, "b"] = np.nan
+    frame.to_csv(dirty, index=False)
+    out = tmp_path / "out.csv"
+
+    first = score(dirty, out, "--on-invalid", "skip")
+    assert first.exit_code == 0 and Path(f"{out}.rejects.csv").exists(), first.output
+    second = score(clean, out, "--on-invalid", "skip")
+
+    assert second.exit_code == 0, second.output
+    assert "rejected" not in second.stdout
+    assert not Path(f"{out}.rejects.csv").exists()
+    assert len(pd.read_csv(out)) == 6
+
+
+def test_a_failed_run_keeps_the_output_and_rejects_of_the_run_before(tmp_path):
+    data = tmp_path / "data.csv"
+    frame = rows()
+    frame.loc[2, "b"] = np.nan
+    frame.to_csv(data, index=False)
+    out = tmp_path / "out.csv"
+    assert score(data, out, "--on-invalid", "skip").exit_code == 0
+    kept = {path: path.read_bytes() for path in (out, Path(f"{out}.rejects.csv"))}
+    # The next run rejects row 3 in its first chunk (65,536 rows), then stops at row 70,000.
+    frame = rows(70_000).astype({"a": object})
+    frame.loc[2, "b"], frame.loc[69_999, "a"] = np.nan, "text"
+    frame.to_csv(data, index=False)
+
+    error_line(score(data, out, "--on-invalid", "skip"))
+
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert sorted(tmp_path.iterdir()) == sorted([data, *kept])
+
+
 # -- 8. finite values float32 cannot hold -------------------------------------------------------
 
 
