@@ -113,23 +113,27 @@ def evaluate_file(
     where = Path(report_dir) / Path(data).name if report_dir else Path(data)
     rejects = _Rejects(rejects_path(where), detector.feature_names)
     labels, scores, alarmed = [], [], []
-    for chunk, valid, frame in iter_scored(
-        detector,
-        data,
-        on_invalid=on_invalid,
-        rejects=rejects,
-        label_column=label_column,
-        progress=progress,
-        alarms=alarms,
-    ):
-        if chunk.labels is None:
-            raise DataError(f"{data}: no label column {label_column!r}")
-        scored = np.isfinite(frame["score"].to_numpy())
-        labels.append(chunk.labels[valid][scored])
-        scores.append(frame["score"].to_numpy()[scored])
-        if "alarm" in frame:
-            alarmed.append(frame["alarm"].to_numpy()[scored])
-    rejects.close()
+    try:
+        for chunk, valid, frame in iter_scored(
+            detector,
+            data,
+            on_invalid=on_invalid,
+            rejects=rejects,
+            label_column=label_column,
+            progress=progress,
+            alarms=alarms,
+        ):
+            if chunk.labels is None:
+                raise DataError(f"{data}: no label column {label_column!r}")
+            scored = np.isfinite(frame["score"].to_numpy())
+            labels.append(chunk.labels[valid][scored])
+            scores.append(frame["score"].to_numpy()[scored])
+            if "alarm" in frame:
+                alarmed.append(frame["alarm"].to_numpy()[scored])
+        rejects.close()
+    except BaseException:  # a failed run leaves no rejects file of its own
+        rejects.discard()
+        raise
     if not labels or not sum(len(part) for part in labels):
         raise DataError(f"{data}: has no data rows to evaluate")
     labels, scores = np.concatenate(labels), np.concatenate(scores)

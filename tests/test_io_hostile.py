@@ -341,3 +341,18 @@ def test_a_non_utf8_byte_deep_in_a_file_is_found_on_its_line(tmp_path, name):
     assert f": line {lines + 1} is not UTF-8 text (byte 0xff at byte offset {len(head)}: " in str(
         caught.value
     )
+
+
+def test_a_failed_evaluation_leaves_no_rejects_file_of_its_own(tmp_path):
+    """The run rejected a row (skip), then failed on a label: nothing of its rejects stays
+    behind, under the final name or a temporary one."""
+    from anomaly.evaluation import evaluate_file
+
+    frame = rows()
+    frame.loc[2, "a"] = np.nan
+    frame["label"] = [0, 0, 0, 0, 2, 0]
+    data = tmp_path / "labelled.csv"
+    frame.to_csv(data, index=False)
+    with pytest.raises(DataError, match="label"):
+        evaluate_file(anomaly.load(MODEL), data, "label", on_invalid="skip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labelled.csv"]
