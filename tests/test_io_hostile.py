@@ -353,6 +353,8 @@ def test_a_failed_evaluation_leaves_no_rejects_file_of_its_own(tmp_path):
     frame["label"] = [0, 0, 0, 0, 2, 0]
     data = tmp_path / "labelled.csv"
     frame.to_csv(data, index=False)
+    detector = anomaly.load(MODEL)
+    detector.config = detector.config.updated(data={"chunk_rows": 3})  # fail in chunk 2
     with pytest.raises(DataError, match="label"):
-        evaluate_file(anomaly.load(MODEL), data, "label", on_invalid="skip")
+        evaluate_file(detector, data, "label", on_invalid="skip")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labelled.csv"]
