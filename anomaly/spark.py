@@ -402,8 +402,9 @@ def _score_schema(df: DataFrame, job: _Job):
 
 
 def _numbered(batches: Iterator[pa.RecordBatch], job: _Job):
-    """Each batch with its 1-based row numbers and its features as float32 (a value that is
-    not a number stops, naming its row and column); checks the partition's row count."""
+    """Each batch with its 1-based row numbers, its features as float32 (a value that is not a
+    number stops, naming its row and column) and the values too large for float32 (for the
+    message); checks the partition's row count."""
     from pyspark import TaskContext
 
     from anomaly import io
@@ -415,7 +416,7 @@ def _numbered(batches: Iterator[pa.RecordBatch], job: _Job):
         rows = np.arange(first + seen, first + seen + batch.num_rows, dtype=np.int64)
         seen += batch.num_rows
         frame = batch.select(list(job.features)).to_pandas()
-        yield batch, rows, io._feature_matrix(frame, list(job.features), rows, job.source)
+        yield batch, rows, *io._feature_matrix(frame, list(job.features), rows, job.source)
     if seen != job.counts[partition]:
         raise DataError(
             f"{job.source}: partition {partition} held {seen} rows when scored but "
@@ -433,12 +434,16 @@ def _score_batches(batches: Iterator[pa.RecordBatch], job: _Job) -> Iterator[pa.
     from anomaly.files import _add_scores
 
     detector = _worker_detector(job.version, job.bundle)
-    for batch, rows, features in _numbered(batches, job):
+    for batch, rows, features, beyond_float32 in _numbered(batches, job):
         invalid = io.find_invalid_rows(features)
         if invalid.any() and job.on_invalid == "error":
             raise DataError(
                 io.describe_invalid(
-                    rows[invalid], features[invalid], list(job.features), job.source
+                    rows[invalid],
+                    features[invalid],
+                    list(job.features),
+                    job.source,
+                    beyond_float32=beyond_float32,
                 )
             )
         valid = ~invalid
@@ -476,7 +481,7 @@ def _invalid_batches(batches: Iterator[pa.RecordBatch], job: _Job) -> Iterator[p
 
     from anomaly import io
 
-    for _, rows, features in _numbered(batches, job):
+    for _, rows, features, _ in _numbered(batches, job):
         invalid = io.find_invalid_rows(features)
         if not invalid.any():
             continue
