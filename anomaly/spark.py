@@ -83,6 +83,23 @@ ARROW_BATCH_ROWS = 32_768
 #: cores (a 400 MB file is about 13 tasks instead of 4 of uneven sizes).
 PARTITION_BYTES = "32m"
 
+#: Spark's log4j2 configuration in a session ``session`` starts: off, but for the scheduler's
+#: warnings (a cluster that gives the job no executors says so instead of a silent wait). The
+#: gateway's logger is off too, or Spark announces a default level of its own.
+_LOG4J2 = """\
+rootLogger.level = off
+rootLogger.appenderRef.console.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+logger.scheduler.name = org.apache.spark.scheduler.TaskSchedulerImpl
+logger.scheduler.level = warn
+logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
+logger.gateway.level = off
+"""
+
 #: Environment variable naming a file where each Python worker logs its model loads.
 LOAD_LOG_ENV = "ANOMALY_SPARK_LOAD_LOG"
 
@@ -118,9 +135,15 @@ def session(
 
     ``master`` None takes spark-submit's master, else ``local[*]``. A local master binds the
     driver to 127.0.0.1 with no web UI and runs the Python workers on this interpreter
-    (unless ``PYSPARK_PYTHON`` says otherwise). The log level is WARN; Arrow batches are
-    ``ARROW_BATCH_ROWS`` rows, file partitions at most ``PARTITION_BYTES``; ``config`` adds
-    or replaces Spark settings."""
+    (unless ``PYSPARK_PYTHON`` says otherwise). Arrow batches are ``ARROW_BATCH_ROWS`` rows,
+    file partitions at most ``PARTITION_BYTES``; ``config`` adds or replaces Spark settings.
+
+    When this call starts Spark (its JVM), Spark logs nothing but the scheduler's warnings
+    (``_LOG4J2``): a failed job reaches the caller as an exception, which ``anomaly score``
+    prints in one line, and Spark would first log it several times over with Java stack
+    traces and the Python worker's traceback. ``spark.sparkContext.setLogLevel("WARN")``
+    brings its log back. An active session, or one under spark-submit, logs as its owner set
+    it."""
     _pyspark()
     from pyspark.sql import SparkSession
 
@@ -146,14 +169,22 @@ def session(
             }
         )
     settings.update(config or {})
-    builder = SparkSession.builder.appName(app_name)
-    if master is not None:
-        builder = builder.master(master)
-    for key, value in settings.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
+    with tempfile.TemporaryDirectory(prefix="anomaly-spark-") as folder:
+        if SparkSession.getActiveSession() is None:
+            # Read by the JVM as it starts; a JVM already running (spark-submit's) ignores it.
+            # The caller's Java options come after it, so a configuration file of theirs wins.
+            log_config = Path(folder) / "log4j2.properties"
+            log_config.write_text(_LOG4J2, encoding="utf-8")
+            settings["spark.driver.extraJavaOptions"] = (
+                f"-Dlog4j2.configurationFile={log_config.as_uri()} "
+                + settings.get("spark.driver.extraJavaOptions", "")
+            ).strip()
+        builder = SparkSession.builder.appName(app_name)
+        if master is not None:
+            builder = builder.master(master)
+        for key, value in settings.items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
 
 
 # -- the model on the driver and on the workers ----------------------------------------------
@@ -427,6 +458,11 @@ def _numbered(batches: Iterator[pa.RecordBatch], job: _Job):
 
 def _score_batches(batches: Iterator[pa.RecordBatch], job: _Job) -> Iterator[pa.RecordBatch]:
     """A task's scoring: Arrow batches of input in, Arrow batches of scores out."""
+    from anomaly.backend import import_keras_quietly
+
+    # Before anomaly.files imports it: TensorFlow's start-up lines would go from every Python
+    # worker to the executor's stderr (under local[n], the terminal of `anomaly score`).
+    import_keras_quietly()
     import pandas as pd
     import pyarrow as pa
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,10 @@ pytestmark = pytest.mark.spark
 ROWS = 4000
 ROW_GROUP = 500
 NAMES = [f"f{i}" for i in range(8)]
+ANOMALY_SCRIPT = Path(sys.executable).with_name("anomaly")
+#: The JVM's start-up warning for the module Spark 4 adds to its command line (printed by Java
+#: before Spark runs, whatever the log configuration says).
+JVM_NATIVE_LOG = re.compile(r"^WARNING: Using incubator modules: ")
 
 
 class _Spark:
@@ -241,6 +246,33 @@ def test_cli_engine_spark_stops_at_or_skips_invalid_rows_as_the_local_path_does(
         f"error: {bad}: column 'f3' is not numeric: row 7 has 'abc'; fix the values or leave "
         "the column out of the features\n"
     )
+
+
+def test_a_failing_cli_run_prints_only_its_error_line_on_stderr(
+    spark, tiny_bundle, tiny_bundle_mixing, tmp_path
+):
+    # Spark logged a task's failure four times over (Java stack traces, the Python worker's
+    # traceback in each) before the error line: about 200 lines. A process of its own, as the
+    # command starts its own Spark (the fixture only skips the test without pyspark or Java).
+    rows = _rows(tiny_bundle_mixing, 600, seed=3)
+    rows[5, 2] = np.nan
+    data = _write(pd.DataFrame(rows, columns=NAMES), tmp_path / "nan.parquet")
+    proc = subprocess.run(
+        [str(ANOMALY_SCRIPT), "score", "--engine", "spark", "--spark-master", "local[2]"]
+        + ["--model", str(tiny_bundle), "--data", str(data), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Py4J" not in proc.stderr, proc.stderr
+    own = [line for line in proc.stderr.splitlines() if not JVM_NATIVE_LOG.match(line)]
+    assert own == [
+        f"error: {data}: 1 row has NaN (missing) or infinite values: row 6 (column 'f2' is "
+        "NaN); fix them or use --on-invalid skip"
+    ]
+    assert proc.stdout == ""
 
 
 def test_time_series_models_adaptive_alarms_and_missing_columns_are_refused_in_one_line(
