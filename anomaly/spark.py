@@ -43,6 +43,7 @@ never needs it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io as _bytes_io
 import json
@@ -52,6 +53,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.parse
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -399,9 +401,13 @@ def _partition_offsets(df: DataFrame) -> tuple[tuple[int, ...], tuple[int, ...]]
     from pyspark.sql import functions as F
 
     partitions = df.rdd.getNumPartitions()
-    counted = (
-        df.select(F.spark_partition_id().alias("partition")).groupBy("partition").count().collect()
-    )
+    with _spark_errors():  # the first job: a file Spark cannot read fails here
+        counted = (
+            df.select(F.spark_partition_id().alias("partition"))
+            .groupBy("partition")
+            .count()
+            .collect()
+        )
     counts = [0] * partitions
     for record in counted:
         counts[record["partition"]] = record["count"]
@@ -563,7 +569,8 @@ def score_parquet(
 
     The output is written in a hidden folder beside ``out`` and renamed when complete, so a
     failed run leaves nothing at ``out``; an ``out`` that exists is refused. An error of the
-    data (a ``DataError`` raised on an executor) is raised here as itself."""
+    data (a ``DataError`` raised on an executor) is raised here as itself, and a file Spark
+    cannot read (not Parquet, truncated, a damaged page) is a ``DataError`` naming it."""
     started = time.perf_counter()
     out = out.rstrip("/")
     rejects_out = out + ".rejects"
@@ -589,17 +596,16 @@ def score_parquet(
     staging = fs.partial_name(out)
     scores, invalid = f"{staging}/scores", f"{staging}/rejects"
     try:
-        with _user_errors():
+        with _spark_errors():
             _scored(df, job).write.parquet(scores)
-        written = spark.read.parquet(scores)
-        rows_scored = written.count()
-        anomalies = written.where("is_anomaly").count()
-        rejected = rows_read - rows_scored
-        if rejected:
-            with _user_errors():
+            written = spark.read.parquet(scores)
+            rows_scored = written.count()
+            anomalies = written.where("is_anomaly").count()
+            rejected = rows_read - rows_scored
+            if rejected:
                 _invalid(df, job).write.parquet(invalid)
-            fs.rename(invalid, rejects_out)
-        fs.rename(scores, out)
+                fs.rename(invalid, rejects_out)
+            fs.rename(scores, out)
     finally:
         fs.delete(staging)
         job.bundle.unpersist()
@@ -619,29 +625,79 @@ def _read_parquet(spark: SparkSession, data: str) -> DataFrame:
     from pyspark.errors import AnalysisException
 
     try:
-        return spark.read.parquet(data)
+        with _spark_errors():  # the footers are read here, for the schema
+            return spark.read.parquet(data)
     except AnalysisException as exc:
         detail = str(exc).strip().splitlines()[0]
         raise DataError(f"{data}: cannot be read as Parquet ({detail})") from None
 
 
-class _user_errors:
-    """Raises an ``AnomalyError`` that a Python worker raised as itself on the driver (Spark
-    wraps it in a PythonException whose text holds the worker's traceback)."""
+@contextlib.contextmanager
+def _spark_errors() -> Iterator[None]:
+    """Raises a Spark failure that the user can fix as this package's error, in one line: an
+    ``AnomalyError`` a Python worker raised as itself, a file Spark cannot read as a
+    ``DataError`` naming it. Any other failure passes as it is."""
+    try:
+        yield
+    except errors.AnomalyError:
+        raise
+    except Exception as exc:
+        error = _worker_error(exc) or _unreadable_file(exc)
+        if error is None:
+            raise
+        raise error from None
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, kind, exc, traceback) -> bool:
-        if exc is None:
-            return False
-        found = re.findall(r"anomaly\.errors\.(\w+): (.+)", str(exc))
-        if found:
-            name, message = found[-1]
-            cls = getattr(errors, name, errors.AnomalyError)
-            if isinstance(cls, type) and issubclass(cls, errors.AnomalyError):
-                raise cls(message.strip()) from None
-        return False
+def _worker_error(exc: Exception) -> errors.AnomalyError | None:
+    """The ``AnomalyError`` a Python worker raised: Spark wraps it in an exception whose text
+    holds the worker's traceback."""
+    found = re.findall(r"anomaly\.errors\.(\w+): (.+)", str(exc))
+    if found:
+        name, message = found[-1]
+        cls = getattr(errors, name, errors.AnomalyError)
+        if isinstance(cls, type) and issubclass(cls, errors.AnomalyError):
+            return cls(message.strip())
+    return None
+
+
+def _unreadable_file(exc: Exception) -> DataError | None:
+    """The file and the reason of Spark's ``FAILED_READ_FILE`` (raised reading the footers for
+    the schema, or by a task reading the rows), as a ``DataError``."""
+    from py4j.java_gateway import is_instance_of
+    from py4j.protocol import Py4JJavaError
+    from pyspark import SparkContext
+
+    if not isinstance(exc, Py4JJavaError):
+        return None
+    failure = exc.java_exception
+    while failure is not None and not (
+        is_instance_of(SparkContext._gateway, failure, "org.apache.spark.SparkThrowable")
+        and str(failure.getCondition()).startswith("FAILED_READ_FILE.")
+    ):
+        failure = failure.getCause()
+    if failure is None:
+        return None
+    condition = str(failure.getCondition())
+    cause = failure
+    while cause.getCause() is not None:
+        cause = cause.getCause()
+    detail = str(cause.getMessage() or cause.getClass().getSimpleName()).splitlines()[0]
+    # Parquet's own check of a file's last bytes, in a task reading a folder, says the same.
+    if condition.endswith(".CANNOT_READ_FILE_FOOTER") or "is not a Parquet file" in detail:
+        reason = "cannot read its Parquet footer: not a Parquet file, or truncated"
+    else:
+        reason = f"cannot read it as Parquet ({detail})"
+    return DataError(
+        f"{_shown(str(failure.getMessageParameters()['path']))}: {reason} (Spark's "
+        f"{condition}); rewrite it or leave it out"
+    )
+
+
+def _shown(path: str) -> str:
+    """A file as Spark names it in an error, as the user would write it: a local one without
+    the ``file:`` scheme, a URI (a task names its file so, a space as %20) decoded."""
+    path = re.sub(r"^file:(//)?(?=/)", "", path)
+    return path if " " in path else urllib.parse.unquote(path)
 
 
 class _FileSystem:

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 import anomaly
 from anomaly.config import COMPONENTS
-from anomaly.errors import ConfigError, SchemaError
+from anomaly.errors import ConfigError, DataError, SchemaError
 from anomaly.files import score_file
 from pipelines.cli import cli
 from tests._support import unavailable
@@ -273,6 +273,52 @@ def test_a_failing_cli_run_prints_only_its_error_line_on_stderr(
         "NaN); fix them or use --on-invalid skip"
     ]
     assert proc.stdout == ""
+
+
+def test_a_file_spark_cannot_read_is_one_error_naming_it(spark, tiny_bundle, table, tmp_path):
+    from anomaly.spark import score_dataframe
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(table, folder / "a.parquet")
+    truncated = folder / "b.parquet"
+    truncated.write_bytes(table.read_bytes()[:-100])  # no footer
+    footer = "cannot read its Parquet footer: not a Parquet file, or truncated (Spark's "
+    runner = CliRunner()
+
+    def score(data: Path):
+        return runner.invoke(
+            cli,
+            ["score", "--engine", "spark", "--model", str(tiny_bundle), "--data", str(data)]
+            + ["--out", str(tmp_path / "out")],
+        )
+
+    # Alone, its footer is read for the schema.
+    alone = score(truncated)
+    assert alone.exit_code == 2
+    assert alone.output == (
+        f"error: {truncated}: {footer}FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER); rewrite it or "
+        "leave it out\n"
+    )
+    # In a folder, the schema is another file's and the first job (the row count) fails.
+    among = score(folder)
+    assert among.exit_code == 2 and among.output.count("\n") == 1
+    assert among.output.startswith(f"error: {truncated}: {footer}FAILED_READ_FILE.")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match=f"^{re.escape(f'{truncated}: {footer}')}"):
+        score_dataframe(spark.session.read.parquet(str(folder)), tiny_bundle)
+
+    # A damaged page header behind a sound footer fails the scoring job, on the executors.
+    page = pq.ParquetFile(table).metadata.row_group(1).column(1).data_page_offset
+    damaged = bytearray(table.read_bytes())
+    damaged[page : page + 64] = b"U" * 64
+    (tmp_path / "damaged.parquet").write_bytes(damaged)
+    result = score(tmp_path / "damaged.parquet")
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert result.output.startswith(
+        f"error: {tmp_path / 'damaged.parquet'}: cannot read it as Parquet ("
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_time_series_models_adaptive_alarms_and_missing_columns_are_refused_in_one_line(
