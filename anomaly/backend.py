@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +25,11 @@ BACKENDS = {
     "jax": ("jax", "JAX", "pip install 'anomaly-gan[jax]'"),
     "torch": ("torch", "PyTorch", "pip install 'anomaly-gan[torch]'"),
 }
+#: TensorFlow's start-up lines that ``import_keras_quietly`` holds back.
+_IMPORT_NOISE = re.compile(
+    rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|I\d{4} [^\]]*\] oneDNN custom operations are on"
+)
 #: Keras's other backends (inference only), left for Keras to judge.
 _OTHER_KERAS_BACKENDS = ("numpy", "openvino")
 
@@ -66,16 +72,19 @@ def require_backend() -> str:
 
 
 def import_keras_quietly() -> None:
-    """Import Keras (and so its backend) with the process's standard error captured.
+    """Import Keras (and so its backend) with TensorFlow's start-up noise held back.
 
     TensorFlow writes C++ start-up lines to file descriptor 2 as it loads (absl's "before
     InitializeLog" warning, oneDNN's notice), whatever ``TF_CPP_MIN_LOG_LEVEL`` says; they
-    would break the command line's promise of one line per error. What the import writes
-    is replayed if the import fails. For the command line only: a library must not take
-    over its host's standard error."""
+    would break the command line's promise of one line per error. Standard error is
+    captured during the import; then everything but those two lines is written back (a
+    warning that GPU libraries failed to load stays visible), and everything when the
+    import fails. For the command line only: a library must not take over its host's
+    standard error."""
     if "keras" in sys.modules:
         return
-    sys.stderr.flush()
+    if sys.stderr is not None:
+        sys.stderr.flush()
     try:
         saved = os.dup(2)
     except OSError:  # no standard error to protect
@@ -84,16 +93,19 @@ def import_keras_quietly() -> None:
         return
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
+        failed = True
         try:
             import keras  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            os.write(2, captured.read())
-            raise
+
+            failed = False
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            captured.seek(0)
+            lines = captured.read().splitlines(keepends=True)
+            kept = lines if failed else [ln for ln in lines if not _IMPORT_NOISE.match(ln)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def _installed(module: str) -> bool:
