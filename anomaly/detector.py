@@ -328,7 +328,8 @@ def _value_problems(
     path: Path, params: ScoringParams, standardizer: Standardizer, prototypes: np.ndarray
 ) -> list[str]:
     """Values that pass the checksums of an edited bundle but would make every score NaN,
-    zero or flagged, or scoring hang: the bounds training enforces, checked again."""
+    zero or flagged, or scoring hang: the bounds training enforces, checked again (only
+    those: a bundle training can write must load)."""
     problems = []
     try:
         Config.from_dict(
@@ -344,11 +345,6 @@ def _value_problems(
         )
     except ConfigError as exc:
         problems.append(f"{path / 'scoring.json'}: {exc}")
-    if params.latent_neighbours > len(prototypes):
-        problems.append(
-            f"{path / 'scoring.json'}: latent_neighbours is {params.latent_neighbours}, "
-            f"more than the {len(prototypes)} prototypes"
-        )
     for name in ("location", "scale"):
         values = getattr(params, name).values()
         if not all(math.isfinite(v) for v in values):
@@ -359,8 +355,8 @@ def _value_problems(
         problems.append(f"{path / 'preprocessing.json'}: mean and scale must be finite")
     if not (standardizer.scale > 0).all():
         problems.append(f"{path / 'preprocessing.json'}: scale must hold values > 0")
-    if not 0 < standardizer.clip_value < math.inf:
-        problems.append(f"{path / 'preprocessing.json'}: clip_value must be finite and > 0")
+    if not standardizer.clip_value > 0:  # NaN too; infinity means no clipping
+        problems.append(f"{path / 'preprocessing.json'}: clip_value must be > 0")
     if not np.isfinite(prototypes).all():
         problems.append(f"{path / bundle.LATENT_PROTOTYPES}: prototypes must be finite")
     return problems

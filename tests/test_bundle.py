@@ -392,7 +392,6 @@ def test_a_damaged_calibration_is_refused_at_load(bundle, damage, named):
     ("name", "damage", "named"),
     [
         ("scoring.json", lambda s: s.update(latent_neighbours=0), "latent_neighbours: Input"),
-        ("scoring.json", lambda s: s.update(latent_neighbours=10**5), "more than the 16 proto"),
         ("scoring.json", lambda s: s.update(weights={}), "at least one component weight"),
         ("scoring.json", lambda s: s["weights"].update(latent=float("inf")), "must be finite"),
         ("scoring.json", lambda s: s.update(refine_steps=10**9), "refine_steps: Input should"),
@@ -401,7 +400,7 @@ def test_a_damaged_calibration_is_refused_at_load(bundle, damage, named):
         ("scoring.json", lambda s: s["location"].update(critic=float("nan")), "location must"),
         ("preprocessing.json", lambda p: p.update(scale=[0.0] * 4), "scale must hold values"),
         ("preprocessing.json", lambda p: p.update(mean=[float("nan")] * 4), "must be finite"),
-        ("preprocessing.json", lambda p: p.update(clip_value=float("inf")), "clip_value must"),
+        ("preprocessing.json", lambda p: p.update(clip_value=0.0), "clip_value must be > 0"),
     ],
 )
 def test_values_that_would_break_every_score_are_refused_at_load(v3, name, damage, named):
@@ -547,3 +546,17 @@ def test_a_target_rate_or_threshold_the_engine_cannot_use_is_refused_naming_scor
     and a threshold beyond float32 becomes inf, which flags nothing."""
     rewrite_json(v3, "scoring.json", lambda scoring: scoring.update({key: value, "tail": {}}))
     assert load_error(v3).startswith(f"{v3 / 'scoring.json'}: {problem}; ")
+
+
+def test_every_setting_training_accepts_saves_a_bundle_that_loads(tmp_path):
+    """The load checks refuse only what training cannot write: more neighbours than
+    prototypes (scoring uses them all) and no clipping (clip_value = inf) load."""
+    config = anomaly.Config().updated(
+        model={"clip_value": float("inf"), "hidden_units": [8]},
+        training={"steps": 5},
+        scoring={"latent_prototypes": 16, "latent_neighbours": 20},
+    )
+    rows = np.random.default_rng(0).normal(size=(200, 3))
+    detector = anomaly.train(rows, config)
+    loaded = anomaly.load(detector.save(tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.score(rows[:20]).scores, detector.score(rows[:20]).scores)
