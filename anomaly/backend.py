@@ -79,8 +79,8 @@ def import_keras_quietly() -> None:
     would break the command line's promise of one line per error. Standard error is
     captured during the import; then everything but those two lines is written back (a
     warning that GPU libraries failed to load stays visible), and everything when the
-    import fails. For the command line only: a library must not take over its host's
-    standard error."""
+    import fails. For the command line and the Spark Python workers that run our scoring,
+    never in a library's host process, whose standard error is not ours to take over."""
     if "keras" in sys.modules:
         return
     if sys.stderr is not None:
