@@ -88,12 +88,20 @@ class _Rejects:
         self._writer.write(frame)
         self.count += int(mask.sum())
 
+    def ready(self) -> None:
+        """Finish writing this run's rejects; called before the output is put in place, so
+        that a failure here leaves the earlier run's output and rejects as they were."""
+        if self._writer is not None:
+            self._writer.close()
+
     def close(self) -> Path | None:
         """Put this run's rejects in place, or remove an earlier run's when this run rejected
         nothing; the path of the rejects file, None when there is none."""
         try:
             if self._writer is None:
-                self.path.unlink(missing_ok=True)
+                # Only if there is one: unlinking a missing file on a read-only folder fails.
+                if self.path.is_file() or self.path.is_symlink():
+                    self.path.unlink()
                 return None
             self._writer.close()
             os.replace(self._writer.path, self.path)
@@ -241,6 +249,7 @@ def _model_from_normal_rows(
             usable &= table.labels == 0
         entities = table.entities[usable] if table.entities is not None else None
         detector = make(table.features[usable], entities, rejects.count)
+        rejects.ready()
         detector.save(out)
         rejects_file = rejects.close()
     except BaseException:
@@ -408,6 +417,7 @@ def score_file(
                     alarmed = (alarmed or 0) + int(frame["alarm"].sum())
         if read == 0:
             raise DataError(f"{data}: has no data rows")
+        rejects.ready()
         try:
             os.replace(partial, out)
         except OSError as exc:

@@ -358,3 +358,43 @@ def test_a_failed_evaluation_leaves_no_rejects_file_of_its_own(tmp_path):
     with pytest.raises(DataError, match="label"):
         evaluate_file(detector, data, "label", on_invalid="skip")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labelled.csv"]
+
+
+def test_rejects_that_fail_to_be_written_leave_the_earlier_output_and_rejects_as_they_were(
+    tmp_path,
+):
+    """The rejects are finished before the output is put in place: a full disk while
+    flushing them fails the run with the earlier run's two files unchanged."""
+    out = tmp_path / "out.csv"
+    first = rows()
+    first.loc[2, "b"] = np.nan
+    first.to_csv(tmp_path / "first.csv", index=False)
+    assert score(tmp_path / "first.csv", out, "--on-invalid", "skip").exit_code == 0
+    before = {p: p.read_bytes() for p in (out, tmp_path / "out.csv.rejects.csv")}
+    second = rows(10)
+    second.loc[5, "c"] = np.nan
+    second.to_csv(tmp_path / "second.csv", index=False)
+    (tmp_path / ".partial-out.csv.rejects.csv").symlink_to("/dev/full")
+
+    result = score(tmp_path / "second.csv", out, "--on-invalid", "skip")
+
+    assert result.exit_code == 2 and "No space left on device" in result.output
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_no_rejects_on_a_read_only_folder_is_not_an_error(tmp_path, monkeypatch):
+    """Nothing rejected, no earlier rejects file: nothing to remove, so a read-only folder
+    beside the data (a mounted volume) does not matter."""
+    from anomaly.files import drift_file
+
+    data = tmp_path / "data.csv"
+    rows(40).to_csv(data, index=False)
+    real_unlink = Path.unlink
+
+    def read_only(path, missing_ok=False):
+        if path.parent == tmp_path:
+            raise OSError(30, "Read-only file system", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    assert drift_file(anomaly.load(MODEL), data).rejects is None
