@@ -117,6 +117,7 @@ class TableReader:
         self.total_rows: int | None = self._source.total_rows
         roles = [id_column, label_column, entity_column]
         self._columns = list(dict.fromkeys(self.feature_names + [c for c in roles if c]))
+        self._check_read_columns_are_named_once()
 
     def __iter__(self) -> Iterator[Chunk]:
         first_row = 1
@@ -135,6 +136,20 @@ class TableReader:
                 if self.entity_column is None
                 else frame[self.entity_column].to_numpy(),
                 beyond_float32=beyond,
+            )
+
+    def _check_read_columns_are_named_once(self) -> None:
+        """Refuse a column this run reads whose name the file gives twice: pandas would
+        rename the second (CSV: "a.1") or hand back both. Unread repeats do not matter."""
+        repeated = self._source.repeated_names()
+        if not repeated:
+            return
+        read = set(self._columns) | {name.rsplit(".", 1)[0] for name in self._columns}
+        clash = sorted(repeated & read)
+        if clash:
+            raise DataError(
+                f"{self.path}: column {clash[0]!r} appears more than once in the file; "
+                "give every column its own name"
             )
 
     def _resolve_features(self, dtypes: pd.Series, features: Sequence[str] | None) -> list[str]:
@@ -371,8 +386,11 @@ def _is_text(kind: pa.DataType) -> bool:
 
 def _as_text(values: pd.Series) -> pd.Series:
     """Each value as its text (1 -> "1"), missing values kept missing."""
-    if isinstance(values.dtype, pd.StringDtype):
-        return values
+    if isinstance(values.dtype, pd.StringDtype) or pd.api.types.infer_dtype(values) in (
+        "string",
+        "empty",
+    ):
+        return values  # text already (a CSV's ids always are): no pass in Python per value
     return values.map(str, na_action="ignore")
 
 
@@ -408,6 +426,10 @@ class _Source(Protocol):
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         """Non-empty frames of at most ``chunk_rows`` rows holding ``columns`` (None: all)."""
+        ...
+
+    def repeated_names(self) -> set[str]:
+        """Column names the file gives more than once."""
         ...
 
 
@@ -451,13 +473,13 @@ class _CsvSource:
         self._dtypes = dict.fromkeys(text_columns, str)
 
     def dtypes(self) -> pd.Series | None:
-        dtypes = _sampled_dtypes(self)
-        if dtypes is not None:
-            # pandas renames a repeated name ("a" again becomes "a.1"): read the names as data.
-            header = pd.read_csv(self.path, header=None, nrows=1, dtype=str, keep_default_na=False)
-            # pandas names empty names apart ("Unnamed: 3"), so only named ones can repeat.
-            _check_unique(self.path, [name for name in header.iloc[0] if name], "header")
-        return dtypes
+        return _sampled_dtypes(self)
+
+    def repeated_names(self) -> set[str]:
+        # pandas renames a repeated name ("a" again becomes "a.1"): read the names as data.
+        header = pd.read_csv(self.path, header=None, nrows=1, dtype=str, keep_default_na=False)
+        # pandas names empty names apart ("Unnamed: 3"), so only named ones can repeat.
+        return _repeated([name for name in header.iloc[0] if name])
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
@@ -489,6 +511,9 @@ class _JsonLinesSource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def repeated_names(self) -> set[str]:
+        return set()  # one key per object: a JSON reader keeps the last
 
     def dtypes(self) -> pd.Series | None:
         return _sampled_dtypes(self)
@@ -555,8 +580,10 @@ class _ParquetSource:
         self.total_rows: int | None = metadata.num_rows
         self._schema = metadata.schema.to_arrow_schema()
 
+    def repeated_names(self) -> set[str]:
+        return _repeated(self._schema.names)
+
     def dtypes(self) -> pd.Series | None:
-        _check_unique(self.path, self._schema.names, "schema")
         return self._schema.empty_table().to_pandas().dtypes if self.total_rows else None
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
@@ -585,6 +612,9 @@ class _NpySource:
             )
         self.total_rows: int | None = self._array.shape[0]
         self._names = [f"x{i}" for i in range(self._array.shape[1])]
+
+    def repeated_names(self) -> set[str]:
+        return set()  # columns x0, x1, ...
 
     def dtypes(self) -> pd.Series | None:
         return pd.Series(self._array.dtype, index=self._names) if self.total_rows else None
@@ -620,7 +650,10 @@ def _feature_matrix(
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
         with np.errstate(over="ignore"):  # beyond float32's range becomes inf: reported later
             matrix[:, j] = values
-        for i in np.flatnonzero(np.isfinite(values) & ~np.isfinite(matrix[:, j])):
+        # Messages list at most _LISTED_INVALID_ROWS rows: so many per column cover them, and
+        # a hostile file of huge values costs no more than a normal one.
+        hits = np.flatnonzero(np.isfinite(values) & ~np.isfinite(matrix[:, j]))
+        for i in hits[:_LISTED_INVALID_ROWS]:
             beyond[int(rows[i]), j] = float(values[i])
     return matrix, beyond
 
@@ -651,16 +684,8 @@ def _check_not_temporal(path: Path, name: str, dtype: Any) -> None:
         )
 
 
-def _check_unique(path: Path, names: Sequence[str], where: str) -> None:
-    """Refuse a column name given twice: pandas would rename or nest the second one."""
-    repeated = [(name, n) for name, n in Counter(names).items() if n > 1]
-    if repeated:
-        name, n = repeated[0]
-        times = "twice" if n == 2 else f"{n} times"
-        raise DataError(
-            f"{path}: column {name!r} appears {times} in the {where}; "
-            "give every column its own name"
-        )
+def _repeated(names: Sequence[str]) -> set[str]:
+    return {name for name, n in Counter(names).items() if n > 1}
 
 
 def _labels(column: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:

@@ -59,7 +59,8 @@ def test_csv_header_naming_a_column_twice_is_refused(tmp_path):
     line = error_line(score(data, tmp_path / "out.csv"))
 
     assert line == (
-        f"error: {data}: column 'c' appears twice in the header; give every column its own name"
+        f"error: {data}: column 'c' appears more than once in the file; give every column its "
+        "own name"
     )
 
 
@@ -71,8 +72,31 @@ def test_parquet_schema_naming_a_column_twice_is_refused(tmp_path):
     line = error_line(score(data, tmp_path / "out.csv"))
 
     assert line == (
-        f"error: {data}: column 'c' appears twice in the schema; give every column its own name"
+        f"error: {data}: column 'c' appears more than once in the file; give every column its "
+        "own name"
     )
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_a_repeated_column_the_run_does_not_read_is_no_obstacle(tmp_path, suffix):
+    """A spreadsheet export with two 'note' columns, neither a feature, scores as before."""
+    frame = rows(3)
+    data = tmp_path / f"data.{suffix}"
+    if suffix == "csv":
+        data.write_text(
+            "a,b,c,d,note,note\n"
+            + "\n".join(",".join(map(str, r)) + ",x,y" for r in frame.to_numpy())
+            + "\n"
+        )
+    else:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.append_column("note", pa.array(["x"] * 3))
+        pq.write_table(table.append_column("note", pa.array(["y"] * 3)), data)
+
+    result = score(data, tmp_path / "out.csv")
+
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 3
 
 
 def test_a_csv_column_really_named_like_a_renamed_repeat_is_read(tmp_path):
