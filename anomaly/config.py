@@ -419,11 +419,11 @@ class ServeConfig(_Section):
     def _legal_topic_name(cls, topic: str | None) -> str | None:
         """Kafka's own rule, checked at start: an empty or illegal name would otherwise
         fail on the first record (or, on librdkafka, be retried forever)."""
-        if topic is not None and not _TOPIC_NAME.fullmatch(topic):
+        if topic is not None and (not _TOPIC_NAME.fullmatch(topic) or topic in (".", "..")):
             shown = topic if len(topic) <= 60 else topic[:60] + "..."
             raise ValueError(
                 f"{shown!r} is not a Kafka topic name (1-249 of ASCII letters, digits, "
-                "'.', '_' and '-')"
+                "'.', '_' and '-'; not '.' or '..')"
             )
         return topic
 

@@ -139,6 +139,7 @@ def test_a_non_finite_component_weight_is_an_error(tmp_path, weight):
         ("output_topic", "", "'' is not a Kafka topic name"),
         ("input_topic", "in put", "'in put' is not a Kafka topic name"),
         ("alerts_topic", "a" * 250, "'aaaaa"),
+        ("output_topic", "..", "'..' is not a Kafka topic name"),
         ("group_id", "", "serve.group_id: String should have at least 1 character"),
     ],
 )
