@@ -23,7 +23,7 @@ from sklearn.metrics import (
 from anomaly.config import AlarmConfig
 from anomaly.detector import Detector
 from anomaly.errors import DataError
-from anomaly.files import _Rejects, iter_scored, rejects_path
+from anomaly.files import Rejects, iter_scored, rejects_path
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,8 @@ def evaluate_file(
     ``[alarms]``) chooses the alarm stage."""
     on_invalid = on_invalid or detector.config.data.on_invalid
     where = Path(report_dir) / Path(data).name if report_dir else Path(data)
-    rejects = _Rejects(rejects_path(where), detector.feature_names)
     labels, scores, alarmed = [], [], []
-    try:
+    with Rejects(rejects_path(where), detector.feature_names) as rejects:
         for chunk, valid, frame in iter_scored(
             detector,
             data,
@@ -131,9 +130,6 @@ def evaluate_file(
             if "alarm" in frame:
                 alarmed.append(frame["alarm"].to_numpy()[scored])
         rejects.close()
-    except BaseException:  # a failed run leaves no rejects file of its own
-        rejects.discard()
-        raise
     if not labels or not sum(len(part) for part in labels):
         raise DataError(f"{data}: has no data rows to evaluate")
     labels, scores = np.concatenate(labels), np.concatenate(scores)

@@ -66,10 +66,11 @@ def _partial_path(path: Path) -> Path:
     return path.with_name(f".partial-{path.name}")
 
 
-class _Rejects:
+class Rejects:
     """Collects rejected rows with their row number and reason, under a temporary name until
     ``close``: the rejects file belongs to the run's output, so an earlier run's file is
-    replaced (or removed) only when this run's output is in place."""
+    replaced (or removed) only when this run's output is in place. Used as a context manager
+    around the run: a run that fails leaves no rejects file of its own (``discard``)."""
 
     def __init__(self, path: Path, feature_names: list[str]):
         self.path = path
@@ -109,6 +110,13 @@ class _Rejects:
             raise io.cannot_write(self.path, exc) from None
         return self.path
 
+    def __enter__(self) -> Rejects:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None:
+            self.discard()
+
     def discard(self) -> None:
         """Remove what this run wrote (it failed; nothing to keep), and nothing else."""
         if self._writer is not None:
@@ -142,7 +150,7 @@ def _valid_rows(
     path: PathLike,
     names: list[str],
     on_invalid: str,
-    rejects: _Rejects,
+    rejects: Rejects,
     remedy: str = io.SKIP_REMEDY,
 ):
     """Mask of usable rows; invalid ones raise (``error``, the message ending with
@@ -240,10 +248,10 @@ def _model_from_normal_rows(
     started = time.perf_counter()
     check_save_target(out)  # before the data is read and a model made, not after
     names = reader.feature_names
-    rejects = _Rejects(rejects_path(out), names)
+    rejects = Rejects(rejects_path(out), names)
     _check_not_input(data, rejects.path)
     table = io.join_chunks(reader)
-    try:
+    with rejects:
         usable = _valid_rows(table, data, names, on_invalid, rejects, remedy)
         if table.labels is not None:
             usable &= table.labels == 0
@@ -252,9 +260,6 @@ def _model_from_normal_rows(
         rejects.ready()
         detector.save(out)
         rejects_file = rejects.close()
-    except BaseException:
-        rejects.discard()
-        raise
     summary = RunSummary(
         rows_read=len(table.features),
         rows_scored=int(usable.sum()),
@@ -271,7 +276,7 @@ def iter_scored(
     detector: Detector,
     data: PathLike,
     *,
-    rejects: _Rejects,
+    rejects: Rejects,
     on_invalid: str = "error",
     label_column: str | None = None,
     progress: bool = False,
@@ -393,39 +398,37 @@ def score_file(
     out = Path(out)
     io.check_output_format(out)  # before the temporary name, which the user never chose
     on_invalid = on_invalid or detector.config.data.on_invalid
-    rejects = _Rejects(rejects_path(out), detector.feature_names)
+    rejects = Rejects(rejects_path(out), detector.feature_names)
     for target in (out, rejects.path):
         _check_not_input(data, target)
     partial = _partial_path(out)
     read = scored = flagged = 0
     alarmed = None
     try:
-        with io.ResultWriter(partial, final=out) as writer:
-            for chunk, _, frame in iter_scored(
-                detector,
-                data,
-                on_invalid=on_invalid,
-                rejects=rejects,
-                progress=progress,
-                alarms=alarms,
-            ):
-                writer.write(frame)
-                read += len(chunk.features)
-                scored += int(np.isfinite(frame["score"]).sum())
-                flagged += int(frame["is_anomaly"].sum())
-                if "alarm" in frame:
-                    alarmed = (alarmed or 0) + int(frame["alarm"].sum())
-        if read == 0:
-            raise DataError(f"{data}: has no data rows")
-        rejects.ready()
-        try:
-            os.replace(partial, out)
-        except OSError as exc:
-            raise io.cannot_write(out, exc) from None
-        rejects_file = rejects.close()
-    except BaseException:
-        rejects.discard()
-        raise
+        with rejects:
+            with io.ResultWriter(partial, final=out) as writer:
+                for chunk, _, frame in iter_scored(
+                    detector,
+                    data,
+                    on_invalid=on_invalid,
+                    rejects=rejects,
+                    progress=progress,
+                    alarms=alarms,
+                ):
+                    writer.write(frame)
+                    read += len(chunk.features)
+                    scored += int(np.isfinite(frame["score"]).sum())
+                    flagged += int(frame["is_anomaly"].sum())
+                    if "alarm" in frame:
+                        alarmed = (alarmed or 0) + int(frame["alarm"].sum())
+            if read == 0:
+                raise DataError(f"{data}: has no data rows")
+            rejects.ready()
+            try:
+                os.replace(partial, out)
+            except OSError as exc:
+                raise io.cannot_write(out, exc) from None
+            rejects_file = rejects.close()
     finally:
         with contextlib.suppress(OSError):  # the folder may not exist or be a file
             partial.unlink(missing_ok=True)
@@ -468,18 +471,14 @@ def drift_file(detector: Detector, data: PathLike, *, on_invalid: str | None = N
     names = detector.feature_names
     on_invalid = on_invalid or detector.config.data.on_invalid
     reader = _reader_for(detector, data, None)
-    rejects = _Rejects(rejects_path(data), names)
     counts = np.zeros(bins.shape, np.int64)
-    try:
+    with Rejects(rejects_path(data), names) as rejects:
         for chunk in reader:
             valid = _valid_rows(chunk, data, names, on_invalid, rejects)
             counts += bins.counts(chunk.features[valid])
         if not counts.any():
             raise DataError(f"{data}: has no valid rows to measure")
         rejects_file = rejects.close()
-    except BaseException:
-        rejects.discard()
-        raise
     rows = int(counts[0].sum())  # each row is in one bin of each feature
     problem = bins.too_few(rows)
     if problem:
