@@ -429,7 +429,10 @@ class ServeConfig(_Section):
 
     @model_validator(mode="after")
     def _librdkafka_names_need_confluent(self) -> ServeConfig:
-        if self.client != "confluent":
+        # Only where the client is given: a file's [serve.kafka] may hold librdkafka's names
+        # for the client ANOMALY_SERVE_CLIENT or the command line chooses (the resolved
+        # settings, which always name it, are checked here again).
+        if "client" in self.model_fields_set and self.client != "confluent":
             dotted = [name for name in self.kafka if is_librdkafka_name(name)]
             if dotted:
                 raise ValueError(
