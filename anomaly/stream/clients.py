@@ -64,6 +64,11 @@ RECONNECT_BACKOFF_MAX_MS = 1_000
 #: (kafka-python's default is 60 s). A topic without metadata (deleted, not authorised)
 #: then fails a send after 1 s, and the service sends it again later with its input paused.
 MAX_BLOCK_MS = 1_000
+#: Longest the consumer goes without refreshing the input topic's metadata. Partitions added to
+#: the input topic are consumed only once the group's leader sees them there; at the
+#: client's default (5 min) their records waited that long, unscored and outside the lag
+#: metric. ``[serve.kafka] metadata_max_age_ms`` overrides it.
+INPUT_METADATA_MAX_AGE_MS = 15_000
 #: Producer request batch size per partition; a micro-batch of 512 results is about 250 kB.
 PRODUCER_BATCH_BYTES = 256 * 1024
 
@@ -291,6 +296,7 @@ def make_consumer(config: ServeConfig, client_id: str) -> KafkaConsumer:
             **{
                 "bootstrap_timeout_ms": STARTUP_TIMEOUT_MS,
                 "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+                "metadata_max_age_ms": INPUT_METADATA_MAX_AGE_MS,
                 "isolation_level": "read_committed",
                 **client_options(config.kafka, "consumer"),
                 "bootstrap_servers": config.bootstrap_servers,
