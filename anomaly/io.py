@@ -134,7 +134,7 @@ class TableReader:
                 else _labels(frame[self.label_column], rows, self.path),
                 entities=None
                 if self.entity_column is None
-                else frame[self.entity_column].to_numpy(),
+                else _entities(frame[self.entity_column], rows, self.path),
                 beyond_float32=beyond,
             )
 
@@ -702,6 +702,19 @@ def _labels(column: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:
             f"{_examples(rows[bad], column[bad])}; fix or remove those rows"
         )
     return numbers.astype(np.int8)
+
+
+def _entities(column: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:
+    """The entity of each row; a row without one (an empty field, a null) stops: its series
+    is unknown, and windows or alarm streams cannot be kept for it."""
+    missing = column.isna().to_numpy()
+    if missing.any():
+        raise DataError(
+            f"{path}: entity column {column.name!r} must name each row's series: "
+            f"{_examples(rows[missing], column[missing])}; fill those values in or remove "
+            "the rows"
+        )
+    return column.to_numpy()
 
 
 def _examples(rows: np.ndarray, values: pd.Series) -> str:
