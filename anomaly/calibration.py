@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from keras import ops
 
+from anomaly import tables
 from anomaly.config import COMPONENTS
 from anomaly.drift import DriftSummary
 from anomaly.errors import DataError, SchemaError, TrainingError
@@ -82,6 +83,9 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
     from anomaly.detector import Detector
     from anomaly.training import MIN_RECORDS
 
+    frame = tables.as_frame(rows)
+    if frame is not None:  # a table: the model's features by name
+        rows = tables.feature_array(frame, detector.feature_names)
     rows = np.asarray(rows, np.float32)
     if rows.ndim != 2 or rows.shape[1] != len(detector.feature_names):
         raise SchemaError(

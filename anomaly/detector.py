@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly import bundle, store
+from anomaly import bundle, store, tables
 from anomaly.config import COMPONENTS, Config
 from anomaly.drift import DriftSummary
 from anomaly.errors import BundleError, ConfigError, DataError, SchemaError
@@ -136,7 +136,12 @@ class Detector:
         )
 
     def check_records(self, x) -> np.ndarray:
-        """Validate shape and values at the edge; return a float32 array."""
+        """Validate shape and values at the edge; return a float32 array. A table (pandas
+        DataFrame, pyarrow or polars table) gives the model's features by column name
+        (``anomaly.tables``)."""
+        frame = tables.as_frame(x)
+        if frame is not None:
+            x = tables.feature_array(frame, self.schema.feature_names)
         try:
             x = np.asarray(x, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -154,7 +159,9 @@ class Detector:
         bad = ~np.isfinite(x.reshape(len(x), math.prod(expected))).all(axis=1)
         if bad.any():
             rows = np.flatnonzero(bad)
-            listed = ", ".join(str(r) for r in rows[:10])
+            by_label = frame is not None and len(frame) == len(x)  # a table's rows: its labels
+            shown = frame.index[rows[:10]].tolist() if by_label else rows[:10].tolist()
+            listed = ", ".join(repr(r) if by_label else str(r) for r in shown)
             more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
             raise DataError(
                 f"{len(rows)} record(s) hold NaN or infinite values: index {listed}{more}"

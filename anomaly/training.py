@@ -19,7 +19,7 @@ from importlib import metadata as package_metadata
 import keras
 import numpy as np
 
-from anomaly import health
+from anomaly import health, tables
 from anomaly.calibration import calibrate, resolution_warning
 from anomaly.config import Config
 from anomaly.detector import Detector, Schema, default_jit_compile
@@ -46,7 +46,9 @@ def train(
     callbacks: list[keras.callbacks.Callback] | None = None,
     parent: Detector | None = None,
 ) -> Detector:
-    """Train on normal rows, shape (n, d), and return a calibrated detector.
+    """Train on normal rows, shape (n, d), and return a calibrated detector. ``rows`` may be
+    a table (pandas DataFrame, pyarrow or polars table): its columns are the feature names,
+    or ``feature_names`` picks columns by name (``anomaly.tables``).
 
     In time-series mode (``config.model.window``) rows must be in time order; ``entities``
     (one value per row) keeps the series of different entities apart. ``callbacks`` are
@@ -54,6 +56,10 @@ def train(
     ``retrain``), training starts from the parent's weights and keeps its standardisation.
     """
     config = config or Config()
+    frame = tables.as_frame(rows)
+    if frame is not None:  # a table: its features by name, named as its columns by default
+        feature_names = list(feature_names or tables.column_names(frame))
+        rows = tables.feature_array(frame, feature_names)
     rows = np.asarray(rows, dtype=np.float32)
     if rows.ndim != 2:
         raise TrainingError(

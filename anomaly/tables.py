@@ -1,0 +1,96 @@
+"""Tables as users hold them (pandas DataFrames, pyarrow Tables, polars DataFrames) as the
+model's feature arrays, by column name.
+
+``numpy.asarray`` takes a table's columns in the table's order, so a DataFrame whose columns
+are in another order than the model's scored every record against the wrong features, and
+its names were lost in training. Here columns are taken by name: in the model's order,
+whatever the table's; extra columns are left out (as files' are); a missing one, a column of
+text or a timestamp is a message naming the column. A table whose columns have no names (a
+DataFrame made from an array: columns 0, 1, 2, ...) is an array, taken in its order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from anomaly.errors import DataError, SchemaError
+
+#: Values shown at most in a message.
+_SHOWN = 3
+
+
+def as_frame(data) -> pd.DataFrame | None:
+    """``data`` as a pandas DataFrame when it is a table with named columns (pandas; pyarrow
+    and polars through their ``to_pandas``), else None: an array, a list, ..."""
+    if isinstance(data, pd.DataFrame):
+        frame = data
+    elif hasattr(data, "to_pandas") and (hasattr(data, "column_names") or hasattr(data, "columns")):
+        frame = data.to_pandas()
+    else:
+        return None
+    if isinstance(frame.columns, pd.RangeIndex) and frame.columns.start == 0:
+        return None if frame is data else frame  # unnamed columns: positions, as an array
+    return frame
+
+
+def column_names(frame: pd.DataFrame) -> list[str]:
+    """The feature names a table gives training: its columns, as text."""
+    return [str(name) for name in frame.columns]
+
+
+def feature_array(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """The columns ``names`` of ``frame``, in that order, as float32 (n, len(names)); a
+    missing value is NaN. A column missing or named twice, or one that is not numbers, is a
+    ``SchemaError`` or ``DataError`` naming it and, for values, their index labels."""
+    if isinstance(frame.columns, pd.RangeIndex) and frame.columns.start == 0:
+        labels = list(names)  # unnamed: the model's features in the table's order
+        frame = frame.set_axis(labels, axis=1) if len(frame.columns) == len(labels) else frame
+    given = pd.Index([str(name) for name in frame.columns])
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise SchemaError(
+            f"the table has no column {', '.join(repr(n) for n in missing)}; the model's "
+            f"features are {', '.join(repr(n) for n in names)} (taken by name, in any order; "
+            "other columns are left out)"
+        )
+    frame = frame.set_axis(given, axis=1)
+    twice = sorted({name for name in names if (given == name).sum() > 1})
+    if twice:
+        raise DataError(
+            f"the table has more than one column named {twice[0]!r}; give every column its own name"
+        )
+    matrix = np.empty((len(frame), len(names)), np.float32)
+    for j, name in enumerate(names):
+        matrix[:, j] = _numbers(frame[name], name)
+    return matrix
+
+
+def _numbers(column: pd.Series, name: str) -> np.ndarray:
+    kind = getattr(column.dtype, "kind", "")
+    if kind in ("M", "m"):
+        what = "a timestamp" if kind == "M" else "a duration"
+        raise DataError(
+            f"column {name!r} is {what} ({column.dtype}), not a number; cast it to numbers "
+            "or leave it out of the features"
+        )
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(object)
+    if not pd.api.types.is_numeric_dtype(column.dtype):
+        numbers = pd.to_numeric(column, errors="coerce")
+        bad = (numbers.isna() & column.notna()).to_numpy()
+        if bad.any():
+            shown = ", ".join(
+                f"index {label!r} holds {value!r}"
+                for label, value in column[bad].iloc[:_SHOWN].items()
+            )
+            more = f" and {int(bad.sum()) - _SHOWN} more" if bad.sum() > _SHOWN else ""
+            raise DataError(
+                f"column {name!r} is not numeric: {shown}{more}; fix the values or leave the "
+                "column out of the features"
+            )
+        column = numbers
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf: reported as such
+        return column.to_numpy(dtype=np.float64, na_value=np.nan).astype(np.float32)

@@ -1,0 +1,89 @@
+"""Tables as data scientists hold them (pandas DataFrames, pyarrow Tables) in the Python API:
+features are taken by column name, never by position, and bad columns are named."""
+
+from __future__ import annotations
+
+import decimal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import anomaly
+from anomaly.calibration import recalibrate
+
+NAMES = ["a", "b", "c"]
+
+
+def normal_frame(seed: int, n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(n, 3)) * [1.0, 10.0, 100.0] + [0.0, 50.0, 1000.0]
+    return pd.DataFrame(values, columns=NAMES)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    config = anomaly.Config().updated(training={"steps": 200})
+    return anomaly.train(normal_frame(0, 2000), config)
+
+
+def test_training_on_a_dataframe_names_the_features_after_its_columns(detector):
+    assert detector.feature_names == NAMES
+
+
+def test_a_dataframe_in_another_column_order_scores_as_in_the_models_order(detector):
+    frame = normal_frame(1, 50)
+    expected = detector.score(frame.to_numpy())
+
+    reordered = detector.score(frame[["c", "a", "b"]].assign(extra=1.0))
+
+    np.testing.assert_array_equal(reordered.scores, expected.scores)
+    np.testing.assert_array_equal(reordered.is_anomaly, expected.is_anomaly)
+
+
+def test_a_pyarrow_table_is_scored_by_column_name(detector):
+    frame = normal_frame(2, 20)
+    table = pa.Table.from_pandas(frame[["b", "c", "a"]], preserve_index=False)
+
+    np.testing.assert_array_equal(
+        detector.score(table).scores, detector.score(frame.to_numpy()).scores
+    )
+
+
+def test_int_bool_and_decimal_columns_are_numbers(detector):
+    frame = pd.DataFrame({"c": [1000, 1001], "b": [True, False], "a": [decimal.Decimal("0.5")] * 2})
+
+    expected = detector.score(np.array([[0.5, 1, 1000], [0.5, 0, 1001]], np.float32))
+
+    np.testing.assert_array_equal(detector.score(frame).scores, expected.scores)
+
+
+def test_a_missing_column_is_named(detector):
+    with pytest.raises(anomaly.SchemaError, match="the table has no column 'c'"):
+        detector.score(normal_frame(3, 5).drop(columns="c"))
+
+
+def test_text_in_a_column_is_named_with_its_index_label(detector):
+    frame = normal_frame(3, 5).astype({"b": object}).set_axis(list("vwxyz"))
+    frame.loc["x", "b"] = "n/a"
+
+    with pytest.raises(anomaly.DataError, match="column 'b' is not numeric: index 'x' holds 'n/a'"):
+        detector.score(frame)
+
+
+def test_a_missing_value_in_a_nullable_column_names_its_index_label(detector):
+    frame = normal_frame(3, 3).set_axis([10, 20, 30])
+    frame["a"] = pd.array([1, None, 3], dtype="Int64")
+
+    with pytest.raises(anomaly.DataError, match=r"1 record\(s\) hold NaN .*: index 20$"):
+        detector.score(frame)
+
+
+def test_recalibrating_on_a_reordered_dataframe_equals_the_array(detector):
+    frame = normal_frame(4, 600)
+
+    by_name = recalibrate(detector, frame[["b", "c", "a"]])
+    by_array = recalibrate(detector, frame.to_numpy())
+
+    assert by_name.threshold == by_array.threshold
