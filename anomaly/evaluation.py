@@ -112,6 +112,7 @@ def evaluate_file(
     on_invalid = on_invalid or detector.config.data.on_invalid
     where = Path(report_dir) / Path(data).name if report_dir else Path(data)
     labels, scores, alarmed = [], [], []
+    read = kept = 0
     with Rejects(rejects_path(where), detector.feature_names) as rejects:
         for chunk, valid, frame in iter_scored(
             detector,
@@ -124,14 +125,15 @@ def evaluate_file(
         ):
             if chunk.labels is None:
                 raise DataError(f"{data}: no label column {label_column!r}")
+            read, kept = read + len(valid), kept + int(valid.sum())
             scored = np.isfinite(frame["score"].to_numpy())
             labels.append(chunk.labels[valid][scored])
             scores.append(frame["score"].to_numpy()[scored])
             if "alarm" in frame:
                 alarmed.append(frame["alarm"].to_numpy()[scored])
-        rejects.close()
+        rejects_file = rejects.close()
     if not labels or not sum(len(part) for part in labels):
-        raise DataError(f"{data}: has no data rows to evaluate")
+        raise DataError(_nothing_to_evaluate(data, read, kept, detector, rejects_file))
     labels, scores = np.concatenate(labels), np.concatenate(scores)
     result = evaluate_scores(
         labels, scores, detector.threshold, np.concatenate(alarmed) if alarmed else None
@@ -139,6 +141,25 @@ def evaluate_file(
     if report_dir is not None:
         write_report(Path(report_dir), result, labels, scores, detector, str(data))
     return result
+
+
+def _nothing_to_evaluate(data, read: int, kept: int, detector: Detector, rejects) -> str:
+    """Why no row of ``data`` has a score: no rows, every row rejected, or (time-series
+    mode) no series long enough for a window."""
+    if not read:
+        return f"{data}: has no data rows to evaluate"
+    if not kept:
+        return (
+            f"{data}: all {read} rows were rejected (NaN or infinite values; see {rejects}): "
+            "nothing to evaluate"
+        )
+    window = detector.schema.window
+    entity = detector.schema.entity_column
+    per = f" of the same {entity!r} value" if entity else ""
+    return (
+        f"{data}: none of its {kept} rows completes a window of {window} consecutive rows{per}, "
+        f"so none has a score: give each series at least {window} rows"
+    )
 
 
 def write_report(

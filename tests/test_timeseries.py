@@ -263,3 +263,17 @@ def test_a_row_without_an_entity_stops_the_file_naming_its_row(windowed_detector
     ):
         score_file(windowed_detector, path, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_evaluate_on_series_shorter_than_the_window_says_so(windowed_detector, tmp_path):
+    frame = sine_frame(seed=1, spike=False).head(2 * WINDOW - 2)  # WINDOW - 1 rows per pump
+    frame["label"] = 0
+    frame.loc[3, "label"] = 1
+    frame.to_csv(tmp_path / "short.csv", index=False)
+
+    with pytest.raises(
+        anomaly.DataError,
+        match=rf"none of its {2 * WINDOW - 2} rows completes a window of {WINDOW} consecutive "
+        r"rows of the same 'entity' value, so none has a score: give each series at least",
+    ):
+        evaluate_file(windowed_detector, tmp_path / "short.csv", "label")
