@@ -431,6 +431,11 @@ class ResultEncoder:
             try:  # fit_result only for the rare result that is too large as it is
                 payload = dumps(record)
                 if len(payload) > room:
+                    if room <= 0:  # the result is keyed by the record's key, as its input
+                        raise ValueError(
+                            f"the record's Kafka key of {len(key)} bytes is over the "
+                            f"producer's limit of {max_bytes} bytes for a result"
+                        )
                     payload = fit_result(record, room)
             except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
                 position = len(out)
