@@ -21,6 +21,7 @@ from kafka.admin import KafkaAdminClient, NewPartitions
 import anomaly
 from anomaly.stream import ScoringService
 from tests._support import wait_for
+from tests.test_stream_service import CLIENTS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -57,21 +58,7 @@ def _read_ids(bootstrap: str, topic: str, count: int, deadline_s: float) -> set:
     return ids
 
 
-@pytest.mark.parametrize(
-    "client",
-    [
-        "kafka-python",
-        pytest.param(
-            "confluent",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="librdkafka refreshes topic metadata every 300 s by default: "
-                "confluent_transport's consumer settings need "
-                "'topic.metadata.refresh.interval.ms': clients.INPUT_METADATA_MAX_AGE_MS",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("client", CLIENTS)
 def test_partitions_added_to_the_input_topic_are_consumed_within_seconds(
     kafka_bootstrap, kafka_topic_factory, detector, client
 ):

@@ -73,6 +73,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from anomaly.stream import codecs
 from anomaly.stream.client_logs import Throttle
 from anomaly.stream.clients import (
+    INPUT_METADATA_MAX_AGE_MS,
     PRODUCER_BATCH_BYTES,
     RECONNECT_BACKOFF_MAX_MS,
     STARTUP_TIMEOUT_MS,
@@ -172,6 +173,9 @@ class ConfluentTransport(Transport):
             "receive.message.max.bytes": ceiling,
             "fetch.max.bytes": min(52_428_800, ceiling - 512),
             "max.partition.fetch.bytes": min(1_048_576, ceiling - 512),
+            # Partitions added to the input topic are assigned once the group's leader sees
+            # them in its metadata (librdkafka's default refresh: 5 minutes).
+            "topic.metadata.refresh.interval.ms": INPUT_METADATA_MAX_AGE_MS,
             **self._common("consumer"),
             "group.id": config.group_id,
             "enable.auto.commit": False,
