@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ class Evaluation:
     """Detection quality on one labelled dataset."""
 
     records: int
+    """Rows with a score, on which the metrics are measured."""
     anomalies: int
     auroc: float
     auprc: float
@@ -46,6 +47,11 @@ class Evaluation:
     alarm_recall: float | None = None
     alarm_f1: float | None = None
     alarm_false_positive_rate: float | None = None
+    rows_rejected: int | None = None
+    """Rows of the file left out as invalid (``on_invalid="skip"``); None for bare scores."""
+    rows_without_score: int | None = None
+    """Valid rows of the file with no score, so not in ``records``: in time-series mode the
+    first ``window - 1`` rows of each series. None for bare scores."""
 
     def to_json(self) -> dict:
         """The metrics; the alarm's only when there is an alarm stage."""
@@ -138,6 +144,7 @@ def evaluate_file(
     result = evaluate_scores(
         labels, scores, detector.threshold, np.concatenate(alarmed) if alarmed else None
     )
+    result = replace(result, rows_rejected=read - kept, rows_without_score=kept - len(labels))
     if report_dir is not None:
         write_report(Path(report_dir), result, labels, scores, detector, str(data))
     return result

@@ -384,6 +384,18 @@ def test_a_failed_evaluation_leaves_no_rejects_file_of_its_own(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labelled.csv"]
 
 
+def test_an_evaluation_counts_the_rows_it_left_out(tmp_path):
+    from anomaly.evaluation import evaluate_file
+
+    frame = rows()
+    frame.loc[2, "a"] = np.nan
+    frame["label"] = [0, 1, 0, 0, 1, 0]
+    data = tmp_path / "labelled.csv"
+    frame.to_csv(data, index=False)
+    result = evaluate_file(anomaly.load(MODEL), data, "label", on_invalid="skip")
+    assert (result.records, result.rows_rejected, result.rows_without_score) == (5, 1, 0)
+
+
 def test_rejects_that_fail_to_be_written_leave_the_earlier_output_and_rejects_as_they_were(
     tmp_path,
 ):

@@ -241,6 +241,10 @@ def test_evaluate_reports_the_alarms_metrics_in_time_series_mode(windowed_detect
     frame["label"] = (spiked & (steps >= SPIKE_STEP) & (steps < SPIKE_STEP + WINDOW)).astype(int)
     frame.to_csv(tmp_path / "labelled.csv", index=False)
     result = evaluate_file(windowed_detector, tmp_path / "labelled.csv", "label")
+    # Each pump's first WINDOW - 1 rows have no score: counted, not silently left out.
+    assert result.rows_without_score == len(ENTITIES) * (WINDOW - 1)
+    assert result.records == len(frame) - result.rows_without_score
+    assert result.rows_rejected == 0 and result.to_json()["rows_without_score"] > 0
     assert result.alarm_recall > 0 and result.alarm_precision > 0
     assert result.alarm_false_positive_rate < 0.05
     threshold_only = windowed_detector.config.alarms.updated({"method": "threshold"})
