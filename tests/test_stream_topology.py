@@ -8,7 +8,6 @@ out (5 minutes at the clients' defaults).
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,9 +18,8 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewPartitions
 
 import anomaly
-from anomaly.stream import ScoringService
 from tests._support import wait_for
-from tests.test_stream_service import CLIENTS
+from tests.test_stream_service import CLIENTS, _config, _running
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -67,66 +65,37 @@ def test_partitions_added_to_the_input_topic_are_consumed_within_seconds(
         "output_topic": kafka_topic_factory(1, prefix="out"),
         "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
     }
-    config = (
-        anomaly.Config()
-        .updated(
-            serve={
-                "bootstrap_servers": kafka_bootstrap,
-                "group_id": f"test-{uuid.uuid4().hex[:8]}",
-                "metrics_port": 0,
-                "metrics_host": "127.0.0.1",
-                "client": client,
-                **topics,
-            }
-        )
-        .serve
-    )
-    service = ScoringService(detector, config)
-    service.start()
-    errors: list[BaseException] = []
-
-    def run():
-        try:
-            service.run()
-        except BaseException as exc:  # noqa: BLE001 (reported by the test)
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    config = _config(kafka_bootstrap, topics, client=client)
     producer = KafkaProducer(
         bootstrap_servers=kafka_bootstrap, linger_ms=5, metadata_max_age_ms=500
     )
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
-        wait_for(lambda: service.ready() or errors, 30, "input partitions to be assigned")
+        with _running(detector, config) as service:
 
-        def send(ids, partition=None):
-            for i in ids:
-                value = orjson.dumps({"id": i, "features": [0.1, 0.2, 0.3, 0.4]})
-                producer.send(topics["input_topic"], value=value, partition=partition)
-            producer.flush(timeout=30)
+            def send(ids, partition=None):
+                for i in ids:
+                    value = orjson.dumps({"id": i, "features": [0.1, 0.2, 0.3, 0.4]})
+                    producer.send(topics["input_topic"], value=value, partition=partition)
+                producer.flush(timeout=30)
 
-        send(range(10), partition=0)
-        assert _read_ids(kafka_bootstrap, topics["output_topic"], 10, 30) == set(range(10))
+            send(range(10), partition=0)
+            assert _read_ids(kafka_bootstrap, topics["output_topic"], 10, 30) == set(range(10))
 
-        admin.create_partitions({topics["input_topic"]: NewPartitions(total_count=3)})
-        wait_for(
-            lambda: len(producer.partitions_for(topics["input_topic"]) or ()) == 3,
-            30,
-            "the producer to see 3 partitions",
-        )
-        send(range(100, 110), partition=1)
-        send(range(200, 210), partition=2)
-        wanted = set(range(10)) | set(range(100, 110)) | set(range(200, 210))
-        got = _read_ids(
-            kafka_bootstrap, topics["output_topic"], len(wanted), NEW_PARTITIONS_DEADLINE_S
-        )
-        assert got == wanted, f"no result for {sorted(wanted - got)}"
-        assert {tp.partition for tp in service.assignment()} == {0, 1, 2}
+            admin.create_partitions({topics["input_topic"]: NewPartitions(total_count=3)})
+            wait_for(
+                lambda: len(producer.partitions_for(topics["input_topic"]) or ()) == 3,
+                30,
+                "the producer to see 3 partitions",
+            )
+            send(range(100, 110), partition=1)
+            send(range(200, 210), partition=2)
+            wanted = set(range(10)) | set(range(100, 110)) | set(range(200, 210))
+            got = _read_ids(
+                kafka_bootstrap, topics["output_topic"], len(wanted), NEW_PARTITIONS_DEADLINE_S
+            )
+            assert got == wanted, f"no result for {sorted(wanted - got)}"
+            assert {tp.partition for tp in service.assignment()} == {0, 1, 2}
     finally:
         producer.close(timeout=10)
         admin.close()
-        service.stop()
-        thread.join(timeout=config.shutdown_timeout_s + 5)
-    assert not thread.is_alive()
-    assert not errors, errors
