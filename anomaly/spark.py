@@ -18,7 +18,7 @@ How it runs:
   the bundle's content version; Spark reuses its Python workers
   (``spark.python.worker.reuse``, on by default), so every later task and every later job of
   that worker scores with the loaded model. With ``ANOMALY_SPARK_LOAD_LOG=FILE`` in the
-  workers' environment, each load appends ``pid version seconds`` to FILE.
+  workers' environment, each load appends ``pid version seconds python`` to FILE.
 - **Row numbers.** ``row`` is the 1-based position of the row in ``df`` as Spark reads it,
   partition after partition: one small job counts the rows of each partition first (as
   ``RDD.zipWithIndex`` does), and each task numbers its rows from its partition's offset.
@@ -288,7 +288,8 @@ def _worker_detector(version: str, bundle) -> Detector:
     log = os.environ.get(LOAD_LOG_ENV)
     if log:
         with open(log, "a", encoding="utf-8") as handle:
-            handle.write(f"{os.getpid()} {version} {time.perf_counter() - started:.3f}\n")
+            seconds = time.perf_counter() - started
+            handle.write(f"{os.getpid()} {version} {seconds:.3f} {sys.executable}\n")
     return detector
 
 
