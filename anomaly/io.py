@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.lib.format import open_memmap
 
+from anomaly import tables
 from anomaly.errors import ConfigError, DataError, SchemaError
 
 #: File name endings the readers understand, and the format each one means.
@@ -611,7 +612,7 @@ class _NpySource:
                 "a .npy input must be a 2-D array of numbers (rows x features)"
             )
         self.total_rows: int | None = self._array.shape[0]
-        self._names = [f"x{i}" for i in range(self._array.shape[1])]
+        self._names = tables.positional_names(self._array.shape[1])
 
     def repeated_names(self) -> set[str]:
         return set()  # columns x0, x1, ...

@@ -6,7 +6,9 @@ are in another order than the model's scored every record against the wrong feat
 its names were lost in training. Here columns are taken by name: in the model's order,
 whatever the table's; extra columns are left out (as files' are); a missing one, a column of
 text or a timestamp is a message naming the column. A table whose columns have no names (a
-DataFrame made from an array: columns 0, 1, 2, ...) is an array, taken in its order.
+DataFrame made from an array: columns 0, 1, 2, ...) is an array, taken in its order; so is
+any table given to a model trained on an array, whose features have no names of their own
+(``x0``, ``x1``, ...) when the table has none of them and as many columns.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def as_frame(data) -> pd.DataFrame | None:
     return frame
 
 
+def positional_names(count: int) -> list[str]:
+    """The feature names of an array's ``count`` columns, which have none: x0, x1, ..."""
+    return [f"x{i}" for i in range(count)]
+
+
 def column_names(frame: pd.DataFrame) -> list[str]:
     """The feature names a table gives training: its columns, as text."""
     return [str(name) for name in frame.columns]
@@ -49,6 +56,12 @@ def feature_array(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
         labels = list(names)  # unnamed: the model's features in the table's order
         frame = frame.set_axis(labels, axis=1) if len(frame.columns) == len(labels) else frame
     given = pd.Index([str(name) for name in frame.columns])
+    if (
+        list(names) == positional_names(len(names))
+        and len(given) == len(names)
+        and not given.isin(names).any()
+    ):  # a model trained on an array (or a table before its names were kept): positions
+        given = pd.Index(list(names))
     missing = [name for name in names if name not in given]
     if missing:
         raise SchemaError(

@@ -65,7 +65,7 @@ def train(
         raise TrainingError(
             f"training rows must be a 2-D array (records x features), got shape {rows.shape}"
         )
-    feature_names = list(feature_names or [f"x{i}" for i in range(rows.shape[1])])
+    feature_names = list(feature_names or tables.positional_names(rows.shape[1]))
     if len(feature_names) != rows.shape[1]:
         raise TrainingError(f"{len(feature_names)} feature names for {rows.shape[1]} columns")
     if not np.isfinite(rows).all():

@@ -87,3 +87,28 @@ def test_recalibrating_on_a_reordered_dataframe_equals_the_array(detector):
     by_array = recalibrate(detector, frame.to_numpy())
 
     assert by_name.threshold == by_array.threshold
+
+
+@pytest.fixture(scope="module")
+def array_detector():
+    """A model trained on an array: its features are x0, x1, x2, names of no column."""
+    config = anomaly.Config().updated(training={"steps": 100})
+    return anomaly.train(normal_frame(0, 1000).to_numpy(), config)
+
+
+@pytest.mark.parametrize(
+    "columns", [NAMES, [10, 11, 12], pd.RangeIndex(1, 4)], ids=["text", "integers", "range-1"]
+)
+def test_a_model_trained_on_an_array_takes_a_tables_columns_in_order(array_detector, columns):
+    frame = normal_frame(5, 30)
+    expected = array_detector.score(frame.to_numpy())
+
+    scored = array_detector.score(frame.set_axis(columns, axis=1))
+
+    assert array_detector.feature_names == ["x0", "x1", "x2"]
+    np.testing.assert_array_equal(scored.scores, expected.scores)
+    recalibrated = recalibrate(array_detector, normal_frame(6, 600))
+    assert (
+        recalibrated.threshold
+        == recalibrate(array_detector, normal_frame(6, 600).to_numpy()).threshold
+    )
