@@ -649,12 +649,15 @@ class Config(_Section):
     def updated(self, **sections: dict[str, Any]) -> Config:
         """A copy with some keys of some sections replaced, validated like a file.
 
-        ``config.updated(training={"steps": 500})`` keeps every other setting.
+        ``config.updated(training={"steps": 500})`` keeps every other setting. Sections not
+        named are kept as they are, not judged again: a file's ``[serve.kafka]`` holding
+        librdkafka's names, with the client left to the environment, stays open to it.
         """
-        values = self.model_dump()
+        values: dict[str, Any] = {name: getattr(self, name) for name in type(self).model_fields}
         for section, overrides in sections.items():
             if section not in values:
                 raise ConfigError(f"unknown configuration section {section!r}")
+            values[section] = values[section].model_dump()
             values[section].update({k: v for k, v in overrides.items() if v is not None})
         return Config.from_dict(values)
 

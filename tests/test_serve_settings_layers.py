@@ -3,11 +3,15 @@ client the layers resolve to, not for the file's default."""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
+from click.testing import CliRunner
 
 from anomaly.config import Config
 from anomaly.errors import ConfigError
 from anomaly.stream.settings import resolve_serve_config
+from pipelines.cli import cli
 
 LIBRDKAFKA_TABLE = '[serve.kafka]\n"topic.metadata.refresh.interval.ms" = 15000\n'
 
@@ -33,3 +37,21 @@ def test_librdkafka_names_are_still_refused_when_the_resolved_client_is_kafka_py
         resolve_serve_config(path, environ={"ANOMALY_SERVE_CLIENT": "kafka-python"})
     with pytest.raises(ConfigError, match="is librdkafka's"):
         Config().updated(serve={"kafka": {"socket.nagle.disable": True}})
+
+
+def test_the_file_with_librdkafka_names_trains_a_model_from_the_command_line(tmp_path):
+    """``anomaly train --config`` sets its options over the file's (``Config.updated``),
+    which judged ``[serve]`` again, with the client filled in as kafka-python."""
+    path = tmp_path / "serve.toml"
+    path.write_text(LIBRDKAFKA_TABLE)
+    data = tmp_path / "normal.csv"
+    rows = np.random.default_rng(0).normal(size=(300, 2))
+    pd.DataFrame(rows, columns=["a", "b"]).to_csv(data, index=False)
+
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--data", str(data), "--out", str(tmp_path / "model"), "--config", str(path)]
+        + ["--steps", "5"],
+    )
+
+    assert result.exit_code == 0, result.output
