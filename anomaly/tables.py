@@ -26,9 +26,12 @@ _SHOWN = 3
 
 def as_frame(data) -> pd.DataFrame | None:
     """``data`` as a pandas DataFrame when it is a table with named columns (pandas; pyarrow
-    and polars through their ``to_pandas``), else None: an array, a list, ..."""
+    and polars through their ``to_pandas``) or a row of one (a Series indexed by column name),
+    else None: an array, a list, ..."""
     if isinstance(data, pd.DataFrame):
         frame = data
+    elif isinstance(data, pd.Series) and not isinstance(data.index, pd.RangeIndex):
+        frame = data.to_frame().T  # one record, e.g. ``df.loc[label]``: its index names values
     elif hasattr(data, "to_pandas") and (hasattr(data, "column_names") or hasattr(data, "columns")):
         frame = data.to_pandas()
     else:

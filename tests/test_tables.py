@@ -112,3 +112,12 @@ def test_a_model_trained_on_an_array_takes_a_tables_columns_in_order(array_detec
         recalibrated.threshold
         == recalibrate(array_detector, normal_frame(6, 600).to_numpy()).threshold
     )
+
+
+def test_one_row_of_a_dataframe_is_scored_by_its_column_names(detector):
+    frame = normal_frame(7, 3).set_axis(["p", "q", "r"])
+    expected = detector.score(frame.to_numpy()[1:2])
+
+    scored = detector.score(frame[["c", "a", "b"]].loc["q"])
+
+    np.testing.assert_array_equal(scored.scores, expected.scores)
