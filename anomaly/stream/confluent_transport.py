@@ -55,6 +55,7 @@ How librdkafka differs, and what this module does about it:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -147,6 +148,7 @@ class ConfluentTransport(Transport):
             OFFSET_BEGINNING if config.auto_offset_reset == "earliest" else OFFSET_END
         )
         self._up = True  # a broker connection up, as the last statistics said
+        self._abandoned = False  # a close past its deadline: callbacks do nothing more
         self._error_logs = Throttle()  # librdkafka retries its errors: logged once a while
         self.max_message_bytes = MAX_REQUEST_BYTES
 
@@ -322,10 +324,7 @@ class ConfluentTransport(Transport):
 
     def close(self, deadline: float) -> None:
         if self._consumer is not None:
-            try:
-                self._consumer.close()  # revokes (flush, commit), then leaves the group
-            except Exception as exc:  # noqa: BLE001 (closing must go on)
-                log.warning("event=close_error client=consumer error=%r", exc)
+            self._close_consumer(self._consumer, deadline)
             self._consumer = None
         if self._producer is not None:
             producer, self._producer = self._producer, None
@@ -336,6 +335,27 @@ class ConfluentTransport(Transport):
                     producer.flush(0)
             except Exception as exc:  # noqa: BLE001
                 log.warning("event=close_error client=producer error=%r", exc)
+
+    def _close_consumer(self, consumer: Consumer, deadline: float) -> None:
+        """Close the consumer (it revokes: flush, commit; then it leaves the group), waiting
+        for it until ``deadline`` at most. With the broker down, librdkafka's close waits
+        for a group it cannot leave (over 5 s after losing the partitions, seen here) and
+        the stop ran past the exit watchdog. The broker drops the member after its session
+        timeout anyway; a close still under way at the deadline is left to the process's
+        exit, and its callbacks do nothing more."""
+
+        def close() -> None:
+            try:
+                consumer.close()
+            except Exception as exc:  # noqa: BLE001 (closing must go on)
+                log.warning("event=close_error client=consumer error=%r", exc)
+
+        closing = threading.Thread(target=close, name="kafka-consumer-close", daemon=True)
+        closing.start()
+        closing.join(max(0.1, deadline - time.monotonic()))
+        if closing.is_alive():
+            self._abandoned = True
+            log.warning("event=close_slow client=consumer (left unfinished; the broker drops it)")
 
     # -- consuming -----------------------------------------------------------------------------
 
@@ -511,6 +531,8 @@ class ConfluentTransport(Transport):
 
     def _on_commit(self, error, partitions) -> None:
         """librdkafka's result of an asynchronous commit (served in ``poll``)."""
+        if self._abandoned:
+            return
         offsets = {TopicPartition(tp.topic, tp.partition): tp.offset for tp in partitions}
         if error is None:
             error = next((tp.error for tp in partitions if tp.error is not None), None)
@@ -551,6 +573,8 @@ class ConfluentTransport(Transport):
         """Eager assignment: all of the consumer's partitions. Each starts where the listener
         says, else at its committed offset, else (none yet) at ``auto_offset_reset``'s end:
         librdkafka's own reset is off (``auto.offset.reset=error``)."""
+        if self._abandoned:
+            return
         self._rebalances += 1
         self._paused = False
         ours = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
@@ -575,6 +599,8 @@ class ConfluentTransport(Transport):
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list) -> None:
+        if self._abandoned:
+            return
         self._rebalances += 1
         revoked = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
         offsets = self.listener.partitions_revoking(revoked) if revoked else {}
@@ -593,6 +619,8 @@ class ConfluentTransport(Transport):
         consumer.unassign()
 
     def _on_lost(self, consumer: Consumer, partitions: list) -> None:
+        if self._abandoned:
+            return
         self._rebalances += 1
         lost = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= {tp.partition for tp in lost}

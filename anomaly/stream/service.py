@@ -102,6 +102,11 @@ IDLE_POLL_MS = 25
 PENDING_POLL_MS = 5
 #: Longest a blocking wait for acknowledgements lasts (while paused by back-pressure).
 FLUSH_WAIT_S = 1.0
+#: Most of ``shutdown_timeout_s`` kept, at the end, for what follows the last wait for the
+#: broker: destroying the clients and closing the metrics server (about 0.4 s idle, more
+#: under load). Without it the waits took the whole timeout and, with the broker down, the
+#: stop ran past the exit watchdog (``process.WATCHDOG_GRACE_S`` later).
+SHUTDOWN_RESERVE_S = 1.0
 #: Seconds between consumer-lag updates and broker-connection checks.
 LAG_INTERVAL_S = 1.0
 #: The loop counts as alive (``/healthz``) if an iteration began this recently; generous
@@ -832,8 +837,13 @@ class ScoringService:
         rebalance_s = self.config.session_timeout_ms / 1000 / 3
         if self._stop_requested_at is None:
             return rebalance_s
-        deadline = self._stop_requested_at + self.config.shutdown_timeout_s
-        return max(0.1, min(rebalance_s, (deadline - time.monotonic()) * 0.5))
+        return max(0.1, min(rebalance_s, (self._shutdown_deadline() - time.monotonic()) * 0.5))
+
+    def _shutdown_deadline(self) -> float:
+        """When a stop must be done waiting for the broker: ``shutdown_timeout_s`` after it
+        was asked, less what closing needs after that (``SHUTDOWN_RESERVE_S``)."""
+        timeout = self.config.shutdown_timeout_s
+        return self._stop_requested_at + timeout - min(SHUTDOWN_RESERVE_S, timeout / 4)
 
     def partitions_assigned(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
         """``assigned`` are ours; returns where to start reading those dropped from records
@@ -879,8 +889,7 @@ class ScoringService:
     def _shutdown(self, failure: BaseException | None) -> None:
         if self._stop_requested_at is None:  # stopping on an error, not on request
             self._stop_requested_at = time.monotonic()
-        started = self._stop_requested_at
-        deadline = started + self.config.shutdown_timeout_s
+        deadline = self._shutdown_deadline()
         self._stop.set()
         transport = self._transport
         try:
