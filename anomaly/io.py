@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import csv
 import gzip
 import json
 import os
@@ -459,12 +460,21 @@ def _sampled_dtypes(source: _Source) -> pd.Series | None:
     return None if sample is None else sample.dtypes
 
 
+#: What pandas reads as a missing value by default (its documented ``na_values`` list),
+#: kept for every column but the id and entity columns.
+_PANDAS_MISSING = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)  # fmt: skip
+
+
 class _CsvSource:
     """CSV through pandas' C parser, whose errors name the file line.
 
     Id and entity columns are kept as text so "007" stays "007" and every chunk has the
-    same type. All columns are parsed (not only the needed ones) because pandas only
-    checks the field count of the columns it parses.
+    same type, and only an empty field is missing there: "NA" (Namibia, North America) or
+    "null" is a value, which pandas would read as missing. All columns are parsed (not only
+    the needed ones) because pandas only checks the field count of the columns it parses.
     """
 
     total_rows = None
@@ -472,6 +482,17 @@ class _CsvSource:
     def __init__(self, path: Path, text_columns: list[str]) -> None:
         self.path = path
         self._dtypes = dict.fromkeys(text_columns, str)
+
+    def _missing_values(self) -> dict[int, tuple[str, ...]]:
+        """``na_values`` by column position (pandas renames repeated names): pandas'
+        defaults, but only the empty field in the text columns."""
+        with _open_text(self.path, "r") as handle:
+            names = next(csv.reader(handle), [])
+        if names:
+            names[0] = names[0].removeprefix("\ufeff")  # pandas drops a byte-order mark
+        return {
+            i: ("",) if name in self._dtypes else _PANDAS_MISSING for i, name in enumerate(names)
+        }
 
     def dtypes(self) -> pd.Series | None:
         return _sampled_dtypes(self)
@@ -484,7 +505,13 @@ class _CsvSource:
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
-            with pd.read_csv(self.path, chunksize=chunk_rows, dtype=self._dtypes) as chunks:
+            with pd.read_csv(
+                self.path,
+                chunksize=chunk_rows,
+                dtype=self._dtypes,
+                keep_default_na=False,
+                na_values=self._missing_values(),
+            ) as chunks:
                 for frame in chunks:
                     if len(frame):
                         yield frame if columns is None else frame[columns]

@@ -269,6 +269,30 @@ def test_a_row_without_an_entity_stops_the_file_naming_its_row(windowed_detector
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_entity_and_id_values_pandas_reads_as_missing_are_kept_in_a_csv(
+    windowed_detector, tmp_path
+):
+    """Names pandas reads as missing ("NA" for Namibia, "null") are values in the entity
+    and id columns: each is an entity, and the ids come back as written; only an empty
+    field is missing there. A feature keeps pandas' missing values ("NA" is NaN there)."""
+    frame = sine_frame(seed=1, spike=False).head(200)
+    frame["entity"] = frame["entity"].map(dict(zip(ENTITIES, ["NA", "null"], strict=True)))
+    frame["id"] = ["None", "N/A", *frame["id"][2:]]
+    frame.to_csv(tmp_path / "series.csv", index=False)
+    score_file(windowed_detector, tmp_path / "series.csv", tmp_path / "scores.csv")
+    scores = pd.read_csv(tmp_path / "scores.csv", keep_default_na=False)
+    assert scores["id"].tolist() == frame["id"].tolist()
+    assert (scores["score"] != "").sum() == len(frame) - len(ENTITIES) * (WINDOW - 1)
+
+    text = (tmp_path / "series.csv").read_text().splitlines()
+    fields = text[5].split(",")
+    fields[-1] = "NA"
+    text[5] = ",".join(fields)
+    (tmp_path / "bad.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(anomaly.DataError, match=r"row 5 \(column 'flow' is NaN\)"):
+        score_file(windowed_detector, tmp_path / "bad.csv", tmp_path / "bad-scores.csv")
+
+
 def test_evaluate_on_series_shorter_than_the_window_says_so(windowed_detector, tmp_path):
     frame = sine_frame(seed=1, spike=False).head(2 * WINDOW - 2)  # WINDOW - 1 rows per pump
     frame["label"] = 0
