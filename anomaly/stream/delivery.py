@@ -240,6 +240,16 @@ class Delivery:
             del self.settled[tp]
         return taken
 
+    def skipped_to(self, partition, offset: int) -> bool:
+        """The consumer moved ``partition`` up to ``offset`` past records it never returns
+        (transaction markers, records of aborted transactions): settle that offset unless a
+        batch of the partition is still pending. True when settled."""
+        if any(partition in batch.offsets for batch in self.pending):
+            return False
+        if self.settled.get(partition, -1) < offset:
+            self.settled[partition] = offset
+        return True
+
     def restore(self, offsets: dict[Any, int], partitions) -> None:
         """Offsets whose commit failed: commit them again with the next ones (unless a
         later offset of the same partition is already waiting, or it is no longer ours)."""

@@ -794,13 +794,27 @@ class ScoringService:
             return
         transport = self._transport
         transport.tick()  # e.g. the output topic may have grown
+        in_hand = {r.partition for r in self._in_flight.records} if self._in_flight else set()
         for tp in list(self._assignment.assigned):
             high = transport.high_watermark(tp)
             position = self._positions.get(tp)
-            if position is None and high is not None:
-                position = transport.position(tp)
+            if tp.partition not in in_hand:
+                position = self._past_skipped(tp, position)
             if high is not None and position is not None:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+
+    def _past_skipped(self, tp: TopicPartition, position: int | None) -> int | None:
+        """Where the loop is in ``tp``, none of whose records it holds, counting what the
+        consumer skipped: a read_committed consumer never returns transaction markers or
+        records of aborted transactions, but its position moves past them. Without this the
+        lag stayed above 0 after them for good, and so did the group's committed offsets,
+        so that position is settled (committed) too once the partition's results are."""
+        skipped_to = self._transport.position(tp)
+        if skipped_to is None or (position is not None and skipped_to <= position):
+            return position
+        if self._delivery.skipped_to(tp, skipped_to):
+            self._positions[tp] = skipped_to
+        return skipped_to
 
     # -- rebalances (transport.Listener: while the loop is in poll, or closing) --------------
 
