@@ -169,7 +169,7 @@ class ServiceMetrics:
         self.end_to_end_latency = BatchHistogram(
             "anomaly_end_to_end_latency_seconds",
             "Per record: time from the input record's Kafka timestamp to its result being "
-            "acknowledged by Kafka.",
+            "acknowledged by Kafka (0 for a timestamp ahead of the service's clock).",
             END_TO_END_BUCKETS,
             registry,
         )

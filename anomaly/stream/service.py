@@ -706,9 +706,10 @@ class ScoringService:
         start = perf_counter()
         stamps = delivery.settle()
         if stamps:
-            self.metrics.end_to_end_latency.observe(
-                time.time() - np.asarray(stamps, dtype=np.float64) / 1000.0
-            )
+            # A record stamped by a producer whose clock is ahead took no less than 0 s: a
+            # negative value would make the histogram's sum fall (Prometheus sees a restart).
+            latency = time.time() - np.asarray(stamps, dtype=np.float64) / 1000.0
+            self.metrics.end_to_end_latency.observe(np.maximum(latency, 0.0))
         self._profile["bookkeeping"] += perf_counter() - start
 
     def _commit_settled(self, force: bool = False) -> None:
