@@ -232,3 +232,28 @@ def test_a_wrong_plain_password_is_reported_and_never_reaches_a_log_handler(
             logger.removeHandler(handler)
     assert not any(SECRET in line for line in handler.lines)
     assert not any("SaslAuthenticateRequest" in line for line in handler.lines)
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_a_client_certificate_the_broker_refuses_stops_the_start_as_a_tls_failure(
+    client, kafka_secure, kafka_topic_factory, tiny_bundle
+):
+    """Mutual TLS without a client certificate: the broker ends the handshake with an alert
+    ("bad certificate"), which the client reads as a dropped connection. It was reported
+    after the whole bootstrap timeout as 'cannot reach Kafka ... check that the broker is
+    up'."""
+    mode = kafka_secure["mtls"]
+    options = {k: v for k, v in mode.options.items() if k not in ("ssl_certfile", "ssl_keyfile")}
+    config = _config(
+        mode.bootstrap,
+        input_topic=kafka_topic_factory(1),
+        dlq_topic="",
+        client=client,
+        kafka=options,
+    )
+    service = ScoringService(anomaly.load(tiny_bundle), config)
+    with pytest.raises(StreamError) as caught:
+        service.start()
+    message = str(caught.value)
+    assert message.startswith(f"TLS handshake with Kafka at {config.bootstrap_servers} failed")
+    assert "ssl_certfile" in message and "\n" not in message and not service.ready()

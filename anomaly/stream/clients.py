@@ -269,8 +269,11 @@ def _bootstrap_failure(
             )
         if isinstance(cause, AuthorizationError):
             return f"Kafka at {servers} denied access: {_reason(cause)}"
+        # "[SSL: ...]": an alert from the broker after the handshake (TLS 1.3), such as a
+        # client certificate it refuses, reaches kafka-python as a dropped connection.
         if isinstance(cause, ssl.SSLError) or (
-            isinstance(cause, KafkaConnectionError) and "Handshake failed" in str(cause)
+            isinstance(cause, KafkaConnectionError)
+            and ("Handshake failed" in str(cause) or "[SSL: " in str(cause))
         ):
             return (
                 f"TLS handshake with Kafka at {servers} failed ({protocol}): {_reason(cause)}; "

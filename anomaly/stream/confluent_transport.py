@@ -55,6 +55,7 @@ How librdkafka differs, and what this module does about it:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Any
@@ -108,12 +109,20 @@ RECORD_ERROR_CODES = frozenset(
 UNREADABLE_CODES = frozenset({KafkaError._BAD_MSG, KafkaError._BAD_COMPRESSION})
 #: Start-up failures that waiting longer cannot mend.
 REFUSED_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
+#: A TLS alert from the broker (not close_notify, 0): in TLS 1.3 a client certificate it
+#: refuses (or none, on a mutual-TLS listener) ends the handshake after the client thinks
+#: it is done, so librdkafka reports a dropped connection (``_TRANSPORT``) saying this.
+TLS_ALERT = re.compile(r"SSL alert number [1-9]")
 
 
 def _error_of(error: Any) -> KafkaError | None:
     if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
         return error.args[0]
     return error if isinstance(error, KafkaError) else None
+
+
+def _tls_alert(error: KafkaError) -> bool:
+    return error.code() == KafkaError._TRANSPORT and TLS_ALERT.search(error.str()) is not None
 
 
 def describe(error: Any) -> str:
@@ -240,7 +249,7 @@ class ConfluentTransport(Transport):
                 break
             except KafkaException as exc:
                 admin.poll(0)  # serves error_cb
-                refused = [e for e in errors if e.code() in REFUSED_CODES]
+                refused = [e for e in errors if e.code() in REFUSED_CODES or _tls_alert(e)]
                 if refused or time.monotonic() >= deadline:
                     raise StreamError(self._bootstrap_failure(refused, errors, exc)) from None
         existing = {name for name, topic in metadata.topics.items() if topic.error is None}
