@@ -20,14 +20,19 @@ where it holds:
   every peak above ``t``, so it resolves rates far below ``1 / n``.
 
 ``Tail.threshold`` takes the order statistic when at least ``MIN_ORDER_POINTS`` calibration
-scores are expected above it, and the fitted tail otherwise.
+scores are expected above it, and the fitted tail otherwise, unless the calibration scores
+reject the fit: more of them lie above its thresholds than chance allows (``misfit``). A few
+dozen peaks can hide a tail far heavier than any shape the fit may take (normal records of a
+rare kind that the model scores very high); the fitted threshold then sits too low and fires
+several times the target. Where the fit is rejected, the order statistic is used down to the
+rate of the largest calibration score, and the fit is not trusted below the largest score.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -42,6 +47,10 @@ PEAK_SHARE, MIN_PEAKS = 0.02, 30
 #: shape (a bounded tail just above the largest peak) would put the threshold where the
 #: next normal score can pass it.
 SHAPE_BOUNDS = (0.0, 0.5)
+#: Family-wise level at which the calibration scores reject the fitted tail (a one-sided
+#: binomial test of the count above its threshold at each rate it replaces the order
+#: statistic at, Bonferroni-corrected): a tail that fits is rejected about this often.
+MISFIT_LEVEL = 0.01
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,9 @@ class Tail:
     peaks: int
     shape: float
     scale: float
+    misfit: bool = False
+    """The calibration scores reject the fitted tail (``rejected_by``); False in bundles
+    saved before the check."""
 
     @classmethod
     def fit(cls, scores: np.ndarray, up_to_rate: float = 0.0) -> Tail:
@@ -69,7 +81,7 @@ class Tail:
         peaks_from = float(scores[peaks])
         shape, scale = _fit_gpd(scores[:peaks] - peaks_from)
         kept = max(KEPT_SCORES, math.ceil((n + 1) * up_to_rate) + 1)
-        return cls(
+        tail = cls(
             n=n,
             largest=[float(v) for v in scores[:kept]],
             peaks_from=peaks_from,
@@ -77,6 +89,23 @@ class Tail:
             shape=shape,
             scale=scale,
         )
+        return replace(tail, misfit=tail.rejected_by(scores))
+
+    def rejected_by(self, scores: np.ndarray) -> bool:
+        """Whether the calibration ``scores`` reject the fitted tail: at some rate ``j / (n +
+        1)`` where the fit replaces the order statistic (``j`` below ``MIN_ORDER_POINTS``),
+        more scores lie above its threshold than a binomial count at that rate reaches with
+        probability ``MISFIT_LEVEL`` (over all those rates)."""
+        from scipy import stats
+
+        scores = np.asarray(scores, np.float64)
+        ranks = range(1, min(MIN_ORDER_POINTS, self.n + 1))
+        for expected_above in ranks:
+            rate = expected_above / (self.n + 1)
+            above = int(np.count_nonzero(scores > self._fitted(rate)))
+            if stats.binom.sf(above - 1, self.n, rate) < MISFIT_LEVEL / len(ranks):
+                return True
+        return False
 
     def problems(self) -> list[str]:
         """What makes this tail unusable (read from a file): empty when it is sound."""
@@ -88,6 +117,8 @@ class Tail:
             problems.append("holds NaN or infinite values")
         if not self.scale > 0 or not SHAPE_BOUNDS[0] <= self.shape <= SHAPE_BOUNDS[1]:
             problems.append(f"scale must be > 0 and shape within {SHAPE_BOUNDS}")
+        if type(self.misfit) is not bool:
+            problems.append("misfit must be true or false")
         if not 1 <= len(self.largest) <= self.n or any(
             a < b for a, b in zip(self.largest, self.largest[1:], strict=False)
         ):
@@ -96,17 +127,22 @@ class Tail:
 
     def threshold(self, alpha: float) -> float:
         """The score a new normal score exceeds with probability about ``alpha``: the
-        order statistic where at least ``MIN_ORDER_POINTS`` scores are expected above it,
-        else the fitted tail (never below the order statistic at the smallest rate it
-        resolves, so the threshold rises as ``alpha`` falls)."""
+        order statistic where at least ``MIN_ORDER_POINTS`` scores are expected above it
+        (at least one where the fit is a ``misfit``), else the fitted tail (never below the
+        order statistic at the smallest rate it resolves, so the threshold rises as
+        ``alpha`` falls)."""
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"the rate must be in (0, 1), got {alpha}")
-        resolved = MIN_ORDER_POINTS / (self.n + 1)  # the smallest rate the order statistic takes
+        # the smallest rate the order statistic takes
+        resolved = (1 if self.misfit else MIN_ORDER_POINTS) / (self.n + 1)
         if alpha >= resolved:
             return self._order_statistic(alpha)
         floor = self._order_statistic(resolved) if resolved < 1.0 else -math.inf
-        ratio = alpha * self.n / self.peaks
-        return max(self.peaks_from + pareto_excess(ratio, self.shape, self.scale), floor)
+        return max(self._fitted(alpha), floor)
+
+    def _fitted(self, alpha: float) -> float:
+        """The fitted tail's threshold at ``alpha``, whatever the calibration scores say."""
+        return self.peaks_from + pareto_excess(alpha * self.n / self.peaks, self.shape, self.scale)
 
     def _order_statistic(self, alpha: float) -> float:
         above = self.n + 1 - math.ceil((self.n + 1) * (1.0 - alpha))  # scores above the k-th
