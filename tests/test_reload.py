@@ -249,3 +249,35 @@ def test_a_swap_frees_the_previous_model(tiny_bundle, retrained_bundle, tmp_path
         assert previous() is None
     finally:
         gc.unfreeze()
+
+
+@pytest.fixture(scope="module")
+def nan_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """``tiny_bundle`` with one weight of its generator NaN, saved the usual way (as a
+    training run that diverged leaves it): it loads, verifies and scores every record NaN."""
+    detector = anomaly.load(tiny_bundle)
+    generator = detector.engine.networks["generator"]
+    weights = generator.get_weights()
+    weights[-1][0] = np.nan
+    generator.set_weights(weights)
+    return detector.save(tmp_path_factory.mktemp("nan") / "model")
+
+
+def test_a_version_that_scores_nan_is_refused_at_a_swap_and_at_start(
+    tiny_bundle, nan_bundle, tmp_path
+):
+    """It was swapped in: every result then had a null score and is_anomaly false, with no
+    refusal, no metric and no log line to say detection had stopped."""
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    watcher, refusals = _watching(store)
+    publish(nan_bundle, store)
+    watcher.check()
+    watcher.check()
+    assert watcher.take() is None
+    assert [number for number, _ in refusals] == [2] and "as NaN" in refusals[0][1]
+
+    served = load_served_model(store)  # a new replica
+    assert served.version == "1" and [number for number, _ in served.refused] == [2]
+    with pytest.raises(BundleError, match="as NaN"):
+        load_served_model(nan_bundle)

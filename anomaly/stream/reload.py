@@ -72,6 +72,9 @@ def load_served_model(path: str | Path, pinned: int | None = None) -> ServedMode
     if not store.is_store(path) or pinned is not None:
         bundle_path = store.resolve(path, pinned)  # a pin on a bundle is an error
         detector = anomaly.load(bundle_path)
+        problem = scoring_problem(detector)
+        if problem is not None:
+            raise BundleError(f"{bundle_path}: {problem}")
         if pinned is None:
             return ServedModel(detector, detector.version)
         return ServedModel(detector, str(pinned), pinned)
@@ -82,6 +85,9 @@ def load_served_model(path: str | Path, pinned: int | None = None) -> ServedMode
     for number in reversed(numbers):
         try:
             detector = anomaly.load(store.version_path(path, number))
+            problem = scoring_problem(detector)
+            if problem is not None:
+                raise BundleError(problem)
         except BundleError as exc:
             refused.append((number, _logged_refusal(Path(path), number, "none", str(exc))))
             continue
@@ -100,6 +106,20 @@ def warm_up(detector: Detector, max_batch: int = 1) -> None:
         size *= 2
     for size in sorted(sizes):
         detector.score(np.zeros((size, *detector.schema.record_shape), np.float32))
+
+
+def scoring_problem(detector: Detector) -> str | None:
+    """Why ``detector`` cannot score, or None: a record at its training data's mean must get
+    a finite score. Networks with non-finite weights (a training run that diverged) load
+    and score every record NaN: results with a null score, never flagged."""
+    shape = (1, *detector.schema.record_shape)
+    typical = np.broadcast_to(detector.engine.standardizer.mean, shape).astype(np.float32)
+    if np.isfinite(detector.score(typical).scores).all():
+        return None
+    return (
+        "it scores a record at its training data's mean as NaN: its networks are damaged "
+        "(weights that are not finite?)"
+    )
 
 
 def incompatibility(serving: Detector, candidate: Detector) -> str | None:
@@ -225,7 +245,7 @@ class StoreWatcher:
         prepared = None
         try:
             detector = anomaly.load(store.version_path(self.store, number))
-            reason = incompatibility(current.detector, detector)
+            reason = incompatibility(current.detector, detector) or scoring_problem(detector)
             if reason is None:
                 prepared = self._prepare(detector)
                 warm_up(detector, self._warm_batch)
