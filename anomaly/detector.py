@@ -203,6 +203,8 @@ class Detector:
             "window": self.schema.window,
             "threshold": p.threshold,
             "target_fpr": p.target_fpr,
+            # how the threshold was set (``anomaly.tail``); the kept scores are left out
+            "calibration_tail": {k: v for k, v in p.tail.items() if k != "largest"},
             "weights": p.weights,
             "component_location": p.location,
             "component_scale": p.scale,

@@ -125,6 +125,9 @@ def test_info_prints_json_with_the_features_and_how_many_records_were_fitted(mod
     assert meta["fit_records"] == 2550
     assert meta["rows_rejected"] == 0
     assert (info["latent_prototypes"], info["latent_neighbours"]) == (256, 3)
+    tail = info["calibration_tail"]  # how the threshold was set, without the kept scores
+    assert tail["n"] == meta["held_out_records"] and tail["misfit"] is False
+    assert "largest" not in tail
 
 
 # -- score --------------------------------------------------------------------------------
