@@ -130,7 +130,7 @@ class TableReader:
             yield Chunk(
                 features=features,
                 row_numbers=rows,
-                ids=None if self.id_column is None else frame[self.id_column].to_numpy(),
+                ids=None if self.id_column is None else _as_written(frame[self.id_column]),
                 labels=None
                 if self.label_column is None
                 else _labels(frame[self.label_column], rows, self.path),
@@ -441,10 +441,11 @@ def _open_source(path: Path, text_columns: list[str | None]) -> _Source:
     if not path.is_file():
         raise DataError(f"file not found: {path}")
     kind = _format_of(path, _READ_FORMATS, "read")
+    kept = [name for name in text_columns if name is not None]
     if kind == "csv":
-        return _CsvSource(path, [name for name in text_columns if name is not None])
+        return _CsvSource(path, kept)
     if kind == "jsonl":
-        return _JsonLinesSource(path)
+        return _JsonLinesSource(path, kept)
     if kind == "parquet":
         return _ParquetSource(path)
     return _NpySource(path)
@@ -533,12 +534,15 @@ class _CsvSource:
 
 
 class _JsonLinesSource:
-    """One JSON object per line; blank lines are skipped."""
+    """One JSON object per line; blank lines are skipped. Id and entity columns keep the
+    values as parsed: pandas would make integers with a null among them floats, and
+    2**60 + 1 would read as 2**60."""
 
     total_rows = None
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, kept_columns: list[str]) -> None:
         self.path = path
+        self._kept = kept_columns
 
     def repeated_names(self) -> set[str]:
         return set()  # one key per object: a JSON reader keeps the last
@@ -554,11 +558,18 @@ class _JsonLinesSource:
                     records = _parse_json_lines(lines, first_line, self.path)
                     first_line += len(lines)
                     if records:
-                        yield pd.DataFrame(records, columns=columns)
+                        yield self._frame(records, columns)
         except UnicodeDecodeError as exc:
             raise _not_utf8(self.path, "JSON lines", exc) from None
         except (OSError, EOFError) as exc:
             raise _unreadable(self.path, "JSON lines", str(exc)) from None
+
+    def _frame(self, records: list[dict[str, Any]], columns: list[str] | None) -> pd.DataFrame:
+        frame = pd.DataFrame(records, columns=columns)
+        for name in frame.columns.intersection(self._kept):
+            values = [record.get(name) for record in records]
+            frame[name] = pd.Series(values, index=frame.index, dtype=object)
+        return frame
 
 
 def _parse_json_lines(lines: list[str], first_line: int, path: Path) -> list[dict[str, Any]]:
@@ -612,16 +623,32 @@ class _ParquetSource:
         return _repeated(self._schema.names)
 
     def dtypes(self) -> pd.Series | None:
-        return self._schema.empty_table().to_pandas().dtypes if self.total_rows else None
+        if not self.total_rows:
+            return None
+        return self._schema.empty_table().to_pandas(types_mapper=_NULLABLE_INTEGERS.get).dtypes
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
             with pq.ParquetFile(self.path) as file:
                 for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
                     if batch.num_rows:
-                        yield batch.to_pandas()
+                        yield batch.to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(self.path, "Parquet", str(exc)) from None
+
+
+#: Arrow's integer types as pandas' nullable ones: by default a column of integers with a null
+#: becomes float64, which changes ids beyond 2**53 and the id column's type between chunks.
+_NULLABLE_INTEGERS = {
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(),
+    pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
+}
 
 
 class _NpySource:
@@ -743,6 +770,12 @@ def _entities(column: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:
             "the rows"
         )
     return column.to_numpy()
+
+
+def _as_written(column: pd.Series) -> np.ndarray:
+    """A column's values as the file has them: with a missing value, as objects, since
+    ``to_numpy`` makes nullable integers floats."""
+    return column.to_numpy(dtype=object) if column.hasnans else column.to_numpy()
 
 
 def _examples(rows: np.ndarray, values: pd.Series) -> str:

@@ -161,6 +161,28 @@ def test_json_ids_of_mixed_types_are_written_to_parquet_as_text(detector_with_id
     assert ids == ["0", "1", "abc", "3", "x", "5"]
 
 
+BIG_IDS = [2**60 + i for i in range(6)]
+BIG_IDS[1] = None  # a null in the first chunk: pandas would make the column float64
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+@pytest.mark.parametrize("out_suffix", [".csv", ".parquet"])
+def test_integer_ids_with_a_null_are_written_exactly(
+    detector_with_ids, tmp_path, suffix, out_suffix
+):
+    data, out = tmp_path / f"data{suffix}", tmp_path / f"out{out_suffix}"
+    frame = with_ids(pd.array(BIG_IDS, dtype="Int64"))
+    if suffix == ".parquet":
+        frame.to_parquet(data)
+    else:
+        frame.to_json(data, orient="records", lines=True)
+
+    score_file(detector_with_ids, data, out)
+
+    read = pd.read_csv if out_suffix == ".csv" else pd.read_parquet
+    assert pa.array(read(out, dtype_backend="pyarrow")["id"]).to_pylist() == BIG_IDS
+
+
 def test_json_ids_turning_to_text_after_numbers_is_refused_naming_the_row(
     detector_with_ids, tmp_path
 ):
