@@ -469,6 +469,10 @@ _PANDAS_MISSING = (
 )  # fmt: skip
 
 
+#: The separators a CSV file may use, the default first.
+_SEPARATORS = (",", ";", "\t", "|")
+
+
 class _CsvSource:
     """CSV through pandas' C parser, whose errors name the file line.
 
@@ -484,13 +488,19 @@ class _CsvSource:
         self.path = path
         self._dtypes = dict.fromkeys(text_columns, str)
 
-    def _missing_values(self) -> dict[int, tuple[str, ...]]:
+    def _header(self) -> tuple[str, list[str]]:
+        """The separator and the column names. The separator is the one of ``_SEPARATORS``
+        that splits the header into the most names (a comma when none splits it), so a file
+        saved with semicolons (Excel's in many locales), tabs or bars reads as it is."""
+        with _open_text(self.path, "r") as handle:
+            line = handle.readline().removeprefix("\ufeff")  # pandas drops a byte-order mark
+        splits = {sep: next(csv.reader([line], delimiter=sep), []) for sep in _SEPARATORS}
+        separator = max(_SEPARATORS, key=lambda sep: len(splits[sep]))
+        return separator, splits[separator]
+
+    def _missing_values(self, names: list[str]) -> dict[int, tuple[str, ...]]:
         """``na_values`` by column position (pandas renames repeated names): pandas'
         defaults, but only the empty field in the text columns."""
-        with _open_text(self.path, "r") as handle:
-            names = next(csv.reader(handle), [])
-        if names:
-            names[0] = names[0].removeprefix("\ufeff")  # pandas drops a byte-order mark
         return {
             i: ("",) if name in self._dtypes else _PANDAS_MISSING for i, name in enumerate(names)
         }
@@ -499,19 +509,20 @@ class _CsvSource:
         return _sampled_dtypes(self)
 
     def repeated_names(self) -> set[str]:
-        # pandas renames a repeated name ("a" again becomes "a.1"): read the names as data.
-        header = pd.read_csv(self.path, header=None, nrows=1, dtype=str, keep_default_na=False)
-        # pandas names empty names apart ("Unnamed: 3"), so only named ones can repeat.
-        return _repeated([name for name in header.iloc[0] if name])
+        # pandas renames a repeated name ("a" again becomes "a.1"), and names empty names
+        # apart ("Unnamed: 3"), so only named ones can repeat.
+        return _repeated([name for name in self._header()[1] if name])
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
+            separator, names = self._header()
             with pd.read_csv(
                 self.path,
+                sep=separator,
                 chunksize=chunk_rows,
                 dtype=self._dtypes,
                 keep_default_na=False,
-                na_values=self._missing_values(),
+                na_values=self._missing_values(names),
             ) as chunks:
                 for frame in chunks:
                     if len(frame):

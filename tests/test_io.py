@@ -181,6 +181,23 @@ def test_blank_lines_are_not_rows(tmp_path: Path) -> None:
         np.testing.assert_array_equal(chunk.row_numbers, [1, 2])
 
 
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_csv_separated_otherwise_than_by_commas_reads_as_with_commas(
+    tmp_path: Path, separator: str
+) -> None:
+    frame = sample_frame().assign(note="a, b")  # a comma in a value is no separator
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, sep=separator, index=False)
+    options = {"id_column": "id", "entity_column": "host"}
+
+    chunk = read_all(path, **options)
+
+    expected = read_all(write_table(frame, tmp_path / "commas.csv"), **options)
+    np.testing.assert_array_equal(chunk.features, expected.features)
+    np.testing.assert_array_equal(chunk.ids, expected.ids)
+    np.testing.assert_array_equal(chunk.entities, expected.entities)
+
+
 def test_jsonl_missing_keys_read_as_nan(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text('{"a": 1, "b": 2}\n{"a": 3}\n{"a": NaN, "b": null}\n')
@@ -436,10 +453,10 @@ def test_empty_feature_list(tmp_path: Path) -> None:
 
 def test_no_numeric_columns(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
-    path.write_text("a;b\n1;2\n")
+    path.write_text("a,b\nx,y\n")
 
     assert error_message(path) == (
-        f"{path}: no numeric columns to use as features among 'a;b'; "
+        f"{path}: no numeric columns to use as features among 'a', 'b'; "
         "name the feature columns explicitly"
     )
 
