@@ -306,6 +306,17 @@ class ResultWriter:
                 )
         except OSError as exc:
             raise cannot_write(self.final, exc) from None
+        except UnicodeDecodeError:  # bytes (a Parquet binary id) JSON cannot hold as text
+            name, i = next(
+                (name, int(np.argmax(found)))
+                for name in frame.columns
+                if (found := frame[name].map(_is_not_utf8)).any()
+            )
+            raise DataError(
+                f"cannot write {self.final}: column {name!r} on row {frame['row'].iloc[i]} holds "
+                f"bytes that are not UTF-8 text, {_show(frame[name].iloc[i])}, which JSON cannot "
+                "hold; write CSV or Parquet instead"
+            ) from None
 
     def close(self) -> None:
         """Finish the file (Parquet writes its footer here); safe to call twice."""
@@ -787,6 +798,17 @@ def _as_written(column: pd.Series) -> np.ndarray:
     """A column's values as the file has them: with a missing value, as objects, since
     ``to_numpy`` makes nullable integers floats."""
     return column.to_numpy(dtype=object) if column.hasnans else column.to_numpy()
+
+
+def _is_not_utf8(value: object) -> bool:
+    """Whether ``value`` is bytes that are not UTF-8 text."""
+    if not isinstance(value, bytes):
+        return False
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def _examples(rows: np.ndarray, values: pd.Series) -> str:

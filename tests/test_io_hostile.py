@@ -456,3 +456,19 @@ def test_no_rejects_on_a_read_only_folder_is_not_an_error(tmp_path, monkeypatch)
 
     monkeypatch.setattr(Path, "unlink", read_only)
     assert drift_file(anomaly.load(MODEL), data).rejects is None
+
+
+def test_binary_ids_that_json_cannot_hold_are_one_error_naming_row_and_column(
+    detector_with_ids, tmp_path
+):
+    data, out = tmp_path / "data.parquet", tmp_path / "out.jsonl"
+    with_ids([b"a", b"\x00\xff"]).to_parquet(data)
+
+    with pytest.raises(DataError) as caught:
+        score_file(detector_with_ids, data, out)
+
+    assert str(caught.value) == (
+        f"cannot write {out}: column 'id' on row 2 holds bytes that are not UTF-8 text, "
+        "b'\\x00\\xff', which JSON cannot hold; write CSV or Parquet instead"
+    )
+    assert list(tmp_path.iterdir()) == [data]
