@@ -371,3 +371,17 @@ def test_confluent_clients_get_kafka_options_under_the_services_own_settings():
     assert producer["acks"] == "all" and producer["enable.idempotence"] is False
     assert producer["max.in.flight.requests.per.connection"] == 1
     assert producer["partitioner"] == "murmur2_random"
+
+
+def test_librdkafka_clients_bootstrap_again_within_seconds_once_they_know_no_broker():
+    """A broker thawed after a 20 s SIGSTOP answered, while fenced, a metadata request with
+    no brokers (1 run in 3): librdkafka dropped the broker it knew, had forgotten the
+    bootstrap servers, and the service scored nothing for librdkafka's default of 5 minutes
+    ('no usable brokers', broker_lost) while other clients used the broker."""
+    required_module("confluent_kafka", "confluent")
+    from anomaly.stream.confluent_transport import ConfluentTransport
+
+    transport = ConfluentTransport(ServeConfig(client="confluent"), "c1", listener=None)
+    for settings in (transport._consumer_settings(), transport._producer_settings()):
+        assert settings.get("metadata.recovery.strategy", "rebootstrap") == "rebootstrap"
+        assert settings["metadata.recovery.rebootstrap.trigger.ms"] <= 10_000

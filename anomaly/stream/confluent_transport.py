@@ -96,6 +96,11 @@ MAX_REQUEST_BYTES = 1_048_576
 DELIVERY_TIMEOUT_MS = 120_000
 #: librdkafka's statistics interval: the broker watch's probe.
 STATISTICS_INTERVAL_MS = 1_000
+#: How long a client may know no usable broker before it bootstraps again. A broker back
+#: from a freeze (a long GC pause, a suspended VM) can answer a metadata request with no
+#: brokers while it is fenced; librdkafka then drops the one it knew, has forgotten the
+#: bootstrap servers, and stayed without a connection for librdkafka's default of 5 minutes.
+REBOOTSTRAP_AFTER_MS = 5_000
 #: Errors that belong to the message itself: sending it again cannot succeed.
 RECORD_ERROR_CODES = frozenset(
     {
@@ -166,6 +171,7 @@ class ConfluentTransport(Transport):
     def _common(self, client: str) -> dict[str, Any]:
         return {
             "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+            "metadata.recovery.rebootstrap.trigger.ms": REBOOTSTRAP_AFTER_MS,
             "socket.nagle.disable": True,
             "error_cb": self._on_error,
             "logger": librdkafka_log,
