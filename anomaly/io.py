@@ -1,9 +1,9 @@
 """Reading input tables and writing result tables: the package's file edge.
 
-Inputs are CSV (optionally gzipped), Parquet, JSON lines (optionally gzipped) or a 2-D
-``.npy`` array, read in chunks so files larger than memory can be scored. Every problem a
-file can have is a ``DataError`` (``SchemaError`` for missing columns) whose message names
-the file, the line or row and the column, and says what to do.
+Inputs are CSV or JSON lines (either optionally compressed: gzip, bzip2, xz or zstd),
+Parquet or a 2-D ``.npy`` array, read in chunks so files larger than memory can be scored.
+Every problem a file can have is a ``DataError`` (``SchemaError`` for missing columns) whose
+message names the file, the line or row and the column, and says what to do.
 
 Row numbers count data records from 1: a CSV header and blank lines are not rows, so in a
 CSV without blank lines, row ``r`` is on file line ``r + 1``. NaN and infinite feature
@@ -15,11 +15,13 @@ too many fields is an error naming its line.
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import contextlib
 import csv
 import gzip
 import json
+import lzma
 import os
 import re
 import sys
@@ -34,19 +36,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 from numpy.lib.format import open_memmap
 
 from anomaly import tables
 from anomaly.errors import ConfigError, DataError, SchemaError
 
+#: Openers of compressed text files by the name's last extension, all called as ``open``: the
+#: compressions pandas' CSV reader infers from the same names.
+_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zst": zstandard.open}
+#: What a damaged compressed file raises while it is read, besides ``OSError`` (gzip, bz2).
+_DAMAGED = (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
+
 #: File name endings the readers understand, and the format each one means.
 _READ_FORMATS = {
-    ".csv": "csv",
-    ".csv.gz": "csv",
+    **{".csv" + ending: "csv" for ending in ("", *_COMPRESSED)},
     ".parquet": "parquet",
     ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".jsonl.gz": "jsonl",
+    **{".jsonl" + ending: "jsonl" for ending in ("", *_COMPRESSED)},
     ".ndjson": "jsonl",
     ".json": "jsonl",
     ".npy": "npy",
@@ -551,7 +558,7 @@ class _CsvSource:
             ) from None
         except UnicodeDecodeError as exc:
             raise _not_utf8(self.path, "CSV", exc) from None
-        except (OSError, EOFError) as exc:
+        except _DAMAGED as exc:
             raise _unreadable(self.path, "CSV", str(exc)) from None
 
 
@@ -583,7 +590,7 @@ class _JsonLinesSource:
                         yield self._frame(records, columns)
         except UnicodeDecodeError as exc:
             raise _not_utf8(self.path, "JSON lines", exc) from None
-        except (OSError, EOFError) as exc:
+        except _DAMAGED as exc:
             raise _unreadable(self.path, "JSON lines", str(exc)) from None
 
     def _frame(self, records: list[dict[str, Any]], columns: list[str] | None) -> pd.DataFrame:
@@ -913,12 +920,11 @@ def _format_of(path: Path, formats: dict[str, str], action: str) -> str:
 
 
 def _open_text(path: Path, mode: str) -> TextIO:
-    """UTF-8 text, gzipped when the name ends in .gz."""
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, mode + "t", encoding="utf-8", newline="")
-    return path.open(mode, encoding="utf-8", newline="")
+    """UTF-8 text, compressed when the name ends in one of ``_COMPRESSED``'s extensions."""
+    opener = _COMPRESSED.get(path.suffix.lower(), open)
+    return opener(path, mode + "t", encoding="utf-8", newline="")
 
 
 def _open_binary(path: Path) -> IO[bytes]:
-    """The bytes of a file for reading, ungzipped when the name ends in .gz."""
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
+    """The bytes of a file for reading, uncompressed as ``_open_text`` does."""
+    return _COMPRESSED.get(path.suffix.lower(), open)(path, "rb")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import pickle
 from pathlib import Path
@@ -21,7 +20,19 @@ from anomaly.io import (
     read_all,
 )
 
-TABLE_SUFFIXES = [".csv", ".csv.gz", ".parquet", ".pq", ".jsonl", ".jsonl.gz", ".ndjson", ".json"]
+COMPRESSIONS = ["", ".gz", ".bz2", ".xz", ".zst"]
+TABLE_SUFFIXES = [
+    *(".csv" + ending for ending in COMPRESSIONS),
+    ".parquet",
+    ".pq",
+    *(".jsonl" + ending for ending in COMPRESSIONS),
+    ".ndjson",
+    ".json",
+]
+SUPPORTED = (
+    ".csv, .csv.gz, .csv.bz2, .csv.xz, .csv.zst, .parquet, .pq, .jsonl, .jsonl.gz, .jsonl.bz2, "
+    ".jsonl.xz, .jsonl.zst, .ndjson, .json"
+)
 
 
 def sample_frame(n: int = 10) -> pd.DataFrame:
@@ -40,17 +51,14 @@ def sample_frame(n: int = 10) -> pd.DataFrame:
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` in the format of ``path``'s extension with pandas itself."""
-    name = path.name
-    if name.endswith((".csv", ".csv.gz")):
+    """Write ``frame`` in the format of ``path``'s extension with pandas itself (which
+    compresses by the extension)."""
+    if ".csv" in path.suffixes:
         frame.to_csv(path, index=False)
-    elif name.endswith((".parquet", ".pq")):
+    elif path.suffix in (".parquet", ".pq"):
         frame.to_parquet(path, index=False)
     else:
-        text = frame.to_json(orient="records", lines=True)
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "wt") as handle:
-            handle.write(text)
+        frame.to_json(path, orient="records", lines=True)
     return path
 
 
@@ -314,10 +322,7 @@ def test_unsupported_extension(tmp_path: Path, name: str, named: str) -> None:
     message = error_message(path)
 
     assert message.startswith(f"{path}: cannot read {named}")
-    assert message.endswith(
-        "supported extensions: .csv, .csv.gz, .parquet, .pq, .jsonl, .jsonl.gz, .ndjson, "
-        ".json, .npy"
-    )
+    assert message.endswith(f"supported extensions: {SUPPORTED}, .npy")
 
 
 def test_parquet_that_is_not_parquet(tmp_path: Path) -> None:
@@ -343,7 +348,11 @@ def test_csv_with_binary_content(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "content", "start"),
     [
-        pytest.param("data.csv.gz", b"a\n1\n", "cannot be read as CSV (", id="gzip-csv-not-gzip"),
+        *(
+            pytest.param(f"data.csv{ending}", b"a\n1\n", "cannot be read as CSV (", id=ending)
+            for ending in COMPRESSIONS[1:]
+        ),
+        pytest.param("data.jsonl.xz", b"{}\n", "cannot be read as JSON lines (", id="jsonl-xz"),
         pytest.param(
             "data.npy",
             b"garbage" * 20,
@@ -592,10 +601,9 @@ def result_frame(start: int, n: int) -> pd.DataFrame:
 
 
 def read_result(path: Path) -> pd.DataFrame:
-    name = path.name
-    if name.endswith((".csv", ".csv.gz")):
+    if ".csv" in path.suffixes:
         return pd.read_csv(path, dtype={"id": str, "top_features": str})
-    if name.endswith((".parquet", ".pq")):
+    if path.suffix in (".parquet", ".pq"):
         return pd.read_parquet(path)
     return pd.read_json(path, lines=True, dtype={"id": str, "top_features": str})
 
@@ -666,8 +674,7 @@ def test_writer_rejects_unsupported_extension(tmp_path: Path, name: str) -> None
         ResultWriter(path)
 
     assert str(caught.value) == (
-        f"{path}: cannot write '{path.suffix}'; supported extensions: "
-        ".csv, .csv.gz, .parquet, .pq, .jsonl, .jsonl.gz, .ndjson, .json"
+        f"{path}: cannot write '{path.suffix}'; supported extensions: {SUPPORTED}"
     )
 
 
