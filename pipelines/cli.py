@@ -2,7 +2,7 @@
 
 Each verb parses its options, calls one library function and prints. Errors the user can
 fix (``anomaly.AnomalyError``) are one line on stderr and exit code 2; click's usage errors
-also exit 2.
+also exit 2. Ctrl-C is one line and exit code 130, as shells report a command it stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import click
 from anomaly.errors import AnomalyError
 
 EXIT_BAD_INPUT = 2
+#: 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C, so scripts can tell it
+#: from a failure (click's own "Aborted!" exits 1).
+EXIT_INTERRUPTED = 130
 
 
 def _config(path: str | None, **sections):
@@ -43,7 +46,8 @@ class _Command(click.Command):
 
 
 class _Group(click.Group):
-    """Turns ``AnomalyError`` into one line on stderr and exit code 2."""
+    """Turns ``AnomalyError`` into one line on stderr and exit code 2, and Ctrl-C into one
+    line and exit code 130 (the command's own clean-up has run by then)."""
 
     command_class = _Command
 
@@ -53,6 +57,9 @@ class _Group(click.Group):
         except AnomalyError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

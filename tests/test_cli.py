@@ -546,6 +546,27 @@ def test_unsupported_output_extension_names_the_users_path_and_leaves_nothing(
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
 
+def test_ctrl_c_during_score_exits_130_in_one_line_and_leaves_nothing(
+    model, files, tmp_path, monkeypatch
+):
+    from anomaly.io import ResultWriter
+
+    write = ResultWriter.write
+
+    def interrupted(self, frame):  # Ctrl-C with part of the output written
+        write(self, frame)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResultWriter, "write", interrupted)
+    out = tmp_path / "out" / "scores.csv"
+
+    result = score(model, files / "eval.csv", out, "--no-progress")
+
+    assert result.exit_code == 130, result.output
+    assert result.stderr == "interrupted\n"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_failed_score_with_on_invalid_skip_removes_its_rejects_and_output(model, files, tmp_path):
     frame = pd.read_csv(files / "eval.csv").head(30)
     frame["f1"] = frame["f1"].astype(object)
