@@ -1,9 +1,10 @@
 """Reading input tables and writing result tables: the package's file edge.
 
 Inputs are CSV or JSON lines (either optionally compressed: gzip, bzip2, xz or zstd),
-Parquet or a 2-D ``.npy`` array, read in chunks so files larger than memory can be scored.
-Every problem a file can have is a ``DataError`` (``SchemaError`` for missing columns) whose
-message names the file, the line or row and the column, and says what to do.
+Parquet (a file or a folder of files) or a 2-D ``.npy`` array, read in chunks so files larger
+than memory can be scored. Every problem a file can have is a ``DataError`` (``SchemaError``
+for missing columns) whose message names the file, the line or row and the column, and says
+what to do.
 
 Row numbers count data records from 1: a CSV header and blank lines are not rows, so in a
 CSV without blank lines, row ``r`` is on file line ``r + 1``. NaN and infinite feature
@@ -35,6 +36,7 @@ from typing import IO, Any, Protocol, TextIO
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import zstandard
 from numpy.lib.format import open_memmap
@@ -455,7 +457,7 @@ class _Source(Protocol):
 
 def _open_source(path: Path, text_columns: list[str | None]) -> _Source:
     if path.is_dir():
-        raise DataError(f"{path} is a folder; give the path of a data file")
+        return _ParquetFolderSource(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}")
     kind = _format_of(path, _READ_FORMATS, "read")
@@ -489,6 +491,8 @@ _PANDAS_MISSING = (
 
 #: The separators a CSV file may use, the default first.
 _SEPARATORS = (",", ";", "\t", "|")
+#: Data lines after the header that the separator must split as it splits the header.
+_SNIFFED_LINES = 20
 
 
 class _CsvSource:
@@ -508,12 +512,22 @@ class _CsvSource:
 
     def _header(self) -> tuple[str, list[str]]:
         """The separator and the column names. The separator is the one of ``_SEPARATORS``
-        that splits the header into the most names (a comma when none splits it), so a file
-        saved with semicolons (Excel's in many locales), tabs or bars reads as it is."""
+        that splits the header into the most names and the first data lines into as many
+        fields (a comma when none splits it), so a file saved with semicolons (Excel's in
+        many locales), tabs or bars reads as it is, and a comma file whose names hold a ';'
+        (``temp;C``) as a comma file. When no separator splits every line alike, the one
+        that splits the header into the most names."""
         with _open_text(self.path, "r") as handle:
-            line = handle.readline().removeprefix("\ufeff")  # pandas drops a byte-order mark
-        splits = {sep: next(csv.reader([line], delimiter=sep), []) for sep in _SEPARATORS}
-        separator = max(_SEPARATORS, key=lambda sep: len(splits[sep]))
+            lines = [handle.readline() for _ in range(1 + _SNIFFED_LINES)]
+        lines[0] = lines[0].removeprefix("\ufeff")  # pandas drops a byte-order mark
+        rows = {
+            sep: [row for row in csv.reader(lines, delimiter=sep) if row] for sep in _SEPARATORS
+        }
+        splits = {sep: found[0] if found else [] for sep, found in rows.items()}
+        even = [
+            sep for sep in _SEPARATORS if all(len(row) == len(splits[sep]) for row in rows[sep][1:])
+        ]
+        separator = max(even or _SEPARATORS, key=lambda sep: len(splits[sep]))
         return separator, splits[separator]
 
     def _missing_values(self, names: list[str]) -> dict[int, tuple[str, ...]]:
@@ -658,12 +672,82 @@ class _ParquetSource:
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
-            with pq.ParquetFile(self.path) as file:
-                for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
-                    if batch.num_rows:
-                        yield batch.to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
+            for batch in self._batches(chunk_rows, columns):
+                if batch.num_rows:
+                    yield batch.to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(self.path, "Parquet", str(exc)) from None
+
+    def _batches(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+        with pq.ParquetFile(self.path) as file:
+            yield from file.iter_batches(batch_size=chunk_rows, columns=columns)
+
+
+class _ParquetFolderSource(_ParquetSource):
+    """A folder of Parquet files, as Spark writes and reads one, through ``pyarrow.dataset``.
+
+    Its ``*.parquet`` and ``*.pq`` files are read in the order of their paths, so row numbers
+    are the same on every run, skipping names starting with "." or "_" (Spark's ``_SUCCESS``,
+    checksums); hive-style folder names (``host=web/``) are columns, usable as id or entity
+    columns. The files must agree on their columns and types."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._dataset = _folder_dataset(path)
+            fragments = list(self._dataset.get_fragments())
+            _check_same_columns(path, fragments)
+            self.total_rows = sum(fragment.metadata.num_rows for fragment in fragments)
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable(path, "Parquet", str(exc)) from None
+        self._schema = self._dataset.schema
+
+    def _batches(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+        # In file order, with a few batches read ahead: memory stays bounded.
+        return self._dataset.to_batches(columns=columns, batch_size=chunk_rows)
+
+
+def _folder_dataset(folder: Path) -> ds.Dataset:
+    """The Parquet files of ``folder`` as one dataset, in path order (``_ParquetSource``)."""
+    files = sorted(
+        str(file)
+        for file in folder.rglob("*")
+        if file.suffix.lower() in (".parquet", ".pq")
+        and not any(part.startswith((".", "_")) for part in file.relative_to(folder).parts)
+        and file.is_file()
+    )
+    if not files:
+        raise DataError(
+            f"{folder}: is a folder without Parquet files (*.parquet, *.pq); give a data file "
+            "or a folder of Parquet files"
+        )
+    return ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(folder))
+
+
+def _check_same_columns(path: Path, fragments: list[ds.ParquetFileFragment]) -> None:
+    """Refuse files of a folder that differ in a column's presence or type: pyarrow would
+    take the first file's and fail, or fill nulls, further on."""
+    first, *others = fragments
+    expected = _column_types(first)
+    for fragment in others:
+        found = _column_types(fragment)
+        differ = next((n for n in {**expected, **found} if expected.get(n) != found.get(n)), None)
+        if differ is not None:
+            raise DataError(
+                f"{path}: the Parquet files do not agree on column {differ!r}: "
+                f"{expected.get(differ, 'missing')} in {_relative(first, path)} but "
+                f"{found.get(differ, 'missing')} in {_relative(fragment, path)}; give a folder "
+                "whose files have the same columns and types"
+            )
+
+
+def _column_types(fragment: ds.ParquetFileFragment) -> dict[str, pa.DataType]:
+    schema = fragment.physical_schema
+    return dict(zip(schema.names, schema.types, strict=True))
+
+
+def _relative(fragment: ds.ParquetFileFragment, folder: Path) -> str:
+    return str(Path(fragment.path).relative_to(folder))
 
 
 #: Arrow's integer types as pandas' nullable ones: by default a column of integers with a null

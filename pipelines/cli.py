@@ -103,9 +103,7 @@ def _from_fresh_normal_rows(command):
     for option in reversed(
         [
             _model,
-            click.option(
-                "--data", required=True, type=click.Path(dir_okay=False), help="Fresh normal rows."
-            ),
+            click.option("--data", required=True, type=click.Path(), help="Fresh normal rows."),
             click.option(
                 "--out",
                 required=True,
@@ -124,8 +122,8 @@ def _from_fresh_normal_rows(command):
 @click.option(
     "--data",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="CSV, Parquet, JSON lines or .npy file.",
+    type=click.Path(),
+    help="CSV, Parquet, JSON lines or .npy file, or a folder of Parquet files.",
 )
 @click.option(
     "--out",
@@ -190,7 +188,7 @@ def train(
     "--data",
     required=True,
     type=click.Path(),
-    help="File to score (--engine spark: a Parquet file or folder, local or any URI Spark reads).",
+    help="File or folder of Parquet files to score (--engine spark: local or any URI Spark reads).",
 )
 @click.option(
     "--out",
@@ -266,7 +264,7 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
 
 @cli.command()
 @_model
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled file.")
+@click.option("--data", required=True, type=click.Path(), help="Labelled file or folder.")
 @click.option("--label-column", required=True, help="Column with 1 for anomalies, 0 for normal.")
 @click.option(
     "--report",
@@ -350,7 +348,7 @@ def retrain(model, data, out, label_column, steps):
 
 @cli.command()
 @_model
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="File to measure.")
+@click.option("--data", required=True, type=click.Path(), help="File or folder to measure.")
 @click.option(
     "--json",
     "as_json",

@@ -158,6 +158,29 @@ def test_score_keeps_row_order_and_ids_and_adds_score_columns(model, files, tmp_
     np.testing.assert_allclose(scored["score_latent"], expected.components["latent"], rtol=1e-9)
 
 
+def test_score_and_evaluate_read_a_folder_of_parquet_files_in_path_order(model, files, tmp_path):
+    source = pd.read_csv(files / "eval.csv", dtype={"id": str})
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    for i, start in enumerate(range(0, len(source), 400)):
+        source.iloc[start : start + 400].to_parquet(folder / f"part-{i:05d}.parquet")
+    out = tmp_path / "scores.csv"
+
+    result = score(model, folder, out, "--no-progress")
+    evaluated = run(
+        "evaluate", "--model", str(model), "--data", str(folder), "--label-column", "label"
+    )
+
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(out, dtype={"id": str})
+    assert scored["id"].tolist() == source["id"].tolist()
+    expected = anomaly.load(model).score(source[FEATURES].to_numpy(np.float32))
+    # Batches of 400 rows per file, not 1100: float32 sums in another order.
+    np.testing.assert_allclose(scored["score"], expected.scores, rtol=1e-5, atol=1e-5)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "auroc" in evaluated.stdout
+
+
 # -- evaluate -----------------------------------------------------------------------------
 
 

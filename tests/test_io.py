@@ -17,6 +17,7 @@ from anomaly.io import (
     TableReader,
     describe_invalid,
     find_invalid_rows,
+    join_chunks,
     read_all,
 )
 
@@ -130,6 +131,32 @@ def test_row_numbers_continue_across_chunks(tmp_path: Path, suffix: str) -> None
     np.testing.assert_array_equal(
         np.concatenate([c.features for c in chunks]), frame[["a", "b"]].to_numpy(np.float32)
     )
+
+
+def test_parquet_folder_reads_files_in_path_order_with_partition_columns(tmp_path: Path) -> None:
+    """A hive-style folder as Spark writes it: partition values are columns (here the entity),
+    files are read in path order, in chunks that do not span files, skipping _SUCCESS."""
+    frame = sample_frame(12)
+    for host, part in frame.groupby("host"):
+        for i, rows in enumerate((part.iloc[:3], part.iloc[3:])):
+            folder = tmp_path / f"host={host}"
+            folder.mkdir(exist_ok=True)
+            write_table(rows.drop(columns="host"), folder / f"part-{i:05d}.parquet")
+    (tmp_path / "_SUCCESS").write_text("")
+    expected = pd.concat([frame[frame["host"] == "db"], frame[frame["host"] == "web"]])
+
+    reader = TableReader(
+        tmp_path, features=["a", "b"], id_column="id", entity_column="host", chunk_rows=2
+    )
+    chunks = list(reader)
+    chunk = join_chunks(reader)
+
+    assert reader.total_rows == 12
+    assert [len(c.features) for c in chunks] == [2, 1, 2, 1] * 2
+    assert list(chunk.ids) == list(expected["id"])
+    assert list(chunk.entities) == list(expected["host"])
+    np.testing.assert_array_equal(chunk.features, expected[["a", "b"]].to_numpy(np.float32))
+    np.testing.assert_array_equal(chunk.row_numbers, np.arange(1, 13))
 
 
 def test_total_rows_is_known_only_where_it_is_cheap(tmp_path: Path) -> None:
@@ -310,8 +337,25 @@ def test_missing_file(tmp_path: Path) -> None:
     assert error_message(path) == f"file not found: {path}"
 
 
-def test_folder_instead_of_file(tmp_path: Path) -> None:
-    assert error_message(tmp_path) == f"{tmp_path} is a folder; give the path of a data file"
+def test_folder_without_parquet_files(tmp_path: Path) -> None:
+    write_table(sample_frame(), tmp_path / "data.csv")
+    (tmp_path / "_SUCCESS").write_text("")
+
+    assert error_message(tmp_path) == (
+        f"{tmp_path}: is a folder without Parquet files (*.parquet, *.pq); give a data file or "
+        "a folder of Parquet files"
+    )
+
+
+def test_parquet_folder_whose_files_disagree_on_a_column(tmp_path: Path) -> None:
+    frame = sample_frame()
+    write_table(frame, tmp_path / "part-0.parquet")
+    write_table(frame.assign(b=frame["b"] / 2), tmp_path / "part-1.parquet")
+
+    assert error_message(tmp_path) == (
+        f"{tmp_path}: the Parquet files do not agree on column 'b': int64 in part-0.parquet "
+        "but double in part-1.parquet; give a folder whose files have the same columns and types"
+    )
 
 
 @pytest.mark.parametrize(("name", "named"), [("data.txt", "'.txt'"), ("data", "a file without")])
