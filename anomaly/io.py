@@ -515,8 +515,8 @@ class _CsvSource:
         that splits the header into the most names and the first data lines into as many
         fields (a comma when none splits it), so a file saved with semicolons (Excel's in
         many locales), tabs or bars reads as it is, and a comma file whose names hold a ';'
-        (``temp;C``) as a comma file. When no separator splits every line alike, the one
-        that splits the header into the most names."""
+        (``temp;C``) as a comma file. When none splits every line alike, the one that splits
+        the header into the most names (a line with a field too many is then pandas' error)."""
         with _open_text(self.path, "r") as handle:
             lines = [handle.readline() for _ in range(1 + _SNIFFED_LINES)]
         lines[0] = lines[0].removeprefix("\ufeff")  # pandas drops a byte-order mark
@@ -524,10 +524,9 @@ class _CsvSource:
             sep: [row for row in csv.reader(lines, delimiter=sep) if row] for sep in _SEPARATORS
         }
         splits = {sep: found[0] if found else [] for sep, found in rows.items()}
-        even = [
-            sep for sep in _SEPARATORS if all(len(row) == len(splits[sep]) for row in rows[sep][1:])
-        ]
-        separator = max(even or _SEPARATORS, key=lambda sep: len(splits[sep]))
+        splitting = [sep for sep in _SEPARATORS if len(splits[sep]) > 1]
+        even = [sep for sep in splitting if all(len(r) == len(splits[sep]) for r in rows[sep][1:])]
+        separator = max(even or splitting or _SEPARATORS, key=lambda sep: len(splits[sep]))
         return separator, splits[separator]
 
     def _missing_values(self, names: list[str]) -> dict[int, tuple[str, ...]]:
