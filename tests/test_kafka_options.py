@@ -385,3 +385,17 @@ def test_librdkafka_clients_bootstrap_again_within_seconds_once_they_know_no_bro
     for settings in (transport._consumer_settings(), transport._producer_settings()):
         assert settings.get("metadata.recovery.strategy", "rebootstrap") == "rebootstrap"
         assert settings["metadata.recovery.rebootstrap.trigger.ms"] <= 10_000
+
+
+def test_librdkafka_before_2_11_is_not_given_the_rebootstrap_trigger(monkeypatch):
+    """confluent-kafka >= 2.4 is allowed, but ``metadata.recovery.rebootstrap.trigger.ms``
+    came with librdkafka 2.11.0: an older one refuses the unknown property ('No such
+    configuration property') and the service did not start."""
+    required_module("confluent_kafka", "confluent")
+    from anomaly.stream import confluent_transport
+    from anomaly.stream.confluent_transport import ConfluentTransport
+
+    monkeypatch.setattr(confluent_transport, "libversion", lambda: ("2.10.1", 0x020A01FF))
+    transport = ConfluentTransport(ServeConfig(client="confluent"), "c1", listener=None)
+    for settings in (transport._consumer_settings(), transport._producer_settings()):
+        assert "metadata.recovery.rebootstrap.trigger.ms" not in settings

@@ -68,6 +68,7 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Producer,
+    libversion,
 )
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -101,6 +102,20 @@ STATISTICS_INTERVAL_MS = 1_000
 #: brokers while it is fenced; librdkafka then drops the one it knew, has forgotten the
 #: bootstrap servers, and stayed without a connection for librdkafka's default of 5 minutes.
 REBOOTSTRAP_AFTER_MS = 5_000
+#: The first librdkafka with ``metadata.recovery.rebootstrap.trigger.ms`` (2.11.0, KIP-1102):
+#: an older one (confluent-kafka >= 2.4 is allowed) refuses an unknown property, so the
+#: service would not start; there the setting is left out.
+REBOOTSTRAP_SINCE = 0x020B0000
+
+
+def _rebootstrap_setting() -> dict[str, int]:
+    return (
+        {"metadata.recovery.rebootstrap.trigger.ms": REBOOTSTRAP_AFTER_MS}
+        if libversion()[1] >= REBOOTSTRAP_SINCE
+        else {}
+    )
+
+
 #: Errors that belong to the message itself: sending it again cannot succeed.
 RECORD_ERROR_CODES = frozenset(
     {
@@ -171,7 +186,7 @@ class ConfluentTransport(Transport):
     def _common(self, client: str) -> dict[str, Any]:
         return {
             "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
-            "metadata.recovery.rebootstrap.trigger.ms": REBOOTSTRAP_AFTER_MS,
+            **_rebootstrap_setting(),
             "socket.nagle.disable": True,
             "error_cb": self._on_error,
             "logger": librdkafka_log,
