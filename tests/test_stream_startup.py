@@ -201,12 +201,7 @@ def test_a_failed_tls_handshake_with_librdkafka_refuses_to_start_in_one_line(
         client="confluent",
         kafka=options,
     )
-    service = ScoringService(anomaly.load(tiny_bundle), config)
-    with pytest.raises(StreamError) as caught:
-        service.start()
-    message = str(caught.value)
-    assert message.startswith(f"TLS handshake with Kafka at {config.bootstrap_servers} failed")
-    assert "\n" not in message and not service.ready()
+    _tls_handshake_failure(tiny_bundle, config)
 
 
 def test_a_wrong_plain_password_is_reported_and_never_reaches_a_log_handler(
@@ -251,9 +246,15 @@ def test_a_client_certificate_the_broker_refuses_stops_the_start_as_a_tls_failur
         client=client,
         kafka=options,
     )
-    service = ScoringService(anomaly.load(tiny_bundle), config)
+    assert "ssl_certfile" in _tls_handshake_failure(tiny_bundle, config)
+
+
+def _tls_handshake_failure(bundle, config) -> str:
+    """The one-line error with which the service's start stops on a failed TLS handshake."""
+    service = ScoringService(anomaly.load(bundle), config)
     with pytest.raises(StreamError) as caught:
         service.start()
     message = str(caught.value)
     assert message.startswith(f"TLS handshake with Kafka at {config.bootstrap_servers} failed")
-    assert "ssl_certfile" in message and "\n" not in message and not service.ready()
+    assert "\n" not in message and not service.ready()
+    return message
