@@ -209,7 +209,11 @@ def test_scores_read_in_chunks_of_100_rows_equal_scores_of_whole_series(scored, 
     positions = np.array(sorted(expected))
     whole = windowed_detector.score(np.stack([expected[p] for p in positions]))
 
-    np.testing.assert_allclose(out["score"].to_numpy()[positions], whole.scores, rtol=1e-6)
+    # float32 passes over batches of another size round differently (up to about 4e-5 on
+    # this machine's BLAS); a window misassembled across chunks would differ by far more
+    np.testing.assert_allclose(
+        out["score"].to_numpy()[positions], whole.scores, rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.slow
