@@ -67,14 +67,9 @@ def load_served_model(path: str | Path, pinned: int | None = None) -> ServedMode
     """The model ``serve.model`` names: a bundle, a store's ``pinned`` version, or the latest
     version of a store that loads (newer ones that do not are logged and listed in
     ``refused``); a ``BundleError`` when none can be served."""
-    import anomaly
 
     if not store.is_store(path) or pinned is not None:
-        bundle_path = store.resolve(path, pinned)  # a pin on a bundle is an error
-        detector = anomaly.load(bundle_path)
-        problem = scoring_problem(detector)
-        if problem is not None:
-            raise BundleError(f"{bundle_path}: {problem}")
+        detector = _load_servable(store.resolve(path, pinned))  # a pin on a bundle: an error
         if pinned is None:
             return ServedModel(detector, detector.version)
         return ServedModel(detector, str(pinned), pinned)
@@ -84,16 +79,24 @@ def load_served_model(path: str | Path, pinned: int | None = None) -> ServedMode
     refused: list[tuple[int, str]] = []
     for number in reversed(numbers):
         try:
-            detector = anomaly.load(store.version_path(path, number))
-            problem = scoring_problem(detector)
-            if problem is not None:
-                raise BundleError(problem)
+            detector = _load_servable(store.version_path(path, number))
         except BundleError as exc:
             refused.append((number, _logged_refusal(Path(path), number, "none", str(exc))))
             continue
         return ServedModel(detector, str(number), number, refused=tuple(refused))
     reasons = "; ".join(f"version {n}: {reason}" for n, reason in refused)
     raise BundleError(f"{path}: no version of this model store can be served ({reasons})")
+
+
+def _load_servable(bundle_path: Path) -> Detector:
+    """The bundle's detector, or a ``BundleError`` when it does not load or cannot score."""
+    import anomaly
+
+    detector = anomaly.load(bundle_path)
+    problem = scoring_problem(detector)
+    if problem is not None:
+        raise BundleError(f"{bundle_path}: {problem}")
+    return detector
 
 
 def warm_up(detector: Detector, max_batch: int = 1) -> None:
