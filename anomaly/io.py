@@ -659,7 +659,7 @@ class _ParquetSource:
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path, "Parquet", str(exc)) from None
         self.total_rows: int | None = metadata.num_rows
-        self._schema = metadata.schema.to_arrow_schema()
+        self._schema = _stored_columns(metadata.schema.to_arrow_schema())
 
     def repeated_names(self) -> set[str]:
         return _repeated(self._schema.names)
@@ -673,7 +673,7 @@ class _ParquetSource:
         try:
             for batch in self._batches(chunk_rows, columns):
                 if batch.num_rows:
-                    yield batch.to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
+                    yield batch.to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True)
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(self.path, "Parquet", str(exc)) from None
 
@@ -699,11 +699,23 @@ class _ParquetFolderSource(_ParquetSource):
             self.total_rows = sum(fragment.metadata.num_rows for fragment in fragments)
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path, "Parquet", str(exc)) from None
-        self._schema = self._dataset.schema
+        self._schema = _stored_columns(self._dataset.schema)
 
     def _batches(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
         # In file order, with a few batches read ahead: memory stays bounded.
         return self._dataset.to_batches(columns=columns, batch_size=chunk_rows)
+
+
+#: The columns pandas stores a nameless index in (``df.to_parquet()`` after filtering rows).
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+
+
+def _stored_columns(schema: pa.Schema) -> pa.Schema:
+    """The columns of a Parquet ``schema`` as stored, pandas' metadata left out (``frames``
+    reads without it too): with it, pandas reads a named index (``df.set_index("id")``) as
+    the frame's index, and the file's ``id`` column would be "not found". A nameless index
+    holds row labels, not data, and is left out."""
+    return pa.schema([f for f in schema if not _PANDAS_INDEX.fullmatch(f.name)])
 
 
 def _folder_dataset(folder: Path) -> ds.Dataset:

@@ -1,0 +1,43 @@
+"""Files as other tools write them: pandas' indexes, Excel's exports, TOML from editors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly.io import TableReader, read_all
+
+
+def _records(n: int = 6) -> pd.DataFrame:
+    """Features a and b and an id whose values are not a range (pandas would store a range
+    index as metadata only)."""
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {"id": [17, 3, 40, 8, 25, 11][:n], "a": rng.normal(size=n), "b": rng.normal(size=n)}
+    )
+
+
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_a_parquet_index_named_by_pandas_is_the_column_it_is_stored_as(
+    tmp_path: Path, as_folder: bool
+):
+    frame = _records()
+    path = tmp_path / ("data" if as_folder else "data.parquet")
+    target = path / "part-0.parquet" if as_folder else path
+    target.parent.mkdir(exist_ok=True)
+    frame.set_index("id").to_parquet(target)
+
+    chunk = read_all(path, features=["a", "b"], id_column="id")
+
+    assert chunk.ids.tolist() == frame["id"].tolist()
+    np.testing.assert_array_equal(chunk.features, frame[["a", "b"]].to_numpy(np.float32))
+
+
+def test_a_nameless_parquet_index_is_not_a_feature(tmp_path: Path):
+    frame = _records()
+    frame[frame["a"] > frame["a"].min()].to_parquet(tmp_path / "data.parquet")  # index 1, 2, ...
+
+    assert TableReader(tmp_path / "data.parquet").feature_names == ["id", "a", "b"]
