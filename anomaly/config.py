@@ -618,13 +618,20 @@ class Config(_Section):
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> Config:
-        """Load a TOML file; a missing file, bad TOML or a bad key is a ``ConfigError``."""
+        """Load a TOML file; a missing or unreadable file, bad TOML or a bad key is a
+        ``ConfigError``. A byte-order mark (Windows editors write one) is skipped."""
         path = Path(path)
         try:
-            with path.open("rb") as handle:
-                values = tomllib.load(handle)
+            values = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"configuration file not found: {path}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte offset "
+                f"{exc.start}); save it as UTF-8, as TOML requires"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         try:
