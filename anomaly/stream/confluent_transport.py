@@ -328,8 +328,12 @@ class ConfluentTransport(Transport):
 
     def open(self) -> None:
         config = self.config
+        producing = self._producer_settings()
+        # ``[serve.kafka] max_request_size`` (``message.max.bytes``) may differ from the
+        # default: results and dead letters are cut to the limit the producer enforces.
+        self.max_message_bytes = int(producing["message.max.bytes"])
         try:
-            self._producer = Producer(self._producer_settings())
+            self._producer = Producer(producing)
             for topic in (config.output_topic, config.dlq_topic, config.alerts_topic):
                 if topic:  # fetch metadata now, not while the first batch waits
                     self._producer.list_topics(topic, timeout=STARTUP_TIMEOUT_MS / 1000)
