@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,6 +39,17 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse true/false for a setting that is not one: pydantic would read them as 1 and
+        0, so ``steps = true`` would train one step and ``learning_rate = true`` at 1.0."""
+        annotation = cls.model_fields[info.field_name].annotation
+        types = {annotation, *get_args(annotation)}
+        if isinstance(value, bool) and bool not in types and types & {int, float}:
+            raise ValueError("must be a number, not true or false")
+        return value
 
 
 class DataConfig(_Section):
@@ -537,13 +549,6 @@ class AlarmConfig(_Section):
     with ``dspot`` (measured with ``tracemalloc`` over 60 to 300 streams): 100,000 streams
     are up to 5 GB. The service keeps at most ``serve.max_entities`` of them if that is
     smaller."""
-
-    @field_validator("level", "exit_level", mode="before")
-    @classmethod
-    def _not_a_boolean(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number, not true or false")
-        return value
 
     @field_validator("quorum")
     @classmethod

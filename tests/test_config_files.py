@@ -1,5 +1,5 @@
-"""TOML configuration files as editors save them: each is read, or refused in one line naming
-the file."""
+"""TOML configuration files as editors save them, and values TOML types differently from the
+setting: each is read, or refused in one line naming the file or the key."""
 
 from __future__ import annotations
 
@@ -28,3 +28,27 @@ def test_a_file_that_is_not_utf8_is_refused_naming_the_byte(tmp_path: Path):
 def test_a_folder_is_refused_in_one_line(tmp_path: Path):
     with pytest.raises(ConfigError, match="cannot read configuration file .*: Is a directory"):
         Config.from_toml(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("[training]\nsteps = true", "training.steps"),
+        ("[training]\nlearning_rate = true", "training.learning_rate"),
+        ("[alarms]\nmax_streams = true", "alarms.max_streams"),
+        ("[serve]\nmetrics_port = false", "serve.metrics_port"),
+    ],
+)
+def test_true_or_false_is_not_a_number(tmp_path: Path, line: str, key: str):
+    path = tmp_path / "anomaly.toml"
+    path.write_text(line + "\n")
+
+    with pytest.raises(ConfigError, match=rf"{key}: .*must be a number, not true or false"):
+        Config.from_toml(path)
+
+
+def test_true_or_false_still_sets_a_boolean_setting(tmp_path: Path):
+    path = tmp_path / "anomaly.toml"
+    path.write_text("[serve]\ncreate_topics = true\n")
+
+    assert Config.from_toml(path).serve.create_topics is True
