@@ -537,7 +537,14 @@ class _CsvSource:
         }
 
     def dtypes(self) -> pd.Series | None:
-        return _sampled_dtypes(self)
+        """The columns with a name in the header: pandas names a nameless one "Unnamed: i",
+        and it holds no data to learn from but a frame's index (``df.to_csv()``) or nothing
+        (a separator at the end of each line, as spreadsheets export)."""
+        dtypes = _sampled_dtypes(self)
+        if dtypes is None:
+            return None
+        nameless = [f"Unnamed: {i}" for i, name in enumerate(self._header()[1]) if not name]
+        return dtypes.drop(nameless, errors="ignore")
 
     def repeated_names(self) -> set[str]:
         # pandas renames a repeated name ("a" again becomes "a.1"), and names empty names

@@ -1,4 +1,4 @@
-"""Files as other tools write them: pandas' indexes, Excel's exports, TOML from editors."""
+"""Data files as other tools write them: pandas' indexes, spreadsheets' exports."""
 
 from __future__ import annotations
 
@@ -41,3 +41,13 @@ def test_a_nameless_parquet_index_is_not_a_feature(tmp_path: Path):
     frame[frame["a"] > frame["a"].min()].to_parquet(tmp_path / "data.parquet")  # index 1, 2, ...
 
     assert TableReader(tmp_path / "data.parquet").feature_names == ["id", "a", "b"]
+
+
+def test_a_csv_column_without_a_name_is_not_a_feature(tmp_path: Path):
+    frame = _records()
+    frame.to_csv(tmp_path / "indexed.csv")  # pandas' index first, its header field empty
+    lines = frame.to_csv(sep=";", index=False).splitlines()  # as a spreadsheet exports:
+    (tmp_path / "trailing.csv").write_text("".join(f"{line};;\r\n" for line in lines))
+
+    for name in ("indexed.csv", "trailing.csv"):
+        assert TableReader(tmp_path / name).feature_names == ["id", "a", "b"], name
