@@ -76,11 +76,15 @@ def train(
 
     started = time.perf_counter()
     keras.utils.set_random_seed(config.training.seed)
-    records = records_of(rows, config.model.window, entities)
+    window = config.model.window
+    records = records_of(rows, window, entities)
     if len(records) < MIN_RECORDS:
-        raise TrainingError(
-            f"{len(records)} normal records; at least {MIN_RECORDS} are needed to train"
+        made = (
+            "normal records"
+            if window is None
+            else f"windows of {window} rows from {len(rows)} normal rows"
         )
+        raise TrainingError(f"{len(records)} {made}; at least {MIN_RECORDS} are needed to train")
     fit_part, held_out = _split(records, config)
     standardizer = (
         parent.engine.standardizer
