@@ -17,6 +17,7 @@ name without a librdkafka equivalent is an error that says so.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -172,6 +173,51 @@ def check_options(
 def check_files(options: Mapping[str, Any]) -> None:
     """Read every ``NAME_file`` option now, so a missing secret fails at start-up."""
     _read_files(options)
+
+
+def check_tls_files(options: Mapping[str, Any]) -> None:
+    """A ``ConfigError`` naming the setting when a TLS client cannot load ``ssl_cafile``,
+    ``ssl_certfile`` or ``ssl_keyfile`` with ``ssl_password``. The clients would say it late
+    and in their own words: kafka-python as 'cannot reach Kafka ... check that the broker is
+    up' after its bootstrap timeout (OpenSSL asking on the terminal for an encrypted key's
+    pass phrase meanwhile), librdkafka as 'ssl.key.location failed: PEM lib'."""
+    values = _read_files(options)
+    if str(values.get("security_protocol", "PLAINTEXT")).upper() not in ("SSL", "SASL_SSL"):
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    paths = {name: values.get(name) for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")}
+    for name, path in paths.items():
+        if path and not Path(path).is_file():
+            raise ConfigError(f"[serve.kafka] {name}: no such file: {path}")
+    if paths["ssl_cafile"]:
+        try:
+            context.load_verify_locations(paths["ssl_cafile"])
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"[serve.kafka] ssl_cafile: no PEM certificate in {paths['ssl_cafile']} ({exc})"
+            ) from None
+    certfile = paths["ssl_certfile"]
+    if not certfile:
+        return
+    keyfile = paths["ssl_keyfile"] or certfile
+    password = values.get("ssl_password")
+    encrypted = "ENCRYPTED" in Path(keyfile).read_text(errors="replace")
+    if encrypted and not password:
+        raise ConfigError(
+            f"[serve.kafka] ssl_keyfile: {keyfile} is encrypted; give its pass phrase as "
+            "ssl_password (or ssl_password_file)"
+        )
+    try:
+        context.load_cert_chain(certfile, keyfile, password=password or "")
+    except (OSError, ssl.SSLError) as exc:
+        if encrypted and "PEM lib" in str(exc):
+            raise ConfigError(
+                f"[serve.kafka] ssl_password does not decrypt ssl_keyfile {keyfile}"
+            ) from None
+        raise ConfigError(
+            f"[serve.kafka] ssl_certfile/ssl_keyfile: cannot load the certificate "
+            f"{certfile} with the key {keyfile} ({exc})"
+        ) from None
 
 
 def client_options(options: Mapping[str, Any], client: Client) -> dict[str, Any]:

@@ -75,6 +75,7 @@ from anomaly.stream.client_logs import Throttle
 from anomaly.stream.delivery import Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.errors import StreamError
+from anomaly.stream.kafka_options import check_tls_files
 from anomaly.stream.messages import (
     RECORD_OVERHEAD_BYTES,
     DecodedBatch,
@@ -223,6 +224,7 @@ class ScoringService:
         """Validate the model and broker, open the endpoint and the clients; fail fast."""
         if self._started:
             return
+        check_tls_files(self.config.kafka)
         warm_up(self.detector, self.config.max_batch_size)
         config = self.config
         self._transport = transport = make_transport(config, self.client_id, self)

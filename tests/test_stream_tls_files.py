@@ -1,0 +1,113 @@
+"""TLS files of ``[serve.kafka]`` on the mutual-TLS listener of ``kafka_secure``: a client key
+encrypted with ``ssl_password`` serves on both clients; a key, certificate or CA the client
+cannot load stops the start at once in one line naming the setting, never the password.
+
+Before, kafka-python reported these as 'cannot reach Kafka ... check that the broker is up'
+after its 10 s bootstrap timeout (OpenSSL asking on the terminal for the pass phrase of an
+encrypted key meanwhile), and librdkafka as 'ssl.key.location failed: ... PEM lib'."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import anomaly
+from anomaly.errors import ConfigError
+from anomaly.stream import ScoringService
+from tests._support import unavailable
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PASSPHRASE = "k3y-Pa55phrase"
+CLIENTS = ["kafka-python", "confluent"]
+
+
+@pytest.fixture(scope="module")
+def encrypted_key(kafka_secure, tmp_path_factory) -> Path:
+    """The mutual-TLS client key, encrypted (AES-256, PKCS#8) with ``PASSPHRASE``."""
+    if shutil.which("openssl") is None:
+        unavailable("openssl is needed to encrypt the client key")
+    key = tmp_path_factory.mktemp("tls") / "client-encrypted.key"
+    subprocess.run(
+        ["openssl", "pkey", "-in", kafka_secure.ssl_keyfile, "-aes256"]
+        + ["-passout", f"pass:{PASSPHRASE}", "-out", str(key)],
+        check=True,
+        capture_output=True,
+    )
+    return key
+
+
+def _service(kafka_secure, topic: str, client: str, bundle: Path, **kafka) -> ScoringService:
+    mode = kafka_secure["mtls"]
+    options = {k: v for k, v in {**mode.options, **kafka}.items() if v is not None}
+    config = (
+        anomaly.Config()
+        .updated(
+            serve={
+                "bootstrap_servers": mode.bootstrap,
+                "input_topic": topic,
+                "output_topic": topic + "-out",
+                "dlq_topic": "",
+                "create_topics": True,
+                "client": client,
+                "kafka": options,
+            }
+        )
+        .serve
+    )
+    return ScoringService(anomaly.load(bundle), config)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_encrypted_client_key_with_its_password_file_serves(
+    client, kafka_secure, kafka_topic_factory, tiny_bundle, encrypted_key, tmp_path
+):
+    password_file = tmp_path / "key-password"
+    password_file.write_text(PASSPHRASE + "\n")
+    service = _service(
+        kafka_secure,
+        kafka_topic_factory(1),
+        client,
+        tiny_bundle,
+        ssl_keyfile=str(encrypted_key),
+        ssl_password_file=str(password_file),
+    )
+    service.start()
+    service.stop()
+    service.run()  # finishes at once: flushes, commits, closes
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("no password", "is encrypted; give its pass phrase as ssl_password"),
+        ("wrong password", "ssl_password does not decrypt ssl_keyfile"),
+        ("another key", "ssl_certfile/ssl_keyfile: cannot load the certificate"),
+        ("missing CA", "ssl_cafile: no such file"),
+    ],
+)
+def test_tls_files_the_client_cannot_load_stop_the_start_in_one_line_naming_the_setting(
+    client, case, expected, kafka_secure, kafka_topic_factory, tiny_bundle, encrypted_key
+):
+    kafka = {
+        "no password": {"ssl_keyfile": str(encrypted_key)},
+        "wrong password": {"ssl_keyfile": str(encrypted_key), "ssl_password": "n0t-" + PASSPHRASE},
+        "another key": {"ssl_keyfile": str(encrypted_key), "ssl_certfile": kafka_secure.ssl_cafile},
+        "missing CA": {"ssl_cafile": str(encrypted_key.with_name("absent-ca.pem"))},
+    }[case]
+    if case == "another key":  # the CA's certificate with the client's key
+        kafka["ssl_password"] = PASSPHRASE
+    service = _service(kafka_secure, kafka_topic_factory(1), client, tiny_bundle, **kafka)
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        service.start()
+    message = str(caught.value)
+    assert expected in message and "\n" not in message, message
+    assert PASSPHRASE not in message
+    assert time.monotonic() - started < 5  # not after a bootstrap timeout
+    assert not service.ready()
