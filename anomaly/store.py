@@ -66,7 +66,13 @@ def version_path(store: str | os.PathLike[str], version: int | None = None) -> P
     store = Path(store)
     numbers = versions(store)
     if not numbers:
-        raise BundleError(f"{store}: a model store with no version yet (publish one first)")
+        inside = sorted(manifest.parent for manifest in store.glob(f"*/{bundle.MANIFEST}"))
+        hint = f", such as {inside[0]}" if inside else ""
+        raise BundleError(
+            f"{store}: holds no model bundle (no {bundle.MANIFEST}) and no version yet of a "
+            f"model store (1/, 2/, ...): give a bundle's folder{hint}, or publish a bundle "
+            "into this store first"
+        )
     if version is None:
         return store / str(numbers[-1])
     if version not in numbers:
