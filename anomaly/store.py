@@ -16,6 +16,7 @@ one of its versions is refused (``check_save_target``); save elsewhere and publi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -156,8 +157,14 @@ def check_save_target(path: str | os.PathLike[str]) -> None:
     """A ``BundleError`` when saving a bundle to ``path`` (which replaces what is there) would
     destroy what a store holds or what is not a bundle: ``path`` is a model store, a version
     of one, or a non-empty directory that is not a bundle. A new path, an empty directory or
-    a bundle (replaced) is fine."""
+    a bundle (replaced) is fine. A folder is taken for a bundle by its manifest only: a
+    project folder holds a ``config.json`` or ``schema.json`` of its own."""
     path = Path(path)
+    if path.is_dir() and not is_store(path) and not _has_bundle_manifest(path):
+        raise BundleError(
+            f"{path}: is not a model bundle (it has no {bundle.MANIFEST} of one); saving a model "
+            "there would delete what it holds: choose a new or empty directory"
+        )
     if path.is_dir() and is_store(path):
         numbers = versions(path)
         if numbers:
@@ -179,6 +186,15 @@ def check_save_target(path: str | os.PathLike[str]) -> None:
                 "changed, and new ones are added by `anomaly publish` only; save elsewhere and "
                 "`anomaly publish` it"
             )
+
+
+def _has_bundle_manifest(path: Path) -> bool:
+    """Whether directory ``path`` holds a bundle's manifest: a JSON object with a version."""
+    try:
+        manifest = json.loads((path / bundle.MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "bundle_version" in manifest
 
 
 def _real(path: Path) -> Path:
