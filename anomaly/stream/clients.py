@@ -45,6 +45,7 @@ from kafka.errors import (
     KafkaTimeoutError,
     SaslAuthenticationFailedError,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
     UnsupportedSaslMechanismError,
     for_code,
 )
@@ -86,7 +87,12 @@ def check_broker(config: ServeConfig) -> None:
             raise StreamError(
                 f"cannot list the topics of Kafka at {config.bootstrap_servers}: {exc}"
             ) from None
-        check_topics(config, existing, lambda topics: _create_topics(admin, config, topics))
+        check_topics(
+            config,
+            existing,
+            lambda topics: _create_topics(admin, config, topics),
+            lambda topics: _denied_topics(admin, topics),
+        )
     finally:
         admin.close()
 
@@ -109,12 +115,29 @@ def _wanted_topics(config: ServeConfig) -> dict[str, str | None]:
 
 
 def check_topics(
-    config: ServeConfig, existing: set[str], create: Callable[[list[str]], None]
+    config: ServeConfig,
+    existing: set[str],
+    create: Callable[[list[str]], None],
+    denied: Callable[[list[str]], set[str]],
 ) -> None:
     """Given ``existing``, the topics on the cluster (from any client): the input topic must
     be one of them; the missing others are made with ``create`` (sorted names) with
-    ``create_topics``, or named in a ``StreamError`` that says the ways out."""
+    ``create_topics``, or named in a ``StreamError`` that says the ways out.
+
+    The cluster's topic list leaves out the topics this client may not see, so those
+    ``denied`` says the cluster's ACLs hide (of the names it is given) are named as such,
+    not as missing topics to create."""
     wanted = _wanted_topics(config)
+    absent = sorted({t for t in wanted.values() if t and t not in existing})
+    hidden = denied(absent) if absent else set()
+    if hidden:
+        listed = ", ".join(f"{key}={topic!r}" for key, topic in wanted.items() if topic in hidden)
+        raise StreamError(
+            f"Kafka at {config.bootstrap_servers} denied this client access to topic(s) "
+            f"{listed} (topic authorization failed): grant the service's principal DESCRIBE "
+            "and READ on the input topic and DESCRIBE and WRITE on the others, and READ on "
+            "its group_id (kafka-acls.sh --add)"
+        )
     if config.input_topic not in existing:
         raise StreamError(
             f"input topic {config.input_topic!r} does not exist on Kafka at "
@@ -154,6 +177,17 @@ def make_admin(config: ServeConfig, client_id: str) -> KafkaAdminClient:
             return KafkaAdminClient(**options)
         except KafkaError as exc:
             raise StreamError(_bootstrap_failure(config, options, exc, failures)) from None
+
+
+def _denied_topics(admin: KafkaAdminClient, topics: list[str]) -> set[str]:
+    """Those of ``topics`` the broker says this client is not authorised to describe."""
+    try:
+        described = admin.describe_topics(topics)
+    except KafkaError:
+        return set()  # then reported as missing, as before
+    return {
+        t["name"] for t in described if for_code(t["error_code"]) is TopicAuthorizationFailedError
+    }
 
 
 def _create_topics(admin: KafkaAdminClient, config: ServeConfig, topics: list[str]) -> None:

@@ -68,6 +68,7 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Producer,
+    TopicCollection,
     libversion,
 )
 from confluent_kafka import TopicPartition as KafkaTopicPartition
@@ -158,6 +159,22 @@ def _text(error: KafkaError) -> str:
 def _described(exc: KafkaException) -> str:
     error = _error_of(exc)
     return _text(error) if error is not None else str(exc)
+
+
+def _denied_topics(admin: AdminClient, topics: list[str]) -> set[str]:
+    """Those of ``topics`` the broker says this client is not authorised to describe."""
+    futures = admin.describe_topics(
+        TopicCollection(topics), request_timeout=STARTUP_TIMEOUT_MS / 1000
+    )
+    denied = set()
+    for topic, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            error = _error_of(exc)
+            if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                denied.add(topic)
+    return denied
 
 
 class ConfluentTransport(Transport):
@@ -274,7 +291,12 @@ class ConfluentTransport(Transport):
                 if refused or time.monotonic() >= deadline:
                     raise StreamError(self._bootstrap_failure(refused, errors, exc)) from None
         existing = {name for name, topic in metadata.topics.items() if topic.error is None}
-        check_topics(config, existing, lambda topics: self._create_topics(admin, topics))
+        check_topics(
+            config,
+            existing,
+            lambda topics: self._create_topics(admin, topics),
+            lambda topics: _denied_topics(admin, topics),
+        )
 
     def _bootstrap_failure(self, refused, errors, exc) -> str:
         """One line saying why bootstrapping failed; librdkafka's messages hold no secrets."""
