@@ -160,6 +160,11 @@ def check_save_target(path: str | os.PathLike[str]) -> None:
     a bundle (replaced) is fine. A folder is taken for a bundle by its manifest only: a
     project folder holds a ``config.json`` or ``schema.json`` of its own."""
     path = Path(path)
+    if path.is_symlink():  # the folder replaced would be the link's (a store's version?)
+        raise BundleError(
+            f"{path}: is a symbolic link (to {os.readlink(path)}); saving a model replaces a "
+            "directory: give a new directory, or the bundle's own"
+        )
     if path.is_dir() and not is_store(path) and not _has_bundle_manifest(path):
         raise BundleError(
             f"{path}: is not a model bundle (it has no {bundle.MANIFEST} of one); saving a model "

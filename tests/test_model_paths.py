@@ -36,3 +36,12 @@ def test_saving_over_a_folder_that_holds_a_config_json_and_more_is_refused(tmp_p
             check_save_target(project)
     (project / "manifest.json").write_text('{"bundle_version": 3, "files": {}}')
     check_save_target(project)  # a bundle: replaced
+
+
+def test_saving_through_a_symbolic_link_is_refused_before_training(tmp_path: Path):
+    (tmp_path / "model-1").mkdir()
+    (tmp_path / "model-1" / "manifest.json").write_text('{"bundle_version": 3, "files": {}}')
+    (tmp_path / "current").symlink_to("model-1")
+
+    with pytest.raises(BundleError, match=r"current: is a symbolic link \(to model-1\); saving"):
+        check_save_target(tmp_path / "current")
