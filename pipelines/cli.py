@@ -7,8 +7,10 @@ also exit 2. Ctrl-C is one line and exit code 130, as shells report a command it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -26,6 +28,17 @@ def _config(path: str | None, **sections):
 
     config = Config.from_toml(path) if path else Config()
     return config.updated(**{k: v for k, v in sections.items() if v})
+
+
+@contextlib.contextmanager
+def _training_warnings_kept():
+    """Keep ``TrainingWarning``s off stderr: the model's health report holds each, which the
+    command prints as one line (Python's own would print it again, with a source line)."""
+    from anomaly.health import TrainingWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainingWarning)
+        yield
 
 
 def _features(value: str | None) -> list[str] | None:
@@ -170,7 +183,8 @@ def train(
         model={"window": window},
         training={"steps": steps, "seed": seed, "verbose": 1},
     )
-    detector, summary = train_file(data, out, config)
+    with _training_warnings_kept():
+        detector, summary = train_file(data, out, config)
     click.echo(
         f"trained on {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s; "
         f"threshold {detector.threshold:.4g} (target FPR {config.scoring.target_fpr:.2%})"
@@ -311,7 +325,8 @@ def calibrate(model, data, out, label_column):
     from anomaly.files import calibrate_file
 
     parent = anomaly.load(model)
-    detector, summary = calibrate_file(parent, data, out, label_column)
+    with _training_warnings_kept():
+        detector, summary = calibrate_file(parent, data, out, label_column)
     click.echo(
         f"recalibrated on {summary.rows_scored} of {summary.rows_read} rows in "
         f"{summary.seconds:.1f} s; threshold {detector.threshold:.4g} (was "
@@ -332,7 +347,8 @@ def retrain(model, data, out, label_column, steps):
     from anomaly.files import retrain_file
 
     parent = anomaly.load(model)
-    detector, summary = retrain_file(parent, data, out, label_column, steps)
+    with _training_warnings_kept():
+        detector, summary = retrain_file(parent, data, out, label_column, steps)
     click.echo(
         f"retrained on {summary.rows_scored} of {summary.rows_read} rows in "
         f"{summary.seconds:.1f} s; threshold {detector.threshold:.4g} (was {parent.threshold:.4g})"
@@ -364,8 +380,6 @@ def drift(model, data, as_json, on_invalid):
     training data: below 0.1 stable, 0.1 to 0.25 a moderate shift, above 0.25 a significant
     one. On too few rows (225 for ten bins) chance alone reads a shift: a warning on stderr
     says so. Skipped rows (--on-invalid skip) go to DATA.rejects.csv."""
-    import warnings
-
     import anomaly
     from anomaly.drift import DriftWarning, reading
     from anomaly.files import drift_file

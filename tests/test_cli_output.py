@@ -1,0 +1,27 @@
+"""What the offline commands print: each training warning once, as the command's own line."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from click.testing import CliRunner
+
+from anomaly.health import TrainingWarning
+from pipelines.cli import cli
+
+
+def test_train_prints_each_training_warning_once(tmp_path: Path):
+    rows = np.random.default_rng(0).normal(size=(200, 3))  # 30 held out: too few for 1 %
+    pd.DataFrame(rows, columns=["a", "b", "c"]).to_csv(tmp_path / "normal.csv", index=False)
+    args = ["train", "--data", str(tmp_path / "normal.csv"), "--out", str(tmp_path / "model")]
+
+    with warnings.catch_warnings(record=True) as issued:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(cli, [*args, "--steps", "2"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("warning: the threshold was calibrated on 30 held-out") == 1
+    assert not [w for w in issued if issubclass(w.category, TrainingWarning)]
