@@ -72,7 +72,7 @@ from confluent_kafka import (
     libversion,
 )
 from confluent_kafka import TopicPartition as KafkaTopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from anomaly.stream import codecs
 from anomaly.stream.client_logs import Throttle
@@ -197,6 +197,7 @@ class ConfluentTransport(Transport):
         self._abandoned = False  # a close past its deadline: callbacks do nothing more
         self._error_logs = Throttle()  # librdkafka retries its errors: logged once a while
         self.max_message_bytes = MAX_REQUEST_BYTES
+        self._topic_limit: int | None = None  # smallest max.message.bytes of what it writes
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -248,7 +249,7 @@ class ConfluentTransport(Transport):
 
     def _producer_settings(self) -> dict[str, Any]:
         config = self.config
-        return {
+        settings = {
             "batch.size": PRODUCER_BATCH_BYTES,
             "message.max.bytes": MAX_REQUEST_BYTES,
             "message.timeout.ms": DELIVERY_TIMEOUT_MS,
@@ -263,6 +264,12 @@ class ConfluentTransport(Transport):
             "linger.ms": config.linger_ms,
             "partitioner": "murmur2_random",
         }
+        if self._topic_limit is not None:
+            # The broker refuses a whole batch over a topic's max.message.bytes, and
+            # librdkafka fails each message of it (MSG_SIZE_TOO_LARGE) where the Java client
+            # and kafka-python split it: every result would go to the dead-letter topic.
+            settings["batch.size"] = min(settings["batch.size"], self._topic_limit)
+        return settings
 
     # -- start-up and shutdown ---------------------------------------------------------------
 
@@ -297,6 +304,8 @@ class ConfluentTransport(Transport):
             lambda topics: self._create_topics(admin, topics),
             lambda topics: _denied_topics(admin, topics),
         )
+        written = [config.output_topic, config.dlq_topic, config.alerts_topic]
+        self._topic_limit = _smallest_message_limit(admin, [t for t in written if t])
 
     def _bootstrap_failure(self, refused, errors, exc) -> str:
         """One line saying why bootstrapping failed; librdkafka's messages hold no secrets."""
@@ -724,6 +733,19 @@ class ConfluentTransport(Transport):
 
     def describe(self, error: Any) -> str:
         return describe(error)
+
+
+def _smallest_message_limit(admin: AdminClient, topics: list[str]) -> int | None:
+    """The smallest ``max.message.bytes`` of ``topics``, or None where the cluster does not
+    say (the principal may not describe their configuration)."""
+    resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
+    try:
+        futures = admin.describe_configs(resources, request_timeout=STARTUP_TIMEOUT_MS / 1000)
+        entries = [future.result().get("max.message.bytes") for future in futures.values()]
+    except KafkaException as exc:
+        log.warning("event=topic_limits_unknown error=%s", describe(exc))
+        return None
+    return min((int(e.value) for e in entries if e is not None and e.value), default=None)
 
 
 def _timestamp(message) -> int | None:
