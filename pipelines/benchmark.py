@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         help="training.steps of the GAN (default: the project's default)",
     )
     parser.add_argument("--refine-steps", type=int, default=10)
+    parser.add_argument(
+        "--gan-config",
+        type=Path,
+        help="a TOML configuration for the GAN (default: the project's defaults)",
+    )
     parser.add_argument("--nab-series", help="comma-separated NAB series (default: all 58)")
     parser.add_argument("--nab-steps", type=int, default=300)
     parser.add_argument("--nab-window", type=int, default=32)
@@ -119,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite in ("tabular", "all"):
         if not args.report_only:
             log(f"tabular: datasets {datasets}, seeds {seeds}, methods {method_names}")
-            run_tabular(datasets, seeds, method_names, out, gan_steps, refine_steps)
+            run_tabular(
+                datasets, seeds, method_names, out, gan_steps, refine_steps, args.gan_config
+            )
         write_tabular_report(out)
         tabular_plots(out, plots_dir)
         log(f"tabular report: {out / 'tabular.md'}")

@@ -25,19 +25,22 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _gan_method(name: str, gan_steps: int | None, refine_steps: int):
+def _gan_method(
+    name: str, gan_steps: int | None, refine_steps: int, gan_config: Path | None = None
+):
+    """The GAN method ``name`` on the defaults, or on the TOML configuration ``gan_config``
+    (one the README documents for a kind of data)."""
     import anomaly
     from pipelines.bench import methods
 
     formulation = "bigan" if name == "gan-bigan" else "fanogan"
-    config = anomaly.Config().updated(
-        model={"formulation": formulation}, training={"steps": gan_steps}
-    )
+    base = anomaly.Config.from_toml(gan_config) if gan_config else anomaly.Config()
+    config = base.updated(model={"formulation": formulation}, training={"steps": gan_steps})
     return methods.gan(config, refine_steps=refine_steps)
 
 
 def run_tabular(
-    datasets, seeds, method_names, out: Path, gan_steps=None, refine_steps=10
+    datasets, seeds, method_names, out: Path, gan_steps=None, refine_steps=10, gan_config=None
 ) -> list[dict]:
     """Run every (seed, dataset, method); seeds outermost so an interrupted run has whole
     seeds over all datasets. Rows go to ``tabular_results.jsonl`` as they are made."""
@@ -53,7 +56,7 @@ def run_tabular(
     prepared, notes = {}, {}
     for name in method_names:
         if name in GAN_METHODS:
-            prepared[name] = _gan_method(name, gan_steps, refine_steps)
+            prepared[name] = _gan_method(name, gan_steps, refine_steps, gan_config)
             notes[name] = {"train_cap": None}
             continue
         try:
