@@ -33,6 +33,7 @@ EXPECTED_ALERTS = {
     "AnomalyScorerStalled",
     "KafkaUnreachable",
     "UnreadableRecords",
+    "KafkaAccessDenied",
     "AnomalyStateActive",
     "AnomalyModelLoadFailed",
     "AnomalyInputDrift",
