@@ -6,19 +6,30 @@
   says, not refused by the producer and dead-lettered instead;
 - an output topic whose ``max.message.bytes`` is below the producer's batch size takes every
   result that fits it: a batch of results over it is not refused as a whole (librdkafka
-  does not split such a batch, as kafka-python does)."""
+  does not split such a batch, as kafka-python does);
+- without a dead-letter topic, a result the output topic refuses for its size is logged as
+  its record's rejection and the stream goes on."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import numpy as np
 import orjson
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from tests._support import wait_for
-from tests.test_stream_service import CLIENTS, _config, _produce, _read, _running, detector
+from tests._support import LogLines, wait_for
+from tests.test_stream_service import (
+    CLIENTS,
+    _config,
+    _produce,
+    _read,
+    _running,
+    _scrape,
+    detector,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 __all__ = ["detector"]  # the module-scoped fixture, shared with test_stream_service
@@ -33,6 +44,26 @@ def topics(kafka_topic_factory):
         "output_topic": kafka_topic_factory(1, prefix="out"),
         "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
     }
+
+
+def _limit_output(bootstrap: str, topic: str, max_message_bytes: int) -> None:
+    """Set ``topic``'s ``max.message.bytes``."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pytest-limits")
+    try:
+        limit = {"max.message.bytes": str(max_message_bytes)}
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, limit)
+        assert admin.alter_configs([resource]) == {"topic": {topic: "OK"}}
+    finally:
+        admin.close()
+
+
+def _normal(detector, n: int) -> list[tuple[bytes, bytes]]:
+    """``n`` records of a few keys, each result about 500 bytes."""
+    rows = np.random.default_rng(3).normal(size=(n, len(detector.feature_names)))
+    return [
+        (b"k%d" % (i % 7), orjson.dumps({"id": i, "features": r.tolist()}))
+        for i, r in enumerate(rows)
+    ]
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -64,19 +95,8 @@ def test_an_output_topic_with_a_limit_below_the_batch_size_takes_every_result(
 ):
     """64 KB, a quarter of the producer's 256 KB batches: 3,000 results of about 500 bytes,
     all polled at once, fill batches far larger than that."""
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="pytest-limits")
-    try:
-        limit = {"max.message.bytes": str(64 * 1024)}
-        output = ConfigResource(ConfigResourceType.TOPIC, topics["output_topic"], limit)
-        assert admin.alter_configs([output]) == {"topic": {topics["output_topic"]: "OK"}}
-    finally:
-        admin.close()
-    rows = np.random.default_rng(3).normal(size=(3000, len(detector.feature_names)))
-    messages = [
-        (b"k%d" % (i % 7), orjson.dumps({"id": i, "features": r.tolist()}))
-        for i, r in enumerate(rows)
-    ]
-    sent = _produce(kafka_bootstrap, topics["input_topic"], messages)
+    _limit_output(kafka_bootstrap, topics["output_topic"], 64 * 1024)
+    sent = _produce(kafka_bootstrap, topics["input_topic"], _normal(detector, 3000))
     config = _config(kafka_bootstrap, topics, client=client, max_batch_size=512)
     with _running(detector, config) as service:
         wait_for(
@@ -91,3 +111,41 @@ def test_an_output_topic_with_a_limit_below_the_batch_size_takes_every_result(
     assert {(d["partition"], d["offset"]) for d in (orjson.loads(r.value) for r in results)} == set(
         sent
     )
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_without_a_dead_letter_topic_a_result_the_topic_refuses_is_logged_and_the_stream_goes_on(
+    client, detector, kafka_bootstrap, topics
+):
+    """With ``dlq_topic = ""`` a result too large for the output topic has nowhere to go: its
+    record is logged as rejected (``send_failed``), and the input is not paused for ever
+    retrying it."""
+    _limit_output(kafka_bootstrap, topics["output_topic"], 10_000)
+    features = [0.0] * len(detector.feature_names)
+    too_large = orjson.dumps({"id": "x" * 20_000, "features": features})
+    lines = LogLines()
+    logging.getLogger("anomaly.stream").addHandler(lines)
+    config = _config(kafka_bootstrap, {**topics, "dlq_topic": ""}, client=client)
+    try:
+        with _running(detector, config) as service:
+            refused = _produce(kafka_bootstrap, topics["input_topic"], [(b"k", too_large)])
+            wait_for(lambda: lines.count("rejected"), 60, "the refused result's log line")
+            later = _produce(kafka_bootstrap, topics["input_topic"], _normal(detector, 20))
+            wait_for(
+                lambda: (
+                    service.stats()["consumed"] == 21 and not service.stats()["pending_results"]
+                ),
+                60,
+                "the records after it to be scored and their results acknowledged",
+            )
+            rejected = _scrape(service.metrics_port)
+    finally:
+        logging.getLogger("anomaly.stream").removeHandler(lines)
+    (line,) = [line for line in lines.lines if line.startswith("event=rejected ")]
+    assert "reason=send_failed" in line and f"offset={refused[0][1]}" in line
+    assert "x" * 100 not in line  # never the record's content
+    assert rejected[("anomaly_records_rejected_total", (("reason", "send_failed"),))] == 1
+    results = _read(kafka_bootstrap, topics["output_topic"], len(later))
+    assert {
+        (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
+    } == set(later)

@@ -77,6 +77,10 @@ class Outgoing:
             self.refused(error)
 
 
+#: What ``reroute`` returns for a message that has nowhere else to go.
+GIVEN_UP = Outgoing("", None, b"", None)
+
+
 @dataclass
 class Batch:
     """The messages of one micro-batch, and the input offsets they release."""
@@ -94,9 +98,10 @@ class Delivery:
     message later (it may also raise: the attempt failed at once); ``reroute(message,
     error)`` returns the dead letter to send instead of a message refused for what it is
     (``is_record_error(error)``; ``message.reroutes`` says how many times it was replaced
-    already, so each replacement can be smaller), or ``None`` when it has none: then the
-    message is retried like any other failure. ``describe(error)`` names an error in a log
-    line.
+    already, so each replacement can be smaller), ``None`` when it has none: then the
+    message is retried like any other failure, or ``GIVEN_UP`` when there is nowhere to
+    send it (no dead-letter topic): its batch then settles without it. ``describe(error)``
+    names an error in a log line.
     """
 
     def __init__(
@@ -198,6 +203,9 @@ class Delivery:
             return
         if self._is_record_error(error):
             replacement = self._reroute(message, error)
+            if replacement is GIVEN_UP:
+                message.acked = True  # done with: its batch settles without it
+                return
             if replacement is not None:
                 self.rerouted += 1
                 _replace(message, replacement)

@@ -72,7 +72,7 @@ from anomaly.drift import DriftMonitor
 from anomaly.stream import codecs
 from anomaly.stream.broker_watch import BrokerWatch
 from anomaly.stream.client_logs import Throttle
-from anomaly.stream.delivery import Delivery, Outgoing
+from anomaly.stream.delivery import GIVEN_UP, Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.errors import StreamError
 from anomaly.stream.kafka_options import check_tls_files
@@ -676,13 +676,14 @@ class ScoringService:
         """What to send instead of a message Kafka refused for what it is (``Delivery``):
         for a result or an alert, its record's dead letter (``send_failed``); for a dead
         letter, the same cut to ``HARD_CUT_BYTES``, once. None when there is nothing
-        smaller to send (the message is then retried)."""
-        if not self.config.dlq_topic:
-            return None
+        smaller to send (the message is then retried). Without a dead-letter topic the
+        record is logged as rejected instead, and the message given up: retrying it would
+        pause the input for ever."""
         detail = f"Kafka refused the message to {message.topic}: {self._transport.describe(error)}"
         if not message.dead_letter:
             self._counts["rejected"] += 1
-            return self._dead_letter(message.origin, "send_failed", detail)[0]
+            letters = self._dead_letter(message.origin, "send_failed", detail)
+            return letters[0] if letters else GIVEN_UP
         if len(message.key or b"") + len(message.value) <= HARD_CUT_BYTES:
             return None
         key, value = encode_rejection(
