@@ -829,8 +829,7 @@ def _feature_matrix(
             if bad.any():
                 raise DataError(
                     f"{path}: column {name!r} is not numeric: "
-                    f"{_examples(rows[bad], column[bad])}; fix the values or leave "
-                    "the column out of the features"
+                    f"{_examples(rows[bad], column[bad])}; {_non_numeric_remedy(column[bad])}"
                 )
             column = numbers
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -842,6 +841,21 @@ def _feature_matrix(
         for i in hits[:_LISTED_INVALID_ROWS]:
             beyond[int(rows[i]), j] = float(values[i])
     return matrix, beyond
+
+
+#: A number written with a comma (``0,125``, ``-1,5``), as spreadsheets save decimals in many
+#: locales (with ';' between fields) or group thousands (``1,234``).
+_COMMA_NUMBER = re.compile(r"\s*[+-]?\d*,\d+\s*")
+
+
+def _non_numeric_remedy(values: pd.Series) -> str:
+    """What to do about the values of a feature column that are not numbers."""
+    if values.map(lambda v: isinstance(v, str) and _COMMA_NUMBER.fullmatch(v) is not None).all():
+        return (
+            "numbers with a comma: save the file with a decimal point and no thousands "
+            "separator (0.125, 1234.5)"
+        )
+    return "fix the values or leave the column out of the features"
 
 
 def _to_numeric(column: pd.Series, rows: np.ndarray, path: Path) -> pd.Series:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anomaly.errors import DataError
 from anomaly.io import TableReader, read_all
 
 
@@ -51,3 +52,16 @@ def test_a_csv_column_without_a_name_is_not_a_feature(tmp_path: Path):
 
     for name in ("indexed.csv", "trailing.csv"):
         assert TableReader(tmp_path / name).feature_names == ["id", "a", "b"], name
+
+
+def test_decimal_commas_of_a_spreadsheet_export_are_named_as_such(tmp_path: Path):
+    path = tmp_path / "export.csv"
+    path.write_text("id;a;b\r\n1;0,5;2\r\n2;-1,25;3\r\n")
+
+    with pytest.raises(DataError) as caught:
+        read_all(path, features=["a", "b"])
+
+    assert str(caught.value) == (
+        f"{path}: column 'a' is not numeric: row 1 has '0,5', row 2 has '-1,25'; numbers with "
+        "a comma: save the file with a decimal point and no thousands separator (0.125, 1234.5)"
+    )
