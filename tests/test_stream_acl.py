@@ -1,5 +1,6 @@
-"""Start-up of the service over SASL_SSL as the broker's SASL user when the cluster's ACLs
-deny that user a topic: one line saying access was denied, not that the topic is missing.
+"""The service over SASL_SSL as the broker's SASL user when the cluster's ACLs deny that
+user something. A topic at start-up: one line saying access was denied, not that the topic
+is missing. Its consumer group while running: polled at a bounded rate, nothing lost.
 
 A broker leaves the topics a client may not describe out of its topic list, so an existing
 dead-letter topic the user may not write was reported as 'topic(s) missing ...: create them
@@ -7,6 +8,10 @@ first, let the service create them with --create-topics', on both clients."""
 
 from __future__ import annotations
 
+import threading
+import time
+
+import orjson
 import pytest
 from kafka.admin import (
     ACL,
@@ -22,6 +27,7 @@ from kafka.admin import (
 
 import anomaly
 from anomaly.stream import ScoringService, StreamError
+from tests._support import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -76,3 +82,84 @@ def test_a_topic_the_acls_deny_is_named_as_denied_not_missing(
     assert f"{denied_key}={topic!r}" in message and "\n" not in message
     assert "missing" not in message and "does not exist" not in message
     assert not service.ready()
+
+
+def test_a_consumer_group_the_acls_deny_is_polled_at_a_bounded_rate_and_loses_nothing(
+    kafka_secure, kafka_topic_factory, tiny_bundle
+):
+    """kafka-python raises GroupAuthorizationFailedError at once on every poll: the loop
+    polled again at once, about 400 times a second on one core (8,917 counted in 30 s). It
+    now waits a second between such polls; once the ACL is gone every record is scored."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    mode = kafka_secure["sasl_scram512"]
+    topics = {
+        "input_topic": kafka_topic_factory(1, prefix="in"),
+        "output_topic": kafka_topic_factory(1, prefix="out"),
+    }
+    config = (
+        anomaly.Config()
+        .updated(
+            serve={
+                "bootstrap_servers": mode.bootstrap,
+                **topics,
+                "dlq_topic": "",
+                "group_id": f"denied-{topics['input_topic']}",
+                "kafka": dict(mode.options),
+            }
+        )
+        .serve
+    )
+    detector = anomaly.load(tiny_bundle)
+    producer = KafkaProducer(bootstrap_servers=kafka_secure.bootstrap)
+    for i in range(20):
+        features = dict.fromkeys(detector.feature_names, 0.0)
+        producer.send(topics["input_topic"], orjson.dumps({"id": i, "features": features}))
+    producer.flush()
+    producer.close()
+    principal = f"User:{kafka_secure.sasl_username}"
+    pattern = ResourcePattern(ResourceType.GROUP, config.group_id)
+    deny = ACL(principal, "*", ACLOperation.READ, ACLPermissionType.DENY, pattern)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_secure.bootstrap, client_id="pytest-acl")
+    assert not admin.create_acls([deny])["failed"]
+    service = ScoringService(detector, config)
+    runner = threading.Thread(target=service.run, daemon=True)
+
+    def refused() -> float:
+        sample = service.metrics.registry.get_sample_value(
+            "anomaly_fetch_errors_total", {"error": "GroupAuthorizationFailedError"}
+        )
+        return sample or 0.0
+
+    try:
+        service.start()
+        runner.start()
+        first = wait_for(lambda: refused() >= 1 and time.monotonic(), 30, "a refused poll")
+        wait_for(lambda: refused() >= 3, 30, "three refused polls")
+        assert time.monotonic() - first >= 1.5, "polled again at once"
+        admin.delete_acls(
+            [
+                ACLFilter(
+                    principal,
+                    "*",
+                    ACLOperation.READ,
+                    ACLPermissionType.DENY,
+                    ResourcePatternFilter(
+                        ResourceType.GROUP, config.group_id, ACLResourcePatternType.LITERAL
+                    ),
+                )
+            ]
+        )
+        wait_for(lambda: service.stats()["scored"] == 20, 60, "every record scored")
+    finally:
+        service.stop()
+        runner.join(30)
+        admin.close()
+    results = KafkaConsumer(
+        topics["output_topic"],
+        bootstrap_servers=kafka_secure.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    assert sorted(orjson.loads(r.value)["id"] for r in results) == list(range(20))
+    results.close()

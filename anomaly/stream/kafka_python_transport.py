@@ -75,6 +75,12 @@ def _ours(partitions) -> set[TopicPartition]:
     return {TopicPartition(tp.topic, tp.partition) for tp in partitions}
 
 
+#: Wait after a poll that failed with no record at fault (a consumer group the cluster's
+#: ACLs refuse, ...): kafka-python raises the same error at once on every poll, and the loop
+#: polled again at once, about 400 times a second on one core.
+POLL_ERROR_BACKOFF_S = 1.0
+
+
 class KafkaPythonTransport(Transport):
     name = "kafka-python"
     stalls = True  # 3.0.12 can leave a rebalance unfinished (ScoringService._rejoin_if_stalled)
@@ -147,6 +153,8 @@ class KafkaPythonTransport(Transport):
         except Exception as exc:  # noqa: BLE001 (a corrupt batch raises the codec's own errors)
             unreadable = self._unreadable(exc) if codecs.is_unpacking_error(exc) else None
             self.listener.fetch_failed(type(exc).__name__, describe_error(exc), unreadable)
+            if unreadable is None:
+                time.sleep(POLL_ERROR_BACKOFF_S)
             return [unreadable] if unreadable is not None else []
         if len(polled) == 1:
             return next(iter(polled.values()))
