@@ -38,6 +38,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 
 from anomaly import migrations
 from anomaly.errors import BundleError
+from anomaly.io import cannot_write
 
 #: The format this release writes.
 BUNDLE_VERSION = 3
@@ -63,8 +64,11 @@ class BundleContents:
 def save_bundle(path: str | os.PathLike[str], contents: BundleContents) -> str:
     """Write the bundle (replacing one already at ``path``) and return its version."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     try:
         for name, network in contents.networks.items():
             network.save(staging / f"{name}.keras")
@@ -77,8 +81,10 @@ def save_bundle(path: str | os.PathLike[str], contents: BundleContents) -> str:
         if path.exists():
             shutil.rmtree(path)
         staging.rename(path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a folder that cannot be replaced
+            raise cannot_write(path, exc) from None
         raise
     return bundle_version_id(path)
 

@@ -165,6 +165,9 @@ def check_save_target(path: str | os.PathLike[str]) -> None:
             f"{path}: is a symbolic link (to {os.readlink(path)}); saving a model replaces a "
             "directory: give a new directory, or the bundle's own"
         )
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise BundleError(f"{path}: {existing} is a file, not a directory; choose another")
     if path.is_dir() and not is_store(path) and not _has_bundle_manifest(path):
         raise BundleError(
             f"{path}: is not a model bundle (it has no {bundle.MANIFEST} of one); saving a model "

@@ -3,13 +3,18 @@ and one given to --out that holds more than a bundle, which saving would delete.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
 import anomaly
-from anomaly.errors import BundleError
+from anomaly import bundle
+from anomaly.errors import BundleError, DataError
 from anomaly.store import check_save_target
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_the_folder_above_a_bundle_names_the_bundle(tmp_path: Path):
@@ -45,3 +50,22 @@ def test_saving_through_a_symbolic_link_is_refused_before_training(tmp_path: Pat
 
     with pytest.raises(BundleError, match=r"current: is a symbolic link \(to model-1\); saving"):
         check_save_target(tmp_path / "current")
+
+
+def test_a_file_on_the_way_to_the_folder_is_refused_before_training(tmp_path: Path):
+    (tmp_path / "normal.csv").write_text("a\n1\n")
+
+    with pytest.raises(BundleError, match=r"model: .*normal.csv is a file, not a directory"):
+        check_save_target(tmp_path / "normal.csv" / "model")
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch):
+    detector = anomaly.load(FIXTURES / "bundle-v3")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(bundle.np, "save", full_disk)
+    with pytest.raises(DataError, match=f"^cannot write {tmp_path / 'model'}: No space left"):
+        detector.save(tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
