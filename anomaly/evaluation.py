@@ -24,6 +24,7 @@ from anomaly.config import AlarmConfig
 from anomaly.detector import Detector
 from anomaly.errors import DataError
 from anomaly.files import Rejects, iter_scored, rejects_path
+from anomaly.io import cannot_write
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,10 @@ def evaluate_file(
     )
     result = replace(result, rows_rejected=read - kept, rows_without_score=kept - len(labels))
     if report_dir is not None:
-        write_report(Path(report_dir), result, labels, scores, detector, str(data))
+        try:
+            write_report(Path(report_dir), result, labels, scores, detector, str(data))
+        except OSError as exc:  # a full disk, a file where the folder should be
+            raise cannot_write(report_dir, exc) from None
     return result
 
 

@@ -1,0 +1,30 @@
+"""Outputs that cannot be written (a file where a folder should be, a full disk): one line
+naming the output, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import anomaly
+from anomaly.errors import AnomalyError
+from anomaly.evaluation import evaluate_file
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return anomaly.load(FIXTURES / "bundle-v3")
+
+
+def test_a_report_folder_under_a_file_is_one_line(detector, tmp_path: Path):
+    data = pd.read_csv(FIXTURES / "bundle-v3.drift.csv").head(40)
+    data["label"] = [i % 2 for i in range(len(data))]
+    data.to_csv(tmp_path / "labelled.csv", index=False)
+    report = tmp_path / "labelled.csv" / "report"
+
+    with pytest.raises(AnomalyError, match=f"^cannot write {report}: Not a directory$"):
+        evaluate_file(detector, tmp_path / "labelled.csv", "label", report_dir=report)
