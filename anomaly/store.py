@@ -27,6 +27,7 @@ from pathlib import Path
 
 from anomaly import bundle
 from anomaly.errors import BundleError
+from anomaly.io import cannot_write
 
 #: Prefix of the staging directories inside a store (never a version: not a number).
 _STAGING = ".publishing-"
@@ -121,6 +122,14 @@ def publish(model: str | os.PathLike[str], store: str | os.PathLike[str]) -> int
             f"{store}: is inside the bundle {model}; a model store must lie outside the bundles "
             "published into it"
         )
+    try:
+        return _add_version(model, store)
+    except OSError as exc:  # a full disk, a file where the store's folder should be
+        raise cannot_write(store, exc) from None
+
+
+def _add_version(model: Path, store: Path) -> int:
+    """Copy verified bundle ``model`` into ``store`` as its next version; its number."""
     store.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(store)
     staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=store))

@@ -11,6 +11,7 @@ import pytest
 import anomaly
 from anomaly.errors import AnomalyError
 from anomaly.evaluation import evaluate_file
+from anomaly.store import publish
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -28,3 +29,11 @@ def test_a_report_folder_under_a_file_is_one_line(detector, tmp_path: Path):
 
     with pytest.raises(AnomalyError, match=f"^cannot write {report}: Not a directory$"):
         evaluate_file(detector, tmp_path / "labelled.csv", "label", report_dir=report)
+
+
+def test_a_store_under_a_file_is_one_line(tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    store = tmp_path / "notes.txt" / "models"
+
+    with pytest.raises(AnomalyError, match=f"^cannot write {store}: Not a directory$"):
+        publish(FIXTURES / "bundle-v3", store)
