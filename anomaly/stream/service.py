@@ -618,7 +618,8 @@ class ScoringService:
         input_topic = config.input_topic
         next_offsets = {TopicPartition(input_topic, p): o + 1 for p, o in last.items()}
         self._positions.update(next_offsets)
-        stamps = [r.timestamp for r in records if r.timestamp is not None]
+        # -1 is Kafka's "no timestamp" (kafka-python and librdkafka pass it on as it is).
+        stamps = [r.timestamp for r in records if r.timestamp is not None and r.timestamp >= 0]
         self._delivery.add(outgoing, next_offsets, stamps)
         t5 = perf_counter()
         profile["send"] += t5 - t4
