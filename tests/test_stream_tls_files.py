@@ -13,11 +13,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 import anomaly
 from anomaly.errors import ConfigError
 from anomaly.stream import ScoringService
+from anomaly.stream.settings import resolve_serve_config
 from tests._support import unavailable
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -26,19 +28,23 @@ PASSPHRASE = "k3y-Pa55phrase"
 CLIENTS = ["kafka-python", "confluent"]
 
 
-@pytest.fixture(scope="module")
-def encrypted_key(kafka_secure, tmp_path_factory) -> Path:
-    """The mutual-TLS client key, encrypted (AES-256, PKCS#8) with ``PASSPHRASE``."""
+def _encrypted(kafka_secure, folder: Path, passphrase: str) -> Path:
+    """The mutual-TLS client key, encrypted (AES-256, PKCS#8) with ``passphrase``."""
     if shutil.which("openssl") is None:
         unavailable("openssl is needed to encrypt the client key")
-    key = tmp_path_factory.mktemp("tls") / "client-encrypted.key"
+    key = folder / "client-encrypted.key"
     subprocess.run(
         ["openssl", "pkey", "-in", kafka_secure.ssl_keyfile, "-aes256"]
-        + ["-passout", f"pass:{PASSPHRASE}", "-out", str(key)],
+        + ["-passout", f"pass:{passphrase}", "-out", str(key)],
         check=True,
         capture_output=True,
     )
     return key
+
+
+@pytest.fixture(scope="module")
+def encrypted_key(kafka_secure, tmp_path_factory) -> Path:
+    return _encrypted(kafka_secure, tmp_path_factory.mktemp("tls"), PASSPHRASE)
 
 
 def _service(kafka_secure, topic: str, client: str, bundle: Path, **kafka) -> ScoringService:
@@ -111,3 +117,29 @@ def test_tls_files_the_client_cannot_load_stop_the_start_in_one_line_naming_the_
     assert PASSPHRASE not in message
     assert time.monotonic() - started < 5  # not after a bootstrap timeout
     assert not service.ready()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_numeric_password_written_unquoted_in_toml_is_given_as_text(
+    client, kafka_secure, kafka_topic_factory, tiny_bundle, tmp_path
+):
+    """``ssl_password = 20261204`` is an integer to TOML (and ``12345`` to a Helm value);
+    kafka-python failed on it inside its connection, 'cannot reach Kafka' after 10 s."""
+    key = _encrypted(kafka_secure, tmp_path, "20261204")
+    mode = kafka_secure["mtls"]
+    topic = kafka_topic_factory(1)
+    options = {**mode.options, "ssl_keyfile": str(key)}
+    toml = tmp_path / "serve.toml"
+    toml.write_text(
+        "[serve]\n"
+        f'client = "{client}"\nbootstrap_servers = "{mode.bootstrap}"\n'
+        f'input_topic = "{topic}"\noutput_topic = "{topic}-out"\ndlq_topic = ""\n'
+        "create_topics = true\n[serve.kafka]\nssl_password = 20261204\n"
+        + "".join(f"{name} = {orjson.dumps(value).decode()}\n" for name, value in options.items())
+    )
+    config = resolve_serve_config(toml, environ={})
+    assert config.kafka["ssl_password"] == 20261204  # as TOML read it
+    service = ScoringService(anomaly.load(tiny_bundle), config)
+    service.start()
+    service.stop()
+    service.run()

@@ -125,6 +125,21 @@ _LIBRDKAFKA_NOT_FOR: dict[Client, frozenset[str]] = {
     "admin": LIBRDKAFKA_CONSUMER_ONLY | LIBRDKAFKA_PRODUCER_ONLY,
 }
 
+#: Options kafka-python takes as text only. A number TOML reads from an unquoted value
+#: (``ssl_password = 20261204``; a Helm value ``12345``) is given as its digits: kafka-python
+#: failed on it deep in a connection ('int' object has no attribute 'encode'), reported as
+#: 'cannot reach Kafka' after its bootstrap timeout.
+TEXT_OPTIONS = frozenset(
+    {
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "ssl_password",
+        "sasl_kerberos_service_name",
+        "group_instance_id",
+        "client_rack",
+    }
+)
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -275,6 +290,8 @@ def _read_files(options: Mapping[str, Any]) -> dict[str, Any]:
             value = _read_secret(name, Path(value))
         if option == "api_version" and isinstance(value, str):
             value = _version_tuple(value)
+        if option in TEXT_OPTIONS and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
         values[option] = value
     return values
 
