@@ -70,6 +70,15 @@ class DataConfig(_Section):
     """NaN/infinite rows: stop with an error naming the rows, or write them to a rejects
     file next to the output and go on."""
 
+    @field_validator("features")
+    @classmethod
+    def _named_once(cls, features: list[str] | None) -> list[str] | None:
+        """A feature named twice would be a model input twice (``--features a,a``)."""
+        twice = next((name for i, name in enumerate(features or []) if name in features[:i]), None)
+        if twice is not None:
+            raise ValueError(f"{twice!r} is listed twice; name each feature once")
+        return features
+
 
 class ModelConfig(_Section):
     """The GAN's shape."""

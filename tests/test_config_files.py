@@ -52,3 +52,11 @@ def test_true_or_false_still_sets_a_boolean_setting(tmp_path: Path):
     path.write_text("[serve]\ncreate_topics = true\n")
 
     assert Config.from_toml(path).serve.create_topics is True
+
+
+def test_a_feature_listed_twice_is_refused(tmp_path: Path):
+    path = tmp_path / "anomaly.toml"
+    path.write_text('[data]\nfeatures = ["a", "b", "a"]\n')
+
+    with pytest.raises(ConfigError, match="data.features: .*'a' is listed twice; name each"):
+        Config.from_toml(path)
