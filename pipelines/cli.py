@@ -189,6 +189,9 @@ def train(
         f"trained on {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s; "
         f"threshold {detector.threshold:.4g} (target FPR {config.scoring.target_fpr:.2%})"
     )
+    # Without --features every numeric column is one, and a column of text is none: say which.
+    names = detector.feature_names
+    click.echo(f"features ({len(names)}): {', '.join(names[:10])}{' ...' if names[10:] else ''}")
     for warning in detector.health["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     if summary.rejects:

@@ -25,3 +25,16 @@ def test_train_prints_each_training_warning_once(tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert result.stderr.count("warning: the threshold was calibrated on 30 held-out") == 1
     assert not [w for w in issued if issubclass(w.category, TrainingWarning)]
+
+
+def test_train_names_the_features_it_took(tmp_path: Path):
+    """A spreadsheet's export with decimal commas has text columns, which are no features:
+    here only the id would be, and the line shows it."""
+    lines = ["id;a;b"] + [f"{i};{i % 7},5;{i % 3},25" for i in range(200)]
+    (tmp_path / "export.csv").write_text("\r\n".join(lines) + "\r\n")
+    args = ["train", "--data", str(tmp_path / "export.csv"), "--out", str(tmp_path / "model")]
+
+    result = CliRunner().invoke(cli, [*args, "--steps", "2"])
+
+    assert result.exit_code == 0, result.output
+    assert "\nfeatures (1): id\n" in result.stdout
