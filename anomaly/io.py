@@ -604,6 +604,8 @@ class _JsonLinesSource:
         try:
             with _open_text(self.path, "r") as handle:
                 while lines := list(islice(handle, chunk_rows)):
+                    if first_line == 1:  # a byte-order mark, as Windows PowerShell writes
+                        lines[0] = lines[0].removeprefix("\ufeff")
                     records = _parse_json_lines(lines, first_line, self.path)
                     first_line += len(lines)
                     if records:

@@ -65,3 +65,10 @@ def test_decimal_commas_of_a_spreadsheet_export_are_named_as_such(tmp_path: Path
         f"{path}: column 'a' is not numeric: row 1 has '0,5', row 2 has '-1,25'; numbers with "
         "a comma: save the file with a decimal point and no thousands separator (0.125, 1234.5)"
     )
+
+
+def test_json_lines_with_a_byte_order_mark_and_crlf_are_read(tmp_path: Path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('\ufeff{"a": 1, "b": 2}\r\n{"a": 3, "b": 4}\r\n', encoding="utf-8")
+
+    np.testing.assert_array_equal(read_all(path, chunk_rows=1).features, [[1, 2], [3, 4]])
