@@ -510,13 +510,14 @@ class _CsvSource:
         self.path = path
         self._dtypes = dict.fromkeys(text_columns, str)
 
-    def _header(self) -> tuple[str, list[str]]:
+    def _header(self) -> tuple[str, list[str], int]:
         """The separator and the column names. The separator is the one of ``_SEPARATORS``
         that splits the header into the most names and the first data lines into as many
         fields (a comma when none splits it), so a file saved with semicolons (Excel's in
         many locales), tabs or bars reads as it is, and a comma file whose names hold a ';'
         (``temp;C``) as a comma file. When none splits every line alike, the one that splits
-        the header into the most names (a line with a field too many is then pandas' error)."""
+        the header into the most names (a line with a field too many is then pandas' error).
+        Third, how many fields the first data line has (0 without one)."""
         with _open_text(self.path, "r") as handle:
             lines = [handle.readline() for _ in range(1 + _SNIFFED_LINES)]
         lines[0] = lines[0].removeprefix("\ufeff")  # pandas drops a byte-order mark
@@ -527,7 +528,8 @@ class _CsvSource:
         splitting = [sep for sep in _SEPARATORS if len(splits[sep]) > 1]
         even = [sep for sep in splitting if all(len(r) == len(splits[sep]) for r in rows[sep][1:])]
         separator = max(even or splitting or _SEPARATORS, key=lambda sep: len(splits[sep]))
-        return separator, splits[separator]
+        first_data = rows[separator][1:2]
+        return separator, splits[separator], len(first_data[0]) if first_data else 0
 
     def _missing_values(self, names: list[str]) -> dict[int, tuple[str, ...]]:
         """``na_values`` by column position (pandas renames repeated names): pandas'
@@ -553,12 +555,21 @@ class _CsvSource:
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
-            separator, names = self._header()
+            separator, names, first_fields = self._header()
+            if first_fields > len(names):
+                # pandas would take the first column for the index, every value then read as
+                # its left neighbour's column, silently.
+                raise DataError(
+                    f"{self.path}: the first data line has {first_fields} fields but the header "
+                    f"has {len(names)}; name every column in the header (or remove the "
+                    "separator that ends each data line)"
+                )
             with pd.read_csv(
                 self.path,
                 sep=separator,
                 chunksize=chunk_rows,
                 dtype=self._dtypes,
+                index_col=False,
                 keep_default_na=False,
                 na_values=self._missing_values(names),
             ) as chunks:

@@ -72,3 +72,17 @@ def test_json_lines_with_a_byte_order_mark_and_crlf_are_read(tmp_path: Path):
     path.write_text('\ufeff{"a": 1, "b": 2}\r\n{"a": 3, "b": 4}\r\n', encoding="utf-8")
 
     np.testing.assert_array_equal(read_all(path, chunk_rows=1).features, [[1, 2], [3, 4]])
+
+
+def test_data_lines_with_a_field_more_than_the_header_are_refused_not_shifted(tmp_path: Path):
+    """pandas would take the id for the index and read each value as its left neighbour's."""
+    path = tmp_path / "data.csv"
+    path.write_text("id,a,b\n1,0.5,2,9\n2,0.25,3,9\n")
+
+    with pytest.raises(DataError) as caught:
+        read_all(path, features=["a", "b"], id_column="id")
+
+    assert str(caught.value) == (
+        f"{path}: the first data line has 4 fields but the header has 3; name every column in "
+        "the header (or remove the separator that ends each data line)"
+    )
