@@ -143,3 +143,20 @@ def test_a_numeric_password_written_unquoted_in_toml_is_given_as_text(
     service.start()
     service.stop()
     service.run()
+
+
+def test_librdkafka_takes_a_folder_of_hashed_ca_files_as_ssl_cafile(
+    kafka_secure, kafka_topic_factory, tiny_bundle, tmp_path
+):
+    """librdkafka's ssl.ca.location may be a folder (``openssl rehash``): the start-up check
+    of the TLS files must not refuse it as a missing file."""
+    folder = tmp_path / "ca"
+    folder.mkdir()
+    shutil.copy(kafka_secure.ssl_cafile, folder / "ca.pem")
+    subprocess.run(["openssl", "rehash", str(folder)], check=True, capture_output=True)
+    service = _service(
+        kafka_secure, kafka_topic_factory(1), "confluent", tiny_bundle, ssl_cafile=str(folder)
+    )
+    service.start()
+    service.stop()
+    service.run()

@@ -201,10 +201,12 @@ def check_tls_files(options: Mapping[str, Any]) -> None:
         return
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     paths = {name: values.get(name) for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")}
+    # librdkafka's ssl.ca.location may be a folder of hashed CA files.
+    ca_folder = bool(paths["ssl_cafile"]) and Path(paths["ssl_cafile"]).is_dir()
     for name, path in paths.items():
-        if path and not Path(path).is_file():
+        if path and not (Path(path).is_file() or (name == "ssl_cafile" and ca_folder)):
             raise ConfigError(f"[serve.kafka] {name}: no such file: {path}")
-    if paths["ssl_cafile"]:
+    if paths["ssl_cafile"] and not ca_folder:
         try:
             context.load_verify_locations(paths["ssl_cafile"])
         except (OSError, ssl.SSLError) as exc:
