@@ -335,6 +335,9 @@ def make_consumer(config: ServeConfig, client_id: str) -> KafkaConsumer:
                 "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
                 "metadata_max_age_ms": INPUT_METADATA_MAX_AGE_MS,
                 "isolation_level": "read_committed",
+                # The input topic deleted while subscribed: not made again with the broker's
+                # default partitions before whoever deleted it can (librdkafka's default).
+                "allow_auto_create_topics": False,
                 **client_options(config.kafka, "consumer"),
                 "bootstrap_servers": config.bootstrap_servers,
                 "group_id": config.group_id,

@@ -101,12 +101,14 @@ class KafkaPythonTransport(Transport):
     def open(self) -> None:
         config = self.config
         self._producer = make_producer(config, self.client_id)
+        _honour_auto_create(self._producer._metadata, self._producer.config)  # noqa: SLF001
         self.max_message_bytes = self._producer.config["max_request_size"]
         for topic in (config.output_topic, config.dlq_topic, config.alerts_topic):
             if topic:  # fetch metadata now, not while the first batch waits
                 self._producer.partitions_for(topic)
         self._output_partitions = KeyPartitions(self._producer, config.output_topic)
         self._consumer = make_consumer(config, self.client_id)
+        _honour_auto_create(self._consumer._client.cluster, self._consumer.config)  # noqa: SLF001
         # Known partitions before joining, or the first assignment can come back empty.
         if not self._consumer.partitions_for_topic(config.input_topic):
             raise StreamError(f"no partitions found for input topic {config.input_topic!r}")
@@ -261,6 +263,13 @@ class KafkaPythonTransport(Transport):
 
     def describe(self, error: Any) -> str:
         return type(error).__name__
+
+
+def _honour_auto_create(cluster: Any, client_config: dict[str, Any]) -> None:
+    """kafka-python 3.0.12 makes a client's cluster metadata without its
+    ``allow_auto_create_topics`` (no public way to set it there), so each client asked the
+    broker to create every topic it looked up, whatever it was given."""
+    cluster.config["allow_auto_create_topics"] = client_config["allow_auto_create_topics"]
 
 
 def _commit_offsets(offsets: dict[TopicPartition, int]) -> dict:
