@@ -275,6 +275,14 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
         f"scored {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s: "
         f"{summary.anomalies} flagged{alarms} -> {summary.output}"
     )
+    waiting = summary.rows_read - summary.rows_scored - summary.rows_rejected
+    window, entity = detector.config.model.window, detector.schema.entity_column
+    if window and waiting:
+        per = f" of one {entity}" if entity else ""
+        click.echo(
+            f"{waiting} rows have no score (null): a row is scored once it ends a window of "
+            f"{window} rows{per}"
+        )
     if summary.rejects:
         click.echo(f"{summary.rows_rejected} rows rejected -> {summary.rejects}")
 

@@ -184,6 +184,40 @@ def test_first_window_minus_one_rows_of_each_entity_have_no_score(scored):
 
 
 @pytest.mark.slow
+def test_score_command_says_why_rows_of_entities_too_short_for_a_window_have_no_score(
+    windowed_detector, tmp_path
+):
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    windowed_detector.save(tmp_path / "model")
+    frame = sine_frame(seed=2, spike=False)
+    frame["entity"] = [f"pump-{i}" for i in range(len(frame))]  # one row per entity
+    frame.head(40).to_csv(tmp_path / "short.csv", index=False)
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "score",
+            "--model",
+            str(tmp_path / "model"),
+            "--data",
+            str(tmp_path / "short.csv"),
+            "--out",
+            str(tmp_path / "scores.csv"),
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "scored 0 of 40 rows" in result.output
+    assert (
+        f"40 rows have no score (null): a row is scored once it ends a window of {WINDOW} rows "
+        "of one entity"
+    ) in result.output
+
+
+@pytest.mark.slow
 def test_injected_spike_scores_high_at_its_rows(scored, windowed_detector):
     frame, out, _ = scored
     spike_entity = (frame["entity"] == SPIKE_ENTITY).to_numpy()
