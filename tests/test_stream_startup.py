@@ -25,11 +25,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-Pa55"
 
 
-def _serve(bundle: Path, bootstrap: str, input_topic: str, **kafka: str):
+def _serve(
+    bundle: Path, bootstrap: str, input_topic: str, client: str = "kafka-python", **kafka: str
+):
     """``anomaly serve`` as a process, with Kafka options from ANOMALY_SERVE_KAFKA_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_SERVE_")}
+    env["ANOMALY_SERVE_CLIENT"] = client
     env.update({f"ANOMALY_SERVE_KAFKA_{k.upper()}": v for k, v in kafka.items()})
-    env["ANOMALY_SERVE_KAFKA_BOOTSTRAP_TIMEOUT_MS"] = "3000"
+    if client == "kafka-python":  # librdkafka has no such option
+        env["ANOMALY_SERVE_KAFKA_BOOTSTRAP_TIMEOUT_MS"] = "3000"
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "serve", "--model", str(bundle)]
         + ["--bootstrap-servers", bootstrap, "--input-topic", input_topic]
@@ -85,6 +89,26 @@ def test_sasl_refused_by_the_listener_stops_serve_as_an_authentication_failure(
         sasl_plain_password=SECRET,
     )
     _assert_one_line_failure(result, f"authentication failed against Kafka at {kafka_bootstrap}")
+
+
+def test_librdkafka_refusing_a_password_stops_serve_with_the_error_line_alone(
+    kafka_secure, kafka_topic_factory, tiny_bundle, tmp_path
+):
+    """librdkafka's start-up admin client logged its own 'FAIL ... SASL authentication
+    error' line on stderr before the error line, which says the same."""
+    wrong = tmp_path / "kafka-password"
+    wrong.write_text(SECRET + "\n")
+    mode = kafka_secure["sasl_scram512"]
+    kafka = {**mode.options, "sasl_plain_password_file": str(wrong)}
+    result = _serve(
+        tiny_bundle,
+        mode.bootstrap,
+        kafka_topic_factory(1),
+        client="confluent",
+        **{name: str(value) for name, value in kafka.items()},
+    )
+    _assert_one_line_failure(result, f"authentication failed against Kafka at {mode.bootstrap}")
+    assert len(_own_lines(result.stderr)) == 1, result.stderr
 
 
 def _config(bootstrap: str, **serve):

@@ -92,6 +92,12 @@ log = logging.getLogger("anomaly.stream")
 #: librdkafka's own log lines (its WARNING and above by default, see ``process``; each
 #: thing said at most once a while, see ``client_logs``).
 librdkafka_log = logging.getLogger("librdkafka")
+#: The start-up check's admin client logs here, to no handler: what it has to say about a
+#: failed bootstrap is in the one-line error (its ``error_cb``), as kafka-python's bootstrap
+#: records are held back (``clients._BootstrapFailures``).
+startup_log = logging.getLogger("librdkafka.startup")
+startup_log.addHandler(logging.NullHandler())
+startup_log.propagate = False
 
 #: kafka-python's defaults, kept so that switching clients changes nothing else.
 MAX_REQUEST_BYTES = 1_048_576
@@ -283,6 +289,7 @@ class ConfluentTransport(Transport):
                     **self._common("admin"),
                     "client.id": f"{config.group_id}-startup",
                     "error_cb": errors.append,
+                    "logger": startup_log,
                 }
             )
         except KafkaException as exc:
