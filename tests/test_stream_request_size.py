@@ -8,7 +8,8 @@
   result that fits it: a batch of results over it is not refused as a whole (librdkafka
   does not split such a batch, as kafka-python does);
 - without a dead-letter topic, a result the output topic refuses for its size is logged as
-  its record's rejection and the stream goes on."""
+  its record's rejection and the stream goes on;
+- a dead letter the dead-letter topic refuses for its size is cut until it fits."""
 
 from __future__ import annotations
 
@@ -145,6 +146,32 @@ def test_without_a_dead_letter_topic_a_result_the_topic_refuses_is_logged_and_th
     assert "reason=send_failed" in line and f"offset={refused[0][1]}" in line
     assert "x" * 100 not in line  # never the record's content
     assert rejected[("anomaly_records_rejected_total", (("reason", "send_failed"),))] == 1
+    results = _read(kafka_bootstrap, topics["output_topic"], len(later))
+    assert {
+        (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
+    } == set(later)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_dead_letter_over_a_small_dead_letter_topic_limit_is_cut_until_it_fits(
+    client, detector, kafka_bootstrap, topics
+):
+    """8,000 bytes on the dead-letter topic, below the 16 KB a refused dead letter was cut
+    to once: it was then retried for ever, with the input paused."""
+    _limit_output(kafka_bootstrap, topics["dlq_topic"], 8000)
+    config = _config(kafka_bootstrap, topics, client=client)
+    with _running(detector, config) as service:
+        (bad,) = _produce(kafka_bootstrap, topics["input_topic"], [(b"k", b"x" * 30_000)])
+        later = _produce(kafka_bootstrap, topics["input_topic"], _normal(detector, 10))
+        wait_for(
+            lambda: service.stats()["consumed"] == 11 and not service.stats()["pending_results"],
+            60,
+            "every record's result or dead letter to be acknowledged",
+        )
+    (letter,) = [orjson.loads(r.value) for r in _read(kafka_bootstrap, topics["dlq_topic"], 1)]
+    assert (letter["partition"], letter["offset"]) == bad
+    assert letter["reason"] == "send_failed" and letter["value_truncated"] is True
+    assert letter["value_bytes"] == 30_000
     results = _read(kafka_bootstrap, topics["output_topic"], len(later))
     assert {
         (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))

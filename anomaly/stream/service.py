@@ -113,7 +113,8 @@ LAG_INTERVAL_S = 1.0
 #: The loop counts as alive (``/healthz``) if an iteration began this recently; generous
 #: because a rebalance can hold a poll for up to the session timeout.
 ALIVE_STALE_S = 120.0
-#: Size a dead letter Kafka refused is cut to (its original key and value mostly cut away).
+#: Most a dead letter Kafka refused is cut to (its original key and value mostly cut away);
+#: refused again, it is cut to a quarter of its size, until nothing is left to cut.
 HARD_CUT_BYTES = 16 * 1024
 
 PROFILE_STAGES = ("poll", "decode", "score", "encode", "send", "flush", "commit", "bookkeeping")
@@ -676,7 +677,8 @@ class ScoringService:
     def _reroute(self, message: Outgoing, error) -> Outgoing | None:
         """What to send instead of a message Kafka refused for what it is (``Delivery``):
         for a result or an alert, its record's dead letter (``send_failed``); for a dead
-        letter, the same cut to ``HARD_CUT_BYTES``, once. None when there is nothing
+        letter, the same cut to ``HARD_CUT_BYTES`` or a quarter of its size, whichever is
+        less (a topic may allow less than ``HARD_CUT_BYTES``). None when there is nothing
         smaller to send (the message is then retried). Without a dead-letter topic the
         record is logged as rejected instead, and the message given up: retrying it would
         pause the input for ever."""
@@ -685,11 +687,16 @@ class ScoringService:
             self._counts["rejected"] += 1
             letters = self._dead_letter(message.origin, "send_failed", detail)
             return letters[0] if letters else GIVEN_UP
-        if len(message.key or b"") + len(message.value) <= HARD_CUT_BYTES:
-            return None
+        size = len(message.key or b"") + len(message.value)
         key, value = encode_rejection(
-            message.origin, "send_failed", detail, self.served.version, HARD_CUT_BYTES
+            message.origin,
+            "send_failed",
+            detail,
+            self.served.version,
+            min(HARD_CUT_BYTES, size // 4),
         )
+        if len(key or b"") + len(value) >= size:
+            return None
         return Outgoing(self.config.dlq_topic, key, value, message.origin, dead_letter=True)
 
     # -- settling, committing, back-pressure ------------------------------------------------
