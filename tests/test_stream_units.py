@@ -12,6 +12,7 @@ import pytest
 
 from anomaly.config import AlarmConfig, ServeConfig
 from anomaly.errors import ConfigError
+from anomaly.stream.errors import describe_error
 from anomaly.stream.messages import REASONS, RecordDecoder, ResultEncoder
 from anomaly.stream.settings import resolve_alarm_config, resolve_serve_config
 from anomaly.stream.windowing import KeyedWindows
@@ -407,3 +408,23 @@ def test_json_nested_beyond_the_parsers_depth_is_not_json_and_below_it_is_judged
     shallow = _decode([b'{"features": ' + b"[" * 500 + b"]" * 500 + b"}"])
     assert [reason for _, reason, _ in deep.rejected] == ["not_json"]
     assert [reason for _, reason, _ in shallow.rejected] == ["wrong_features"]
+
+
+def test_an_error_quoting_a_records_bytes_is_described_without_them():
+    # kafka-python reads a header name that is not UTF-8 with a bare decode, and its error
+    # shows the name's bytes: they go to the log line and the dead letter's explanation.
+    from kafka.errors import CorruptRecordError
+
+    try:
+        b"\xff\xfesecret-header".decode("utf-8")
+    except UnicodeDecodeError as exc:
+        error = CorruptRecordError(repr(exc))
+
+    described = describe_error(error)
+
+    assert "secret" not in described and "\\xff" not in described
+    assert described.startswith("CorruptRecordError: ")
+    assert "UnicodeDecodeError('utf-8', b'...', 0, 1, 'invalid start byte')" in described
+    assert describe_error(ValueError("can't read partition 3 at offset 7")) == (
+        "ValueError: can't read partition 3 at offset 7"
+    )

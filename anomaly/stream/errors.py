@@ -1,6 +1,12 @@
 """The service's own error type, and how an error is named in a log line or dead letter."""
 
+import re
+
 from anomaly.errors import AnomalyError
+
+#: A Python bytes literal in an error's text: the bytes of a record (a header name that is
+#: not UTF-8 shows up as ``UnicodeDecodeError('utf-8', b'...', ...)`` in kafka-python's).
+_BYTES_LITERAL = re.compile(r"\bb'(?:[^'\\]|\\.)*'" + r'|\bb"(?:[^"\\]|\\.)*"')
 
 
 class StreamError(AnomalyError):
@@ -11,6 +17,8 @@ class StreamError(AnomalyError):
 def describe_error(error: BaseException) -> str:
     """``<type>: <first line of the message>`` (at most 300 characters of it), for a log
     line or a dead letter's explanation; kafka-python's, the codecs' and the encoder's
-    messages name partitions, offsets and types, never a record's content."""
-    text = str(error).splitlines()[0][:300] if str(error) else ""
+    messages name partitions, offsets and types; the bytes they may quote from a record
+    are left out."""
+    text = _BYTES_LITERAL.sub("b'...'", str(error).splitlines()[0]) if str(error) else ""
+    text = text[:300]
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
