@@ -457,6 +457,27 @@ def test_toml_values_keep_their_types_and_text(tools: Tools, tmp_path: Path) -> 
     assert all(type(parsed[k]) is type(v) for k, v in tricky.items())
 
 
+def test_librdkafka_property_names_reach_the_service_as_quoted_keys(
+    tools: Tools, tmp_path: Path
+) -> None:
+    # client = "confluent" takes librdkafka's own dotted names, which a bare TOML key would
+    # split into nested tables.
+    options = {"ssl.endpoint.identification.algorithm": "none"}
+    values = tmp_path / "librdkafka.yaml"
+    values.write_text(yaml.safe_dump({"serve": {"client": "confluent", "kafka": options}}))
+    objects = render(tools, "-f", str(values))
+    path = tmp_path / "config.toml"
+    path.write_text(objects["ConfigMap"]["data"]["config.toml"])
+
+    config = Config.from_toml(path)
+
+    assert dict(config.serve.kafka) == options
+    kafka_options.check_options(options, client=config.serve.client)
+    assert "setting names are letters, digits and underscores (and dots" in render_error(
+        tools, "--set-json", 'serve.kafka={"ssl endpoint": "none"}'
+    )
+
+
 def test_keda_scales_on_the_services_own_group_topic_and_brokers(tools: Tools) -> None:
     objects = render(tools, "-f", str(FULL_VALUES))
     values = full_values()

@@ -98,15 +98,17 @@ is also a valid float key); lists are arrays. TOML has no null. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* A TOML table: [name] and its keys, sorted. */}}
+{{/* A TOML table: [name] and its keys, sorted. [serve.kafka] also takes librdkafka's
+dotted property names (client = "confluent"), written as quoted keys. */}}
 {{- define "anomaly-scorer.tomlTable" -}}
 [{{ .name }}]
+{{- $dotted := eq .name "serve.kafka" }}
 {{- range $key, $value := .values }}
-{{- if not (regexMatch "^[A-Za-z0-9_]+$" $key) }}
-{{- fail (printf "%s.%s: setting names are letters, digits and underscores" $.name $key) }}
+{{- if not (regexMatch (ternary "^[A-Za-z0-9_.]+$" "^[A-Za-z0-9_]+$" $dotted) $key) }}
+{{- fail (printf "%s.%s: setting names are letters, digits and underscores%s" $.name $key (ternary " (and dots: librdkafka's names)" "" $dotted)) }}
 {{- end }}
 {{- if not (kindIs "invalid" $value) }}
-{{ $key }} = {{ include "anomaly-scorer.tomlValue" (dict "value" $value "key" (printf "%s.%s" $.name $key)) }}
+{{ if contains "." $key }}{{ toJson $key }}{{ else }}{{ $key }}{{ end }} = {{ include "anomaly-scorer.tomlValue" (dict "value" $value "key" (printf "%s.%s" $.name $key)) }}
 {{- end }}
 {{- end }}
 {{- end -}}
