@@ -340,6 +340,15 @@ BROKEN_RULES = {
         ["--set", "serve.kafka.sasl_plain_password=hunter2"],
         "serve.kafka.sasl_plain_password would be written in clear into a ConfigMap",
     ),
+    # librdkafka's names (client: confluent) for an inline private key and OAuth settings.
+    "inline-key-in-configmap": (
+        ["--set-json", 'serve.kafka={"ssl.key.pem": "-----BEGIN PRIVATE KEY-----"}'],
+        "serve.kafka.ssl.key.pem would be written in clear into a ConfigMap",
+    ),
+    "oauth-config-in-configmap": (
+        ["--set-json", 'serve.kafka={"sasl.oauthbearer.config": "principal=a"}'],
+        "serve.kafka.sasl.oauthbearer.config would be written in clear into a ConfigMap",
+    ),
     "secret-keys-without-secret": (
         ["--set", "kafka.secretOptions.sasl_plain_password=password"],
         "set kafka.existingSecret to the Secret's name",

@@ -205,8 +205,9 @@ lists), from what the service itself is given. */}}
 {{- fail "model.initContainer.enabled needs model.initContainer.image (and its command)" -}}
 {{- end -}}
 {{- $kafka := .Values.serve.kafka | default dict -}}
+{{- /* the names anomaly.config.is_secret_option takes for secrets */ -}}
 {{- range $option, $value := $kafka -}}
-{{- if and (regexMatch "password|secret|token|credential|^sasl_oauth" $option) (not (hasSuffix "_file" $option)) -}}
+{{- if and (regexMatch "(?i)password|secret|token|credential|^sasl_oauth|^sasl\\.oauthbearer|^ssl\\.key\\.pem$" $option) (not (hasSuffix "_file" $option)) -}}
 {{- fail (printf "serve.kafka.%s would be written in clear into a ConfigMap: put it in the Secret kafka.existingSecret and name its key in kafka.secretOptions.%s" $option $option) -}}
 {{- end -}}
 {{- end -}}
