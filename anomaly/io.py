@@ -164,7 +164,8 @@ class TableReader:
             )
 
     def _resolve_features(self, dtypes: pd.Series, features: Sequence[str] | None) -> list[str]:
-        """Check that every named column exists, or pick the numeric non-role columns."""
+        """Check that every named column exists, or pick the numeric non-role columns but
+        those without a name in the file (``_PANDAS_NAMELESS``), which may still be named."""
         roles = {
             name: f"{role} column"
             for role, name in (
@@ -197,6 +198,7 @@ class TableReader:
             name
             for name, dtype in dtypes.items()
             if name not in roles
+            and not _PANDAS_NAMELESS.fullmatch(str(name))
             and pd.api.types.is_numeric_dtype(dtype)
             and not pd.api.types.is_bool_dtype(dtype)
         ]
@@ -481,6 +483,11 @@ def _sampled_dtypes(source: _Source) -> pd.Series | None:
     return None if sample is None else sample.dtypes
 
 
+#: The name pandas gives a column without one in the file's header (pandas' own index of
+#: ``df.to_csv()``, the empty columns of lines ending in a separator): never picked as a
+#: feature on its own.
+_PANDAS_NAMELESS = re.compile(r"Unnamed: \d+")
+
 #: What pandas reads as a missing value by default (its documented ``na_values`` list),
 #: kept for every column but the id and entity columns.
 _PANDAS_MISSING = (
@@ -539,14 +546,7 @@ class _CsvSource:
         }
 
     def dtypes(self) -> pd.Series | None:
-        """The columns with a name in the header: pandas names a nameless one "Unnamed: i",
-        and it holds no data to learn from but a frame's index (``df.to_csv()``) or nothing
-        (a separator at the end of each line, as spreadsheets export)."""
-        dtypes = _sampled_dtypes(self)
-        if dtypes is None:
-            return None
-        nameless = [f"Unnamed: {i}" for i, name in enumerate(self._header()[1]) if not name]
-        return dtypes.drop(nameless, errors="ignore")
+        return _sampled_dtypes(self)
 
     def repeated_names(self) -> set[str]:
         # pandas renames a repeated name ("a" again becomes "a.1"), and names empty names

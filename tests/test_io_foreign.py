@@ -52,6 +52,10 @@ def test_a_csv_column_without_a_name_is_not_a_feature(tmp_path: Path):
 
     for name in ("indexed.csv", "trailing.csv"):
         assert TableReader(tmp_path / name).feature_names == ["id", "a", "b"], name
+    # Still a column: pandas' index may be the records' id, or a feature once named.
+    named = TableReader(tmp_path / "indexed.csv", id_column="Unnamed: 0", features=["a"])
+    assert named.feature_names == ["a"]
+    assert next(iter(named)).ids.tolist() == [str(i) for i in range(len(frame))]  # text in CSV
 
 
 def test_decimal_commas_of_a_spreadsheet_export_are_named_as_such(tmp_path: Path):
