@@ -19,6 +19,7 @@ import pytest
 import anomaly
 from anomaly.errors import ConfigError
 from anomaly.stream import ScoringService
+from anomaly.stream.kafka_options import check_tls_files
 from anomaly.stream.settings import resolve_serve_config
 from tests._support import unavailable
 
@@ -160,3 +161,31 @@ def test_librdkafka_takes_a_folder_of_hashed_ca_files_as_ssl_cafile(
     service.start()
     service.stop()
     service.run()
+
+
+def test_kafka_python_refuses_a_folder_as_ssl_cafile_at_once(tmp_path):
+    """kafka-python loads ssl_cafile as one file: a folder passed the start-up check and the
+    start then failed as 'cannot reach Kafka' after the bootstrap timeout."""
+    options = {"security_protocol": "SSL", "ssl_cafile": str(tmp_path)}
+
+    with pytest.raises(ConfigError, match=r"ssl_cafile: .* is a folder; kafka-python takes one"):
+        check_tls_files(options, "kafka-python")
+
+
+def test_a_key_file_the_service_cannot_read_is_named(tmp_path, monkeypatch):
+    # A key of mode 0400 owned by another user (the tests run as root, which reads it).
+    certfile, keyfile = tmp_path / "client.pem", tmp_path / "client.key"
+    certfile.write_text("certificate")
+    keyfile.write_text("key")
+    real_read_text = Path.read_text
+
+    def read_text(path, *args, **kwargs):
+        if path == keyfile:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    options = {"security_protocol": "SSL", "ssl_certfile": certfile, "ssl_keyfile": keyfile}
+
+    with pytest.raises(ConfigError, match=r"ssl_keyfile: cannot read .*client.key \(Permission"):
+        check_tls_files(options, "confluent")

@@ -190,19 +190,25 @@ def check_files(options: Mapping[str, Any]) -> None:
     _read_files(options)
 
 
-def check_tls_files(options: Mapping[str, Any]) -> None:
+def check_tls_files(options: Mapping[str, Any], kafka_client: str) -> None:
     """A ``ConfigError`` naming the setting when a TLS client cannot load ``ssl_cafile``,
     ``ssl_certfile`` or ``ssl_keyfile`` with ``ssl_password``. The clients would say it late
     and in their own words: kafka-python as 'cannot reach Kafka ... check that the broker is
     up' after its bootstrap timeout (OpenSSL asking on the terminal for an encrypted key's
-    pass phrase meanwhile), librdkafka as 'ssl.key.location failed: PEM lib'."""
+    pass phrase meanwhile), librdkafka as 'ssl.key.location failed: PEM lib'.
+    ``kafka_client`` is ``[serve] client``: only librdkafka takes a folder of CA files."""
     values = _read_files(options)
     if str(values.get("security_protocol", "PLAINTEXT")).upper() not in ("SSL", "SASL_SSL"):
         return
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     paths = {name: values.get(name) for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")}
-    # librdkafka's ssl.ca.location may be a folder of hashed CA files.
     ca_folder = bool(paths["ssl_cafile"]) and Path(paths["ssl_cafile"]).is_dir()
+    if ca_folder and kafka_client != "confluent":
+        raise ConfigError(
+            f"[serve.kafka] ssl_cafile: {paths['ssl_cafile']} is a folder; kafka-python takes "
+            "one PEM file of CA certificates (a folder of hashed CA files works with client = "
+            '"confluent")'
+        )
     for name, path in paths.items():
         if path and not (Path(path).is_file() or (name == "ssl_cafile" and ca_folder)):
             raise ConfigError(f"[serve.kafka] {name}: no such file: {path}")
@@ -218,7 +224,11 @@ def check_tls_files(options: Mapping[str, Any]) -> None:
         return
     keyfile = paths["ssl_keyfile"] or certfile
     password = values.get("ssl_password")
-    encrypted = "ENCRYPTED" in Path(keyfile).read_text(errors="replace")
+    try:
+        encrypted = "ENCRYPTED" in Path(keyfile).read_text(errors="replace")
+    except OSError as exc:
+        message = f"[serve.kafka] ssl_keyfile: cannot read {keyfile} ({exc.strerror})"
+        raise ConfigError(message) from None
     if encrypted and not password:
         raise ConfigError(
             f"[serve.kafka] ssl_keyfile: {keyfile} is encrypted; give its pass phrase as "

@@ -225,7 +225,7 @@ class ScoringService:
         """Validate the model and broker, open the endpoint and the clients; fail fast."""
         if self._started:
             return
-        check_tls_files(self.config.kafka)
+        check_tls_files(self.config.kafka, self.config.client)
         warm_up(self.detector, self.config.max_batch_size)
         config = self.config
         self._transport = transport = make_transport(config, self.client_id, self)
