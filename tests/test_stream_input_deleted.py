@@ -43,6 +43,8 @@ def test_a_deleted_input_topic_is_not_created_again_by_the_service(
         with _running(detector, _config(kafka_bootstrap, topics, client=client)) as service:
             admin.delete_topics([name])
             wait_for(lambda: not service.assignment(), 60, "the deleted topic's partitions to go")
+            # The broker may still be deleting it; a service that created it again keeps it.
+            wait_for(lambda: name not in admin.list_topics(), 60, "the topic to be deleted")
             admin.create_topics([NewTopic(name, 3, 1)])  # raised TopicAlreadyExistsError
             wait_for(lambda: len(service.assignment()) == 3, 60, "the new topic's 3 partitions")
             sent = _produce(kafka_bootstrap, name, messages)
