@@ -43,13 +43,22 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _not_a_boolean(cls, value: Any, info: ValidationInfo) -> Any:
-        """Refuse true/false for a setting that is not one: pydantic would read them as 1 and
-        0, so ``steps = true`` would train one step and ``learning_rate = true`` at 1.0."""
-        annotation = cls.model_fields[info.field_name].annotation
-        types = {annotation, *get_args(annotation)}
-        if isinstance(value, bool) and bool not in types and types & {int, float}:
+        """Refuse true/false for a number (or a number in a list or table): pydantic would
+        read them as 1 and 0, so ``steps = true`` would train one step,
+        ``learning_rate = true`` at 1.0 and ``hidden_units = [true, 256]`` a layer of 1."""
+        types = _leaf_types(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, dict):
+            values = list(value.values())
+        else:
+            values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) for v in values) and bool not in types and types & {int, float}:
             raise ValueError("must be a number, not true or false")
         return value
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The types a setting's annotation is made of (``list[int] | None``: list, int, None)."""
+    return {annotation}.union(*(_leaf_types(arg) for arg in get_args(annotation)))
 
 
 class DataConfig(_Section):

@@ -37,6 +37,8 @@ def test_a_folder_is_refused_in_one_line(tmp_path: Path):
         ("[training]\nlearning_rate = true", "training.learning_rate"),
         ("[alarms]\nmax_streams = true", "alarms.max_streams"),
         ("[serve]\nmetrics_port = false", "serve.metrics_port"),
+        ("[model]\nhidden_units = [true, 256]", "model.hidden_units"),
+        ("[scoring.weights]\nlatent = true", "scoring.weights"),
     ],
 )
 def test_true_or_false_is_not_a_number(tmp_path: Path, line: str, key: str):
