@@ -524,7 +524,8 @@ class _CsvSource:
         many locales), tabs or bars reads as it is, and a comma file whose names hold a ';'
         (``temp;C``) as a comma file. When none splits every line alike, the one that splits
         the header into the most names (a line with a field too many is then pandas' error).
-        Third, how many fields the first data line has (0 without one)."""
+        Third, how many fields the first data line has past the header's names that hold a
+        value (empty ones are a separator ending each data line, which pandas reads)."""
         with _open_text(self.path, "r") as handle:
             lines = [handle.readline() for _ in range(1 + _SNIFFED_LINES)]
         lines[0] = lines[0].removeprefix("\ufeff")  # pandas drops a byte-order mark
@@ -535,8 +536,12 @@ class _CsvSource:
         splitting = [sep for sep in _SEPARATORS if len(splits[sep]) > 1]
         even = [sep for sep in splitting if all(len(r) == len(splits[sep]) for r in rows[sep][1:])]
         separator = max(even or splitting or _SEPARATORS, key=lambda sep: len(splits[sep]))
+        names = splits[separator]
         first_data = rows[separator][1:2]
-        return separator, splits[separator], len(first_data[0]) if first_data else 0
+        extra = (
+            [field for field in first_data[0][len(names) :] if field.strip()] if first_data else []
+        )
+        return separator, names, len(extra)
 
     def _missing_values(self, names: list[str]) -> dict[int, tuple[str, ...]]:
         """``na_values`` by column position (pandas renames repeated names): pandas'
@@ -555,14 +560,13 @@ class _CsvSource:
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
-            separator, names, first_fields = self._header()
-            if first_fields > len(names):
+            separator, names, extra_values = self._header()
+            if extra_values:
                 # pandas would take the first column for the index, every value then read as
-                # its left neighbour's column, silently.
+                # its left neighbour's column, or (index_col=False) drop the last, silently.
                 raise DataError(
-                    f"{self.path}: the first data line has {first_fields} fields but the header "
-                    f"has {len(names)}; name every column in the header (or remove the "
-                    "separator that ends each data line)"
+                    f"{self.path}: the first data line has {len(names) + extra_values} fields but "
+                    f"the header has {len(names)}; name every column in the header"
                 )
             with pd.read_csv(
                 self.path,

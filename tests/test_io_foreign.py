@@ -88,5 +88,15 @@ def test_data_lines_with_a_field_more_than_the_header_are_refused_not_shifted(tm
 
     assert str(caught.value) == (
         f"{path}: the first data line has 4 fields but the header has 3; name every column in "
-        "the header (or remove the separator that ends each data line)"
+        "the header"
     )
+
+
+def test_a_separator_ending_each_data_line_alone_is_read(tmp_path: Path):
+    path = tmp_path / "data.csv"
+    path.write_text("id,a,b\n1,0.5,2,\n2,0.25,3,\n")
+
+    chunk = read_all(path, features=["a", "b"], id_column="id")
+
+    assert chunk.ids.tolist() == ["1", "2"]
+    np.testing.assert_array_equal(chunk.features, [[0.5, 2], [0.25, 3]])
