@@ -32,6 +32,13 @@ from tests._support import wait_for
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
+def _scram_config(kafka_secure, topics: dict[str, str], **serve):
+    """The service's settings for the secured broker's SCRAM-SHA-512 listener."""
+    mode = kafka_secure["sasl_scram512"]
+    settings = {"bootstrap_servers": mode.bootstrap, **topics, "kafka": dict(mode.options)}
+    return anomaly.Config().updated(serve={**settings, **serve}).serve
+
+
 @pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 @pytest.mark.parametrize(
     ("denied_key", "operation"),
@@ -40,24 +47,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 def test_a_topic_the_acls_deny_is_named_as_denied_not_missing(
     client, denied_key, operation, kafka_secure, kafka_topic_factory, tiny_bundle
 ):
-    mode = kafka_secure["sasl_scram512"]
     topics = {
         "input_topic": kafka_topic_factory(1, prefix="in"),
         "output_topic": kafka_topic_factory(1, prefix="out"),
         "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
     }
-    config = (
-        anomaly.Config()
-        .updated(
-            serve={
-                "bootstrap_servers": mode.bootstrap,
-                **topics,
-                "client": client,
-                "kafka": dict(mode.options),
-            }
-        )
-        .serve
-    )
+    config = _scram_config(kafka_secure, topics, client=client)
     principal = f"User:{kafka_secure.sasl_username}"
     topic = topics[denied_key]
     admin = KafkaAdminClient(bootstrap_servers=kafka_secure.bootstrap, client_id="pytest-acl")
@@ -78,7 +73,9 @@ def test_a_topic_the_acls_deny_is_named_as_denied_not_missing(
         admin.delete_acls([ACLFilter(principal, "*", operation, ACLPermissionType.DENY, pattern)])
         admin.close()
     message = str(caught.value)
-    assert message.startswith(f"Kafka at {mode.bootstrap} denied this client access to topic")
+    assert message.startswith(
+        f"Kafka at {config.bootstrap_servers} denied this client access to topic"
+    )
     assert f"{denied_key}={topic!r}" in message and "\n" not in message
     assert "missing" not in message and "does not exist" not in message
     assert not service.ready()
@@ -92,23 +89,12 @@ def test_a_consumer_group_the_acls_deny_is_polled_at_a_bounded_rate_and_loses_no
     now waits a second between such polls; once the ACL is gone every record is scored."""
     from kafka import KafkaConsumer, KafkaProducer
 
-    mode = kafka_secure["sasl_scram512"]
     topics = {
         "input_topic": kafka_topic_factory(1, prefix="in"),
         "output_topic": kafka_topic_factory(1, prefix="out"),
     }
-    config = (
-        anomaly.Config()
-        .updated(
-            serve={
-                "bootstrap_servers": mode.bootstrap,
-                **topics,
-                "dlq_topic": "",
-                "group_id": f"denied-{topics['input_topic']}",
-                "kafka": dict(mode.options),
-            }
-        )
-        .serve
+    config = _scram_config(
+        kafka_secure, topics, dlq_topic="", group_id=f"denied-{topics['input_topic']}"
     )
     detector = anomaly.load(tiny_bundle)
     producer = KafkaProducer(bootstrap_servers=kafka_secure.bootstrap)
