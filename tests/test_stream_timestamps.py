@@ -1,6 +1,8 @@
 """Kafka timestamps the service does not control, on the real broker: producers stamp records
 with their own clocks (CreateTime), which may be ahead of the service's. The broker accepts
-a timestamp up to an hour ahead (``log.message.timestamp.after.max.ms``)."""
+a timestamp up to an hour ahead (``log.message.timestamp.after.max.ms``). Others have none:
+Kafka says ``-1`` for records written before timestamps existed (magic 0, kept as they were
+by up-conversion or mirroring)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from prometheus_client.utils import floatToGoString
 from anomaly.stream.metrics import END_TO_END_BUCKETS
 from tests._support import wait_for
 from tests.test_stream_service import (
+    CLIENTS,
     _config,
     _normal_rows,
     _record,
@@ -52,3 +55,30 @@ def test_records_stamped_in_the_future_keep_the_latency_histogram_a_valid_one(
     assert m[("anomaly_end_to_end_latency_seconds_sum", ())] >= 0
     first = (("le", floatToGoString(END_TO_END_BUCKETS[0])),)
     assert m[("anomaly_end_to_end_latency_seconds_bucket", first)] == len(rows)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_records_without_a_timestamp_are_left_out_of_the_end_to_end_latency(
+    client, kafka_bootstrap, topics, detector, tiny_bundle_mixing
+):
+    """Counted as made at the epoch, each added 56 years to the histogram's sum."""
+    t = topics(1)
+    names = detector.feature_names
+    rows = _normal_rows(tiny_bundle_mixing, 20, seed=4)
+    with _running(detector, _config(kafka_bootstrap, t, client=client)) as service:
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        for i, row in enumerate(rows):
+            stamp = -1 if i % 2 else None  # None: the producer's clock
+            producer.send(t["input_topic"], _record(i, row, names, False), timestamp_ms=stamp)
+        producer.flush(30)
+        producer.close()
+        wait_for(
+            lambda: (
+                service.stats()["scored"] == len(rows) and not service.stats()["pending_results"]
+            ),
+            60,
+            "every record scored and its result acknowledged",
+        )
+        m = _scrape(service.metrics_port)
+    assert m[("anomaly_end_to_end_latency_seconds_count", ())] == len(rows) // 2
+    assert m[("anomaly_end_to_end_latency_seconds_sum", ())] < 60 * len(rows)
