@@ -4,13 +4,16 @@ Nothing here looks at labels: the held-out split is normal data the networks nev
 on, so its score distribution is what "normal" looks like to the trained model. The
 threshold is the conformal order statistic of those scores at the target false-positive
 rate, or, where too few of them lie above it to resolve that rate, a generalised Pareto fit
-of their tail (``anomaly.tail``).
+of their tail (``anomaly.tail``). With cross-fitting (``training.calibration_folds``), models
+trained without each fold of the other records score it too, so that every normal record
+calibrates the threshold.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -37,9 +40,41 @@ if TYPE_CHECKING:
     from anomaly.detector import Detector
 
 
-def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
-    """Fit each component's location and scale, then the threshold at the target FPR."""
-    raw = engine.raw_components(held_out)
+def calibrate(
+    engine: ScoringEngine,
+    held_out: np.ndarray,
+    cross_fitted: Sequence[tuple[ScoringEngine, np.ndarray]] = (),
+) -> ScoringParams:
+    """Fit each component's location and scale on ``held_out``, then the threshold at the
+    target FPR. ``cross_fitted`` pairs more engines with the records each never trained on
+    (``training.calibration_folds``): each standardises its records by its own statistics,
+    and the threshold, tail and reference values are fitted on all the scores together."""
+    params, standard, scores = _standardised(engine, held_out)
+    parts = [(standard, scores)] + [_standardised(other, rows)[1:] for other, rows in cross_fitted]
+    scores = np.concatenate([part_scores for _, part_scores in parts])
+    standard = {name: np.concatenate([part[name] for part, _ in parts]) for name in COMPONENTS}
+    if np.ptp(scores) == 0:
+        raise DataError(
+            f"the {len(scores)} normal records to calibrate on all score {scores[0]:.4g}: they "
+            "do not vary (constant or repeated rows), so no threshold separates anything; "
+            "calibrate on normal data that varies"
+        )
+    tail = Tail.fit(scores, up_to_rate=params.target_fpr)
+    return replace(
+        params,
+        threshold=tail.threshold(params.target_fpr),
+        tail=tail.to_json(),
+        reference_scores=reference_quantiles(scores),
+        reference_components={name: reference_quantiles(standard[name]) for name in COMPONENTS},
+    )
+
+
+def _standardised(
+    engine: ScoringEngine, records: np.ndarray
+) -> tuple[ScoringParams, dict[str, np.ndarray], np.ndarray]:
+    """``engine``'s parameters with each component's location and scale fitted on
+    ``records``, and the records' standardised components and scores under them."""
+    raw = engine.raw_components(records)
     stats = {name: robust_location_scale(raw[name]) for name in COMPONENTS}
     params = replace(
         engine.params,
@@ -55,22 +90,7 @@ def calibrate(engine: ScoringEngine, held_out: np.ndarray) -> ScoringParams:
             "the trained model scores held-out normal records as NaN or infinite: training "
             "diverged (see the health report's losses); lower training.learning_rate"
         )
-    if np.ptp(scores) == 0:
-        raise DataError(
-            f"the {len(scores)} normal records to calibrate on all score {scores[0]:.4g}: they "
-            "do not vary (constant or repeated rows), so no threshold separates anything; "
-            "calibrate on normal data that varies"
-        )
-    tail = Tail.fit(scores, up_to_rate=params.target_fpr)
-    return replace(
-        params,
-        threshold=tail.threshold(params.target_fpr),
-        tail=tail.to_json(),
-        reference_scores=reference_quantiles(scores),
-        reference_components={
-            name: reference_quantiles(ops.convert_to_numpy(standard[name])) for name in COMPONENTS
-        },
-    )
+    return params, {name: ops.convert_to_numpy(standard[name]) for name in COMPONENTS}, scores
 
 
 def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector:
@@ -99,7 +119,7 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
         )
     params = calibrate(detector.engine, records)
     health = {**detector.health, "warnings": list(detector.health.get("warnings", []))}
-    too_few = resolution_warning(len(records), params.target_fpr)
+    too_few = resolution_warning(len(records), params.target_fpr, "calibrate on more normal rows")
     if too_few:
         health["warnings"].append(too_few)
     metadata = {k: v for k, v in detector.metadata.items() if k != "model_version"}
@@ -117,20 +137,19 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
     return Detector(engine, detector.schema, detector.config, metadata, health, drift_summary)
 
 
-def resolution_warning(held_out_rows: int, target_fpr: float) -> str | None:
-    """A warning when fewer held-out normal records than ``1 / target_fpr`` calibrate the
+def resolution_warning(records: int, target_fpr: float, remedy: str) -> str | None:
+    """A warning when fewer normal records than ``1 / target_fpr`` calibrate the
     threshold: not one of them is expected above it, so its realised rate can be several
     times the target or a fraction of it. (With fewer than ``anomaly.tail.MIN_ORDER_POINTS``
     expected above, it is extrapolated from the tail fit too, which the benchmark measured
-    within the goal; below one it is a guess.)"""
-    if held_out_rows * target_fpr >= 1.0:
+    within the goal; below one it is a guess.) ``remedy`` says what the user can do."""
+    if records * target_fpr >= 1.0:
         return None
     return (
-        f"the threshold was calibrated on {held_out_rows} held-out normal records, too few to "
-        f"resolve a false-positive rate of {target_fpr:g} (that needs {math.ceil(1 / target_fpr)}"
-        "): it is extrapolated from a tail fit, and the rate it realises on new normal data may "
-        "be several times the target; train on more normal rows, or raise "
-        "training.validation_fraction"
+        f"the threshold was calibrated on {records} normal records, too few to resolve a "
+        f"false-positive rate of {target_fpr:g} (that needs {math.ceil(1 / target_fpr)}): it is "
+        "extrapolated from a tail fit, and the rate it realises on new normal data may be "
+        f"several times the target; {remedy}"
     )
 
 

@@ -136,6 +136,13 @@ class TrainingConfig(_Section):
     validation_fraction: float = Field(0.15, gt=0, lt=0.9)
     """Share of the normal training rows held out to standardise score components and
     calibrate the threshold."""
+    calibration_folds: int = Field(1, ge=1, le=20)
+    """1: the threshold is calibrated on the held-out share alone. K >= 2 (cross-fitting):
+    the other records are split into K - 1 folds, and for each a model of the same settings,
+    trained on every record but that fold, scores it; the threshold and its tail are then
+    fitted on every normal record's score from a model that never saw it. For small
+    training sets (training warns when the held-out records are fewer than
+    ``1 / scoring.target_fpr``); it costs K - 1 more fits. Not in time-series mode."""
     early_stopping_patience: int = Field(10, ge=1)
     """Epochs without improvement of the held-out reconstruction error before stopping."""
     seed: int = 0
@@ -631,6 +638,16 @@ class Config(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     alarms: AlarmConfig = Field(default_factory=AlarmConfig)
 
+    @model_validator(mode="after")
+    def _cross_fitting_without_window(self) -> Config:
+        if self.training.calibration_folds > 1 and self.model.window is not None:
+            raise ValueError(
+                "training.calibration_folds > 1 needs tabular mode: time-series mode "
+                "calibrates on the latest windows, and a fold model would have trained on "
+                "their future; leave model.window unset or training.calibration_folds at 1"
+            )
+        return self
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
         """Validate a nested mapping; errors name the offending key, e.g. ``training.steps``."""
@@ -695,9 +712,10 @@ class Config(_Section):
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "configuration"
+        where = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             problems.append(f"unknown key {where!r}")
         else:
-            problems.append(f"{where}: {error['msg']}")
+            problems.append(f"{where}: {message}" if where else message)
     return "invalid configuration: " + "; ".join(problems)

@@ -2,8 +2,9 @@
 
 The steps, in order: keep normal rows, window them (time-series mode), hold out a
 validation split, fit the standardiser on the training split only, fit the GAN, measure the
-training's health, calibrate the scoring engine on the held-out split, and summarise the
-normal rows and held-out scores for drift (``anomaly.drift``).
+training's health, calibrate the scoring engine on the held-out split (and, cross-fitting,
+on the other records too, each scored by a model trained without it), and summarise the
+normal rows and calibration scores for drift (``anomaly.drift``).
 """
 
 from __future__ import annotations
@@ -86,44 +87,27 @@ def train(
         )
         raise TrainingError(f"{len(records)} {made}; at least {MIN_RECORDS} are needed to train")
     fit_part, held_out = _split(records, config)
-    standardizer = (
-        parent.engine.standardizer
-        if parent
-        else Standardizer.fit(fit_part, config.model.clip_value)
-    )
-    x_fit, x_held = standardizer.transform(fit_part), standardizer.transform(held_out)
-
-    initial = parent.engine.networks if parent else None
-    model, history = _fit_gan(x_fit, x_held, config, callbacks or [], initial)
-    encoder, generator, critic = model.encoder, model.generator, model.critic
+    engine, model, history = _fit_engine(fit_part, held_out, config, parent, callbacks or [])
     generated = keras.ops.convert_to_numpy(
-        generator(keras.random.normal((512, model.latent_dim), seed=0))
+        model.generator(keras.random.normal((512, model.latent_dim), seed=0))
     )
-    report = health.assess(history, generated, x_fit)
+    report = health.assess(history, generated, engine.standardizer.transform(fit_part))
 
-    latent_prototypes = kmeans_prototypes(
-        encoder.predict(x_fit, batch_size=config.scoring.batch_size, verbose=0),
-        config.scoring.latent_prototypes,
-        config.training.seed,
-    )
-    engine = ScoringEngine(
-        encoder,
-        generator,
-        critic,
-        standardizer,
-        latent_prototypes,
-        _initial_params(config),
-        batch_size=config.scoring.batch_size,
-        jit_compile=default_jit_compile(),
-    )
-    engine = engine.with_params(calibrate(engine, held_out))
-    too_few = resolution_warning(len(held_out), config.scoring.target_fpr)
+    cross_fitted = [
+        (_fit_engine(np.concatenate([held_out, rest]), fold, config, parent)[0], fold)
+        for rest, fold in _folds(fit_part, config.training.calibration_folds - 1)
+    ]
+    engine = engine.with_params(calibrate(engine, held_out, cross_fitted))
+    n_calibration = len(held_out) + sum(len(fold) for _, fold in cross_fitted)
+    too_few = resolution_warning(n_calibration, config.scoring.target_fpr, _remedy(config))
     if too_few:
         report["warnings"].append(too_few)
         warnings.warn(too_few, health.TrainingWarning, stacklevel=2)
     schema = Schema(feature_names, config.model.window, config.data.entity_column)
     drift_summary = DriftSummary.fit(feature_names, engine.params.reference_scores, rows)
     meta = _metadata(rows, len(fit_part), len(held_out), history, time.perf_counter() - started)
+    meta["calibration_records"] = n_calibration
+    meta["calibration_folds"] = config.training.calibration_folds
     return Detector(engine, schema, config, meta, report, drift_summary)
 
 
@@ -165,6 +149,59 @@ def _split(records, config):
         return records[:-n_held], records[-n_held:]
     order = np.random.default_rng(config.training.seed).permutation(len(records))
     return records[order[n_held:]], records[order[:n_held]]
+
+
+def _remedy(config: Config) -> str:
+    """What to do about too few calibration records, given what training did."""
+    if config.training.calibration_folds > 1 or config.model.window is not None:
+        return "train on more normal rows"
+    return (
+        "train on more normal rows, or set training.calibration_folds = 5 to calibrate on "
+        "every training record (at the cost of 4 more fits)"
+    )
+
+
+def _folds(records: np.ndarray, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_folds`` contiguous folds of ``records`` (already in a random order: see
+    ``_split``), each as (the records outside it, the fold)."""
+    if n_folds == 0:
+        return []
+    return [
+        (np.delete(records, index, axis=0), records[index])
+        for index in np.array_split(np.arange(len(records)), n_folds)
+    ]
+
+
+def _fit_engine(fit_part, held_out, config: Config, parent: Detector | None, callbacks=()):
+    """A GAN trained on ``fit_part`` (early-stopped on ``held_out``), in an uncalibrated
+    scoring engine, with the model and its training history. With ``parent``, training
+    starts from its weights and keeps its standardisation."""
+    standardizer = (
+        parent.engine.standardizer
+        if parent
+        else Standardizer.fit(fit_part, config.model.clip_value)
+    )
+    x_fit = standardizer.transform(fit_part)
+    initial = parent.engine.networks if parent else None
+    model, history = _fit_gan(
+        x_fit, standardizer.transform(held_out), config, list(callbacks), initial
+    )
+    latent_prototypes = kmeans_prototypes(
+        model.encoder.predict(x_fit, batch_size=config.scoring.batch_size, verbose=0),
+        config.scoring.latent_prototypes,
+        config.training.seed,
+    )
+    engine = ScoringEngine(
+        model.encoder,
+        model.generator,
+        model.critic,
+        standardizer,
+        latent_prototypes,
+        _initial_params(config),
+        batch_size=config.scoring.batch_size,
+        jit_compile=default_jit_compile(),
+    )
+    return engine, model, history
 
 
 def _latent_dim(config: Config, record_shape: tuple[int, ...]) -> int:

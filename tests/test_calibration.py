@@ -1,6 +1,7 @@
 """The threshold keeps its false-positive rate on new normal data (``anomaly.tail``,
 ``anomaly.calibration``)."""
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -9,7 +10,9 @@ from scipy import stats
 
 import anomaly
 from anomaly.calibration import resolution_warning
+from anomaly.health import TrainingWarning
 from anomaly.tail import MIN_ORDER_POINTS, MISFIT_LEVEL, Tail
+from anomaly.training import _folds
 from pipelines.bench.tail_study import RareFarTail
 
 TARGETS = (0.01, 0.001)
@@ -120,9 +123,42 @@ def test_a_rejected_tail_keeps_the_threshold_rising_as_the_rate_falls():
 
 
 def test_too_few_held_out_rows_are_named():
-    assert resolution_warning(1000, 0.01) is None
-    message = resolution_warning(33, 0.01)
-    assert "33 held-out normal records" in message and "needs 100" in message
+    assert resolution_warning(1000, 0.01, "train on more") is None
+    message = resolution_warning(33, 0.01, "train on more")
+    assert "33 normal records" in message and "needs 100" in message
+    assert message.endswith("; train on more")
+
+
+def test_folds_split_the_records_once_each():
+    records = np.arange(23, dtype=np.float32).reshape(-1, 1)
+    folds = _folds(records, 4)
+    assert [len(fold) for _, fold in folds] == [6, 6, 6, 5]
+    assert sorted(np.concatenate([fold for _, fold in folds]).ravel()) == list(range(23))
+    for rest, fold in folds:
+        assert sorted(np.concatenate([rest, fold]).ravel()) == list(range(23))
+    assert _folds(records, 0) == []
+
+
+@pytest.mark.slow
+def test_cross_fitting_calibrates_on_every_training_record():
+    """300 normal rows hold out 45, too few for 1 %: training warns and names the remedy.
+    With ``training.calibration_folds = 3`` every one of the 300 records calibrates (45
+    scored by the deployed model, 255 by two more models trained without them), so the
+    warning goes."""
+    rows = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+    config = anomaly.Config().updated(training={"steps": 30})
+    with pytest.warns(TrainingWarning, match="45 normal records.*calibration_folds = 5"):
+        held_out_only = anomaly.train(rows, config)
+    assert held_out_only.engine.params.tail["n"] == 45
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)
+        detector = anomaly.train(rows, config.updated(training={"calibration_folds": 3}))
+    assert detector.engine.params.tail["n"] == detector.metadata["calibration_records"] == 300
+    assert detector.metadata["held_out_records"] == 45
+    # the deployed model is the same as without cross-fitting; only its threshold differs
+    assert detector.engine.params.location == held_out_only.engine.params.location
+    assert detector.threshold != held_out_only.threshold
 
 
 @pytest.mark.slow

@@ -156,6 +156,16 @@ def test_an_empty_dead_letter_topic_still_turns_dead_letters_off():
     assert anomaly.Config().updated(serve={"dlq_topic": ""}).serve.dlq_topic is None
 
 
+def test_cross_fitting_is_refused_in_time_series_mode(tmp_path):
+    message = config_error(tmp_path, "[model]\nwindow = 16\n[training]\ncalibration_folds = 5\n")
+
+    assert message.endswith(
+        "invalid configuration: training.calibration_folds > 1 needs tabular mode: time-series "
+        "mode calibrates on the latest windows, and a fold model would have trained on their "
+        "future; leave model.window unset or training.calibration_folds at 1"
+    )
+
+
 def test_missing_toml_file_is_a_config_error_naming_it(tmp_path):
     with pytest.raises(ConfigError, match="configuration file not found: .*nowhere.toml"):
         Config.from_toml(tmp_path / "nowhere.toml")
