@@ -62,7 +62,7 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
                 "warnings": list(health["warnings"]),
             },
             "thresholds": {str(t): detector.threshold_at(t) for t in CALIBRATION_TARGETS},
-            "calibration_rows": len(held_out),
+            "calibration_rows": detector.metadata["calibration_records"],
             "components": {
                 "test": _components(result),
                 "held_out": _components(detector.score(held_out)),

@@ -129,7 +129,7 @@ def tabular_markdown(rows: list[dict], notes: dict | None = None) -> str:
 
 def calibration_lines(rows: list[dict], datasets: list[str]) -> list[str]:
     """The GAN's realised false-positive rate on TEST's normal rows at each calibration
-    target (mean and range over seeds), beside how many held-out rows calibrated it."""
+    target (mean and range over seeds), beside how many normal rows calibrated it."""
     fits = [r for r in rows if "realised_fpr" in r]
     if not fits:
         return []
@@ -138,8 +138,9 @@ def calibration_lines(rows: list[dict], datasets: list[str]) -> list[str]:
         "### Realised false-positive rate on TEST's normal rows\n",
         "Mean over seeds (lowest-highest seed) of the share of TEST's normal rows above the "
         "detector's threshold at each target, and the goal: within half and twice the target "
-        "(on the mean). `calibration rows`: held-out normal rows the threshold was calibrated "
-        "on; `TEST normal`: rows the rate is measured on, per seed.\n",
+        "(on the mean). `calibration rows`: normal rows the threshold was calibrated on (the "
+        "held-out ones, or every TRAIN row with cross-fitting); `TEST normal`: rows the rate "
+        "is measured on, per seed.\n",
         "| method | set | calibration rows | TEST normal | "
         + " | ".join(f"at {float(t):.1%}" for t in targets)
         + " |",
