@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import sys
@@ -30,6 +31,9 @@ _IMPORT_NOISE = re.compile(
     rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|I\d{4} [^\]]*\] oneDNN custom operations are on"
 )
+#: TensorFlow's warning that a function was traced again: cross-fitting's fold models are
+#: new networks of the same shapes, which trip it by design (``import_keras_quietly``).
+_RETRACING_NOTICE = "triggered tf.function retracing"
 #: Keras's other backends (inference only), left for Keras to judge.
 _OTHER_KERAS_BACKENDS = ("numpy", "openvino")
 
@@ -79,8 +83,9 @@ def import_keras_quietly() -> None:
     would break the command line's promise of one line per error. Standard error is
     captured during the import; then everything but those two lines is written back (a
     warning that GPU libraries failed to load stays visible), and everything when the
-    import fails. For the command line and the Spark Python workers that run our scoring,
-    never in a library's host process, whose standard error is not ours to take over."""
+    import fails. TensorFlow's retracing notice is held back from then on. For the command
+    line and the Spark Python workers that run our scoring, never in a library's host
+    process, whose standard error is not ours to take over."""
     if "keras" in sys.modules:
         return
     if sys.stderr is not None:
@@ -106,6 +111,9 @@ def import_keras_quietly() -> None:
             kept = lines if failed else [ln for ln in lines if not _IMPORT_NOISE.match(ln)]
             if kept:
                 os.write(2, b"".join(kept))
+    logging.getLogger("tensorflow").addFilter(
+        lambda record: _RETRACING_NOTICE not in record.getMessage()
+    )
 
 
 def _installed(module: str) -> bool:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from keras import ops
@@ -40,19 +40,34 @@ if TYPE_CHECKING:
     from anomaly.detector import Detector
 
 
+#: Records from which each engine's own location and scale are fitted: with fewer, they
+#: are loose enough to move the threshold by more than its calibration resolves.
+MIN_STANDARDISING_RECORDS = 20
+
+
+class _Standardised(NamedTuple):
+    """Records' standardised components and scores under one engine's statistics."""
+
+    components: dict[str, np.ndarray]
+    scores: np.ndarray
+
+
 def calibrate(
     engine: ScoringEngine,
     held_out: np.ndarray,
-    cross_fitted: Sequence[tuple[ScoringEngine, np.ndarray]] = (),
+    cross_fitted: Iterable[tuple[ScoringEngine, np.ndarray]] = (),
 ) -> ScoringParams:
     """Fit each component's location and scale on ``held_out``, then the threshold at the
     target FPR. ``cross_fitted`` pairs more engines with the records each never trained on
     (``training.calibration_folds``): each standardises its records by its own statistics,
-    and the threshold, tail and reference values are fitted on all the scores together."""
-    params, standard, scores = _standardised(engine, held_out)
-    parts = [(standard, scores)] + [_standardised(other, rows)[1:] for other, rows in cross_fitted]
-    scores = np.concatenate([part_scores for _, part_scores in parts])
-    standard = {name: np.concatenate([part[name] for part, _ in parts]) for name in COMPONENTS}
+    and the threshold, tail and reference values are fitted on all the scores together. It
+    is consumed one pair at a time, so that an engine can be let go once it has scored."""
+    params, deployed = _standardised(engine, held_out)
+    parts = [deployed, *(_standardised(other, rows)[1] for other, rows in cross_fitted)]
+    scores = np.concatenate([part.scores for part in parts])
+    components = {
+        name: np.concatenate([part.components[name] for part in parts]) for name in COMPONENTS
+    }
     if np.ptp(scores) == 0:
         raise DataError(
             f"the {len(scores)} normal records to calibrate on all score {scores[0]:.4g}: they "
@@ -65,13 +80,13 @@ def calibrate(
         threshold=tail.threshold(params.target_fpr),
         tail=tail.to_json(),
         reference_scores=reference_quantiles(scores),
-        reference_components={name: reference_quantiles(standard[name]) for name in COMPONENTS},
+        reference_components={name: reference_quantiles(components[name]) for name in COMPONENTS},
     )
 
 
 def _standardised(
     engine: ScoringEngine, records: np.ndarray
-) -> tuple[ScoringParams, dict[str, np.ndarray], np.ndarray]:
+) -> tuple[ScoringParams, _Standardised]:
     """``engine``'s parameters with each component's location and scale fitted on
     ``records``, and the records' standardised components and scores under them."""
     raw = engine.raw_components(records)
@@ -90,7 +105,8 @@ def _standardised(
             "the trained model scores held-out normal records as NaN or infinite: training "
             "diverged (see the health report's losses); lower training.learning_rate"
         )
-    return params, {name: ops.convert_to_numpy(standard[name]) for name in COMPONENTS}, scores
+    components = {name: ops.convert_to_numpy(standard[name]) for name in COMPONENTS}
+    return params, _Standardised(components, scores)
 
 
 def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector:
@@ -123,6 +139,7 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
     if too_few:
         health["warnings"].append(too_few)
     metadata = {k: v for k, v in detector.metadata.items() if k != "model_version"}
+    metadata.update(calibration_records=int(len(records)), calibration_folds=1)
     metadata["lineage"] = [
         *metadata.get("lineage", []),
         {

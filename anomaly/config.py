@@ -142,12 +142,31 @@ class TrainingConfig(_Section):
     trained on every record but that fold, scores it; the threshold and its tail are then
     fitted on every normal record's score from a model that never saw it. For small
     training sets (training warns when the held-out records are fewer than
-    ``1 / scoring.target_fpr``); it costs K - 1 more fits. Not in time-series mode."""
+    ``1 / scoring.target_fpr``); it costs K - 1 more fits. At least 3 with the default
+    held-out share, so that no fold holds more than half the records. Not in time-series
+    mode."""
     early_stopping_patience: int = Field(10, ge=1)
     """Epochs without improvement of the held-out reconstruction error before stopping."""
     seed: int = 0
     verbose: int = Field(0, ge=0, le=2)
     """Keras progress output during ``fit``: 0 silent, 1 progress bar, 2 one line per epoch."""
+
+    @model_validator(mode="after")
+    def _fold_models_train_on_most_records(self) -> TrainingConfig:
+        """A fold model trains on every record outside its fold: with a fold of more than
+        half of them it would be a much weaker model than the deployed one, and its scores
+        would not stand for the deployed model's (with 2 folds and the default held-out
+        share, it would train on the held-out 15 % alone)."""
+        folds, held = self.calibration_folds, self.validation_fraction
+        fold_share = (1 - held) / (folds - 1) if folds > 1 else 0.0
+        if fold_share > 0.5:
+            least = 1 + math.ceil(2 * (1 - held))
+            raise ValueError(
+                f"calibration_folds = {folds} with validation_fraction = {held:g} puts "
+                f"{fold_share:.0%} of the records in each fold, so its model would train on "
+                f"only {1 - fold_share:.0%} of them; use at least {least} folds"
+            )
+        return self
 
 
 class ScoringConfig(_Section):

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from anomaly import health, tables
-from anomaly.calibration import calibrate, resolution_warning
+from anomaly.calibration import MIN_STANDARDISING_RECORDS, calibrate, resolution_warning
 from anomaly.config import Config
 from anomaly.detector import Detector, Schema, default_jit_compile
 from anomaly.drift import DriftSummary
@@ -87,27 +87,28 @@ def train(
         )
         raise TrainingError(f"{len(records)} {made}; at least {MIN_RECORDS} are needed to train")
     fit_part, held_out = _split(records, config)
+    folds = _folds(fit_part, config.training.calibration_folds)
+    _progress(config, "model 1", len(fit_part))
     engine, model, history = _fit_engine(fit_part, held_out, config, parent, callbacks or [])
     generated = keras.ops.convert_to_numpy(
         model.generator(keras.random.normal((512, model.latent_dim), seed=0))
     )
     report = health.assess(history, generated, engine.standardizer.transform(fit_part))
 
-    cross_fitted = [
-        (_fit_engine(np.concatenate([held_out, rest]), fold, config, parent)[0], fold)
-        for rest, fold in _folds(fit_part, config.training.calibration_folds - 1)
-    ]
+    cross_fitted = _fold_models(folds, held_out, config, parent)
     engine = engine.with_params(calibrate(engine, held_out, cross_fitted))
-    n_calibration = len(held_out) + sum(len(fold) for _, fold in cross_fitted)
-    too_few = resolution_warning(n_calibration, config.scoring.target_fpr, _remedy(config))
-    if too_few:
-        report["warnings"].append(too_few)
-        warnings.warn(too_few, health.TrainingWarning, stacklevel=2)
+    calibration_records = len(records) if folds else len(held_out)
+    for too_few in (
+        resolution_warning(calibration_records, config.scoring.target_fpr, _remedy(config)),
+        _loose_statistics_warning(len(held_out)) if folds else None,
+    ):
+        if too_few:
+            report["warnings"].append(too_few)
+            warnings.warn(too_few, health.TrainingWarning, stacklevel=2)
     schema = Schema(feature_names, config.model.window, config.data.entity_column)
     drift_summary = DriftSummary.fit(feature_names, engine.params.reference_scores, rows)
-    meta = _metadata(rows, len(fit_part), len(held_out), history, time.perf_counter() - started)
-    meta["calibration_records"] = n_calibration
-    meta["calibration_folds"] = config.training.calibration_folds
+    seconds = time.perf_counter() - started
+    meta = _metadata(rows, fit_part, held_out, calibration_records, config, history, seconds)
     return Detector(engine, schema, config, meta, report, drift_summary)
 
 
@@ -161,19 +162,69 @@ def _remedy(config: Config) -> str:
     )
 
 
-def _folds(records: np.ndarray, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``n_folds`` contiguous folds of ``records`` (already in a random order: see
-    ``_split``), each as (the records outside it, the fold)."""
-    if n_folds == 0:
+def _folds(records: np.ndarray, calibration_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``calibration_folds - 1`` contiguous folds of ``records`` (in a random order
+    already: see ``_split``) that cross-fitting adds to the held-out share, each as (the
+    records outside it, the fold); none without cross-fitting. Refused before any training
+    when a fold would be too small for its own score statistics."""
+    if calibration_folds == 1:
         return []
+    smallest = len(records) // (calibration_folds - 1)
+    if smallest < MIN_STANDARDISING_RECORDS:
+        most = 1 + len(records) // MIN_STANDARDISING_RECORDS
+        instead = f"at most {most}" if most >= 3 else "1 (no cross-fitting)"
+        raise TrainingError(
+            f"training.calibration_folds = {calibration_folds} splits the {len(records)} "
+            f"records outside the held-out share into folds of {smallest}, too few to fit a "
+            f"fold model's score statistics on (at least {MIN_STANDARDISING_RECORDS}): set "
+            f"it to {instead}, or train on more normal rows"
+        )
     return [
         (np.delete(records, index, axis=0), records[index])
-        for index in np.array_split(np.arange(len(records)), n_folds)
+        for index in np.array_split(np.arange(len(records)), calibration_folds - 1)
     ]
 
 
-def _fit_engine(fit_part, held_out, config: Config, parent: Detector | None, callbacks=()):
-    """A GAN trained on ``fit_part`` (early-stopped on ``held_out``), in an uncalibrated
+def _fold_models(folds, held_out, config: Config, parent: Detector | None):
+    """Cross-fitting's models, one at a time: each trained on the held-out share and the
+    other folds, with the fold it never saw. A generator, so that ``calibrate`` can let each
+    go once it has scored its fold."""
+    for number, (rest, fold) in enumerate(folds, start=2):
+        fit_part = np.concatenate([held_out, rest])
+        _progress(config, f"cross-fitting model {number}", len(fit_part))
+        engine, _, history = _fit_engine(fit_part, fold, config, parent)
+        diverged = [name for name, values in history.items() if not np.isfinite(values).all()]
+        if diverged:
+            raise TrainingError(
+                f"cross-fitting model {number} of {config.training.calibration_folds} "
+                f"diverged ({', '.join(diverged)} became non-finite); lower "
+                "training.learning_rate"
+            )
+        yield engine, fold
+
+
+def _progress(config: Config, model: str, n_records: int) -> None:
+    """With cross-fitting and Keras progress output on, say which model the next progress
+    bars are for."""
+    folds = config.training.calibration_folds
+    if folds > 1 and config.training.verbose:
+        print(f"{model} of {folds}: training on {n_records} records", flush=True)
+
+
+def _loose_statistics_warning(n_held_out: int) -> str | None:
+    """With cross-fitting, every record calibrates the threshold, but the deployed model's
+    own component statistics still come from its held-out share alone."""
+    if n_held_out >= MIN_STANDARDISING_RECORDS:
+        return None
+    return (
+        f"the model's score statistics were fitted on its {n_held_out} held-out records, "
+        f"too few (at least {MIN_STANDARDISING_RECORDS}) to fix the scale its threshold "
+        "applies to; train on more normal rows or raise training.validation_fraction"
+    )
+
+
+def _fit_engine(fit_part, validation, config: Config, parent: Detector | None, callbacks=()):
+    """A GAN trained on ``fit_part`` (early-stopped on ``validation``), in an uncalibrated
     scoring engine, with the model and its training history. With ``parent``, training
     starts from its weights and keeps its standardisation."""
     standardizer = (
@@ -184,7 +235,7 @@ def _fit_engine(fit_part, held_out, config: Config, parent: Detector | None, cal
     x_fit = standardizer.transform(fit_part)
     initial = parent.engine.networks if parent else None
     model, history = _fit_gan(
-        x_fit, standardizer.transform(held_out), config, list(callbacks), initial
+        x_fit, standardizer.transform(validation), config, list(callbacks), initial
     )
     latent_prototypes = kmeans_prototypes(
         model.encoder.predict(x_fit, batch_size=config.scoring.batch_size, verbose=0),
@@ -296,7 +347,7 @@ _VERSIONED_PACKAGES = (
 )
 
 
-def _metadata(rows, n_fit, n_held, history, seconds) -> dict:
+def _metadata(rows, fit_part, held_out, calibration_records, config, history, seconds) -> dict:
     versions = {}
     for package in _VERSIONED_PACKAGES:
         try:
@@ -310,8 +361,10 @@ def _metadata(rows, n_fit, n_held, history, seconds) -> dict:
         "keras_backend": keras.backend.backend(),
         "training_data_sha256": hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest(),
         "training_rows": int(len(rows)),
-        "fit_records": int(n_fit),
-        "held_out_records": int(n_held),
+        "fit_records": int(len(fit_part)),
+        "held_out_records": int(len(held_out)),
+        "calibration_records": int(calibration_records),
+        "calibration_folds": config.training.calibration_folds,
         "training_seconds": round(seconds, 2),
         "final_metrics": {k: float(v[-1]) for k, v in history.items()},
     }

@@ -10,6 +10,7 @@ from scipy import stats
 
 import anomaly
 from anomaly.calibration import resolution_warning
+from anomaly.errors import TrainingError
 from anomaly.health import TrainingWarning
 from anomaly.tail import MIN_ORDER_POINTS, MISFIT_LEVEL, Tail
 from anomaly.training import _folds
@@ -130,13 +131,21 @@ def test_too_few_held_out_rows_are_named():
 
 
 def test_folds_split_the_records_once_each():
-    records = np.arange(23, dtype=np.float32).reshape(-1, 1)
-    folds = _folds(records, 4)
-    assert [len(fold) for _, fold in folds] == [6, 6, 6, 5]
-    assert sorted(np.concatenate([fold for _, fold in folds]).ravel()) == list(range(23))
+    records = np.arange(83, dtype=np.float32).reshape(-1, 1)
+    folds = _folds(records, 5)  # the held-out share and 4 folds of these records
+    assert [len(fold) for _, fold in folds] == [21, 21, 21, 20]
+    assert sorted(np.concatenate([fold for _, fold in folds]).ravel()) == list(range(83))
     for rest, fold in folds:
-        assert sorted(np.concatenate([rest, fold]).ravel()) == list(range(23))
-    assert _folds(records, 0) == []
+        assert sorted(np.concatenate([rest, fold]).ravel()) == list(range(83))
+    assert _folds(records, 1) == []
+
+
+def test_folds_too_small_for_their_own_statistics_are_refused_before_training():
+    records = np.zeros((60, 2), np.float32)
+    with pytest.raises(TrainingError, match="= 5 splits the 60 records .* folds of 15.*at most 4"):
+        _folds(records, 5)
+    with pytest.raises(TrainingError, match=r"folds of 1\b.*set it to 1 \(no cross-fitting\)"):
+        _folds(records[:3], 4)
 
 
 @pytest.mark.slow

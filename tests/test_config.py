@@ -166,6 +166,19 @@ def test_cross_fitting_is_refused_in_time_series_mode(tmp_path):
     )
 
 
+def test_cross_fitting_refuses_folds_larger_than_half_the_records(tmp_path):
+    message = config_error(tmp_path, "[training]\ncalibration_folds = 2\n")
+
+    assert message.endswith(
+        "invalid configuration: training: calibration_folds = 2 with validation_fraction = "
+        "0.15 puts 85% of the records in each fold, so its model would train on only 15% of "
+        "them; use at least 3 folds"
+    )
+    assert Config().updated(training={"calibration_folds": 3}).training.calibration_folds == 3
+    wide = {"calibration_folds": 2, "validation_fraction": 0.5}
+    assert Config().updated(training=wide).training.calibration_folds == 2
+
+
 def test_missing_toml_file_is_a_config_error_naming_it(tmp_path):
     with pytest.raises(ConfigError, match="configuration file not found: .*nowhere.toml"):
         Config.from_toml(tmp_path / "nowhere.toml")

@@ -50,6 +50,9 @@ def test_the_cli_writes_a_new_model_with_its_lineage(tiny_bundle, tiny_bundle_mi
     (lineage,) = child.metadata["lineage"]
     assert lineage["parent_version"] == parent.version
     assert lineage["calibration_records"] == 600 and lineage["calibration_file"] == str(data)
+    # the model's own record of what calibrated it is the fresh rows, not its training's
+    assert child.metadata["calibration_records"] == 600
+    assert child.metadata["calibration_folds"] == 1
     # As the README says: of the rows as float32 in the model's feature order, not the file's
     assert (
         lineage["calibration_data_sha256"]
