@@ -526,6 +526,34 @@ def test_installed_command_exits_2_with_one_error_line_on_stderr(model, tmp_path
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
+def test_cross_fitting_names_each_model_and_keeps_standard_error_for_warnings(tmp_path):
+    """Five fits of new networks of the same shapes: TensorFlow's retracing notice (a
+    WARNING line per function, on stderr) is not the user's concern and is held back."""
+    rows = np.random.default_rng(2).normal(size=(200, 3))
+    pd.DataFrame(rows, columns=["a", "b", "c"]).to_csv(data := tmp_path / "normal.csv", index=False)
+    (config := tmp_path / "small.toml").write_text("[training]\ncalibration_folds = 5\n")
+    command = [str(ANOMALY_SCRIPT), "train", "--data", str(data), "--out", str(tmp_path / "m")]
+    proc = subprocess.run(
+        [*command, "--config", str(config), "--steps", "5"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    headers = [line for line in proc.stdout.splitlines() if "of 5: training on" in line]
+    assert headers == [
+        "model 1 of 5: training on 170 records",
+        *(
+            f"cross-fitting model {n} of 5: training on {n_fit} records"
+            for n, n_fit in ((2, 157), (3, 157), (4, 158), (5, 158))
+        ),
+    ]
+    assert "retracing" not in proc.stderr
+    assert all(line.startswith("warning: ") for line in proc.stderr.splitlines()), proc.stderr
+
+
 def test_installed_command_exits_2_on_bad_usage(tmp_path):
     proc = subprocess.run(
         [str(ANOMALY_SCRIPT), "score", "--out", str(tmp_path / "out.csv")],
