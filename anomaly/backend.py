@@ -88,6 +88,9 @@ def import_keras_quietly() -> None:
     process, whose standard error is not ours to take over."""
     if "keras" in sys.modules:
         return
+    logging.getLogger("tensorflow").addFilter(
+        lambda record: _RETRACING_NOTICE not in record.getMessage()
+    )
     if sys.stderr is not None:
         sys.stderr.flush()
     try:
@@ -111,9 +114,6 @@ def import_keras_quietly() -> None:
             kept = lines if failed else [ln for ln in lines if not _IMPORT_NOISE.match(ln)]
             if kept:
                 os.write(2, b"".join(kept))
-    logging.getLogger("tensorflow").addFilter(
-        lambda record: _RETRACING_NOTICE not in record.getMessage()
-    )
 
 
 def _installed(module: str) -> bool:

@@ -63,7 +63,10 @@ def calibrate(
     and the threshold, tail and reference values are fitted on all the scores together. It
     is consumed one pair at a time, so that an engine can be let go once it has scored."""
     params, deployed = _standardised(engine, held_out)
-    parts = [deployed, *(_standardised(other, rows)[1] for other, rows in cross_fitted)]
+    parts = [deployed]
+    for other, rows in cross_fitted:
+        parts.append(_standardised(other, rows)[1])
+        del other  # before the next engine is trained
     scores = np.concatenate([part.scores for part in parts])
     components = {
         name: np.concatenate([part.components[name] for part in parts]) for name in COMPONENTS
@@ -102,8 +105,9 @@ def _standardised(
     scores = ops.convert_to_numpy(weighted_score(standard, params)).astype(np.float64)
     if not np.isfinite(scores).all():
         raise TrainingError(
-            "the trained model scores held-out normal records as NaN or infinite: training "
-            "diverged (see the health report's losses); lower training.learning_rate"
+            "a trained model (the deployed one, or one of cross-fitting's fold models) scores "
+            "normal records it did not train on as NaN or infinite: training diverged (see the "
+            "health report's losses); lower training.learning_rate"
         )
     components = {name: ops.convert_to_numpy(standard[name]) for name in COMPONENTS}
     return params, _Standardised(components, scores)

@@ -151,6 +151,11 @@ class TrainingConfig(_Section):
     verbose: int = Field(0, ge=0, le=2)
     """Keras progress output during ``fit``: 0 silent, 1 progress bar, 2 one line per epoch."""
 
+    @property
+    def fewest_calibration_folds(self) -> int:
+        """The fewest folds (above 1) that put no more than half the records in a fold."""
+        return 2 if self.validation_fraction >= 0.5 else 3
+
     @model_validator(mode="after")
     def _fold_models_train_on_most_records(self) -> TrainingConfig:
         """A fold model trains on every record outside its fold: with a fold of more than
@@ -158,13 +163,12 @@ class TrainingConfig(_Section):
         would not stand for the deployed model's (with 2 folds and the default held-out
         share, it would train on the held-out 15 % alone)."""
         folds, held = self.calibration_folds, self.validation_fraction
-        fold_share = (1 - held) / (folds - 1) if folds > 1 else 0.0
-        if fold_share > 0.5:
-            least = 1 + math.ceil(2 * (1 - held))
+        if 1 < folds < self.fewest_calibration_folds:
             raise ValueError(
-                f"calibration_folds = {folds} with validation_fraction = {held:g} puts "
-                f"{fold_share:.0%} of the records in each fold, so its model would train on "
-                f"only {1 - fold_share:.0%} of them; use at least {least} folds"
+                f"calibration_folds = {folds} with validation_fraction = {held:g} puts more "
+                f"than half the records ({1 - held:.1%}) in the fold, so its model would train "
+                f"on the held-out {held:.1%} alone; use at least 3 folds, or a "
+                "validation_fraction of 0.5 or more"
             )
         return self
 

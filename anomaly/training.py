@@ -22,7 +22,7 @@ import numpy as np
 
 from anomaly import health, tables
 from anomaly.calibration import MIN_STANDARDISING_RECORDS, calibrate, resolution_warning
-from anomaly.config import Config
+from anomaly.config import Config, TrainingConfig
 from anomaly.detector import Detector, Schema, default_jit_compile
 from anomaly.drift import DriftSummary
 from anomaly.errors import TrainingError
@@ -53,7 +53,8 @@ def train(
 
     In time-series mode (``config.model.window``) rows must be in time order; ``entities``
     (one value per row) keeps the series of different entities apart. ``callbacks`` are
-    passed to ``keras.Model.fit`` (checkpoints, TensorBoard, ...). With ``parent`` (see
+    passed to ``keras.Model.fit`` of the deployed model (checkpoints, TensorBoard, ...), not
+    to cross-fitting's fold models. With ``parent`` (see
     ``retrain``), training starts from the parent's weights and keeps its standardisation.
     """
     config = config or Config()
@@ -87,7 +88,7 @@ def train(
         )
         raise TrainingError(f"{len(records)} {made}; at least {MIN_RECORDS} are needed to train")
     fit_part, held_out = _split(records, config)
-    folds = _folds(fit_part, config.training.calibration_folds)
+    folds = _folds(fit_part, config.training)
     _progress(config, "model 1", len(fit_part))
     engine, model, history = _fit_engine(fit_part, held_out, config, parent, callbacks or [])
     generated = keras.ops.convert_to_numpy(
@@ -99,7 +100,9 @@ def train(
     engine = engine.with_params(calibrate(engine, held_out, cross_fitted))
     calibration_records = len(records) if folds else len(held_out)
     for too_few in (
-        resolution_warning(calibration_records, config.scoring.target_fpr, _remedy(config)),
+        resolution_warning(
+            calibration_records, config.scoring.target_fpr, _remedy(config, len(fit_part))
+        ),
         _loose_statistics_warning(len(held_out)) if folds else None,
     ):
         if too_few:
@@ -121,10 +124,14 @@ def retrain(
 ) -> Detector:
     """A new model trained from ``parent``'s weights on fresh normal ``rows`` (the same
     features, in the same order), for ``steps`` generator updates (default: the parent's
-    ``training.steps``), then calibrated on its held-out share. It keeps the parent's
-    configuration and standardisation, so the networks see inputs scaled as before; its
-    metadata names the parent, and its health report holds the parent's beside its own."""
-    config = parent.config.updated(training={"steps": steps})
+    ``training.steps``), then calibrated as its configuration says (on its held-out share,
+    and with ``training.calibration_folds`` on every record, with fewer folds where the
+    fresh rows are too few for the parent's). It keeps the parent's configuration and
+    standardisation, so the networks see inputs scaled as before; its metadata names the
+    parent, and its health report holds the parent's beside its own."""
+    config, fewer_folds = _fewer_folds_for(
+        len(rows), parent.config.updated(training={"steps": steps})
+    )
     started_from = {
         "parent_version": parent.version,
         "retrained_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -134,6 +141,9 @@ def retrain(
         rows, config, feature_names=parent.feature_names, entities=entities, parent=parent
     )
     child.metadata["lineage"] = [*parent.metadata.get("lineage", []), started_from]
+    if fewer_folds:
+        child.health["warnings"].append(fewer_folds)
+        warnings.warn(fewer_folds, health.TrainingWarning, stacklevel=2)
     child.health["parent"] = {
         "model_version": parent.version,
         "final_metrics": parent.metadata.get("final_metrics", {}),
@@ -142,46 +152,79 @@ def retrain(
     return child
 
 
+def _fewer_folds_for(n_rows: int, config: Config) -> tuple[Config, str | None]:
+    """``config`` with no more cross-fitting folds than ``n_rows`` fresh rows allow, and a
+    warning saying so where it lowered them: a retrained model keeps its parent's
+    configuration, which its user cannot change, and a small batch should retrain with
+    fewer folds, not fail."""
+    training = config.training
+    folds = _most_calibration_folds(
+        n_rows - _held_out_count(n_rows, training), training, up_to=training.calibration_folds
+    )
+    if folds == training.calibration_folds:
+        return config, None
+    return config.updated(training={"calibration_folds": folds}), (
+        f"the parent model cross-fitted with training.calibration_folds = "
+        f"{training.calibration_folds}; {n_rows} fresh rows allow {folds}, so this model used "
+        f"{folds}"
+    )
+
+
 def _split(records, config):
     """Hold out normal records for calibration: a random share of rows, or the latest
     windows in time-series mode (calibrating on the future is the honest test)."""
-    n_held = max(1, int(round(len(records) * config.training.validation_fraction)))
+    n_held = _held_out_count(len(records), config.training)
     if config.model.window is not None:
         return records[:-n_held], records[-n_held:]
     order = np.random.default_rng(config.training.seed).permutation(len(records))
     return records[order[n_held:]], records[order[:n_held]]
 
 
-def _remedy(config: Config) -> str:
-    """What to do about too few calibration records, given what training did."""
-    if config.training.calibration_folds > 1 or config.model.window is not None:
-        return "train on more normal rows"
+def _held_out_count(n_records: int, training: TrainingConfig) -> int:
+    return max(1, int(round(n_records * training.validation_fraction)))
+
+
+def _remedy(config: Config, n_fit: int) -> str:
+    """What to do about too few calibration records, given what training did and the
+    ``n_fit`` records outside the held-out share."""
+    folds = _most_calibration_folds(n_fit, config.training)
+    if config.training.calibration_folds > 1 or config.model.window is not None or folds == 1:
+        return "train on more normal rows, or raise training.validation_fraction"
     return (
-        "train on more normal rows, or set training.calibration_folds = 5 to calibrate on "
-        "every training record (at the cost of 4 more fits)"
+        f"train on more normal rows, or set training.calibration_folds = {folds} to calibrate "
+        f"on every training record (at the cost of {folds - 1} more fits)"
     )
 
 
-def _folds(records: np.ndarray, calibration_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The ``calibration_folds - 1`` contiguous folds of ``records`` (in a random order
-    already: see ``_split``) that cross-fitting adds to the held-out share, each as (the
-    records outside it, the fold); none without cross-fitting. Refused before any training
-    when a fold would be too small for its own score statistics."""
-    if calibration_folds == 1:
+def _most_calibration_folds(n_fit: int, training: TrainingConfig, up_to: int = 5) -> int:
+    """The most folds, up to ``up_to``, that leave ``n_fit`` records in folds of at least
+    ``MIN_STANDARDISING_RECORDS``; 1 (no cross-fitting) where that is fewer than the
+    configuration accepts."""
+    most = min(up_to, 1 + n_fit // MIN_STANDARDISING_RECORDS)
+    return most if most >= training.fewest_calibration_folds else 1
+
+
+def _folds(records: np.ndarray, training: TrainingConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``training.calibration_folds - 1`` contiguous folds of ``records`` (in a random
+    order already: see ``_split``) that cross-fitting adds to the held-out share, each as
+    (the records outside it, the fold); none without cross-fitting. Refused before any
+    training when a fold would be too small for its own score statistics."""
+    n_folds = training.calibration_folds - 1
+    if n_folds == 0:
         return []
-    smallest = len(records) // (calibration_folds - 1)
+    smallest = len(records) // n_folds
     if smallest < MIN_STANDARDISING_RECORDS:
-        most = 1 + len(records) // MIN_STANDARDISING_RECORDS
-        instead = f"at most {most}" if most >= 3 else "1 (no cross-fitting)"
+        most = _most_calibration_folds(len(records), training, up_to=training.calibration_folds)
+        instead = f"at most {most}" if most > 1 else "1 (no cross-fitting)"
         raise TrainingError(
-            f"training.calibration_folds = {calibration_folds} splits the {len(records)} "
-            f"records outside the held-out share into folds of {smallest}, too few to fit a "
-            f"fold model's score statistics on (at least {MIN_STANDARDISING_RECORDS}): set "
-            f"it to {instead}, or train on more normal rows"
+            f"training.calibration_folds = {training.calibration_folds} splits the "
+            f"{len(records)} records outside the held-out share into folds of {smallest}, too "
+            f"few to fit a fold model's score statistics on (at least "
+            f"{MIN_STANDARDISING_RECORDS}): set it to {instead}, or train on more normal rows"
         )
     return [
         (np.delete(records, index, axis=0), records[index])
-        for index in np.array_split(np.arange(len(records)), calibration_folds - 1)
+        for index in np.array_split(np.arange(len(records)), n_folds)
     ]
 
 
@@ -192,15 +235,9 @@ def _fold_models(folds, held_out, config: Config, parent: Detector | None):
     for number, (rest, fold) in enumerate(folds, start=2):
         fit_part = np.concatenate([held_out, rest])
         _progress(config, f"cross-fitting model {number}", len(fit_part))
-        engine, _, history = _fit_engine(fit_part, fold, config, parent)
-        diverged = [name for name, values in history.items() if not np.isfinite(values).all()]
-        if diverged:
-            raise TrainingError(
-                f"cross-fitting model {number} of {config.training.calibration_folds} "
-                f"diverged ({', '.join(diverged)} became non-finite); lower "
-                "training.learning_rate"
-            )
+        engine = _fit_engine(fit_part, fold, config, parent)[0]
         yield engine, fold
+        del engine
 
 
 def _progress(config: Config, model: str, n_records: int) -> None:

@@ -13,7 +13,7 @@ from anomaly.calibration import resolution_warning
 from anomaly.errors import TrainingError
 from anomaly.health import TrainingWarning
 from anomaly.tail import MIN_ORDER_POINTS, MISFIT_LEVEL, Tail
-from anomaly.training import _folds
+from anomaly.training import _fewer_folds_for, _folds, _remedy
 from pipelines.bench.tail_study import RareFarTail
 
 TARGETS = (0.01, 0.001)
@@ -130,22 +130,52 @@ def test_too_few_held_out_rows_are_named():
     assert message.endswith("; train on more")
 
 
+def folds_of(n: int, **training) -> anomaly.Config:
+    return anomaly.Config().updated(training={"calibration_folds": n, **training})
+
+
 def test_folds_split_the_records_once_each():
     records = np.arange(83, dtype=np.float32).reshape(-1, 1)
-    folds = _folds(records, 5)  # the held-out share and 4 folds of these records
+    folds = _folds(records, folds_of(5).training)  # the held-out share and 4 folds of these
     assert [len(fold) for _, fold in folds] == [21, 21, 21, 20]
     assert sorted(np.concatenate([fold for _, fold in folds]).ravel()) == list(range(83))
     for rest, fold in folds:
         assert sorted(np.concatenate([rest, fold]).ravel()) == list(range(83))
-    assert _folds(records, 1) == []
+    assert _folds(records, folds_of(1).training) == []
 
 
 def test_folds_too_small_for_their_own_statistics_are_refused_before_training():
     records = np.zeros((60, 2), np.float32)
     with pytest.raises(TrainingError, match="= 5 splits the 60 records .* folds of 15.*at most 4"):
-        _folds(records, 5)
-    with pytest.raises(TrainingError, match=r"folds of 1\b.*set it to 1 \(no cross-fitting\)"):
-        _folds(records[:3], 4)
+        _folds(records, folds_of(5).training)
+    with pytest.raises(TrainingError, match=r"folds of 10\b.*set it to 1 \(no cross-fitting\)"):
+        _folds(records[:30], folds_of(4).training)
+    # with half the records held out, 2 folds are accepted, and suggested where they fit
+    with pytest.raises(TrainingError, match="folds of 10.*set it to at most 2"):
+        _folds(records[:30], folds_of(4, validation_fraction=0.5).training)
+
+
+def test_the_small_data_warning_suggests_only_folds_training_would_accept():
+    assert "calibration_folds = 5 " in _remedy(anomaly.Config(), 85)
+    assert "calibration_folds = 3 " in _remedy(anomaly.Config(), 59)
+    for config, n_fit in ((anomaly.Config(), 39), (folds_of(3), 300)):
+        assert _remedy(config, n_fit) == (
+            "train on more normal rows, or raise training.validation_fraction"
+        )
+    windowed = anomaly.Config().updated(model={"window": 8})
+    assert "calibration_folds" not in _remedy(windowed, 300)
+
+
+def test_retraining_on_a_small_batch_lowers_the_parents_folds_and_says_so():
+    config, note = _fewer_folds_for(80, folds_of(5))  # 68 outside the held-out 12: 4 folds
+    assert config.training.calibration_folds == 4
+    assert note == (
+        "the parent model cross-fitted with training.calibration_folds = 5; 80 fresh rows "
+        "allow 4, so this model used 4"
+    )
+    assert _fewer_folds_for(1000, folds_of(5)) == (folds_of(5), None)
+    assert _fewer_folds_for(40, folds_of(5))[0].training.calibration_folds == 1
+    assert _fewer_folds_for(40, anomaly.Config()) == (anomaly.Config(), None)
 
 
 @pytest.mark.slow

@@ -171,8 +171,9 @@ def test_cross_fitting_refuses_folds_larger_than_half_the_records(tmp_path):
 
     assert message.endswith(
         "invalid configuration: training: calibration_folds = 2 with validation_fraction = "
-        "0.15 puts 85% of the records in each fold, so its model would train on only 15% of "
-        "them; use at least 3 folds"
+        "0.15 puts more than half the records (85.0%) in the fold, so its model would train on "
+        "the held-out 15.0% alone; use at least 3 folds, or a validation_fraction of 0.5 or "
+        "more"
     )
     assert Config().updated(training={"calibration_folds": 3}).training.calibration_folds == 3
     wide = {"calibration_folds": 2, "validation_fraction": 0.5}
