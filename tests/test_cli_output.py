@@ -23,7 +23,7 @@ def test_train_prints_each_training_warning_once(tmp_path: Path):
         result = CliRunner().invoke(cli, [*args, "--steps", "2"])
 
     assert result.exit_code == 0, result.output
-    assert result.stderr.count("warning: the threshold was calibrated on 30 held-out") == 1
+    assert result.stderr.count("warning: the threshold was calibrated on 30 normal records") == 1
     assert not [w for w in issued if issubclass(w.category, TrainingWarning)]
 
 
