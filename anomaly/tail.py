@@ -20,12 +20,13 @@ where it holds:
   every peak above ``t``, so it resolves rates far below ``1 / n``.
 
 ``Tail.threshold`` takes the order statistic when at least ``MIN_ORDER_POINTS`` calibration
-scores are expected above it, and the fitted tail otherwise, unless the calibration scores
-reject the fit: more of them lie above its thresholds than chance allows (``misfit``). A few
-dozen peaks can hide a tail far heavier than any shape the fit may take (normal records of a
-rare kind that the model scores very high); the fitted threshold then sits too low and fires
-several times the target. Where the fit is rejected, the order statistic is used down to the
-rate of the largest calibration score, and the fit is not trusted below the largest score.
+scores are expected above it, and the fitted tail otherwise, unless the fit is a ``misfit``:
+its shape sits at the largest the fit may take, or the calibration scores reject it (more of
+them lie above its thresholds than chance allows). Both mean a tail heavier than the fit can
+follow (normal records of a rare kind that the model scores very high, as in the shuttle and
+breastw sets); the fitted threshold then sits too low and fires several times the target.
+Where the fit is a misfit, the order statistic is used down to the rate of the largest
+calibration score, and the fit is not trusted below the largest score.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ KEPT_SCORES = 1000
 PEAK_SHARE, MIN_PEAKS = 0.02, 30
 #: Bounds on the fitted shape: a few dozen peaks cannot tell more, and a strongly negative
 #: shape (a bounded tail just above the largest peak) would put the threshold where the
-#: next normal score can pass it.
+#: next normal score can pass it. A fit that reaches the upper bound is a misfit: its tail
+#: wants to be heavier, and extrapolating it would understate the rate.
 SHAPE_BOUNDS = (0.0, 0.5)
 #: Family-wise level at which the calibration scores reject the fitted tail (a one-sided
 #: binomial test of the count above its threshold at each rate it replaces the order
@@ -65,8 +67,8 @@ class Tail:
     shape: float
     scale: float
     misfit: bool = False
-    """The calibration scores reject the fitted tail (``rejected_by``); False in bundles
-    saved before the check."""
+    """The fit cannot follow the tail: its shape is at the upper bound, or the calibration
+    scores reject it (``rejected_by``); False in bundles saved before the check."""
 
     @classmethod
     def fit(cls, scores: np.ndarray, up_to_rate: float = 0.0) -> Tail:
@@ -89,7 +91,7 @@ class Tail:
             shape=shape,
             scale=scale,
         )
-        return replace(tail, misfit=tail.rejected_by(scores))
+        return replace(tail, misfit=shape >= SHAPE_BOUNDS[1] or tail.rejected_by(scores))
 
     def rejected_by(self, scores: np.ndarray) -> bool:
         """Whether the calibration ``scores`` reject the fitted tail: at some rate ``j / (n +
