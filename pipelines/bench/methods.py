@@ -34,7 +34,9 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
     combined score with AnoGAN-style latent refinement. Its info also holds the thresholds
     the detector's calibration gives at ``CALIBRATION_TARGETS`` and, for label-free
     studies, the standardised components of TEST, of the held-out normal rows the detector
-    calibrated on, and of synthetic anomalies made from those (``synthetic_anomalies``)."""
+    calibrated on, and of synthetic anomalies made from those (``synthetic_anomalies``),
+    and the largest calibration scores the threshold was fitted on (all of them on the
+    small sets; with ``training.calibration_folds``, the fold models' too)."""
 
     def method(train, test, seed):
         from anomaly.training import _split
@@ -68,6 +70,8 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
                 "held_out": _components(detector.score(held_out)),
                 "synthetic": _components(detector.score(synthetic)),
                 "synthetic_kind": kinds,
+                "calibration_largest": np.asarray(detector.engine.params.tail["largest"]),
+                "calibration_n": detector.engine.params.tail["n"],
             },
         }
         return variants, info
