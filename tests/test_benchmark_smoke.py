@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from pipelines import benchmark
-from pipelines.bench import nab_corpus, nab_scorer, tabular, timeseries
+from pipelines.bench import nab_corpus, nab_scorer, tabular, tail_study, timeseries
 from tests._support import unavailable
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def _have_data() -> bool:
 
 
 @pytest.mark.usefixtures("shared_data")
-def test_quick_benchmark_end_to_end(tmp_path):
+def test_quick_benchmark_end_to_end(tmp_path, capsys):
     rc = benchmark.main(["--suite", "all", "--quick", "--nab-steps", "10", "--out", str(tmp_path)])
     assert rc == 0
 
@@ -63,6 +64,14 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert "health" not in by_method["iforest"]
     assert "### Training health of the GAN fits" in table
     assert f"| gan | 1 | {int(health['mode_collapse'])} |" in table
+
+    # every calibration score is kept, so the tail study refits the threshold the product set
+    fit = np.load(tmp_path / "components" / f"{benchmark.QUICK_DATASET}__gan__seed0.npz")
+    n = by_method["gan"]["calibration_rows"]
+    assert len(fit["calibration_largest"]) == int(fit["calibration_n"]) == n
+    capsys.readouterr()
+    tail_study.real_fits(tmp_path / "components")
+    assert f"| {benchmark.QUICK_DATASET} | {n} |" in capsys.readouterr().out
 
     result = json.loads((tmp_path / "nab_results.json").read_text())
     assert result["series"] == 2

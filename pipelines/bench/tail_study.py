@@ -1,7 +1,8 @@
 """The threshold between the order statistic and the tail fit (``anomaly.tail``): where
 fewer than ``MIN_ORDER_POINTS`` calibration scores are expected above it, the tail fit
-is used unless the calibration scores reject it (``Tail.misfit``). Measured on synthetic
-scores and on a benchmark run's real ones.
+is used unless it is a misfit (``Tail.misfit``: its shape at the upper bound, or the
+calibration scores reject it). Measured on synthetic scores and on a benchmark run's real
+ones.
 
 For each distribution, calibration size ``n`` and rate ``alpha`` with ``m = (n + 1) alpha``
 scores expected above the threshold between 1 and 10 (where the estimates compete), it
@@ -18,11 +19,15 @@ practice (Coles 2001, section 9.1.2). It aims at the mean rate over calibration 
 that the plug-in fit overshoots on heavy tails.
 
 With ``--components DIR`` (the ``components/`` folder a tabular benchmark run keeps) it
-also recomputes, for each fit, the threshold with and without the check from the held-out normal
-scores the detector calibrated on, and the rate it realises on TEST's normal rows (the
-anomalies' labels are not used).
+also recomputes, for each fit, each estimate's threshold from the scores the detector
+calibrated on (with cross-fitting, the fold models' too), and the rate it realises on TEST's
+normal rows (the anomalies' labels are not used). With ``--resamples K`` as well, it splits
+each fit's held-out and TEST normal scores at random ``K`` times into calibration sets of
+other sizes and new normal scores: real tails at the calibration sizes cross-fitting or a
+larger held-out share would give, without refitting.
 
     python -m pipelines.bench.tail_study [--samples 400] [--components runs/x/components]
+        [--resamples 200]
 """
 
 from __future__ import annotations
@@ -134,15 +139,16 @@ def predictive_threshold(tail: Tail, alpha: float, nodes: int = 12) -> float:
     return max(tail.peaks_from + excess, floor)
 
 
-def estimates(tail: Tail, alpha: float) -> dict[str, float]:
+def estimates(tail: Tail, alpha: float, scores: np.ndarray) -> dict[str, float]:
     """The threshold at ``alpha`` of: the order statistic alone (where ``(n + 1) alpha >=
-    1``), the product before the misfit check (``Tail.threshold`` of the same fit with the
-    check off), the product (``Tail.threshold``) and the predictive ablation."""
+    1``), the fitted tail without a misfit check, with the rejection test alone (the
+    product's rule before a fit at the shape bound counted as a misfit) and the product
+    (``Tail.threshold``). ``scores`` are those ``tail`` was fitted on."""
     found = {"order statistic": tail._order_statistic(alpha)} if (tail.n + 1) * alpha >= 1 else {}
     return found | {
         "tail fit, unchecked": replace(tail, misfit=False).threshold(alpha),
+        "rejection test only": replace(tail, misfit=tail.rejected_by(scores)).threshold(alpha),
         "product": tail.threshold(alpha),
-        "predictive (ablation)": predictive_threshold(tail, alpha),
     }
 
 
@@ -159,9 +165,12 @@ def study(samples: int) -> None:
             rates: dict[str, list[float]] = {}
             misfits = 0
             for _ in range(samples):
-                tail = Tail.fit(distribution.rvs(n, random_state=rng), up_to_rate=alpha)
+                scores = distribution.rvs(n, random_state=rng)
+                tail = Tail.fit(scores, up_to_rate=alpha)
                 misfits += tail.misfit
-                for estimate, threshold in estimates(tail, alpha).items():
+                found = estimates(tail, alpha, scores)
+                found["predictive (ablation)"] = predictive_threshold(tail, alpha)
+                for estimate, threshold in found.items():
                     rates.setdefault(estimate, []).append(distribution.sf(threshold))
             for estimate, values in rates.items():
                 values = np.asarray(values)
@@ -173,43 +182,90 @@ def study(samples: int) -> None:
                 )
 
 
+def _saved_fits(components: Path):
+    """Each saved fit's set, its calibration scores (all of them where the run kept them,
+    with cross-fitting the fold models' too; else the deployed model's held-out ones) and
+    its TEST normal rows' scores, under the default weights."""
+    weights = np.array([Config().scoring.weights.get(name, 0.0) for name in COMPONENTS])
+    for path in sorted(components.glob("*__gan__seed*.npz")):
+        saved = np.load(path)
+        calibration = saved["held_out"].astype(np.float64) @ weights
+        if "calibration_largest" in saved and len(saved["calibration_largest"]) == int(
+            saved["calibration_n"]
+        ):
+            calibration = saved["calibration_largest"].astype(np.float64)
+        normal = saved["test"][saved["y_test"] == 0].astype(np.float64) @ weights
+        yield path.name.split("__")[0], calibration, normal
+
+
+def _print_rates(realised: dict[tuple, list[float]], misfits: dict[tuple, list[bool]]) -> None:
+    print("\n| set | calibration scores | fit a misfit | target | estimate | mean rate (range) |")
+    print("| --- | ---: | ---: | ---: | --- | ---: |")
+    for (dataset, n, alpha, estimate), rates in sorted(realised.items()):
+        flags = misfits[dataset, n]
+        print(
+            f"| {dataset} | {n} | {sum(flags) / len(flags):.0%} | {alpha:.1%} | {estimate} | "
+            f"{np.mean(rates):.2%} ({min(rates):.2%}-{max(rates):.2%}) |"
+        )
+
+
+def _measure(realised, misfits, dataset, calibration, normal) -> None:
+    tail = Tail.fit(calibration, up_to_rate=0.01)
+    misfits.setdefault((dataset, len(calibration)), []).append(tail.misfit)
+    for alpha in (0.01, 0.001):
+        for estimate, threshold in estimates(tail, alpha, calibration).items():
+            key = (dataset, len(calibration), alpha, estimate)
+            realised.setdefault(key, []).append(float(np.mean(normal > threshold)))
+
+
 def real_fits(components: Path) -> None:
-    """The realised rate on TEST's normal rows of the product's threshold with and without
-    the misfit check, per set and target (mean and range over seeds)."""
+    """The realised rate on TEST's normal rows of each estimate's threshold from the
+    scores each fit calibrated on, per set and target (mean and range over seeds)."""
+    realised: dict[tuple, list[float]] = {}
+    misfits: dict[tuple, list[bool]] = {}
+    for dataset, calibration, normal in _saved_fits(components):
+        _measure(realised, misfits, dataset, calibration, normal)
+    _print_rates(realised, misfits)
+
+
+def resampled_fits(components: Path, samples: int) -> None:
+    """The same on real scores at other calibration sizes: each fit's held-out and TEST
+    normal scores (one model's, so exchangeable) pooled and split at random, ``samples``
+    times, into calibration scores (as many as held out, 100 and 200, where 50 or more are
+    left to measure on) and new normal scores. Mean and range over all splits of all seeds."""
+    rng = np.random.default_rng(0)
     weights = np.array([Config().scoring.weights.get(name, 0.0) for name in COMPONENTS])
     realised: dict[tuple, list[float]] = {}
-    misfits: dict[str, list[bool]] = {}
+    misfits: dict[tuple, list[bool]] = {}
     for path in sorted(components.glob("*__gan__seed*.npz")):
-        dataset = path.name.split("__")[0]
         saved = np.load(path)
         held_out = saved["held_out"].astype(np.float64) @ weights
         normal = saved["test"][saved["y_test"] == 0].astype(np.float64) @ weights
-        tail = Tail.fit(held_out, up_to_rate=0.01)
-        misfits.setdefault(dataset, []).append(tail.misfit)
-        for alpha in (0.01, 0.001):
-            for estimate, threshold in estimates(tail, alpha).items():
-                if estimate != "order statistic":
-                    key = (dataset, len(held_out), alpha, estimate)
-                    realised.setdefault(key, []).append(float(np.mean(normal > threshold)))
-    print("\n| set | held-out rows | fit rejected | target | estimate | mean rate (range) |")
-    print("| --- | ---: | ---: | ---: | --- | ---: |")
-    for (dataset, n, alpha, estimate), rates in sorted(realised.items()):
-        rejected = f"{sum(misfits[dataset])} of {len(rates)}"
-        print(
-            f"| {dataset} | {n} | {rejected} | {alpha:.1%} | {estimate} | {np.mean(rates):.2%} "
-            f"({min(rates):.2%}-{max(rates):.2%}) |"
-        )
+        pool = np.concatenate([held_out, normal])
+        for size in sorted({len(held_out), 100, 200}):
+            if len(pool) - size < 50:
+                continue
+            for _ in range(samples):
+                order = rng.permutation(len(pool))
+                calibration, new = pool[order[:size]], pool[order[size:]]
+                _measure(realised, misfits, path.name.split("__")[0], calibration, new)
+    _print_rates(realised, misfits)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=400, help="0: skip the simulation")
     parser.add_argument("--components", type=Path, help="a tabular run's components/ folder")
+    parser.add_argument(
+        "--resamples", type=int, default=0, help="with --components: random splits per fit"
+    )
     args = parser.parse_args()
     if args.samples:
         study(args.samples)
     if args.components:
         real_fits(args.components)
+        if args.resamples:
+            resampled_fits(args.components, args.resamples)
 
 
 if __name__ == "__main__":
