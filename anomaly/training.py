@@ -96,7 +96,7 @@ def train(
     )
     report = health.assess(history, generated, engine.standardizer.transform(fit_part))
 
-    cross_fitted = _fold_models(folds, held_out, config, parent)
+    cross_fitted = _fold_models(folds, held_out, config, parent, _best_epochs(history))
     engine = engine.with_params(calibrate(engine, held_out, cross_fitted))
     calibration_records = len(records) if folds else len(held_out)
     for too_few in (
@@ -228,16 +228,25 @@ def _folds(records: np.ndarray, training: TrainingConfig) -> list[tuple[np.ndarr
     ]
 
 
-def _fold_models(folds, held_out, config: Config, parent: Detector | None):
+def _fold_models(folds, held_out, config: Config, parent: Detector | None, epochs: int):
     """Cross-fitting's models, one at a time: each trained on the held-out share and the
-    other folds, with the fold it never saw. A generator, so that ``calibrate`` can let each
-    go once it has scored its fold."""
+    other folds, with the fold it never saw. Each trains for the ``epochs`` early stopping
+    chose for the deployed model, not early-stopped on its fold: a fold that picked its
+    model's best epoch would score lower than new records do, and the threshold calibrated
+    on it would fire more often than its target. A generator, so that ``calibrate`` can let
+    each go once it has scored its fold."""
     for number, (rest, fold) in enumerate(folds, start=2):
         fit_part = np.concatenate([held_out, rest])
         _progress(config, f"cross-fitting model {number}", len(fit_part))
-        engine = _fit_engine(fit_part, fold, config, parent)[0]
+        engine = _fit_engine(fit_part, None, config, parent, epochs=epochs)[0]
         yield engine, fold
         del engine
+
+
+def _best_epochs(history: dict) -> int:
+    """Epochs to the one early stopping restored: the first with the lowest validation
+    reconstruction error."""
+    return int(np.argmin(history["val_reconstruction"])) + 1
 
 
 def _progress(config: Config, model: str, n_records: int) -> None:
@@ -260,10 +269,12 @@ def _loose_statistics_warning(n_held_out: int) -> str | None:
     )
 
 
-def _fit_engine(fit_part, validation, config: Config, parent: Detector | None, callbacks=()):
-    """A GAN trained on ``fit_part`` (early-stopped on ``validation``), in an uncalibrated
-    scoring engine, with the model and its training history. With ``parent``, training
-    starts from its weights and keeps its standardisation."""
+def _fit_engine(
+    fit_part, validation, config: Config, parent: Detector | None, callbacks=(), epochs=None
+):
+    """A GAN trained on ``fit_part`` (early-stopped on ``validation``; without one, for
+    ``epochs``), in an uncalibrated scoring engine, with the model and its training history.
+    With ``parent``, training starts from its weights and keeps its standardisation."""
     standardizer = (
         parent.engine.standardizer
         if parent
@@ -271,9 +282,8 @@ def _fit_engine(fit_part, validation, config: Config, parent: Detector | None, c
     )
     x_fit = standardizer.transform(fit_part)
     initial = parent.engine.networks if parent else None
-    model, history = _fit_gan(
-        x_fit, standardizer.transform(validation), config, list(callbacks), initial
-    )
+    x_held = None if validation is None else standardizer.transform(validation)
+    model, history = _fit_gan(x_fit, x_held, config, list(callbacks), initial, epochs)
     latent_prototypes = kmeans_prototypes(
         model.encoder.predict(x_fit, batch_size=config.scoring.batch_size, verbose=0),
         config.scoring.latent_prototypes,
@@ -298,7 +308,9 @@ def _latent_dim(config: Config, record_shape: tuple[int, ...]) -> int:
     return config.model.latent_dim or min(32, max(2, math.prod(record_shape)))
 
 
-def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None):
+def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None, epochs=None):
+    """The GAN trained on ``x_fit``, early-stopped on ``x_held`` (restoring its best
+    epoch); without ``x_held``, for ``epochs`` epochs."""
     t, m = config.training, config.model
     encoder, generator, critic = build_networks(
         x_fit.shape[1:],
@@ -328,20 +340,24 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None):
         _MIN_STEPS_PER_EPOCH, math.ceil(len(x_fit) / batch_size)
     )
     steps_per_epoch = min(steps_per_epoch, t.steps)
-    epochs = math.ceil(t.steps / steps_per_epoch)
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_reconstruction",
-        mode="min",
-        patience=t.early_stopping_patience,
-        restore_best_weights=True,
-    )
+    if x_held is not None:
+        epochs = math.ceil(t.steps / steps_per_epoch)
+        callbacks = [
+            keras.callbacks.EarlyStopping(
+                monitor="val_reconstruction",
+                mode="min",
+                patience=t.early_stopping_patience,
+                restore_best_weights=True,
+            ),
+            *callbacks,
+        ]
     fitted = model.fit(
         _batches(x_fit, batch_size, t.seed),
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         validation_data=x_held,
         validation_batch_size=4096,
-        callbacks=[stop, *callbacks],
+        callbacks=callbacks,
         verbose=t.verbose,
         shuffle=False,
     )

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 import anomaly
+from anomaly import training
 from anomaly.calibration import resolution_warning
 from anomaly.errors import TrainingError
 from anomaly.health import TrainingWarning
@@ -216,6 +217,37 @@ def test_cross_fitting_calibrates_on_every_training_record():
     # the deployed model is the same as without cross-fitting; only its threshold differs
     assert detector.engine.params.location == held_out_only.engine.params.location
     assert detector.threshold != held_out_only.threshold
+
+
+@pytest.mark.slow
+def test_fold_models_train_as_long_as_the_deployed_model_without_choosing_on_their_fold(
+    monkeypatch,
+):
+    """A fold model early-stopped on the fold it calibrates on would keep the epoch at which
+    that fold scores lowest, so the fold would score lower than new records do and the
+    threshold would fire more often than its target. Fold models train for the epochs early
+    stopping chose for the deployed model, with no validation data."""
+    fits = []
+    real_fit_gan = training._fit_gan
+
+    def recorded(x_fit, x_held, config, callbacks, initial=None, epochs=None):
+        model, history = real_fit_gan(x_fit, x_held, config, callbacks, initial, epochs)
+        fits.append((x_held, history))
+        return model, history
+
+    monkeypatch.setattr(training, "_fit_gan", recorded)
+    rows = np.random.default_rng(2).normal(size=(300, 4)).astype(np.float32)
+    config = anomaly.Config().updated(
+        training={"steps": 120, "steps_per_epoch": 10, "calibration_folds": 3}
+    )
+    anomaly.train(rows, config)
+
+    (held_out, deployed), *folds = fits
+    assert len(held_out) == 45 and len(folds) == 2
+    chosen = int(np.argmin(deployed["val_reconstruction"])) + 1
+    for validation, history in folds:
+        assert validation is None and "val_reconstruction" not in history
+        assert len(history["reconstruction"]) == chosen
 
 
 @pytest.mark.slow
