@@ -245,8 +245,12 @@ def _fold_models(folds, held_out, config: Config, parent: Detector | None, epoch
 
 def _best_epochs(history: dict) -> int:
     """Epochs to the one early stopping restored: the first with the lowest validation
-    reconstruction error."""
-    return int(np.argmin(history["val_reconstruction"])) + 1
+    reconstruction error (all of them where none was finite: training diverged, which
+    calibration then reports)."""
+    errors = np.asarray(history["val_reconstruction"], np.float64)
+    if not np.isfinite(errors).any():
+        return len(errors)
+    return int(np.nanargmin(np.where(np.isfinite(errors), errors, np.nan))) + 1
 
 
 def _progress(config: Config, model: str, n_records: int) -> None:

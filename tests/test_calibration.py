@@ -1,6 +1,7 @@
 """The threshold keeps its false-positive rate on new normal data (``anomaly.tail``,
 ``anomaly.calibration``)."""
 
+import math
 import warnings
 from dataclasses import replace
 
@@ -14,7 +15,7 @@ from anomaly.calibration import resolution_warning
 from anomaly.errors import TrainingError
 from anomaly.health import TrainingWarning
 from anomaly.tail import MIN_ORDER_POINTS, MISFIT_LEVEL, Tail
-from anomaly.training import _fewer_folds_for, _folds, _remedy
+from anomaly.training import _best_epochs, _fewer_folds_for, _folds, _remedy
 from pipelines.bench.tail_study import RareFarTail
 
 TARGETS = (0.01, 0.001)
@@ -217,6 +218,12 @@ def test_cross_fitting_calibrates_on_every_training_record():
     # the deployed model is the same as without cross-fitting; only its threshold differs
     assert detector.engine.params.location == held_out_only.engine.params.location
     assert detector.threshold != held_out_only.threshold
+
+
+def test_fold_models_train_to_the_epoch_early_stopping_restored():
+    assert _best_epochs({"val_reconstruction": [3.0, 2.0, 2.0, 5.0]}) == 2  # the first best
+    assert _best_epochs({"val_reconstruction": [4.0, math.nan, 1.0, math.inf]}) == 3
+    assert _best_epochs({"val_reconstruction": [math.nan, math.nan]}) == 2  # diverged: all
 
 
 @pytest.mark.slow
