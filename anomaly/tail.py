@@ -22,9 +22,12 @@ where it holds:
 ``Tail.threshold`` takes the order statistic when at least ``MIN_ORDER_POINTS`` calibration
 scores are expected above it, and the fitted tail otherwise, unless the fit is a ``misfit``:
 its shape sits at the largest the fit may take, or the calibration scores reject it (more of
-them lie above its thresholds than chance allows). Both mean a tail heavier than the fit can
-follow (normal records of a rare kind that the model scores very high, as in the shuttle and
-breastw sets); the fitted threshold then sits too low and fires several times the target.
+them lie above its thresholds than chance allows). Both point to a tail at least as heavy as
+the fit can take, and maybe heavier (normal records of a rare kind that the model scores
+very high, as in the shuttle and breastw sets); the fitted threshold then tends to sit too
+low and fire several times the target. On tails within the bound the shape reaches it by
+chance in a few fits in a hundred (|t(3)| in 3-14 %), which costs those fits the fit's lower
+spread, not their mean rate.
 Where the fit is a misfit, the order statistic is used down to the rate of the largest
 calibration score, and the fit is not trusted below the largest score.
 """
@@ -51,7 +54,8 @@ PEAK_SHARE, MIN_PEAKS = 0.02, 30
 SHAPE_BOUNDS = (0.0, 0.5)
 #: Family-wise level at which the calibration scores reject the fitted tail (a one-sided
 #: binomial test of the count above its threshold at each rate it replaces the order
-#: statistic at, Bonferroni-corrected): a tail that fits is rejected about this often.
+#: statistic at, Bonferroni-corrected): a tail that fits is rejected about this often (the
+#: shape bound, the other reason for a misfit, is not part of this level).
 MISFIT_LEVEL = 0.01
 
 
@@ -67,8 +71,10 @@ class Tail:
     shape: float
     scale: float
     misfit: bool = False
-    """The fit cannot follow the tail: its shape is at the upper bound, or the calibration
-    scores reject it (``rejected_by``); False in bundles saved before the check."""
+    """The fit is not trusted where it would stand in for the order statistic: its shape is
+    at the upper bound, or the calibration scores reject it (``rejected_by``). Bundles keep
+    the value they were saved with (False before either check existed, and at the bound
+    before that counted), so their thresholds do not change on loading."""
 
     @classmethod
     def fit(cls, scores: np.ndarray, up_to_rate: float = 0.0) -> Tail:

@@ -96,7 +96,8 @@ def train(
     )
     report = health.assess(history, generated, engine.standardizer.transform(fit_part))
 
-    cross_fitted = _fold_models(folds, held_out, config, parent, _best_epochs(history))
+    schedule = (_best_epoch(history), _steps_per_epoch(len(fit_part), config.training))
+    cross_fitted = _fold_models(folds, held_out, config, parent, schedule)
     engine = engine.with_params(calibrate(engine, held_out, cross_fitted))
     calibration_records = len(records) if folds else len(held_out)
     for too_few in (
@@ -228,29 +229,39 @@ def _folds(records: np.ndarray, training: TrainingConfig) -> list[tuple[np.ndarr
     ]
 
 
-def _fold_models(folds, held_out, config: Config, parent: Detector | None, epochs: int):
+def _fold_models(folds, held_out, config: Config, parent: Detector | None, schedule):
     """Cross-fitting's models, one at a time: each trained on the held-out share and the
-    other folds, with the fold it never saw. Each trains for the ``epochs`` early stopping
-    chose for the deployed model, not early-stopped on its fold: a fold that picked its
-    model's best epoch would score lower than new records do, and the threshold calibrated
-    on it would fire more often than its target. A generator, so that ``calibrate`` can let
-    each go once it has scored its fold."""
+    other folds, with the fold it never saw. Each trains as long as the deployed model did
+    up to the epoch its early stopping restored (``schedule``: those epochs, of the deployed
+    model's steps), not early-stopped on its fold: calibration records must play no part in
+    fitting their model, and a fold that chose its model's best epoch would score lower
+    than new records do. A generator, so that ``calibrate`` can let each go once it has
+    scored its fold."""
     for number, (rest, fold) in enumerate(folds, start=2):
         fit_part = np.concatenate([held_out, rest])
         _progress(config, f"cross-fitting model {number}", len(fit_part))
-        engine = _fit_engine(fit_part, None, config, parent, epochs=epochs)[0]
+        engine = _fit_engine(fit_part, None, config, parent, schedule=schedule)[0]
         yield engine, fold
         del engine
 
 
-def _best_epochs(history: dict) -> int:
-    """Epochs to the one early stopping restored: the first with the lowest validation
-    reconstruction error (all of them where none was finite: training diverged, which
-    calibration then reports)."""
-    errors = np.asarray(history["val_reconstruction"], np.float64)
-    if not np.isfinite(errors).any():
-        return len(errors)
-    return int(np.nanargmin(np.where(np.isfinite(errors), errors, np.nan))) + 1
+def _best_epoch(history: dict) -> int:
+    """The epoch (counted from 1) whose weights early stopping restored: as Keras picks it,
+    the first, then each that is strictly lower than the best so far."""
+    errors = history["val_reconstruction"]
+    best = 0
+    for epoch, error in enumerate(errors):
+        if error < errors[best]:
+            best = epoch
+    return best + 1
+
+
+def _steps_per_epoch(n_fit: int, training: TrainingConfig) -> int:
+    """Generator updates per epoch: ``training.steps_per_epoch``, else one pass over the
+    ``n_fit`` records, at least ``_MIN_STEPS_PER_EPOCH``; never more than ``training.steps``."""
+    batch_size = min(training.batch_size, n_fit)
+    per_epoch = training.steps_per_epoch or max(_MIN_STEPS_PER_EPOCH, math.ceil(n_fit / batch_size))
+    return min(per_epoch, training.steps)
 
 
 def _progress(config: Config, model: str, n_records: int) -> None:
@@ -274,11 +285,12 @@ def _loose_statistics_warning(n_held_out: int) -> str | None:
 
 
 def _fit_engine(
-    fit_part, validation, config: Config, parent: Detector | None, callbacks=(), epochs=None
+    fit_part, validation, config: Config, parent: Detector | None, callbacks=(), schedule=None
 ):
     """A GAN trained on ``fit_part`` (early-stopped on ``validation``; without one, for
-    ``epochs``), in an uncalibrated scoring engine, with the model and its training history.
-    With ``parent``, training starts from its weights and keeps its standardisation."""
+    ``schedule``: epochs, steps per epoch), in an uncalibrated scoring engine, with the
+    model and its training history. With ``parent``, training starts from its weights and
+    keeps its standardisation."""
     standardizer = (
         parent.engine.standardizer
         if parent
@@ -287,7 +299,7 @@ def _fit_engine(
     x_fit = standardizer.transform(fit_part)
     initial = parent.engine.networks if parent else None
     x_held = None if validation is None else standardizer.transform(validation)
-    model, history = _fit_gan(x_fit, x_held, config, list(callbacks), initial, epochs)
+    model, history = _fit_gan(x_fit, x_held, config, list(callbacks), initial, schedule)
     latent_prototypes = kmeans_prototypes(
         model.encoder.predict(x_fit, batch_size=config.scoring.batch_size, verbose=0),
         config.scoring.latent_prototypes,
@@ -312,9 +324,9 @@ def _latent_dim(config: Config, record_shape: tuple[int, ...]) -> int:
     return config.model.latent_dim or min(32, max(2, math.prod(record_shape)))
 
 
-def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None, epochs=None):
+def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None, schedule=None):
     """The GAN trained on ``x_fit``, early-stopped on ``x_held`` (restoring its best
-    epoch); without ``x_held``, for ``epochs`` epochs."""
+    epoch); without ``x_held``, for ``schedule``: (epochs, steps per epoch)."""
     t, m = config.training, config.model
     encoder, generator, critic = build_networks(
         x_fit.shape[1:],
@@ -340,11 +352,10 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None, epochs=None
     # PyTorch runs eagerly (torch.compile does not take the penalty's double gradient).
     model.compile(learning_rate=t.learning_rate, jit_compile=keras.backend.backend() != "torch")
     batch_size = min(t.batch_size, len(x_fit))
-    steps_per_epoch = t.steps_per_epoch or max(
-        _MIN_STEPS_PER_EPOCH, math.ceil(len(x_fit) / batch_size)
-    )
-    steps_per_epoch = min(steps_per_epoch, t.steps)
-    if x_held is not None:
+    if x_held is None:
+        epochs, steps_per_epoch = schedule
+    else:
+        steps_per_epoch = _steps_per_epoch(len(x_fit), t)
         epochs = math.ceil(t.steps / steps_per_epoch)
         callbacks = [
             keras.callbacks.EarlyStopping(

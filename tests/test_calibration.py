@@ -15,7 +15,7 @@ from anomaly.calibration import resolution_warning
 from anomaly.errors import TrainingError
 from anomaly.health import TrainingWarning
 from anomaly.tail import MIN_ORDER_POINTS, MISFIT_LEVEL, Tail
-from anomaly.training import _best_epochs, _fewer_folds_for, _folds, _remedy
+from anomaly.training import _best_epoch, _fewer_folds_for, _folds, _remedy
 from pipelines.bench.tail_study import RareFarTail
 
 TARGETS = (0.01, 0.001)
@@ -221,9 +221,10 @@ def test_cross_fitting_calibrates_on_every_training_record():
 
 
 def test_fold_models_train_to_the_epoch_early_stopping_restored():
-    assert _best_epochs({"val_reconstruction": [3.0, 2.0, 2.0, 5.0]}) == 2  # the first best
-    assert _best_epochs({"val_reconstruction": [4.0, math.nan, 1.0, math.inf]}) == 3
-    assert _best_epochs({"val_reconstruction": [math.nan, math.nan]}) == 2  # diverged: all
+    # as Keras 3's EarlyStopping picks it: the first epoch, then each strictly lower error
+    assert _best_epoch({"val_reconstruction": [3.0, 2.0, 2.0, 5.0]}) == 2
+    assert _best_epoch({"val_reconstruction": [4.0, math.nan, 1.0, math.inf]}) == 3
+    assert _best_epoch({"val_reconstruction": [math.nan, 1.0, 0.5]}) == 1
 
 
 @pytest.mark.slow
@@ -237,24 +238,26 @@ def test_fold_models_train_as_long_as_the_deployed_model_without_choosing_on_the
     fits = []
     real_fit_gan = training._fit_gan
 
-    def recorded(x_fit, x_held, config, callbacks, initial=None, epochs=None):
-        model, history = real_fit_gan(x_fit, x_held, config, callbacks, initial, epochs)
-        fits.append((x_held, history))
+    def recorded(x_fit, x_held, config, callbacks, initial=None, schedule=None):
+        model, history = real_fit_gan(x_fit, x_held, config, callbacks, initial, schedule)
+        fits.append((x_held, schedule, history))
         return model, history
 
     monkeypatch.setattr(training, "_fit_gan", recorded)
     rows = np.random.default_rng(2).normal(size=(300, 4)).astype(np.float32)
     config = anomaly.Config().updated(
-        training={"steps": 120, "steps_per_epoch": 10, "calibration_folds": 3}
+        training={"steps": 320, "batch_size": 4, "calibration_folds": 3}
     )
     anomaly.train(rows, config)
 
-    (held_out, deployed), *folds = fits
+    (held_out, _, deployed), *folds = fits
     assert len(held_out) == 45 and len(folds) == 2
     chosen = int(np.argmin(deployed["val_reconstruction"])) + 1
-    for validation, history in folds:
+    for validation, schedule, history in folds:
         assert validation is None and "val_reconstruction" not in history
-        assert len(history["reconstruction"]) == chosen
+        # the deployed model's epochs of its steps: 255 rows in batches of 4, 64 steps an
+        # epoch, where a fold model's 172 rows alone would make 50
+        assert schedule == (chosen, 64) and len(history["reconstruction"]) == chosen
 
 
 @pytest.mark.slow
