@@ -26,7 +26,7 @@ them lie above its thresholds than chance allows). Both point to a tail at least
 the fit can take, and maybe heavier (normal records of a rare kind that the model scores
 very high, as in the shuttle and breastw sets); the fitted threshold then tends to sit too
 low and fire several times the target. On tails within the bound the shape reaches it by
-chance in a few fits in a hundred (|t(3)| in 3-14 %), which costs those fits the fit's lower
+chance in a few fits in a hundred (|t(3)| in 3-17 %), which costs those fits the fit's lower
 spread, not their mean rate.
 Where the fit is a misfit, the order statistic is used down to the rate of the largest
 calibration score, and the fit is not trusted below the largest score.
