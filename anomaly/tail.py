@@ -20,16 +20,12 @@ where it holds:
   every peak above ``t``, so it resolves rates far below ``1 / n``.
 
 ``Tail.threshold`` takes the order statistic when at least ``MIN_ORDER_POINTS`` calibration
-scores are expected above it, and the fitted tail otherwise, unless the fit is a ``misfit``:
-its shape sits at the largest the fit may take, or the calibration scores reject it (more of
-them lie above its thresholds than chance allows). Both point to a tail at least as heavy as
-the fit can take, and maybe heavier (normal records of a rare kind that the model scores
-very high, as in the shuttle and breastw sets); the fitted threshold then tends to sit too
-low and fire several times the target. On tails within the bound the shape reaches it by
-chance in a few fits in a hundred (|t(3)| in 3-17 %), which costs those fits the fit's lower
-spread, not their mean rate.
-Where the fit is a misfit, the order statistic is used down to the rate of the largest
-calibration score, and the fit is not trusted below the largest score.
+scores are expected above it, and the fitted tail otherwise, unless the calibration scores
+reject the fit: more of them lie above its thresholds than chance allows (``misfit``). A few
+dozen peaks can hide a tail far heavier than any shape the fit may take (normal records of a
+rare kind that the model scores very high); the fitted threshold then sits too low and fires
+several times the target. Where the fit is rejected, the order statistic is used down to the
+rate of the largest calibration score, and the fit is not trusted below the largest score.
 """
 
 from __future__ import annotations
@@ -49,13 +45,11 @@ KEPT_SCORES = 1000
 PEAK_SHARE, MIN_PEAKS = 0.02, 30
 #: Bounds on the fitted shape: a few dozen peaks cannot tell more, and a strongly negative
 #: shape (a bounded tail just above the largest peak) would put the threshold where the
-#: next normal score can pass it. A fit that reaches the upper bound is a misfit: its tail
-#: wants to be heavier, and extrapolating it would understate the rate.
+#: next normal score can pass it.
 SHAPE_BOUNDS = (0.0, 0.5)
 #: Family-wise level at which the calibration scores reject the fitted tail (a one-sided
 #: binomial test of the count above its threshold at each rate it replaces the order
-#: statistic at, Bonferroni-corrected): a tail that fits is rejected about this often (the
-#: shape bound, the other reason for a misfit, is not part of this level).
+#: statistic at, Bonferroni-corrected): a tail that fits is rejected about this often.
 MISFIT_LEVEL = 0.01
 
 
@@ -71,10 +65,8 @@ class Tail:
     shape: float
     scale: float
     misfit: bool = False
-    """The fit is not trusted where it would stand in for the order statistic: its shape is
-    at the upper bound, or the calibration scores reject it (``rejected_by``). Bundles keep
-    the value they were saved with (False before either check existed, and at the bound
-    before that counted), so their thresholds do not change on loading."""
+    """The calibration scores reject the fitted tail (``rejected_by``); False in bundles
+    saved before the check."""
 
     @classmethod
     def fit(cls, scores: np.ndarray, up_to_rate: float = 0.0) -> Tail:
@@ -97,7 +89,7 @@ class Tail:
             shape=shape,
             scale=scale,
         )
-        return replace(tail, misfit=shape >= SHAPE_BOUNDS[1] or tail.rejected_by(scores))
+        return replace(tail, misfit=tail.rejected_by(scores))
 
     def rejected_by(self, scores: np.ndarray) -> bool:
         """Whether the calibration ``scores`` reject the fitted tail: at some rate ``j / (n +
