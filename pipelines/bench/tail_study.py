@@ -166,8 +166,7 @@ def study(samples: int) -> None:
             rates: dict[str, list[float]] = {}
             misfits = 0
             for _ in range(samples):
-                scores = distribution.rvs(n, random_state=rng)
-                tail = Tail.fit(scores, up_to_rate=alpha)
+                tail = Tail.fit(distribution.rvs(n, random_state=rng), up_to_rate=alpha)
                 misfits += tail.misfit
                 found = estimates(tail, alpha)
                 found["predictive (ablation)"] = predictive_threshold(tail, alpha)
@@ -184,19 +183,19 @@ def study(samples: int) -> None:
 
 
 def _saved_fits(components: Path):
-    """Each saved fit's set, its calibration scores (all of them where the run kept them,
-    with cross-fitting the fold models' too; else the deployed model's held-out ones) and
-    its TEST normal rows' scores, under the default weights."""
+    """Each saved fit's set, its deployed model's held-out scores, its calibration scores
+    (all of them where the run kept them, with cross-fitting the fold models' too; else the
+    held-out ones) and its TEST normal rows' scores, under the default weights."""
     weights = np.array([Config().scoring.weights.get(name, 0.0) for name in COMPONENTS])
     for path in sorted(components.glob("*__gan__seed*.npz")):
         saved = np.load(path)
-        calibration = saved["held_out"].astype(np.float64) @ weights
+        held_out = calibration = saved["held_out"].astype(np.float64) @ weights
         if "calibration_largest" in saved and len(saved["calibration_largest"]) == int(
             saved["calibration_n"]
         ):
             calibration = saved["calibration_largest"].astype(np.float64)
         normal = saved["test"][saved["y_test"] == 0].astype(np.float64) @ weights
-        yield path.name.split("__")[0], calibration, normal
+        yield path.name.split("__")[0], held_out, calibration, normal
 
 
 def _print_rates(realised: dict[tuple, list[float]], misfits: dict[tuple, list[bool]]) -> None:
@@ -224,7 +223,7 @@ def real_fits(components: Path) -> None:
     scores each fit calibrated on, per set and target (mean and range over seeds)."""
     realised: dict[tuple, list[float]] = {}
     misfits: dict[tuple, list[bool]] = {}
-    for dataset, calibration, normal in _saved_fits(components):
+    for dataset, _, calibration, normal in _saved_fits(components):
         _measure(realised, misfits, dataset, calibration, normal)
     _print_rates(realised, misfits)
 
@@ -235,13 +234,9 @@ def resampled_fits(components: Path, samples: int) -> None:
     times, into calibration scores (as many as held out, 100 and 200, where 50 or more are
     left to measure on) and new normal scores. Mean and range over all splits of all seeds."""
     rng = np.random.default_rng(0)
-    weights = np.array([Config().scoring.weights.get(name, 0.0) for name in COMPONENTS])
     realised: dict[tuple, list[float]] = {}
     misfits: dict[tuple, list[bool]] = {}
-    for path in sorted(components.glob("*__gan__seed*.npz")):
-        saved = np.load(path)
-        held_out = saved["held_out"].astype(np.float64) @ weights
-        normal = saved["test"][saved["y_test"] == 0].astype(np.float64) @ weights
+    for dataset, held_out, _, normal in _saved_fits(components):
         pool = np.concatenate([held_out, normal])
         for size in sorted({len(held_out), 100, 200}):
             if len(pool) - size < 50:
@@ -249,7 +244,7 @@ def resampled_fits(components: Path, samples: int) -> None:
             for _ in range(samples):
                 order = rng.permutation(len(pool))
                 calibration, new = pool[order[:size]], pool[order[size:]]
-                _measure(realised, misfits, path.name.split("__")[0], calibration, new)
+                _measure(realised, misfits, dataset, calibration, new)
     _print_rates(realised, misfits)
 
 
