@@ -41,7 +41,7 @@ How librdkafka differs, and what this module does about it:
   (``auto.offset.reset=error``): after such a fetch it would start the partition again from
   its start (or skip to its end); ``_reset`` puts it back where the loop was instead, and
   applies ``[serve] auto_offset_reset`` only where there is no position (no committed
-  offset yet, or out of range).
+  offset yet, or one the broker says is outside the partition).
 - **The cluster is reachable** while librdkafka's statistics (every second) show a broker
   connection up; its error callback's ``_ALL_BROKERS_DOWN`` counts as lost at once.
 - **Rebalances**: ``on_revoke`` flushes the producer and commits synchronously (allowed in
@@ -102,6 +102,9 @@ startup_log.propagate = False
 #: kafka-python's defaults, kept so that switching clients changes nothing else.
 MAX_REQUEST_BYTES = 1_048_576
 DELIVERY_TIMEOUT_MS = 120_000
+#: How long the loop waits for a partition's range when librdkafka reports its position out
+#: of range (``_reset``); the loop's thread waits, so it is kept well under a poll's budget.
+WATERMARK_TIMEOUT_MS = 5_000
 #: librdkafka's statistics interval: the broker watch's probe.
 STATISTICS_INTERVAL_MS = 1_000
 #: How long a client may know no usable broker before it bootstraps again. A broker back
@@ -194,7 +197,6 @@ class ConfluentTransport(Transport):
         self._assigned: set[int] = set()  # partitions of the input topic
         self._rebalances = 0
         self._seeked: dict[int, int] = {}  # partition -> offset sought since its last record
-        self._reset_to: dict[int, int] = {}  # partition -> where it was last reset to
         self._paused = False
         self._reset_offset = (
             OFFSET_BEGINNING if config.auto_offset_reset == "earliest" else OFFSET_END
@@ -465,17 +467,23 @@ class ConfluentTransport(Transport):
                 if record.offset < floor:
                     continue
                 del seeked[record.partition]
-                self._reset_to.pop(record.partition, None)
             kept.append(record)
         return kept
 
     def _reset(self, partition: int, error: KafkaError) -> None:
         """librdkafka found no position to read ``partition`` from (out of range, or no
-        committed offset) and stopped fetching it: start it again where it was sought to
-        (once), or else where ``[serve] auto_offset_reset`` says, as librdkafka would have."""
+        committed offset) and stopped fetching it: start it again where it was sought to,
+        or else where ``[serve] auto_offset_reset`` says, as librdkafka would have.
+
+        After a failed CRC the offset librdkafka found out of range is its reader's nonsense
+        one, not the loop's, and such reports keep coming for a while, even after the loop
+        started the partition again (one per fetch of the damaged batch). So the loop's own
+        offset is only given up when the broker says it is outside the partition (its
+        records were deleted, or it is past the end): counting reports cannot tell, and
+        giving it up for ``earliest`` wrongly scores the partition again from its start."""
         start = self._seeked.pop(partition, None)
-        if start is not None and self._reset_to.get(partition) == start:
-            start = None  # out of range there too
+        if start is not None and not self._in_partition(partition, start):
+            start = None
         if start is None:
             start = self._reset_offset
             log.info(
@@ -485,8 +493,28 @@ class ConfluentTransport(Transport):
                 self.config.auto_offset_reset,
                 _text(error),
             )
-        self._reset_to[partition] = start
         self._restart(partition, start)
+
+    def _in_partition(self, partition: int, offset: int) -> bool:
+        """Whether ``offset`` is one the broker can serve for ``partition`` now (from its
+        first kept record to its end). When the broker cannot say, it is taken to be: the
+        loop then tries there again, where a wrong guess costs another report, and a wrong
+        reset would score records twice or skip them."""
+        try:
+            low, high = self._consumer.get_watermark_offsets(
+                KafkaTopicPartition(self._topic, partition),
+                timeout=WATERMARK_TIMEOUT_MS / 1000,
+                cached=False,
+            )
+        except KafkaException as exc:
+            log.warning(
+                "event=partition_range_unknown partition=%d offset=%d error=%s",
+                partition,
+                offset,
+                describe(exc),
+            )
+            return True
+        return low <= offset <= high
 
     def _restart(self, partition: int, start: int) -> None:
         """Fetch ``partition`` again from ``start``. A stopped partition cannot be sought;
@@ -533,7 +561,6 @@ class ConfluentTransport(Transport):
                     if offset < floor:
                         continue  # fetched before the seek
                     del self._seeked[partition]
-                    self._reset_to.pop(partition, None)
                 records.append(Record(topic, partition, offset, m.key(), m.value(), _timestamp(m)))
                 continue
             if error.code() == KafkaError._PARTITION_EOF:
