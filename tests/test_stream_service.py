@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 import anomaly
@@ -213,6 +213,15 @@ def _group_member(bootstrap: str, group_id: str, topic: str, **settings) -> Kafk
         member.close(autocommit=False)
         raise
     return member
+
+
+def _committed(bootstrap: str, group_id: str, partition: TopicPartition) -> int | None:
+    """``group_id``'s committed offset of ``partition``, as the broker has it now."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id)
+    try:
+        return consumer.committed(partition)
+    finally:
+        consumer.close(autocommit=False)
 
 
 def _normal_rows(mixing, n, seed):
@@ -601,6 +610,47 @@ def test_records_in_hand_at_a_rebalance_are_scored_when_their_partition_comes_ba
     seen = {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))}
     missing = sorted(set(sent) - seen)
     assert not missing, f"{len(missing)} records without a result, e.g. {missing[:5]}"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_committed_offset_the_broker_deleted_restarts_at_auto_offset_reset_and_scores_once(
+    client, kafka_bootstrap, topics, detector, tiny_bundle_mixing
+):
+    """The service was down longer than the input's retention: its group's committed offset
+    (5) is gone (the records before 10 deleted). It starts where ``auto_offset_reset`` says
+    (earliest, 10) and scores each kept record once; on confluent this is the offset reset
+    the loop applies itself (librdkafka's is off), and it must not loop or start over."""
+    t = topics(1)
+    config = _config(kafka_bootstrap, t, client=client, auto_offset_reset="earliest")
+    names = detector.feature_names
+    rows = _normal_rows(tiny_bundle_mixing, 30, seed=5)
+    sent = _produce(
+        kafka_bootstrap,
+        t["input_topic"],
+        [(None, _record(i, r, names, False)) for i, r in enumerate(rows)],
+    )
+    assert [o for _, o in sent] == list(range(30))
+    partition = TopicPartition(t["input_topic"], 0)
+    group = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=config.group_id, enable_auto_commit=False
+    )
+    try:
+        group.commit({partition: OffsetAndMetadata(5, "", -1)})
+    finally:
+        group.close(autocommit=False)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_records({partition: 10})
+    finally:
+        admin.close()
+    with _running(detector, config):
+        results = _read(kafka_bootstrap, t["output_topic"], count=20)
+        # Past the reset: any second round of scoring would have begun by the last result.
+        wait_for(
+            lambda: _committed(kafka_bootstrap, config.group_id, partition) == 30, 30, "commit"
+        )
+    offsets = sorted(orjson.loads(r.value)["offset"] for r in results)
+    assert offsets == list(range(10, 30)), "each kept record scored once, from the earliest"
 
 
 @pytest.fixture(scope="module")
