@@ -103,7 +103,7 @@ startup_log.propagate = False
 MAX_REQUEST_BYTES = 1_048_576
 DELIVERY_TIMEOUT_MS = 120_000
 #: How long the loop waits for a partition's range when librdkafka reports its position out
-#: of range (``_reset``); the loop's thread waits, so it is kept well under a poll's budget.
+#: of range (``_reset``, at most once a poll for each partition); the loop's thread waits.
 WATERMARK_TIMEOUT_MS = 5_000
 #: librdkafka's statistics interval: the broker watch's probe.
 STATISTICS_INTERVAL_MS = 1_000
@@ -472,34 +472,34 @@ class ConfluentTransport(Transport):
 
     def _reset(self, partition: int, error: KafkaError) -> None:
         """librdkafka found no position to read ``partition`` from (out of range, or no
-        committed offset) and stopped fetching it: start it again where it was sought to,
-        or else where ``[serve] auto_offset_reset`` says, as librdkafka would have.
+        committed offset) and stopped fetching it: start it again where the loop sought it
+        to, or else where ``[serve] auto_offset_reset`` says, as librdkafka would have.
 
         After a failed CRC the offset librdkafka found out of range is its reader's nonsense
         one, not the loop's, and such reports keep coming for a while, even after the loop
-        started the partition again (one per fetch of the damaged batch). So the loop's own
-        offset is only given up when the broker says it is outside the partition (its
-        records were deleted, or it is past the end): counting reports cannot tell, and
-        giving it up for ``earliest`` wrongly scores the partition again from its start."""
-        start = self._seeked.pop(partition, None)
-        if start is not None and not self._in_partition(partition, start):
-            start = None
-        if start is None:
-            start = self._reset_offset
-            log.info(
-                "event=offset_reset topic=%s partition=%d to=%s reason=%r",
+        started the partition again (one per fetch of the damaged batch). Counting reports
+        cannot tell these from a position that really is gone (giving it up for ``earliest``
+        scored the partition again from its start), so the broker is asked (``_start_in``)."""
+        sought = self._seeked.pop(partition, None)
+        start = None if sought is None else self._start_in(partition, sought)
+        if start != sought:
+            log.warning(
+                "event=offset_reset topic=%s partition=%d from=%s to=%s reason=%r",
                 self._topic,
                 partition,
-                self.config.auto_offset_reset,
+                "none" if sought is None else sought,
+                self.config.auto_offset_reset if start is None else start,
                 _text(error),
             )
-        self._restart(partition, start)
+        self._restart(partition, self._reset_offset if start is None else start)
 
-    def _in_partition(self, partition: int, offset: int) -> bool:
-        """Whether ``offset`` is one the broker can serve for ``partition`` now (from its
-        first kept record to its end). When the broker cannot say, it is taken to be: the
-        loop then tries there again, where a wrong guess costs another report, and a wrong
-        reset would score records twice or skip them."""
+    def _start_in(self, partition: int, offset: int) -> int | None:
+        """Where to read ``partition`` again for the loop's ``offset``: there if the broker
+        can serve it; its end if ``offset`` is past it (a fetch there is always in range,
+        and nothing is skipped; the end is the last stable offset, under read_committed,
+        which can move back a little); None if the records there were deleted. When the
+        broker cannot say, there again: a wrong guess costs another report, where a wrong
+        reset scores records twice or skips them."""
         try:
             low, high = self._consumer.get_watermark_offsets(
                 KafkaTopicPartition(self._topic, partition),
@@ -507,14 +507,17 @@ class ConfluentTransport(Transport):
                 cached=False,
             )
         except KafkaException as exc:
-            log.warning(
-                "event=partition_range_unknown partition=%d offset=%d error=%s",
-                partition,
-                offset,
-                describe(exc),
-            )
-            return True
-        return low <= offset <= high
+            if self._error_logs.admit("partition_range_unknown") is not None:
+                log.warning(
+                    "event=partition_range_unknown partition=%d offset=%d error=%s",
+                    partition,
+                    offset,
+                    describe(exc),
+                )
+            return offset
+        if offset < low:
+            return None
+        return min(offset, high)
 
     def _restart(self, partition: int, start: int) -> None:
         """Fetch ``partition`` again from ``start``. A stopped partition cannot be sought;
@@ -543,13 +546,14 @@ class ConfluentTransport(Transport):
         ``Unreadable`` at its partition's position, the consumer seeks past that offset,
         and what follows it in this poll for that partition is dropped; other errors are
         reported and skipped."""
-        topic, records, sought = self._topic, [], set()
+        topic, records, sought, reset = self._topic, [], set(), set()
         for m in messages:
             error = m.error()
             partition = m.partition()
             if error is not None and error.code() == KafkaError._AUTO_OFFSET_RESET:
-                if partition in self._assigned:
-                    self._reset(partition, error)
+                if partition in self._assigned and partition not in reset:
+                    self._reset(partition, error)  # once a poll: the others are older
+                    reset.add(partition)
                     sought.add(partition)
                 continue
             if partition in sought:
