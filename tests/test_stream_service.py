@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import anomaly
 from anomaly.config import AlarmConfig
 from anomaly.stream import ScoringService, StreamError
-from tests._support import free_port, wait_for
+from tests._support import free_port, required_module, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -219,7 +219,7 @@ def _committed(bootstrap: str, group_id: str, partition: TopicPartition) -> int 
     """``group_id``'s committed offset of ``partition``, as the broker has it now."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id)
     try:
-        return consumer.committed(partition)
+        return consumer.committed(partition, timeout_ms=5_000)
     finally:
         consumer.close(autocommit=False)
 
@@ -644,13 +644,80 @@ def test_a_committed_offset_the_broker_deleted_restarts_at_auto_offset_reset_and
     finally:
         admin.close()
     with _running(detector, config):
-        results = _read(kafka_bootstrap, t["output_topic"], count=20)
-        # Past the reset: any second round of scoring would have begun by the last result.
         wait_for(
-            lambda: _committed(kafka_bootstrap, config.group_id, partition) == 30, 30, "commit"
+            lambda: _committed(kafka_bootstrap, config.group_id, partition) == 30,
+            60,
+            "the last record's offset committed",
         )
+    results = _read(kafka_bootstrap, t["output_topic"], count=20)  # all, the service stopped
     offsets = sorted(orjson.loads(r.value)["offset"] for r in results)
     assert offsets == list(range(10, 30)), "each kept record scored once, from the earliest"
+
+
+class _StartingAt:
+    """The loop's part for a lone transport: it starts each partition it is given at
+    ``start``, as the loop does with records it gave back at a rebalance."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def partitions_assigned(self, partitions):
+        return dict.fromkeys(partitions, self.start)
+
+    def partitions_revoking(self, partitions):
+        return {}
+
+    def partitions_revoked(self, partitions, committed):
+        pass
+
+    def partitions_lost(self, partitions):
+        pass
+
+    def committed(self, offsets, error):
+        pass
+
+    def fetch_failed(self, kind, detail, unreadable):
+        pass
+
+
+@pytest.mark.parametrize(("start", "first"), [(5, 10), (12, 12), (40, 30)])
+def test_confluent_reads_a_partition_started_outside_its_records_from_where_the_broker_can_serve(
+    start, first, kafka_bootstrap, topics, caplog
+):
+    """The records before 10 deleted, 30 written: a partition the loop starts at 5 is read
+    from its earliest record (``auto_offset_reset``), at 12 from 12, and at 40 (past its
+    end, as after a truncation) from its end, 30, so the next record written is read.
+    librdkafka's own reset is off; the transport asks the broker for the range."""
+    required_module("confluent_kafka", "confluent")
+    from anomaly.stream.confluent_transport import ConfluentTransport
+
+    t = topics(1)
+    written = _produce(kafka_bootstrap, t["input_topic"], [(None, b"{}")] * 30)
+    assert [o for _, o in written] == list(range(30))
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_records({TopicPartition(t["input_topic"], 0): 10})
+    finally:
+        admin.close()
+    config = _config(kafka_bootstrap, t, client="confluent", auto_offset_reset="earliest")
+    transport = ConfluentTransport(config, "c1", listener=_StartingAt(start))
+    read: list[int] = []
+
+    def poll() -> None:
+        read.extend(r.offset for r in transport.poll(200, 100))
+
+    caplog.set_level(logging.WARNING, logger="anomaly.stream")
+    transport.open()
+    try:
+        if start > 30:
+            moved = f"from={start} to=30"
+            wait_for(lambda: poll() or moved in caplog.text, 30, "the partition moved to its end")
+            _produce(kafka_bootstrap, t["input_topic"], [(None, b"{}")] * 5)
+        wait_for(lambda: poll() or read[-1:] == [29 if start < 30 else 34], 30, "the last record")
+    finally:
+        transport.close(time.monotonic() + 10)
+    assert read == list(range(first, 35 if start > 30 else 30))
+    assert ("event=offset_reset" in caplog.text) == (start != first)
 
 
 @pytest.fixture(scope="module")
