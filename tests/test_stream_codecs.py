@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 import anomaly
 from tests._support import wait_for
-from tests.test_stream_service import CLIENTS, _config, _produce, _running
+from tests.test_stream_service import CLIENTS, _committed, _config, _produce, _read, _running
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -235,10 +235,18 @@ def test_a_batch_damaged_on_disk_is_dead_lettered_record_by_record(
     after = _produce(kafka_bootstrap, topics["input_topic"], messages[20:])
     assert sorted(o for _, o in broken) == list(range(10, 20))
     _damage_batches_on_disk(kafka_log_dir, topics["input_topic"], range(10, 20), how)
-    with _running(detector, _config(kafka_bootstrap, topics, client=client)) as service:
-        results = _read_results(kafka_bootstrap, topics["output_topic"], 20)
-        letters = _read_results(kafka_bootstrap, topics["dlq_topic"], 10)
+    config = _config(kafka_bootstrap, topics, client=client)
+    partition = TopicPartition(topics["input_topic"], 0)
+    with _running(detector, config) as service:
+        wait_for(
+            lambda: _committed(kafka_bootstrap, config.group_id, partition) == 30,
+            RESULT_DEADLINE_S,
+            "the last record's offset committed",
+        )
         assert service.ready()
+    # Read once the service stopped: a record scored or dead-lettered twice is there too.
+    results = [orjson.loads(r.value) for r in _read(kafka_bootstrap, topics["output_topic"], 20)]
+    letters = [orjson.loads(r.value) for r in _read(kafka_bootstrap, topics["dlq_topic"], 10)]
     scored = sorted((r["partition"], r["offset"]) for r in results)
     assert scored == sorted(before + after), "each readable record scored exactly once"
     assert sorted((d["partition"], d["offset"]) for d in letters) == sorted(broken)
