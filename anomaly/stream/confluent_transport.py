@@ -584,9 +584,11 @@ class ConfluentTransport(Transport):
 
     def _position_of(self, partition: int, reported: int, error: KafkaError, records) -> int:
         """The offset the consumer was to read next from ``partition`` when its batch could
-        not be read: after the last record of it returned (in this poll, or before), or
-        where it was sought to. The offset librdkafka reports is the batch's first: only
-        trusted after a codec failure (its CRC passed) and where nothing else is known."""
+        not be read: after the last record of it returned (in this poll, or before), where
+        it was sought to, or (nothing read since it was assigned) its committed offset, which
+        can be inside the batch after a restart. The offset librdkafka reports is the
+        batch's first: only trusted after a codec failure (its CRC passed) and where nothing
+        else is known."""
         position = None
         for record in reversed(records):
             if record.partition == partition:
@@ -594,14 +596,25 @@ class ConfluentTransport(Transport):
                 break
         if position is None:
             position = self._seeked.get(partition)
+        tp = KafkaTopicPartition(self._topic, partition)
         if position is None:
-            (current,) = self._consumer.position([KafkaTopicPartition(self._topic, partition)])
+            (current,) = self._consumer.position([tp])
             position = current.offset if current.offset >= 0 else None
+        if position is None:
+            position = self._committed_offset(tp)
         if position is None:
             return max(reported, 0)
         if error.code() == KafkaError._BAD_COMPRESSION and reported > position:
             return reported
         return position
+
+    def _committed_offset(self, tp: KafkaTopicPartition) -> int | None:
+        try:
+            (committed,) = self._consumer.committed([tp], timeout=STARTUP_TIMEOUT_MS / 1000)
+        except KafkaException as exc:
+            log.warning("event=committed_offsets_unknown error=%s", describe(exc))
+            return None
+        return committed.offset if committed.offset >= 0 else None
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         if offset >= 0:  # also where to start it again if it is stopped (``_reset``)
