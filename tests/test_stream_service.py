@@ -215,6 +215,15 @@ def _group_member(bootstrap: str, group_id: str, topic: str, **settings) -> Kafk
     return member
 
 
+def _commit(bootstrap: str, group_id: str, partition: TopicPartition, offset: int) -> None:
+    """Commit ``offset`` of ``partition`` for ``group_id``, as a previous member would have."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id)
+    try:
+        consumer.commit({partition: OffsetAndMetadata(offset, "", -1)})
+    finally:
+        consumer.close(autocommit=False)
+
+
 def _committed(bootstrap: str, group_id: str, partition: TopicPartition) -> int | None:
     """``group_id``'s committed offset of ``partition``, as the broker has it now."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id)
@@ -631,13 +640,7 @@ def test_a_committed_offset_the_broker_deleted_restarts_at_auto_offset_reset_and
     )
     assert [o for _, o in sent] == list(range(30))
     partition = TopicPartition(t["input_topic"], 0)
-    group = KafkaConsumer(
-        bootstrap_servers=kafka_bootstrap, group_id=config.group_id, enable_auto_commit=False
-    )
-    try:
-        group.commit({partition: OffsetAndMetadata(5, "", -1)})
-    finally:
-        group.close(autocommit=False)
+    _commit(kafka_bootstrap, config.group_id, partition, 5)
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
         admin.delete_records({partition: 10})
