@@ -481,24 +481,27 @@ class ConfluentTransport(Transport):
         cannot tell these from a position that really is gone (giving it up for ``earliest``
         scored the partition again from its start), so the broker is asked (``_start_in``)."""
         sought = self._seeked.pop(partition, None)
-        start = None if sought is None else self._start_in(partition, sought)
+        start = self._start_in(partition, sought)
         if start != sought:
             log.warning(
-                "event=offset_reset topic=%s partition=%d from=%s to=%s reason=%r",
+                "event=offset_reset topic=%s partition=%d from=%s to=%s (%s) reason=%r",
                 self._topic,
                 partition,
                 "none" if sought is None else sought,
-                self.config.auto_offset_reset if start is None else start,
+                start,
+                self.config.auto_offset_reset,
                 _text(error),
             )
-        self._restart(partition, self._reset_offset if start is None else start)
+        self._restart(partition, start)
 
-    def _start_in(self, partition: int, offset: int) -> int | None:
-        """Where to read ``partition`` again for the loop's ``offset``: there if the broker
-        can serve it; its end if ``offset`` is past it (a fetch there is always in range,
-        and nothing is skipped; the end is the last stable offset, under read_committed,
-        which can move back a little); None if the records there were deleted. When the
-        broker cannot say, there again: a wrong guess costs another report, where a wrong
+    def _start_in(self, partition: int, sought: int | None) -> int:
+        """Where to read ``partition`` again for the loop's offset ``sought``: there if the
+        broker can serve it; its end if ``sought`` is past it (a fetch there is always in
+        range, and nothing is skipped; the end is the last stable offset, under
+        read_committed, which can move back a little); where ``auto_offset_reset`` says if
+        the records there were deleted or the loop has no offset, as an offset of the range
+        (kept as where it was sought to, for a batch it cannot read next). When the broker
+        cannot say, ``sought`` again: a wrong guess costs another report, where a wrong
         reset scores records twice or skips them."""
         try:
             low, high = self._consumer.get_watermark_offsets(
@@ -509,15 +512,14 @@ class ConfluentTransport(Transport):
         except KafkaException as exc:
             if self._error_logs.admit("partition_range_unknown") is not None:
                 log.warning(
-                    "event=partition_range_unknown partition=%d offset=%d error=%s",
+                    "event=partition_range_unknown partition=%d error=%s",
                     partition,
-                    offset,
                     describe(exc),
                 )
-            return offset
-        if offset < low:
-            return None
-        return min(offset, high)
+            return self._reset_offset if sought is None else sought
+        if sought is None or sought < low:
+            return low if self._reset_offset == OFFSET_BEGINNING else high
+        return min(sought, high)
 
     def _restart(self, partition: int, start: int) -> None:
         """Fetch ``partition`` again from ``start``. A stopped partition cannot be sought;
@@ -538,8 +540,9 @@ class ConfluentTransport(Transport):
         consumer.assign(restarted)
         if self._paused:
             consumer.pause(consumer.assignment())
-        if start >= 0:
-            self._seeked[partition] = start
+        for tp in restarted:  # each is read from its offset again: until its first record
+            if tp.offset >= 0:
+                self._seeked[tp.partition] = tp.offset
 
     def _with_errors(self, messages: list) -> list:
         """The records of a poll that returned errors: a batch that cannot be read becomes an
@@ -584,11 +587,10 @@ class ConfluentTransport(Transport):
 
     def _position_of(self, partition: int, reported: int, error: KafkaError, records) -> int:
         """The offset the consumer was to read next from ``partition`` when its batch could
-        not be read: after the last record of it returned (in this poll, or before), where
-        it was sought to, or (nothing read since it was assigned) its committed offset, which
-        can be inside the batch after a restart. The offset librdkafka reports is the
-        batch's first: only trusted after a codec failure (its CRC passed) and where nothing
-        else is known."""
+        not be read: after the last record of it returned (in this poll, or before), or
+        where it was sought to or started at (its committed offset, which can be inside the
+        batch after a restart). The offset librdkafka reports is the batch's first: only
+        trusted after a codec failure (its CRC passed) and where nothing else is known."""
         position = None
         for record in reversed(records):
             if record.partition == partition:
@@ -596,25 +598,14 @@ class ConfluentTransport(Transport):
                 break
         if position is None:
             position = self._seeked.get(partition)
-        tp = KafkaTopicPartition(self._topic, partition)
         if position is None:
-            (current,) = self._consumer.position([tp])
+            (current,) = self._consumer.position([KafkaTopicPartition(self._topic, partition)])
             position = current.offset if current.offset >= 0 else None
-        if position is None:
-            position = self._committed_offset(tp)
         if position is None:
             return max(reported, 0)
         if error.code() == KafkaError._BAD_COMPRESSION and reported > position:
             return reported
         return position
-
-    def _committed_offset(self, tp: KafkaTopicPartition) -> int | None:
-        try:
-            (committed,) = self._consumer.committed([tp], timeout=STARTUP_TIMEOUT_MS / 1000)
-        except KafkaException as exc:
-            log.warning("event=committed_offsets_unknown error=%s", describe(exc))
-            return None
-        return committed.offset if committed.offset >= 0 else None
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         if offset >= 0:  # also where to start it again if it is stopped (``_reset``)
@@ -688,7 +679,8 @@ class ConfluentTransport(Transport):
     def _on_assign(self, consumer: Consumer, partitions: list) -> None:
         """Eager assignment: all of the consumer's partitions. Each starts where the listener
         says, else at its committed offset, else (none yet) at ``auto_offset_reset``'s end:
-        librdkafka's own reset is off (``auto.offset.reset=error``)."""
+        librdkafka's own reset is off (``auto.offset.reset=error``). A start the loop knows
+        is kept as where the partition was sought to, until its first record."""
         if self._abandoned:
             return
         self._rebalances += 1
@@ -696,18 +688,19 @@ class ConfluentTransport(Transport):
         ours = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
         self._assigned = {tp.partition for tp in ours}
         self._seeked = {}
-        starts = self.listener.partitions_assigned(ours)
+        starts = {tp.partition: o for tp, o in self.listener.partitions_assigned(ours).items()}
         uncommitted: set[int] = set()
-        rest = [tp for tp in partitions if TopicPartition(tp.topic, tp.partition) not in starts]
+        rest = [tp for tp in partitions if tp.partition not in starts]
         if rest:
             try:
                 committed = consumer.committed(rest, timeout=STARTUP_TIMEOUT_MS / 1000)
+                starts.update((tp.partition, tp.offset) for tp in committed if tp.offset >= 0)
                 uncommitted = {tp.partition for tp in committed if tp.offset < 0}
             except KafkaException as exc:  # librdkafka then reports a reset: ``_reset``
                 log.warning("event=committed_offsets_unknown error=%s", describe(exc))
         for tp in partitions:
-            start = starts.get(TopicPartition(tp.topic, tp.partition))
-            if start is not None:
+            start = starts.get(tp.partition)
+            if start is not None:  # known here, for a batch it cannot read (``_position_of``)
                 tp.offset = start
                 self._seeked[tp.partition] = start
             elif tp.partition in uncommitted:
