@@ -401,3 +401,72 @@ def test_librdkafka_statistics_and_all_brokers_down_say_whether_the_cluster_is_r
     assert not transport.connected()
     transport._on_stats(stats("DOWN", "UP"))
     assert transport.connected()
+
+
+class _RangeConsumer:
+    """What ``_reset`` asks of librdkafka's consumer: a partition's range from the broker
+    (or its failure to answer) and the two partitions' positions; it keeps the offsets
+    they are assigned at again."""
+
+    def __init__(self, topic_partition, watermarks, positions):
+        self.topic_partition = topic_partition
+        self.watermarks = watermarks
+        self.positions = positions
+        self.assigned: dict[int, int] = {}
+
+    def get_watermark_offsets(self, tp, timeout, cached):
+        if isinstance(self.watermarks, Exception):
+            raise self.watermarks
+        return self.watermarks
+
+    def assignment(self):
+        return [self.topic_partition("in", p) for p in self.positions]
+
+    def position(self, partitions):
+        return [
+            self.topic_partition("in", tp.partition, self.positions[tp.partition])
+            for tp in partitions
+        ]
+
+    def assign(self, partitions):
+        self.assigned = {tp.partition: tp.offset for tp in partitions}
+
+
+@pytest.mark.parametrize(
+    ("reset", "sought", "answer", "start"),
+    [
+        ("earliest", 12, (10, 30), 12),  # inside: where the loop was
+        ("earliest", 40, (10, 30), 30),  # past the end (a truncated log): the end
+        ("earliest", 5, (10, 30), 10),  # deleted: auto_offset_reset, as an offset
+        ("latest", 5, (10, 30), 30),
+        ("earliest", None, (10, 30), 10),  # no offset of the loop's
+        ("earliest", 12, "down", 12),  # the broker cannot say: where the loop was
+        ("earliest", None, "down", -2),  # ... or librdkafka's beginning
+    ],
+)
+def test_librdkafka_reset_restarts_where_the_broker_can_serve_and_keeps_every_start(
+    reset, sought, answer, start
+):
+    """librdkafka reported partition 0 out of range: it restarts where the broker's range
+    allows, and both partitions' starts are kept as where they were sought to, so a batch
+    partition 1 cannot read next is dead-lettered at its own position (7), not at the
+    batch's first record as librdkafka reports it after the reassignment."""
+    confluent_kafka = required_module("confluent_kafka", "confluent")
+    from anomaly.config import ServeConfig
+    from anomaly.stream.confluent_transport import ConfluentTransport
+
+    error = confluent_kafka.KafkaError
+    down = confluent_kafka.KafkaException(error(error._TIMED_OUT))
+    config = ServeConfig(client="confluent", input_topic="in", auto_offset_reset=reset)
+    transport = ConfluentTransport(config, "c", listener=None)
+    consumer = _RangeConsumer(
+        confluent_kafka.TopicPartition, down if answer == "down" else answer, {0: -1001, 1: 7}
+    )
+    transport._consumer = consumer
+    transport._assigned = {0, 1}
+    if sought is not None:
+        transport._seeked[0] = sought
+    transport._reset(0, error(error._AUTO_OFFSET_RESET))
+    assert consumer.assigned == {0: start, 1: 7}
+    assert transport._seeked == ({0: start} if start >= 0 else {}) | {1: 7}
+    assert transport._position_of(1, 3, error(error._BAD_MSG), []) == 7
