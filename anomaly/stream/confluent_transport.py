@@ -197,6 +197,7 @@ class ConfluentTransport(Transport):
         self._assigned: set[int] = set()  # partitions of the input topic
         self._rebalances = 0
         self._seeked: dict[int, int] = {}  # partition -> offset sought since its last record
+        self._committed_starts: dict[int, int] = {}  # partition -> committed offset at assignment
         self._paused = False
         self._reset_offset = (
             OFFSET_BEGINNING if config.auto_offset_reset == "earliest" else OFFSET_END
@@ -587,9 +588,11 @@ class ConfluentTransport(Transport):
 
     def _position_of(self, partition: int, reported: int, error: KafkaError, records) -> int:
         """The offset the consumer was to read next from ``partition`` when its batch could
-        not be read: after the last record of it returned (in this poll, or before), or
-        where it was sought to or started at (its committed offset, which can be inside the
-        batch after a restart). The offset librdkafka reports is the batch's first: only
+        not be read: after the last record of it returned in this poll; else the further of
+        where it was sought to and the consumer's position (which also moves past
+        transaction markers and aborted records, which no record returned marks); else,
+        nothing read since the assignment, its committed offset then (which can be inside
+        the batch after a restart). The offset librdkafka reports is the batch's first: only
         trusted after a codec failure (its CRC passed) and where nothing else is known."""
         position = None
         for record in reversed(records):
@@ -597,10 +600,10 @@ class ConfluentTransport(Transport):
                 position = record.offset + 1
                 break
         if position is None:
-            position = self._seeked.get(partition)
-        if position is None:
             (current,) = self._consumer.position([KafkaTopicPartition(self._topic, partition)])
-            position = current.offset if current.offset >= 0 else None
+            position = max(self._seeked.get(partition, -1), current.offset)  # invalid: < 0
+            if position < 0:
+                position = self._committed_starts.get(partition)
         if position is None:
             return max(reported, 0)
         if error.code() == KafkaError._BAD_COMPRESSION and reported > position:
@@ -679,8 +682,9 @@ class ConfluentTransport(Transport):
     def _on_assign(self, consumer: Consumer, partitions: list) -> None:
         """Eager assignment: all of the consumer's partitions. Each starts where the listener
         says, else at its committed offset, else (none yet) at ``auto_offset_reset``'s end:
-        librdkafka's own reset is off (``auto.offset.reset=error``). A start the loop knows
-        is kept as where the partition was sought to, until its first record."""
+        librdkafka's own reset is off (``auto.offset.reset=error``). A committed offset
+        librdkafka starts from itself (with its leader epoch); the loop keeps it for a batch
+        it cannot read before the partition's first record (``_position_of``)."""
         if self._abandoned:
             return
         self._rebalances += 1
@@ -688,19 +692,22 @@ class ConfluentTransport(Transport):
         ours = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
         self._assigned = {tp.partition for tp in ours}
         self._seeked = {}
+        self._committed_starts = {}
         starts = {tp.partition: o for tp, o in self.listener.partitions_assigned(ours).items()}
         uncommitted: set[int] = set()
         rest = [tp for tp in partitions if tp.partition not in starts]
         if rest:
             try:
                 committed = consumer.committed(rest, timeout=STARTUP_TIMEOUT_MS / 1000)
-                starts.update((tp.partition, tp.offset) for tp in committed if tp.offset >= 0)
                 uncommitted = {tp.partition for tp in committed if tp.offset < 0}
+                self._committed_starts = {
+                    tp.partition: tp.offset for tp in committed if tp.offset >= 0
+                }
             except KafkaException as exc:  # librdkafka then reports a reset: ``_reset``
                 log.warning("event=committed_offsets_unknown error=%s", describe(exc))
         for tp in partitions:
             start = starts.get(tp.partition)
-            if start is not None:  # known here, for a batch it cannot read (``_position_of``)
+            if start is not None:
                 tp.offset = start
                 self._seeked[tp.partition] = start
             elif tp.partition in uncommitted:
@@ -724,6 +731,7 @@ class ConfluentTransport(Transport):
         self._assigned -= {tp.partition for tp in revoked}
         for tp in revoked:
             self._seeked.pop(tp.partition, None)
+            self._committed_starts.pop(tp.partition, None)
         self.listener.partitions_revoked(revoked, committed)
         consumer.unassign()
 
