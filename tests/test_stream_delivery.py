@@ -450,7 +450,8 @@ def test_librdkafka_reset_restarts_where_the_broker_can_serve_and_keeps_every_st
     """librdkafka reported partition 0 out of range: it restarts where the broker's range
     allows, and both partitions' starts are kept as where they were sought to, so a batch
     partition 1 cannot read next is dead-lettered at its own position (7), not at the
-    batch's first record as librdkafka reports it after the reassignment."""
+    batch's first record as librdkafka reports it after the reassignment, nor behind the
+    consumer's position once that moved past a transaction marker."""
     confluent_kafka = required_module("confluent_kafka", "confluent")
     from anomaly.config import ServeConfig
     from anomaly.stream.confluent_transport import ConfluentTransport
@@ -470,3 +471,5 @@ def test_librdkafka_reset_restarts_where_the_broker_can_serve_and_keeps_every_st
     assert consumer.assigned == {0: start, 1: 7}
     assert transport._seeked == ({0: start} if start >= 0 else {}) | {1: 7}
     assert transport._position_of(1, 3, error(error._BAD_MSG), []) == 7
+    consumer.positions[1] = 9  # past a transaction's marker, which no record returned marks
+    assert transport._position_of(1, 3, error(error._BAD_MSG), []) == 9
