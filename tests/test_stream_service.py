@@ -224,6 +224,15 @@ def _commit(bootstrap: str, group_id: str, partition: TopicPartition, offset: in
         consumer.close(autocommit=False)
 
 
+def _delete_records_before(bootstrap: str, partition: TopicPartition, offset: int) -> None:
+    """Delete ``partition``'s records before ``offset``, as retention would have."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_records({partition: offset})
+    finally:
+        admin.close()
+
+
 def _committed(bootstrap: str, group_id: str, partition: TopicPartition) -> int | None:
     """``group_id``'s committed offset of ``partition``, as the broker has it now."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id)
@@ -641,11 +650,7 @@ def test_a_committed_offset_the_broker_deleted_restarts_at_auto_offset_reset_and
     assert [o for _, o in sent] == list(range(30))
     partition = TopicPartition(t["input_topic"], 0)
     _commit(kafka_bootstrap, config.group_id, partition, 5)
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_records({partition: 10})
-    finally:
-        admin.close()
+    _delete_records_before(kafka_bootstrap, partition, 10)
     with _running(detector, config):
         wait_for(
             lambda: _committed(kafka_bootstrap, config.group_id, partition) == 30,
@@ -697,11 +702,7 @@ def test_confluent_reads_a_partition_started_outside_its_records_from_where_the_
     t = topics(1)
     written = _produce(kafka_bootstrap, t["input_topic"], [(None, b"{}")] * 30)
     assert [o for _, o in written] == list(range(30))
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_records({TopicPartition(t["input_topic"], 0): 10})
-    finally:
-        admin.close()
+    _delete_records_before(kafka_bootstrap, TopicPartition(t["input_topic"], 0), 10)
     config = _config(kafka_bootstrap, t, client="confluent", auto_offset_reset="earliest")
     transport = ConfluentTransport(config, "c1", listener=_StartingAt(start))
     read: list[int] = []

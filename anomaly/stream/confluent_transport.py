@@ -41,7 +41,8 @@ How librdkafka differs, and what this module does about it:
   (``auto.offset.reset=error``): after such a fetch it would start the partition again from
   its start (or skip to its end); ``_reset`` puts it back where the loop was instead, and
   applies ``[serve] auto_offset_reset`` only where there is no position (no committed
-  offset yet, or one the broker says is outside the partition).
+  offset yet, or one whose records the broker says were deleted); a position past the
+  partition's end starts at its end.
 - **The cluster is reachable** while librdkafka's statistics (every second) show a broker
   connection up; its error callback's ``_ALL_BROKERS_DOWN`` counts as lost at once.
 - **Rebalances**: ``on_revoke`` flushes the producer and commits synchronously (allowed in
