@@ -65,9 +65,9 @@ def _records(detector, n):
     ]
 
 
-def _produce_with_librdkafka(bootstrap, topic, codec, messages):
-    """Send with librdkafka, ``codec``-compressed, lingering so batches hold many records;
-    return each record's (partition, offset)."""
+def _produce_with_librdkafka(bootstrap, topic, codec, messages, headers=None):
+    """Send with librdkafka, ``codec``-compressed, lingering so batches hold many records
+    (message ``i`` with ``headers[i]``, if given); return each record's (partition, offset)."""
     from confluent_kafka import Producer
 
     delivered, failed = [], []
@@ -81,8 +81,9 @@ def _produce_with_librdkafka(bootstrap, topic, codec, messages):
     producer = Producer(
         {"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 50}
     )
-    for key, value in messages:
-        producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+    for i, (key, value) in enumerate(messages):
+        extra = {"headers": headers[i]} if headers and i in headers else {}
+        producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **extra)
     assert producer.flush(30) == 0, "librdkafka did not deliver every record"
     assert not failed, failed
     return delivered
@@ -192,6 +193,28 @@ def test_a_batch_that_cannot_be_decompressed_is_dead_lettered_record_by_record(
     assert all("ZstdError" in d["error"] and d["topic"] == topics["input_topic"] for d in letters)
 
 
+def _segment_of(log_dir, topic: str):
+    (segment,) = sorted((log_dir / f"{topic}-0").glob("*.log"))
+    return segment
+
+
+def _batches(data: bytearray):
+    """(base offset, start, end) of each record batch in a log segment's bytes."""
+    position = 0
+    while position + 12 <= len(data):
+        base, length = struct.unpack(">qi", data[position : position + 12])
+        end = position + 12 + length
+        yield base, position, end
+        position = end
+
+
+def _seal(data: bytearray, start: int, end: int) -> None:
+    """Write the CRC32C that a v2 batch's bytes have now: it passes every check."""
+    import crc32c
+
+    data[start + 17 : start + 21] = struct.pack(">I", crc32c.crc32c(bytes(data[start + 21 : end])))
+
+
 def _damage_batches_on_disk(log_dir, topic: str, offsets: range, how: str) -> None:
     """Damage, in the broker's log segment of ``topic``'s partition 0, every record batch
     that starts within ``offsets`` (a producer may send records in one batch or, when its
@@ -199,28 +222,69 @@ def _damage_batches_on_disk(log_dir, topic: str, offsets: range, how: str) -> No
     (its CRC32C then fails); ``codec`` breaks its compressed payload's magic number and
     writes a CRC that matches (the batch passes the check and its codec fails). The broker
     serves them as they are."""
-    import crc32c
-
-    (segment,) = sorted((log_dir / f"{topic}-0").glob("*.log"))
+    segment = _segment_of(log_dir, topic)
     data = bytearray(segment.read_bytes())
-    damaged, position = False, 0
-    while position + 12 <= len(data):
-        base, length = struct.unpack(">qi", data[position : position + 12])
-        end = position + 12 + length
+    damaged = False
+    for base, start, end in _batches(data):
         if base in offsets:
             if how == "crc":
                 data[end - 1] ^= 0xFF
             else:
-                payload = position + 61  # after the v2 batch header
+                payload = start + 61  # after the v2 batch header
                 data[payload : payload + 4] = b"\x00\x00\x00\x00"
-                data[position + 17 : position + 21] = struct.pack(
-                    ">I", crc32c.crc32c(bytes(data[position + 21 : end]))
-                )
+                _seal(data, start, end)
             damaged = True
-        position = end
     assert damaged, f"no batch starts in {offsets} in {segment}"
     with segment.open("r+b") as file:  # in place: the broker has the file open
         file.write(data)
+
+
+def _rewrite_on_disk(log_dir, topic: str, old: bytes, new: bytes) -> range:
+    """Replace ``old`` (once) by as many bytes ``new`` in the log of ``topic``'s partition 0
+    and seal the batch that holds it: the broker serves what a producer could have sent.
+    The offsets of that batch."""
+    segment = _segment_of(log_dir, topic)
+    data = bytearray(segment.read_bytes())
+    at = data.find(old)
+    assert at >= 0 and len(new) == len(old), f"{old!r} is not in {segment}"
+    data[at : at + len(new)] = new
+    ((base, start, end),) = [batch for batch in _batches(data) if batch[1] <= at < batch[2]]
+    _seal(data, start, end)
+    with segment.open("r+b") as file:
+        file.write(data)
+    (last_delta,) = struct.unpack(">i", data[start + 23 : start + 27])
+    return range(base, base + last_delta + 1)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_header_name_that_is_not_utf8_is_read_with_its_whole_batch(
+    client, detector, kafka_topic_factory, kafka_bootstrap, kafka_log_dir
+):
+    """The protocol's header name is a string, but librdkafka's C API (and Go's clients)
+    send whatever bytes a producer gives, and the broker keeps them: here one record's name
+    is made two bytes that are not UTF-8 (in the log, as such a producer would have written
+    it). The service never reads headers: that record and every record after it in its
+    batch are scored, none dead-lettered (kafka-python gave up the rest of the batch, one
+    record per fetch)."""
+    topics = _one_partition_topics(kafka_topic_factory)
+    messages = _records(detector, 20)
+    placeholder = b"header-name-of-record-5"
+    sent = _produce_with_librdkafka(
+        kafka_bootstrap,
+        topics["input_topic"],
+        "none",
+        messages,
+        headers={5: [(placeholder.decode(), b"v")], 6: [("trace", b"\xc3\x28")]},
+    )
+    batch = _rewrite_on_disk(
+        kafka_log_dir, topics["input_topic"], placeholder, b"\xff\xfe" + placeholder[2:]
+    )
+    assert 5 in batch and batch.stop > 6, f"record 5 is the last of its batch {batch}"
+    config = _config(kafka_bootstrap, topics, client=client)
+    with _running(detector, config):
+        results = _read_results(kafka_bootstrap, topics["output_topic"], len(messages))
+    assert sorted((r["partition"], r["offset"]) for r in results) == sorted(sent)
+    assert all("score" in r for r in results)
 
 
 @pytest.mark.parametrize("client", CLIENTS)

@@ -43,7 +43,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from anomaly.stream import codecs
+from anomaly.stream import codecs, header_names
 from anomaly.stream.clients import check_broker, make_consumer, make_producer
 from anomaly.stream.delivery import RETRY_INTERVAL_S
 from anomaly.stream.errors import StreamError, describe_error
@@ -52,6 +52,7 @@ from anomaly.stream.transport import TopicPartition, Transport, Unreadable
 
 log = logging.getLogger("anomaly.stream")
 codecs.install()  # a compressed batch may not unpack to more than codecs.MAX_BATCH_BYTES
+header_names.install()  # a header name that is not UTF-8 is read, not the batch given up
 
 #: Errors that belong to the message itself: sending it again cannot succeed.
 RECORD_ERRORS = (
