@@ -347,9 +347,12 @@ def test_window_state_is_bounded_by_max_entities():
     assert not math.isnan(float(windows.forget_partitions([0])))
 
 
-def test_results_go_to_the_partition_kafkas_default_partitioner_picks_for_their_key():
+def test_results_go_to_the_partition_kafkas_default_partitioner_picks_for_their_key(
+    monkeypatch,
+):
     from kafka.partitioner.default import DefaultPartitioner
 
+    from anomaly.stream import partitioning
     from anomaly.stream.partitioning import KeyPartitions
 
     class Cluster:  # what DefaultPartitioner and KeyPartitions read of the metadata
@@ -369,9 +372,46 @@ def test_results_go_to_the_partition_kafkas_default_partitioner_picks_for_their_
 
     mine = KeyPartitions(Producer(), "out")
     kafkas = DefaultPartitioner()
-    for key in [f"entity-{i}".encode() for i in range(500)] + [b"", b"\x00\xff"]:
+    long_keys = [bytes([i]) * n for i, n in enumerate((257, 4096, 100_000))]
+    for key in [f"entity-{i}".encode() for i in range(500)] + [b"", b"\x00\xff", *long_keys]:
         assert mine(key) == kafkas.partition("out", key, key, None, None, cluster)
     assert mine(None) is None
+    # A long key is hashed once (about half a millisecond per kilobyte in pure Python),
+    # then found by its digest.
+    hashed = []
+    monkeypatch.setattr(partitioning, "murmur2", lambda key: hashed.append(key) or 0)
+    assert [mine(key) for key in long_keys] == [
+        kafkas.partition("out", key, key, None, None, cluster) for key in long_keys
+    ]
+    assert hashed == []
+
+
+def test_per_key_state_holds_a_digest_of_a_long_key_not_its_bytes():
+    """Producers choose keys up to a message's size; the service keeps state for up to
+    ``max_entities`` of them. 40 keys of a MiB each must not cost 40 MiB of windows."""
+    import tracemalloc
+
+    from anomaly.stream.entities import MAX_KEY_BYTES, entity_of
+
+    windows = KeyedWindows(length=2, n_features=1, max_entities=100)
+    tracemalloc.start()
+    try:
+        for step in range(2):  # the keys of each poll are new bytes, dropped after it
+            keys = [bytes([i]) * 2**20 for i in range(40)]
+            made, positions = windows.push(
+                np.full((40, 1), step, np.float32), [entity_of(k) for k in keys], [0] * 40
+            )
+            del keys
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert positions == list(range(40)) and len(windows) == 40  # each key its own window
+    assert held < 2**20, f"{held} bytes held for 40 keys"
+    first, second = b"a" * 2**20, b"b" * 2**20
+    assert entity_of(first) == entity_of(bytes(first)) != entity_of(second)
+    short = b"k" * MAX_KEY_BYTES
+    assert entity_of(short) is short and entity_of(None) is None
+    assert entity_of(first) not in {entity_of(k) for k in (b"sha256", entity_of(first)[1])}
 
 
 def test_a_client_log_line_repeated_is_let_through_once_per_period_with_the_count_held_back(

@@ -57,7 +57,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -74,6 +74,7 @@ from anomaly.stream.broker_watch import BrokerWatch
 from anomaly.stream.client_logs import Throttle
 from anomaly.stream.delivery import GIVEN_UP, Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
+from anomaly.stream.entities import entity_of
 from anomaly.stream.errors import StreamError
 from anomaly.stream.kafka_options import check_tls_files
 from anomaly.stream.messages import (
@@ -488,7 +489,7 @@ class ScoringService:
         batch = _Batch(records, polled_at, decoded, rejected, chosen)
         if chosen and self._windows is not None:
             batch.inputs, batch.scored_positions = self._windows.push(
-                decoded.rows, [r.key for r in chosen], batch.partitions
+                decoded.rows, batch.entities, batch.partitions
             )
         elif chosen:
             batch.inputs = decoded.rows
@@ -572,8 +573,9 @@ class ScoringService:
                 scored_positions = []
             if self._alarms is not None:
                 scored = range(len(chosen)) if scored_positions is None else scored_positions
+                entities = batch.entities
                 decided = self._alarms.update(
-                    result, [chosen[i].key for i in scored], [partitions[i] for i in scored]
+                    result, [entities[i] for i in scored], [partitions[i] for i in scored]
                 )
                 alarms = (decided.levels, decided.alarms)
                 self.metrics.alarm_states.set(self._alarms.states)
@@ -1011,6 +1013,11 @@ class _Batch:
     @cached_property
     def partitions(self) -> list[int]:
         return [r.partition for r in self.chosen]
+
+    @cached_property
+    def entities(self) -> list[Hashable]:
+        """What each accepted record's per-key state is kept under (``entity_of``)."""
+        return [entity_of(r.key) for r in self.chosen]
 
 
 class _EmptyResult:

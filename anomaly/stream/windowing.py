@@ -13,7 +13,7 @@ get ``window_complete: false`` results.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 
 import numpy as np
 
@@ -28,13 +28,14 @@ class KeyedWindows:
         self.max_entities = max_entities
         self._buffer = WindowBuffer(length, n_features, max_entities)
         # Mirrors the buffer's keys in the same first-seen order, so it evicts the same ones.
-        self._partition_of: dict[bytes, int] = {}
+        self._partition_of: dict[Hashable, int] = {}
 
     def push(
-        self, rows: np.ndarray, keys: list[bytes | None], partitions: list[int]
+        self, rows: np.ndarray, keys: list[Hashable], partitions: list[int]
     ) -> tuple[np.ndarray, list[int]]:
-        """Add a batch's rows; return the windows completed and the positions (in the batch)
-        of the rows that completed them."""
+        """Add a batch's rows, of the entities ``keys`` (``entities.entity_of`` of each Kafka
+        key); return the windows completed and the positions (in the batch) of the rows that
+        completed them."""
         if not len(rows):
             return np.empty((0, self.length, rows.shape[1]), np.float32), []
         entities = np.empty(len(keys), dtype=object)
