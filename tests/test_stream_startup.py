@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka.admin import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 import anomaly
 from anomaly.stream import ScoringService, StreamError
@@ -127,6 +127,46 @@ def test_missing_dead_letter_topic_error_names_both_ways_out(kafka_bootstrap, ka
     message = str(caught.value)
     assert "dlq_topic=" in message and "--create-topics" in message
     assert "--dlq-topic ''" in message and 'dlq_topic = ""' in message
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+@pytest.mark.parametrize("policy", ["compact", "compact,delete"])
+def test_a_compacted_dead_letter_topic_is_refused_at_start(
+    policy, client, kafka_bootstrap, kafka_topic_factory, tiny_bundle
+):
+    """Compaction would delete dead letters, and the broker refuses one without a key (the
+    service then sent it again and again with its input paused). A topic that only
+    deletes is fine."""
+    from kafka.admin import NewTopic
+
+    dlq = f"dlq-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(dlq, 1, 1, topic_configs={"cleanup.policy": policy})])
+    try:
+        config = _config(
+            kafka_bootstrap,
+            input_topic=kafka_topic_factory(1),
+            output_topic=kafka_topic_factory(1),
+            dlq_topic=dlq,
+            client=client,
+            metrics_port=0,
+        )
+        service = ScoringService(anomaly.load(tiny_bundle), config)
+        with pytest.raises(StreamError) as caught:
+            service.start()
+        message = str(caught.value)
+        assert f"{dlq!r} has cleanup.policy={policy}" in message
+        assert "cleanup.policy=delete" in message
+        admin.alter_configs(  # what the error says to do
+            [ConfigResource(ConfigResourceType.TOPIC, dlq, configs={"cleanup.policy": "delete"})]
+        )
+        service = ScoringService(anomaly.load(tiny_bundle), config)
+        service.start()
+        service.stop()
+        service.run()  # stops at once: closes what start opened
+    finally:
+        admin.delete_topics([dlq])
+        admin.close()
 
 
 def test_service_starts_without_a_dead_letter_topic_when_it_is_turned_off(

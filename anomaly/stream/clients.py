@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import (
     AuthorizationError,
     IllegalSaslStateError,
@@ -53,6 +54,8 @@ from kafka.errors import (
 from anomaly.config import ServeConfig
 from anomaly.stream.errors import StreamError
 from anomaly.stream.kafka_options import client_options
+
+log = logging.getLogger("anomaly.stream")
 
 #: How long start-up waits for the broker before failing.
 STARTUP_TIMEOUT_MS = 10_000
@@ -93,8 +96,37 @@ def check_broker(config: ServeConfig) -> None:
             lambda topics: _create_topics(admin, config, topics),
             lambda topics: _denied_topics(admin, topics),
         )
+        if config.dlq_topic:
+            check_dead_letter_policy(config, _cleanup_policy(admin, config.dlq_topic))
     finally:
         admin.close()
+
+
+def check_dead_letter_policy(config: ServeConfig, cleanup_policy: str | None) -> None:
+    """Refuse a compacted dead-letter topic (``cleanup_policy`` is its ``cleanup.policy``;
+    None where the cluster does not say). Compaction deletes all but the last dead letter of
+    each key, and the broker refuses one without a key: the service would send it again
+    and again with its input paused, for ever."""
+    policies = {p.strip() for p in (cleanup_policy or "").split(",")}
+    if "compact" in policies:
+        raise StreamError(
+            f"the dead-letter topic {config.dlq_topic!r} has cleanup.policy={cleanup_policy}: "
+            "compaction would delete dead letters (all but the last of each key) and the "
+            "broker refuses those without a key; give it cleanup.policy=delete "
+            "(kafka-configs.sh --alter --add-config cleanup.policy=delete) or name another"
+        )
+
+
+def _cleanup_policy(admin: KafkaAdminClient, topic: str) -> str | None:
+    """``topic``'s ``cleanup.policy``, or None where the cluster does not say (the principal
+    may not describe its configuration: the check is then skipped, with a warning)."""
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs=["cleanup.policy"])
+    try:
+        described = admin.describe_configs([resource], config_filter="all")
+        return described["topic"][topic]["cleanup.policy"]["value"]
+    except (KafkaError, KeyError, TypeError) as exc:
+        log.warning("event=topic_policy_unknown topic=%s error=%s", topic, type(exc).__name__)
+        return None
 
 
 def check_topic_names(config: ServeConfig) -> None:

@@ -82,6 +82,7 @@ from anomaly.stream.clients import (
     PRODUCER_BATCH_BYTES,
     RECONNECT_BACKOFF_MAX_MS,
     STARTUP_TIMEOUT_MS,
+    check_dead_letter_policy,
     check_topic_names,
     check_topics,
 )
@@ -315,8 +316,16 @@ class ConfluentTransport(Transport):
             lambda topics: self._create_topics(admin, topics),
             lambda topics: _denied_topics(admin, topics),
         )
-        written = [config.output_topic, config.dlq_topic, config.alerts_topic]
-        self._topic_limit = _smallest_message_limit(admin, [t for t in written if t])
+        written = [t for t in (config.output_topic, config.dlq_topic, config.alerts_topic) if t]
+        settings = _topic_settings(admin, written)
+        limits = [
+            int(s["max.message.bytes"]) for s in settings.values() if "max.message.bytes" in s
+        ]
+        self._topic_limit = min(limits, default=None)
+        if config.dlq_topic:
+            check_dead_letter_policy(
+                config, settings.get(config.dlq_topic, {}).get("cleanup.policy")
+            )
 
     def _bootstrap_failure(self, refused, errors, exc) -> str:
         """One line saying why bootstrapping failed; librdkafka's messages hold no secrets."""
@@ -788,17 +797,25 @@ class ConfluentTransport(Transport):
         return describe(error)
 
 
-def _smallest_message_limit(admin: AdminClient, topics: list[str]) -> int | None:
-    """The smallest ``max.message.bytes`` of ``topics``, or None where the cluster does not
-    say (the principal may not describe their configuration)."""
+def _topic_settings(admin: AdminClient, topics: list[str]) -> dict[str, dict[str, str]]:
+    """Each of ``topics``' settings the service reads (its message limit, the dead-letter
+    topic's cleanup policy); {} where the cluster does not say (the principal may not
+    describe their configuration: the limit is then the client's, the policy unchecked)."""
     resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
     try:
         futures = admin.describe_configs(resources, request_timeout=STARTUP_TIMEOUT_MS / 1000)
-        entries = [future.result().get("max.message.bytes") for future in futures.values()]
+        described = {resource.name: future.result() for resource, future in futures.items()}
     except KafkaException as exc:
-        log.warning("event=topic_limits_unknown error=%s", describe(exc))
-        return None
-    return min((int(e.value) for e in entries if e is not None and e.value), default=None)
+        log.warning("event=topic_settings_unknown error=%s", describe(exc))
+        return {}
+    return {
+        topic: {
+            name: entries[name].value
+            for name in ("max.message.bytes", "cleanup.policy")
+            if name in entries and entries[name].value
+        }
+        for topic, entries in described.items()
+    }
 
 
 def _timestamp(message) -> int | None:
