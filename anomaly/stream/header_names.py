@@ -11,7 +11,7 @@ cannot decode is read again with its undecodable bytes replaced (U+FFFD). Record
 such a name take kafka-python's own path, unchanged and at its speed.
 
 kafka-python has no option for this, and its record reader decodes the name inline, so the
-fallback hands that one record's reader a buffer whose slices decode leniently.
+fallback hands that one record's reader a copy of its bytes whose slices decode leniently.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import kafka.record.default_records as default_records
+from kafka.record.util import decode_varint
 
 
 class _LenientSlice(bytearray):
@@ -43,12 +44,19 @@ def _read_msg(batch: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return _strict_read(batch, *args, **kwargs)
     except UnicodeDecodeError:  # a header name; nothing was consumed (``_pos`` is unchanged)
-        strict = batch._buffer
-        batch._buffer = _LenientBuffer(strict)
+        # That record alone is read again, from a lenient copy of its bytes (a copy of the
+        # whole batch for each such record made a batch of them quadratic); its offset and
+        # timestamp come from the batch's header, not from the buffer.
+        strict, start = batch._buffer, batch._pos
+        length, body = decode_varint(strict, start)
+        batch._buffer, batch._pos = _LenientBuffer(strict[start : body + length]), 0
         try:
-            return _strict_read(batch, *args, **kwargs)
+            record = _strict_read(batch, *args, **kwargs)
+            read = batch._pos
         finally:
-            batch._buffer = strict
+            batch._buffer, batch._pos = strict, start
+        batch._pos = start + read
+        return record
 
 
 def install() -> None:
