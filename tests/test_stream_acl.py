@@ -81,6 +81,49 @@ def test_a_topic_the_acls_deny_is_named_as_denied_not_missing(
     assert not service.ready()
 
 
+@pytest.mark.parametrize(
+    ("client", "event"),
+    [("kafka-python", "topic_policy_unknown"), ("confluent", "topic_settings_unknown")],
+)
+def test_a_dead_letter_topic_whose_settings_the_acls_hide_does_not_stop_the_start(
+    client, event, kafka_secure, kafka_topic_factory, tiny_bundle, caplog
+):
+    """The start-up check reads the dead-letter topic's cleanup policy (a compacted one is
+    refused); a principal that may not describe its configuration gets a warning instead."""
+    topics = {
+        "input_topic": kafka_topic_factory(1, prefix="in"),
+        "output_topic": kafka_topic_factory(1, prefix="out"),
+        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+    }
+    config = _scram_config(kafka_secure, topics, client=client, metrics_port=0)
+    dlq = topics["dlq_topic"]
+    principal = f"User:{kafka_secure.sasl_username}"
+    # Any ACL on a topic ends the broker's "everyone, if no ACL is found" for it: all is
+    # allowed but reading its configuration.
+    acls = [
+        ACL(principal, "*", operation, permission, ResourcePattern(ResourceType.TOPIC, dlq))
+        for operation, permission in [
+            (ACLOperation.ALL, ACLPermissionType.ALLOW),
+            (ACLOperation.DESCRIBE_CONFIGS, ACLPermissionType.DENY),
+        ]
+    ]
+    admin = KafkaAdminClient(bootstrap_servers=kafka_secure.bootstrap, client_id="pytest-acl")
+    try:
+        assert not admin.create_acls(acls)["failed"]
+        service = ScoringService(anomaly.load(tiny_bundle), config)
+        with caplog.at_level("WARNING", logger="anomaly.stream"):
+            service.start()
+        service.stop()
+        service.run()  # stops at once: closes what start opened
+    finally:
+        pattern = ResourcePatternFilter(ResourceType.TOPIC, dlq, ACLResourcePatternType.LITERAL)
+        admin.delete_acls(
+            [ACLFilter(a.principal, "*", a.operation, a.permission_type, pattern) for a in acls]
+        )
+        admin.close()
+    assert any(f"event={event}" in r.getMessage() for r in caplog.records), caplog.text
+
+
 def test_a_consumer_group_the_acls_deny_is_polled_at_a_bounded_rate_and_loses_nothing(
     kafka_secure, kafka_topic_factory, tiny_bundle
 ):

@@ -123,10 +123,15 @@ def _cleanup_policy(admin: KafkaAdminClient, topic: str) -> str | None:
     resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs=["cleanup.policy"])
     try:
         described = admin.describe_configs([resource], config_filter="all")
-        return described["topic"][topic]["cleanup.policy"]["value"]
-    except (KafkaError, KeyError, TypeError) as exc:
-        log.warning("event=topic_policy_unknown topic=%s error=%s", topic, type(exc).__name__)
-        return None
+    except KafkaError as exc:
+        reason = type(exc).__name__
+    else:
+        try:
+            return described["topic"][topic]["cleanup.policy"]["value"]
+        except (KeyError, TypeError):  # kafka-python leaves out a topic the broker refused
+            reason = "not described (DESCRIBE_CONFIGS denied on it?)"
+    log.warning("event=topic_policy_unknown topic=%s error=%s", topic, reason)
+    return None
 
 
 def check_topic_names(config: ServeConfig) -> None:
