@@ -182,9 +182,11 @@ def test_broker_stopped_mid_stream_the_service_resumes_on_its_own_and_loses_noth
         broker.start()
         back = time.monotonic()
         # librdkafka gives up its member id when its session times out during the outage,
-        # so the restarted broker assigns partitions once the old member's session expires.
+        # so the restarted broker assigns partitions once the old member's session expires:
+        # 10.5-11 s here on an idle machine, past 20 s once with other Kafka tests running
+        # beside it (its group coordinator's requests then waited out a timeout).
         within = RESUME_WITHIN_S + (
-            config.session_timeout_ms / 1000 if client == "confluent" else 0
+            2 * config.session_timeout_ms / 1000 if client == "confluent" else 0
         )
         wait_for(
             lambda: service.ready() and service.stats()["consumed"] > consumed_before,
