@@ -5,15 +5,21 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
+import shutil
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import NoReturn, TypeVar
 
 import pytest
 
 T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO_ROOT / "deploy" / "container" / "Dockerfile"
 
 
 def in_ci() -> bool:
@@ -69,3 +75,29 @@ class LogLines(logging.Handler):
     def count(self, event: str) -> int:
         """How many lines are the service's ``event=<event> ...``."""
         return sum(line.startswith(f"event={event} ") for line in self.lines)
+
+
+def dockerfile_sources() -> list[str]:
+    """The paths the image's build stage copies before ``pip install .``."""
+    sources = []
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("RUN") and "pip install ." in line:
+            return sources
+        if re.match(r"COPY\s", line) and "--from" not in line:
+            sources.extend(line.split()[1:-1])
+    raise AssertionError("the Dockerfile has no `pip install .` step")
+
+
+def copy_package_sources(destination: Path) -> Path:
+    """A clean copy of what ``pip install .`` builds from (the Dockerfile's sources) in
+    ``destination``: no stale build/ of the checkout can leak into it, and building it writes
+    nothing into the checkout, where tests running beside it import the package."""
+    destination.mkdir()
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in dockerfile_sources():
+        path = REPO_ROOT / name.rstrip("/")
+        if path.is_dir():
+            shutil.copytree(path, destination / path.name, ignore=skip)
+        else:
+            shutil.copy2(path, destination / path.name)
+    return destination

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 import configparser
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,22 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests._support import unavailable
+from tests._support import copy_package_sources, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = ROOT / "deploy" / "container" / "Dockerfile"
+
 PRODUCT_MODULES = {"pipelines/__init__.py", "pipelines/cli.py", "pipelines/demo.py"}
-
-
-def _dockerfile_sources() -> list[str]:
-    """The paths the image's build stage copies before ``pip install .``."""
-    sources = []
-    for line in DOCKERFILE.read_text().splitlines():
-        if line.startswith("RUN") and "pip install ." in line:
-            return sources
-        if re.match(r"COPY\s", line) and "--from" not in line:
-            sources.extend(line.split()[1:-1])
-    raise AssertionError("the Dockerfile has no `pip install .` step")
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +30,7 @@ def wheel(tmp_path_factory) -> Iterator[zipfile.ZipFile]:
     except ImportError:
         unavailable("setuptools is not installed in this environment")
     tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"  # a clean copy: no stale build/ of the checkout can leak into the wheel
-    src.mkdir()
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in _dockerfile_sources():
-        path = ROOT / name.rstrip("/")
-        if path.is_dir():
-            shutil.copytree(path, src / path.name, ignore=skip)
-        else:
-            shutil.copy2(path, src / path.name)
+    src = copy_package_sources(tmp / "src")
     done = subprocess.run(
         [
             sys.executable,

@@ -33,9 +33,15 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 def _scram_config(kafka_secure, topics: dict[str, str], **serve):
-    """The service's settings for the secured broker's SCRAM-SHA-512 listener."""
+    """The service's settings for the secured broker's SCRAM-SHA-512 listener (metrics on a
+    port of the system's choice)."""
     mode = kafka_secure["sasl_scram512"]
-    settings = {"bootstrap_servers": mode.bootstrap, **topics, "kafka": dict(mode.options)}
+    settings = {
+        "bootstrap_servers": mode.bootstrap,
+        **topics,
+        "kafka": dict(mode.options),
+        "metrics_port": 0,
+    }
     return anomaly.Config().updated(serve={**settings, **serve}).serve
 
 
@@ -95,7 +101,7 @@ def test_a_dead_letter_topic_whose_settings_the_acls_hide_does_not_stop_the_star
         "output_topic": kafka_topic_factory(1, prefix="out"),
         "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
     }
-    config = _scram_config(kafka_secure, topics, client=client, metrics_port=0)
+    config = _scram_config(kafka_secure, topics, client=client)
     dlq = topics["dlq_topic"]
     principal = f"User:{kafka_secure.sasl_username}"
     # Any ACL on a topic ends the broker's "everyone, if no ACL is found" for it: all is

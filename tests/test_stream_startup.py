@@ -112,7 +112,9 @@ def test_librdkafka_refusing_a_password_stops_serve_with_the_error_line_alone(
 
 
 def _config(bootstrap: str, **serve):
-    return anomaly.Config().updated(serve={"bootstrap_servers": bootstrap, **serve}).serve
+    """Settings for a service on ``bootstrap`` (metrics on a port of the system's choice)."""
+    serve = {"bootstrap_servers": bootstrap, "metrics_port": 0, **serve}
+    return anomaly.Config().updated(serve=serve).serve
 
 
 def test_missing_dead_letter_topic_error_names_both_ways_out(kafka_bootstrap, kafka_topic_factory):

@@ -61,6 +61,7 @@ def _service(kafka_secure, topic: str, client: str, bundle: Path, **kafka) -> Sc
                 "dlq_topic": "",
                 "create_topics": True,
                 "client": client,
+                "metrics_port": 0,
                 "kafka": options,
             }
         )
@@ -135,7 +136,7 @@ def test_a_numeric_password_written_unquoted_in_toml_is_given_as_text(
         "[serve]\n"
         f'client = "{client}"\nbootstrap_servers = "{mode.bootstrap}"\n'
         f'input_topic = "{topic}"\noutput_topic = "{topic}-out"\ndlq_topic = ""\n'
-        "create_topics = true\n[serve.kafka]\nssl_password = 20261204\n"
+        "create_topics = true\nmetrics_port = 0\n[serve.kafka]\nssl_password = 20261204\n"
         + "".join(f"{name} = {orjson.dumps(value).decode()}\n" for name, value in options.items())
     )
     config = resolve_serve_config(toml, environ={})
