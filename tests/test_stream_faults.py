@@ -10,6 +10,7 @@ when it is right again.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -24,6 +25,7 @@ from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from anomaly.stream.client_logs import REPEAT_S, VARYING
+from anomaly.stream.confluent_transport import PRODUCER_STALL_S
 from tests._support import LogLines, wait_for
 from tests.test_stream_service import (
     CLIENTS,
@@ -252,6 +254,51 @@ def test_results_the_output_topic_refuses_go_to_the_dead_letter_topic_and_the_st
         (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
     } == set(accepted)
     assert metrics[("anomaly_records_rejected_total", (("reason", "send_failed"),))] == len(refused)
+
+
+def test_a_librdkafka_producer_that_delivers_nothing_is_replaced_and_nothing_is_lost(
+    restartable_kafka, detector, tiny_bundle_mixing, events
+):
+    """The broker's process is frozen (SIGSTOP, as in a long GC pause) while results wait in
+    the producer (``linger_ms``): its connections stay open, so the cluster still counts as
+    reachable, and no delivery report comes, as with a producer left without a partition
+    leader (librdkafka issue #5430, seen in the broker-outage test). After
+    ``PRODUCER_STALL_S`` (and the linger) the service replaces the producer and sends what
+    the old one held on the new one; once the broker runs again, every record has its
+    result."""
+    broker = restartable_kafka
+    t = _create_topics(broker.bootstrap, input_topic=2, output_topic=1, dlq_topic=1)
+    config = _config(
+        broker.bootstrap,
+        {**t, "alerts_topic": None},
+        max_batch_size=16,
+        linger_ms=3000,
+        client="confluent",
+    )
+    pid = int((broker.run_dir / "kafka.pid").read_text())
+    rows = _normal_rows(tiny_bundle_mixing, 60, seed=29)
+    names = detector.feature_names
+    messages = [(f"e{i % 5}".encode(), _record(i, r, names, False)) for i, r in enumerate(rows)]
+    with _running(detector, config) as service:
+        first = _produce(broker.bootstrap, t["input_topic"], messages[:30])
+        wait_for(lambda: service.stats()["consumed"] >= 30, 60, "the first 30 records consumed")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            owed = service.stats()["pending_results"]
+            assert owed > 0, "every result was delivered before the broker froze"
+            wait_for(
+                lambda: events.count("producer_replaced") >= 1,
+                PRODUCER_STALL_S + 3 + 15,
+                "the stalled producer to be replaced",
+            )
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        second = _produce(broker.bootstrap, t["input_topic"], messages[30:])
+        results = _read(broker.bootstrap, t["output_topic"], covers=set(first) | set(second))
+    answered = {(d["partition"], d["offset"]) for d in (orjson.loads(r.value) for r in results)}
+    assert answered >= set(first) | set(second)
+    (replaced,) = [line for line in events.lines if line.startswith("event=producer_replaced ")][:1]
+    assert " messages=0 " not in replaced, replaced
 
 
 def test_a_crashed_instance_is_replaced_at_once_with_static_membership(

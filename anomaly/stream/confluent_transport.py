@@ -51,6 +51,16 @@ How librdkafka differs, and what this module does about it:
   itself after its session expired (a broker outage), and never leaves a rebalance
   unfinished as kafka-python 3.0.12 can: the loop does not subscribe afresh for it (that
   only made the group wait for the old member).
+- **A producer that stops delivering is replaced.** When a partition's leader is briefly
+  unknown (a broker's controlled shutdown, a fenced broker), a produce response can name
+  leader -1; librdkafka (2.16 and earlier, its issue #5430) then leaves that partition
+  without a leader for good, and its messages wait until they time out, are sent again and
+  wait again: the service paused its input, never to resume. So while messages are owed and
+  the cluster is reachable, ``PRODUCER_STALL_S`` (plus ``[serve] linger_ms``) without a
+  single delivery report replaces the producer: the old one's messages are purged, each
+  reported as not sent, and ``delivery`` sends them again on the new one (a message in
+  flight may arrive twice; at least once). A producer that stalls again waits twice as
+  long before the next replacement, up to ``PRODUCER_STALL_MAX_S``.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ import logging
 import re
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import orjson
@@ -109,6 +120,11 @@ DELIVERY_TIMEOUT_MS = 120_000
 WATERMARK_TIMEOUT_MS = 5_000
 #: librdkafka's statistics interval: the broker watch's probe.
 STATISTICS_INTERVAL_MS = 1_000
+#: Seconds without a delivery report, with messages owed and the cluster reachable, after
+#: which the producer is replaced (acknowledgements take milliseconds; a produce request
+#: times out after 30 s), and the most that wait grows to for a producer that stalls again.
+PRODUCER_STALL_S = 15.0
+PRODUCER_STALL_MAX_S = 240.0
 #: How long a client may know no usable broker before it bootstraps again. A broker back
 #: from a freeze (a long GC pause, a suspended VM) can answer a metadata request with no
 #: brokers while it is fenced; librdkafka then drops the one it knew, has forgotten the
@@ -205,6 +221,10 @@ class ConfluentTransport(Transport):
             OFFSET_BEGINNING if config.auto_offset_reset == "earliest" else OFFSET_END
         )
         self._up = True  # a broker connection up, as the last statistics said
+        self._reported_at = time.monotonic()  # the last delivery report, or since nothing owed
+        # Results wait up to linger_ms in the producer by design before they are sent.
+        self._first_stall_s = PRODUCER_STALL_S + config.linger_ms / 1000
+        self._stall_limit_s = self._first_stall_s
         self._abandoned = False  # a close past its deadline: callbacks do nothing more
         self._error_logs = Throttle()  # librdkafka retries its errors: logged once a while
         self.max_message_bytes = MAX_REQUEST_BYTES
@@ -774,15 +794,44 @@ class ConfluentTransport(Transport):
 
     def send(self, message) -> None:
         partition = -1 if message.partition is None else message.partition
-        produced = (message.topic, message.value, message.key, partition, message.report)
+        report = partial(self._reported, message)
+        produced = (message.topic, message.value, message.key, partition, report)
         try:
             self._producer.produce(*produced)
         except BufferError:  # the queue is full: let it drain a little, once
             self._producer.poll(0.05)
             self._producer.produce(*produced)
 
+    def _reported(self, message, error, record) -> None:
+        """A delivery report (served on the loop's thread): the producer is alive."""
+        self._reported_at = time.monotonic()
+        if error is None:
+            self._stall_limit_s = self._first_stall_s
+        message.report(error, record)
+
     def serve(self) -> None:
         self._producer.poll(0)
+        now = time.monotonic()
+        if not self._up or len(self._producer) == 0:
+            self._reported_at = now  # nothing owed, or nowhere to deliver it: no stall
+        elif now - self._reported_at > self._stall_limit_s:
+            self._replace_producer(now - self._reported_at)
+
+    def _replace_producer(self, stalled_s: float) -> None:
+        """A new producer in place of one that delivers nothing (see the module's notes)."""
+        next_limit_s = min(2 * self._stall_limit_s, PRODUCER_STALL_MAX_S)
+        stalled, self._producer = self._producer, Producer(self._producer_settings())
+        owed = len(stalled)
+        stalled.purge()  # queued and in flight: each message is reported as not sent
+        stalled.flush(1.0)  # serves those reports: ``delivery`` sends each again, on the new one
+        log.warning(
+            "event=producer_replaced stalled_s=%.1f messages=%d next_after_s=%.0f",
+            stalled_s,
+            owed,
+            next_limit_s,
+        )
+        self._reported_at = time.monotonic()
+        self._stall_limit_s = next_limit_s
 
     def flush(self, timeout_s: float) -> bool:
         if self._producer is None:
