@@ -403,6 +403,96 @@ def test_librdkafka_statistics_and_all_brokers_down_say_whether_the_cluster_is_r
     assert transport.connected()
 
 
+class _OwingProducer:
+    """What the stall watchdog asks of librdkafka's producer: what it owes (the messages'
+    report callbacks) and, once purged, a purge report for each at the next flush."""
+
+    made: list[_OwingProducer] = []
+
+    def __init__(self, _settings=None):
+        self.owed: list = []
+        self.purged = False
+        _OwingProducer.made.append(self)
+
+    def produce(self, topic, value, key, partition, callback):
+        self.owed.append(callback)
+
+    def poll(self, _timeout):
+        return 0
+
+    def __len__(self):
+        return len(self.owed)
+
+    def purge(self):
+        self.purged = True
+
+    def flush(self, _timeout):
+        import confluent_kafka
+
+        owed, self.owed = self.owed, []
+        for callback in owed:
+            callback(confluent_kafka.KafkaError(confluent_kafka.KafkaError._PURGE_QUEUE), None)
+        return 0
+
+
+def test_librdkafka_producer_is_replaced_only_after_owing_for_the_stall_limit(monkeypatch):
+    """The watchdog counts from when something became owed, not from an idle spell; a
+    timeout's report is no sign of life; the purged messages are reported as not sent; a
+    producer that stalls again gets twice as long; nothing is replaced while the cluster is
+    unreachable."""
+    confluent_kafka = required_module("confluent_kafka", "confluent")
+    from collections import deque
+
+    from anomaly.config import ServeConfig
+    from anomaly.stream import confluent_transport
+
+    now = [0.0]
+    monkeypatch.setattr(confluent_transport, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(confluent_transport, "Producer", _OwingProducer)
+    _OwingProducer.made.clear()
+    transport = confluent_transport.ConfluentTransport(
+        ServeConfig(client="confluent", linger_ms=0), "c", listener=None
+    )
+    transport._producer = _OwingProducer()
+    limit = confluent_transport.PRODUCER_STALL_S
+
+    def owe(at: float) -> Outgoing:
+        now[0] = at
+        message = Outgoing("out", b"k", b"v", origin=None)
+        message._refused = deque()
+        transport.send(message)
+        return message
+
+    def serve(at: float) -> None:
+        now[0] = at
+        transport.serve()
+
+    serve(0.0)
+    first = owe(100.0)  # after an idle spell: the clock starts now
+    serve(101.0)
+    assert len(_OwingProducer.made) == 1
+    timed_out = confluent_kafka.KafkaError(confluent_kafka.KafkaError._MSG_TIMED_OUT)
+    now[0] = 100.0 + limit - 1
+    transport._producer.owed.pop()(timed_out, None)  # reported as timed out ...
+    first.error = None
+    transport._producer.owed.append(lambda *_: None)  # ... and sent again, still owed
+    serve(100.0 + limit - 0.5)
+    assert len(_OwingProducer.made) == 1
+    serve(100.0 + limit + 0.5)  # the timeout's report did not count as progress
+    assert len(_OwingProducer.made) == 2 and _OwingProducer.made[0].purged
+    second = owe(200.0)
+    transport._up = False  # the cluster unreachable: nothing is replaced
+    serve(200.0 + 10 * limit)
+    assert len(_OwingProducer.made) == 2
+    transport._up = True
+    serve(200.0 + 10 * limit + 2 * limit - 1)  # the next replacement waits twice as long
+    assert len(_OwingProducer.made) == 2
+    serve(200.0 + 10 * limit + 2 * limit + 1)
+    assert len(_OwingProducer.made) == 3
+    assert second.error.code() == confluent_kafka.KafkaError._PURGE_QUEUE
+    assert list(second._refused) == [second]  # reported as not sent: ``delivery`` sends it again
+
+
 class _RangeConsumer:
     """What ``_reset`` asks of librdkafka's consumer: a partition's range from the broker
     (or its failure to answer) and the two partitions' positions; it keeps the offsets

@@ -57,10 +57,10 @@ How librdkafka differs, and what this module does about it:
   without a leader for good, and its messages wait until they time out, are sent again and
   wait again: the service paused its input, never to resume. So while messages are owed and
   the cluster is reachable, ``PRODUCER_STALL_S`` (plus ``[serve] linger_ms``) without a
-  single delivery report replaces the producer: the old one's messages are purged, each
-  reported as not sent, and ``delivery`` sends them again on the new one (a message in
-  flight may arrive twice; at least once). A producer that stalls again waits twice as
-  long before the next replacement, up to ``PRODUCER_STALL_MAX_S``.
+  delivery report (other than a timeout's) replaces the producer: the old one's messages
+  are purged, each reported as not sent, and ``delivery`` sends them again on the new one
+  (a message in flight may arrive twice; at least once). A producer that stalls again
+  waits twice as long before the next replacement, up to ``PRODUCER_STALL_MAX_S``.
 """
 
 from __future__ import annotations
@@ -121,10 +121,19 @@ WATERMARK_TIMEOUT_MS = 5_000
 #: librdkafka's statistics interval: the broker watch's probe.
 STATISTICS_INTERVAL_MS = 1_000
 #: Seconds without a delivery report, with messages owed and the cluster reachable, after
-#: which the producer is replaced (acknowledgements take milliseconds; a produce request
-#: times out after 30 s), and the most that wait grows to for a producer that stalls again.
-PRODUCER_STALL_S = 15.0
+#: which the producer is replaced, and the most that wait grows to for a producer that
+#: stalls again. Acknowledgements take milliseconds, but with acks=all a leader may wait
+#: for a slow follower up to the broker's replica.lag.time.max.ms (30 s), and a produce
+#: request times out after 30 s (librdkafka's request.timeout.ms) and is retried silently.
+PRODUCER_STALL_S = 40.0
 PRODUCER_STALL_MAX_S = 240.0
+#: The most a replacement waits for the purged producer's reports (they take milliseconds).
+REPLACE_REPORTS_S = 30.0
+#: Reports that say nothing of the producer's health: a message that waited out its
+#: timeout (and is sent again, to the same stalled producer), or one purged at a replacement.
+STALL_REPORT_CODES = frozenset(
+    {KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
+)
 #: How long a client may know no usable broker before it bootstraps again. A broker back
 #: from a freeze (a long GC pause, a suspended VM) can answer a metadata request with no
 #: brokers while it is fenced; librdkafka then drops the one it knew, has forgotten the
@@ -796,6 +805,8 @@ class ConfluentTransport(Transport):
         partition = -1 if message.partition is None else message.partition
         report = partial(self._reported, message)
         produced = (message.topic, message.value, message.key, partition, report)
+        if len(self._producer) == 0:  # owed from now on: the stall clock starts here
+            self._reported_at = time.monotonic()
         try:
             self._producer.produce(*produced)
         except BufferError:  # the queue is full: let it drain a little, once
@@ -803,8 +814,11 @@ class ConfluentTransport(Transport):
             self._producer.produce(*produced)
 
     def _reported(self, message, error, record) -> None:
-        """A delivery report (served on the loop's thread): the producer is alive."""
-        self._reported_at = time.monotonic()
+        """A delivery report (served on the loop's thread): the producer is alive, unless
+        the report is a timeout or a purge."""
+        kafka_error = None if error is None else _error_of(error)
+        if kafka_error is None or kafka_error.code() not in STALL_REPORT_CODES:
+            self._reported_at = time.monotonic()
         if error is None:
             self._stall_limit_s = self._first_stall_s
         message.report(error, record)
@@ -823,7 +837,13 @@ class ConfluentTransport(Transport):
         stalled, self._producer = self._producer, Producer(self._producer_settings())
         owed = len(stalled)
         stalled.purge()  # queued and in flight: each message is reported as not sent
-        stalled.flush(1.0)  # serves those reports: ``delivery`` sends each again, on the new one
+        # Serve every one of those reports (``delivery`` sends each again, on the new
+        # producer): a message whose report is left behind would never settle.
+        deadline = time.monotonic() + REPLACE_REPORTS_S
+        while stalled.flush(1.0) and time.monotonic() < deadline:
+            pass
+        if len(stalled):
+            log.error("event=producer_reports_lost messages=%d", len(stalled))
         log.warning(
             "event=producer_replaced stalled_s=%.1f messages=%d next_after_s=%.0f",
             stalled_s,
