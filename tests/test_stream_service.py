@@ -12,6 +12,7 @@ import base64
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import anomaly
 from anomaly.config import AlarmConfig
 from anomaly.stream import ScoringService, StreamError
-from tests._support import free_port, required_module, wait_for
+from tests._support import required_module, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -777,11 +778,17 @@ def test_start_fails_fast_naming_a_missing_topic(kafka_bootstrap, topics, detect
 # -- processes -------------------------------------------------------------------------------
 
 
+#: Where ``event=started`` says the service serves its metrics.
+METRICS_ADDRESS = re.compile(r"event=started .*? metrics=127\.0\.0\.1:(\d+) ")
+
+
 class _Serve:
-    """``python -m pipelines.cli serve`` in a subprocess, its log in a file."""
+    """``python -m pipelines.cli serve`` in a subprocess, its log in a file. Its metrics
+    port is the system's pick (a port picked here could be taken in the seconds before the
+    process binds it), read from its ``event=started`` line."""
 
     def __init__(self, bundle, bootstrap, t, group_id, log_dir: Path, name: str, **env):
-        self.port = free_port()
+        self.port: int | None = None
         self.log = log_dir / f"{name}.log"
         environment = {
             **os.environ,
@@ -806,7 +813,7 @@ class _Serve:
             "--group-id",
             group_id,
             "--metrics-port",
-            str(self.port),
+            "0",
         ]
         self._log_handle = self.log.open("wb")
         self.process = subprocess.Popen(
@@ -824,6 +831,11 @@ class _Serve:
                 raise AssertionError(
                     f"serve exited with {self.process.returncode}:\n{self.log.read_text()}"
                 )
+            if self.port is None:
+                started = METRICS_ADDRESS.search(self.log.read_text(errors="replace"))
+                if started is None:
+                    return False
+                self.port = int(started.group(1))
             try:
                 return _status(self.port, "/readyz") == 200
             except OSError:
