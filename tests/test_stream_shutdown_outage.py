@@ -49,6 +49,10 @@ def test_sigterm_while_the_broker_is_down_stops_cleanly_within_the_shutdown_time
         "ANOMALY_SERVE_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
         "ANOMALY_SERVE_METRICS_HOST": "127.0.0.1",
         "ANOMALY_SERVE_METRICS_PORT": "0",
+        # Results wait 2 s in the producer, so some are in flight whenever the broker stops
+        # (without it, a service that had answered all it had fetched had none, 1 run in 4
+        # beside another test worker).
+        "ANOMALY_SERVE_LINGER_MS": "2000",
     }
     command = [sys.executable, "-m", "pipelines.cli", "serve", "--model", str(model)]
     command += ["--bootstrap-servers", bootstrap, "--group-id", group]
