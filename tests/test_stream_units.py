@@ -339,6 +339,23 @@ def test_revoked_partitions_lose_the_window_state_of_their_keys():
     np.testing.assert_array_equal(made[0, :, 0], [1, 3, 1])
 
 
+def test_records_without_a_key_and_records_with_an_empty_key_are_two_series():
+    """Kafka tells a null key from an empty one; a producer that sends both means two
+    entities, and neither may complete the other's window."""
+    from anomaly.stream.entities import entity_of
+
+    windows = KeyedWindows(length=2, n_features=1, max_entities=100)
+    keys = [None, b"", None, b"", b""]
+    made, positions = windows.push(
+        np.arange(5, dtype=np.float32)[:, None], [entity_of(k) for k in keys], [0] * 5
+    )
+    assert positions == [2, 3, 4]
+    np.testing.assert_array_equal(made[:, :, 0], [[0, 2], [1, 3], [3, 4]])
+    assert len(windows) == 2
+    assert entity_of(None) == entity_of(None) != entity_of(b"")
+    assert entity_of(None) not in {entity_of(k) for k in (b"no key", b"")}
+
+
 def test_window_state_is_bounded_by_max_entities():
     windows = KeyedWindows(length=2, n_features=1, max_entities=2)
     rows = np.zeros((3, 1), np.float32)
@@ -410,7 +427,7 @@ def test_per_key_state_holds_a_digest_of_a_long_key_not_its_bytes():
     first, second = b"a" * 2**20, b"b" * 2**20
     assert entity_of(first) == entity_of(bytes(first)) != entity_of(second)
     short = b"k" * MAX_KEY_BYTES
-    assert entity_of(short) is short and entity_of(None) is None
+    assert entity_of(short) is short
     assert entity_of(first) not in {entity_of(k) for k in (b"sha256", entity_of(first)[1])}
 
 

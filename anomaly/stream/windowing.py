@@ -39,7 +39,7 @@ class KeyedWindows:
         if not len(rows):
             return np.empty((0, self.length, rows.shape[1]), np.float32), []
         entities = np.empty(len(keys), dtype=object)
-        entities[:] = [b"" if key is None else key for key in keys]
+        entities[:] = keys
         known = self._partition_of
         for entity, partition in zip(entities.tolist(), partitions, strict=True):
             if entity in known:
