@@ -79,6 +79,7 @@ def save_bundle(path: str | os.PathLike[str], contents: BundleContents) -> str:
         manifest = {"bundle_version": BUNDLE_VERSION, "files": checksums}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if path.exists():
+            refuse_unlisted_entries(path)  # added while the model trained
             shutil.rmtree(path)
         staging.rename(path)
     except BaseException as exc:
@@ -87,6 +88,27 @@ def save_bundle(path: str | os.PathLike[str], contents: BundleContents) -> str:
             raise cannot_write(path, exc) from None
         raise
     return bundle_version_id(path)
+
+
+def refuse_unlisted_entries(path: Path) -> None:
+    """A ``BundleError`` when bundle folder ``path`` holds anything its manifest does not
+    list (the training data, notes): replacing the bundle replaces the whole folder, and
+    would delete them."""
+    try:
+        listed = json.loads((path / MANIFEST).read_bytes()).get("files", {})
+        ours = {MANIFEST, *(PurePosixPath(name).parts[0] for name in listed if name)}
+    except (OSError, ValueError, AttributeError, TypeError, IndexError):
+        ours = {MANIFEST}
+    unlisted = sorted(entry.name for entry in path.iterdir() if entry.name not in ours)
+    if unlisted:
+        shown = ", ".join(unlisted[:5]) + (
+            f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else ""
+        )
+        raise BundleError(
+            f"{path}: holds {shown} besides the model bundle; saving a model there replaces "
+            "the whole directory and would delete them: move them out, or choose a new or "
+            "empty directory"
+        )
 
 
 def load_bundle(path: str | os.PathLike[str]) -> BundleContents:

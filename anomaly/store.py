@@ -165,8 +165,9 @@ def _remove_abandoned_staging(store: Path) -> None:
 def check_save_target(path: str | os.PathLike[str]) -> None:
     """A ``BundleError`` when saving a bundle to ``path`` (which replaces what is there) would
     destroy what a store holds or what is not a bundle: ``path`` is a model store, a version
-    of one, or a non-empty directory that is not a bundle. A new path, an empty directory or
-    a bundle (replaced) is fine. A folder is taken for a bundle by its manifest only: a
+    of one, a non-empty directory that is not a bundle, or a bundle's directory that also
+    holds files its manifest does not list. A new path, an empty directory or a bundle
+    (replaced) is fine. A folder is taken for a bundle by its manifest only: a
     project folder holds a ``config.json`` or ``schema.json`` of its own."""
     path = Path(path)
     if path.is_symlink():  # the folder replaced would be the link's (a store's version?)
@@ -182,6 +183,11 @@ def check_save_target(path: str | os.PathLike[str]) -> None:
             f"{path}: is not a model bundle (it has no {bundle.MANIFEST} of one); saving a model "
             "there would delete what it holds: choose a new or empty directory"
         )
+    if path.is_dir() and not is_store(path):
+        bundle.refuse_unlisted_entries(path)
+    writes_in = path.parent if path.exists() else existing  # the staging folder's place
+    if not os.access(writes_in, os.W_OK | os.X_OK):
+        raise BundleError(f"cannot write {path}: {writes_in} is not writable (permission denied)")
     if path.is_dir() and is_store(path):
         numbers = versions(path)
         if numbers:

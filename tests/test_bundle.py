@@ -188,7 +188,10 @@ def test_wrong_feature_count_is_a_schema_error_naming_the_expected_shape(tabular
 
 
 def test_saving_over_an_existing_bundle_replaces_it(tabular_detector, bundle, probe):
+    """Every file the old manifest lists goes (files it does not list are the user's, and
+    saving is refused: tests/test_model_paths.py)."""
     (bundle / "stray.txt").write_text("left over")
+    list_in_manifest(bundle, "stray.txt")
 
     tabular_detector.save(bundle)
 

@@ -40,7 +40,50 @@ def test_saving_over_a_folder_that_holds_a_config_json_and_more_is_refused(tmp_p
         with pytest.raises(BundleError, match="not a model bundle \\(it has no manifest.json of"):
             check_save_target(project)
     (project / "manifest.json").write_text('{"bundle_version": 3, "files": {}}')
+    with pytest.raises(BundleError, match="holds config.json, normal.csv besides the model"):
+        check_save_target(project)  # a manifest that lists neither
+    (project / "normal.csv").unlink()
+    (project / "manifest.json").write_text('{"bundle_version": 3, "files": {"config.json": ""}}')
     check_save_target(project)  # a bundle: replaced
+
+
+def test_saving_over_a_bundle_that_also_holds_the_users_files_is_refused_and_keeps_them(
+    tmp_path: Path,
+):
+    """Data kept beside a model (``anomaly train --data model/train.csv --out model``) is not
+    the bundle's to delete, whether it was there before training or came during it."""
+    detector = anomaly.load(FIXTURES / "bundle-v3")
+    model = tmp_path / "model"
+    detector.save(model)
+    detector.save(model)  # a bundle alone: replaced
+    (model / "train.csv").write_text("a\n1\n")
+    (model / "notes").mkdir()
+
+    with pytest.raises(BundleError, match=r"model: holds notes, train.csv besides the model"):
+        check_save_target(model)
+    with pytest.raises(BundleError, match=r"holds notes, train.csv besides"):
+        detector.save(model)
+    (model / "notes").rmdir()
+    manifest = (model / bundle.MANIFEST).read_bytes()
+    with pytest.raises(BundleError, match=r"holds train.csv besides"):
+        bundle.save_bundle(model, bundle.load_bundle(model))  # checked again at the swap
+    assert (model / "train.csv").read_text() == "a\n1\n"
+    assert (model / bundle.MANIFEST).read_bytes() == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging left
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_training(tmp_path: Path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        "anomaly.store.os.access", lambda p, mode: Path(p) != locked and real_access(p, mode)
+    )
+
+    for target in (locked / "model", locked / "new" / "model"):
+        with pytest.raises(BundleError, match=f"cannot write {target}: {locked} is not writable"):
+            check_save_target(target)
+    check_save_target(tmp_path / "model")
 
 
 def test_saving_through_a_symbolic_link_is_refused_before_training(tmp_path: Path):
