@@ -52,6 +52,19 @@ class _Standardised(NamedTuple):
     scores: np.ndarray
 
 
+def refuse_records_that_do_not_vary(records: np.ndarray) -> None:
+    """A ``DataError`` when every normal record is the same (a stuck sensor's log, a file of
+    one repeated row): a model would learn no normal variation from them, and flag every
+    record that differs at all (600 of 600 new normal rows in a user's try)."""
+    flat = records.reshape(len(records), -1)
+    if len(flat) and not (flat != flat[0]).any():
+        raise DataError(
+            f"the {len(records)} normal records are all the same record: they do not vary "
+            "(constant or repeated rows), so there is no normal variation to learn or "
+            "calibrate on and every other record would be flagged; use normal data that varies"
+        )
+
+
 def calibrate(
     engine: ScoringEngine,
     held_out: np.ndarray,
@@ -137,6 +150,7 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
         raise DataError(
             f"{len(records)} normal records to calibrate on; at least {MIN_RECORDS} are needed"
         )
+    refuse_records_that_do_not_vary(records)
     params = calibrate(detector.engine, records)
     health = {**detector.health, "warnings": list(detector.health.get("warnings", []))}
     too_few = resolution_warning(len(records), params.target_fpr, "calibrate on more normal rows")

@@ -21,7 +21,12 @@ import keras
 import numpy as np
 
 from anomaly import health, tables
-from anomaly.calibration import MIN_STANDARDISING_RECORDS, calibrate, resolution_warning
+from anomaly.calibration import (
+    MIN_STANDARDISING_RECORDS,
+    calibrate,
+    refuse_records_that_do_not_vary,
+    resolution_warning,
+)
 from anomaly.config import Config, TrainingConfig
 from anomaly.detector import Detector, Schema, default_jit_compile
 from anomaly.drift import DriftSummary
@@ -87,6 +92,7 @@ def train(
             else f"windows of {window} rows from {len(rows)} normal rows"
         )
         raise TrainingError(f"{len(records)} {made}; at least {MIN_RECORDS} are needed to train")
+    refuse_records_that_do_not_vary(records)
     fit_part, held_out = _split(records, config)
     folds = _folds(fit_part, config.training)
     _progress(config, "model 1", len(fit_part))

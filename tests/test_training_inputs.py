@@ -7,6 +7,7 @@ import pytest
 
 import anomaly
 from anomaly import Config
+from anomaly.calibration import refuse_records_that_do_not_vary
 from anomaly.errors import TrainingError
 
 
@@ -15,3 +16,16 @@ def test_too_few_windows_names_the_window_and_the_rows():
 
     with pytest.raises(TrainingError, match="^20 windows of 100 rows from 119 normal rows; at"):
         anomaly.train(np.zeros((119, 2), np.float32), config)
+
+
+@pytest.mark.parametrize(("window", "records"), [(None, 300), (4, 297)])
+def test_normal_data_that_does_not_vary_is_refused_before_training(window, records):
+    """300 copies of one row (a stuck sensor) once trained a model that flagged 600 of 600
+    ordinary rows; one row that differs is variation enough to go on."""
+    config = Config().updated(model={"window": window})
+    same = np.tile(np.array([[1.0, 2.0, 3.0]], np.float32), (300, 1))
+
+    with pytest.raises(anomaly.DataError, match=f"^the {records} normal records are all the same"):
+        anomaly.train(same, config)
+    same[150, 2] = 3.5
+    refuse_records_that_do_not_vary(same)
