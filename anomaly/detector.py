@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -245,7 +245,21 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
         jit_compile=default_jit_compile() if jit_compile is None else jit_compile,
     )
     metadata = {**parts["metadata"], "model_version": contents.version}
-    return Detector(engine, schema, config, metadata, parts["health"], drift_summary)
+    return Detector(engine, schema, config, metadata, _health(path, parts["health"]), drift_summary)
+
+
+@dataclass(frozen=True)
+class _HealthWarnings:
+    """What the CLI reads of ``health.json`` (the rest is a report for people)."""
+
+    warnings: list[str] = field(default_factory=list)
+
+
+def _health(path: Path, values: dict) -> dict:
+    """``health.json`` with its warnings checked as text (none where it has no list of them:
+    a hand-made bundle)."""
+    warnings_ = {k: v for k, v in values.items() if k == "warnings"}
+    return {**values, **bundle.typed_part(path, "health", warnings_, _HealthWarnings)}
 
 
 @dataclass(frozen=True)
@@ -313,7 +327,11 @@ def _signature_problems(path: Path, networks: dict, schema: Schema, formulation:
         "generator": ([latent], [record]),
         "critic": (critic_in, None),
     }
-    problems = []
+    problems = [
+        f"{path / (name + '.keras')}: holds the network named {net.name!r}, not the {name}"
+        for name, net in networks.items()
+        if net.name != name  # an encoder and a generator of d -> d swap with shapes intact
+    ]
     for name, (inputs, outputs) in expected.items():
         net = networks[name]
         got_in, got_out = shapes(net.inputs), shapes(net.outputs)

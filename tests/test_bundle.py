@@ -331,6 +331,16 @@ def test_manifest_that_is_not_an_object_is_refused(bundle):
             lambda v: v["training"].update(steps="many"),
             "training.steps: Input should be a valid integer",
         ),
+        (
+            "health.json",
+            lambda v: v.update(warnings="none"),
+            "warnings: input should be a valid list, got a JSON string",
+        ),
+        (
+            "health.json",
+            lambda v: v.update(warnings=[{"text": "x"}]),
+            "warnings.0: input should be a valid string, got a JSON object",
+        ),
     ],
 )
 def test_wrongly_typed_json_part_is_a_bundle_error_naming_file_and_key(
@@ -343,6 +353,14 @@ def test_wrongly_typed_json_part_is_a_bundle_error_naming_file_and_key(
     assert message.startswith(f"{bundle / name}: ")
     assert problem in message
     assert message.endswith("retrain or restore it")
+
+
+def test_a_health_report_without_warnings_reads_as_none(v3):
+    """``anomaly calibrate`` read the parent's warnings after writing the new model, and a
+    hand-made ``health.json`` of ``{}`` stopped it there with a KeyError."""
+    rewrite_json(v3, "health.json", dict.clear)
+
+    assert anomaly.load(v3).health == {"warnings": []}
 
 
 def test_json_part_that_is_not_an_object_is_refused(bundle):
@@ -424,19 +442,27 @@ def test_non_finite_latent_prototypes_are_refused_at_load(v3):
 
 
 @pytest.mark.parametrize(
-    ("source", "replaced", "named"),
-    [
-        ("encoder.keras", "critic.keras", "gives [(4,)], not a verdict per record"),
-        ("critic.keras", "generator.keras", "maps [(4,)] to [(), (16,)], but scoring needs"),
-    ],
+    ("source", "replaced"),
+    [("encoder.keras", "generator.keras"), ("critic.keras", "generator.keras")],
 )
-def test_a_network_file_swapped_for_another_network_is_refused_at_load(v3, source, replaced, named):
-    """A network replaced by another loads as Keras, but would fail inside the first
-    compiled pass: the networks' inputs and outputs are checked against what scoring feeds."""
+def test_a_network_file_swapped_for_another_network_is_refused_at_load(v3, source, replaced):
+    """A network replaced by another loads as Keras; an encoder and a generator of d -> d
+    (here d = 4) even pass every shape check, and would score without an error."""
     shutil.copy(v3 / source, v3 / replaced)
     rewrite_checksum(v3, replaced)
-    error = load_error(v3)
-    assert f"{replaced}: " in error and named in error
+    wanted, found = replaced.removesuffix(".keras"), source.removesuffix(".keras")
+    assert f"{replaced}: holds the network named '{found}', not the {wanted}" in load_error(v3)
+
+
+def test_a_network_that_does_not_give_what_scoring_needs_is_refused_at_load(v3):
+    """Would fail inside the first compiled pass: inputs and outputs are checked against what
+    scoring feeds and reads."""
+    import keras
+
+    record = keras.Input((4,))
+    keras.Model(record, keras.layers.Dense(4)(record), name="critic").save(v3 / "critic.keras")
+    rewrite_checksum(v3, "critic.keras")
+    assert "critic.keras: gives [(4,)], not a verdict per record" in load_error(v3)
 
 
 @pytest.mark.parametrize(
