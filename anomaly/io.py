@@ -202,12 +202,39 @@ class TableReader:
             and pd.api.types.is_numeric_dtype(dtype)
             and not pd.api.types.is_bool_dtype(dtype)
         ]
+        self._refuse_numbers_with_a_comma(
+            [
+                name
+                for name, dtype in dtypes.items()
+                if name not in roles and name not in numeric and pd.api.types.is_string_dtype(dtype)
+            ]
+        )
         if not numeric:
             raise DataError(
                 f"{self.path}: no numeric columns to use as features among "
                 f"{_quoted(dtypes.index)}; name the feature columns explicitly"
             )
         return numeric
+
+    def _refuse_numbers_with_a_comma(self, text_columns: list[str]) -> None:
+        """Columns of numbers written with a decimal comma (a spreadsheet's CSV in many
+        locales) are text to the reader; picked by type, they would be left out of the
+        features without a word, and the model trained on the rest."""
+        if not text_columns:
+            return
+        frames = self._source.frames(_SAMPLE_ROWS, text_columns)
+        try:
+            sample = next(frames, None)
+        finally:
+            frames.close()
+        commas = [name for name in text_columns if _numbers_with_a_comma(sample[name])]
+        if commas:
+            raise DataError(
+                f"{self.path}: column(s) {_quoted(commas)} hold numbers with a comma (such as "
+                f"{str(sample[commas[0]].dropna().iloc[0]).strip()!r}), which are text here and "
+                f"would be left out of the features; {_COMMA_REMEDY}, or name the feature "
+                "columns explicitly to leave them out"
+            )
 
 
 def read_all(path: str | os.PathLike[str], **options: Any) -> Chunk:
@@ -860,18 +887,28 @@ def _feature_matrix(
     return matrix, beyond
 
 
-#: A number written with a comma (``0,125``, ``-1,5``), as spreadsheets save decimals in many
-#: locales (with ';' between fields) or group thousands (``1,234``).
-_COMMA_NUMBER = re.compile(r"\s*[+-]?\d*,\d+\s*")
+#: A number as spreadsheets save them in many locales (with ';' between fields): a decimal
+#: comma (``0,125``, ``-1,5``) or a comma grouping thousands (``1,234``); whole numbers beside
+#: them have none.
+_COMMA_NUMBER = re.compile(r"\s*[+-]?(\d+|\d*,\d+)\s*")
+_COMMA_REMEDY = "save the file with a decimal point and no thousands separator (0.125, 1234.5)"
+
+
+def _numbers_with_a_comma(values: pd.Series) -> bool:
+    """Whether the values (missing ones aside) are all numbers so written, one at least
+    with a comma."""
+    written = values.dropna().tolist()
+    return (
+        bool(written)
+        and all(isinstance(v, str) and _COMMA_NUMBER.fullmatch(v) for v in written)
+        and any("," in v for v in written)
+    )
 
 
 def _non_numeric_remedy(values: pd.Series) -> str:
     """What to do about the values of a feature column that are not numbers."""
-    if values.map(lambda v: isinstance(v, str) and _COMMA_NUMBER.fullmatch(v) is not None).all():
-        return (
-            "numbers with a comma: save the file with a decimal point and no thousands "
-            "separator (0.125, 1234.5)"
-        )
+    if _numbers_with_a_comma(values):
+        return f"numbers with a comma: {_COMMA_REMEDY}"
     return "fix the values or leave the column out of the features"
 
 

@@ -71,6 +71,26 @@ def test_decimal_commas_of_a_spreadsheet_export_are_named_as_such(tmp_path: Path
     )
 
 
+def test_decimal_comma_columns_are_not_left_out_of_features_picked_by_type(tmp_path: Path):
+    """A German spreadsheet's export: 'temp' and 'pressure' are text to the reader. Picked
+    by type, the features were 'count' alone, and a model trained on it without a word."""
+    path = tmp_path / "export.csv"
+    path.write_text("site;temp;pressure;count\r\nA;0,126;-0,132;6\r\nB;12;1,5;7\r\nC;;2,25;8\r\n")
+
+    with pytest.raises(DataError) as caught:
+        TableReader(path)
+
+    assert str(caught.value) == (
+        f"{path}: column(s) 'temp', 'pressure' hold numbers with a comma (such as '0,126'), "
+        "which are text here and would be left out of the features; save the file with a "
+        "decimal point and no thousands separator (0.125, 1234.5), or name the feature "
+        "columns explicitly to leave them out"
+    )
+    assert TableReader(path, features=["count"]).feature_names == ["count"]
+    path.write_text("site;note;count\r\nA;1,2 and 3;6\r\nB;4,5;7\r\n")  # text, not numbers
+    assert TableReader(path).feature_names == ["count"]
+
+
 def test_json_lines_with_a_byte_order_mark_and_crlf_are_read(tmp_path: Path):
     path = tmp_path / "data.jsonl"
     path.write_text('\ufeff{"a": 1, "b": 2}\r\n{"a": 3, "b": 4}\r\n', encoding="utf-8")
