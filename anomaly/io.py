@@ -585,6 +585,19 @@ class _CsvSource:
         # apart ("Unnamed: 3"), so only named ones can repeat.
         return _repeated([name for name in self._header()[1] if name])
 
+    def _line_of_record(self, record: int) -> int:
+        """The file line on which record ``record`` (1-based, the header first, as pandas
+        numbers them in its errors) ends: a quoted value holding a line break is one record
+        over several lines, which pandas counts as one."""
+        try:
+            with _open_text(self.path, "r") as handle:
+                reader = csv.reader(handle, delimiter=self._header()[0])
+                for _ in islice(reader, record):
+                    pass
+                return reader.line_num
+        except (csv.Error, ValueError):  # a NUL byte, text that is not UTF-8: pandas' number
+            return record
+
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
             separator, names, extra_values = self._header()
@@ -613,7 +626,8 @@ class _CsvSource:
             counts = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
             if counts is None:
                 raise _unreadable(self.path, "CSV", str(exc)) from None
-            expected, line, seen = counts.groups()
+            expected, record, seen = counts.groups()
+            line = self._line_of_record(int(record))
             raise DataError(
                 f"{self.path}: line {line} has {seen} fields but the header has {expected}; "
                 "fix that line (is a value with a comma missing its quotes?)"

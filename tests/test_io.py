@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
 from pathlib import Path
@@ -532,6 +533,16 @@ def test_csv_row_with_too_many_fields_names_its_line(tmp_path: Path) -> None:
         f"{path}: line 12 has 4 fields but the header has 3; "
         "fix that line (is a value with a comma missing its quotes?)"
     )
+
+
+def test_the_line_named_is_the_files_after_values_that_hold_line_breaks(tmp_path: Path) -> None:
+    """pandas numbers records, one per quoted value over several lines; an editor, lines."""
+    path = tmp_path / "data.csv.gz"
+    lines = ["a,b,note", "1,2,plain", "", '1,2,"two\nlines"', '1,2,"three\n\nlines"', "1,2,x,4"]
+    with gzip.open(path, "wt") as handle:
+        handle.write("\r\n".join([*lines, "1,2,y"]) + "\r\n")
+
+    assert error_message(path, chunk_rows=2).startswith(f"{path}: line 9 has 4 fields but")
 
 
 def test_csv_row_with_too_few_fields_reads_as_missing_values(tmp_path: Path) -> None:
