@@ -2,14 +2,17 @@
 
 Each verb parses its options, calls one library function and prints. Errors the user can
 fix (``anomaly.AnomalyError``) are one line on stderr and exit code 2; click's usage errors
-also exit 2. Ctrl-C is one line and exit code 130, as shells report a command it stopped.
+also exit 2. Ctrl-C is one line and exit code 130, as shells report a command it stopped;
+SIGTERM (``kill``, ``timeout``, a job scheduler's stop) likewise, with exit code 143.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -21,6 +24,18 @@ EXIT_BAD_INPUT = 2
 #: 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C, so scripts can tell it
 #: from a failure (click's own "Aborted!" exits 1).
 EXIT_INTERRUPTED = 130
+#: 128 + SIGTERM.
+EXIT_TERMINATED = 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the command is, so that its clean-up runs as on Ctrl-C (no
+    half-written output left). A BaseException, as KeyboardInterrupt is, so that no
+    ``except Exception`` on the way takes it for an error of its own."""
+
+
+def _terminate(_number, _frame) -> None:
+    raise _Terminated
 
 
 def _config(path: str | None, **sections):
@@ -59,13 +74,16 @@ class _Command(click.Command):
 
 
 class _Group(click.Group):
-    """Turns ``AnomalyError`` into one line on stderr and exit code 2, and Ctrl-C into one
-    line and exit code 130 (the command's own clean-up has run by then)."""
+    """Turns ``AnomalyError`` into one line on stderr and exit code 2, Ctrl-C into one line
+    and exit code 130, and SIGTERM into one line and exit code 143 (the command's own
+    clean-up has run by then)."""
 
     command_class = _Command
 
     def invoke(self, ctx):
-        try:
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+        try:  # `serve` installs its own handlers, to stop gracefully
             return super().invoke(ctx)
         except AnomalyError as exc:
             click.echo(f"error: {exc}", err=True)
@@ -73,6 +91,12 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except _Terminated:
+            click.echo("terminated", err=True)
+            sys.exit(EXIT_TERMINATED)
+        finally:
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -617,6 +617,33 @@ def test_ctrl_c_during_score_exits_130_in_one_line_and_leaves_nothing(
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_sigterm_during_score_exits_143_in_one_line_and_leaves_nothing(
+    model, files, tmp_path, monkeypatch
+):
+    """A job scheduler's stop, ``timeout`` or ``kill``: a hidden partial output was left."""
+    import os
+    import signal
+
+    from anomaly.io import ResultWriter
+
+    write = ResultWriter.write
+
+    def terminated(self, frame):  # SIGTERM with part of the output written
+        write(self, frame)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ResultWriter, "write", terminated)
+    out = tmp_path / "out" / "scores.csv"
+    handler = signal.getsignal(signal.SIGTERM)
+
+    result = score(model, files / "eval.csv", out, "--no-progress")
+
+    assert result.exit_code == 143, result.output
+    assert result.stderr == "terminated\n"
+    assert list((tmp_path / "out").iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == handler
+
+
 def test_failed_score_with_on_invalid_skip_removes_its_rejects_and_output(model, files, tmp_path):
     frame = pd.read_csv(files / "eval.csv").head(30)
     frame["f1"] = frame["f1"].astype(object)
