@@ -35,7 +35,7 @@ from anomaly.drift import DriftWarning, FeatureBins, FeatureDrift
 from anomaly.errors import DataError, SchemaError
 from anomaly.store import check_save_target
 from anomaly.training import train
-from anomaly.windows import WindowBuffer
+from anomaly.windows import SeriesCuts, WindowBuffer
 
 PathLike = str | os.PathLike[str]
 
@@ -241,7 +241,8 @@ def _model_from_normal_rows(
     make,
     remedy: str,
 ) -> tuple[Detector, RunSummary]:
-    """A model made by ``make(rows, entities, rows_rejected)`` from the normal rows of
+    """A model made by ``make(rows, pieces, rows_rejected)`` (``pieces``: each row's
+    entity, cut where rows were taken out: ``SeriesCuts``) from the normal rows of
     ``reader`` (label 0 when it reads labels; invalid rows stop the run, the message ending
     with ``remedy``, or, with ``on_invalid="skip"``, go to ``OUT.rejects.csv``),
     saved to ``out``."""
@@ -255,8 +256,8 @@ def _model_from_normal_rows(
         usable = _valid_rows(table, data, names, on_invalid, rejects, remedy)
         if table.labels is not None:
             usable &= table.labels == 0
-        entities = table.entities[usable] if table.entities is not None else None
-        detector = make(table.features[usable], entities, rejects.count)
+        pieces, _ = SeriesCuts().pieces(table.entities, usable)  # no window across a gap
+        detector = make(table.features[usable], pieces, rejects.count)
         rejects.ready()
         detector.save(out)
         rejects_file = rejects.close()
@@ -290,6 +291,7 @@ def iter_scored(
     reader = _reader_for(detector, data, label_column)
     window = detector.schema.window
     buffer = WindowBuffer(window, len(detector.feature_names)) if window else None
+    cuts = SeriesCuts()  # an invalid row skipped ends its series' window
     stage = AlarmStage.for_model(detector, detector.config.alarms if alarms is None else alarms)
     # disable=None: a bar only on a terminal, so logs and error lines stay clean.
     bar = tqdm(
@@ -307,7 +309,9 @@ def iter_scored(
                 result = detector.score(rows) if len(rows) else None
                 positions = np.arange(len(rows))
             else:
-                windows, positions = buffer.push(rows, entities)
+                pieces, ended = cuts.pieces(chunk.entities, valid)
+                windows, positions = buffer.push(rows, pieces)
+                buffer.forget(ended)
                 result = detector.score(windows) if len(windows) else None
             _add_scores(frame, result, positions, detector)
             if stage is not None:

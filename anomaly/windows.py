@@ -77,6 +77,43 @@ class WindowBuffer:
                 self._tails.pop(next(iter(self._tails)))
 
 
+class SeriesCuts:
+    """Cuts a series where rows were taken out of it (invalid rows skipped, anomalies
+    labelled in training data), so that no window joins the rows on either side of a gap
+    as if they were consecutive. Each kept row gets the key of its piece of the series: its
+    entity while none of the entity's rows was taken out, then ``(entity, cuts so far)``.
+    Keeps the count per entity across calls, for a file read in chunks."""
+
+    def __init__(self) -> None:
+        self._cuts: dict[Hashable, int] = {}
+
+    def pieces(
+        self, entities: np.ndarray | None, kept: np.ndarray
+    ) -> tuple[np.ndarray | None, list]:
+        """The piece of each kept row (``entities[kept]`` while nothing was taken out), and
+        the pieces that ended here, whose window state can go (``WindowBuffer.forget``)."""
+        if kept.all() and not self._cuts:
+            return (None if entities is None else entities[kept]), []
+        if entities is None:
+            entities = np.zeros(len(kept), np.int8)  # one series, as WindowBuffer keys it
+        codes, uniques = pd.factorize(np.asarray(entities))
+        uniques = uniques.tolist()
+        before = np.array([self._cuts.get(u, 0) for u in uniques] + [0], np.int64)
+        taken = pd.Series(~kept).groupby(codes).cumsum().to_numpy()
+        cuts = before[codes] + taken  # code -1 (no entity) reads the 0 appended
+        keys = np.empty(len(kept), dtype=object)
+        keys[:] = list(entities)
+        cut = np.flatnonzero(kept & (cuts > 0) & (codes >= 0))
+        keys[cut] = [(entities[i], int(cuts[i])) for i in cut]
+        ended = []
+        for code in np.unique(codes[~kept & (codes >= 0)]):
+            entity, first = uniques[code], int(before[code])
+            last = first + int(np.count_nonzero(~kept & (codes == code)))
+            ended += [entity if n == 0 else (entity, n) for n in range(first, last)]
+            self._cuts[entity] = last
+        return keys[kept], ended
+
+
 def _rows_by_entity(entities) -> list[tuple[Hashable, np.ndarray]]:
     """Each entity with the positions of its rows, in order of first appearance. Grouped by
     hashing (one pass), not by sorting: values of mixed types (numbers and text in a JSON

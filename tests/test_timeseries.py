@@ -12,7 +12,7 @@ from anomaly.alarms import AlarmStage
 from anomaly.config import COMPONENTS
 from anomaly.evaluation import evaluate_file
 from anomaly.files import score_file
-from anomaly.windows import WindowBuffer, sliding_windows
+from anomaly.windows import SeriesCuts, WindowBuffer, records_of, sliding_windows
 
 WINDOW = 16
 ENTITIES = ("pump-a", "pump-b")
@@ -132,6 +132,43 @@ def sine_frame(seed: int, spike: bool) -> pd.DataFrame:
     frame = pd.concat(parts).sort_values(["step", "entity"], kind="stable").reset_index(drop=True)
     frame.insert(0, "id", [f"r{i}" for i in range(len(frame))])
     return frame
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_no_window_spans_rows_taken_out_of_a_series_however_it_is_read(chunk):
+    """Invalid rows skipped, or anomalies labelled in training data, leave a gap in their
+    series: a window joining the rows on either side would show a jump that never was."""
+    rng = np.random.default_rng(chunk)
+    _, entities = interleaved_series(rng, {"a": 90, "b": 60, "c": 3})
+    stamps = np.zeros(len(entities), np.float32)  # each row's time step in its own series
+    for entity in ("a", "b", "c"):
+        stamps[entities == entity] = np.arange(np.count_nonzero(entities == entity))
+    kept = rng.random(len(entities)) > 0.05
+    kept[np.flatnonzero(entities == "b")[40:45]] = False  # a run taken out
+    cuts, buffer, windows = SeriesCuts(), WindowBuffer(4, 1), []
+    for start in range(0, len(entities), chunk):
+        part = slice(start, start + chunk)
+        pieces, ended = cuts.pieces(entities[part], kept[part])
+        windows.append(buffer.push(stamps[part][kept[part], None], pieces)[0][:, :, 0])
+        buffer.forget(ended)
+    windows = np.concatenate(windows)
+
+    assert (np.diff(windows, axis=1) == 1).all()  # consecutive steps only
+    whole, _ = SeriesCuts().pieces(entities, kept)
+    assert len(windows) == len(records_of(stamps[kept, None], 4, whole))
+    expected = 0  # every stretch of kept rows of an entity gives len - 3 windows
+    for entity in ("a", "b", "c"):
+        runs = np.diff(np.flatnonzero(np.diff(np.r_[0, kept[entities == entity], 0])))[::2]
+        expected += sum(max(0, n - 3) for n in runs)
+    assert len(windows) == expected
+    assert len(buffer._tails) <= 3  # a piece that ended keeps no state
+
+
+def test_nothing_taken_out_leaves_the_entities_as_they_are():
+    entities = np.array(["a", "b", "a"], dtype=object)
+    pieces, ended = SeriesCuts().pieces(entities, np.ones(3, bool))
+    assert pieces.tolist() == ["a", "b", "a"] and ended == []
+    assert SeriesCuts().pieces(None, np.ones(3, bool)) == (None, [])
 
 
 @pytest.fixture(scope="module")
@@ -343,3 +380,40 @@ def test_evaluate_on_series_shorter_than_the_window_says_so(windowed_detector, t
         r"rows of the same 'entity' value, so none has a score: give each series at least",
     ):
         evaluate_file(windowed_detector, tmp_path / "short.csv", "label")
+
+
+def test_a_row_skipped_as_invalid_starts_its_series_window_afresh(windowed_detector, tmp_path):
+    frame = sine_frame(seed=2, spike=False)
+    gap = int(np.flatnonzero(frame["entity"] == "pump-b")[100])
+    frame.loc[gap, "flow"] = np.nan
+    frame.to_csv(tmp_path / "series.csv", index=False)
+
+    summary = score_file(
+        windowed_detector, tmp_path / "series.csv", tmp_path / "out.csv", on_invalid="skip"
+    )
+
+    out = pd.read_csv(tmp_path / "out.csv").set_index("row")
+    after = [i + 1 for i in np.flatnonzero(frame["entity"] == "pump-b") if i > gap]
+    assert not out.loc[after[: WINDOW - 1], "window_complete"].any()
+    assert out.loc[after[WINDOW - 1 :], "window_complete"].all()
+    assert summary.rows_rejected == 1
+    assert summary.rows_scored == len(ENTITIES) * (ROWS_PER_ENTITY - WINDOW + 1) - WINDOW
+
+
+def test_training_windows_do_not_span_the_rows_labelled_anomalous(tmp_path):
+    from anomaly.files import train_file
+
+    frame = sine_frame(seed=3, spike=False).assign(label=0)
+    frame.loc[np.flatnonzero(frame["entity"] == "pump-a")[200:210], "label"] = 1
+    frame.to_csv(tmp_path / "series.csv", index=False)
+    config = anomaly.Config().updated(
+        data={"entity_column": "entity", "label_column": "label", "id_column": "id"},
+        model={"window": WINDOW},
+        training={"steps": 2},
+    )
+
+    detector, _ = train_file(tmp_path / "series.csv", tmp_path / "model", config)
+
+    metadata = detector.metadata
+    windows = (ROWS_PER_ENTITY - WINDOW + 1) + (200 - WINDOW + 1) + (990 - WINDOW + 1)
+    assert metadata["fit_records"] + metadata["held_out_records"] == windows
