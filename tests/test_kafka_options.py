@@ -4,6 +4,7 @@ options each client gets, and secrets that are never shown or saved."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,53 @@ def test_environment_value_of_the_wrong_type_is_named_without_a_secret_value():
         resolve_serve_config(environ={"ANOMALY_SERVE_KAFKA_MAX_REQUEST_SIZE": "lots"})
     with pytest.raises(ConfigError, match="ANOMALY_SERVE_KAFKA_CHECK_CRCS.*boolean"):
         resolve_serve_config(environ={"ANOMALY_SERVE_KAFKA_CHECK_CRCS": "maybe"})
+
+
+def test_a_security_protocol_or_codec_in_another_case_is_spelt_as_kafka_python_takes_it(
+    tmp_path,
+):
+    """kafka-python compares them as spelt: "sasl_ssl" connected in plain text, with no
+    TLS and no SASL, and "ZSTD" stopped the service with a traceback."""
+    path = _toml(
+        tmp_path,
+        '[serve.kafka]\nsecurity_protocol = "sasl_ssl"\ncompression_type = "ZSTD"\n'
+        'sasl_mechanism = "PLAIN"\n',
+    )
+    serve = resolve_serve_config(path, environ={})
+    options = client_options(serve.kafka, "producer")
+    assert options["security_protocol"] == "SASL_SSL" and options["compression_type"] == "zstd"
+    assert "compression_type" not in client_options({"compression_type": "None"}, "producer")
+
+
+@pytest.mark.parametrize(
+    ("toml", "refused"),
+    [
+        ('security_protocol = "sasl-ssl"', "security_protocol: 'sasl-ssl' is not one of PLAINTEXT"),
+        ('security_protocol = "HUNTER2"', "security_protocol: 'HUNTER2' is not one of"),
+        ('compression_type = "brotli"', "compression_type: 'brotli' is not one of none, gzip"),
+        ('request_timeout_ms = "30000"', "request_timeout_ms: '30000' is not an integer"),
+        ('ssl_check_hostname = "false"', "ssl_check_hostname: 'false' is not a boolean"),
+        ("security_protocol = 1", "security_protocol: 1 is not text"),
+        ("sasl_plain_password = true", "sasl_plain_password: the value is not text"),
+    ],
+)
+def test_a_kafka_option_of_the_wrong_type_or_value_stops_the_start_naming_it(
+    tmp_path, toml, refused
+):
+    path = _toml(tmp_path, f"[serve.kafka]\n{toml}\n")
+
+    with pytest.raises(ConfigError, match=re.escape(f"[serve.kafka] {refused}")):
+        resolve_serve_config(path, environ={})
+
+
+def test_a_password_from_the_environment_keeps_its_spaces():
+    environ = {
+        "ANOMALY_SERVE_KAFKA_SASL_PLAIN_PASSWORD": "  pass word  ",
+        "ANOMALY_SERVE_KAFKA_SASL_PLAIN_USERNAME": " user ",
+    }
+    options = client_options(resolve_serve_config(environ=environ).kafka, "consumer")
+    assert options["sasl_plain_password"] == "  pass word  "
+    assert options["sasl_plain_username"] == "user"
 
 
 def test_environment_file_option_replaces_the_files_plain_option(tmp_path):

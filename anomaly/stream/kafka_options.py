@@ -140,6 +140,19 @@ TEXT_OPTIONS = frozenset(
     }
 )
 
+#: Options with a few values, each client's spelling: kafka-python compares them as spelt
+#: here, and takes any other ``security_protocol`` (``"sasl_ssl"``, a typo) for PLAINTEXT
+#: without a word, with neither TLS nor SASL. Given in any case, as Java clients and
+#: librdkafka take them; anything else is refused. ``compression_type = "none"`` is the
+#: clients' default, and is left out.
+CHOICES = {
+    "security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    "compression_type": ("none", "gzip", "snappy", "lz4", "zstd"),
+}
+
+#: Options kafka-python takes as an integer that have no default to say so.
+_INTEGER_OPTIONS = frozenset({"receive_buffer_bytes", "send_buffer_bytes"})
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -295,17 +308,59 @@ def from_environment(option: str, raw: str, variable: str) -> Any:
 
 
 def _read_files(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options as the clients take them: ``NAME_file`` read, each value checked against
+    the type kafka-python takes (``ConfigError`` naming it), a choice in its spelling."""
     values = {}
     for name, value in options.items():
         option = name.removesuffix(FILE_SUFFIX)
         if option != name:
             value = _read_secret(name, Path(value))
+        if is_librdkafka_name(option):
+            values[option] = value
+            continue
         if option == "api_version" and isinstance(value, str):
             value = _version_tuple(value)
         if option in TEXT_OPTIONS and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
+        _check_type(name, option, value)
+        if option in CHOICES:
+            value = _choice(name, option, value)
+            if value == "none":
+                continue
         values[option] = value
     return values
+
+
+def _check_type(name: str, option: str, value: Any) -> None:
+    """A ``ConfigError`` when ``value`` is not of the type kafka-python takes for ``option``
+    (as its default's, or text): kafka-python would fail on it late and in its own words
+    (``request_timeout_ms = "30000"``: 'cannot reach Kafka'), or take ``"false"`` for true."""
+    default = option_default(option)
+    if isinstance(default, bool):
+        wanted, ok = "a boolean (true or false)", isinstance(value, bool)
+    elif isinstance(default, int) or option in _INTEGER_OPTIONS:
+        wanted = "an integer"
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        wanted = "a number"
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(default, str) or option in TEXT_OPTIONS or option in CHOICES:
+        wanted, ok = "text", isinstance(value, str)
+    else:
+        return
+    if not ok:
+        shown = "the value" if is_secret_option(option) else repr(value)
+        raise ConfigError(f"[serve.kafka] {name}: {shown} is not {wanted}")
+
+
+def _choice(name: str, option: str, value: str) -> str:
+    """``value`` spelt as the clients take it, or a ``ConfigError`` listing the choices."""
+    for choice in CHOICES[option]:
+        if value.strip().lower() == choice.lower():
+            return choice
+    raise ConfigError(
+        f"[serve.kafka] {name}: {value!r} is not one of {', '.join(CHOICES[option])} (in any case)"
+    )
 
 
 def _read_secret(name: str, path: Path) -> str:

@@ -26,7 +26,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from anomaly.config import FILE_SUFFIX, MOVED_TO_ALARMS, AlarmConfig, Config, ServeConfig
+from anomaly.config import (
+    FILE_SUFFIX,
+    MOVED_TO_ALARMS,
+    AlarmConfig,
+    Config,
+    ServeConfig,
+    is_secret_option,
+)
 from anomaly.errors import ConfigError
 from anomaly.stream import kafka_options
 
@@ -128,7 +135,8 @@ def _kafka_from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in environ.items():
         if name.startswith(KAFKA_ENV_PREFIX):
             option = name[len(KAFKA_ENV_PREFIX) :].lower()
-            raw = raw.strip()
+            if not is_secret_option(option):  # a pass phrase may begin or end with a space
+                raw = raw.strip()
             options[option] = kafka_options.from_environment(option, raw, name) if raw else None
     return options
 
