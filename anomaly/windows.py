@@ -53,7 +53,8 @@ class WindowBuffer:
             entities = np.zeros(len(rows), np.int8)
         windows, positions = [], []
         for entity, index in _rows_by_entity(entities):
-            tail = self._tails.get(entity, np.empty((0, self.n_features), np.float32))
+            # Taken out and put back last: the entity seen least recently goes first.
+            tail = self._tails.pop(entity, np.empty((0, self.n_features), np.float32))
             series = np.concatenate([tail, rows[index]])
             made = sliding_windows(series, self.length)
             windows.append(made)

@@ -356,6 +356,20 @@ def test_records_without_a_key_and_records_with_an_empty_key_are_two_series():
     assert entity_of(None) not in {entity_of(k) for k in (b"no key", b"")}
 
 
+def test_window_state_drops_the_key_seen_least_recently():
+    """A busy key among one-off keys: dropping the key seen first cost it its window at
+    every new key, and it was never scored again."""
+    windows = KeyedWindows(length=3, n_features=1, max_entities=2)
+    scored = []
+    for step, key in enumerate([b"A", b"A", b"A", b"X0", b"A", b"X1", b"A", b"X2", b"A"]):
+        _, positions = windows.push(np.full((1, 1), step, np.float32), [key], [0])
+        scored += [key] if positions else []
+    assert scored == [b"A"] * 4
+    made, _ = windows.push(np.zeros((2, 1), np.float32), [b"A", b"X3"], [0, 1])
+    np.testing.assert_array_equal(made[:, :, 0], [[6, 8, 0]])
+    assert windows.forget_partitions([1]) == 1 and windows.forget_partitions([0]) == 1
+
+
 def test_window_state_is_bounded_by_max_entities():
     windows = KeyedWindows(length=2, n_features=1, max_entities=2)
     rows = np.zeros((3, 1), np.float32)

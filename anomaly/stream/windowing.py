@@ -2,8 +2,8 @@
 
 Records of each key (the entity) are windowed in the order they arrive, across batches, with
 ``anomaly.windows.WindowBuffer``; a record is scored once it completes a window of the model's
-length. State is bounded: beyond ``max_entities`` keys the key seen first is dropped (its next
-record starts a new window).
+length. State is bounded: beyond ``max_entities`` keys the key seen least recently is dropped
+(its next record starts a new window), as the alarm stage drops its streams.
 
 Window state lives in the process and is not checkpointed. When partitions are revoked in a
 rebalance, the state of their keys is dropped: the new owner starts their windows afresh,
@@ -27,7 +27,8 @@ class KeyedWindows:
         self.length = length
         self.max_entities = max_entities
         self._buffer = WindowBuffer(length, n_features, max_entities)
-        # Mirrors the buffer's keys in the same first-seen order, so it evicts the same ones.
+        # Mirrors the buffer's keys in the same least-recently-seen order, so it evicts the
+        # same ones.
         self._partition_of: dict[Hashable, int] = {}
 
     def push(
@@ -41,13 +42,14 @@ class KeyedWindows:
         entities = np.empty(len(keys), dtype=object)
         entities[:] = keys
         known = self._partition_of
-        for entity, partition in zip(entities.tolist(), partitions, strict=True):
-            if entity in known:
-                known[entity] = partition
-            else:
-                known[entity] = partition
-                if len(known) > self.max_entities:
-                    known.pop(next(iter(known)))
+        # Each key once, in order of first appearance (as the buffer takes them), with the
+        # partition of its last record.
+        latest = dict(zip(entities.tolist(), partitions, strict=True))
+        for entity, partition in latest.items():
+            known.pop(entity, None)  # put back last: the most recently seen
+            known[entity] = partition
+            if len(known) > self.max_entities:
+                known.pop(next(iter(known)))
         windows, positions = self._buffer.push(rows, entities)
         return windows, positions.tolist()
 
