@@ -82,6 +82,23 @@ def test_scrape_and_probes_answer_over_plain_http(serve):
     assert _get(f"http://{HOST}:{server.port}/nothing")[0] == 404
 
 
+def test_head_answers_as_get_without_a_body_and_other_methods_are_refused(serve):
+    """Uptime checkers ask with HEAD; /metrics answered it 405."""
+    server = serve()
+    for path, status in (("/metrics", 200), ("/healthz", 200), ("/nothing", 404)):
+        with socket.create_connection((HOST, server.port), timeout=5) as sock:
+            sock.sendall(f"HEAD {path} HTTP/1.0\r\nHost: {HOST}\r\n\r\n".encode())
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0].split(b" ")[1] == str(status).encode(), path
+        assert body == b"", path
+    request = urllib.request.Request(f"http://{HOST}:{server.port}/healthz", method="POST")
+    with pytest.raises(urllib.error.HTTPError, match="405"):
+        urllib.request.urlopen(request, timeout=5)
+
+
 def test_idle_connection_is_closed_after_the_idle_timeout(serve):
     server = serve(idle_timeout_s=0.5)
     with socket.create_connection((HOST, server.port)) as idle:

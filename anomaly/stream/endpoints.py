@@ -212,6 +212,15 @@ def _app(
         return [body]
 
     def app(environ, start_response):
+        """HEAD (uptime checkers) answers as GET does, without the body."""
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return answer(environ, start_response)
+        body = answer({**environ, "REQUEST_METHOD": "GET"}, start_response)
+        if hasattr(body, "close"):
+            body.close()
+        return []
+
+    def answer(environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             if credentials is not None and not _authorised(
@@ -224,7 +233,7 @@ def _app(
                     [("WWW-Authenticate", _REALM)],
                 )
             return metrics(environ, start_response)
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        if environ.get("REQUEST_METHOD") != "GET":
             return reply(start_response, "405 Method Not Allowed", b"use GET\n", [("Allow", "GET")])
         if path in probes:
             probe, yes, no = probes[path]
