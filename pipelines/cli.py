@@ -205,7 +205,9 @@ def train(
             "on_invalid": on_invalid,
         },
         model={"window": window},
-        training={"steps": steps, "seed": seed, "verbose": 1},
+        # Keras writes its progress to stdout: a live bar on a terminal, and one plain line
+        # per epoch in a log or a pipe (no escape codes among the result lines).
+        training={"steps": steps, "seed": seed, "verbose": 1 if sys.stdout.isatty() else 2},
     )
     with _training_warnings_kept():
         detector, summary = train_file(data, out, config)

@@ -111,6 +111,15 @@ def test_train_uses_only_the_rows_labelled_normal(trained):
     assert "trained on 3000 of 3150 rows" in result.stdout
 
 
+def test_train_progress_off_a_terminal_is_one_plain_line_per_epoch(trained):
+    """Run into a log or a pipe, Keras' live bar wrote escape codes and carriage returns
+    among the result lines."""
+    result, _ = trained
+
+    assert "Epoch 1/" in result.stdout
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout
+
+
 def test_info_prints_json_with_the_features_and_how_many_records_were_fitted(model):
     result = run("info", str(model))
 
