@@ -136,6 +136,13 @@ def test_ids_and_timestamps_that_cannot_be_kept_exactly_are_refused(field, raw, 
     assert batch.accepted == [1] and batch.ids == [9007199254740992]
 
 
+def test_an_integer_id_too_long_for_64_bits_is_named_as_one():
+    """orjson reads it as a double: it was refused as 'a number with a fraction'."""
+    raw = b"123456789012345678901234567890"
+    ((_, reason, detail),) = _decode([b'{"features": [1, 2, 3], "id": ' + raw + b"}"]).rejected
+    assert reason == "bad_id" and detail.startswith("'id' is an integer beyond 2^53")
+
+
 @pytest.mark.parametrize("value", ["x", "", 17, -(2**53), True, None])
 def test_ids_and_timestamps_that_a_double_holds_exactly_are_kept(value):
     batch = _decode([orjson.dumps({"features": [1, 2, 3], "id": value, "timestamp": value})])

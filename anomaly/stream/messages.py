@@ -298,6 +298,12 @@ def _inexact(value, fractions: bool) -> str | None:
             return None
         return "is an integer beyond 2^53, which JSON readers that use doubles change"
     if kind is float:
+        if not fractions and math.isfinite(value) and value.is_integer() and abs(value) > 2**63:
+            # orjson reads an integer beyond 64 bits as a double, as it reads 1e30.
+            return (
+                "is an integer beyond 2^53 (or a number with an exponent), which JSON readers "
+                "that use doubles change; send it as a string"
+            )
         if not fractions:
             return (
                 "is a number with a fraction or exponent, which a double may change; send it "
