@@ -28,13 +28,25 @@ def test_train_prints_each_training_warning_once(tmp_path: Path):
 
 
 def test_train_names_the_features_it_took(tmp_path: Path):
-    """A spreadsheet's export with decimal commas has text columns, which are no features:
-    here only the id would be, and the line shows it."""
-    lines = ["id;a;b"] + [f"{i};{i % 7},5;{i % 3},25" for i in range(200)]
+    """Columns of text are no features; the line shows which columns were."""
+    lines = ["id;note;a"] + [f"{i};batch {i % 7};{i % 3}.25" for i in range(200)]
     (tmp_path / "export.csv").write_text("\r\n".join(lines) + "\r\n")
     args = ["train", "--data", str(tmp_path / "export.csv"), "--out", str(tmp_path / "model")]
 
     result = CliRunner().invoke(cli, [*args, "--steps", "2"])
 
     assert result.exit_code == 0, result.output
-    assert "\nfeatures (1): id\n" in result.stdout
+    assert "\nfeatures (2): id, a\n" in result.stdout
+
+
+def test_train_refuses_a_spreadsheets_decimal_commas_rather_than_dropping_them(tmp_path: Path):
+    """A spreadsheet's export with decimal commas: only the id would have been a feature."""
+    lines = ["id;a;b"] + [f"{i};{i % 7},5;{i % 3},25" for i in range(200)]
+    (tmp_path / "export.csv").write_text("\r\n".join(lines) + "\r\n")
+    args = ["train", "--data", str(tmp_path / "export.csv"), "--out", str(tmp_path / "model")]
+
+    result = CliRunner().invoke(cli, [*args, "--steps", "2"])
+
+    assert result.exit_code == 2
+    assert "column(s) 'a', 'b' hold numbers with a comma (such as '0,5')" in result.stderr
+    assert not (tmp_path / "model").exists()
