@@ -546,6 +546,39 @@ def test_servicemonitor_scrapes_the_metrics_service_as_the_alert_rules_job(tools
     assert render(tools)["Service"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
 
 
+def test_endpoint_relabelings_given_in_values_follow_the_job_relabel(tools: Tools) -> None:
+    """values.yaml invites more endpoint fields; a second relabelings key made the object
+    invalid (kubeconform: key already set), or, read leniently, dropped the job label."""
+    extra = {"action": "replace", "targetLabel": "cluster", "replacement": "eu-1"}
+    endpoint = {"relabelings": [extra], "metricRelabelings": [{"action": "drop", "regex": "x"}]}
+    args = [
+        "-f",
+        str(FULL_VALUES),
+        "--set-json",
+        f"metrics.serviceMonitor.endpoint={json.dumps(endpoint)}",
+    ]
+    result = _template(tools, *args)
+    assert result.returncode == 0, result.stderr
+    assert "relabelings:" in result.stdout and result.stdout.count("  relabelings:") == 1
+
+    (endpoint,) = render(tools, *args)["ServiceMonitor"]["spec"]["endpoints"]
+    job = {"action": "replace", "targetLabel": "job", "replacement": "anomaly-scorer"}
+    assert endpoint["relabelings"] == [job, extra]
+    assert endpoint["metricRelabelings"] == [{"action": "drop", "regex": "x"}]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+
+
+def test_a_numeric_sasl_user_reaches_keda_as_its_digits(tools: Tools, tmp_path: Path) -> None:
+    """Helm reads 20261204 in a values file as a float: KEDA got "2.0261204e+07"."""
+    values = tmp_path / "user.yaml"
+    values.write_text("serve:\n  kafka:\n    sasl_plain_username: 20261204\n")
+
+    config = render(tools, "-f", str(FULL_VALUES), "-f", str(values))["ConfigMap"]["data"]
+
+    assert config["kafka-sasl-username"] == "20261204"
+    assert "sasl_plain_username = 20261204" in config["config.toml"]
+
+
 # ---------------------------------------------------------------------------- rules, dashboard
 
 JOB_SELECTOR = re.compile(r'job=~?"([^"]*)"')
