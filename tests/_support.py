@@ -78,14 +78,14 @@ class LogLines(logging.Handler):
 
 
 def dockerfile_sources() -> list[str]:
-    """The paths the image's build stage copies before ``pip install .``."""
+    """The paths the image's build stage copies before it installs the package."""
     sources = []
     for line in DOCKERFILE.read_text().splitlines():
-        if line.startswith("RUN") and "pip install ." in line:
+        if line.startswith("RUN") and "pip install" in line:
             return sources
         if re.match(r"COPY\s", line) and "--from" not in line:
             sources.extend(line.split()[1:-1])
-    raise AssertionError("the Dockerfile has no `pip install .` step")
+    raise AssertionError("the Dockerfile has no `pip install` step")
 
 
 def copy_package_sources(destination: Path) -> Path:

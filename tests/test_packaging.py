@@ -90,3 +90,28 @@ def test_the_shipped_entry_points_import_nothing_left_out(wheel):
                 if name.split(".")[0] in {"anomaly", "pipelines"}:
                     path = name.replace(".", "/")
                     assert {f"{path}.py", f"{path}/__init__.py"} & names, (module, name)
+
+
+def test_the_image_installs_the_tested_versions_with_the_librdkafka_client():
+    """The image took whatever was newest of open-ended requirements (the service leans on
+    kafka-python's internals), and without confluent-kafka `client = "confluent"` could
+    not start in it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from tests._support import DOCKERFILE
+
+    (install,) = [line for line in DOCKERFILE.read_text().splitlines() if "pip install" in line]
+    assert re.search(r"-c constraints\.txt\b", install) and '".[confluent]"' in install
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = project["dependencies"] + project["optional-dependencies"]["confluent"]
+    pinned = {
+        Requirement(line).name.lower()
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    image = {"platform_system": "Linux", "platform_machine": "x86_64", "sys_platform": "linux"}
+    installed = [r for r in map(Requirement, needed) if not r.marker or r.marker.evaluate(image)]
+    unpinned = [str(r) for r in installed if r.name.lower() not in pinned]
+    assert unpinned == [], f"constraints.txt pins no version of {unpinned}"
