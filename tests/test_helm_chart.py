@@ -637,6 +637,23 @@ def test_the_prometheus_rule_holds_the_groups_of_the_alert_rules_file(tools: Too
     assert selected_jobs(rule) == {relabel["replacement"]} == {"anomaly-scorer"}
 
 
+def test_scaled_to_zero_the_rules_do_not_page_for_the_job_having_no_target(tools: Tools) -> None:
+    """KEDA with minReplicas 0 leaves no target when there is no lag, as intended:
+    AnomalyScorerDown's absent(up) paged for it. A pod that cannot be scraped still fires."""
+    scaled = render(tools, "-f", str(FULL_VALUES), "--set", "autoscaling.minReplicas=0")
+    groups = scaled["PrometheusRule"]["spec"]["groups"]
+    expected = yaml.safe_load(ALERTS.read_text())["groups"]
+    for group, kept in zip(groups, expected, strict=True):
+        for rule, original in zip(group["rules"], kept["rules"], strict=True):
+            if rule.get("alert") == "AnomalyScorerDown":
+                assert original["expr"] == (
+                    'up{job="anomaly-scorer"} == 0\nor\nabsent(up{job="anomaly-scorer"})\n'
+                )
+                assert rule["expr"] == 'up{job="anomaly-scorer"} == 0\n'
+            else:
+                assert rule == original
+
+
 def test_the_dashboard_configmap_holds_the_dashboard_for_grafanas_sidecar(tools: Tools) -> None:
     objects = render(tools, "-f", str(FULL_VALUES))
     configmap = objects[DASHBOARD_CM]
