@@ -147,7 +147,8 @@ class TrainingConfig(_Section):
     mode."""
     early_stopping_patience: int = Field(10, ge=1)
     """Epochs without improvement of the held-out reconstruction error before stopping."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """Seeds NumPy, Python and the backend (keras.utils.set_random_seed takes 0 to 2^32 - 1)."""
     verbose: int = Field(0, ge=0, le=2)
     """Keras progress output during ``fit``: 0 silent, 1 progress bar, 2 one line per epoch."""
 
@@ -719,16 +720,17 @@ class Config(_Section):
     def updated(self, **sections: dict[str, Any]) -> Config:
         """A copy with some keys of some sections replaced, validated like a file.
 
-        ``config.updated(training={"steps": 500})`` keeps every other setting. Sections not
-        named are kept as they are, not judged again: a file's ``[serve.kafka]`` holding
-        librdkafka's names, with the client left to the environment, stays open to it.
+        ``config.updated(training={"steps": 500})`` keeps every other setting; a value of
+        None sets the key to None (``model={"window": None}``: tabular mode again), where
+        the key takes it. Sections not named are kept as they are, not judged again: a
+        file's ``[serve.kafka]`` holding librdkafka's names, with the client left to the
+        environment, stays open to it.
         """
         values: dict[str, Any] = {name: getattr(self, name) for name in type(self).model_fields}
         for section, overrides in sections.items():
             if section not in values:
                 raise ConfigError(f"unknown configuration section {section!r}")
-            values[section] = values[section].model_dump()
-            values[section].update({k: v for k, v in overrides.items() if v is not None})
+            values[section] = {**values[section].model_dump(), **overrides}
         return Config.from_dict(values)
 
 

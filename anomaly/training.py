@@ -136,9 +136,8 @@ def retrain(
     fresh rows are too few for the parent's). It keeps the parent's configuration and
     standardisation, so the networks see inputs scaled as before; its metadata names the
     parent, and its health report holds the parent's beside its own."""
-    config, fewer_folds = _fewer_folds_for(
-        len(rows), parent.config.updated(training={"steps": steps})
-    )
+    config = parent.config if steps is None else parent.config.updated(training={"steps": steps})
+    config, fewer_folds = _fewer_folds_for(len(rows), config)
     started_from = {
         "parent_version": parent.version,
         "retrained_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -42,7 +42,10 @@ def _config(path: str | None, **sections):
     from anomaly.config import Config
 
     config = Config.from_toml(path) if path else Config()
-    return config.updated(**{k: v for k, v in sections.items() if v})
+    given = {
+        name: {k: v for k, v in keys.items() if v is not None} for name, keys in sections.items()
+    }
+    return config.updated(**{name: keys for name, keys in given.items() if keys})
 
 
 @contextlib.contextmanager

@@ -156,6 +156,26 @@ def test_an_empty_dead_letter_topic_still_turns_dead_letters_off():
     assert anomaly.Config().updated(serve={"dlq_topic": ""}).serve.dlq_topic is None
 
 
+def test_a_setting_can_be_set_back_to_none():
+    """None overrides were dropped without a word: window 8 stayed 8."""
+    config = anomaly.Config().updated(model={"window": 8}, alarms={"exit_level": 0.9})
+
+    back = config.updated(model={"window": None}, alarms={"quorum": None, "exit_level": None})
+
+    assert back.model.window is None and back.alarms.quorum is None
+    assert back.alarms.exit_level is None
+    with pytest.raises(ConfigError, match="training.steps"):
+        config.updated(training={"steps": None})  # a key that takes no None says so
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_the_backend_cannot_take_is_refused_naming_it(tmp_path, seed):
+    """It passed validation, then stopped training with a traceback from NumPy."""
+    message = config_error(tmp_path, f"[training]\nseed = {seed}\n")
+
+    assert "training.seed: Input should be" in message
+
+
 def test_cross_fitting_is_refused_in_time_series_mode(tmp_path):
     message = config_error(tmp_path, "[model]\nwindow = 16\n[training]\ncalibration_folds = 5\n")
 
