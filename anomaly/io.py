@@ -70,9 +70,6 @@ _SAMPLE_ROWS = 1000
 _LISTED_VALUES = 3
 _LISTED_INVALID_ROWS = 10
 
-#: Label spellings accepted from text columns (numbers and booleans are checked as numbers).
-_LABEL_WORDS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
-
 
 @dataclass(frozen=True, eq=False)
 class Chunk:
@@ -961,7 +958,7 @@ def _labels(column: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(column.dtype):  # booleans included
         numbers = column.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        words = column.astype(str).str.strip().str.lower().map(_LABEL_WORDS)
+        words = column.astype(str).str.strip().str.lower().map(tables.LABEL_WORDS)
         numbers = words.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isin(numbers, (0.0, 1.0))
     if bad.any():

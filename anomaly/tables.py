@@ -22,6 +22,8 @@ from anomaly.errors import DataError, SchemaError
 
 #: Values shown at most in a message.
 _SHOWN = 3
+#: Labels as text (a CSV's, or words), lower case: 0/1 or false/true.
+LABEL_WORDS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
 
 
 def as_frame(data) -> pd.DataFrame | None:
@@ -82,6 +84,29 @@ def feature_array(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
     for j, name in enumerate(names):
         matrix[:, j] = _numbers(frame[name], name)
     return matrix
+
+
+def column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """The column of ``frame`` named ``name`` as text (``column_names``)."""
+    return frame.iloc[:, column_names(frame).index(name)]
+
+
+def labelled_normal(frame: pd.DataFrame, label_column: str) -> np.ndarray:
+    """Which rows column ``label_column`` labels normal (0), of 0/1 or false/true: the rows a
+    model trains on, as ``anomaly train --label-column`` takes them from a file."""
+    values = column(frame, label_column)
+    if pd.api.types.is_numeric_dtype(values.dtype):  # booleans included
+        labels = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        words = values.map(lambda v: LABEL_WORDS.get(str(v).strip().lower(), np.nan))
+        labels = words.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isin(labels, (0.0, 1.0))
+    if bad.any():
+        shown = ", ".join(
+            f"index {label!r} holds {value!r}" for label, value in values[bad].iloc[:_SHOWN].items()
+        )
+        raise DataError(f"label column {label_column!r} must hold 0 or 1: {shown}")
+    return labels == 0
 
 
 def _numbers(column: pd.Series, name: str) -> np.ndarray:

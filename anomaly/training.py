@@ -36,7 +36,7 @@ from anomaly.networks import build_networks
 from anomaly.preprocessing import Standardizer
 from anomaly.prototypes import kmeans_prototypes
 from anomaly.scoring import ScoringEngine, ScoringParams
-from anomaly.windows import records_of
+from anomaly.windows import SeriesCuts, records_of
 
 #: Fewer normal records than this cannot give both a training and a calibration split.
 MIN_RECORDS = 32
@@ -64,15 +64,15 @@ def train(
     """
     config = config or Config()
     frame = tables.as_frame(rows)
-    if frame is not None:  # a table: its features by name, named as its columns by default
-        feature_names = list(feature_names or tables.column_names(frame))
-        rows = tables.feature_array(frame, feature_names)
+    if frame is not None:
+        rows, feature_names, entities = _table_records(frame, config, feature_names, entities)
     rows = np.asarray(rows, dtype=np.float32)
     if rows.ndim != 2:
         raise TrainingError(
             f"training rows must be a 2-D array (records x features), got shape {rows.shape}"
         )
-    feature_names = list(feature_names or tables.positional_names(rows.shape[1]))
+    named = config.data.features if len(config.data.features or ()) == rows.shape[1] else None
+    feature_names = list(feature_names or named or tables.positional_names(rows.shape[1]))
     if len(feature_names) != rows.shape[1]:
         raise TrainingError(f"{len(feature_names)} feature names for {rows.shape[1]} columns")
     if not np.isfinite(rows).all():
@@ -275,6 +275,28 @@ def _progress(config: Config, model: str, n_records: int) -> None:
     folds = config.training.calibration_folds
     if folds > 1 and config.training.verbose:
         print(f"{model} of {folds}: training on {n_records} records", flush=True)
+
+
+def _table_records(
+    frame, config: Config, feature_names: list[str] | None, entities
+) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """A table's rows, feature names and series as ``anomaly train`` reads a file's: the
+    features by name (``feature_names``, else ``data.features``, else every column but the
+    id, label and entity columns), the rows labelled normal where the table has
+    ``data.label_column`` (a table without it is all normal rows, as ``retrain`` takes
+    them), each series of ``data.entity_column`` where it has that, cut where labelled rows
+    were taken out."""
+    data = config.data
+    roles = {data.id_column, data.label_column, data.entity_column}
+    columns = tables.column_names(frame)
+    names = list(feature_names or data.features or [c for c in columns if c not in roles])
+    kept = np.ones(len(frame), bool)
+    if data.label_column in columns:
+        kept = tables.labelled_normal(frame, data.label_column)
+    if entities is None and data.entity_column in columns:
+        entities = tables.column(frame, data.entity_column).to_numpy()
+    pieces, _ = SeriesCuts().pieces(None if entities is None else np.asarray(entities), kept)
+    return tables.feature_array(frame[kept], names), names, pieces
 
 
 def _loose_statistics_warning(n_held_out: int) -> str | None:

@@ -121,3 +121,36 @@ def test_one_row_of_a_dataframe_is_scored_by_its_column_names(detector):
     scored = detector.score(frame[["c", "a", "b"]].loc["q"])
 
     np.testing.assert_array_equal(scored.scores, expected.scores)
+
+
+@pytest.mark.parametrize("features", [["a", "b", "c"], None])
+def test_training_on_a_labelled_table_takes_its_normal_rows_as_the_file_reader_does(features):
+    """anomaly.train(table, config) ignored [data]: the label became a feature and the
+    anomalous rows were trained on as normal, where `anomaly train` left both out."""
+    frame = normal_frame(3, 600).assign(label=0, host="h1")
+    frame.loc[frame.index[::10], "label"] = 1
+    config = anomaly.Config().updated(
+        data={"features": features, "label_column": "label", "id_column": "host"},
+        training={"steps": 2},
+    )
+
+    trained = anomaly.train(frame, config)
+
+    assert trained.feature_names == NAMES
+    assert trained.metadata["training_rows"] == 540
+    frame["label"] = frame["label"].astype(object)
+    frame.loc[frame.index[3], "label"] = "maybe"
+    with pytest.raises(
+        anomaly.DataError, match="label column 'label' must hold 0 or 1: index 3 holds 'maybe'"
+    ):
+        anomaly.train(frame, config)
+    unlabelled = anomaly.train(frame.drop(columns="label"), config)  # all normal, as retrain's
+    assert unlabelled.metadata["training_rows"] == 600
+
+
+def test_an_array_takes_the_feature_names_its_configuration_gives():
+    config = anomaly.Config().updated(data={"features": NAMES}, training={"steps": 2})
+
+    trained = anomaly.train(normal_frame(4, 300).to_numpy(), config)
+
+    assert trained.feature_names == NAMES
