@@ -145,7 +145,11 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
             f"calibration rows must be (records x {len(detector.feature_names)} features), "
             f"got shape {rows.shape}"
         )
-    records = detector.check_records(records_of(rows, detector.schema.window, entities))
+    window = detector.schema.window
+    # Independent rows of a table are checked as the table, so that a bad row is named by
+    # its index label.
+    checked = frame if window is None and frame is not None else records_of(rows, window, entities)
+    records = detector.check_records(checked)
     if len(records) < MIN_RECORDS:
         raise DataError(
             f"{len(records)} normal records to calibrate on; at least {MIN_RECORDS} are needed"

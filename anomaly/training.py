@@ -19,6 +19,7 @@ from importlib import metadata as package_metadata
 
 import keras
 import numpy as np
+import pandas as pd
 
 from anomaly import health, tables
 from anomaly.calibration import (
@@ -64,8 +65,11 @@ def train(
     """
     config = config or Config()
     frame = tables.as_frame(rows)
+    index = None  # a table's row labels, which messages name rows by
     if frame is not None:
-        rows, feature_names, entities = _table_records(frame, config, feature_names, entities)
+        rows, feature_names, entities, index = _table_records(
+            frame, config, feature_names, entities
+        )
     rows = np.asarray(rows, dtype=np.float32)
     if rows.ndim != 2:
         raise TrainingError(
@@ -77,9 +81,8 @@ def train(
         raise TrainingError(f"{len(feature_names)} feature names for {rows.shape[1]} columns")
     if not np.isfinite(rows).all():
         bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-        raise TrainingError(
-            f"training rows hold NaN or infinite values at index {bad[:10].tolist()}"
-        )
+        shown = bad[:10].tolist() if index is None else index[bad[:10]].tolist()
+        raise TrainingError(f"training rows hold NaN or infinite values at index {shown}")
 
     started = time.perf_counter()
     keras.utils.set_random_seed(config.training.seed)
@@ -279,13 +282,13 @@ def _progress(config: Config, model: str, n_records: int) -> None:
 
 def _table_records(
     frame, config: Config, feature_names: list[str] | None, entities
-) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+) -> tuple[np.ndarray, list[str], np.ndarray | None, pd.Index]:
     """A table's rows, feature names and series as ``anomaly train`` reads a file's: the
     features by name (``feature_names``, else ``data.features``, else every column but the
     id, label and entity columns), the rows labelled normal where the table has
     ``data.label_column`` (a table without it is all normal rows, as ``retrain`` takes
     them), each series of ``data.entity_column`` where it has that, cut where labelled rows
-    were taken out."""
+    were taken out; and the row labels of the rows kept."""
     data = config.data
     roles = {data.id_column, data.label_column, data.entity_column}
     columns = tables.column_names(frame)
@@ -296,7 +299,7 @@ def _table_records(
     if entities is None and data.entity_column in columns:
         entities = tables.column(frame, data.entity_column).to_numpy()
     pieces, _ = SeriesCuts().pieces(None if entities is None else np.asarray(entities), kept)
-    return tables.feature_array(frame[kept], names), names, pieces
+    return tables.feature_array(frame[kept], names), names, pieces, frame.index[kept]
 
 
 def _loose_statistics_warning(n_held_out: int) -> str | None:
