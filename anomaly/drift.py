@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from anomaly import tables
 from anomaly.errors import BundleError, SchemaError
 
 #: Equal-frequency bins per distribution (fewer where quantiles coincide; see the module).
@@ -165,10 +166,15 @@ class FeatureDrift:
     drift: float
 
 
-def feature_drift(summary: DriftSummary, rows: np.ndarray) -> list[FeatureDrift]:
+def feature_drift(summary: DriftSummary, rows) -> list[FeatureDrift]:
     """The PSI of each feature of ``rows`` (n, d), in the units records arrive in, against
-    its training distribution; most drifted first. A ``BundleError`` for a model saved
-    before drift summaries; a ``DriftWarning`` for too few rows (``FeatureBins.too_few``)."""
+    its training distribution; most drifted first. A table (pandas DataFrame, pyarrow or
+    polars table) gives the features by column name, as ``Detector.score`` takes them. A
+    ``BundleError`` for a model saved before drift summaries; a ``DriftWarning`` for too few
+    rows (``FeatureBins.too_few``)."""
+    frame = tables.as_frame(rows)
+    if frame is not None:
+        rows = tables.feature_array(frame, summary.feature_names)
     binned = FeatureBins(summary)
     counts = binned.counts(rows)
     problem = binned.too_few(len(rows))

@@ -127,6 +127,21 @@ def test_a_shifted_feature_ranks_first_and_same_distribution_data_is_stable():
     assert all(f.drift < 0.1 for f in feature_drift(summary, gaussian(5000, 2)))
 
 
+def test_a_table_gives_its_features_by_column_name_in_any_order():
+    """A DataFrame was read by position: with its columns reordered, the drift of 'b' was
+    reported on another feature."""
+    import pandas as pd
+
+    summary = summary_of(gaussian(5000, 0))
+    shifted = pd.DataFrame(gaussian(5000, 1), columns=["a", "b", "c"])
+    shifted["b"] += 3.0
+
+    ranked = feature_drift(summary, shifted[["c", "b", "a"]].assign(extra=1.0))
+
+    assert ranked[0].name == "b" and ranked[0].drift > 0.25
+    assert all(f.drift < 0.1 for f in ranked[1:])
+
+
 def test_too_few_rows_for_the_psi_to_tell_a_shift_is_a_warning():
     """On n unshifted rows the PSI is about (bins - 1) / n: on 12 rows, 0.75, a 'significant
     shift' for every feature. Ten bins need 225 rows (25 per degree of freedom)."""
