@@ -89,6 +89,13 @@ def evaluate_scores(
     precision, recall, cuts = precision_recall_curve(labels, scores)
     f1s = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.argmax(f1s[:-1]))
+    # The curve flags scores >= its cut; the product flags scores > its threshold. The same
+    # rows are flagged above the midpoint to the next lower score.
+    scores = np.asarray(scores, np.float64)
+    below = scores[scores < cuts[best]]
+    best_threshold = (
+        (cuts[best] + below.max()) / 2 if len(below) else np.nextafter(cuts[best], -np.inf)
+    )
     alarm = {} if alarms is None else _flag_metrics(labels, alarms)
     return Evaluation(
         records=len(labels),
@@ -96,7 +103,7 @@ def evaluate_scores(
         auroc=float(roc_auc_score(labels, scores)),
         auprc=float(average_precision_score(labels, scores)),
         best_f1=float(f1s[best]),
-        best_f1_threshold=float(cuts[best]),
+        best_f1_threshold=float(best_threshold),
         threshold=float(threshold),
         **_flag_metrics(labels, scores > threshold),
         **{f"alarm_{name}": value for name, value in alarm.items()},
