@@ -22,8 +22,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -339,6 +341,16 @@ class RestartableKafka:
     def stop(self) -> None:
         _stop_kafka_local(self.run_dir)
 
+    def kill(self) -> None:
+        """Kill the broker at once (SIGKILL, as a crash): no controlled shutdown that lets
+        the requests in flight complete first. Returns once the process is gone."""
+        pid = int((self.run_dir / "kafka.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + KAFKA_STOP_TIMEOUT_S
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the kernel's, after the signal: no event to wait on
+        _stop_kafka_local(self.run_dir)  # tidies the pid file the broker left
+
     def restart(self) -> str:
         """``kafka-local restart``: stop, then start on the same port with the same data."""
         lines = _start_kafka_local(self.run_dir, command="restart", on_failure=_broker_failed)
@@ -348,6 +360,15 @@ class RestartableKafka:
     def is_running(self) -> bool:
         status = _run_kafka_local("status", "--dir", str(self.run_dir), timeout=30)
         return status.returncode == 0
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie awaiting its parent."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 @pytest.fixture
