@@ -35,7 +35,9 @@ def _gan_method(
 
     formulation = "bigan" if name == "gan-bigan" else "fanogan"
     base = anomaly.Config.from_toml(gan_config) if gan_config else anomaly.Config()
-    config = base.updated(model={"formulation": formulation}, training={"steps": gan_steps})
+    config = base.updated(model={"formulation": formulation})
+    if gan_steps is not None:  # None: the configuration's
+        config = config.updated(training={"steps": gan_steps})
     return methods.gan(config, refine_steps=refine_steps)
 
 
