@@ -36,6 +36,9 @@ _STAGING = ".publishing-"
 ABANDONED_STAGING_S = 24 * 3600
 #: The name of a version: a positive number in ASCII digits, without leading zeros.
 _VERSION_NAME = re.compile(r"[1-9][0-9]*")
+#: The highest number the store ever gave, so that a version removed (a rollback) never has
+#: its number given again to another model: results name the version that scored them.
+_LAST_NUMBER = ".last-version"
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
@@ -114,9 +117,10 @@ def publish(model: str | os.PathLike[str], store: str | os.PathLike[str]) -> int
             f"{model}: is not a model bundle (it holds none of a bundle's files, such as "
             f"{bundle.MANIFEST})"
         )
-    load(model)
+    candidate = load(model)
     if store.exists() and not is_store(store):
         raise BundleError(f"{store}: is a bundle, not a model store")
+    _refuse_another_stream(model, candidate, store)
     if _real(store).is_relative_to(_real(model)):
         raise BundleError(
             f"{store}: is inside the bundle {model}; a model store must lie outside the bundles "
@@ -128,6 +132,31 @@ def publish(model: str | os.PathLike[str], store: str | os.PathLike[str]) -> int
         raise cannot_write(store, exc) from None
 
 
+def _refuse_another_stream(model: Path, candidate, store: Path) -> None:
+    """A ``BundleError`` when ``candidate`` reads records that no version of ``store`` reads
+    (features, their order, the window): a store serves one stream, the service refuses
+    such a version, and an instance started later would serve it beside the others (its
+    records' results then dead letters)."""
+    schemas = {}
+    for number in versions(store) if store.is_dir() else []:
+        try:
+            schema = json.loads((store / str(number) / "schema.json").read_text())
+            schemas[number] = (list(schema["feature_names"]), schema.get("window"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged version: the service refuses that one itself
+    if not schemas or (candidate.feature_names, candidate.schema.window) in schemas.values():
+        return
+    latest = max(schemas)
+    names, window = schemas[latest]
+    raise BundleError(
+        f"{model}: reads {len(candidate.feature_names)} features with window "
+        f"{candidate.schema.window}, and no version of {store} reads those (version {latest}: "
+        f"{len(names)} features, window {window}; features in the same order): a store serves "
+        "one stream, whose service refuses such a version; publish it into a new store and "
+        "point the service there"
+    )
+
+
 def _add_version(model: Path, store: Path) -> int:
     """Copy verified bundle ``model`` into ``store`` as its next version; its number."""
     store.mkdir(parents=True, exist_ok=True)
@@ -137,17 +166,31 @@ def _add_version(model: Path, store: Path) -> int:
         copy = staging / "bundle"
         _copy_listed_files(model, copy)
         bundle.verify_bundle(copy)
-        number = (versions(store) or [0])[-1] + 1
+        number = max([*versions(store), _last_number(store)]) + 1
         while True:
             try:
                 copy.rename(store / str(number))
-                return number
+                break
             except OSError:
                 if not (store / str(number)).exists():
                     raise
                 number += 1  # another publisher took it
+        if number > _last_number(store):
+            marked = staging / _LAST_NUMBER
+            marked.write_text(f"{number}\n")
+            os.replace(marked, store / _LAST_NUMBER)
+        return number
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _last_number(store: Path) -> int:
+    """The highest version number ``store`` gave (0 for none, or a store of an earlier
+    release, whose numbers are its versions')."""
+    try:
+        return int((store / _LAST_NUMBER).read_text().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 def _remove_abandoned_staging(store: Path) -> None:

@@ -24,7 +24,34 @@ def test_publishing_numbers_versions_and_load_takes_the_latest(tiny_bundle, tmp_
     assert versions(store) == [1, 2]
     assert resolve(store) == store / "2" and resolve(store, 1) == store / "1"
     assert anomaly.load(store).version == anomaly.load(tiny_bundle).version
-    assert sorted(p.name for p in store.iterdir()) == ["1", "2"]  # no staging left
+    assert sorted(p.name for p in store.iterdir()) == [".last-version", "1", "2"]  # no staging
+
+
+def test_a_version_removed_in_a_rollback_never_has_its_number_given_again(tiny_bundle, tmp_path):
+    """Results name the version that scored them: after `rm -r store/2`, the next publish
+    was 2 again, so two models answered to one number."""
+    store = tmp_path / "store"
+    publish(tiny_bundle, store), publish(tiny_bundle, store)
+    shutil.rmtree(store / "2")
+
+    assert publish(tiny_bundle, store) == 3
+    assert versions(store) == [1, 3]
+
+
+def test_a_bundle_that_reads_other_records_than_the_store_serves_is_not_published(
+    tiny_bundle, tmp_path
+):
+    """A 5-feature version in a 4-feature store: running instances refused it, but one
+    started later served it, and its records went to the dead-letter topic."""
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    other = Path(__file__).parent / "fixtures" / "bundle-v3"  # 4 features, not 8
+
+    refused = r"reads 4 features with window None, and no version of .*store reads those"
+    with pytest.raises(BundleError, match=refused):
+        publish(other, store)
+    assert versions(store) == [1]
+    assert publish(other, tmp_path / "another-store") == 1
 
 
 def test_staging_a_killed_publisher_left_a_day_ago_is_removed_by_the_next_publish(
@@ -54,7 +81,7 @@ def test_a_bundle_that_does_not_load_never_reaches_the_store(tiny_bundle, tmp_pa
     publish(tiny_bundle, store)
     with pytest.raises(BundleError, match="scoring.json"):
         publish(broken, store)
-    assert sorted(p.name for p in store.iterdir()) == ["1"]
+    assert versions(store) == [1]
 
 
 def test_concurrent_publishers_get_distinct_versions(tiny_bundle, tmp_path):
@@ -159,7 +186,7 @@ def test_a_store_given_as_the_model_is_refused_naming_a_version_to_publish(tiny_
             f"error: {store}: is a model store, not a bundle: publish one of its versions, "
             f"e.g. {store / '2'}\n"
         )
-    assert not other.exists() and sorted(p.name for p in store.iterdir()) == ["1", "2"]
+    assert not other.exists() and versions(store) == [1, 2]
 
 
 def test_a_store_inside_the_bundle_it_publishes_is_refused(tiny_bundle, tmp_path):
@@ -194,7 +221,7 @@ def test_saving_over_a_store_or_one_of_its_versions_is_refused_and_changes_nothi
     (tmp_path / "work" / "data.csv").write_text("a\n1\n")
     with pytest.raises(BundleError, match="holds no model bundle; saving a model there would"):
         detector.save(tmp_path / "work")
-    assert sorted(p.name for p in store.iterdir()) == ["1"]
+    assert versions(store) == [1]
     assert anomaly.load(store).version == detector.version
     assert (tmp_path / "work" / "data.csv").exists()
 
