@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Protocol, TextIO
+from typing import IO, Any, NamedTuple, Protocol, TextIO
 
 import numpy as np
 import pandas as pd
@@ -524,6 +524,17 @@ _PANDAS_MISSING = (
 _SEPARATORS = (",", ";", "\t", "|")
 #: Data lines after the header that the separator must split as it splits the header.
 _SNIFFED_LINES = 20
+#: The first line Excel writes to name a CSV file's separator.
+_EXCEL_SEPARATOR_LINE = re.compile(r"sep=(.)")
+
+
+class _CsvHeader(NamedTuple):
+    """What a CSV file's first lines say about how to read it."""
+
+    separator: str
+    names: list[str]
+    extra_values: int  # fields the first data line has past the header's names
+    skipped_lines: int  # lines before the header (Excel's ``sep=;``)
 
 
 class _CsvSource:
@@ -541,31 +552,43 @@ class _CsvSource:
         self.path = path
         self._dtypes = dict.fromkeys(text_columns, str)
 
-    def _header(self) -> tuple[str, list[str], int]:
+    def _header(self) -> _CsvHeader:
         """The separator and the column names. The separator is the one of ``_SEPARATORS``
         that splits the header into the most names and the first data lines into as many
         fields (a comma when none splits it), so a file saved with semicolons (Excel's in
         many locales), tabs or bars reads as it is, and a comma file whose names hold a ';'
         (``temp;C``) as a comma file. When none splits every line alike, the one that splits
         the header into the most names (a line with a field too many is then pandas' error).
-        Third, how many fields the first data line has past the header's names that hold a
-        value (empty ones are a separator ending each data line, which pandas reads)."""
+        Excel's ``sep=;`` first line names the separator itself and is skipped. Spaces after
+        a separator are not part of a name or value (``id, a, b`` names ``a`` and ``b``)."""
         with _open_text(self.path, "r") as handle:
-            lines = [handle.readline() for _ in range(1 + _SNIFFED_LINES)]
+            lines = [handle.readline() for _ in range(2 + _SNIFFED_LINES)]
         lines[0] = lines[0].removeprefix("\ufeff")  # pandas drops a byte-order mark
+        named = _EXCEL_SEPARATOR_LINE.fullmatch(lines[0].rstrip("\r\n"))
+        skipped = 1 if named else 0
+        lines = lines[skipped : skipped + 1 + _SNIFFED_LINES]
         rows = {
-            sep: [row for row in csv.reader(lines, delimiter=sep) if row] for sep in _SEPARATORS
+            sep: [row for row in csv.reader(lines, delimiter=sep, skipinitialspace=True) if row]
+            for sep in _SEPARATORS
         }
         splits = {sep: found[0] if found else [] for sep, found in rows.items()}
         splitting = [sep for sep in _SEPARATORS if len(splits[sep]) > 1]
         even = [sep for sep in splitting if all(len(r) == len(splits[sep]) for r in rows[sep][1:])]
-        separator = max(even or splitting or _SEPARATORS, key=lambda sep: len(splits[sep]))
-        names = splits[separator]
+        separator = (
+            named.group(1)
+            if named
+            else max(even or splitting or _SEPARATORS, key=lambda sep: len(splits[sep]))
+        )
+        if separator not in rows:  # a separator named by the file that we do not sniff
+            rows[separator] = [
+                row for row in csv.reader(lines, delimiter=separator, skipinitialspace=True) if row
+            ]
+        names = rows[separator][0] if rows[separator] else []
         first_data = rows[separator][1:2]
         extra = (
             [field for field in first_data[0][len(names) :] if field.strip()] if first_data else []
         )
-        return separator, names, len(extra)
+        return _CsvHeader(separator, names, len(extra), skipped)
 
     def _missing_values(self, names: list[str]) -> dict[int, tuple[str, ...]]:
         """``na_values`` by column position (pandas renames repeated names): pandas'
@@ -580,16 +603,17 @@ class _CsvSource:
     def repeated_names(self) -> set[str]:
         # pandas renames a repeated name ("a" again becomes "a.1"), and names empty names
         # apart ("Unnamed: 3"), so only named ones can repeat.
-        return _repeated([name for name in self._header()[1] if name])
+        return _repeated([name for name in self._header().names if name])
 
     def _line_of_record(self, record: int) -> int:
         """The file line on which record ``record`` (1-based, the header first, as pandas
         numbers them in its errors) ends: a quoted value holding a line break is one record
         over several lines, which pandas counts as one."""
         try:
+            header = self._header()
             with _open_text(self.path, "r") as handle:
-                reader = csv.reader(handle, delimiter=self._header()[0])
-                for _ in islice(reader, record):
+                reader = csv.reader(handle, delimiter=header.separator)
+                for _ in islice(reader, header.skipped_lines + record):
                     pass
                 return reader.line_num
         except (csv.Error, ValueError):  # a NUL byte, text that is not UTF-8: pandas' number
@@ -597,17 +621,21 @@ class _CsvSource:
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
-            separator, names, extra_values = self._header()
-            if extra_values:
+            header = self._header()
+            names = header.names
+            if header.extra_values:
                 # pandas would take the first column for the index, every value then read as
                 # its left neighbour's column, or (index_col=False) drop the last, silently.
                 raise DataError(
-                    f"{self.path}: the first data line has {len(names) + extra_values} fields but "
+                    f"{self.path}: the first data line has {len(names) + header.extra_values} "
+                    f"fields but "
                     f"the header has {len(names)}; name every column in the header"
                 )
             with pd.read_csv(
                 self.path,
-                sep=separator,
+                sep=header.separator,
+                skiprows=header.skipped_lines,
+                skipinitialspace=True,
                 chunksize=chunk_rows,
                 dtype=self._dtypes,
                 index_col=False,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from anomaly.errors import DataError
 from anomaly.io import read_all
 
 
@@ -48,3 +49,33 @@ def test_single_column_csv_reads_as_one_column(tmp_path: Path) -> None:
     chunk = read_all(path)
 
     np.testing.assert_array_equal(chunk.features[:, 0], [1.5, 2.5])
+
+
+def test_excel_separator_line_names_the_separator_and_is_not_a_header(tmp_path: Path) -> None:
+    # Excel writes "sep=;" first when asked to keep the separator with the file.
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"sep=;\r\nid;a;b\r\nr1;1;2\r\nr2;3;4\r\n")
+
+    chunk = read_all(path, id_column="id")
+
+    np.testing.assert_array_equal(chunk.features, [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(chunk.ids, ["r1", "r2"])
+
+
+def test_error_after_an_excel_separator_line_names_the_file_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("sep=;\nid;a;b\nr1;1;2\nr2;3;4;5\n")
+
+    with pytest.raises(DataError, match=r"line 4 has 4 fields but the header has 3"):
+        read_all(path, id_column="id")
+
+
+def test_spaces_after_the_separators_are_not_part_of_names_or_values(tmp_path: Path) -> None:
+    # "id, a, b" as people type it, and as some tools write it: the names are a and b.
+    path = tmp_path / "data.csv"
+    path.write_text("id, a, b\nr1, 1.5, 2\nr2, 2.5, 3\n")
+
+    chunk = read_all(path, features=["a", "b"], id_column="id")
+
+    np.testing.assert_array_equal(chunk.features, [[1.5, 2], [2.5, 3]])
+    np.testing.assert_array_equal(chunk.ids, ["r1", "r2"])
