@@ -983,12 +983,8 @@ def _repeated(names: Sequence[str]) -> set[str]:
 
 def _labels(column: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:
     """0/1 labels from numbers, booleans or the words true/false; anything else stops."""
-    if pd.api.types.is_numeric_dtype(column.dtype):  # booleans included
-        numbers = column.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        words = column.astype(str).str.strip().str.lower().map(tables.LABEL_WORDS)
-        numbers = words.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isin(numbers, (0.0, 1.0))
+    numbers = tables.label_numbers(column)
+    bad = np.isnan(numbers)
     if bad.any():
         raise DataError(
             f"{path}: label column {column.name!r} must hold 0/1 or true/false: "

@@ -23,7 +23,7 @@ from anomaly.errors import DataError, SchemaError
 #: Values shown at most in a message.
 _SHOWN = 3
 #: Labels as text (a CSV's, or words), lower case: 0/1 or false/true.
-LABEL_WORDS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
+_LABEL_WORDS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
 
 
 def as_frame(data) -> pd.DataFrame | None:
@@ -95,18 +95,26 @@ def labelled_normal(frame: pd.DataFrame, label_column: str) -> np.ndarray:
     """Which rows column ``label_column`` labels normal (0), of 0/1 or false/true: the rows a
     model trains on, as ``anomaly train --label-column`` takes them from a file."""
     values = column(frame, label_column)
-    if pd.api.types.is_numeric_dtype(values.dtype):  # booleans included
-        labels = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        words = values.map(lambda v: LABEL_WORDS.get(str(v).strip().lower(), np.nan))
-        labels = words.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isin(labels, (0.0, 1.0))
+    labels = label_numbers(values)
+    bad = np.isnan(labels)
     if bad.any():
         shown = ", ".join(
             f"index {label!r} holds {value!r}" for label, value in values[bad].iloc[:_SHOWN].items()
         )
         raise DataError(f"label column {label_column!r} must hold 0 or 1: {shown}")
     return labels == 0
+
+
+def label_numbers(labels: pd.Series) -> np.ndarray:
+    """Labels as 0.0 (normal) and 1.0 (anomaly), from numbers, booleans or the words
+    true/false (a CSV's text, any case); NaN where a value is none of them, for the caller
+    to name in its error."""
+    if pd.api.types.is_numeric_dtype(labels.dtype):  # booleans included
+        numbers = labels.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        words = labels.map(lambda v: _LABEL_WORDS.get(str(v).strip().lower(), np.nan))
+        numbers = words.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isin(numbers, (0.0, 1.0)), numbers, np.nan)
 
 
 def _numbers(column: pd.Series, name: str) -> np.ndarray:
