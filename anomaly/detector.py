@@ -32,6 +32,19 @@ class Schema:
         d = len(self.feature_names)
         return (self.window, d) if self.window else (d,)
 
+    def stream_difference(self, stream: Schema) -> str | None:
+        """Why a model of this schema cannot score ``stream``'s records (another model's
+        schema), or None: the features, in their order, and the window must be the same.
+        One stream is what a service and a model store serve."""
+        if self.feature_names != stream.feature_names:
+            return (
+                f"its features ({len(self.feature_names)}) are not the stream's "
+                f"({len(stream.feature_names)}, in the same order)"
+            )
+        if self.window != stream.window:
+            return f"its window is {self.window}, the stream's {stream.window}"
+        return None
+
 
 @dataclass(frozen=True)
 class ScoreResult:

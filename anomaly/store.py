@@ -133,27 +133,27 @@ def publish(model: str | os.PathLike[str], store: str | os.PathLike[str]) -> int
 
 
 def _refuse_another_stream(model: Path, candidate, store: Path) -> None:
-    """A ``BundleError`` when ``candidate`` reads records that no version of ``store`` reads
-    (features, their order, the window): a store serves one stream, the service refuses
-    such a version, and an instance started later would serve it beside the others (its
-    records' results then dead letters)."""
-    schemas = {}
+    """A ``BundleError`` when ``candidate`` cannot score the records that the versions of
+    ``store`` score (``Schema.stream_difference``): a store serves one stream, the service
+    refuses such a version, and an instance started later would serve it beside the others
+    (its records' results then dead letters)."""
+    from anomaly.detector import Schema
+
+    differences = {}
     for number in versions(store) if store.is_dir() else []:
         try:
             schema = json.loads((store / str(number) / "schema.json").read_text())
-            schemas[number] = (list(schema["feature_names"]), schema.get("window"))
+            stream = Schema(list(schema["feature_names"]), schema.get("window"))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a damaged version: the service refuses that one itself
-    if not schemas or (candidate.feature_names, candidate.schema.window) in schemas.values():
+        differences[number] = candidate.schema.stream_difference(stream)
+    if not differences or None in differences.values():
         return
-    latest = max(schemas)
-    names, window = schemas[latest]
+    latest = max(differences)
     raise BundleError(
-        f"{model}: reads {len(candidate.feature_names)} features with window "
-        f"{candidate.schema.window}, and no version of {store} reads those (version {latest}: "
-        f"{len(names)} features, window {window}; features in the same order): a store serves "
-        "one stream, whose service refuses such a version; publish it into a new store and "
-        "point the service there"
+        f"{model}: cannot score the records of {store}'s versions: {differences[latest]} "
+        f"(version {latest}). A store serves one stream, whose service refuses such a "
+        "version; publish it into a new store and point the service there"
     )
 
 

@@ -127,13 +127,9 @@ def scoring_problem(detector: Detector) -> str | None:
 
 def incompatibility(serving: Detector, candidate: Detector) -> str | None:
     """Why ``candidate`` cannot take over ``serving``'s stream, or None when it can."""
-    if candidate.feature_names != serving.feature_names:
-        return (
-            f"its features ({len(candidate.feature_names)}) are not the stream's "
-            f"({len(serving.feature_names)}, in the same order)"
-        )
-    if candidate.schema.window != serving.schema.window:
-        return f"its window is {candidate.schema.window}, the stream's {serving.schema.window}"
+    difference = candidate.schema.stream_difference(serving.schema)
+    if difference:
+        return difference
     if not np.isfinite(candidate.threshold):
         return "it has no calibrated threshold"
     return None
