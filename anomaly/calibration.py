@@ -136,20 +136,21 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
     from anomaly.detector import Detector
     from anomaly.training import MIN_RECORDS
 
-    frame = tables.as_frame(rows)
-    if frame is not None:  # a table: the model's features by name
-        rows = tables.feature_array(frame, detector.feature_names)
-    rows = np.asarray(rows, np.float32)
-    if rows.ndim != 2 or rows.shape[1] != len(detector.feature_names):
-        raise SchemaError(
-            f"calibration rows must be (records x {len(detector.feature_names)} features), "
-            f"got shape {rows.shape}"
-        )
     window = detector.schema.window
-    # Independent rows of a table are checked as the table, so that a bad row is named by
-    # its index label.
-    checked = frame if window is None and frame is not None else records_of(rows, window, entities)
-    records = detector.check_records(checked)
+    frame = tables.as_frame(rows)
+    if frame is not None and window is None:
+        # Independent rows of a table: checked as the table, a bad row named by its label.
+        rows = records = detector.check_records(frame)
+    else:
+        if frame is not None:  # a table: the model's features by name
+            rows = tables.feature_array(frame, detector.feature_names)
+        rows = np.asarray(rows, np.float32)
+        if rows.ndim != 2 or rows.shape[1] != len(detector.feature_names):
+            raise SchemaError(
+                f"calibration rows must be (records x {len(detector.feature_names)} features), "
+                f"got shape {rows.shape}"
+            )
+        records = detector.check_records(records_of(rows, window, entities))
     if len(records) < MIN_RECORDS:
         raise DataError(
             f"{len(records)} normal records to calibrate on; at least {MIN_RECORDS} are needed"
