@@ -765,6 +765,32 @@ def test_time_series_records_are_scored_once_their_keys_window_is_full(
             assert (d["score"] is None) is (i < 3)
 
 
+def test_a_dead_letter_starts_its_keys_window_afresh(kafka_bootstrap, topics, series_detector):
+    """pump-1's record 5 is a dead letter: no window joins its records 4 and 6, as a file's
+    skipped row cuts its series; pump-2 is not touched."""
+    t = topics(1)
+    config = _config(kafka_bootstrap, t, max_batch_size=8)
+    messages = []
+    for i in range(12):
+        for key in (b"pump-1", b"pump-2"):
+            row = np.sin(i / 5 + np.arange(4)).tolist()
+            if key == b"pump-1" and i == 5:
+                row = row[:3]  # a feature missing: a dead letter
+            messages.append((key, orjson.dumps({"id": f"{key.decode()}-{i}", "features": row})))
+    with _running(series_detector, config):
+        _produce(kafka_bootstrap, t["input_topic"], messages)
+        results = _read(kafka_bootstrap, t["output_topic"], len(messages) - 1)
+        dead = _read(kafka_bootstrap, t["dlq_topic"], 1)
+    assert [r.key for r in dead] == [b"pump-1"]
+    complete = {
+        d["id"]: d["window_complete"] for d in map(orjson.loads, (r.value for r in results))
+    }
+    assert [complete[f"pump-1-{i}"] for i in (3, 4, 6, 7, 8, 9)] == [True, True] + [False] * 3 + [
+        True
+    ]
+    assert all(complete[f"pump-2-{i}"] for i in range(3, 12))
+
+
 def test_start_fails_fast_naming_a_missing_topic(kafka_bootstrap, topics, detector):
     t = topics(1)
     config = _config(

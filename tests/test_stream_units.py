@@ -346,6 +346,22 @@ def test_revoked_partitions_lose_the_window_state_of_their_keys():
     np.testing.assert_array_equal(made[0, :, 0], [1, 3, 1])
 
 
+def test_a_dead_letter_cuts_its_keys_window_as_a_skipped_row_cuts_a_files_series():
+    """k1's rows 0, 2 | a dead letter | 4, 5: no window joins 2 and 4; k2 goes on."""
+    windows = KeyedWindows(length=3, n_features=1, max_entities=100)
+    rows = np.arange(6, dtype=np.float32)[:, None]
+    keys = [b"k1", b"k2", b"k1", b"k2", b"k1", b"k1"]
+    _, positions = windows.push(rows, keys, [0] * 6, cuts=[(4, b"k1")])
+    assert positions == []  # uncut, k1 would complete (0, 2, 4) and (2, 4, 5)
+    made, positions = windows.push(rows[:3] + 6, [b"k1", b"k2", b"k1"], [0] * 3)
+    by_position = dict(zip(positions, made[:, :, 0].tolist(), strict=True))
+    assert by_position == {0: [4, 5, 6], 1: [1, 3, 7], 2: [5, 6, 8]}
+    # A batch of dead letters alone cuts too: k2's (3, 7) are not joined to what follows.
+    windows.push(np.zeros((0, 1), np.float32), [], [], cuts=[(0, b"k2")])
+    _, positions = windows.push(rows[:1], [b"k2"], [0])
+    assert positions == []
+
+
 def test_records_without_a_key_and_records_with_an_empty_key_are_two_series():
     """Kafka tells a null key from an empty one; a producer that sends both means two
     entities, and neither may complete the other's window."""

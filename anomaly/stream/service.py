@@ -57,6 +57,7 @@ import gc
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -487,9 +488,9 @@ class ScoringService:
         ]
         chosen = [records[i] for i in decoded.accepted]
         batch = _Batch(records, polled_at, decoded, rejected, chosen)
-        if chosen and self._windows is not None:
+        if self._windows is not None:  # dead letters alone cut windows too
             batch.inputs, batch.scored_positions = self._windows.push(
-                decoded.rows, batch.entities, batch.partitions
+                decoded.rows, batch.entities, batch.partitions, batch.cuts
             )
         elif chosen:
             batch.inputs = decoded.rows
@@ -1018,6 +1019,17 @@ class _Batch:
     def entities(self) -> list[Hashable]:
         """What each accepted record's per-key state is kept under (``entity_of``)."""
         return [entity_of(r.key) for r in self.chosen]
+
+    @property
+    def cuts(self) -> list[tuple[int, Hashable]]:
+        """(position in ``chosen`` of the next accepted record, entity) of each record taken
+        out of the stream as a dead letter whose key is known (an unreadable record's is
+        not): its key's window is cut there."""
+        return [
+            (bisect_left(self.decoded.accepted, i), entity_of(self.records[i].key))
+            for i, _, _ in self.rejected
+            if type(self.records[i]) is not Unreadable
+        ]
 
 
 class _EmptyResult:

@@ -8,12 +8,12 @@ length. State is bounded: beyond ``max_entities`` keys the key seen least recent
 Window state lives in the process and is not checkpointed. When partitions are revoked in a
 rebalance, the state of their keys is dropped: the new owner starts their windows afresh,
 from the committed offset, so for each moved key the first ``window - 1`` records it reads
-get ``window_complete: false`` results.
+get ``window_complete: false`` results. A dead letter cuts its key's series the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -32,11 +32,32 @@ class KeyedWindows:
         self._partition_of: dict[Hashable, int] = {}
 
     def push(
-        self, rows: np.ndarray, keys: list[Hashable], partitions: list[int]
+        self,
+        rows: np.ndarray,
+        keys: list[Hashable],
+        partitions: list[int],
+        cuts: Sequence[tuple[int, Hashable]] = (),
     ) -> tuple[np.ndarray, list[int]]:
         """Add a batch's rows, of the entities ``keys`` (``entities.entity_of`` of each Kafka
         key); return the windows completed and the positions (in the batch) of the rows that
-        completed them."""
+        completed them. ``cuts``: (position, key) of each record taken out of the stream
+        before row ``position`` (a dead letter): that key's window starts afresh there, as
+        ``anomaly.windows.SeriesCuts`` cuts a file's series, so that no window joins the
+        records on either side of it."""
+        made, positions, start = [], [], 0
+        for position in sorted({p for p, _ in cuts}) + [len(rows)]:
+            windows, completed = self._push_consecutive(
+                rows[start:position], keys[start:position], partitions[start:position]
+            )
+            made.append(windows)
+            positions += [start + p for p in completed]
+            self._forget([key for p, key in cuts if p == position])
+            start = position
+        return np.concatenate(made), positions
+
+    def _push_consecutive(
+        self, rows: np.ndarray, keys: list[Hashable], partitions: list[int]
+    ) -> tuple[np.ndarray, list[int]]:
         if not len(rows):
             return np.empty((0, self.length, rows.shape[1]), np.float32), []
         entities = np.empty(len(keys), dtype=object)
@@ -53,13 +74,16 @@ class KeyedWindows:
         windows, positions = self._buffer.push(rows, entities)
         return windows, positions.tolist()
 
+    def _forget(self, keys: list[Hashable]) -> None:
+        self._buffer.forget(keys)
+        for key in keys:
+            self._partition_of.pop(key, None)
+
     def forget_partitions(self, partitions: Iterable[int]) -> int:
         """Drop the state of every key last seen on one of ``partitions``; return how many."""
         partitions = set(partitions)
         keys = [key for key, partition in self._partition_of.items() if partition in partitions]
-        self._buffer.forget(keys)
-        for key in keys:
-            del self._partition_of[key]
+        self._forget(keys)
         return len(keys)
 
     def __len__(self) -> int:
