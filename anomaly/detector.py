@@ -239,6 +239,7 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
     except ConfigError as exc:
         raise BundleError(f"{path / 'config.json'}: {exc}; {bundle.RESTORE_HINT}") from None
     schema = Schema(**bundle.typed_part(path, "schema", parts["schema"], Schema))
+    _check_config_matches_schema(path, config, schema)
     params = ScoringParams(**bundle.typed_part(path, "scoring", parts["scoring"], ScoringParams))
     if params.tail:
         params = replace(params, tail=bundle.typed_part(path, "scoring.tail", params.tail, Tail))
@@ -282,6 +283,21 @@ class _StandardizerJson:
     mean: list[float]
     scale: list[float]
     clip_value: float
+
+
+def _check_config_matches_schema(path: Path, config: Config, schema: Schema) -> None:
+    """``config.json`` and ``schema.json`` name the same window and entity column, as
+    training writes them: scoring reads the schema, retraining the configuration, so a
+    bundle where they differ would retrain into another model than the one it serves."""
+    for key, in_config, in_schema in (
+        ("model.window", config.model.window, schema.window),
+        ("data.entity_column", config.data.entity_column, schema.entity_column),
+    ):
+        if in_config != in_schema:
+            raise BundleError(
+                f"{path / 'config.json'}: {key} is {in_config!r}, but schema.json's is "
+                f"{in_schema!r}; {bundle.RESTORE_HINT}"
+            )
 
 
 def _check_shapes(

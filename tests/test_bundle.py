@@ -363,6 +363,21 @@ def test_a_health_report_without_warnings_reads_as_none(v3):
     assert anomaly.load(v3).health == {"warnings": []}
 
 
+@pytest.mark.parametrize(
+    ("key", "change"),
+    [
+        ("model.window", lambda config: config["model"].update(window=8)),
+        ("data.entity_column", lambda config: config["data"].update(entity_column="host")),
+    ],
+)
+def test_a_configuration_that_disagrees_with_the_schema_is_refused(v3, key, change):
+    """Scoring reads schema.json, retraining config.json: a bundle where they differ would
+    retrain into another model than the one it serves."""
+    rewrite_json(v3, "config.json", change)
+
+    assert load_error(v3).startswith(f"{v3 / 'config.json'}: {key} is ")
+
+
 def test_json_part_that_is_not_an_object_is_refused(bundle):
     (bundle / "health.json").write_text('"healthy"')
     rewrite_checksum(bundle, "health.json")
