@@ -161,8 +161,9 @@ class TableReader:
             )
 
     def _resolve_features(self, dtypes: pd.Series, features: Sequence[str] | None) -> list[str]:
-        """Check that every named column exists, or pick the numeric non-role columns but
-        those without a name in the file (``_PANDAS_NAMELESS``), which may still be named."""
+        """Check that every named column exists, or pick the features by type
+        (``tables.features_by_type``; a folder's partition columns are not features
+        unless named)."""
         roles = {
             name: f"{role} column"
             for role, name in (
@@ -191,14 +192,13 @@ class TableReader:
             for name in features:
                 _check_not_temporal(self.path, name, dtypes[name])
             return list(features)
-        numeric = [
-            name
-            for name, dtype in dtypes.items()
-            if name not in roles
-            and not _PANDAS_NAMELESS.fullmatch(str(name))
-            and pd.api.types.is_numeric_dtype(dtype)
-            and not pd.api.types.is_bool_dtype(dtype)
-        ]
+        try:
+            numeric = tables.features_by_type(
+                _sample(self._source, list(dtypes.index)),
+                set(roles) | self._source.partition_columns,
+            )
+        except DataError as exc:
+            raise DataError(f"{self.path}: {exc}") from None
         self._refuse_numbers_with_a_comma(
             [
                 name
@@ -467,6 +467,8 @@ def _first_misfit(values: pd.Series, kind: pa.DataType) -> int:
 
 class _Source(Protocol):
     total_rows: int | None
+    partition_columns: frozenset[str]
+    """Columns a folder's layout gives (``host=web/``), not its files."""
 
     def dtypes(self) -> pd.Series | None:
         """Column name -> pandas dtype; None when the file has no data rows."""
@@ -497,20 +499,20 @@ def _open_source(path: Path, text_columns: list[str | None]) -> _Source:
     return _NpySource(path)
 
 
-def _sampled_dtypes(source: _Source) -> pd.Series | None:
-    """Column types of a text file, inferred from its first rows as pandas reads them."""
-    frames = source.frames(_SAMPLE_ROWS, None)
+def _sample(source: _Source, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """The first rows of a file (of ``columns``; None: all); None when it has none."""
+    frames = source.frames(_SAMPLE_ROWS, columns)
     try:
-        sample = next(frames, None)
+        return next(frames, None)
     finally:
         frames.close()
+
+
+def _sampled_dtypes(source: _Source) -> pd.Series | None:
+    """Column types of a text file, inferred from its first rows as pandas reads them."""
+    sample = _sample(source)
     return None if sample is None else sample.dtypes
 
-
-#: The name pandas gives a column without one in the file's header (pandas' own index of
-#: ``df.to_csv()``, the empty columns of lines ending in a separator): never picked as a
-#: feature on its own.
-_PANDAS_NAMELESS = re.compile(r"Unnamed: \d+")
 
 #: What pandas reads as a missing value by default (its documented ``na_values`` list),
 #: kept for every column but the id and entity columns.
@@ -547,6 +549,7 @@ class _CsvSource:
     """
 
     total_rows = None
+    partition_columns: frozenset[str] = frozenset()
 
     def __init__(self, path: Path, text_columns: list[str]) -> None:
         self.path = path
@@ -669,6 +672,7 @@ class _JsonLinesSource:
     2**60 + 1 would read as 2**60."""
 
     total_rows = None
+    partition_columns: frozenset[str] = frozenset()
 
     def __init__(self, path: Path, kept_columns: list[str]) -> None:
         self.path = path
@@ -742,6 +746,8 @@ class _ParquetSource:
     """Parquet in record batches of the needed columns only; types and row count come from
     the footer, so opening reads no rows."""
 
+    partition_columns: frozenset[str] = frozenset()
+
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
@@ -775,8 +781,9 @@ class _ParquetSource:
 class _ParquetFolderSource(_ParquetSource):
     """A folder of Parquet files, as Spark writes and reads one, through ``pyarrow.dataset``.
 
-    Its ``*.parquet`` and ``*.pq`` files are read in the order of their paths, so row numbers
-    are the same on every run, skipping names starting with "." or "_" (Spark's ``_SUCCESS``,
+    Its ``*.parquet`` and ``*.pq`` files are read in the order of their paths, numbers in
+    them compared as numbers (``part.2`` before ``part.10``), so row numbers are the same on
+    every run, skipping names starting with "." or "_" (Spark's ``_SUCCESS``,
     checksums); hive-style folder names (``host=web/``) are columns, usable as id or entity
     columns. The files must agree on their columns and types."""
 
@@ -787,6 +794,8 @@ class _ParquetFolderSource(_ParquetSource):
             fragments = list(self._dataset.get_fragments())
             _check_same_columns(path, fragments)
             self.total_rows = sum(fragment.metadata.num_rows for fragment in fragments)
+            stored = fragments[0].physical_schema.names
+            self.partition_columns = frozenset(set(self._dataset.schema.names) - set(stored))
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path, "Parquet", str(exc)) from None
         self._schema = _stored_columns(self._dataset.schema)
@@ -811,11 +820,14 @@ def _stored_columns(schema: pa.Schema) -> pa.Schema:
 def _folder_dataset(folder: Path) -> ds.Dataset:
     """The Parquet files of ``folder`` as one dataset, in path order (``_ParquetSource``)."""
     files = sorted(
-        str(file)
-        for file in folder.rglob("*")
-        if file.suffix.lower() in (".parquet", ".pq")
-        and not any(part.startswith((".", "_")) for part in file.relative_to(folder).parts)
-        and file.is_file()
+        (
+            str(file)
+            for file in folder.rglob("*")
+            if file.suffix.lower() in (".parquet", ".pq")
+            and not any(part.startswith((".", "_")) for part in file.relative_to(folder).parts)
+            and file.is_file()
+        ),
+        key=_natural_order,
     )
     if not files:
         raise DataError(
@@ -823,6 +835,12 @@ def _folder_dataset(folder: Path) -> ds.Dataset:
             "or a folder of Parquet files"
         )
     return ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(folder))
+
+
+def _natural_order(path: str) -> list:
+    """Paths with their numbers compared as numbers: ``part.2`` before ``part.10``, as Dask
+    and others number their files without padding."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
 def _check_same_columns(path: Path, fragments: list[ds.ParquetFileFragment]) -> None:
@@ -867,6 +885,8 @@ _NULLABLE_INTEGERS = {
 
 class _NpySource:
     """A 2-D numeric ``.npy`` array, memory-mapped (never unpickled); columns x0, x1, ..."""
+
+    partition_columns: frozenset[str] = frozenset()
 
     def __init__(self, path: Path) -> None:
         self.path = path

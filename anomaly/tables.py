@@ -13,7 +13,9 @@ any table given to a model trained on an array, whose features have no names of 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
@@ -22,6 +24,9 @@ from anomaly.errors import DataError, SchemaError
 
 #: Values shown at most in a message.
 _SHOWN = 3
+#: The name pandas gives a column without one in a CSV's header (pandas' own index of
+#: ``df.to_csv()``, the empty columns of lines ending in a separator).
+_PANDAS_NAMELESS = re.compile(r"Unnamed: \d+")
 #: Labels as text (a CSV's, or words), lower case: 0/1 or false/true.
 _LABEL_WORDS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
 
@@ -84,6 +89,38 @@ def feature_array(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
     for j, name in enumerate(names):
         matrix[:, j] = _numbers(frame[name], name)
     return matrix
+
+
+def features_by_type(sample: pd.DataFrame, roles: Collection[str]) -> list[str]:
+    """The features when none are named (``data.features``, ``--features``), alike for a
+    file (``sample``: its first rows) and a table: the columns of numbers, decimals
+    included, but the columns in ``roles`` (id, label, entity, a folder's partitions),
+    booleans (flags and labels more often than measurements: name one to use it) and
+    columns without a name (``Unnamed: 3``). A column of numbers with no value at all is
+    refused: picked, it would make every row invalid."""
+    picked = [
+        name
+        for name in column_names(sample)
+        if name not in roles
+        and not _PANDAS_NAMELESS.fullmatch(name)
+        and _holds_numbers(column(sample, name))
+    ]
+    empty = [name for name in picked if column(sample, name).isna().all()]
+    if empty:
+        raise DataError(
+            f"column(s) {', '.join(map(repr, empty))} hold no value (in the first "
+            f"{len(sample)} rows); name the feature columns to leave them out"
+        )
+    return picked
+
+
+def _holds_numbers(values: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return False
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return True
+    present = values.dropna()
+    return len(present) > 0 and all(isinstance(v, Decimal) for v in present)
 
 
 def column(frame: pd.DataFrame, name: str) -> pd.Series:

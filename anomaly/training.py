@@ -284,15 +284,15 @@ def _table_records(
     frame, config: Config, feature_names: list[str] | None, entities
 ) -> tuple[np.ndarray, list[str], np.ndarray | None, pd.Index]:
     """A table's rows, feature names and series as ``anomaly train`` reads a file's: the
-    features by name (``feature_names``, else ``data.features``, else every column but the
-    id, label and entity columns), the rows labelled normal where the table has
+    features by name (``feature_names``, else ``data.features``, else picked by type as a
+    file's are: ``tables.features_by_type``), the rows labelled normal where the table has
     ``data.label_column`` (a table without it is all normal rows, as ``retrain`` takes
     them), each series of ``data.entity_column`` where it has that, cut where labelled rows
     were taken out; and the row labels of the rows kept."""
     data = config.data
     roles = {data.id_column, data.label_column, data.entity_column}
     columns = tables.column_names(frame)
-    names = list(feature_names or data.features or [c for c in columns if c not in roles])
+    names = list(feature_names or data.features or tables.features_by_type(frame, roles))
     kept = np.ones(len(frame), bool)
     if data.label_column in columns:
         kept = tables.labelled_normal(frame, data.label_column)

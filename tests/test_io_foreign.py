@@ -120,3 +120,80 @@ def test_a_separator_ending_each_data_line_alone_is_read(tmp_path: Path):
 
     assert chunk.ids.tolist() == ["1", "2"]
     np.testing.assert_array_equal(chunk.features, [[0.5, 2], [0.25, 3]])
+
+
+def _mixed_types(n: int = 40) -> pd.DataFrame:
+    """A decimal, a boolean, text and a timestamp beside two columns of numbers."""
+    from decimal import Decimal
+
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "a": rng.normal(size=n),
+            "price": [Decimal(f"{v:.2f}") for v in rng.uniform(1, 9, size=n)],
+            "flag": rng.integers(0, 2, size=n).astype(bool),
+            "host": ["web"] * n,
+            "seen": pd.date_range("2026-01-01", periods=n, freq="min"),
+            "b": rng.integers(0, 9, size=n),
+        }
+    )
+
+
+def test_features_picked_by_type_are_the_same_from_a_file_and_from_a_table(tmp_path: Path):
+    """The command line dropped a decimal column that the Python API used, and the API
+    used a boolean column that the command line left out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from anomaly import tables
+
+    frame = _mixed_types()
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+
+    from_file = TableReader(path, id_column="id").feature_names
+    from_table = tables.features_by_type(frame, {"id"})
+
+    assert from_file == from_table == ["a", "price", "b"]
+
+
+def test_a_column_with_no_value_is_refused_when_features_are_picked(tmp_path: Path):
+    # Picked, it made every row invalid, and the error advised skipping them all.
+    path = tmp_path / "data.csv"
+    path.write_text("id,a,empty\n1,0.5,\n2,1.5,\n")
+
+    with pytest.raises(DataError, match=r"column\(s\) 'empty' hold no value .*name the feature"):
+        TableReader(path, id_column="id")
+    assert TableReader(path, id_column="id", features=["a"]).feature_names == ["a"]
+
+
+def test_a_folders_partition_columns_are_not_features_unless_named(tmp_path: Path):
+    # year=2024/month=3/: a month the model never saw would score as an anomaly.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for month in (1, 2):
+        folder = tmp_path / "year=2024" / f"month={month}"
+        folder.mkdir(parents=True)
+        rows = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]})
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), folder / "p.parquet")
+
+    assert TableReader(tmp_path).feature_names == ["a", "b"]
+    assert TableReader(tmp_path, features=["a", "month"]).feature_names == ["a", "month"]
+
+
+def test_a_folders_files_numbered_without_padding_are_read_in_number_order(tmp_path: Path):
+    # Dask writes part.0 ... part.10: in text order part.10 came before part.2.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for i in range(12):
+        rows = pd.DataFrame({"id": [f"r{i}"], "a": [float(i)]})
+        pq.write_table(
+            pa.Table.from_pandas(rows, preserve_index=False), tmp_path / f"part.{i}.parquet"
+        )
+
+    chunk = read_all(tmp_path, id_column="id")
+
+    assert list(chunk.ids) == [f"r{i}" for i in range(12)]
