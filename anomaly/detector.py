@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from anomaly import bundle, store, tables
@@ -336,7 +338,9 @@ def _check_shapes(
             f"{path / bundle.LATENT_PROTOTYPES}: prototypes of size "
             f"{contents.latent_prototypes.shape[1]} for a latent space of size {latent}"
         )
-    problems.extend(_value_problems(path, params, standardizer, contents.latent_prototypes))
+    problems.extend(
+        _value_problems(path, params, standardizer, contents.latent_prototypes, contents.networks)
+    )
     if problems:
         raise BundleError(f"{problems[0]}; {bundle.RESTORE_HINT}")
 
@@ -381,7 +385,11 @@ def _signature_problems(path: Path, networks: dict, schema: Schema, formulation:
 
 
 def _value_problems(
-    path: Path, params: ScoringParams, standardizer: Standardizer, prototypes: np.ndarray
+    path: Path,
+    params: ScoringParams,
+    standardizer: Standardizer,
+    prototypes: np.ndarray,
+    networks: dict,
 ) -> list[str]:
     """Values that pass the checksums of an edited bundle but would make every score NaN,
     zero or flagged, or scoring hang: the bounds training enforces, checked again (only
@@ -415,6 +423,12 @@ def _value_problems(
         problems.append(f"{path / 'preprocessing.json'}: clip_value must be > 0")
     if not np.isfinite(prototypes).all():
         problems.append(f"{path / bundle.LATENT_PROTOTYPES}: prototypes must be finite")
+    for name, network in networks.items():
+        if not all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in network.weights):
+            problems.append(
+                f"{path / (name + '.keras')}: holds weights that are not finite (a training "
+                "run that diverged?); it would score every record NaN"
+            )
     return problems
 
 
@@ -447,6 +461,8 @@ def _calibration_problems(params: ScoringParams) -> list[str]:
     for name, values in references.items():
         if len(values) != REFERENCE_QUANTILES or not all(math.isfinite(v) for v in values):
             problems.append(f"{name} must hold {REFERENCE_QUANTILES} finite values")
+        elif any(low > high for low, high in itertools.pairwise(values)):
+            problems.append(f"{name} must be in ascending order (they are quantiles)")
     missing = set(COMPONENTS) - set(params.reference_components)
     if params.reference_components and missing:
         problems.append(f"reference_components lacks {', '.join(sorted(missing))}")

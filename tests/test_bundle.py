@@ -378,6 +378,29 @@ def test_a_configuration_that_disagrees_with_the_schema_is_refused(v3, key, chan
     assert load_error(v3).startswith(f"{v3 / 'config.json'}: {key} is ")
 
 
+def test_networks_with_weights_that_are_not_finite_are_refused_at_load(bundle, tmp_path):
+    """A run that diverged: the bundle loaded, published, and scored no row with exit 0
+    (only the service checked a record's score)."""
+    damaged = anomaly.load(bundle)
+    generator = damaged.engine.networks["generator"]
+    weights = generator.get_weights()
+    weights[0] = np.full_like(weights[0], np.nan)
+    generator.set_weights(weights)
+
+    damaged.save(tmp_path / "diverged")
+
+    assert load_error(tmp_path / "diverged").startswith(
+        f"{tmp_path / 'diverged' / 'generator.keras'}: holds weights that are not finite"
+    )
+
+
+def test_reference_scores_out_of_order_are_refused(v3):
+    # Reversed, every percentile read 0 or 100.
+    rewrite_json(v3, "scoring.json", lambda scoring: scoring["reference_scores"].reverse())
+
+    assert "reference_scores must be in ascending order" in load_error(v3)
+
+
 def test_json_part_that_is_not_an_object_is_refused(bundle):
     (bundle / "health.json").write_text('"healthy"')
     rewrite_checksum(bundle, "health.json")
