@@ -16,6 +16,8 @@ one of its versions is refused (``check_save_target``); save elsewhere and publi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -23,6 +25,7 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from anomaly import bundle
@@ -39,6 +42,8 @@ _VERSION_NAME = re.compile(r"[1-9][0-9]*")
 #: The highest number the store ever gave, so that a version removed (a rollback) never has
 #: its number given again to another model: results name the version that scored them.
 _LAST_NUMBER = ".last-version"
+#: The file publishers lock to take their numbers one at a time.
+_NUMBERING_LOCK = ".publish.lock"
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
@@ -166,31 +171,49 @@ def _add_version(model: Path, store: Path) -> int:
         copy = staging / "bundle"
         _copy_listed_files(model, copy)
         bundle.verify_bundle(copy)
-        number = max([*versions(store), _last_number(store)]) + 1
-        while True:
-            try:
-                copy.rename(store / str(number))
-                break
-            except OSError:
-                if not (store / str(number)).exists():
-                    raise
-                number += 1  # another publisher took it
-        if number > _last_number(store):
+        with _numbering(store):
+            number = max([*versions(store), _last_number(store)]) + 1
+            # Marked before the version appears: a publisher killed in between leaves a
+            # number unused, never one given twice.
             marked = staging / _LAST_NUMBER
             marked.write_text(f"{number}\n")
             os.replace(marked, store / _LAST_NUMBER)
+            copy.rename(store / str(number))
         return number
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _numbering(store: Path) -> Iterator[None]:
+    """Publishers of one store take their numbers one at a time (an exclusive lock on the
+    store's ``.publish.lock``): two that read ``.last-version`` together gave one number
+    twice once a version was removed."""
+    with open(store / _NUMBERING_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _last_number(store: Path) -> int:
     """The highest version number ``store`` gave (0 for none, or a store of an earlier
     release, whose numbers are its versions')."""
+    marked = store / _LAST_NUMBER
     try:
-        return int((store / _LAST_NUMBER).read_text().strip())
-    except (OSError, ValueError):
+        text = marked.read_text()
+    except FileNotFoundError:
         return 0
+    except OSError as exc:
+        raise cannot_write(store, exc) from None
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise BundleError(
+            f"{marked}: is damaged (not a version number); write in it the highest version "
+            "number the store ever gave, so that none is given again"
+        ) from None
 
 
 def _remove_abandoned_staging(store: Path) -> None:

@@ -24,7 +24,41 @@ def test_publishing_numbers_versions_and_load_takes_the_latest(tiny_bundle, tmp_
     assert versions(store) == [1, 2]
     assert resolve(store) == store / "2" and resolve(store, 1) == store / "1"
     assert anomaly.load(store).version == anomaly.load(tiny_bundle).version
-    assert sorted(p.name for p in store.iterdir()) == [".last-version", "1", "2"]  # no staging
+    assert sorted(p.name for p in store.iterdir()) == [".last-version", ".publish.lock", "1", "2"]
+
+
+def test_publishers_take_their_numbers_one_at_a_time(tiny_bundle, tmp_path):
+    """Two publishers that read .last-version together gave one number twice once a
+    version was removed; a publisher waits while another holds the store's lock."""
+    from anomaly import store as store_module
+
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    done = threading.Event()
+    numbers = []
+
+    def publisher():
+        numbers.append(publish(tiny_bundle, store))
+        done.set()
+
+    with store_module._numbering(store):
+        thread = threading.Thread(target=publisher)
+        thread.start()
+        assert not done.wait(3)  # copied and verified, it waits for the lock
+        assert versions(store) == [1]
+    assert done.wait(60)
+    thread.join()
+    assert numbers == [2]
+
+
+def test_a_damaged_high_water_mark_is_an_error_not_a_fresh_start(tiny_bundle, tmp_path):
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    (store / ".last-version").write_text("garbage\n")
+
+    with pytest.raises(BundleError, match=r"\.last-version: is damaged .*highest version number"):
+        publish(tiny_bundle, store)
+    assert versions(store) == [1]
 
 
 def test_a_version_removed_in_a_rollback_never_has_its_number_given_again(tiny_bundle, tmp_path):
