@@ -80,14 +80,31 @@ def save_bundle(path: str | os.PathLike[str], contents: BundleContents) -> str:
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if path.exists():
             refuse_unlisted_entries(path)  # added while the model trained
-            shutil.rmtree(path)
-        staging.rename(path)
+            _swap(staging, path)
+        else:
+            staging.rename(path)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a folder that cannot be replaced
             raise cannot_write(path, exc) from None
         raise
     return bundle_version_id(path)
+
+
+def _swap(staging: Path, path: Path) -> None:
+    """Put ``staging`` in the place of bundle ``path`` by two renames, the old bundle
+    removed only once the new one is in place (removing it first lost both to a kill or a
+    failed rename in between). Should the second rename fail, the old bundle goes back."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}-replaced-", dir=path.parent))
+    path.rename(aside / "bundle")
+    try:
+        staging.rename(path)
+    except BaseException:
+        (aside / "bundle").rename(path)
+        raise
+    finally:
+        if path.exists():
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def refuse_unlisted_entries(path: Path) -> None:

@@ -37,3 +37,28 @@ def test_a_store_under_a_file_is_one_line(tmp_path: Path):
 
     with pytest.raises(AnomalyError, match=f"^cannot write {store}: Not a directory$"):
         publish(FIXTURES / "bundle-v3", store)
+
+
+def test_a_bundle_replaced_by_a_save_that_fails_at_the_swap_stays_in_place(
+    detector, tmp_path: Path, monkeypatch
+):
+    """The old bundle was removed before the new one was renamed into place: a kill or a
+    failed rename in between lost both."""
+    target = tmp_path / "model"
+    detector.save(target)
+    before = (target / "manifest.json").read_bytes()
+    rename = Path.rename
+
+    def failing_rename(self, destination):
+        if Path(destination) == target and self.name.startswith(".model-"):  # the new one
+            raise OSError(28, "No space left on device")
+        return rename(self, destination)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(AnomalyError, match="No space left on device"):
+        detector.save(target)
+    monkeypatch.undo()
+
+    assert (target / "manifest.json").read_bytes() == before
+    assert anomaly.load(target).version == detector.version
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left aside
