@@ -218,7 +218,16 @@ class AlarmStage:
         levels = np.empty(n)
         alarms = np.zeros(n, bool)
         quiet = np.zeros(n, bool)
-        for key, rows in rows_of.items():
+        # Each key's rows at once, unless streams must be dropped within these rows: then
+        # row by row, so that the same streams are dropped however the rows are batched.
+        new_keys = sum(key not in self._streams for key in rows_of)
+        in_order = keys is not None and len(self._streams) + new_keys > self.max_streams
+        groups = (
+            ((key, np.array([row])) for row, key in enumerate(keys))
+            if in_order
+            else rows_of.items()
+        )
+        for key, rows in groups:
             stream = self._streams.pop(key, None)  # re-inserted last: the most recently seen
             if stream is None:
                 stream = self._start.fresh()
@@ -229,8 +238,8 @@ class AlarmStage:
             result = stream.update(scores[rows])
             self._in_state += stream.in_state - was_in_state
             levels[rows], alarms[rows], quiet[rows] = result.levels, result.alarms, result.quiet
-        while len(self._streams) > self.max_streams:
-            self._drop(next(iter(self._streams)))
+            while len(self._streams) > self.max_streams:
+                self._drop(next(iter(self._streams)))
         return AlarmResult(levels, alarms, quiet)
 
     def forget_partitions(self, partitions: Iterable[int]) -> int:

@@ -430,3 +430,25 @@ def test_a_bundle_saved_with_the_old_serve_alarm_keys_still_loads_its_configurat
     saved["serve"] = {"alarm_history": None, "alarm_level": 0.9965, "alarm_quorum": 2}
     del saved["alarms"]  # bundles before the section
     assert Config.from_bundle(saved).alarms == AlarmConfig()
+
+
+def test_streams_dropped_beyond_max_streams_do_not_depend_on_how_rows_are_batched():
+    """Three interleaved keys, two streams kept: streams were dropped only at the end of
+    each batch, so a file (one chunk) kept all three and the service (batches) did not."""
+    config = AlarmConfig(method="conformal", quorum=None, history=400, max_streams=2)
+    reference = np.random.default_rng(4).normal(size=200)
+    scores = np.random.default_rng(3).normal(size=900)
+    scores[[300, 301, 302]] = 8.0
+    keys = [f"k{i % 3}" for i in range(900)]
+
+    def run(batch: int) -> tuple[list, list]:
+        stage = AlarmStage(reference, config)
+        parts = [
+            stage.update(scores[i : i + batch], keys[i : i + batch]) for i in range(0, 900, batch)
+        ]
+        return (
+            np.concatenate([p.levels for p in parts]).tolist(),
+            np.concatenate([p.alarms for p in parts]).tolist(),
+        )
+
+    assert run(900) == run(1) == run(100)
