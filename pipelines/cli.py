@@ -118,8 +118,26 @@ _alarms_config = click.option(
 
 
 def _alarms(detector, config_path: str | None):
-    """The model's [alarms], with the keys of ``config_path``'s section when given."""
-    return detector.config.alarms.updated_from_toml(config_path) if config_path else None
+    """The model's [alarms], with the keys of ``config_path``'s section when given; a
+    warning names the file's other sections, which are the model's (set at training)."""
+    if not config_path:
+        return None
+    from anomaly.config import Config
+
+    given = Config.from_toml(config_path)
+    ignored = [
+        f"[{name}]"
+        for name in type(given).model_fields
+        if name != "alarms" and getattr(given, name).model_fields_set
+    ]
+    if ignored:
+        click.echo(
+            f"warning: {config_path}: only [alarms] applies here; {', '.join(ignored)} "
+            f"{'is' if len(ignored) == 1 else 'are'} the model's, set when it was trained "
+            "(anomaly calibrate or retrain change it)",
+            err=True,
+        )
+    return detector.config.alarms.updated_from_toml(config_path)
 
 
 _on_invalid = click.option(

@@ -256,6 +256,21 @@ def test_an_alarms_config_file_is_validated_whole_as_its_help_says(model, files,
     assert "serve.alarm_level moved to [alarms] level" in line
 
 
+def test_sections_of_an_alarms_config_file_that_do_not_apply_are_named(model, files, tmp_path):
+    """[scoring] target_fpr in score's --config changed nothing, without a word."""
+    config = tmp_path / "shared.toml"
+    config.write_text('[alarms]\nmethod = "dspot"\n\n[scoring]\ntarget_fpr = 0.0001\n')
+
+    result = score(
+        model, files / "eval.csv", tmp_path / "out.csv", "--no-progress", "--config", str(config)
+    )
+
+    assert result.exit_code == 0, result.output
+    assert f"warning: {config}: only [alarms] applies here; [scoring] is the model's" in (
+        result.stderr
+    )
+
+
 def test_evaluate_json_parses_and_a_report_writes_markdown_and_plots(model, files, tmp_path):
     report = tmp_path / "report"
 
