@@ -26,6 +26,7 @@ import lzma
 import os
 import re
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -645,7 +646,7 @@ class _CsvSource:
                 keep_default_na=False,
                 na_values=self._missing_values(names),
             ) as chunks:
-                for frame in chunks:
+                while (frame := _next_quietly(chunks)) is not None:
                     if len(frame):
                         yield frame if columns is None else frame[columns]
         except pd.errors.EmptyDataError:
@@ -664,6 +665,15 @@ class _CsvSource:
             raise _not_utf8(self.path, "CSV", exc) from None
         except _DAMAGED as exc:
             raise _unreadable(self.path, "CSV", str(exc)) from None
+
+
+def _next_quietly(chunks: Iterator[pd.DataFrame]) -> pd.DataFrame | None:
+    """The next chunk of pandas' reader, without its warning about data lines that end in
+    a separator the header does not (a field past the header that holds a value is refused
+    before: ``_CsvHeader.extra_values``), which went to the user's terminal."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Length of header", pd.errors.ParserWarning)
+        return next(chunks, None)
 
 
 class _JsonLinesSource:

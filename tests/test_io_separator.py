@@ -79,3 +79,17 @@ def test_spaces_after_the_separators_are_not_part_of_names_or_values(tmp_path: P
 
     np.testing.assert_array_equal(chunk.features, [[1.5, 2], [2.5, 3]])
     np.testing.assert_array_equal(chunk.ids, ["r1", "r2"])
+
+
+def test_data_lines_ending_in_a_separator_read_without_pandas_warning(tmp_path: Path) -> None:
+    # pandas' ParserWarning ("... loss of data with index_col=False") reached the terminal.
+    import warnings
+
+    path = tmp_path / "data.csv"
+    path.write_text("id,a,b\nr1,1,2,\nr2,3,4,\n")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chunk = read_all(path, id_column="id")
+
+    np.testing.assert_array_equal(chunk.features, [[1, 2], [3, 4]])
