@@ -50,6 +50,9 @@ class Evaluation:
     alarm_false_positive_rate: float | None = None
     rows_rejected: int | None = None
     """Rows of the file left out as invalid (``on_invalid="skip"``); None for bare scores."""
+    rejects: str | None = None
+    """The file those rows were written to (``<data>.rejects.csv``, in the report folder
+    when there is one); None when there were none."""
     rows_without_score: int | None = None
     """Valid rows of the file with no score, so not in ``records``: in time-series mode the
     first ``window - 1`` rows of each series. None for bare scores."""
@@ -152,7 +155,12 @@ def evaluate_file(
     result = evaluate_scores(
         labels, scores, detector.threshold, np.concatenate(alarmed) if alarmed else None
     )
-    result = replace(result, rows_rejected=read - kept, rows_without_score=kept - len(labels))
+    result = replace(
+        result,
+        rows_rejected=read - kept,
+        rejects=None if rejects_file is None else str(rejects_file),
+        rows_without_score=kept - len(labels),
+    )
     if report_dir is not None:
         try:
             write_report(Path(report_dir), result, labels, scores, detector, str(data))

@@ -145,7 +145,7 @@ _on_invalid = click.option(
     type=click.Choice(["error", "skip"]),
     default=None,
     help="Rows with NaN/inf: stop with their row numbers (default), or write them to "
-    "OUT.rejects.csv and go on.",
+    "OUT.rejects.csv (evaluate: DATA.rejects.csv, in --report when given) and go on.",
 )
 
 _model = click.option(

@@ -416,6 +416,8 @@ def test_an_evaluation_counts_the_rows_it_left_out(tmp_path):
     frame.to_csv(data, index=False)
     result = evaluate_file(anomaly.load(MODEL), data, "label", on_invalid="skip")
     assert (result.records, result.rows_rejected, result.rows_without_score) == (5, 1, 0)
+    # where they went is part of the result (it was written beside the data without a word)
+    assert result.to_json()["rejects"] == str(tmp_path / "labelled.csv.rejects.csv")
 
 
 def test_rejects_that_fail_to_be_written_leave_the_earlier_output_and_rejects_as_they_were(
