@@ -280,7 +280,7 @@ def iter_scored(
     rejects: Rejects,
     on_invalid: str = "error",
     label_column: str | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     alarms: AlarmConfig | None = None,
 ):
     """Yield ``(chunk, valid_mask, result_frame)`` per chunk: one output row per valid input
@@ -293,9 +293,13 @@ def iter_scored(
     buffer = WindowBuffer(window, len(detector.feature_names)) if window else None
     cuts = SeriesCuts()  # an invalid row skipped ends its series' window
     stage = AlarmStage.for_model(detector, detector.config.alarms if alarms is None else alarms)
-    # disable=None: a bar only on a terminal, so logs and error lines stay clean.
+    # progress None: a bar only on a terminal, so logs and error lines stay clean; True: a
+    # bar wherever stderr goes (asked for); False: none.
     bar = tqdm(
-        total=reader.total_rows, unit=" rows", disable=None if progress else True, leave=False
+        total=reader.total_rows,
+        unit=" rows",
+        disable=None if progress is None else not progress,
+        leave=False,
     )
     with bar:
         for chunk in reader:
@@ -387,7 +391,7 @@ def score_file(
     out: PathLike,
     *,
     on_invalid: str | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     alarms: AlarmConfig | None = None,
 ) -> RunSummary:
     """Score every row of ``data`` into ``out`` (CSV, Parquet or JSON lines by extension);

@@ -260,7 +260,11 @@ def train(
     type=click.Path(),
     help="Output .csv, .parquet or .jsonl (--engine spark: a new folder of Parquet part files).",
 )
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar on stderr (default: when stderr is a terminal).",
+)
 @_on_invalid
 @_alarms_config
 @click.option(

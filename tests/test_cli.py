@@ -589,6 +589,17 @@ def test_installed_command_exits_2_on_bad_usage(tmp_path):
     assert "Missing option '--model'" in proc.stderr
 
 
+def test_progress_asked_for_is_shown_off_a_terminal_and_only_then(model, files, tmp_path):
+    """An explicit --progress was ignored when stderr was not a terminal (a CI log, a
+    file); without the option, a log gets no bar."""
+    asked = score(model, files / "eval.csv", tmp_path / "a.csv", "--progress")
+    default = score(model, files / "eval.csv", tmp_path / "b.csv")
+
+    assert asked.exit_code == default.exit_code == 0, asked.output
+    assert " rows" in asked.stderr and "it/s" not in default.stderr
+    assert "rows" not in default.stderr
+
+
 # -- failures leave nothing behind; .npy input with an id-column model ------------------
 
 
