@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import typing
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -128,6 +129,25 @@ def refuse_unlisted_entries(path: Path) -> None:
         )
 
 
+def _keras_problem(file: Path, exc: Exception) -> str:
+    """Why Keras could not load ``file``, in one line: its errors run over several lines
+    (a layer's whole configuration) and name a truncated archive as "File not found"."""
+    if not zipfile.is_zipfile(file):
+        return (
+            "cannot be loaded as a Keras model: it is not a .keras archive (a zip file); "
+            f"truncated, or saved in another format; {RESTORE_HINT}"
+        )
+    text = str(exc)
+    if "Lambda" in text:
+        return (
+            "cannot be loaded as a Keras model: it holds a Lambda layer, Python code that "
+            "loading never runs (safe_mode); a bundle's networks are built of Keras' own layers"
+        )
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    shown = first_line[:200] + ("..." if len(first_line) > 200 else "")
+    return f"cannot be loaded as a Keras model: {shown or type(exc).__name__}"
+
+
 def load_bundle(path: str | os.PathLike[str]) -> BundleContents:
     """Verify and load a bundle, brought to the current format; every failure is a
     ``BundleError`` that says exactly why."""
@@ -140,9 +160,8 @@ def load_bundle(path: str | os.PathLike[str]) -> BundleContents:
                 path / f"{name}.keras", compile=False, safe_mode=True
             )
         except Exception as exc:  # Keras raises many types for a bad archive
-            raise BundleError(
-                f"{path / (name + '.keras')}: cannot be loaded as a Keras model: {exc}"
-            ) from None
+            file = path / f"{name}.keras"
+            raise BundleError(f"{file}: {_keras_problem(file, exc)}") from None
     parts = {}
     for name in json_parts(version):
         file = path / f"{name}.json"

@@ -167,6 +167,32 @@ def test_keras_file_that_is_not_a_model_is_refused_even_with_a_matching_checksum
     assert message.startswith(f"{bundle / 'encoder.keras'}: cannot be loaded as a Keras model: ")
 
 
+def test_a_truncated_network_file_is_named_as_such_in_one_line(bundle):
+    # Keras said "File not found" of a file that was there, only cut short.
+    data = (bundle / "encoder.keras").read_bytes()
+    (bundle / "encoder.keras").write_bytes(data[: len(data) // 2])
+    rewrite_checksum(bundle, "encoder.keras")
+
+    message = load_error(bundle)
+
+    assert "it is not a .keras archive (a zip file); truncated" in message
+    assert "\n" not in message
+
+
+def test_a_network_with_a_lambda_layer_is_refused_in_one_line_naming_it(bundle):
+    """Keras' refusal (safe_mode) ran over 9 lines of layer configuration."""
+    keras = pytest.importorskip("keras")
+    inputs = keras.Input((8,))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
+    keras.Model(inputs, outputs, name="encoder").save(bundle / "encoder.keras")
+    rewrite_checksum(bundle, "encoder.keras")
+
+    message = load_error(bundle)
+
+    assert "it holds a Lambda layer, Python code that loading never runs" in message
+    assert "\n" not in message
+
+
 def test_manifest_that_does_not_list_a_part_is_refused(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     del manifest["files"]["health.json"]
