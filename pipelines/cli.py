@@ -140,6 +140,18 @@ def _alarms(detector, config_path: str | None):
     return detector.config.alarms.updated_from_toml(config_path)
 
 
+def _version_of(model: str, err: bool = False) -> str:
+    """The bundle ``model`` names: itself, or a store's latest version, which is said (a
+    result names no version, so after a rollback the line tells which one scored)."""
+    from anomaly.store import is_store, resolve
+
+    if not is_store(model):
+        return model
+    bundle = resolve(model)
+    click.echo(f"model: version {bundle.name} of the store {model} ({bundle})", err=err)
+    return str(bundle)
+
+
 _on_invalid = click.option(
     "--on-invalid",
     type=click.Choice(["error", "skip"]),
@@ -288,6 +300,8 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
     OUT.rejects (a Parquet folder)."""
     import anomaly
 
+    model = _version_of(model)
+
     if engine == "spark":
         from anomaly import spark
 
@@ -356,7 +370,7 @@ def evaluate(model, data, label_column, report_dir, as_json, on_invalid, config_
     import anomaly
     from anomaly.evaluation import evaluate_file
 
-    detector = anomaly.load(model)
+    detector = anomaly.load(_version_of(model, err=as_json))
     result = evaluate_file(
         detector,
         data,

@@ -156,6 +156,21 @@ def test_the_cli_publishes_and_prints_the_number(tiny_bundle, tmp_path):
     assert Path(store / "2" / "manifest.json").exists()
 
 
+def test_scoring_with_a_store_says_which_version_scored(tiny_bundle, tmp_path):
+    """A result names no version: after a rollback, the line is what tells which one."""
+    store = tmp_path / "store"
+    publish(tiny_bundle, store), publish(tiny_bundle, store)
+    data = tmp_path / "rows.csv"
+    pd.DataFrame(np.zeros((5, 8)), columns=[f"f{i}" for i in range(8)]).to_csv(data, index=False)
+
+    result = CliRunner().invoke(
+        cli, ["score", "--model", str(store), "--data", str(data), "--out", str(tmp_path / "o.csv")]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert f"model: version 2 of the store {store} ({store / '2'})" in result.stdout
+
+
 def manifest_files(bundle: Path) -> set[str]:
     return set(json.loads((bundle / "manifest.json").read_text())["files"])
 
