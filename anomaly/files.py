@@ -10,8 +10,10 @@ With an adaptive alarm stage (``[alarms]``, ``anomaly.alarms``: by default in ti
 mode), the output also gets ``p_value`` and ``alarm``: the file is one stream, or each value
 of the entity column is, its rows in file order and its state carried from chunk to chunk,
 exactly as the service keeps one stream per Kafka key. As there, at most
-``alarms.max_streams`` entities keep their state (the one seen least recently starts
-afresh), so a file of millions of entities is scored in bounded memory.
+``alarms.max_streams`` entities keep their alarm state (the one seen least recently starts
+afresh). In time-series mode each entity also keeps the last ``window - 1`` rows of its
+window, for every entity of the file (``window * features * 4`` bytes each: 1 KB for 32
+rows of 8 features, 1 GB for a million entities).
 """
 
 from __future__ import annotations
