@@ -175,11 +175,13 @@ class TableReader:
             if name is not None
         }
         wanted = [(name, "feature") for name in features or []] + list(roles.items())
-        missing = [f"{name!r} ({role})" for name, role in wanted if name not in dtypes.index]
-        if missing:
+        absent = [(name, role) for name, role in wanted if name not in dtypes.index]
+        if absent:
+            missing = ", ".join(f"{name!r} ({role})" for name, role in absent)
             raise SchemaError(
-                f"{self.path}: column(s) not found: {', '.join(missing)}; "
-                f"available: {_quoted(dtypes.index)} (names are case-sensitive)"
+                f"{self.path}: column(s) not found: {missing}; available: "
+                f"{_quoted(dtypes.index)} (names are case-sensitive)"
+                + self._source.why_not_found([name for name, _ in absent])
             )
         if features is not None:
             if not features:
@@ -483,6 +485,10 @@ class _Source(Protocol):
         """Column names the file gives more than once."""
         ...
 
+    def why_not_found(self, names: list[str]) -> str:
+        """What the format says about columns ``names`` not found ("; ..."), or ""."""
+        ...
+
 
 def _open_source(path: Path, text_columns: list[str | None]) -> _Source:
     if path.is_dir():
@@ -604,6 +610,9 @@ class _CsvSource:
     def dtypes(self) -> pd.Series | None:
         return _sampled_dtypes(self)
 
+    def why_not_found(self, names: list[str]) -> str:
+        return ""
+
     def repeated_names(self) -> set[str]:
         # pandas renames a repeated name ("a" again becomes "a.1"), and names empty names
         # apart ("Unnamed: 3"), so only named ones can repeat.
@@ -691,6 +700,9 @@ class _JsonLinesSource:
     def repeated_names(self) -> set[str]:
         return set()  # one key per object: a JSON reader keeps the last
 
+    def why_not_found(self, names: list[str]) -> str:
+        return f"; a JSON lines file's columns are the keys of its first {_SAMPLE_ROWS} lines"
+
     def dtypes(self) -> pd.Series | None:
         return _sampled_dtypes(self)
 
@@ -765,10 +777,23 @@ class _ParquetSource:
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path, "Parquet", str(exc)) from None
         self.total_rows: int | None = metadata.num_rows
-        self._schema = _stored_columns(metadata.schema.to_arrow_schema())
+        arrow_schema = metadata.schema.to_arrow_schema()
+        self._schema = _stored_columns(arrow_schema)
+        self._range_indexes = _range_indexes(arrow_schema)
 
     def repeated_names(self) -> set[str]:
         return _repeated(self._schema.names)
+
+    def why_not_found(self, names: list[str]) -> str:
+        """pandas keeps an index of evenly spaced values (``df.set_index("id")`` over ids
+        0, 1, 2, ...) as a range in the file's metadata, not as a column."""
+        found = [name for name in names if name in self._range_indexes]
+        if not found:
+            return ""
+        return (
+            f"; {found[0]!r} is the file's pandas index, kept as a range in its metadata, not "
+            "as a column: write it as one (df.reset_index().to_parquet(...))"
+        )
 
     def dtypes(self) -> pd.Series | None:
         if not self.total_rows:
@@ -809,6 +834,7 @@ class _ParquetFolderSource(_ParquetSource):
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path, "Parquet", str(exc)) from None
         self._schema = _stored_columns(self._dataset.schema)
+        self._range_indexes = _range_indexes(self._dataset.schema)
 
     def _batches(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
         # In file order, with a few batches read ahead: memory stays bounded.
@@ -825,6 +851,15 @@ def _stored_columns(schema: pa.Schema) -> pa.Schema:
     the frame's index, and the file's ``id`` column would be "not found". A nameless index
     holds row labels, not data, and is left out."""
     return pa.schema([f for f in schema if not _PANDAS_INDEX.fullmatch(f.name)])
+
+
+def _range_indexes(schema: pa.Schema) -> set[str]:
+    """The names of the indexes pandas kept as a range in ``schema``'s metadata."""
+    try:
+        indexes = (schema.pandas_metadata or {}).get("index_columns", [])
+    except ValueError:  # metadata that is not JSON
+        return set()
+    return {i.get("name") for i in indexes if isinstance(i, dict) and i.get("kind") == "range"}
 
 
 def _folder_dataset(folder: Path) -> ds.Dataset:
@@ -914,6 +949,9 @@ class _NpySource:
 
     def repeated_names(self) -> set[str]:
         return set()  # columns x0, x1, ...
+
+    def why_not_found(self, names: list[str]) -> str:
+        return ""  # the available columns say it: x0, x1, ...
 
     def dtypes(self) -> pd.Series | None:
         return pd.Series(self._array.dtype, index=self._names) if self.total_rows else None

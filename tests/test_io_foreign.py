@@ -197,3 +197,21 @@ def test_a_folders_files_numbered_without_padding_are_read_in_number_order(tmp_p
     chunk = read_all(tmp_path, id_column="id")
 
     assert list(chunk.ids) == [f"r{i}" for i in range(12)]
+
+
+def test_an_id_pandas_kept_as_a_range_index_is_named_as_such(tmp_path: Path):
+    # df.set_index("id") over ids 0..n-1: pandas stores no "id" column, only a range.
+    path = tmp_path / "indexed.parquet"
+    pd.DataFrame({"id": range(5), "a": np.arange(5.0)}).set_index("id").to_parquet(path)
+
+    with pytest.raises(DataError, match=r"'id' is the file's pandas index, kept as a range"):
+        TableReader(path, id_column="id")
+
+
+def test_a_json_lines_column_missing_from_the_first_lines_says_they_decide(tmp_path: Path):
+    path = tmp_path / "late.jsonl"
+    lines = [f'{{"a": {i}}}' for i in range(1000)] + ['{"a": 1, "c": 2}']
+    path.write_text("\n".join(lines) + "\n")
+
+    with pytest.raises(DataError, match=r"columns are the keys of its first 1000 lines"):
+        TableReader(path, features=["a", "c"])
