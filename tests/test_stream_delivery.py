@@ -563,3 +563,19 @@ def test_librdkafka_reset_restarts_where_the_broker_can_serve_and_keeps_every_st
     assert transport._position_of(1, 3, error(error._BAD_MSG), []) == 7
     consumer.positions[1] = 9  # past a transaction's marker, which no record returned marks
     assert transport._position_of(1, 3, error(error._BAD_MSG), []) == 9
+
+
+def test_a_librdkafka_partition_that_fetched_nothing_yet_is_at_its_committed_offset():
+    """librdkafka has no position before a partition's first record: its lag had no series,
+    so a partition that fetched nothing after a rebalance raised no alert."""
+    confluent_kafka = required_module("confluent_kafka", "confluent")
+    from anomaly.config import ServeConfig
+    from anomaly.stream.confluent_transport import ConfluentTransport
+    from anomaly.stream.transport import TopicPartition
+
+    transport = ConfluentTransport(ServeConfig(client="confluent"), "c", listener=None)
+    transport._consumer = _RangeConsumer(confluent_kafka.TopicPartition, (0, 50), {0: -1001, 1: 7})
+    transport._committed_starts = {0: 20}
+
+    assert transport.position(TopicPartition("in", 0)) == 20
+    assert transport.position(TopicPartition("in", 1)) == 7

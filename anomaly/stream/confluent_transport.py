@@ -711,7 +711,12 @@ class ConfluentTransport(Transport):
             )
         except KafkaException:
             return None
-        return current.offset if current.offset >= 0 else None
+        if current.offset >= 0:
+            return current.offset
+        # librdkafka has no position before its first record since the assignment: the
+        # committed offset it starts from, so that the lag of a partition that fetches
+        # nothing shows (it had no series at all, and a stuck partition no alert).
+        return self._committed_starts.get(partition.partition)
 
     def connected(self) -> bool:
         return self._consumer is not None and self._up
