@@ -257,7 +257,7 @@ def test_a_swap_frees_the_previous_model(tiny_bundle, retrained_bundle, tmp_path
 @pytest.fixture(scope="module")
 def nan_bundle(tiny_bundle, tmp_path_factory) -> Path:
     """``tiny_bundle`` with one weight of its generator NaN, saved the usual way (as a
-    training run that diverged leaves it): it loads, verifies and scores every record NaN."""
+    training run that diverged leaves it): it verifies, and would score every record NaN."""
     detector = anomaly.load(tiny_bundle)
     generator = detector.engine.networks["generator"]
     weights = generator.get_weights()
@@ -270,17 +270,20 @@ def test_a_version_that_scores_nan_is_refused_at_a_swap_and_at_start(
     tiny_bundle, nan_bundle, tmp_path
 ):
     """It was swapped in: every result then had a null score and is_anomaly false, with no
-    refusal, no metric and no log line to say detection had stopped."""
+    refusal, no metric and no log line to say detection had stopped. publish refuses it
+    (the load does); one put in the store by hand is refused by the service."""
     store = tmp_path / "store"
     publish(tiny_bundle, store)
     watcher, refusals = _watching(store)
-    publish(nan_bundle, store)
+    with pytest.raises(BundleError, match="holds weights that are not finite"):
+        publish(nan_bundle, store)
+    shutil.copytree(nan_bundle, store / "2")
     watcher.check()
     watcher.check()
     assert watcher.take() is None
-    assert [number for number, _ in refusals] == [2] and "as NaN" in refusals[0][1]
+    assert [number for number, _ in refusals] == [2] and "not finite" in refusals[0][1]
 
     served = load_served_model(store)  # a new replica
     assert served.version == "1" and [number for number, _ in served.refused] == [2]
-    with pytest.raises(BundleError, match="as NaN"):
+    with pytest.raises(BundleError, match="not finite"):
         load_served_model(nan_bundle)
