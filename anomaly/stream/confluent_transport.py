@@ -297,6 +297,7 @@ class ConfluentTransport(Transport):
             "queue.buffering.max.messages": max(
                 100_000, 2 * config.max_pending_results + 4 * config.max_batch_size
             ),
+            "allow.auto.create.topics": False,  # as kafka-python's (``make_producer``)
             **self._common("producer"),
             "acks": "all",
             "enable.idempotence": False,
@@ -757,6 +758,11 @@ class ConfluentTransport(Transport):
             elif tp.partition in uncommitted:
                 tp.offset = self._reset_offset
         consumer.assign(partitions)
+        # A new assignment starts unpaused (``_paused`` above, and the loop's back-pressure
+        # starts over), but librdkafka keeps a pause on the partition itself across unassign
+        # and assign: paused at a rebalance (a broker restart, an instance joining), it was
+        # never fetched again, every probe still healthy.
+        consumer.resume(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list) -> None:
         if self._abandoned:
