@@ -420,3 +420,90 @@ def test_an_output_topic_the_service_may_not_write_for_a_while_pauses_input_and_
     seen = {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))}
     assert set(before) | set(during) <= seen
     assert events.count("output_unavailable") == 1 and events.count("output_available") == 1
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_output_topic_deleted_while_serving_is_not_made_again_by_the_service(
+    client, kafka_bootstrap, kafka_topic_factory, detector, tiny_bundle_mixing, events
+):
+    """The producers asked the broker to create the topic again, with its defaults (1
+    partition, no max.message.bytes of its own), before the operator could; now the
+    results wait until it is back, as the operator makes it, and none is lost."""
+    t = {
+        "input_topic": kafka_topic_factory(1, prefix="in"),
+        "output_topic": f"out-{uuid.uuid4().hex[:10]}",
+        "dlq_topic": kafka_topic_factory(1, prefix="dlq"),
+        "alerts_topic": None,
+    }
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="pytest-deleted")
+    make_output = {t["output_topic"]: {"num_partitions": 3, "replication_factor": 1}}
+    admin.create_topics(make_output, wait_for_metadata=True)
+    names = detector.feature_names
+    rows = _normal_rows(tiny_bundle_mixing, 40, seed=31)
+    messages = [(b"k", _record(i, r, names, False)) for i, r in enumerate(rows)]
+    try:
+        with _running(detector, _config(kafka_bootstrap, t, client=client)):
+            before = _produce(kafka_bootstrap, t["input_topic"], messages[:20])
+            _read(kafka_bootstrap, t["output_topic"], covers=set(before))
+            admin.delete_topics([t["output_topic"]])
+            during = _produce(kafka_bootstrap, t["input_topic"], messages[20:])
+            # kafka-python's producer retries a topic gone until its delivery timeout (120 s)
+            wait_for(lambda: events.count("output_unavailable") >= 1, 180, "output_unavailable")
+            assert t["output_topic"] not in admin.list_topics()
+            admin.create_topics(make_output, wait_for_metadata=True)  # as the operator does
+            wait_for(lambda: events.count("output_available") >= 1, 60, "output_available")
+            results = _read(kafka_bootstrap, t["output_topic"], covers=set(during))
+        partitions = admin.describe_topics([t["output_topic"]])[0]["partitions"]
+    finally:
+        admin.delete_topics([t["output_topic"]], raise_errors=False)
+        admin.close()
+    assert len(partitions) == 3
+    seen = {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))}
+    assert set(during) <= seen
+
+
+def test_librdkafka_partitions_paused_at_a_rebalance_are_fetched_once_assigned_again(
+    kafka_bootstrap, kafka_topic_factory
+):
+    """The loop pauses its input under back-pressure, and a new assignment starts unpaused;
+    librdkafka keeps a pause on the partition across unassign and assign, so after a broker
+    restart (or an instance joining) while paused, nothing more was read from them, every
+    probe healthy."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    from anomaly.config import ServeConfig
+
+    topic = kafka_topic_factory(partitions=2)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i in range(200):
+        producer.send(topic, b"{}", partition=i % 2)
+    producer.flush()
+    producer.close()
+
+    class Listener:  # the loop: start both partitions again from offset 0
+        def partitions_assigned(self, assigned):
+            return dict.fromkeys(assigned, 0)
+
+        def partitions_lost(self, lost):
+            pass
+
+    config = ServeConfig(client="confluent", input_topic=topic)
+    transport = confluent_transport.ConfluentTransport(config, "c", listener=Listener())
+    consumer = confluent_kafka.Consumer(
+        {"bootstrap.servers": kafka_bootstrap, "group.id": f"paused-{uuid.uuid4().hex[:8]}"}
+    )
+    transport._consumer = consumer
+    partitions = [confluent_kafka.TopicPartition(topic, p, 0) for p in (0, 1)]
+    try:
+        consumer.assign(partitions)
+        assert consumer.consume(10, 10)  # fetching
+        transport.pause()  # back-pressure
+        transport._on_lost(consumer, consumer.assignment())  # a broker restart
+        transport.resume()  # the loop's: the assignment is empty now
+        transport._on_assign(consumer, [confluent_kafka.TopicPartition(topic, p) for p in (0, 1)])
+        read = 0
+        deadline = time.monotonic() + 20
+        while read < 200 and time.monotonic() < deadline:
+            read += sum(m.error() is None for m in consumer.consume(500, 0.2))
+    finally:
+        consumer.close()
+    assert read == 200

@@ -405,6 +405,10 @@ def make_producer(config: ServeConfig, client_id: str) -> KafkaProducer:
                 "enable_idempotence": False,
                 "acks": "all",
                 "max_in_flight_requests_per_connection": 1,
+                # An output topic deleted while the service runs: not made again with the
+                # broker's defaults (partitions, max.message.bytes) before whoever deleted it
+                # can; the results wait meanwhile (output_unavailable).
+                "allow_auto_create_topics": False,
                 **client_options(config.kafka, "producer"),
                 "bootstrap_servers": config.bootstrap_servers,
                 "client_id": client_id,
