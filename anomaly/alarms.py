@@ -218,14 +218,15 @@ class AlarmStage:
         levels = np.empty(n)
         alarms = np.zeros(n, bool)
         quiet = np.zeros(n, bool)
-        # Each key's rows at once, unless streams must be dropped within these rows: then
-        # row by row, so that the same streams are dropped however the rows are batched.
+        # Each key's rows at once, keys put back in the order of their last rows (the
+        # least recently seen first), unless streams must be dropped within these rows:
+        # then row by row, so that the same streams are dropped however rows are batched.
         new_keys = sum(key not in self._streams for key in rows_of)
         in_order = keys is not None and len(self._streams) + new_keys > self.max_streams
         groups = (
             ((key, np.array([row])) for row, key in enumerate(keys))
             if in_order
-            else rows_of.items()
+            else sorted(rows_of.items(), key=lambda item: item[1][-1])
         )
         for key, rows in groups:
             stream = self._streams.pop(key, None)  # re-inserted last: the most recently seen

@@ -549,8 +549,9 @@ class AlarmConfig(_Section):
     level: float = Field(DEFAULT_ALARM_LEVEL, gt=0, lt=1)
     """Level at which a row alarms (enters the state): KNN-CAD's published 0.9965, reached by
     about 1 normal row in 286. Below 1: at 1 DSPOT's alarm threshold is infinite (nothing
-    alarms). A conformal row above its whole history has level 1, so ``history`` must hold
-    at least ``1 / (1 - level) - 1`` values for the level to mean what it says. Like
+    alarms). A conformal row above its whole history has level 1, so with fewer than
+    ``1 / (1 - level) - 1`` values in ``history`` (285 at the default level) a normal row
+    alarms more often than the level says: 1 in ``history + 1``. Like
     ``exit_level``, a number (an integer too, and the text of ``ANOMALY_ALARMS_LEVEL``), never
     ``true`` or ``false``, which pydantic would take for 1 and 0."""
     exit_level: float | None = Field(None, gt=0, lt=1)
@@ -641,22 +642,6 @@ class AlarmConfig(_Section):
                     f"exit_level{given} is {exit_level:.6g}; it must lie between 0 and level "
                     f"({self.level:.6g}): set alarms.exit_level"
                 )
-        if self.method == "threshold" and "semantics" in self.model_fields_set:
-            raise ValueError(
-                "semantics applies to the adaptive methods (conformal, dspot); method "
-                "'threshold' flags each row above the model's threshold"
-            )
-        conformal = self.method == "conformal" or (
-            self.method == "auto" and TIME_SERIES_METHOD == "conformal"
-        )
-        # A row above all ``history`` values (1 normal row in history + 1) reaches level 1.
-        fewest = math.ceil(1 / (1 - self.level) - 1 - 1e-9)
-        if conformal and self.history < fewest:
-            raise ValueError(
-                f"history ({self.history}) must hold at least {fewest} values at level "
-                f"{self.level:.6g}: a row above all of them reaches any level, 1 normal row in "
-                f"{self.history + 1}, more often than the level's 1 in {1 / (1 - self.level):.0f}"
-            )
         dspot = self.method == "dspot" or (self.method == "auto" and TIME_SERIES_METHOD == "dspot")
         if dspot and self.drift_depth + 2 > self.history // 2:
             raise ValueError(
