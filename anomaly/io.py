@@ -569,8 +569,7 @@ class _CsvSource:
         many locales), tabs or bars reads as it is, and a comma file whose names hold a ';'
         (``temp;C``) as a comma file. When none splits every line alike, the one that splits
         the header into the most names (a line with a field too many is then pandas' error).
-        Excel's ``sep=;`` first line names the separator itself and is skipped. Spaces after
-        a separator are not part of a name or value (``id, a, b`` names ``a`` and ``b``)."""
+        Excel's ``sep=;`` first line names the separator itself and is skipped."""
         with _open_text(self.path, "r") as handle:
             lines = [handle.readline() for _ in range(2 + _SNIFFED_LINES)]
         lines[0] = lines[0].removeprefix("\ufeff")  # pandas drops a byte-order mark
@@ -578,8 +577,7 @@ class _CsvSource:
         skipped = 1 if named else 0
         lines = lines[skipped : skipped + 1 + _SNIFFED_LINES]
         rows = {
-            sep: [row for row in csv.reader(lines, delimiter=sep, skipinitialspace=True) if row]
-            for sep in _SEPARATORS
+            sep: [row for row in csv.reader(lines, delimiter=sep) if row] for sep in _SEPARATORS
         }
         splits = {sep: found[0] if found else [] for sep, found in rows.items()}
         splitting = [sep for sep in _SEPARATORS if len(splits[sep]) > 1]
@@ -590,9 +588,7 @@ class _CsvSource:
             else max(even or splitting or _SEPARATORS, key=lambda sep: len(splits[sep]))
         )
         if separator not in rows:  # a separator named by the file that we do not sniff
-            rows[separator] = [
-                row for row in csv.reader(lines, delimiter=separator, skipinitialspace=True) if row
-            ]
+            rows[separator] = [row for row in csv.reader(lines, delimiter=separator) if row]
         names = rows[separator][0] if rows[separator] else []
         first_data = rows[separator][1:2]
         extra = (
@@ -611,7 +607,16 @@ class _CsvSource:
         return _sampled_dtypes(self)
 
     def why_not_found(self, names: list[str]) -> str:
-        return ""
+        """A name written with spaces around it (``id, a, b``: `` a``), which are part of
+        it (a model trained on such a file has them in its features)."""
+        spaced = {name.strip(): name for name in self._header().names if name != name.strip()}
+        found = [spaced[name.strip()] for name in names if name.strip() in spaced]
+        if not found:
+            return ""
+        return (
+            f"; the file's column is {found[0]!r}, with its spaces: name it so, or save the "
+            "file without spaces around the separators"
+        )
 
     def repeated_names(self) -> set[str]:
         # pandas renames a repeated name ("a" again becomes "a.1"), and names empty names
@@ -648,7 +653,6 @@ class _CsvSource:
                 self.path,
                 sep=header.separator,
                 skiprows=header.skipped_lines,
-                skipinitialspace=True,
                 chunksize=chunk_rows,
                 dtype=self._dtypes,
                 index_col=False,
