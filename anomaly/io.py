@@ -195,38 +195,20 @@ class TableReader:
             for name in features:
                 _check_not_temporal(self.path, name, dtypes[name])
             return list(features)
+        sample = _sample(self._source, list(dtypes.index))
+        self._refuse_numbers_with_a_comma(
+            sample,
+            [n for n, t in dtypes.items() if n not in roles and pd.api.types.is_string_dtype(t)],
+        )
         try:
-            numeric = tables.features_by_type(
-                _sample(self._source, list(dtypes.index)),
-                set(roles) | self._source.partition_columns,
-            )
+            return tables.features_by_type(sample, set(roles) | self._source.partition_columns)
         except DataError as exc:
             raise DataError(f"{self.path}: {exc}") from None
-        self._refuse_numbers_with_a_comma(
-            [
-                name
-                for name, dtype in dtypes.items()
-                if name not in roles and name not in numeric and pd.api.types.is_string_dtype(dtype)
-            ]
-        )
-        if not numeric:
-            raise DataError(
-                f"{self.path}: no numeric columns to use as features among "
-                f"{_quoted(dtypes.index)}; name the feature columns explicitly"
-            )
-        return numeric
 
-    def _refuse_numbers_with_a_comma(self, text_columns: list[str]) -> None:
+    def _refuse_numbers_with_a_comma(self, sample: pd.DataFrame, text_columns: list[str]) -> None:
         """Columns of numbers written with a decimal comma (a spreadsheet's CSV in many
         locales) are text to the reader; picked by type, they would be left out of the
         features without a word, and the model trained on the rest."""
-        if not text_columns:
-            return
-        frames = self._source.frames(_SAMPLE_ROWS, text_columns)
-        try:
-            sample = next(frames, None)
-        finally:
-            frames.close()
         commas = [name for name in text_columns if _numbers_with_a_comma(sample[name])]
         if commas:
             raise DataError(

@@ -98,20 +98,26 @@ def features_by_type(sample: pd.DataFrame, roles: Collection[str]) -> list[str]:
     booleans (flags and labels more often than measurements: name one to use it) and
     columns without a name (``Unnamed: 3``). A column of numbers with no value at all is
     refused: picked, it would make every row invalid."""
+    names = column_names(sample)
     picked = [
-        name
-        for name in column_names(sample)
+        i
+        for i, name in enumerate(names)
         if name not in roles
         and not _PANDAS_NAMELESS.fullmatch(name)
-        and _holds_numbers(column(sample, name))
+        and _holds_numbers(sample.iloc[:, i])
     ]
-    empty = [name for name in picked if column(sample, name).isna().all()]
+    if not picked:
+        raise DataError(
+            f"no numeric columns to use as features among {', '.join(map(repr, names))}; "
+            "name the feature columns explicitly"
+        )
+    empty = [names[i] for i in picked if sample.iloc[:, i].isna().all()]
     if empty:
         raise DataError(
             f"column(s) {', '.join(map(repr, empty))} hold no value (in the first "
             f"{len(sample)} rows); name the feature columns to leave them out"
         )
-    return picked
+    return [names[i] for i in picked]
 
 
 def _holds_numbers(values: pd.Series) -> bool:

@@ -156,6 +156,8 @@ def test_features_picked_by_type_are_the_same_from_a_file_and_from_a_table(tmp_p
     from_table = tables.features_by_type(frame, {"id"})
 
     assert from_file == from_table == ["a", "price", "b"]
+    with pytest.raises(DataError, match="no numeric columns to use as features among 'host'"):
+        tables.features_by_type(frame[["host"]], set())  # training said "all the same record"
 
 
 def test_a_column_with_no_value_is_refused_when_features_are_picked(tmp_path: Path):
