@@ -17,7 +17,6 @@ one of its versions is refused (``check_save_target``); save elsewhere and publi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -188,9 +187,19 @@ def _add_version(model: Path, store: Path) -> int:
 def _numbering(store: Path) -> Iterator[None]:
     """Publishers of one store take their numbers one at a time (an exclusive lock on the
     store's ``.publish.lock``): two that read ``.last-version`` together gave one number
-    twice once a version was removed."""
+    twice once a version was removed. Where the system or the file system has no such
+    locks (Windows; some network file systems), publishers go on without, as before."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
     with open(store / _NUMBERING_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # ENOLCK, EOPNOTSUPP: a file system without locks
+            yield
+            return
         try:
             yield
         finally:

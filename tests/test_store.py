@@ -51,6 +51,19 @@ def test_publishers_take_their_numbers_one_at_a_time(tiny_bundle, tmp_path):
     assert numbers == [2]
 
 
+def test_a_file_system_without_locks_still_publishes(tiny_bundle, tmp_path, monkeypatch):
+    # Some network file systems answer flock with ENOLCK: every publish failed.
+    import errno
+    import fcntl
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+
+    assert publish(tiny_bundle, tmp_path / "store") == 1
+
+
 def test_a_damaged_high_water_mark_is_an_error_not_a_fresh_start(tiny_bundle, tmp_path):
     store = tmp_path / "store"
     publish(tiny_bundle, store)
