@@ -95,17 +95,27 @@ def save_bundle(path: str | os.PathLike[str], contents: BundleContents) -> str:
 def _swap(staging: Path, path: Path) -> None:
     """Put ``staging`` in the place of bundle ``path`` by two renames, the old bundle
     removed only once the new one is in place (removing it first lost both to a kill or a
-    failed rename in between). Should the second rename fail, the old bundle goes back."""
+    failed rename in between). Should the second rename fail, the old bundle goes back;
+    should that fail too, the error says where it is."""
     aside = Path(tempfile.mkdtemp(prefix=f".{path.name}-replaced-", dir=path.parent))
-    path.rename(aside / "bundle")
+    try:
+        path.rename(aside / "bundle")
+    except BaseException:
+        aside.rmdir()
+        raise
     try:
         staging.rename(path)
-    except BaseException:
-        (aside / "bundle").rename(path)
+    except BaseException as exc:
+        try:
+            (aside / "bundle").rename(path)
+        except OSError:
+            raise OSError(
+                exc.errno if isinstance(exc, OSError) else None,
+                f"{exc}; the bundle that was there is now {aside / 'bundle'}",
+            ) from None
+        aside.rmdir()
         raise
-    finally:
-        if path.exists():
-            shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def refuse_unlisted_entries(path: Path) -> None:
