@@ -641,9 +641,7 @@ class ConfluentTransport(Transport):
                 break
         if position is None:
             (current,) = self._consumer.position([KafkaTopicPartition(self._topic, partition)])
-            position = max(self._seeked.get(partition, -1), current.offset)  # invalid: < 0
-            if position < 0:
-                position = self._committed_starts.get(partition)
+            position = self._known_position(partition, current.offset)
         if position is None:
             return max(reported, 0)
         if error.code() == KafkaError._BAD_COMPRESSION and reported > position:
@@ -712,12 +710,16 @@ class ConfluentTransport(Transport):
             )
         except KafkaException:
             return None
-        if current.offset >= 0:
-            return current.offset
-        # librdkafka has no position before its first record since the assignment: the
-        # committed offset it starts from, so that the lag of a partition that fetches
-        # nothing shows (it had no series at all, and a stuck partition no alert).
-        return self._committed_starts.get(partition.partition)
+        return self._known_position(partition.partition, current.offset)
+
+    def _known_position(self, partition: int, reported: int) -> int | None:
+        """Where ``partition`` is: librdkafka's position (``reported``; invalid, below 0,
+        before the partition's first record since its assignment) or where it was sought,
+        whichever is further, else the committed offset it started from (so that the lag
+        of a partition that fetches nothing shows: it had no series, and a partition that
+        never fetched again raised no alert); None where none is known."""
+        position = max(self._seeked.get(partition, -1), reported)
+        return position if position >= 0 else self._committed_starts.get(partition)
 
     def connected(self) -> bool:
         return self._consumer is not None and self._up
