@@ -752,7 +752,7 @@ def _parse_json_line(line: str, number: int, path: Path) -> dict[str, Any]:
 
 class _ParquetSource:
     """Parquet in record batches of the needed columns only; types and row count come from
-    the footer, so opening reads no rows."""
+    the footer (features picked by type read the first rows too)."""
 
     partition_columns: frozenset[str] = frozenset()
 

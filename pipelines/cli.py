@@ -119,7 +119,8 @@ _alarms_config = click.option(
 
 def _alarms(detector, config_path: str | None):
     """The model's [alarms], with the keys of ``config_path``'s section when given; a
-    warning names the file's other sections, which are the model's (set at training)."""
+    warning names the file's sections that are the model's (set at training): all but
+    [alarms] and the service's [serve], a file the service may share."""
     if not config_path:
         return None
     from anomaly.config import Config
@@ -128,7 +129,7 @@ def _alarms(detector, config_path: str | None):
     ignored = [
         f"[{name}]"
         for name in type(given).model_fields
-        if name != "alarms" and getattr(given, name).model_fields_set
+        if name not in ("alarms", "serve") and getattr(given, name).model_fields_set
     ]
     if ignored:
         click.echo(

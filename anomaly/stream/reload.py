@@ -113,8 +113,8 @@ def warm_up(detector: Detector, max_batch: int = 1) -> None:
 
 def scoring_problem(detector: Detector) -> str | None:
     """Why ``detector`` cannot score, or None: a record at its training data's mean must get
-    a finite score. Networks with non-finite weights (a training run that diverged) load
-    and score every record NaN: results with a null score, never flagged."""
+    a finite score. Weights that are not finite are refused at load; finite ones can still
+    overflow to NaN, and every result would then have a null score, never flagged."""
     shape = (1, *detector.schema.record_shape)
     typical = np.broadcast_to(detector.engine.standardizer.mean, shape).astype(np.float32)
     if np.isfinite(detector.score(typical).scores).all():
