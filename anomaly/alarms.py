@@ -35,7 +35,7 @@ file or topic with millions of entities cannot grow the stage without bound.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -208,26 +208,15 @@ class AlarmStage:
                 raise ValueError(f"{len(given)} {name} for {n} rows: give one per row")
         if not n:
             return AlarmResult(np.empty(0), np.zeros(0, bool), np.zeros(0, bool))
-        if keys is None:
-            rows_of = {None: np.arange(n)}
-        else:
-            grouped: dict[Hashable, list[int]] = {}
-            for row, key in enumerate(keys):
-                grouped.setdefault(key, []).append(row)
-            rows_of = {key: np.asarray(rows) for key, rows in grouped.items()}
         levels = np.empty(n)
         alarms = np.zeros(n, bool)
         quiet = np.zeros(n, bool)
-        # Each key's rows at once, keys put back in the order of their last rows (the
-        # least recently seen first), unless streams must be dropped within these rows:
-        # then row by row, so that the same streams are dropped however rows are batched.
-        new_keys = sum(key not in self._streams for key in rows_of)
-        in_order = keys is not None and len(self._streams) + new_keys > self.max_streams
-        groups = (
-            ((key, np.array([row])) for row, key in enumerate(keys))
-            if in_order
-            else sorted(rows_of.items(), key=lambda item: item[1][-1])
-        )
+        if keys is None:
+            groups = [(None, np.arange(n))]
+        elif len(self._streams) + len(set(keys) - self._streams.keys()) > self.max_streams:
+            groups = self._in_arrival_order(keys)  # streams are dropped within these rows
+        else:
+            groups = _by_last_row(keys)
         for key, rows in groups:
             stream = self._streams.pop(key, None)  # re-inserted last: the most recently seen
             if stream is None:
@@ -259,6 +248,32 @@ class AlarmStage:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def _in_arrival_order(self, keys: Sequence[Hashable]) -> Iterator[tuple[Hashable, np.ndarray]]:
+        """The rows in groups that drop the same streams as row by row, however rows are
+        batched: a row whose key has no stream alone (its stream is made and the least
+        recently seen one dropped), and each run of rows whose keys all have streams at once
+        (which drops none). Lazy: each run is found after the rows before it were taken."""
+        start = 0
+        while start < len(keys):
+            end = start + 1
+            if keys[start] in self._streams:
+                while end < len(keys) and keys[end] in self._streams:
+                    end += 1
+            for key, rows in _by_last_row(keys[start:end]):
+                yield key, rows + start
+            start = end
+
     def _drop(self, key: Hashable) -> None:
         self._in_state -= self._streams.pop(key).in_state
         self._partition_of.pop(key, None)
+
+
+def _by_last_row(keys: Sequence[Hashable]) -> list[tuple[Hashable, np.ndarray]]:
+    """Each key with the positions of its rows, in the order of their last rows: taken in
+    that order, keys go back into the streams' recency order as row by row."""
+    grouped: dict[Hashable, list[int]] = {}
+    for row, key in enumerate(keys):
+        grouped.setdefault(key, []).append(row)
+    return sorted(
+        ((key, np.asarray(rows)) for key, rows in grouped.items()), key=lambda g: g[1][-1]
+    )

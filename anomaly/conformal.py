@@ -84,6 +84,8 @@ class ConformalLevels:
         that lie strictly below it."""
         size = self.history
         scores = joined[past:]
+        if len(scores) == 1:  # a stream's one row in a batch (many keys): the same, directly
+            return np.count_nonzero(joined[:past] < scores, axis=0)[None, :] / past
         # a history still growing is padded in front with +inf, which no score lies above,
         # so every row is ranked against a window of `size` values (update refuses inf)
         padding = np.full((size - past, joined.shape[1]), np.inf)

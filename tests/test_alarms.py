@@ -441,6 +441,26 @@ def test_streams_dropped_beyond_max_streams_do_not_depend_on_how_rows_are_batche
     assert run(900) == run(1) == run(100)
 
 
+def test_many_keys_past_max_streams_give_the_same_levels_however_rows_are_batched():
+    """Runs of rows whose keys all have streams are taken together between the rows that
+    make a stream (and drop one); that must drop the same streams as row by row."""
+    config = AlarmConfig(method="conformal", quorum=None, history=60, max_streams=8)
+    rng = np.random.default_rng(11)
+    reference = rng.normal(size=30)
+    scores = rng.normal(size=3000)
+    keys = [f"k{k % 40}" for k in rng.zipf(1.5, size=3000)]
+
+    def levels(batch: int) -> list[float]:
+        stage = AlarmStage(reference, config)
+        parts = [
+            stage.update(scores[i : i + batch], keys[i : i + batch]) for i in range(0, 3000, batch)
+        ]
+        assert len(stage) == 8
+        return np.concatenate([p.levels for p in parts]).tolist()
+
+    assert levels(3000) == levels(1) == levels(37)
+
+
 def test_keys_are_remembered_by_their_last_row_however_rows_are_batched():
     """a b a | c | a | b with two streams kept: a batch put its keys back in the order of
     their first rows (b after a), so c dropped a, not b, unlike row by row."""

@@ -147,7 +147,8 @@ def test_columns_give_the_same_result_however_the_stream_is_batched():
     scores[[900, 1500, 2600]] += 10.0
     whole = ConformalAlarm(scores[:400], quiet_rows=30, quorum=2).update(scores[400:])
     alarm = ConformalAlarm(scores[:400], quiet_rows=30, quorum=2)
-    parts = [alarm.update(part) for part in np.split(scores[400:], [1, 500, 1201])]
+    # one-row parts while the history grows (1) and once it slides (2001)
+    parts = [alarm.update(part) for part in np.split(scores[400:], [1, 500, 1201, 2000, 2001])]
     for field in ("p_values", "alarms", "quiet"):
         joined = np.concatenate([getattr(p, field) for p in parts])
         np.testing.assert_array_equal(joined, getattr(whole, field))
