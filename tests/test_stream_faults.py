@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -24,8 +25,9 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from anomaly.stream import confluent_transport
+from anomaly.stream import ScoringService, confluent_transport
 from anomaly.stream.client_logs import REPEAT_S, VARYING
+from anomaly.stream.errors import BrokerUnreachable
 from tests._support import LogLines, wait_for
 from tests.test_stream_service import (
     CLIENTS,
@@ -38,6 +40,7 @@ from tests.test_stream_service import (
     _running,
     _scrape,
     _Serve,
+    _status,
     detector,
 )
 
@@ -209,6 +212,85 @@ def test_broker_stopped_mid_stream_the_service_resumes_on_its_own_and_loses_noth
     assert not missing, f"{len(missing)} records without a result, e.g. {sorted(missing)[:5]}"
     assert events.count("broker_lost") == 1 and events.count("broker_back") == 1
     print(f"{client}: resumed {resumed_after:.1f} s after the broker was back")  # in the README
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_service_started_before_its_broker_waits_alive_and_not_ready_then_scores(
+    client, restartable_kafka, detector, tiny_bundle_mixing, events
+):
+    """A pod scheduled before its Kafka cluster (or started while a broker restarts): the
+    start gave up after its 10 s bootstrap timeout, exit 2, and a crash loop followed. It
+    now waits with /healthz alive, /readyz not ready and the broker gauge at 0 (which the
+    KafkaUnreachable alert reads), and scores once the broker is up."""
+    broker = restartable_kafka
+    t = _create_topics(broker.bootstrap, input_topic=2, output_topic=1, dlq_topic=1)
+    config = _config(broker.bootstrap, {**t, "alerts_topic": None}, client=client)
+    broker.stop()
+    service = ScoringService(detector, config)
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            service.run()  # starts it first
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="scoring-service", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: events.count("broker_unreachable") or errors, 60, "the wait to be logged")
+        assert not errors, f"the start gave up: {errors[0]!r}"
+        port = service.metrics_port
+        assert _status(port, "/healthz") == 200  # no restart wanted: it is waiting
+        assert _status(port, "/readyz") == 503
+        assert _scrape(port)[("anomaly_broker_reachable", ())] == 0
+        assert thread.is_alive() and not service.ready()
+
+        broker.start()
+        wait_for(
+            lambda: service.ready() or errors, 90, "the service to start once the broker is up"
+        )
+        assert not errors, f"service failed: {errors[0]!r}"
+        assert events.count("broker_back") == 1
+        assert _scrape(port)[("anomaly_broker_reachable", ())] == 1
+        rows = _normal_rows(tiny_bundle_mixing, 200, seed=5)
+        names = detector.feature_names
+        sent = _produce(
+            broker.bootstrap,
+            t["input_topic"],
+            [(f"e{i}".encode(), _record(i, row, names, False)) for i, row in enumerate(rows)],
+        )
+        results = _read(broker.bootstrap, t["output_topic"], covers=set(sent))
+        scored = {(d["partition"], d["offset"]) for d in (orjson.loads(r.value) for r in results)}
+        assert scored == set(sent)
+    finally:
+        service.stop()
+        thread.join(timeout=config.shutdown_timeout_s + 5)
+    assert not thread.is_alive(), "service did not stop within its shutdown timeout"
+    assert not errors, f"service failed: {errors[0]!r}"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_broker_wait_s_bounds_the_wait_for_a_broker_that_never_answers(client, detector):
+    """``broker_wait_s = 0``: one bootstrap, then the start fails in one line, the metrics
+    endpoint closed again (the port is free for the next start)."""
+    config = _config(
+        f"127.0.0.1:{_unused_port()}",
+        {"input_topic": "records", "output_topic": "scores", "dlq_topic": None},
+        client=client,
+        broker_wait_s=0,
+    )
+    service = ScoringService(detector, config)
+    with pytest.raises(BrokerUnreachable, match=r"cannot reach Kafka at 127\.0\.0\.1:\d+ within"):
+        service.start()
+    assert service.metrics_port is None
+
+
+def _unused_port() -> int:
+    """A port nothing listens on (the kernel's pick, released at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("client", CLIENTS)

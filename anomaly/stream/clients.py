@@ -52,7 +52,7 @@ from kafka.errors import (
 )
 
 from anomaly.config import ServeConfig
-from anomaly.stream.errors import StreamError
+from anomaly.stream.errors import BrokerUnreachable, StreamError
 from anomaly.stream.kafka_options import client_options
 
 log = logging.getLogger("anomaly.stream")
@@ -213,7 +213,7 @@ def make_admin(config: ServeConfig, client_id: str) -> KafkaAdminClient:
         try:
             return KafkaAdminClient(**options)
         except KafkaError as exc:
-            raise StreamError(_bootstrap_failure(config, options, exc, failures)) from None
+            raise _bootstrap_failure(config, options, exc, failures) from None
 
 
 def _denied_topics(admin: KafkaAdminClient, topics: list[str]) -> set[str]:
@@ -310,8 +310,9 @@ def _args(record: logging.LogRecord) -> tuple:
 
 def _bootstrap_failure(
     config: ServeConfig, options: dict[str, Any], exc: KafkaError, failures: _BootstrapFailures
-) -> str:
-    """One line saying why bootstrapping failed; kafka-python's messages hold no secrets."""
+) -> StreamError:
+    """The error, in one line, saying why bootstrapping failed; kafka-python's messages
+    hold no secrets."""
     servers = config.bootstrap_servers
     protocol = str(options.get("security_protocol", "PLAINTEXT")).upper()
     mechanism = options.get("sasl_mechanism")
@@ -321,39 +322,39 @@ def _bootstrap_failure(
         and failures.authenticating
         and isinstance(logged, KafkaConnectionError)
     ):
-        return (
+        return StreamError(
             f"authentication failed against Kafka at {servers} (SASL {mechanism}): the broker "
             "closed the connection during authentication; check sasl_plain_username and the "
             "password in [serve.kafka]"
         )
     for cause in (exc, failures.refused, logged):
         if isinstance(cause, SaslAuthenticationFailedError):
-            return (
+            return StreamError(
                 f"authentication failed against Kafka at {servers} (SASL {mechanism}): "
                 f"{_reason(cause)}; check sasl_plain_username and the password in [serve.kafka]"
             )
         if isinstance(cause, UnsupportedSaslMechanismError | IllegalSaslStateError):
-            return (
+            return StreamError(
                 f"authentication failed against Kafka at {servers}: the broker refused SASL "
                 f"{mechanism} ({type(cause).__name__}); check security_protocol "
                 f"({protocol}) and sasl_mechanism against the listener"
             )
         if isinstance(cause, AuthorizationError):
-            return f"Kafka at {servers} denied access: {_reason(cause)}"
+            return StreamError(f"Kafka at {servers} denied access: {_reason(cause)}")
         # "[SSL: ...]": an alert from the broker after the handshake (TLS 1.3), such as a
         # client certificate it refuses, reaches kafka-python as a dropped connection.
         if isinstance(cause, ssl.SSLError) or (
             isinstance(cause, KafkaConnectionError)
             and ("Handshake failed" in str(cause) or "[SSL: " in str(cause))
         ):
-            return (
+            return StreamError(
                 f"TLS handshake with Kafka at {servers} failed ({protocol}): {_reason(cause)}; "
                 "check security_protocol, ssl_cafile, ssl_certfile/ssl_keyfile and "
                 "ssl_check_hostname in [serve.kafka]"
             )
     timeout_s = options["bootstrap_timeout_ms"] / 1000
     detail = f" (last error: {_reason(logged)})" if logged else f" ({exc})"
-    return (
+    return BrokerUnreachable(
         f"cannot reach Kafka at {servers} within {timeout_s:g} s{detail}; check "
         "bootstrap_servers, security_protocol and that the broker is up"
     )

@@ -97,7 +97,7 @@ from anomaly.stream.clients import (
     check_topic_names,
     check_topics,
 )
-from anomaly.stream.errors import StreamError
+from anomaly.stream.errors import BrokerUnreachable, StreamError
 from anomaly.stream.kafka_options import librdkafka_options
 from anomaly.stream.transport import Record, TopicPartition, Transport, Unreadable
 
@@ -338,7 +338,7 @@ class ConfluentTransport(Transport):
                 admin.poll(0)  # serves error_cb
                 refused = [e for e in errors if e.code() in REFUSED_CODES or _tls_alert(e)]
                 if refused or time.monotonic() >= deadline:
-                    raise StreamError(self._bootstrap_failure(refused, errors, exc)) from None
+                    raise self._bootstrap_failure(refused, errors, exc) from None
         existing = {name for name, topic in metadata.topics.items() if topic.error is None}
         check_topics(
             config,
@@ -357,27 +357,28 @@ class ConfluentTransport(Transport):
                 config, settings.get(config.dlq_topic, {}).get("cleanup.policy")
             )
 
-    def _bootstrap_failure(self, refused, errors, exc) -> str:
-        """One line saying why bootstrapping failed; librdkafka's messages hold no secrets."""
+    def _bootstrap_failure(self, refused, errors, exc) -> StreamError:
+        """The error, in one line, saying why bootstrapping failed; librdkafka's messages
+        hold no secrets."""
         servers = self.config.bootstrap_servers
         options = librdkafka_options(self.config.kafka, "admin")
         protocol = str(options.get("security.protocol", "PLAINTEXT")).upper()
         mechanism = options.get("sasl.mechanism", "GSSAPI")
         for error in refused:
             if error.code() == KafkaError._AUTHENTICATION:
-                return (
+                return StreamError(
                     f"authentication failed against Kafka at {servers} (SASL {mechanism}): "
                     f"{_text(error)}; check sasl_plain_username and the password in "
                     "[serve.kafka]"
                 )
-            return (
+            return StreamError(
                 f"TLS handshake with Kafka at {servers} failed ({protocol}): {_text(error)}; "
                 "check security_protocol, ssl_cafile, ssl_certfile/ssl_keyfile and "
                 "ssl_check_hostname in [serve.kafka]"
             )
         last = errors[-1] if errors else _error_of(exc)
         detail = f" (last error: {_text(last)})" if last is not None else ""
-        return (
+        return BrokerUnreachable(
             f"cannot reach Kafka at {servers} within {STARTUP_TIMEOUT_MS / 1000:g} s{detail}; "
             "check bootstrap_servers, security_protocol and that the broker is up"
         )

@@ -14,6 +14,11 @@ class StreamError(AnomalyError):
     had to stop (a codec library missing). The message says what to do."""
 
 
+class BrokerUnreachable(StreamError):
+    """No Kafka broker answered at start-up, as opposed to one that refused the credentials
+    or the TLS handshake: start-up tries again (``ServeConfig.broker_wait_s``)."""
+
+
 def describe_error(error: BaseException) -> str:
     """``<type>: <first line of the message>`` (at most 300 characters of it), for a log
     line or a dead letter's explanation; kafka-python's, the codecs' and the encoder's

@@ -76,7 +76,7 @@ from anomaly.stream.client_logs import Throttle
 from anomaly.stream.delivery import GIVEN_UP, Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.entities import entity_of
-from anomaly.stream.errors import StreamError
+from anomaly.stream.errors import BrokerUnreachable, StreamError
 from anomaly.stream.kafka_options import check_tls_files
 from anomaly.stream.messages import (
     RECORD_OVERHEAD_BYTES,
@@ -115,6 +115,9 @@ LAG_INTERVAL_S = 1.0
 #: The loop counts as alive (``/healthz``) if an iteration began this recently; generous
 #: because a rebalance can hold a poll for up to the session timeout.
 ALIVE_STALE_S = 120.0
+#: Seconds between start-up's tries to reach a broker that did not answer (each try itself
+#: waits up to the bootstrap timeout).
+BROKER_RETRY_S = 2.0
 #: Most a dead letter Kafka refused is cut to (its original key and value mostly cut away);
 #: refused again, it is cut to a quarter of its size, until nothing is left to cut.
 HARD_CUT_BYTES = 16 * 1024
@@ -201,6 +204,7 @@ class ScoringService:
         self._output_partition = None  # the transport's partitioner of the output topic
         self._server: MetricsServer | None = None
         self._started = False
+        self._starting = False  # waiting for the broker (``_wait_for_broker``): alive
         self._running = False
         self._last_tick = 0.0
         self._delivery = Delivery(
@@ -231,7 +235,8 @@ class ScoringService:
         warm_up(self.detector, self.config.max_batch_size)
         config = self.config
         self._transport = transport = make_transport(config, self.client_id, self)
-        transport.check()
+        # The endpoint first, so that probes and scrapes are answered while start-up waits
+        # for the broker.
         self._server = MetricsServer(
             self.metrics.registry,
             config.metrics_host,
@@ -246,6 +251,7 @@ class ScoringService:
             max_connections=config.metrics_max_connections,
         )
         try:
+            self._wait_for_broker(transport)
             self._assignment.subscribed()
             transport.open()  # the producer, then the consumer, subscribed
             self._max_bytes = transport.max_message_bytes - RECORD_OVERHEAD_BYTES
@@ -283,6 +289,39 @@ class ScoringService:
             self.config.max_batch_size,
             transport.name,
         )
+
+    def _wait_for_broker(self, transport: Transport) -> None:
+        """Check the broker, topics and credentials (``Transport.check``), again and again
+        while no broker answers, for up to ``broker_wait_s``: meanwhile ``/healthz`` says
+        alive, ``/readyz`` not ready and ``anomaly_broker_reachable`` is 0. Any other
+        failure (credentials, TLS, a missing topic) stops the start at once."""
+        waited_from, waited = time.monotonic(), False
+        self._starting = True
+        try:
+            while True:
+                self._last_tick = time.monotonic()
+                try:
+                    transport.check()
+                    break
+                except BrokerUnreachable as exc:
+                    waited_s = time.monotonic() - waited_from
+                    if waited_s >= self.config.broker_wait_s or self._stop.is_set():
+                        raise
+                    self.metrics.broker_reachable.set(0)
+                    waited = True
+                    if self._error_logs.admit("broker_unreachable") is not None:
+                        log.warning(
+                            "event=broker_unreachable waited_s=%.0f error=%s (start-up waits "
+                            "for it; broker_wait_s bounds the wait)",
+                            waited_s,
+                            exc,
+                        )
+                    self._stop.wait(BROKER_RETRY_S)
+        finally:
+            self._starting = False
+        if waited:
+            log.info("event=broker_back unreachable_s=%.1f", time.monotonic() - waited_from)
+        self.metrics.broker_reachable.set(1)
 
     def _rejoin_if_stalled(self) -> None:
         """Subscribe afresh if the consumer has been without an assignment for longer than the
@@ -396,8 +435,11 @@ class ScoringService:
         return self._server.port if self._server else None
 
     def alive(self) -> bool:
-        """The loop is running and began an iteration recently (``/healthz``)."""
-        return self._running and time.monotonic() - self._last_tick < ALIVE_STALE_S
+        """The loop is running and began an iteration recently, or start-up is waiting for
+        the broker and tried it recently (``/healthz``)."""
+        return (self._running or self._starting) and (
+            time.monotonic() - self._last_tick < ALIVE_STALE_S
+        )
 
     def ready(self) -> bool:
         """The model is loaded, the broker is reachable and input partitions are assigned
