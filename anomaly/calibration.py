@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import pandas as pd
 from keras import ops
 
 from anomaly import tables
@@ -134,22 +135,27 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
     (``anomaly.drift``). The result is a new model whose metadata names its parent and the
     data's fingerprint."""
     from anomaly.detector import Detector
-    from anomaly.training import MIN_RECORDS
+    from anomaly.training import MIN_RECORDS, table_records
 
     window = detector.schema.window
     frame = tables.as_frame(rows)
-    if frame is not None and window is None:
-        # Independent rows of a table: checked as the table, a bad row named by its label.
-        rows = records = detector.check_records(frame)
+    if frame is not None:
+        # A table as ``train`` takes one: its rows labelled normal (where it has the model's
+        # label column), each entity's series apart (where it has its entity column).
+        rows, _, entities, index = table_records(
+            frame, detector.config, detector.feature_names, entities
+        )
+    rows = np.asarray(rows, np.float32)
+    if rows.ndim != 2 or rows.shape[1] != len(detector.feature_names):
+        raise SchemaError(
+            f"calibration rows must be (records x {len(detector.feature_names)} features), "
+            f"got shape {rows.shape}"
+        )
+    if frame is not None and window is None:  # a bad row of a table named by its label
+        records = detector.check_records(
+            pd.DataFrame(rows, index=index, columns=detector.feature_names)
+        )
     else:
-        if frame is not None:  # a table: the model's features by name
-            rows = tables.feature_array(frame, detector.feature_names)
-        rows = np.asarray(rows, np.float32)
-        if rows.ndim != 2 or rows.shape[1] != len(detector.feature_names):
-            raise SchemaError(
-                f"calibration rows must be (records x {len(detector.feature_names)} features), "
-                f"got shape {rows.shape}"
-            )
         records = detector.check_records(records_of(rows, window, entities))
     if len(records) < MIN_RECORDS:
         raise DataError(

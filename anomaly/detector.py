@@ -156,6 +156,14 @@ class Detector:
         (``anomaly.tables``)."""
         frame = tables.as_frame(x)
         if frame is not None:
+            if self.schema.window:
+                raise SchemaError(
+                    f"this time-series model scores windows of {self.schema.window} "
+                    "consecutive rows of one series, and a table is rows: make the windows "
+                    "first (anomaly.windows.WindowBuffer(window, features).push(rows, "
+                    "entities) keeps each entity's series apart and says which row completes "
+                    "each window), or score the file with `anomaly score`"
+                )
             x = tables.feature_array(frame, self.schema.feature_names)
         try:
             x = np.asarray(x, dtype=np.float32)

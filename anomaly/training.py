@@ -67,9 +67,7 @@ def train(
     frame = tables.as_frame(rows)
     index = None  # a table's row labels, which messages name rows by
     if frame is not None:
-        rows, feature_names, entities, index = _table_records(
-            frame, config, feature_names, entities
-        )
+        rows, feature_names, entities, index = table_records(frame, config, feature_names, entities)
     rows = np.asarray(rows, dtype=np.float32)
     if rows.ndim != 2:
         raise TrainingError(
@@ -280,7 +278,7 @@ def _progress(config: Config, model: str, n_records: int) -> None:
         print(f"{model} of {folds}: training on {n_records} records", flush=True)
 
 
-def _table_records(
+def table_records(
     frame, config: Config, feature_names: list[str] | None, entities
 ) -> tuple[np.ndarray, list[str], np.ndarray | None, pd.Index]:
     """A table's rows, feature names and series as ``anomaly train`` reads a file's: the

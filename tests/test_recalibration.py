@@ -163,3 +163,22 @@ def test_invalid_rows_stop_calibrate_and_retrain_naming_what_they_support(
         "fix or remove them (calibrate and retrain skip no rows: they have no --on-invalid)"
     )
     assert "--on-invalid skip" not in result.stderr and not out.exists()
+
+
+def test_a_table_is_recalibrated_on_its_rows_labelled_normal_as_train_takes_them():
+    """A table holding the model's label column: the rows labelled anomalous (a tenth, far
+    off) took part in the calibration, which put the threshold above them without a word."""
+    rng = np.random.default_rng(3)
+    names = ["a", "b", "c", "d"]
+    table = pd.DataFrame(normal(rng, 2000)[:, :4], columns=names)
+    table["label"] = (np.arange(2000) % 10 == 0).astype(int)
+    table.loc[table["label"] == 1, names] += 8.0
+    config = anomaly.Config().updated(data={"label_column": "label"}, training={"steps": 50})
+    detector = anomaly.train(table, config)
+
+    from_table = recalibrate(detector, table)
+    normal_only = recalibrate(detector, table.loc[table["label"] == 0, names])
+
+    assert from_table.metadata["calibration_records"] == 1800
+    assert from_table.engine.params.threshold == normal_only.engine.params.threshold
+    assert from_table.score(table.loc[table["label"] == 1, names]).is_anomaly.all()

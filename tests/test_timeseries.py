@@ -10,6 +10,7 @@ import pytest
 import anomaly
 from anomaly.alarms import AlarmStage
 from anomaly.config import COMPONENTS
+from anomaly.errors import SchemaError
 from anomaly.evaluation import evaluate_file
 from anomaly.files import score_file
 from anomaly.windows import SeriesCuts, WindowBuffer, records_of, sliding_windows
@@ -414,3 +415,37 @@ def test_training_windows_do_not_span_the_rows_labelled_anomalous(tmp_path):
     metadata = detector.metadata
     windows = (ROWS_PER_ENTITY - WINDOW + 1) + (200 - WINDOW + 1) + (990 - WINDOW + 1)
     assert metadata["fit_records"] + metadata["held_out_records"] == windows
+
+
+def test_a_table_is_recalibrated_per_entity_as_train_takes_it(windowed_detector):
+    """A table holding the model's entity column: its rows were windowed as one series, the
+    pumps' rows interleaved in every window, without a word."""
+    from anomaly.calibration import recalibrate
+
+    frame = sine_frame(seed=4, spike=False)
+    from_table = recalibrate(windowed_detector, frame)
+    by_entity = recalibrate(
+        windowed_detector, frame[NAMES].to_numpy(np.float32), frame["entity"].to_numpy()
+    )
+    windows = len(ENTITIES) * (ROWS_PER_ENTITY - WINDOW + 1)
+    assert from_table.metadata["calibration_records"] == windows
+    assert from_table.engine.params.threshold == by_entity.engine.params.threshold
+
+
+def test_a_table_given_to_a_time_series_model_is_refused_with_the_way_to_window_it(
+    windowed_detector,
+):
+    """A table of exactly one window's rows was scored as one window, the two pumps' rows
+    mixed in it; a longer one failed as 'wrong feature count'. The way the README shows
+    gives each pump's windows and the row completing each."""
+    frame = sine_frame(seed=5, spike=False)
+    for rows in (frame.head(WINDOW), frame):
+        with pytest.raises(SchemaError, match=r"windows of \d+ consecutive rows.*WindowBuffer"):
+            windowed_detector.score(rows)
+
+    buffer = WindowBuffer(windowed_detector.schema.window, len(windowed_detector.feature_names))
+    windows, positions = buffer.push(
+        frame[windowed_detector.feature_names].to_numpy(), frame["entity"].to_numpy()
+    )
+    result = windowed_detector.score(windows)
+    assert len(result.scores) == len(positions) == len(ENTITIES) * (ROWS_PER_ENTITY - WINDOW + 1)
