@@ -510,7 +510,9 @@ def test_an_output_topic_deleted_while_serving_is_not_made_again_by_the_service(
 ):
     """The producers asked the broker to create the topic again, with its defaults (1
     partition, no max.message.bytes of its own), before the operator could; now the
-    results wait until it is back, as the operator makes it, and none is lost."""
+    results wait until it is back, as the operator makes it, and none is lost. Records
+    that arrive meanwhile, the input paused, count in the lag: it froze at the consumer's
+    last fetch, and the alerts that read it (AnomalyScorerStalled) stayed quiet."""
     t = {
         "input_topic": kafka_topic_factory(1, prefix="in"),
         "output_topic": f"out-{uuid.uuid4().hex[:10]}",
@@ -521,27 +523,40 @@ def test_an_output_topic_deleted_while_serving_is_not_made_again_by_the_service(
     make_output = {t["output_topic"]: {"num_partitions": 3, "replication_factor": 1}}
     admin.create_topics(make_output, wait_for_metadata=True)
     names = detector.feature_names
-    rows = _normal_rows(tiny_bundle_mixing, 40, seed=31)
+    rows = _normal_rows(tiny_bundle_mixing, 70, seed=31)
     messages = [(b"k", _record(i, r, names, False)) for i, r in enumerate(rows)]
     try:
-        with _running(detector, _config(kafka_bootstrap, t, client=client)):
+        with _running(detector, _config(kafka_bootstrap, t, client=client)) as service:
             before = _produce(kafka_bootstrap, t["input_topic"], messages[:20])
             _read(kafka_bootstrap, t["output_topic"], covers=set(before))
             admin.delete_topics([t["output_topic"]])
-            during = _produce(kafka_bootstrap, t["input_topic"], messages[20:])
+            during = _produce(kafka_bootstrap, t["input_topic"], messages[20:40])
             # kafka-python's producer retries a topic gone until its delivery timeout (120 s)
             wait_for(lambda: events.count("output_unavailable") >= 1, 180, "output_unavailable")
+            wait_for(lambda: events.count("paused") >= 1, 10, "the input to be paused")
+            waiting = _produce(kafka_bootstrap, t["input_topic"], messages[40:])
+            wait_for(
+                lambda: _lag(service.metrics_port) >= len(waiting),
+                15,
+                "the lag to count the records that arrived while the input was paused",
+            )
             assert t["output_topic"] not in admin.list_topics()
             admin.create_topics(make_output, wait_for_metadata=True)  # as the operator does
             wait_for(lambda: events.count("output_available") >= 1, 60, "output_available")
-            results = _read(kafka_bootstrap, t["output_topic"], covers=set(during))
+            results = _read(kafka_bootstrap, t["output_topic"], covers={*during, *waiting})
         partitions = admin.describe_topics([t["output_topic"]])[0]["partitions"]
     finally:
         admin.delete_topics([t["output_topic"]], raise_errors=False)
         admin.close()
     assert len(partitions) == 3
     seen = {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))}
-    assert set(during) <= seen
+    assert {*during, *waiting} <= seen
+
+
+def _lag(metrics_port: int) -> float:
+    """The consumer lag the service exports, over its partitions."""
+    samples = _scrape(metrics_port)
+    return sum(v for (name, _), v in samples.items() if name == "anomaly_consumer_lag_records")
 
 
 def test_librdkafka_partitions_paused_at_a_rebalance_are_fetched_once_assigned_again(

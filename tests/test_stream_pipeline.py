@@ -103,6 +103,9 @@ class _Scripted(Transport):
     def high_watermark(self, partition):
         return None
 
+    def end_offsets(self, partitions, timeout_s):
+        return {}
+
     def position(self, partition):
         return None
 

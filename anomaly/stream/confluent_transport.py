@@ -704,6 +704,26 @@ class ConfluentTransport(Transport):
             return None
         return high if high is not None and high >= 0 else None
 
+    def end_offsets(
+        self, partitions: list[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int]:
+        deadline, ends = time.monotonic() + timeout_s, {}
+        for partition in partitions:  # librdkafka asks one partition at a time
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    KafkaTopicPartition(partition.topic, partition.partition),
+                    timeout=left,
+                    cached=False,
+                )
+            except KafkaException:
+                continue
+            if high is not None and high >= 0:
+                ends[partition] = high
+        return ends
+
     def position(self, partition: TopicPartition) -> int | None:
         try:
             (current,) = self._consumer.position(

@@ -209,6 +209,17 @@ class KafkaPythonTransport(Transport):
         except KafkaError:
             return None
 
+    def end_offsets(
+        self, partitions: list[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int]:
+        try:
+            ends = self._consumer.end_offsets(
+                [_kafka(p) for p in partitions], timeout_ms=max(1, int(timeout_s * 1000))
+            )
+        except KafkaError:
+            return {}
+        return {TopicPartition(tp.topic, tp.partition): end for tp, end in ends.items()}
+
     def position(self, partition: TopicPartition) -> int | None:
         try:
             return self._consumer.position(_kafka(partition), timeout_ms=50)

@@ -175,8 +175,9 @@ class ServiceMetrics:
         )
         self.lag = Gauge(
             "anomaly_consumer_lag_records",
-            "Records in the input partition after the last one consumed (high watermark minus "
-            "position), per assigned partition.",
+            "Records in the input partition after the last one consumed (its end offset, asked "
+            "of the broker every 5 s, minus the position), per assigned partition; it grows "
+            "while the input is paused.",
             ["topic", "partition"],
             registry=registry,
         )

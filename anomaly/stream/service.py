@@ -112,6 +112,10 @@ FLUSH_WAIT_S = 1.0
 SHUTDOWN_RESERVE_S = 1.0
 #: Seconds between consumer-lag updates and broker-connection checks.
 LAG_INTERVAL_S = 1.0
+#: Seconds between asking the broker for the input partitions' end offsets, and the
+#: longest the loop waits for its answer (the partitions not answered by then keep the
+#: high watermark the consumer saw last).
+END_OFFSETS_INTERVAL_S, END_OFFSETS_TIMEOUT_S = 5.0, 0.25
 #: The loop counts as alive (``/healthz``) if an iteration began this recently; generous
 #: because a rebalance can hold a poll for up to the session timeout.
 ALIVE_STALE_S = 120.0
@@ -224,6 +228,8 @@ class ScoringService:
         self._error_logs = Throttle()
         self._last_commit_attempt = 0.0
         self._last_lag_update = 0.0
+        self._last_end_offsets = 0.0
+        self._end_offsets: dict[TopicPartition, int] = {}  # asked of the broker
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -851,9 +857,16 @@ class ScoringService:
             return
         transport = self._transport
         transport.tick()  # e.g. the output topic may have grown
+        assigned = list(self._assignment.assigned)
+        if now - self._last_end_offsets >= END_OFFSETS_INTERVAL_S:
+            self._last_end_offsets = now
+            self._end_offsets = transport.end_offsets(assigned, END_OFFSETS_TIMEOUT_S)
         in_hand = {r.partition for r in self._in_flight.records} if self._in_flight else set()
-        for tp in list(self._assignment.assigned):
-            high = transport.high_watermark(tp)
+        for tp in assigned:
+            # The consumer's high watermark moves only with its fetches: while the input is
+            # paused (back-pressure, the output topic gone) it froze, and the lag with it.
+            known = (transport.high_watermark(tp), self._end_offsets.get(tp))
+            high = max((end for end in known if end is not None), default=None)
             position = self._positions.get(tp)
             if tp.partition not in in_hand:
                 position = self._past_skipped(tp, position)

@@ -174,6 +174,15 @@ class Transport(ABC):
         """The partition's high watermark as last seen (no request), or None."""
 
     @abstractmethod
+    def end_offsets(
+        self, partitions: list[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, int]:
+        """The partitions' end offsets, asked of the broker: the cached high watermark is
+        only refreshed by fetching, which a paused partition does not do, nor one whose
+        records the consumer still holds. Within ``timeout_s`` in all; a partition not
+        answered in time is left out."""
+
+    @abstractmethod
     def position(self, partition: TopicPartition) -> int | None:
         """The next offset the consumer will read from ``partition``, or None."""
 
