@@ -369,6 +369,14 @@ BROKEN_RULES = {
         ["--set", "serve.metrics_port=0"],
         "serve.metrics_port must be a fixed port",
     ),
+    "metrics-on-loopback": (
+        ["--set", "serve.metrics_host=127.0.0.1"],
+        'serve.metrics_host "127.0.0.1" listens on the pod\'s loopback only',
+    ),
+    "metrics-port-moved-by-env": (
+        ["--set-json", 'extraEnv=[{"name": "ANOMALY_SERVE_METRICS_PORT", "value": "9300"}]'],
+        "extraEnv ANOMALY_SERVE_METRICS_PORT would move the metrics endpoint",
+    ),
     "model-set-twice": (["--set", "serve.model=/elsewhere"], "serve.model is set by the chart"),
     "init-without-image": (
         ["--set", "model.initContainer.enabled=true"],

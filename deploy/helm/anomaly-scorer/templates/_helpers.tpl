@@ -198,6 +198,15 @@ lists), from what the service itself is given. */}}
 {{- if hasKey .Values.serve "model" -}}
 {{- fail "serve.model is set by the chart from model.mountPath and model.path: set those instead" -}}
 {{- end -}}
+{{- $host := toString (.Values.serve.metrics_host | default "") -}}
+{{- if or (hasPrefix "127." $host) (eq $host "localhost") (eq $host "::1") -}}
+{{- fail (printf "serve.metrics_host %q listens on the pod's loopback only, and the kubelet's probes and Prometheus connect to the pod's address: leave it unset (all interfaces)" $host) -}}
+{{- end -}}
+{{- range .Values.extraEnv -}}
+{{- if has (toString .name) (list "ANOMALY_SERVE_METRICS_PORT" "ANOMALY_SERVE_METRICS_HOST") -}}
+{{- fail (printf "extraEnv %s would move the metrics endpoint away from where the probes, the Service and the ServiceMonitor look: set serve.%s instead" .name (lower (trimPrefix "ANOMALY_SERVE_" (toString .name)))) -}}
+{{- end -}}
+{{- end -}}
 {{- if and (not .Values.model.existingClaim) (not .Values.model.volume) -}}
 {{- fail "the model needs a volume: set model.existingClaim (an existing PersistentVolumeClaim) or model.volume (any volume source)" -}}
 {{- end -}}
