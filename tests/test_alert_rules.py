@@ -34,6 +34,7 @@ EXPECTED_ALERTS = {
     "KafkaUnreachable",
     "UnreadableRecords",
     "KafkaAccessDenied",
+    "KafkaOutputUnavailable",
     "AnomalyStateActive",
     "AnomalyModelLoadFailed",
     "AnomalyInputDrift",

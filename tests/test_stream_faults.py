@@ -512,7 +512,8 @@ def test_an_output_topic_deleted_while_serving_is_not_made_again_by_the_service(
     partition, no max.message.bytes of its own), before the operator could; now the
     results wait until it is back, as the operator makes it, and none is lost. Records
     that arrive meanwhile, the input paused, count in the lag: it froze at the consumer's
-    last fetch, and the alerts that read it (AnomalyScorerStalled) stayed quiet."""
+    last fetch, and the alerts that read it (AnomalyScorerStalled) stayed quiet; and
+    anomaly_output_unavailable, which KafkaOutputUnavailable reads, is 1 meanwhile."""
     t = {
         "input_topic": kafka_topic_factory(1, prefix="in"),
         "output_topic": f"out-{uuid.uuid4().hex[:10]}",
@@ -540,9 +541,11 @@ def test_an_output_topic_deleted_while_serving_is_not_made_again_by_the_service(
                 15,
                 "the lag to count the records that arrived while the input was paused",
             )
+            assert _output_unavailable(service.metrics_port) == 1  # KafkaOutputUnavailable
             assert t["output_topic"] not in admin.list_topics()
             admin.create_topics(make_output, wait_for_metadata=True)  # as the operator does
             wait_for(lambda: events.count("output_available") >= 1, 60, "output_available")
+            wait_for(lambda: _output_unavailable(service.metrics_port) == 0, 10, "the gauge at 0")
             results = _read(kafka_bootstrap, t["output_topic"], covers={*during, *waiting})
         partitions = admin.describe_topics([t["output_topic"]])[0]["partitions"]
     finally:
@@ -551,6 +554,10 @@ def test_an_output_topic_deleted_while_serving_is_not_made_again_by_the_service(
     assert len(partitions) == 3
     seen = {(d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))}
     assert {*during, *waiting} <= seen
+
+
+def _output_unavailable(metrics_port: int) -> float:
+    return _scrape(metrics_port)[("anomaly_output_unavailable", ())]
 
 
 def _lag(metrics_port: int) -> float:

@@ -243,6 +243,14 @@ class ServiceMetrics:
             "result or dead letter waiting to be sent again.",
             registry=registry,
         )
+        self.output_unavailable = Gauge(
+            "anomaly_output_unavailable",
+            "1 while a result, alert or dead letter waits to be sent again (its topic deleted, "
+            "writes denied by the cluster's ACLs, no leader): the input is paused meanwhile "
+            "and nothing is lost; the log line event=output_unavailable names the topic and "
+            "the error.",
+            registry=registry,
+        )
         self.fetch_errors = Counter(
             "anomaly_fetch_errors_total",
             "Polls of the input topic that failed, by error type: a batch that could not be "

@@ -826,6 +826,7 @@ class ScoringService:
         return len(offsets)
 
     def _apply_backpressure(self) -> None:
+        self.metrics.output_unavailable.set(1 if self._delivery.blocked else 0)
         limit = self.config.max_pending_results
         pending = self._delivery.pending_messages
         why = self._delivery.pause_reason(limit, self._paused)
