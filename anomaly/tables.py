@@ -27,6 +27,8 @@ _SHOWN = 3
 #: The name pandas gives a column without one in a CSV's header (pandas' own index of
 #: ``df.to_csv()``, the empty columns of lines ending in a separator).
 _PANDAS_NAMELESS = re.compile(r"Unnamed: \d+")
+#: The largest float32; a feature beyond it cannot be scored.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Labels as text (a CSV's, or words), lower case: 0/1 or false/true.
 _LABEL_WORDS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
 
@@ -184,5 +186,16 @@ def _numbers(column: pd.Series, name: str) -> np.ndarray:
                 "column out of the features"
             )
         column = numbers
-    with np.errstate(over="ignore"):  # beyond float32's range becomes inf: reported as such
-        return column.to_numpy(dtype=np.float64, na_value=np.nan).astype(np.float32)
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    beyond = np.isfinite(values) & (np.abs(values) > _FLOAT32_MAX)
+    if beyond.any():  # it would become inf, and be reported as an infinite value
+        shown = ", ".join(
+            f"index {label!r} holds {value!r}"
+            for label, value in column[beyond].iloc[:_SHOWN].items()
+        )
+        more = f" and {int(beyond.sum()) - _SHOWN} more" if beyond.sum() > _SHOWN else ""
+        raise DataError(
+            f"column {name!r} holds values beyond the float32 range the model computes in "
+            f"(about ±3.4e38): {shown}{more}; rescale the column or leave it out"
+        )
+    return values.astype(np.float32)

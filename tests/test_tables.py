@@ -72,6 +72,17 @@ def test_text_in_a_column_is_named_with_its_index_label(detector):
         detector.score(frame)
 
 
+def test_a_value_beyond_float32_is_named_as_such_with_its_column_and_index_label(detector):
+    """It became inf on the way to float32 and was reported as 'NaN or infinite'."""
+    frame = normal_frame(3, 5).set_axis(list("vwxyz"))
+    frame.loc["w", "a"] = 1e300
+
+    with pytest.raises(
+        anomaly.DataError, match="column 'a' holds values beyond the float32 range.*index 'w'"
+    ):
+        detector.score(frame)
+
+
 def test_a_missing_value_in_a_nullable_column_names_its_index_label(detector):
     frame = normal_frame(3, 3).set_axis([10, 20, 30])
     frame["a"] = pd.array([1, None, 3], dtype="Int64")
