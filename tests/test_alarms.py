@@ -367,8 +367,12 @@ def test_the_reference_must_fit_the_quorum_and_the_history():
 
 def test_the_readmes_example_of_a_stage_on_any_scores_runs_with_the_default_config():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    (line,) = [x for x in readme.splitlines() if x.startswith("AlarmStage(reference_scores")]
-    names = {"AlarmStage": AlarmStage, "config": Config(), "reference_scores": np.arange(100.0)}
+    (line,) = [x for x in readme.splitlines() if x.startswith("AlarmStage(normal_scores")]
+    names = {
+        "AlarmStage": AlarmStage,
+        "detector": SimpleNamespace(config=Config()),
+        "normal_scores": np.arange(100.0),
+    }
     stage = eval(line.split("#")[0], names)  # noqa: S307 (our own README)
     assert stage.update(np.array([50.5, 1000.0])).alarms.tolist() == [False, True]
 
