@@ -214,7 +214,8 @@ class AlarmStage:
         if keys is None:
             groups = [(None, np.arange(n))]
         elif len(self._streams) + len(set(keys) - self._streams.keys()) > self.max_streams:
-            groups = self._in_arrival_order(keys)  # streams are dropped within these rows
+            # streams are dropped within these rows; keys by position (a pandas Series too)
+            groups = self._in_arrival_order(list(keys))
         else:
             groups = _by_last_row(keys)
         for key, rows in groups:

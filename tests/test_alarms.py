@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from anomaly.alarms import AlarmStage
@@ -463,6 +464,10 @@ def test_many_keys_past_max_streams_give_the_same_levels_however_rows_are_batche
         return np.concatenate([p.levels for p in parts]).tolist()
 
     assert levels(3000) == levels(1) == levels(37)
+    # keys by position, also as a pandas Series whose index is not 0, 1, 2, ...
+    series_keys = pd.Series(keys, index=np.arange(3000) + 10)
+    by_series = AlarmStage(reference, config).update(scores, series_keys).levels.tolist()
+    assert by_series == levels(3000)
 
 
 def test_keys_are_remembered_by_their_last_row_however_rows_are_batched():

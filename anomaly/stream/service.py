@@ -861,6 +861,7 @@ class ScoringService:
         assigned = list(self._assignment.assigned)
         if now - self._last_end_offsets >= END_OFFSETS_INTERVAL_S:
             self._last_end_offsets = now
+            # A transport answers what it could; the lag is best-effort and never stops the loop.
             self._end_offsets = transport.end_offsets(assigned, END_OFFSETS_TIMEOUT_S)
         in_hand = {r.partition for r in self._in_flight.records} if self._in_flight else set()
         for tp in assigned:

@@ -198,8 +198,8 @@ lists), from what the service itself is given. */}}
 {{- if hasKey .Values.serve "model" -}}
 {{- fail "serve.model is set by the chart from model.mountPath and model.path: set those instead" -}}
 {{- end -}}
-{{- $host := toString (.Values.serve.metrics_host | default "") -}}
-{{- if or (hasPrefix "127." $host) (eq $host "localhost") (eq $host "::1") -}}
+{{- $host := lower (trimAll "[]" (toString (.Values.serve.metrics_host | default ""))) -}}
+{{- if or (hasPrefix "127." $host) (eq $host "localhost") (eq $host "::1") (eq $host "0:0:0:0:0:0:0:1") -}}
 {{- fail (printf "serve.metrics_host %q listens on the pod's loopback only, and the kubelet's probes and Prometheus connect to the pod's address: leave it unset (all interfaces)" $host) -}}
 {{- end -}}
 {{- range .Values.extraEnv -}}
