@@ -27,7 +27,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from anomaly.stream import ScoringService, confluent_transport
 from anomaly.stream.client_logs import REPEAT_S, VARYING
-from anomaly.stream.errors import BrokerUnreachable
+from anomaly.stream.errors import BrokerUnreachable, StreamError
 from tests._support import LogLines, wait_for
 from tests.test_stream_service import (
     CLIENTS,
@@ -281,8 +281,30 @@ def test_broker_wait_s_bounds_the_wait_for_a_broker_that_never_answers(client, d
         broker_wait_s=0,
     )
     service = ScoringService(detector, config)
-    with pytest.raises(BrokerUnreachable, match=r"cannot reach Kafka at 127\.0\.0\.1:\d+ within"):
+    with pytest.raises(
+        BrokerUnreachable, match=r"cannot reach Kafka at 127\.0\.0\.1:\d+: no bootstrap server"
+    ):
         service.start()
+    assert service.metrics_port is None
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_listener_that_never_answers_kafka_stops_the_start_after_a_few_tries(
+    client, kafka_secure, detector
+):
+    """A wrong security_protocol (plain text to a TLS listener) looks like no broker to the
+    clients; it accepts connections, so start-up tries the handshake a few times, then
+    stops in one line rather than waiting for ever."""
+    config = _config(
+        kafka_secure["ssl"].bootstrap,
+        {"input_topic": "records", "output_topic": "scores", "dlq_topic": None},
+        client=client,
+    )
+    service = ScoringService(detector, config)
+    started = time.monotonic()
+    with pytest.raises(StreamError, match="security_protocol"):  # as unreachable, or TLS
+        service.start()
+    assert time.monotonic() - started < 90
     assert service.metrics_port is None
 
 

@@ -11,6 +11,7 @@ success after that.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 
@@ -18,6 +19,27 @@ log = logging.getLogger("anomaly.stream")
 
 #: Seconds without a connection after which the cluster counts as lost.
 LOST_AFTER_S = 3.0
+#: Kafka's default port, for a bootstrap server given without one.
+DEFAULT_PORT = 9092
+
+
+def accepts_connections(servers: str, timeout_s: float) -> bool:
+    """Whether any of the bootstrap ``servers`` (``host:port,...``; ``[v6]:port``; a
+    ``PROTOCOL://`` prefix allowed) resolves and accepts a TCP connection within
+    ``timeout_s`` each. Start-up waits on this while no broker is up (a service started
+    before its cluster), without making a Kafka client each time: a kafka-python client
+    whose bootstrap fails leaves a thread and its sockets behind."""
+    for server in filter(None, (s.strip() for s in servers.split(","))):
+        address = server.rpartition("://")[2]
+        host, colon, port = address.rpartition(":")
+        if not colon or not port.isdigit() or host.endswith(":"):  # no port, or a bare IPv6
+            host, port = address, str(DEFAULT_PORT)
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return True
+        except OSError:  # refused, unreachable, timed out, or the name not resolved (yet)
+            continue
+    return False
 
 
 class BrokerWatch:
