@@ -176,26 +176,25 @@ def _numbers(column: pd.Series, name: str) -> np.ndarray:
         numbers = pd.to_numeric(column, errors="coerce")
         bad = (numbers.isna() & column.notna()).to_numpy()
         if bad.any():
-            shown = ", ".join(
-                f"index {label!r} holds {value!r}"
-                for label, value in column[bad].iloc[:_SHOWN].items()
-            )
-            more = f" and {int(bad.sum()) - _SHOWN} more" if bad.sum() > _SHOWN else ""
             raise DataError(
-                f"column {name!r} is not numeric: {shown}{more}; fix the values or leave the "
-                "column out of the features"
+                f"column {name!r} is not numeric: {_listed(column, bad)}; fix the values or "
+                "leave the column out of the features"
             )
         column = numbers
     values = column.to_numpy(dtype=np.float64, na_value=np.nan)
     beyond = np.isfinite(values) & (np.abs(values) > _FLOAT32_MAX)
     if beyond.any():  # it would become inf, and be reported as an infinite value
-        shown = ", ".join(
-            f"index {label!r} holds {value!r}"
-            for label, value in column[beyond].iloc[:_SHOWN].items()
-        )
-        more = f" and {int(beyond.sum()) - _SHOWN} more" if beyond.sum() > _SHOWN else ""
         raise DataError(
             f"column {name!r} holds values beyond the float32 range the model computes in "
-            f"(about ±3.4e38): {shown}{more}; rescale the column or leave it out"
+            f"(about ±3.4e38): {_listed(column, beyond)}; rescale the column or leave it out"
         )
     return values.astype(np.float32)
+
+
+def _listed(column: pd.Series, which: np.ndarray) -> str:
+    """The first few values of ``column`` where ``which``, each with its index label."""
+    shown = ", ".join(
+        f"index {label!r} holds {value!r}" for label, value in column[which].iloc[:_SHOWN].items()
+    )
+    count = int(which.sum())
+    return shown + (f" and {count - _SHOWN} more" if count > _SHOWN else "")
