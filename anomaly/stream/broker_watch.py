@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
@@ -24,22 +25,55 @@ DEFAULT_PORT = 9092
 
 
 def accepts_connections(servers: str, timeout_s: float) -> bool:
-    """Whether any of the bootstrap ``servers`` (``host:port,...``; ``[v6]:port``; a
-    ``PROTOCOL://`` prefix allowed) resolves and accepts a TCP connection within
+    """Whether any of the bootstrap ``servers`` resolves and accepts a TCP connection within
     ``timeout_s`` each. Start-up waits on this while no broker is up (a service started
     before its cluster), without making a Kafka client each time: a kafka-python client
     whose bootstrap fails leaves a thread and its sockets behind."""
+    for address in _addresses(servers):
+        try:
+            with socket.create_connection(address, timeout=timeout_s):
+                return True
+        except OSError:  # refused, unreachable, timed out, or the name not resolved (yet)
+            continue
+    return False
+
+
+def certificate_problem(
+    servers: str, cafile: str | None, capath: str | None, check_hostname: bool, timeout_s: float
+) -> str | None:
+    """Why the first bootstrap server that answers presents a certificate that does not
+    verify against ``cafile`` or ``capath`` (neither: the system's CAs), in OpenSSL's
+    words as Python's ``ssl``
+    gives them ("certificate has expired", "Hostname mismatch, ...", "unable to get local
+    issuer certificate"); None when it verifies or no server answers. librdkafka says
+    "certificate verify failed" and points at its CA setting whatever the cause."""
+    context = ssl.create_default_context(cafile=cafile, capath=capath)
+    context.check_hostname = check_hostname
+    for host, port in _addresses(servers):
+        try:
+            with (
+                socket.create_connection((host, port), timeout=timeout_s) as connection,
+                context.wrap_socket(connection, server_hostname=host),
+            ):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            return exc.verify_message
+        except OSError:  # not answering, or failing later (a client certificate asked for)
+            continue
+    return None
+
+
+def _addresses(servers: str) -> list[tuple[str, int]]:
+    """(host, port) of each bootstrap server: ``host:port,...``, ``[v6]:port``, a
+    ``PROTOCOL://`` prefix allowed, Kafka's port when none is given."""
+    addresses = []
     for server in filter(None, (s.strip() for s in servers.split(","))):
         address = server.rpartition("://")[2]
         host, colon, port = address.rpartition(":")
         if not colon or not port.isdigit() or host.endswith(":"):  # no port, or a bare IPv6
             host, port = address, str(DEFAULT_PORT)
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-                return True
-        except OSError:  # refused, unreachable, timed out, or the name not resolved (yet)
-            continue
-    return False
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
 
 
 class BrokerWatch:

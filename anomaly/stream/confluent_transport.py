@@ -66,6 +66,7 @@ How librdkafka differs, and what this module does about it:
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -87,6 +88,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from anomaly.stream import codecs
+from anomaly.stream.broker_watch import certificate_problem
 from anomaly.stream.client_logs import Throttle
 from anomaly.stream.clients import (
     INPUT_METADATA_MAX_AGE_MS,
@@ -180,6 +182,22 @@ def _error_of(error: Any) -> KafkaError | None:
 
 def _tls_alert(error: KafkaError) -> bool:
     return error.code() == KafkaError._TRANSPORT and TLS_ALERT.search(error.str()) is not None
+
+
+def _certificate_problem(servers: str, options: dict[str, Any], error: KafkaError) -> str | None:
+    """Why the broker's certificate did not verify, asked again of Python's ``ssl`` with
+    the same CA file and host-name check, when librdkafka says only that it did not (the
+    same words for an unknown issuer, a name that does not match and an expired one)."""
+    if error.code() != KafkaError._SSL or "certificate verify failed" not in error.str():
+        return None
+    location = str(options.get("ssl.ca.location", ""))
+    return certificate_problem(
+        servers,
+        cafile=location if os.path.isfile(location) else None,
+        capath=location if os.path.isdir(location) else None,
+        check_hostname=options.get("ssl.endpoint.identification.algorithm", "https") != "none",
+        timeout_s=3.0,
+    )
 
 
 def describe(error: Any) -> str:
@@ -371,6 +389,13 @@ class ConfluentTransport(Transport):
                     f"authentication failed against Kafka at {servers} (SASL {mechanism}): "
                     f"{_text(error)}; check sasl_plain_username and the password in "
                     "[serve.kafka]"
+                )
+            problem = _certificate_problem(servers, options, error)
+            if problem is not None:
+                return StreamError(
+                    f"TLS handshake with Kafka at {servers} failed ({protocol}): the broker's "
+                    f"certificate does not verify: {problem}; check ssl_cafile and "
+                    "ssl_check_hostname in [serve.kafka]"
                 )
             return StreamError(
                 f"TLS handshake with Kafka at {servers} failed ({protocol}): {_text(error)}; "
