@@ -446,13 +446,12 @@ class ServeConfig(_Section):
     fetch_max_wait_ms: int = Field(20, ge=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
     broker_wait_s: float = Field(float("inf"), ge=0)
-    """How long start-up waits for a bootstrap server to accept connections: a service
-    started before its cluster (pods scheduled together, a broker restarting) waits with
-    ``/healthz`` alive, ``/readyz`` not ready and ``anomaly_broker_reachable`` at 0, rather
-    than exiting into a crash loop. ``inf`` (TOML's infinity): as long as it takes; 0: not
-    at all. Once a server accepts, a Kafka handshake that keeps failing (a wrong
-    ``security_protocol``), refused credentials or TLS, and a missing input topic stop the
-    start whatever this says."""
+    """How long start-up waits for a Kafka broker to answer, trying again every few seconds:
+    a service started before its cluster (pods scheduled together, a broker restarting)
+    waits with ``/healthz`` alive, ``/readyz`` not ready and ``anomaly_broker_reachable``
+    at 0, rather than exiting into a crash loop. ``inf`` (TOML's infinity): as long as it
+    takes; 0: one bootstrap (10 s), then exit. Credentials or a TLS handshake refused, and
+    a missing input topic, stop the start at once whatever this says."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     commit_interval_ms: int = Field(100, ge=0)
     """Shortest time between offset commits (always after the results are acknowledged);

@@ -24,20 +24,6 @@ LOST_AFTER_S = 3.0
 DEFAULT_PORT = 9092
 
 
-def accepts_connections(servers: str, timeout_s: float) -> bool:
-    """Whether any of the bootstrap ``servers`` resolves and accepts a TCP connection within
-    ``timeout_s`` each. Start-up waits on this while no broker is up (a service started
-    before its cluster), without making a Kafka client each time: a kafka-python client
-    whose bootstrap fails leaves a thread and its sockets behind."""
-    for address in _addresses(servers):
-        try:
-            with socket.create_connection(address, timeout=timeout_s):
-                return True
-        except OSError:  # refused, unreachable, timed out, or the name not resolved (yet)
-            continue
-    return False
-
-
 def certificate_problem(
     servers: str, cafile: str | None, capath: str | None, check_hostname: bool, timeout_s: float
 ) -> str | None:
@@ -58,8 +44,8 @@ def certificate_problem(
                 return None
         except ssl.SSLCertVerificationError as exc:
             return exc.verify_message
-        except OSError:  # not answering, or failing later (a client certificate asked for)
-            continue
+        except (OSError, UnicodeError, ValueError):  # not answering, failing later (a client
+            continue  # certificate asked for), or a name that is not one
     return None
 
 

@@ -210,10 +210,26 @@ def make_admin(config: ServeConfig, client_id: str) -> KafkaAdminClient:
         "client_id": client_id,
     }
     with _BootstrapFailures() as failures:
+        # Made in two steps so that a client whose bootstrap fails can be closed: its
+        # constructor starts a network thread first, which it leaves running when the
+        # bootstrap fails (a thread and 4 open files for each try while start-up waits).
+        admin = KafkaAdminClient.__new__(KafkaAdminClient)
         try:
-            return KafkaAdminClient(**options)
+            admin.__init__(**options)
         except KafkaError as exc:
+            _close_half_made(admin)
             raise _bootstrap_failure(config, options, exc, failures) from None
+        return admin
+
+
+def _close_half_made(admin: KafkaAdminClient) -> None:
+    """What ``KafkaAdminClient.close`` does, for one whose constructor failed after its
+    network thread started (kafka-python 3.0.12)."""
+    for part in ("_metrics", "_client"):
+        if hasattr(admin, part):
+            getattr(admin, part).close()
+    if hasattr(admin, "_net"):
+        admin._net.stop()  # noqa: SLF001
 
 
 def _denied_topics(admin: KafkaAdminClient, topics: list[str]) -> set[str]:

@@ -190,12 +190,18 @@ def _certificate_problem(servers: str, options: dict[str, Any], error: KafkaErro
     same words for an unknown issuer, a name that does not match and an expired one)."""
     if error.code() != KafkaError._SSL or "certificate verify failed" not in error.str():
         return None
+    if options.keys() & {"ssl.ca.pem", "ssl.ca.certificate.stores"}:
+        return None  # CAs Python's ssl cannot be given the same way: its answer could differ
     location = str(options.get("ssl.ca.location", ""))
+    if location not in ("", "probe") and not os.path.exists(location):
+        return None
+    # None given, or "probe": the system's CAs, which Python's ssl reads too
+    algorithm = str(options.get("ssl.endpoint.identification.algorithm", "https"))
     return certificate_problem(
         servers,
         cafile=location if os.path.isfile(location) else None,
         capath=location if os.path.isdir(location) else None,
-        check_hostname=options.get("ssl.endpoint.identification.algorithm", "https") != "none",
+        check_hostname=algorithm.lower() != "none",
         timeout_s=3.0,
     )
 

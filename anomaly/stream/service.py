@@ -71,7 +71,7 @@ from anomaly.alarms import AlarmStage
 from anomaly.config import COMPONENTS, AlarmConfig, ServeConfig
 from anomaly.drift import DriftMonitor
 from anomaly.stream import codecs
-from anomaly.stream.broker_watch import BrokerWatch, accepts_connections
+from anomaly.stream.broker_watch import BrokerWatch
 from anomaly.stream.client_logs import Throttle
 from anomaly.stream.delivery import GIVEN_UP, Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
@@ -119,10 +119,9 @@ END_OFFSETS_INTERVAL_S, END_OFFSETS_TIMEOUT_S = 5.0, 0.25
 #: The loop counts as alive (``/healthz``) if an iteration began this recently; generous
 #: because a rebalance can hold a poll for up to the session timeout.
 ALIVE_STALE_S = 120.0
-#: Seconds between start-up's looks for a broker that did not answer; how long each look
-#: waits for a connection; and how many Kafka handshakes it tries once a server accepts one
-#: (each waits up to the bootstrap timeout, 10 s).
-BROKER_RETRY_S, PROBE_TIMEOUT_S, BOOTSTRAP_TRIES = 2.0, 3.0, 3
+#: Seconds between start-up's tries to reach a broker that did not answer (each try itself
+#: waits up to the bootstrap timeout).
+BROKER_RETRY_S = 2.0
 #: Most a dead letter Kafka refused is cut to (its original key and value mostly cut away);
 #: refused again, it is cut to a quarter of its size, until nothing is left to cut.
 HARD_CUT_BYTES = 16 * 1024
@@ -298,47 +297,36 @@ class ScoringService:
         )
 
     def _wait_for_broker(self, transport: Transport) -> None:
-        """Wait, for up to ``broker_wait_s``, until a bootstrap server accepts connections
-        (a service started before its cluster), then check the broker, topics and
-        credentials (``Transport.check``); meanwhile ``/healthz`` says alive, ``/readyz``
-        not ready and ``anomaly_broker_reachable`` is 0. Once a server accepts, the Kafka
-        handshake is tried ``BOOTSTRAP_TRIES`` times at most (a broker still starting):
-        a server that never answers Kafka (a wrong ``security_protocol``), refused
-        credentials or TLS, and a missing topic stop the start."""
-        servers = self.config.bootstrap_servers
-        waited_from, waited, tries = time.monotonic(), False, 0
+        """Check the broker, topics and credentials (``Transport.check``), again and again
+        while no broker answers, for up to ``broker_wait_s``: meanwhile ``/healthz`` says
+        alive, ``/readyz`` not ready and ``anomaly_broker_reachable`` is 0. Any other
+        failure (credentials, TLS, a missing topic) stops the start at once. A server that
+        accepts connections but never answers Kafka (a proxy or sidecar before its broker
+        is up, and also a wrong ``security_protocol``) is waited for too: the log says
+        why every half minute, and KafkaUnreachable fires."""
+        waited_from, waited = time.monotonic(), False
         self._starting = True
         try:
             while True:
                 self._last_tick = time.monotonic()
-                waited_s = time.monotonic() - waited_from
-                give_up = waited_s >= self.config.broker_wait_s or self._stop.is_set()
-                if accepts_connections(servers, PROBE_TIMEOUT_S):
-                    tries += 1
-                    try:
-                        transport.check()
-                        break
-                    except BrokerUnreachable as exc:
-                        if give_up or tries >= BOOTSTRAP_TRIES:
-                            raise
-                        reason = str(exc)
-                elif give_up:
-                    raise BrokerUnreachable(
-                        f"cannot reach Kafka at {servers}: no bootstrap server accepts a "
-                        "connection; check bootstrap_servers and that the broker is up"
-                    )
-                else:
-                    reason = "no bootstrap server accepts a connection"
-                self.metrics.broker_reachable.set(0)
-                waited = True
-                if self._error_logs.admit("broker_unreachable") is not None:
-                    log.warning(
-                        "event=broker_unreachable waited_s=%.0f reason=%s (start-up waits for "
-                        "it; broker_wait_s bounds the wait)",
-                        waited_s,
-                        reason,
-                    )
-                self._stop.wait(BROKER_RETRY_S)
+                try:
+                    transport.check()
+                    break
+                except BrokerUnreachable as exc:
+                    waited_s = time.monotonic() - waited_from
+                    if waited_s >= self.config.broker_wait_s or self._stop.is_set():
+                        raise
+                    self.metrics.broker_reachable.set(0)
+                    waited = True
+                    if self._error_logs.admit("broker_unreachable") is not None:
+                        log.warning(
+                            "event=broker_unreachable waited_s=%.0f error=%s (start-up waits "
+                            "for it; broker_wait_s bounds the wait)",
+                            waited_s,
+                            exc,
+                        )
+                    if self._stop.wait(BROKER_RETRY_S):
+                        raise
         finally:
             self._starting = False
         if waited:
