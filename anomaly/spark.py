@@ -201,6 +201,8 @@ class _Job:
     """The broadcast of the bundle's files (a tar archive's bytes)."""
     features: tuple[str, ...]
     id_column: str | None
+    columns: tuple[str, ...]
+    """The columns the tasks read, in order (``_narrowed``): the features, the id column."""
     on_invalid: str
     source: str
     offsets: tuple[int, ...]
@@ -338,7 +340,9 @@ def invalid_rows(
 
 
 def _scored(df: DataFrame, job: _Job) -> DataFrame:
-    return df.mapInArrow(functools.partial(_score_batches, job=job), _score_schema(df, job))
+    return _narrowed(df, job.columns).mapInArrow(
+        functools.partial(_score_batches, job=job), _score_schema(df, job)
+    )
 
 
 def _invalid(df: DataFrame, job: _Job) -> DataFrame:
@@ -348,7 +352,20 @@ def _invalid(df: DataFrame, job: _Job) -> DataFrame:
         [StructField("row", LongType(), False), StructField("reason", StringType(), False)]
         + [StructField(name, FloatType(), True) for name in job.features]
     )
-    return df.mapInArrow(functools.partial(_invalid_batches, job=job), schema)
+    return _narrowed(df, job.columns).mapInArrow(
+        functools.partial(_invalid_batches, job=job), schema
+    )
+
+
+def _narrowed(df: DataFrame, columns: tuple[str, ...]) -> DataFrame:
+    """Only ``columns``, under names without dots (``_c0``, ``_c1``, ...; the tasks give the
+    names back in ``_numbered``). pyspark's ``mapInArrow`` looks every column of its input
+    up by name, and reads a name with a dot (``x.y``) as field ``y`` of a column ``x``: any
+    such column, feature or not, failed the job. Nor are other columns read for nothing."""
+    from pyspark.sql import functions as F
+
+    quoted = ("`" + name.replace("`", "``") + "`" for name in columns)
+    return df.select([F.col(name).alias(f"_c{i}") for i, name in enumerate(quoted)])
 
 
 def _prepare(df: DataFrame, detector: Detector, path: Path, on_invalid, source: str) -> _Job:
@@ -358,7 +375,8 @@ def _prepare(df: DataFrame, detector: Detector, path: Path, on_invalid, source: 
     features = detector.feature_names
     id_column = detector.config.data.id_column
     _check_columns(df, features, id_column, source)
-    offsets, counts = _partition_offsets(df)
+    columns = tuple(dict.fromkeys([*features, *([id_column] if id_column else [])]))
+    offsets, counts = _partition_offsets(_narrowed(df, columns))
     spark = df.sparkSession
     bundle = spark.sparkContext.broadcast(_packed(path))
     return _Job(
@@ -366,6 +384,7 @@ def _prepare(df: DataFrame, detector: Detector, path: Path, on_invalid, source: 
         bundle=bundle,
         features=tuple(features),
         id_column=id_column,
+        columns=columns,
         on_invalid=on_invalid,
         source=source,
         offsets=offsets,
@@ -443,6 +462,7 @@ def _numbered(batches: Iterator[pa.RecordBatch], job: _Job):
     """Each batch with its 1-based row numbers, its features as float32 (a value that is not a
     number stops, naming its row and column) and the values too large for float32 (for the
     message); checks the partition's row count."""
+    import pyarrow as pa
     from pyspark import TaskContext
 
     from anomaly import io
@@ -450,7 +470,8 @@ def _numbered(batches: Iterator[pa.RecordBatch], job: _Job):
     partition = TaskContext.get().partitionId()
     first = job.offsets[partition] + 1
     seen = 0
-    for batch in batches:
+    for narrowed in batches:
+        batch = pa.RecordBatch.from_arrays(narrowed.columns, names=list(job.columns))
         rows = np.arange(first + seen, first + seen + batch.num_rows, dtype=np.int64)
         seen += batch.num_rows
         frame = batch.select(list(job.features)).to_pandas()

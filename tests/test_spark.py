@@ -164,6 +164,26 @@ def test_spark_writes_the_local_paths_columns_and_scores_for_the_same_rows(
     assert run.anomalies == local.anomalies > 0
 
 
+def test_a_column_with_a_dot_in_its_name_is_read_as_any_other(spark, id_bundle, table, tmp_path):
+    """pyspark's mapInArrow looks every input column up by name and read ``x.y`` as field
+    ``y`` of a column ``x``: any such column, even one the model does not read, failed the
+    job with an AnalysisException (a traceback, exit 1), where the local path scored it."""
+    from anomaly.spark import score_parquet
+
+    frame = pq.read_table(table).to_pandas()
+    frame["x.y"] = 1.0
+    dotted = _write(frame, tmp_path / "dotted.parquet")
+    run = score_parquet(spark.session, str(dotted), str(tmp_path / "spark"), id_bundle)
+    local = score_file(anomaly.load(id_bundle), dotted, tmp_path / "local.parquet")
+
+    remote = pq.read_table(tmp_path / "spark").to_pandas()
+    expected = pq.read_table(tmp_path / "local.parquet").to_pandas()
+    assert remote["row"].tolist() == list(range(1, ROWS + 1))
+    assert remote["id"].tolist() == expected["id"].tolist()
+    np.testing.assert_allclose(remote["score"], expected["score"], rtol=0, atol=1e-5)
+    assert run.rows_scored == ROWS and run.anomalies == local.anomalies
+
+
 def test_each_python_worker_loads_the_model_once_for_all_its_tasks_and_jobs(
     spark, id_bundle, table
 ):
