@@ -49,6 +49,7 @@ import io as _bytes_io
 import json
 import os
 import re
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -629,8 +630,7 @@ def score_parquet(
                 fs.rename(invalid, rejects_out)
             fs.rename(scores, out)
     finally:
-        fs.delete(staging)
-        job.bundle.unpersist()
+        _remove_staging(fs, staging, job.bundle)
     return SparkRun(
         rows_read=rows_read,
         rows_scored=rows_scored,
@@ -641,6 +641,21 @@ def score_parquet(
         partitions=len(job.counts),
         seconds=time.perf_counter() - started,
     )
+
+
+def _remove_staging(fs: _FileSystem, staging: str, bundle: Any) -> None:
+    """Remove the hidden staging folder and the bundle's broadcast without replacing the
+    exception on its way out: after SIGTERM or Ctrl-C the JVM's gateway may be gone, and
+    its Py4JError took the place of the one 'terminated' line (a traceback, exit 1), with
+    the folder left behind. A local folder is then removed by Python."""
+    try:
+        fs.delete(staging)
+    except Exception:  # noqa: BLE001 (the gateway is gone: the run is ending anyway)
+        local = staging.removeprefix("file:")
+        if "://" not in local:
+            shutil.rmtree(local, ignore_errors=True)
+    with contextlib.suppress(Exception):
+        bundle.unpersist()
 
 
 def _read_parquet(spark: SparkSession, data: str) -> DataFrame:

@@ -389,3 +389,23 @@ def test_the_package_imports_without_pyspark_and_says_which_extra_to_install():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert "pip install 'anomaly-gan[spark]'" in done.stdout
+
+
+def test_the_staging_folder_goes_and_the_exception_stays_when_the_jvm_is_gone(tmp_path):
+    """After SIGTERM or Ctrl-C the JVM's gateway may be gone: deleting the staging folder
+    through it raised Py4JError, which replaced the 'terminated' line with a traceback
+    (exit 1) and left the folder behind."""
+    from anomaly.spark import _remove_staging
+
+    staging = tmp_path / ".partial-out-0a1b2c3d"
+    (staging / "scores").mkdir(parents=True)
+
+    class GatewayGone:
+        def delete(self, path):
+            raise RuntimeError("org does not exist in the JVM")
+
+        def unpersist(self):
+            raise RuntimeError("the gateway is closed")
+
+    _remove_staging(GatewayGone(), str(staging), GatewayGone())
+    assert not staging.exists()
