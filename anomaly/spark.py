@@ -679,10 +679,22 @@ def _spark_errors() -> Iterator[None]:
     except errors.AnomalyError:
         raise
     except Exception as exc:
-        error = _worker_error(exc) or _unreadable_file(exc)
+        error = _worker_error(exc) or _worker_crash(exc) or _unreadable_file(exc)
         if error is None:
             raise
         raise error from None
+
+
+def _worker_crash(exc: Exception) -> errors.AnomalyError | None:
+    """A Python worker that died (killed for memory, most often) as one line, not the
+    hundreds of lines of Spark's Java stack."""
+    if "Python worker exited unexpectedly" not in str(exc):
+        return None
+    return errors.AnomalyError(
+        "a Python worker of Spark exited unexpectedly (crashed or killed, most often for "
+        "memory: each worker holds the model, 0.5-1 GB); give the workers more memory "
+        "(spark.executor.pyspark.memory, the executors' memory) or fewer cores per executor"
+    )
 
 
 def _worker_error(exc: Exception) -> errors.AnomalyError | None:

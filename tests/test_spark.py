@@ -409,3 +409,14 @@ def test_the_staging_folder_goes_and_the_exception_stays_when_the_jvm_is_gone(tm
 
     _remove_staging(GatewayGone(), str(staging), GatewayGone())
     assert not staging.exists()
+
+
+def test_a_python_worker_that_died_is_one_line():
+    """A worker killed (for memory, most often) surfaced as 231 lines of Java stack."""
+    from anomaly.spark import _spark_errors
+
+    stack = "org.apache.spark.SparkException: Python worker exited unexpectedly (crashed)\n"
+    with pytest.raises(anomaly.AnomalyError, match="^a Python worker of Spark exited") as caught:
+        with _spark_errors():
+            raise RuntimeError(stack + "\tat org.apache.spark.api.python.Runner\n" * 200)
+    assert "\n" not in str(caught.value)
