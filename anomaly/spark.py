@@ -47,6 +47,7 @@ import contextlib
 import functools
 import io as _bytes_io
 import json
+import logging
 import os
 import re
 import shutil
@@ -67,6 +68,8 @@ import numpy as np
 from anomaly import errors
 from anomaly.config import COMPONENTS, AlarmConfig
 from anomaly.errors import ConfigError, DataError, SchemaError
+
+log = logging.getLogger("anomaly.spark")
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -650,10 +653,12 @@ def _remove_staging(fs: _FileSystem, staging: str, bundle: Any) -> None:
     the folder left behind. A local folder is then removed by Python."""
     try:
         fs.delete(staging)
-    except Exception:  # noqa: BLE001 (the gateway is gone: the run is ending anyway)
+    except Exception as exc:  # noqa: BLE001 (the gateway is gone: the run is ending anyway)
         local = staging.removeprefix("file:")
         if "://" not in local:
             shutil.rmtree(local, ignore_errors=True)
+        else:
+            log.warning("could not remove the staging folder %s: %s", staging, exc)
     with contextlib.suppress(Exception):
         bundle.unpersist()
 
@@ -688,11 +693,13 @@ def _spark_errors() -> Iterator[None]:
 def _worker_crash(exc: Exception) -> errors.AnomalyError | None:
     """A Python worker that died (killed for memory, most often) as one line, not the
     hundreds of lines of Spark's Java stack."""
-    if "Python worker exited unexpectedly" not in str(exc):
+    crash = re.search(r"Python worker exited unexpectedly \(crashed\)(?: - ([^\n]*))?", str(exc))
+    if crash is None:
         return None
+    said = f" ({crash.group(1).strip()[:200]})" if crash.group(1) else ""
     return errors.AnomalyError(
-        "a Python worker of Spark exited unexpectedly (crashed or killed, most often for "
-        "memory: each worker holds the model, 0.5-1 GB); give the workers more memory "
+        f"a Python worker of Spark exited unexpectedly{said}: crashed or killed, most often "
+        "for memory (each worker holds the model, 0.5-1 GB); give the workers more memory "
         "(spark.executor.pyspark.memory, the executors' memory) or fewer cores per executor"
     )
 

@@ -420,3 +420,10 @@ def test_a_python_worker_that_died_is_one_line():
         with _spark_errors():
             raise RuntimeError(stack + "\tat org.apache.spark.api.python.Runner\n" * 200)
     assert "\n" not in str(caught.value)
+
+    segfault = (
+        "Python worker exited unexpectedly (crashed) - Fatal Python error: Segmentation fault"
+    )
+    with pytest.raises(anomaly.AnomalyError, match=r"\(Fatal Python error: Segmentation fault\)"):
+        with _spark_errors():
+            raise RuntimeError(segfault + "\n\tat org.apache.spark.api.python.Runner\n")

@@ -216,20 +216,26 @@ def make_admin(config: ServeConfig, client_id: str) -> KafkaAdminClient:
         admin = KafkaAdminClient.__new__(KafkaAdminClient)
         try:
             admin.__init__(**options)
-        except KafkaError as exc:
+        except BaseException as exc:
             _close_half_made(admin)
+            if not isinstance(exc, KafkaError):
+                raise
             raise _bootstrap_failure(config, options, exc, failures) from None
         return admin
 
 
 def _close_half_made(admin: KafkaAdminClient) -> None:
     """What ``KafkaAdminClient.close`` does, for one whose constructor failed after its
-    network thread started (kafka-python 3.0.12)."""
-    for part in ("_metrics", "_client"):
-        if hasattr(admin, part):
-            getattr(admin, part).close()
-    if hasattr(admin, "_net"):
-        admin._net.stop()  # noqa: SLF001
+    network thread started (kafka-python 3.0.12); a failure here is logged, not raised in
+    place of the constructor's."""
+    try:
+        for part in ("_metrics", "_client"):
+            if hasattr(admin, part):
+                getattr(admin, part).close()
+        if hasattr(admin, "_net"):
+            admin._net.stop()  # noqa: SLF001
+    except Exception as exc:  # noqa: BLE001
+        log.debug("event=close_error client=admin error=%r", exc)
 
 
 def _denied_topics(admin: KafkaAdminClient, topics: list[str]) -> set[str]:

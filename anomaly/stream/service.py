@@ -300,10 +300,9 @@ class ScoringService:
         """Check the broker, topics and credentials (``Transport.check``), again and again
         while no broker answers, for up to ``broker_wait_s``: meanwhile ``/healthz`` says
         alive, ``/readyz`` not ready and ``anomaly_broker_reachable`` is 0. Any other
-        failure (credentials, TLS, a missing topic) stops the start at once. A server that
-        accepts connections but never answers Kafka (a proxy or sidecar before its broker
-        is up, and also a wrong ``security_protocol``) is waited for too: the log says
-        why every half minute, and KafkaUnreachable fires."""
+        failure (credentials, TLS, a missing topic) stops the start at once. Plain text
+        sent to a TLS listener looks like no broker to the clients and is waited for too:
+        the log says why every half minute, and KafkaUnreachable fires."""
         waited_from, waited = time.monotonic(), False
         self._starting = True
         try:
