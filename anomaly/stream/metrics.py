@@ -175,9 +175,9 @@ class ServiceMetrics:
         )
         self.lag = Gauge(
             "anomaly_consumer_lag_records",
-            "Records in the input partition after the last one consumed (its end offset, asked "
-            "of the broker every 5 s, minus the position), per assigned partition; it grows "
-            "while the input is paused.",
+            "Records in the input partition after the last one consumed (its end offset minus "
+            "the position), per assigned partition. kafka-python asks the broker for the end "
+            "every 5 s, so it grows while the input is paused; librdkafka's is as last fetched.",
             ["topic", "partition"],
             registry=registry,
         )
