@@ -29,10 +29,10 @@ def certificate_problem(
 ) -> str | None:
     """Why the first bootstrap server that answers presents a certificate that does not
     verify against ``cafile`` or ``capath`` (neither: the system's CAs), in OpenSSL's
-    words as Python's ``ssl``
-    gives them ("certificate has expired", "Hostname mismatch, ...", "unable to get local
-    issuer certificate"); None when it verifies or no server answers. librdkafka says
-    "certificate verify failed" and points at its CA setting whatever the cause."""
+    words as Python's ``ssl`` gives them ("certificate has expired", "Hostname mismatch,
+    ...", "unable to get local issuer certificate"); None when it verifies or no server
+    answers. librdkafka says "certificate verify failed" and points at its CA setting
+    whatever the cause."""
     context = ssl.create_default_context(cafile=cafile, capath=capath)
     context.check_hostname = check_hostname
     # Python 3.13 verifies more strictly than OpenSSL's defaults, which librdkafka keeps:
