@@ -523,9 +523,8 @@ def test_an_output_topic_deleted_while_serving_is_not_made_again_by_the_service(
     """The producers asked the broker to create the topic again, with its defaults (1
     partition, no max.message.bytes of its own), before the operator could; now the
     results wait until it is back, as the operator makes it, and none is lost. Records
-    that arrive meanwhile, the input paused, count in the lag on kafka-python: it froze at
-    the consumer's last fetch, and the alerts that read it (AnomalyScorerStalled) stayed
-    quiet; and
+    that arrive meanwhile, the input paused, count in the lag: it froze at the consumer's
+    last fetch, and the alerts that read it (AnomalyScorerStalled) stayed quiet; and
     anomaly_output_unavailable, which KafkaOutputUnavailable reads, is 1 meanwhile."""
     t = {
         "input_topic": kafka_topic_factory(1, prefix="in"),
@@ -549,12 +548,11 @@ def test_an_output_topic_deleted_while_serving_is_not_made_again_by_the_service(
             wait_for(lambda: events.count("output_unavailable") >= 1, 180, "output_unavailable")
             wait_for(lambda: events.count("paused") >= 1, 10, "the input to be paused")
             waiting = _produce(kafka_bootstrap, t["input_topic"], messages[40:])
-            if client == "kafka-python":  # librdkafka: not asked (ConfluentTransport.end_offsets)
-                wait_for(
-                    lambda: _lag(service.metrics_port) >= len(waiting),
-                    15,
-                    "the lag to count the records that arrived while the input was paused",
-                )
+            wait_for(
+                lambda: _lag(service.metrics_port) >= len(waiting),
+                20,
+                "the lag to count the records that arrived while the input was paused",
+            )
             assert _output_unavailable(service.metrics_port) == 1  # KafkaOutputUnavailable
             assert t["output_topic"] not in admin.list_topics()
             admin.create_topics(make_output, wait_for_metadata=True)  # as the operator does

@@ -78,6 +78,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Producer,
@@ -85,7 +86,7 @@ from confluent_kafka import (
     libversion,
 )
 from confluent_kafka import TopicPartition as KafkaTopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
 from anomaly.stream import codecs
 from anomaly.stream.broker_watch import certificate_problem
@@ -107,12 +108,13 @@ log = logging.getLogger("anomaly.stream")
 #: librdkafka's own log lines (its WARNING and above by default, see ``process``; each
 #: thing said at most once a while, see ``client_logs``).
 librdkafka_log = logging.getLogger("librdkafka")
-#: The start-up check's admin client logs here, to no handler: what it has to say about a
+#: The admin clients log here, to no handler: what the start-up check's has to say about a
 #: failed bootstrap is in the one-line error (its ``error_cb``), as kafka-python's bootstrap
-#: records are held back (``clients._BootstrapFailures``).
-startup_log = logging.getLogger("librdkafka.startup")
-startup_log.addHandler(logging.NullHandler())
-startup_log.propagate = False
+#: records are held back (``clients._BootstrapFailures``); the end-offset queries' would
+#: repeat what the consumer says of the same brokers.
+admin_log = logging.getLogger("librdkafka.admin")
+admin_log.addHandler(logging.NullHandler())
+admin_log.propagate = False
 
 #: kafka-python's defaults, kept so that switching clients changes nothing else.
 MAX_REQUEST_BYTES = 1_048_576
@@ -120,6 +122,8 @@ DELIVERY_TIMEOUT_MS = 120_000
 #: How long the loop waits for a partition's range when librdkafka reports its position out
 #: of range (``_reset``, at most once a poll for each partition); the loop's thread waits.
 WATERMARK_TIMEOUT_MS = 5_000
+#: How long an end-offset query may take (``end_offsets``); the loop never waits for it.
+END_OFFSETS_REQUEST_S = 10.0
 #: librdkafka's statistics interval: the broker watch's probe.
 STATISTICS_INTERVAL_MS = 1_000
 #: Seconds without a delivery report, with messages owed and the cluster reachable, after
@@ -262,6 +266,9 @@ class ConfluentTransport(Transport):
         self._error_logs = Throttle()  # librdkafka retries its errors: logged once a while
         self.max_message_bytes = MAX_REQUEST_BYTES
         self._topic_limit: int | None = None  # smallest max.message.bytes of what it writes
+        self._offsets_admin: AdminClient | None = None  # asks the end offsets (end_offsets)
+        self._asked: dict[KafkaTopicPartition, Any] = {}  # partition -> future, in flight
+        self._ends: dict[TopicPartition, int] = {}  # the latest end offsets answered
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -348,7 +355,7 @@ class ConfluentTransport(Transport):
                     **self._common("admin"),
                     "client.id": f"{config.group_id}-startup",
                     "error_cb": errors.append,
-                    "logger": startup_log,
+                    "logger": admin_log,
                 }
             )
         except KafkaException as exc:
@@ -470,6 +477,7 @@ class ConfluentTransport(Transport):
         )
 
     def close(self, deadline: float) -> None:
+        self._offsets_admin, self._asked = None, {}  # a query in flight is dropped with it
         if self._consumer is not None:
             self._close_consumer(self._consumer, deadline)
             self._consumer = None
@@ -738,11 +746,48 @@ class ConfluentTransport(Transport):
     def end_offsets(
         self, partitions: list[TopicPartition], timeout_s: float
     ) -> dict[TopicPartition, int]:
-        """None asked: librdkafka drops a broker's connection when a request on it times out,
-        so a query with a short timeout cut the consumer off a broker that was only slow (a
-        GC pause), and one with a long timeout would hold the loop. The lag of a paused
-        partition therefore stays where its last fetch left it on this client."""
-        return {}
+        """Asked by an admin client of its own, without waiting: a call returns the latest
+        answers and sends the next query once the last is answered. The consumer cannot ask:
+        librdkafka drops a broker's connection when a request on it times out, so a query
+        with a short timeout cut the consumer off a broker that was only slow (a GC pause),
+        and one with a long timeout would hold the loop. ``timeout_s`` is not needed: the
+        query runs on the admin client's thread, for up to ``END_OFFSETS_REQUEST_S``."""
+        for asked, future in list(self._asked.items()):
+            if not future.done():
+                continue
+            del self._asked[asked]
+            try:  # a partition without a leader (mid-election) answers an error: not known
+                end = future.result().offset
+            except Exception:  # noqa: BLE001 (the lag is best-effort)
+                continue
+            if end >= 0:
+                self._ends[TopicPartition(asked.topic, asked.partition)] = end
+        if not self._asked and partitions:
+            self._asked = self._ask_end_offsets(partitions)
+        return {tp: self._ends[tp] for tp in partitions if tp in self._ends}
+
+    def _ask_end_offsets(self, partitions: list[TopicPartition]) -> dict:
+        try:
+            if self._offsets_admin is None:
+                self._offsets_admin = AdminClient(
+                    {
+                        **self._common("admin"),
+                        "client.id": f"{self.client_id}-offsets",
+                        "error_cb": lambda error: None,  # the consumer's say the same
+                        "logger": admin_log,
+                    }
+                )
+            return self._offsets_admin.list_offsets(
+                {
+                    KafkaTopicPartition(tp.topic, tp.partition): OffsetSpec.latest()
+                    for tp in partitions
+                },
+                isolation_level=IsolationLevel.READ_COMMITTED,  # as the consumer reads
+                request_timeout=END_OFFSETS_REQUEST_S,
+            )
+        except Exception as exc:  # noqa: BLE001 (the lag is best-effort)
+            log.debug("event=end_offsets_unasked error=%r", exc)
+            return {}
 
     def position(self, partition: TopicPartition) -> int | None:
         try:
