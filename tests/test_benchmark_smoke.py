@@ -14,8 +14,9 @@ import math
 import numpy as np
 import pytest
 
+from anomaly.config import ScoringConfig
 from pipelines import benchmark
-from pipelines.bench import nab_corpus, nab_scorer, tabular, tail_study, timeseries
+from pipelines.bench import nab_corpus, nab_scorer, tabular, tail_study, timeseries, weights_study
 from tests._support import unavailable
 
 pytestmark = pytest.mark.slow
@@ -72,6 +73,18 @@ def test_quick_benchmark_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     tail_study.real_fits(tmp_path / "components")
     assert f"| {benchmark.QUICK_DATASET} | {n} |" in capsys.readouterr().out
+
+    # the weight study's exact latent distance is the product's where the prototypes are
+    # every fitted code (breastw: 222 TRAIN rows, fewer than 256 prototypes) ...
+    fits = weights_study.load_fits(tmp_path)
+    (exact,) = weights_study.with_exact_latent(fits, ScoringConfig().latent_neighbours)
+    latent = list(weights_study.COMPONENTS).index("latent")
+    for part in ("test", "held_out", "synthetic"):
+        np.testing.assert_allclose(exact[part][:, latent], fits[0][part][:, latent], atol=1e-3)
+    # ... and no weighting's TEST AUROC in its ceiling is below a component's alone
+    ceiling = weights_study.ceiling(fits)
+    alone = max(by_method[f"gan:only_{name}"]["auroc"] for name in weights_study.COMPONENTS)
+    assert ceiling["best_auroc"]["auroc_auprc"][0] >= alone - 1e-9
 
     result = json.loads((tmp_path / "nab_results.json").read_text())
     assert result["series"] == 2

@@ -35,6 +35,7 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
     the detector's calibration gives at ``CALIBRATION_TARGETS`` and, for label-free
     studies, the standardised components of TEST, of the held-out normal rows the detector
     calibrated on, and of synthetic anomalies made from those (``synthetic_anomalies``),
+    their latent codes and those of the rows the networks were fitted on,
     and the largest calibration scores the threshold was fitted on (all of them on the
     small sets; with ``training.calibration_folds``, the fold models' too)."""
 
@@ -53,8 +54,9 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
             variants["refined"] = refined_scores(detector, test, refine_steps)["score"]
         health = detector.health
         # the rows the detector held out for calibration (the same seeded split as training)
-        _, held_out = _split(np.asarray(train, np.float32), cfg)
+        fitted, held_out = _split(np.asarray(train, np.float32), cfg)
         synthetic, kinds = synthetic_anomalies(held_out, train, seed)
+        codes = detector.engine.raw_components  # E(x), for studies of the latent component
         info = {
             "train": trained - started,
             "score": scored - trained,
@@ -71,6 +73,15 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
                 "synthetic": _components(detector.score(synthetic)),
                 "synthetic_kind": kinds,
                 "calibration_largest": np.asarray(detector.engine.params.tail["largest"]),
+                **{
+                    f"latent_{part}": codes(rows)["latent_code"].astype(np.float32)
+                    for part, rows in (
+                        ("test", test),
+                        ("held_out", held_out),
+                        ("synthetic", synthetic),
+                        ("fitted", fitted),
+                    )
+                },
                 "calibration_n": detector.engine.params.tail["n"],
             },
         }
