@@ -2,9 +2,10 @@
 a file's drift from the training data.
 
 Files are read in chunks (``anomaly.io``), so a file larger than memory can be scored; the
-output keeps the input's row order and id column. Rows with NaN or infinite features stop
-the run with their row numbers, or, with ``on_invalid="skip"``, go to a rejects file next
-to the output (with their row numbers and the reason) so nothing is silently lost.
+output keeps the input's row order, id column and entity column. Rows with NaN or infinite
+features stop the run with their row numbers, or, with ``on_invalid="skip"``, go to a
+rejects file next to the output (with their row numbers and the reason) so nothing is
+silently lost.
 
 With an adaptive alarm stage (``[alarms]``, ``anomaly.alarms``: by default in time-series
 mode), the output also gets ``p_value`` and ``alarm``: the file is one stream, or each value
@@ -311,6 +312,8 @@ def iter_scored(
             if chunk.ids is not None:
                 frame.insert(1, cfg.id_column, chunk.ids[valid])
             entities = chunk.entities[valid] if chunk.entities is not None else None
+            if entities is not None and cfg.entity_column not in frame:
+                frame.insert(len(frame.columns), cfg.entity_column, entities)  # to group by
             if buffer is None:
                 result = detector.score(rows) if len(rows) else None
                 positions = np.arange(len(rows))

@@ -346,8 +346,9 @@ def test_entity_and_id_values_pandas_reads_as_missing_are_kept_in_a_csv(
     windowed_detector, tmp_path
 ):
     """Names pandas reads as missing ("NA" for Namibia, "null") are values in the entity
-    and id columns: each is an entity, and the ids come back as written; only an empty
-    field is missing there. A feature keeps pandas' missing values ("NA" is NaN there)."""
+    and id columns: each is an entity, and the ids and entities come back as written (the
+    output keeps the entity column, to group the results by); only an empty field is
+    missing there. A feature keeps pandas' missing values ("NA" is NaN there)."""
     frame = sine_frame(seed=1, spike=False).head(200)
     frame["entity"] = frame["entity"].map(dict(zip(ENTITIES, ["NA", "null"], strict=True)))
     frame["id"] = ["None", "N/A", *frame["id"][2:]]
@@ -355,6 +356,8 @@ def test_entity_and_id_values_pandas_reads_as_missing_are_kept_in_a_csv(
     score_file(windowed_detector, tmp_path / "series.csv", tmp_path / "scores.csv")
     scores = pd.read_csv(tmp_path / "scores.csv", keep_default_na=False)
     assert scores["id"].tolist() == frame["id"].tolist()
+    assert scores["entity"].tolist() == frame["entity"].tolist()
+    assert list(scores.columns[:3]) == ["row", "id", "entity"]
     assert (scores["score"] != "").sum() == len(frame) - len(ENTITIES) * (WINDOW - 1)
 
     text = (tmp_path / "series.csv").read_text().splitlines()
