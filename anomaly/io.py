@@ -52,9 +52,12 @@ _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zst": zst
 #: What a damaged compressed file raises while it is read, besides ``OSError`` (gzip, bz2).
 _DAMAGED = (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
 
+#: Names of tab-separated files: read as CSV (whose separator is sniffed), written with tabs.
+_TSV_ENDINGS = tuple(".tsv" + ending for ending in ("", *_COMPRESSED))
 #: File name endings the readers understand, and the format each one means.
 _READ_FORMATS = {
     **{".csv" + ending: "csv" for ending in ("", *_COMPRESSED)},
+    **dict.fromkeys(_TSV_ENDINGS, "csv"),  # the separator is sniffed
     ".parquet": "parquet",
     ".pq": "parquet",
     **{".jsonl" + ending: "jsonl" for ending in ("", *_COMPRESSED)},
@@ -300,6 +303,7 @@ class ResultWriter:
         self.path = Path(path)
         self.final = self.path if final is None else Path(final)
         self._format = _format_of(self.path, _WRITE_FORMATS, "write")
+        self._separator = "\t" if self.path.name.lower().endswith(_TSV_ENDINGS) else ","
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -320,7 +324,7 @@ class ResultWriter:
             if self._parquet is not None:
                 self._parquet.write_table(self._arrow_table(frame))
             elif self._format == "csv":
-                frame.to_csv(self._text, header=first, index=False)
+                frame.to_csv(self._text, header=first, index=False, sep=self._separator)
             else:
                 frame.to_json(
                     self._text, orient="records", lines=True, double_precision=15, date_format="iso"
