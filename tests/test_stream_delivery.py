@@ -579,3 +579,63 @@ def test_a_librdkafka_partition_that_fetched_nothing_yet_is_at_its_committed_off
 
     assert transport.position(TopicPartition("in", 0)) == 20
     assert transport.position(TopicPartition("in", 1)) == 7
+
+
+class _OffsetsAdmin:
+    """Stands in for the admin client whose queries ``end_offsets`` sends: its answers are
+    futures the test settles."""
+
+    def __init__(self, _settings):
+        self.queries: list[dict] = []
+        self.polled = 0
+
+    def list_offsets(self, specs, **options):
+        from concurrent.futures import Future
+
+        self.queries.append(options)
+        return {tp: Future() for tp in specs}
+
+    def poll(self, _timeout):
+        self.polled += 1
+
+
+def test_librdkafka_end_offsets_are_asked_without_waiting_and_forget_what_is_not_known(
+    monkeypatch,
+):
+    """The loop never waits for the query: a call answers what the last query said and sends
+    the next once that one is settled. A partition whose query failed, or that is no
+    longer asked (revoked; its topic may be made anew), has no end offset, so the lag is not
+    overstated from an old answer."""
+    required_module("confluent_kafka", "confluent")
+    from anomaly.config import ServeConfig
+    from anomaly.stream import confluent_transport
+    from anomaly.stream.transport import TopicPartition as Partition
+
+    monkeypatch.setattr(confluent_transport, "AdminClient", _OffsetsAdmin)
+    transport = confluent_transport.ConfluentTransport(
+        ServeConfig(client="confluent"), "c", listener=None
+    )
+    p0, p1 = Partition("in", 0), Partition("in", 1)
+
+    def settle(answers: dict) -> None:
+        for asked, future in transport._asked.items():
+            answer = answers[asked.partition]
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(SimpleNamespace(offset=answer))
+
+    assert transport.end_offsets([p0, p1], 0.25) == {}  # asked; nothing known yet
+    admin = transport._offsets_admin
+    assert admin.queries[0]["isolation_level"].name == "READ_COMMITTED"
+    assert transport.end_offsets([p0, p1], 0.25) == {} and len(admin.queries) == 1  # in flight
+    settle({0: 10, 1: RuntimeError("no leader")})
+    assert transport.end_offsets([p0, p1], 0.25) == {p0: 10} and len(admin.queries) == 2
+    settle({0: 12, 1: 7})
+    assert transport.end_offsets([p0, p1], 0.25) == {p0: 12, p1: 7}
+    settle({0: RuntimeError("unknown topic"), 1: 8})
+    assert transport.end_offsets([p0, p1], 0.25) == {p1: 8}  # p0's 12 may be a deleted topic's
+    settle({0: 3, 1: 9})
+    assert transport.end_offsets([p1], 0.25) == {p1: 9}  # p0 revoked
+    transport.close(deadline=0)
+    assert transport._offsets_admin is None

@@ -477,7 +477,7 @@ class ConfluentTransport(Transport):
         )
 
     def close(self, deadline: float) -> None:
-        self._offsets_admin, self._asked = None, {}  # a query in flight is dropped with it
+        self._offsets_admin, self._asked, self._ends = None, {}, {}  # a query in flight too
         if self._consumer is not None:
             self._close_consumer(self._consumer, deadline)
             self._consumer = None
@@ -515,6 +515,8 @@ class ConfluentTransport(Transport):
     # -- consuming -----------------------------------------------------------------------------
 
     def poll(self, timeout_ms: int, max_records: int) -> list:
+        if self._offsets_admin is not None:  # its errors and log lines queue until served
+            self._offsets_admin.poll(0)
         consumer = self._consumer
         rebalances = self._rebalances
         first = consumer.poll(timeout_ms / 1000)
@@ -756,15 +758,21 @@ class ConfluentTransport(Transport):
             if not future.done():
                 continue
             del self._asked[asked]
+            tp = TopicPartition(asked.topic, asked.partition)
             try:  # a partition without a leader (mid-election) answers an error: not known
                 end = future.result().offset
             except Exception:  # noqa: BLE001 (the lag is best-effort)
-                continue
+                end = -1
             if end >= 0:
-                self._ends[TopicPartition(asked.topic, asked.partition)] = end
+                self._ends[tp] = end
+            else:  # its earlier answer may be of a topic since deleted
+                self._ends.pop(tp, None)
+        # A partition no longer asked (revoked; its topic may come back anew) is forgotten.
+        wanted = set(partitions)
+        self._ends = {tp: end for tp, end in self._ends.items() if tp in wanted}
         if not self._asked and partitions:
             self._asked = self._ask_end_offsets(partitions)
-        return {tp: self._ends[tp] for tp in partitions if tp in self._ends}
+        return dict(self._ends)
 
     def _ask_end_offsets(self, partitions: list[TopicPartition]) -> dict:
         try:

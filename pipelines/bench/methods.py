@@ -56,7 +56,9 @@ def gan(config: anomaly.Config, refine_steps: int = 10):
         # the rows the detector held out for calibration (the same seeded split as training)
         fitted, held_out = _split(np.asarray(train, np.float32), cfg)
         synthetic, kinds = synthetic_anomalies(held_out, train, seed)
-        codes = detector.engine.raw_components  # E(x), for studies of the latent component
+        # E(x), for studies of the latent component: the encoder's own codes, as the
+        # prototypes are, while scoring.refine_steps is 0 (the default; refined otherwise)
+        codes = detector.engine.raw_components
         info = {
             "train": trained - started,
             "score": scored - trained,

@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     fits = load_fits(args.out)
     if not fits:
         parser.error(f"no components under {args.out / 'components'}")
-    if args.exact_latent:
+    if args.exact_latent is not None:
+        if args.exact_latent < 1:
+            parser.error(f"--exact-latent must be at least 1, not {args.exact_latent}")
         fits = with_exact_latent(fits, args.exact_latent)
     weightings = _weightings()
     quality = synthetic_quality(fits, weightings)
