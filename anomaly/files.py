@@ -142,6 +142,20 @@ def _check_not_input(data: PathLike, target: Path) -> None:
         )
 
 
+#: The columns a result table may have besides the id and entity columns: an entity column
+#: of one of these names is not written (its values would replace, or pass for, results).
+RESULT_COLUMNS = (
+    "row",
+    "score",
+    "is_anomaly",
+    "percentile",
+    *(f"score_{c}" for c in COMPONENTS),
+    "top_features",
+    "window_complete",
+    "p_value",
+    "alarm",
+)
+
 #: What to do about invalid rows, for the commands that take no ``--on-invalid``.
 _NO_SKIP_REMEDY = (
     "fix or remove them (calibrate and retrain skip no rows: they have no --on-invalid)"
@@ -292,7 +306,7 @@ def iter_scored(
     may add ``p_value`` and ``alarm`` columns."""
     cfg = detector.config.data
     reader = _reader_for(detector, data, label_column)
-    window = detector.schema.window
+    window, entity_column = detector.schema.window, detector.schema.entity_column
     buffer = WindowBuffer(window, len(detector.feature_names)) if window else None
     cuts = SeriesCuts()  # an invalid row skipped ends its series' window
     stage = AlarmStage.for_model(detector, detector.config.alarms if alarms is None else alarms)
@@ -312,8 +326,8 @@ def iter_scored(
             if chunk.ids is not None:
                 frame.insert(1, cfg.id_column, chunk.ids[valid])
             entities = chunk.entities[valid] if chunk.entities is not None else None
-            if entities is not None and cfg.entity_column not in frame:
-                frame.insert(len(frame.columns), cfg.entity_column, entities)  # to group by
+            if entities is not None and entity_column not in (*frame, *RESULT_COLUMNS):
+                frame.insert(len(frame.columns), entity_column, entities)  # to group by
             if buffer is None:
                 result = detector.score(rows) if len(rows) else None
                 positions = np.arange(len(rows))
@@ -399,7 +413,7 @@ def score_file(
     progress: bool | None = False,
     alarms: AlarmConfig | None = None,
 ) -> RunSummary:
-    """Score every row of ``data`` into ``out`` (CSV, Parquet or JSON lines by extension);
+    """Score every row of ``data`` into ``out`` (CSV, TSV, Parquet or JSON lines by extension);
     ``alarms`` (default: the model's ``[alarms]``) chooses the alarm stage.
 
     The output and the rejects file are written under temporary names and renamed at the

@@ -532,6 +532,8 @@ _PANDAS_MISSING = (
 
 #: The separators a CSV file may use, the default first.
 _SEPARATORS = (",", ";", "\t", "|")
+#: The same for a ``.tsv`` file, whose fields may hold commas.
+_TSV_SEPARATORS = ("\t", ",", ";", "|")
 #: Data lines after the header that the separator must split as it splits the header.
 _SNIFFED_LINES = 20
 #: The first line Excel writes to name a CSV file's separator.
@@ -577,16 +579,16 @@ class _CsvSource:
         named = _EXCEL_SEPARATOR_LINE.fullmatch(lines[0].rstrip("\r\n"))
         skipped = 1 if named else 0
         lines = lines[skipped : skipped + 1 + _SNIFFED_LINES]
-        rows = {
-            sep: [row for row in csv.reader(lines, delimiter=sep) if row] for sep in _SEPARATORS
-        }
+        tsv = self.path.name.lower().endswith(_TSV_ENDINGS)
+        order = _TSV_SEPARATORS if tsv else _SEPARATORS  # a tie goes to the first
+        rows = {sep: [row for row in csv.reader(lines, delimiter=sep) if row] for sep in order}
         splits = {sep: found[0] if found else [] for sep, found in rows.items()}
-        splitting = [sep for sep in _SEPARATORS if len(splits[sep]) > 1]
+        splitting = [sep for sep in order if len(splits[sep]) > 1]
         even = [sep for sep in splitting if all(len(r) == len(splits[sep]) for r in rows[sep][1:])]
         separator = (
             named.group(1)
             if named
-            else max(even or splitting or _SEPARATORS, key=lambda sep: len(splits[sep]))
+            else max(even or splitting or order, key=lambda sep: len(splits[sep]))
         )
         if separator not in rows:  # a separator named by the file that we do not sniff
             rows[separator] = [row for row in csv.reader(lines, delimiter=separator) if row]

@@ -271,7 +271,8 @@ def train(
     "--out",
     required=True,
     type=click.Path(),
-    help="Output .csv, .parquet or .jsonl (--engine spark: a new folder of Parquet part files).",
+    help="Output .csv, .tsv, .parquet or .jsonl (--engine spark: a new folder of Parquet part "
+    "files).",
 )
 @click.option(
     "--progress/--no-progress",
@@ -294,7 +295,7 @@ def train(
     "spark-submit's, else local[*]).",
 )
 def score(model, data, out, progress, on_invalid, config_path, engine, spark_master):
-    """Score every row of DATA into OUT, keeping row order and the id column.
+    """Score every row of DATA into OUT, keeping row order, the id and entity columns.
 
     With an adaptive alarm stage (by default in time-series mode) OUT also gets p_value and
     alarm, per file or per entity. --engine spark writes the same columns; skipped rows go to

@@ -94,3 +94,15 @@ def test_data_lines_ending_in_a_separator_read_without_pandas_warning(tmp_path: 
         chunk = read_all(path, id_column="id")
 
     np.testing.assert_array_equal(chunk.features, [[1, 2], [3, 4]])
+
+
+def test_tsv_whose_fields_hold_commas_reads_with_tabs(tmp_path: Path) -> None:
+    # Split by commas, the header and each line have two fields as well: a tie, which a
+    # .tsv name settles for tabs.
+    path = tmp_path / "data.tsv"
+    path.write_text("city, state\tvalue\nAustin, TX\t3\nBoise, ID\t4\n")
+
+    chunk = read_all(path, features=["value"], id_column="city, state")
+
+    np.testing.assert_array_equal(chunk.features[:, 0], [3, 4])
+    np.testing.assert_array_equal(chunk.ids, ["Austin, TX", "Boise, ID"])

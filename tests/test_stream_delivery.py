@@ -637,5 +637,12 @@ def test_librdkafka_end_offsets_are_asked_without_waiting_and_forget_what_is_not
     assert transport.end_offsets([p0, p1], 0.25) == {p1: 8}  # p0's 12 may be a deleted topic's
     settle({0: 3, 1: 9})
     assert transport.end_offsets([p1], 0.25) == {p1: 9}  # p0 revoked
+    settle({1: 10})
+
+    def refused(specs, **options):
+        raise RuntimeError("cannot send")
+
+    admin.list_offsets = refused
+    assert transport.end_offsets([p1], 0.25) == {}  # p1's 10 can no longer be renewed
     transport.close(deadline=0)
     assert transport._offsets_admin is None

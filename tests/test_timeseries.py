@@ -452,3 +452,31 @@ def test_a_table_given_to_a_time_series_model_is_refused_with_the_way_to_window_
     )
     result = windowed_detector.score(windows)
     assert len(result.scores) == len(positions) == len(ENTITIES) * (ROWS_PER_ENTITY - WINDOW + 1)
+
+
+def test_an_entity_column_named_as_a_result_column_is_not_written_over_the_results(
+    windowed_detector, tmp_path
+):
+    """An entity column called ``alarm`` is read as the entities, and the output's ``alarm``
+    is the alarm stage's, in its place: the entities were written in, then overwritten."""
+    from dataclasses import replace
+
+    from anomaly.detector import Detector
+
+    d = windowed_detector
+    renamed = Detector(
+        d.engine,
+        replace(d.schema, entity_column="alarm"),
+        d.config.updated(data={"entity_column": "alarm"}),
+        d.metadata,
+        d.health,
+        d.drift_summary,
+    )
+    frame = sine_frame(seed=1, spike=False).head(200).rename(columns={"entity": "alarm"})
+    frame.to_csv(tmp_path / "series.csv", index=False)
+
+    summary = score_file(renamed, tmp_path / "series.csv", tmp_path / "scores.csv")
+
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert list(scores.columns[-2:]) == ["p_value", "alarm"]
+    assert scores["alarm"].dtype == bool and summary.alarms == scores["alarm"].sum()

@@ -795,6 +795,7 @@ class ConfluentTransport(Transport):
             )
         except Exception as exc:  # noqa: BLE001 (the lag is best-effort)
             log.debug("event=end_offsets_unasked error=%r", exc)
+            self._ends.clear()  # answers that cannot be renewed are not kept
             return {}
 
     def position(self, partition: TopicPartition) -> int | None:
