@@ -303,7 +303,7 @@ class ResultWriter:
         self.path = Path(path)
         self.final = self.path if final is None else Path(final)
         self._format = _format_of(self.path, _WRITE_FORMATS, "write")
-        self._separator = "\t" if self.path.name.lower().endswith(_TSV_ENDINGS) else ","
+        self._separator = "\t" if _is_tsv(self.path) else ","
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -579,8 +579,7 @@ class _CsvSource:
         named = _EXCEL_SEPARATOR_LINE.fullmatch(lines[0].rstrip("\r\n"))
         skipped = 1 if named else 0
         lines = lines[skipped : skipped + 1 + _SNIFFED_LINES]
-        tsv = self.path.name.lower().endswith(_TSV_ENDINGS)
-        order = _TSV_SEPARATORS if tsv else _SEPARATORS  # a tie goes to the first
+        order = _TSV_SEPARATORS if _is_tsv(self.path) else _SEPARATORS  # ties go to the first
         rows = {sep: [row for row in csv.reader(lines, delimiter=sep) if row] for sep in order}
         splits = {sep: found[0] if found else [] for sep, found in rows.items()}
         splitting = [sep for sep in order if len(splits[sep]) > 1]
@@ -1197,6 +1196,11 @@ def _format_of(path: Path, formats: dict[str, str], action: str) -> str:
             return kind
     found = repr("".join(path.suffixes)) if path.suffix else "a file without an extension"
     raise DataError(f"{path}: cannot {action} {found}; supported extensions: {', '.join(formats)}")
+
+
+def _is_tsv(path: Path) -> bool:
+    """Whether ``path`` names a tab-separated file (``_TSV_ENDINGS``, any case)."""
+    return path.name.lower().endswith(_TSV_ENDINGS)
 
 
 def _open_text(path: Path, mode: str) -> TextIO:
