@@ -532,8 +532,6 @@ _PANDAS_MISSING = (
 
 #: The separators a CSV file may use, the default first.
 _SEPARATORS = (",", ";", "\t", "|")
-#: The same for a ``.tsv`` file, whose fields may hold commas.
-_TSV_SEPARATORS = ("\t", ",", ";", "|")
 #: Data lines after the header that the separator must split as it splits the header.
 _SNIFFED_LINES = 20
 #: The first line Excel writes to name a CSV file's separator.
@@ -572,23 +570,26 @@ class _CsvSource:
         many locales), tabs or bars reads as it is, and a comma file whose names hold a ';'
         (``temp;C``) as a comma file. When none splits every line alike, the one that splits
         the header into the most names (a line with a field too many is then pandas' error).
-        Excel's ``sep=;`` first line names the separator itself and is skipped."""
+        Excel's ``sep=;`` first line names the separator itself and is skipped; a ``.tsv``
+        name says tabs wherever they split the header."""
         with _open_text(self.path, "r") as handle:
             lines = [handle.readline() for _ in range(2 + _SNIFFED_LINES)]
         lines[0] = lines[0].removeprefix("\ufeff")  # pandas drops a byte-order mark
         named = _EXCEL_SEPARATOR_LINE.fullmatch(lines[0].rstrip("\r\n"))
         skipped = 1 if named else 0
         lines = lines[skipped : skipped + 1 + _SNIFFED_LINES]
-        order = _TSV_SEPARATORS if _is_tsv(self.path) else _SEPARATORS  # ties go to the first
-        rows = {sep: [row for row in csv.reader(lines, delimiter=sep) if row] for sep in order}
+        rows = {
+            sep: [row for row in csv.reader(lines, delimiter=sep) if row] for sep in _SEPARATORS
+        }
         splits = {sep: found[0] if found else [] for sep, found in rows.items()}
-        splitting = [sep for sep in order if len(splits[sep]) > 1]
+        splitting = [sep for sep in _SEPARATORS if len(splits[sep]) > 1]
         even = [sep for sep in splitting if all(len(r) == len(splits[sep]) for r in rows[sep][1:])]
-        separator = (
-            named.group(1)
-            if named
-            else max(even or splitting or order, key=lambda sep: len(splits[sep]))
-        )
+        if named:
+            separator = named.group(1)
+        elif _is_tsv(self.path) and "\t" in splitting:  # its fields may hold commas
+            separator = "\t"
+        else:
+            separator = max(even or splitting or _SEPARATORS, key=lambda sep: len(splits[sep]))
         if separator not in rows:  # a separator named by the file that we do not sniff
             rows[separator] = [row for row in csv.reader(lines, delimiter=separator) if row]
         names = rows[separator][0] if rows[separator] else []

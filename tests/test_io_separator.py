@@ -106,3 +106,16 @@ def test_tsv_whose_fields_hold_commas_reads_with_tabs(tmp_path: Path) -> None:
 
     np.testing.assert_array_equal(chunk.features[:, 0], [3, 4])
     np.testing.assert_array_equal(chunk.ids, ["Austin, TX", "Boise, ID"])
+
+
+def test_tsv_with_a_short_line_reads_with_tabs_though_commas_split_its_header_more(
+    tmp_path: Path,
+) -> None:
+    # No separator splits every line alike (the second line lacks its last field), and
+    # commas split the header into more names than tabs: the .tsv name says tabs.
+    path = tmp_path / "data.tsv"
+    path.write_text("id\tload(1m,5m,15m,30m,1h)\ta\tnote\n1\t0.5\t1\tok\n2\t0.6\t3\n")
+
+    chunk = read_all(path, features=["a"], id_column="id")
+
+    np.testing.assert_array_equal(chunk.features[:, 0], [1, 3])
