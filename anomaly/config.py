@@ -29,6 +29,7 @@ from pydantic_core import core_schema
 
 from anomaly.conformal import DEFAULT_ALARM_LEVEL
 from anomaly.errors import ConfigError
+from anomaly.preprocessing import Extremes
 
 #: The score components the engine computes; weights are keyed by these names.
 COMPONENTS = ("reconstruction", "feature", "critic", "latent")
@@ -107,8 +108,14 @@ class ModelConfig(_Section):
     conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
     """Filters of the 1-D convolutional layers used in time-series mode."""
     clip_value: float = Field(10.0, gt=0)
-    """Standardised inputs are clipped to +-clip_value so one extreme value cannot
-    dominate training or overflow scoring."""
+    """Standardised inputs beyond +-clip_value are compressed (or clipped, see
+    ``extremes``) so one extreme value cannot dominate training or overflow scoring."""
+    extremes: Extremes = "log"
+    """Standardised values beyond +-clip_value: ``log`` adds the logarithm of the excess
+    (clip_value + log(1 + excess)), so a value a thousand standard deviations off still
+    scores above one just past the clip; ``clip`` saturates them, and their scores tie
+    (on the benchmark's http set nearly every attack is beyond the clip:
+    docs/benchmarks.md)."""
 
     @model_validator(mode="after")
     def _positive_widths(self) -> ModelConfig:

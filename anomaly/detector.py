@@ -16,7 +16,7 @@ from anomaly import bundle, store, tables
 from anomaly.config import COMPONENTS, Config
 from anomaly.drift import DriftSummary
 from anomaly.errors import BundleError, ConfigError, DataError, SchemaError
-from anomaly.preprocessing import Standardizer
+from anomaly.preprocessing import Extremes, Standardizer
 from anomaly.scoring import REFERENCE_QUANTILES, ScoringEngine, ScoringParams
 from anomaly.tail import Tail
 
@@ -293,6 +293,7 @@ class _StandardizerJson:
     mean: list[float]
     scale: list[float]
     clip_value: float
+    extremes: Extremes = "clip"
 
 
 def _check_config_matches_schema(path: Path, config: Config, schema: Schema) -> None:

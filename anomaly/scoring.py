@@ -1,7 +1,8 @@
 """The scoring engine: one compiled, vectorised forward pass per batch.
 
-For a batch x (raw feature values): standardise and clip, z = E(x) (optionally refined by a
-few gradient steps, AnoGAN-style), x' = G(z), then four components, each a number per record:
+For a batch x (raw feature values): standardise (compressing the extremes), z = E(x)
+(optionally refined by a few gradient steps, AnoGAN-style), x' = G(z), then four components,
+each a number per record:
 
 ``reconstruction``  mean squared residual between x and x' (per-feature residuals kept)
 ``feature``         mean squared residual between the critic's hidden features of x and x'
@@ -144,8 +145,7 @@ class ScoringEngine:
         return {**combine(raw, self.params), "feature_residuals": raw["feature_residuals"]}
 
     def _components(self, call, grad, x_raw):
-        s = self.standardizer
-        x = ops.clip((x_raw - s.mean) / s.scale, -s.clip_value, s.clip_value)
+        x = self.standardizer.transform(x_raw, xp=ops)
         z = call("encoder", x)
         for _ in range(self.params.refine_steps):
             z = z - self.params.refine_learning_rate * grad(

@@ -322,7 +322,7 @@ def _fit_engine(
     standardizer = (
         parent.engine.standardizer
         if parent
-        else Standardizer.fit(fit_part, config.model.clip_value)
+        else Standardizer.fit(fit_part, config.model.clip_value, config.model.extremes)
     )
     x_fit = standardizer.transform(fit_part)
     initial = parent.engine.networks if parent else None
