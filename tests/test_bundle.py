@@ -486,6 +486,7 @@ def test_a_damaged_calibration_is_refused_at_load(bundle, damage, named):
         ("preprocessing.json", lambda p: p.update(scale=[0.0] * 4), "scale must hold values"),
         ("preprocessing.json", lambda p: p.update(mean=[float("nan")] * 4), "must be finite"),
         ("preprocessing.json", lambda p: p.update(clip_value=0.0), "clip_value must be > 0"),
+        ("preprocessing.json", lambda p: p.update(extremes="cube"), "extremes: input should"),
     ],
 )
 def test_values_that_would_break_every_score_are_refused_at_load(v3, name, damage, named):

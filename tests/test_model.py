@@ -113,6 +113,24 @@ def test_top_feature_is_the_one_pushed_off_its_normal_range(tabular_detector, co
     assert [names[0] for names in result.top_features] == ["f4"] * 20
 
 
+def test_a_value_far_beyond_the_clip_scores_above_one_just_past_it(tabular_detector):
+    """Values past +-clip_value standard deviations keep their order: a sensor stuck at a
+    thousand times its range is more anomalous than one just past the clip, and says so
+    in its score, percentile and explanation (saturating them made all three tie)."""
+    standardizer = tabular_detector.engine.standardizer
+    off_by = np.array([11.0, 100.0, 10_000.0, 1e30])  # standard deviations of f4
+    rows = np.repeat(standardizer.mean[None, :], len(off_by), axis=0)
+    rows[:, 4] += off_by * standardizer.scale[4]
+
+    result = tabular_detector.score(rows)
+
+    assert standardizer.extremes == "log"
+    assert np.isfinite(result.scores).all()
+    assert np.all(np.diff(result.scores) > 0), result.scores
+    assert np.all(np.diff(result.feature_residuals[:, 4]) > 0)
+    assert [names[0] for names in result.top_features] == ["f4"] * len(off_by)
+
+
 def test_health_report_has_losses_per_epoch_and_no_mode_collapse(tabular_detector):
     health = tabular_detector.health
 
