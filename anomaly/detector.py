@@ -293,7 +293,7 @@ class _StandardizerJson:
     mean: list[float]
     scale: list[float]
     clip_value: float
-    extremes: Extremes = "clip"
+    extremes: Extremes
 
 
 def _check_config_matches_schema(path: Path, config: Config, schema: Schema) -> None:

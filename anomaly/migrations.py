@@ -43,6 +43,19 @@ def _add_drift_summary(parts: Parts) -> Parts:
     return {**parts, "drift": summary.to_json()}
 
 
+def _record_saturated_extremes(parts: Parts) -> Parts:
+    """Version 4 records what standardising does beyond the clip (``extremes``); every
+    model saved before saturated there, and keeps doing so, in its scores and in the
+    configuration that retraining it starts from."""
+    model = {**parts["config"].get("model", {}), "extremes": "clip"}
+    return {
+        **parts,
+        "preprocessing": {**parts["preprocessing"], "extremes": "clip"},
+        "config": {**parts["config"], "model": model},
+    }
+
+
 MIGRATIONS: dict[int, Migration] = {
     2: Migration(adds=("drift",), reads=("scoring", "schema"), apply=_add_drift_summary),
+    3: Migration(adds=(), reads=("preprocessing", "config"), apply=_record_saturated_extremes),
 }

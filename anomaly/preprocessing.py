@@ -32,12 +32,14 @@ def compress_extremes(standard, clip_value: float, extremes: Extremes, xp=np):
     logarithm keeps them apart while the networks' inputs stay within about
     +-(clip_value + 14) for anything under a million standard deviations.
     """
+    if extremes not in ("log", "clip"):
+        raise ValueError(f"extremes must be 'log' or 'clip', not {extremes!r}")
     magnitude = xp.abs(standard)
     inside = xp.minimum(magnitude, clip_value)
     if extremes == "clip":
         return xp.sign(standard) * inside
-    excess = xp.minimum(xp.maximum(magnitude - clip_value, 0.0), _LARGEST_EXCESS)
-    return xp.sign(standard) * (inside + xp.log1p(excess))
+    beyond = xp.where(magnitude > clip_value, magnitude - clip_value, 0.0)  # inf - inf is NaN
+    return xp.sign(standard) * (inside + xp.log1p(xp.minimum(beyond, _LARGEST_EXCESS)))
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,9 @@ class Standardizer:
     mean: np.ndarray
     scale: np.ndarray
     clip_value: float
-    extremes: Extremes = "clip"
-    """``clip`` in bundles saved before extremes were compressed (their scores stay as
-    they were calibrated)."""
+    extremes: Extremes
+    """``clip`` in bundles saved before extremes were compressed (bundle version 3 and
+    older: their scores stay as they were calibrated)."""
 
     @classmethod
     def fit(cls, rows: np.ndarray, clip_value: float, extremes: Extremes) -> Standardizer:
@@ -82,5 +84,5 @@ class Standardizer:
             np.asarray(values["mean"], dtype=np.float32),
             np.asarray(values["scale"], dtype=np.float32),
             float(values["clip_value"]),
-            values.get("extremes", "clip"),
+            values["extremes"],
         )

@@ -89,7 +89,7 @@ def test_bundle_holds_keras_networks_json_parts_and_a_manifest_and_no_pickle(tab
 
     assert files == NETWORK_FILES | JSON_FILES | {"latent_prototypes.npy", "manifest.json"}
     manifest = json.loads((tabular_bundle / "manifest.json").read_text())
-    assert manifest["bundle_version"] == 3
+    assert manifest["bundle_version"] == 4
     assert set(manifest["files"]) == files - {"manifest.json"}
     for name in NETWORK_FILES:
         with zipfile.ZipFile(tabular_bundle / name) as archive:
@@ -141,7 +141,7 @@ def test_unknown_bundle_version_is_refused(bundle):
 
     assert load_error(bundle) == (
         f"{bundle}: bundle version 99 was written by a later release; this release reads "
-        "bundle versions 2 to 3; upgrade the package"
+        "bundle versions 2 to 4; upgrade the package"
     )
 
 
@@ -245,9 +245,10 @@ def rewrite_json(bundle: Path, name: str, change) -> None:
 
 
 @pytest.fixture
-def v3(tmp_path) -> Path:
-    """A private copy of the committed version-3 bundle (no training needed), free to damage."""
-    return Path(shutil.copytree(FIXTURES / "bundle-v3", tmp_path / "v3"))
+def current(tmp_path) -> Path:
+    """A private copy of the committed bundle of the current version (no training needed),
+    free to damage."""
+    return Path(shutil.copytree(FIXTURES / "bundle-v4", tmp_path / "current"))
 
 
 @pytest.fixture
@@ -381,12 +382,12 @@ def test_wrongly_typed_json_part_is_a_bundle_error_naming_file_and_key(
     assert message.endswith("retrain or restore it")
 
 
-def test_a_health_report_without_warnings_reads_as_none(v3):
+def test_a_health_report_without_warnings_reads_as_none(current):
     """``anomaly calibrate`` read the parent's warnings after writing the new model, and a
     hand-made ``health.json`` of ``{}`` stopped it there with a KeyError."""
-    rewrite_json(v3, "health.json", dict.clear)
+    rewrite_json(current, "health.json", dict.clear)
 
-    assert anomaly.load(v3).health == {"warnings": []}
+    assert anomaly.load(current).health == {"warnings": []}
 
 
 @pytest.mark.parametrize(
@@ -396,12 +397,12 @@ def test_a_health_report_without_warnings_reads_as_none(v3):
         ("data.entity_column", lambda config: config["data"].update(entity_column="host")),
     ],
 )
-def test_a_configuration_that_disagrees_with_the_schema_is_refused(v3, key, change):
+def test_a_configuration_that_disagrees_with_the_schema_is_refused(current, key, change):
     """Scoring reads schema.json, retraining config.json: a bundle where they differ would
     retrain into another model than the one it serves."""
-    rewrite_json(v3, "config.json", change)
+    rewrite_json(current, "config.json", change)
 
-    assert load_error(v3).startswith(f"{v3 / 'config.json'}: {key} is ")
+    assert load_error(current).startswith(f"{current / 'config.json'}: {key} is ")
 
 
 def test_networks_with_weights_that_are_not_finite_are_refused_at_load(bundle, tmp_path):
@@ -420,11 +421,11 @@ def test_networks_with_weights_that_are_not_finite_are_refused_at_load(bundle, t
     )
 
 
-def test_reference_scores_out_of_order_are_refused(v3):
+def test_reference_scores_out_of_order_are_refused(current):
     # Reversed, every percentile read 0 or 100.
-    rewrite_json(v3, "scoring.json", lambda scoring: scoring["reference_scores"].reverse())
+    rewrite_json(current, "scoring.json", lambda scoring: scoring["reference_scores"].reverse())
 
-    assert "reference_scores must be in ascending order" in load_error(v3)
+    assert "reference_scores must be in ascending order" in load_error(current)
 
 
 def test_json_part_that_is_not_an_object_is_refused(bundle):
@@ -489,45 +490,45 @@ def test_a_damaged_calibration_is_refused_at_load(bundle, damage, named):
         ("preprocessing.json", lambda p: p.update(extremes="cube"), "extremes: input should"),
     ],
 )
-def test_values_that_would_break_every_score_are_refused_at_load(v3, name, damage, named):
+def test_values_that_would_break_every_score_are_refused_at_load(current, name, damage, named):
     """An edited bundle whose checksums were recomputed must not load and then score every
     record NaN (never flagged), 0 or flagged, or hang: the bounds training enforces hold at
     load, with one line naming the file."""
-    rewrite_json(v3, name, damage)
-    error = load_error(v3)
+    rewrite_json(current, name, damage)
+    error = load_error(current)
     assert named in error and name in error and "\n" not in error
 
 
-def test_non_finite_latent_prototypes_are_refused_at_load(v3):
-    prototypes = np.load(v3 / "latent_prototypes.npy")
+def test_non_finite_latent_prototypes_are_refused_at_load(current):
+    prototypes = np.load(current / "latent_prototypes.npy")
     prototypes[5, 0] = np.nan
-    np.save(v3 / "latent_prototypes.npy", prototypes)
-    rewrite_checksum(v3, "latent_prototypes.npy")
-    assert "latent_prototypes.npy: prototypes must be finite" in load_error(v3)
+    np.save(current / "latent_prototypes.npy", prototypes)
+    rewrite_checksum(current, "latent_prototypes.npy")
+    assert "latent_prototypes.npy: prototypes must be finite" in load_error(current)
 
 
 @pytest.mark.parametrize(
     ("source", "replaced"),
     [("encoder.keras", "generator.keras"), ("critic.keras", "generator.keras")],
 )
-def test_a_network_file_swapped_for_another_network_is_refused_at_load(v3, source, replaced):
+def test_a_network_file_swapped_for_another_network_is_refused_at_load(current, source, replaced):
     """A network replaced by another loads as Keras; an encoder and a generator of d -> d
     (here d = 4) even pass every shape check, and would score without an error."""
-    shutil.copy(v3 / source, v3 / replaced)
-    rewrite_checksum(v3, replaced)
+    shutil.copy(current / source, current / replaced)
+    rewrite_checksum(current, replaced)
     wanted, found = replaced.removesuffix(".keras"), source.removesuffix(".keras")
-    assert f"{replaced}: holds the network named '{found}', not the {wanted}" in load_error(v3)
+    assert f"{replaced}: holds the network named '{found}', not the {wanted}" in load_error(current)
 
 
-def test_a_network_that_does_not_give_what_scoring_needs_is_refused_at_load(v3):
+def test_a_network_that_does_not_give_what_scoring_needs_is_refused_at_load(current):
     """Would fail inside the first compiled pass: inputs and outputs are checked against what
     scoring feeds and reads."""
     import keras
 
     record = keras.Input((4,))
-    keras.Model(record, keras.layers.Dense(4)(record), name="critic").save(v3 / "critic.keras")
-    rewrite_checksum(v3, "critic.keras")
-    assert "critic.keras: gives [(4,)], not a verdict per record" in load_error(v3)
+    keras.Model(record, keras.layers.Dense(4)(record), name="critic").save(current / "critic.keras")
+    rewrite_checksum(current, "critic.keras")
+    assert "critic.keras: gives [(4,)], not a verdict per record" in load_error(current)
 
 
 @pytest.mark.parametrize(
@@ -552,7 +553,7 @@ def test_a_damaged_drift_summary_is_refused_at_load_naming_the_file(bundle, dama
     assert named in message
 
 
-def test_a_drift_summary_with_more_edges_than_a_fit_makes_is_refused_at_load(v3):
+def test_a_drift_summary_with_more_edges_than_a_fit_makes_is_refused_at_load(current):
     """Measuring costs time per edge on every batch: a hostile drift.json with millions of
     edges would stall scoring, so more than a fit ever makes is refused, naming the feature."""
 
@@ -560,9 +561,9 @@ def test_a_drift_summary_with_more_edges_than_a_fit_makes_is_refused_at_load(v3)
         summary["feature_edges"][1] = [float(e) for e in range(MAX_EDGES + 1)]
         summary["feature_shares"][1] = [1.0] + [0.0] * (MAX_EDGES + 1)
 
-    rewrite_json(v3, "drift.json", widen)
-    assert load_error(v3).startswith(
-        f"{v3 / 'drift.json'}: feature 'b': {MAX_EDGES + 1} edges, more than the {MAX_EDGES} "
+    rewrite_json(current, "drift.json", widen)
+    assert load_error(current).startswith(
+        f"{current / 'drift.json'}: feature 'b': {MAX_EDGES + 1} edges, more than the {MAX_EDGES} "
     )
 
 
@@ -579,46 +580,46 @@ def test_a_drift_summary_with_more_edges_than_a_fit_makes_is_refused_at_load(v3)
     ],
 )
 def test_json_that_python_cannot_parse_is_a_one_line_bundle_error_naming_the_file(
-    v3, name, content, problem
+    current, name, content, problem
 ):
-    (v3 / name).write_text(content)
+    (current / name).write_text(content)
     if name != "manifest.json":
-        rewrite_checksum(v3, name)
-    message = load_error(v3)
-    assert message.startswith(f"{v3 / name}: {problem}")
+        rewrite_checksum(current, name)
+    message = load_error(current)
+    assert message.startswith(f"{current / name}: {problem}")
     assert "\n" not in message and len(message) < 300
 
 
-def test_a_huge_bundle_version_is_refused_in_a_short_line(v3):
-    manifest = json.loads((v3 / "manifest.json").read_text())
+def test_a_huge_bundle_version_is_refused_in_a_short_line(current):
+    manifest = json.loads((current / "manifest.json").read_text())
     manifest["bundle_version"] = 10**4000  # parses (under 4300 digits): shown by its length
-    (v3 / "manifest.json").write_text(json.dumps(manifest))
-    message = load_error(v3)
-    assert message.startswith(f"{v3}: bundle version of 4001 digits was written by a later")
+    (current / "manifest.json").write_text(json.dumps(manifest))
+    message = load_error(current)
+    assert message.startswith(f"{current}: bundle version of 4001 digits was written by a later")
     assert len(message) < 300
 
 
 @pytest.mark.parametrize("name", ["loop", "schema.json"])
-def test_a_symlink_loop_in_the_bundle_is_refused_in_one_line(v3, name):
-    (v3 / name).unlink(missing_ok=True)
-    (v3 / name).symlink_to(name)
+def test_a_symlink_loop_in_the_bundle_is_refused_in_one_line(current, name):
+    (current / name).unlink(missing_ok=True)
+    (current / name).symlink_to(name)
     if name == "loop":
-        list_in_manifest(v3, name)
-    assert load_error(v3) == (
-        f"{v3 / name}: is a symbolic link that leads round in a loop (or cannot be followed); "
+        list_in_manifest(current, name)
+    assert load_error(current) == (
+        f"{current / name}: is a symbolic link that leads round in a loop (or cannot be followed); "
         "refused before reading anything"
     )
 
 
-def test_the_cli_refuses_an_unparsable_manifest_in_one_line_with_exit_2(v3):
+def test_the_cli_refuses_an_unparsable_manifest_in_one_line_with_exit_2(current):
     from click.testing import CliRunner
 
     from pipelines.cli import cli
 
-    (v3 / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
-    result = CliRunner().invoke(cli, ["info", str(v3)])
+    (current / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = CliRunner().invoke(cli, ["info", str(current)])
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: {v3 / 'manifest.json'}: holds JSON nested too")
+    assert result.stderr.startswith(f"error: {current / 'manifest.json'}: holds JSON nested too")
     assert len(result.stderr.splitlines()) == 1
 
 
@@ -633,13 +634,13 @@ def test_the_cli_refuses_an_unparsable_manifest_in_one_line_with_exit_2(v3):
     ],
 )
 def test_a_target_rate_or_threshold_the_engine_cannot_use_is_refused_naming_scoring_json(
-    v3, key, value, problem
+    current, key, value, problem
 ):
     """Without a tail to check them against (as in a bundle saved before tails), the target
     rate and the threshold are still checked: the rate is exported and compared against,
     and a threshold beyond float32 becomes inf, which flags nothing."""
-    rewrite_json(v3, "scoring.json", lambda scoring: scoring.update({key: value, "tail": {}}))
-    assert load_error(v3).startswith(f"{v3 / 'scoring.json'}: {problem}; ")
+    rewrite_json(current, "scoring.json", lambda scoring: scoring.update({key: value, "tail": {}}))
+    assert load_error(current).startswith(f"{current / 'scoring.json'}: {problem}; ")
 
 
 def test_every_setting_training_accepts_saves_a_bundle_that_loads(tmp_path):

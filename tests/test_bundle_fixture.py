@@ -7,6 +7,8 @@ or give other results breaks every user's saved models. A change of format must 
 - ``bundle-0.1.0``: written by release 0.1.0, bundle version 2 (before drift summaries).
 - ``bundle-v3``: bundle version 3, written by ``fixtures/write_bundle_fixture.py``, with
   ``bundle-v3.drift.csv`` (normal rows with feature ``c`` moved by 3 standard deviations).
+- ``bundle-v4``: bundle version 4 (standardised values beyond the clip compressed, not
+  saturated), the same way; its probes include 2 rows beyond the clip.
 
 ``<fixture>.expected.json`` holds probe rows and what the bundle gave for them when written
 (6 normal rows, 4 far off the training data's plane), and for ``bundle-v3`` what
@@ -29,7 +31,9 @@ from anomaly.migrations import MIGRATIONS
 from pipelines.cli import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
-READABLE = "this release reads bundle versions 2 to 3"
+READABLE = "this release reads bundle versions 2 to 4"
+#: Each fixture, and what it does with standardised values beyond the clip.
+EXTREMES = {"bundle-0.1.0": "clip", "bundle-v3": "clip", "bundle-v4": "log"}
 
 
 def expected_of(name: str) -> dict:
@@ -40,13 +44,13 @@ def run(*args: str):
     return CliRunner().invoke(cli, [str(arg) for arg in args])
 
 
-@pytest.mark.parametrize("name", ["bundle-0.1.0", "bundle-v3"])
+@pytest.mark.parametrize("name", sorted(EXTREMES))
 def test_the_bundle_loads_and_scores_as_when_it_was_written(name):
     expected = expected_of(name)
     detector = anomaly.load(FIXTURES / name)
     result = detector.score(np.asarray(expected["rows"], np.float32))
-    # written before extremes were compressed: values beyond the clip still saturate
-    assert detector.engine.standardizer.extremes == "clip"
+    # bundles written before extremes were compressed keep saturating them
+    assert detector.engine.standardizer.extremes == EXTREMES[name]
     np.testing.assert_allclose(result.scores, expected["scores"], rtol=1e-5, atol=1e-5)
     assert result.is_anomaly.tolist() == expected["is_anomaly"]
     assert detector.threshold == expected["threshold"]
@@ -55,11 +59,12 @@ def test_the_bundle_loads_and_scores_as_when_it_was_written(name):
         np.testing.assert_allclose(result.components[name], values, rtol=1e-5, atol=1e-5)
 
 
-def test_the_v3_bundle_ranks_drift_as_when_it_was_written():
-    model, data = FIXTURES / "bundle-v3", FIXTURES / "bundle-v3.drift.csv"
+@pytest.mark.parametrize("name", ["bundle-v3", "bundle-v4"])
+def test_the_bundle_ranks_drift_as_when_it_was_written(name):
+    model, data = FIXTURES / name, FIXTURES / f"{name}.drift.csv"
     printed = run("drift", "--model", model, "--data", data, "--json")
     assert printed.exit_code == 0, printed.output
-    got, expected = json.loads(printed.stdout), expected_of("bundle-v3")["drift"]
+    got, expected = json.loads(printed.stdout), expected_of(name)["drift"]
     assert [f["name"] for f in got["features"]] == [f["name"] for f in expected["features"]]
     np.testing.assert_allclose(
         [f["drift"] for f in got["features"]], [f["drift"] for f in expected["features"]], rtol=1e-9
@@ -96,7 +101,7 @@ def test_drift_on_a_version_2_bundle_says_in_one_line_how_to_add_a_summary(tmp_p
     new = tmp_path / "recalibrated"
     calibrated = run("calibrate", "--model", old, "--data", data, "--out", new)
     assert calibrated.exit_code == 0, calibrated.output
-    assert json.loads((new / "manifest.json").read_text())["bundle_version"] == 3
+    assert json.loads((new / "manifest.json").read_text())["bundle_version"] == 4
     measured = run("drift", "--model", new, "--data", data, "--json")
     assert measured.exit_code == 0, measured.output
     assert all(f["drift"] < 0.1 for f in json.loads(measured.stdout)["features"])
@@ -105,7 +110,7 @@ def test_drift_on_a_version_2_bundle_says_in_one_line_how_to_add_a_summary(tmp_p
 @pytest.mark.parametrize(
     ("version", "message"),
     [
-        (4, f"bundle version 4 was written by a later release; {READABLE}; upgrade the package"),
+        (5, f"bundle version 5 was written by a later release; {READABLE}; upgrade the package"),
         (1, f"bundle version 1 is older than this release reads; {READABLE}; retrain it"),
         ("3", f'the bundle version in manifest.json is "3", not an integer; {READABLE}; retrain'),
         (3.0, "the bundle version in manifest.json is 3.0, not an integer"),
@@ -160,6 +165,24 @@ def test_a_version_2_bundle_with_a_number_beyond_float_range_is_refused_naming_t
     message = str(refused.value)
     assert message.startswith(f"{copy}: cannot bring bundle version 2 to 3 (OverflowError: ")
     assert "from its scoring.json and schema.json;" in message and "\n" not in message
+
+
+def test_a_model_saved_before_extremes_were_compressed_keeps_saturating_when_retrained(
+    tmp_path,
+):
+    """Its configuration says so too: retraining or recalibrating it writes a model that
+    standardises as the parent did, and a bundle whose files agree."""
+    data = FIXTURES / "bundle-v3.drift.csv"
+    parent = anomaly.load(FIXTURES / "bundle-v3")
+    assert parent.config.model.extremes == "clip"
+
+    new = tmp_path / "recalibrated"
+    calibrated = run("calibrate", "--model", FIXTURES / "bundle-v3", "--data", data, "--out", new)
+
+    assert calibrated.exit_code == 0, calibrated.output
+    assert json.loads((new / "preprocessing.json").read_text())["extremes"] == "clip"
+    assert json.loads((new / "config.json").read_text())["model"]["extremes"] == "clip"
+    assert anomaly.load(new).engine.standardizer.extremes == "clip"
 
 
 def test_every_readable_version_has_a_migration_to_the_next():
