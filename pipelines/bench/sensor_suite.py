@@ -414,6 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--steps", type=int, help="the GAN's training.steps (default: the product's)"
     )
     parser.add_argument(
+        "--config",
+        type=Path,
+        help="a TOML configuration for the GAN, e.g. the README's for sensor streams "
+        "(default: the product's defaults; its [alarms] is replaced by each of --stages)",
+    )
+    parser.add_argument(
         "--stages",
         default=",".join(STAGES),
         help="the product's alarm stages applied to the GAN and PCA, comma-separated "
@@ -430,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "gan":
             import anomaly
 
-            config = anomaly.Config()
+            config = anomaly.Config.from_toml(args.config) if args.config else anomaly.Config()
             if args.steps:
                 config = config.updated(training={"steps": args.steps})
             detectors["gan"] = gan_detector(config, stages)
