@@ -108,3 +108,19 @@ def test_the_nab_suite_runs_the_other_formulation(tmp_path):
     result = json.loads((tmp_path / "nab_results.json").read_text())
     assert result["formulation"] == "bigan" and result["series"] == 1
     assert "| gan (bigan, window 32, 10 steps) |" in (tmp_path / "nab.md").read_text()
+
+
+@pytest.mark.usefixtures("shared_data")
+def test_a_nab_series_that_training_refuses_is_scored_as_never_flagged(tmp_path):
+    """art_flatline's probationary windows are all the same, which `anomaly train` refuses;
+    the suite goes on and scores it as a user without a model would see it: no flags."""
+    series = "artificialNoAnomaly/art_flatline.csv"
+    argv = ["--suite", "nab", "--quick", "--nab-steps", "10", "--nab-series", series]
+    assert benchmark.main([*argv, "--out", str(tmp_path)]) == 0
+    (logged,) = [
+        json.loads(line) for line in (tmp_path / "nab_series.jsonl").read_text().splitlines()
+    ]
+    assert "do not vary" in logged["refused"]
+    scores = np.load(tmp_path / "nab_scores" / "artificialNoAnomaly__art_flatline.csv.npz")
+    assert not scores["score"].any() and not scores["raw_score"].any()
+    assert json.loads((tmp_path / "nab_results.json").read_text())["series"] == 1

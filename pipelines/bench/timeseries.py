@@ -235,7 +235,20 @@ def gan_series(
         training={"steps": steps, "seed": seed},
     )
     started = time.perf_counter()
-    detector = anomaly.train(train_rows, config)
+    try:
+        detector = anomaly.train(train_rows, config)
+    except anomaly.DataError as refused:
+        # training refuses the series (art_flatline: every probationary window the same),
+        # as `anomaly train` would: its user has no model, so nothing is ever flagged
+        keys = ["score", "raw_score", *(f"component_{name}" for name in COMPONENTS)]
+        keys += [f"refined_{name}" for name in COMPONENTS] if refine_steps else []
+        return {key: np.zeros(len(series), np.float64) for key in keys}, {
+            "train_seconds": time.perf_counter() - started,
+            "score_seconds": 0.0,
+            "refine_seconds": 0.0,
+            "train_rows": int(len(train_rows)),
+            "refused": str(refused),
+        }
     trained = time.perf_counter()
     windows = np.ascontiguousarray(sliding_windows(values, window))
     result = detector.score(windows)
