@@ -249,7 +249,6 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
     except ConfigError as exc:
         raise BundleError(f"{path / 'config.json'}: {exc}; {bundle.RESTORE_HINT}") from None
     schema = Schema(**bundle.typed_part(path, "schema", parts["schema"], Schema))
-    _check_config_matches_schema(path, config, schema)
     params = ScoringParams(**bundle.typed_part(path, "scoring", parts["scoring"], ScoringParams))
     if params.tail:
         params = replace(params, tail=bundle.typed_part(path, "scoring.tail", params.tail, Tail))
@@ -258,6 +257,7 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
     )
     drift_summary = DriftSummary(**bundle.typed_part(path, "drift", parts["drift"], DriftSummary))
     _check_shapes(path, contents, schema, standardizer, params, drift_summary)
+    _check_config_matches(path, config, schema, standardizer)
     engine = ScoringEngine(
         contents.networks["encoder"],
         contents.networks["generator"],
@@ -296,18 +296,24 @@ class _StandardizerJson:
     extremes: Extremes
 
 
-def _check_config_matches_schema(path: Path, config: Config, schema: Schema) -> None:
-    """``config.json`` and ``schema.json`` name the same window and entity column, as
-    training writes them: scoring reads the schema, retraining the configuration, so a
-    bundle where they differ would retrain into another model than the one it serves."""
-    for key, in_config, in_schema in (
-        ("model.window", config.model.window, schema.window),
-        ("data.entity_column", config.data.entity_column, schema.entity_column),
+def _check_config_matches(
+    path: Path, config: Config, schema: Schema, standardizer: Standardizer
+) -> None:
+    """``config.json`` agrees with ``schema.json`` (window, entity column) and with
+    ``preprocessing.json`` (clip, extremes), as training writes them: scoring reads the
+    schema and the preprocessing, retraining the configuration, so a bundle where they
+    differ would retrain into another model than the one it serves."""
+    model, preprocessing = config.model, "preprocessing.json"
+    for key, in_config, other, in_other in (
+        ("model.window", model.window, "schema.json", schema.window),
+        ("data.entity_column", config.data.entity_column, "schema.json", schema.entity_column),
+        ("model.clip_value", model.clip_value, preprocessing, standardizer.clip_value),
+        ("model.extremes", model.extremes, preprocessing, standardizer.extremes),
     ):
-        if in_config != in_schema:
+        if in_config != in_other:
             raise BundleError(
-                f"{path / 'config.json'}: {key} is {in_config!r}, but schema.json's is "
-                f"{in_schema!r}; {bundle.RESTORE_HINT}"
+                f"{path / 'config.json'}: {key} is {in_config!r}, but {other}'s is "
+                f"{in_other!r}; {bundle.RESTORE_HINT}"
             )
 
 

@@ -395,11 +395,15 @@ def test_a_health_report_without_warnings_reads_as_none(current):
     [
         ("model.window", lambda config: config["model"].update(window=8)),
         ("data.entity_column", lambda config: config["data"].update(entity_column="host")),
+        ("model.extremes", lambda config: config["model"].update(extremes="clip")),
+        ("model.clip_value", lambda config: config["model"].update(clip_value=5.0)),
     ],
 )
-def test_a_configuration_that_disagrees_with_the_schema_is_refused(current, key, change):
-    """Scoring reads schema.json, retraining config.json: a bundle where they differ would
-    retrain into another model than the one it serves."""
+def test_a_configuration_that_disagrees_with_the_schema_or_preprocessing_is_refused(
+    current, key, change
+):
+    """Scoring reads schema.json and preprocessing.json, retraining config.json: a bundle
+    where they differ would retrain into another model than the one it serves."""
     rewrite_json(current, "config.json", change)
 
     assert load_error(current).startswith(f"{current / 'config.json'}: {key} is ")

@@ -167,7 +167,7 @@ def test_a_version_2_bundle_with_a_number_beyond_float_range_is_refused_naming_t
     assert "from its scoring.json and schema.json;" in message and "\n" not in message
 
 
-def test_a_model_saved_before_extremes_were_compressed_keeps_saturating_when_retrained(
+def test_a_model_saved_before_extremes_were_compressed_keeps_saturating_when_recalibrated(
     tmp_path,
 ):
     """Its configuration says so too: retraining or recalibrating it writes a model that

@@ -31,7 +31,7 @@ def test_clip_saturates_as_bundles_saved_before_compression_did():
 
 
 @pytest.mark.parametrize("extremes", ["log", "clip"])
-def test_the_compiled_transform_equals_the_numpy_one(extremes):
+def test_the_keras_ops_transform_equals_the_numpy_one(extremes):
     standardizer = Standardizer(
         mean=np.array([1.0, -2.0], np.float32),
         scale=np.array([0.5, 3.0], np.float32),
