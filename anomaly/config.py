@@ -110,12 +110,20 @@ class ModelConfig(_Section):
     clip_value: float = Field(10.0, gt=0)
     """Standardised inputs beyond +-clip_value are compressed (or clipped, see
     ``extremes``) so one extreme value cannot dominate training or overflow scoring."""
-    extremes: Extremes = "log"
+    extremes: Literal["auto", "log", "clip"] = "auto"
     """Standardised values beyond +-clip_value: ``log`` adds the logarithm of the excess
     (clip_value + log(1 + excess)), so a value a thousand standard deviations off still
-    scores above one just past the clip; ``clip`` saturates them, and their scores tie
-    (on the benchmark's http set nearly every attack is beyond the clip:
-    docs/benchmarks.md)."""
+    scores above one just past the clip; ``clip`` saturates them, and their scores tie.
+    ``auto`` (the default): ``log`` for independent rows, ``clip`` in time-series mode,
+    each as it measured better (docs/benchmarks.md: the shared tabular sets, where every
+    http attack lies beyond the clip, and NAB)."""
+
+    @property
+    def extremes_in_use(self) -> Extremes:
+        """``extremes``, with ``auto`` resolved for this mode."""
+        if self.extremes != "auto":
+            return self.extremes
+        return "clip" if self.window is not None else "log"
 
     @model_validator(mode="after")
     def _positive_widths(self) -> ModelConfig:

@@ -308,7 +308,7 @@ def _check_config_matches(
         ("model.window", model.window, "schema.json", schema.window),
         ("data.entity_column", config.data.entity_column, "schema.json", schema.entity_column),
         ("model.clip_value", model.clip_value, preprocessing, standardizer.clip_value),
-        ("model.extremes", model.extremes, preprocessing, standardizer.extremes),
+        ("model.extremes", model.extremes_in_use, preprocessing, standardizer.extremes),
     ):
         if in_config != in_other:
             raise BundleError(

@@ -322,7 +322,7 @@ def _fit_engine(
     standardizer = (
         parent.engine.standardizer
         if parent
-        else Standardizer.fit(fit_part, config.model.clip_value, config.model.extremes)
+        else Standardizer.fit(fit_part, config.model.clip_value, config.model.extremes_in_use)
     )
     x_fit = standardizer.transform(fit_part)
     initial = parent.engine.networks if parent else None

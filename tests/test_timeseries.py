@@ -185,6 +185,13 @@ def windowed_detector():
     )
 
 
+def test_a_time_series_model_saturates_values_beyond_the_clip_by_default(windowed_detector):
+    """``model.extremes = "auto"`` clips in time-series mode, where clipping scored higher
+    on NAB than compressing (docs/benchmarks.md); independent rows compress."""
+    assert windowed_detector.config.model.extremes == "auto"
+    assert windowed_detector.engine.standardizer.extremes == "clip"
+
+
 @pytest.fixture(scope="module")
 def scored(windowed_detector, tmp_path_factory):
     root = tmp_path_factory.mktemp("series")
