@@ -7,7 +7,7 @@ this module only fits and serialises its parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def compress_extremes(standard, clip_value: float, extremes: Extremes, xp=np):
     logarithm keeps them apart while the networks' inputs stay within about
     +-(clip_value + 14) for anything under a million standard deviations.
     """
-    if extremes not in ("log", "clip"):
+    if extremes not in get_args(Extremes):
         raise ValueError(f"extremes must be 'log' or 'clip', not {extremes!r}")
     magnitude = xp.abs(standard)
     inside = xp.minimum(magnitude, clip_value)
