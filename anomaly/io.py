@@ -832,12 +832,10 @@ class _ParquetFolderSource(_ParquetSource):
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._dataset = _folder_dataset(path)
+            self._dataset, self.partition_columns = _folder_dataset(path)
             fragments = list(self._dataset.get_fragments())
             _check_same_columns(path, fragments)
             self.total_rows = sum(fragment.metadata.num_rows for fragment in fragments)
-            stored = fragments[0].physical_schema.names
-            self.partition_columns = frozenset(set(self._dataset.schema.names) - set(stored))
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path, "Parquet", str(exc)) from None
         self._schema = _stored_columns(self._dataset.schema)
@@ -869,8 +867,9 @@ def _range_indexes(schema: pa.Schema) -> set[str]:
     return {i.get("name") for i in indexes if isinstance(i, dict) and i.get("kind") == "range"}
 
 
-def _folder_dataset(folder: Path) -> ds.Dataset:
-    """The Parquet files of ``folder`` as one dataset, in path order (``_ParquetSource``)."""
+def _folder_dataset(folder: Path) -> tuple[ds.Dataset, frozenset[str]]:
+    """The Parquet files of ``folder`` as one dataset, in path order (``_ParquetSource``),
+    and the names of its partition columns."""
     files = sorted(
         (
             str(file)
@@ -886,7 +885,24 @@ def _folder_dataset(folder: Path) -> ds.Dataset:
             f"{folder}: is a folder without Parquet files (*.parquet, *.pq); give a data file "
             "or a folder of Parquet files"
         )
-    return ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(folder))
+    discovered = ds.dataset(
+        files, format="parquet", partitioning="hive", partition_base_dir=str(folder)
+    )
+    stored = set(next(discovered.get_fragments()).physical_schema.names)
+    partitions = [name for name in discovered.schema.names if name not in stored]
+    if not partitions:
+        return discovered, frozenset()
+    # A folder name is text: ``host=007`` is the entity "007", not 7, which would also merge
+    # it with ``host=7``. Discovery infers numbers, so the partition columns are declared
+    # text and the folder read again.
+    as_text = pa.schema([(name, pa.string()) for name in partitions])
+    dataset = ds.dataset(
+        files,
+        format="parquet",
+        partitioning=ds.partitioning(as_text, flavor="hive"),
+        partition_base_dir=str(folder),
+    )
+    return dataset, frozenset(partitions)
 
 
 def _natural_order(path: str) -> list:

@@ -163,6 +163,21 @@ def test_parquet_folder_reads_files_in_path_order_with_partition_columns(tmp_pat
     np.testing.assert_array_equal(chunk.row_numbers, np.arange(1, 13))
 
 
+def test_parquet_folder_partition_values_keep_their_text(tmp_path: Path) -> None:
+    """A folder name is text: ``host=007`` and ``host=7`` are two entities, not both 7, and
+    a partition used as the id keeps its leading zeros, as a CSV's ids do."""
+    for host in ("007", "7"):
+        for day in ("01", "10"):
+            folder = tmp_path / f"host={host}" / f"day={day}"
+            folder.mkdir(parents=True)
+            write_table(pd.DataFrame({"a": [1.0], "b": [2.0]}), folder / "part-0.parquet")
+
+    chunk = read_all(tmp_path, features=["a", "b"], id_column="day", entity_column="host")
+
+    pairs = sorted(zip(chunk.entities, chunk.ids, strict=True))
+    assert pairs == [("007", "01"), ("007", "10"), ("7", "01"), ("7", "10")]
+
+
 def test_total_rows_is_known_only_where_it_is_cheap(tmp_path: Path) -> None:
     frame = sample_frame(7)
     np.save(tmp_path / "data.npy", np.zeros((7, 2)))
