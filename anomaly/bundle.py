@@ -42,7 +42,7 @@ from anomaly.errors import BundleError
 from anomaly.io import cannot_write
 
 #: The format this release writes.
-BUNDLE_VERSION = 4
+BUNDLE_VERSION = 5
 #: The oldest format it reads: ``migrations.MIGRATIONS`` has a step from each one before
 #: ``BUNDLE_VERSION``.
 OLDEST_BUNDLE_VERSION = 2

@@ -151,21 +151,37 @@ class TrainingConfig(_Section):
     validation_fraction: float = Field(0.15, gt=0, lt=0.9)
     """Share of the normal training rows held out to standardise score components and
     calibrate the threshold."""
-    calibration_folds: int = Field(1, ge=1, le=20)
+    calibration_folds: int | Literal["auto"] = Field("auto")
     """1: the threshold is calibrated on the held-out share alone. K >= 2 (cross-fitting):
     the other records are split into K - 1 folds, and for each a model of the same settings,
     trained on every record but that fold, scores it; the threshold and its tail are then
-    fitted on every normal record's score from a model that never saw it. For small
-    training sets (training warns when the held-out records are fewer than
-    ``1 / scoring.target_fpr``); it costs K - 1 more fits. At least 3 with the default
-    held-out share, so that no fold holds more than half the records. Not in time-series
-    mode."""
+    fitted on every normal record's score from a model that never saw it. It costs K - 1
+    more fits. At least 3 with the default held-out share, so that no fold holds more than
+    half the records; at most 20. Not in time-series mode. ``"auto"``: up to 5 folds where
+    the held-out records are too few to resolve ``scoring.target_fpr`` (fewer than
+    ``1 / target_fpr``: small training sets, where the benchmark measured one hold-out's
+    threshold missing its rate) and the records allow folds of at least 20; else 1, and 1
+    in time-series mode. Each model records the number it used (``calibration_folds`` in
+    its metadata)."""
     early_stopping_patience: int = Field(10, ge=1)
     """Epochs without improvement of the held-out reconstruction error before stopping."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seeds NumPy, Python and the backend (keras.utils.set_random_seed takes 0 to 2^32 - 1)."""
     verbose: int = Field(0, ge=0, le=2)
     """Keras progress output during ``fit``: 0 silent, 1 progress bar, 2 one line per epoch."""
+
+    @field_validator("calibration_folds", mode="before")
+    @classmethod
+    def _folds_or_auto(cls, value: Any) -> Any:
+        """One message for a value that is neither a number of folds nor "auto" (pydantic
+        would give one per member of the union)."""
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 20:
+            return value
+        raise ValueError(f'{value!r}: give a number of folds (1 to 20) or "auto"')
 
     @property
     def fewest_calibration_folds(self) -> int:
@@ -179,7 +195,7 @@ class TrainingConfig(_Section):
         would not stand for the deployed model's (with 2 folds and the default held-out
         share, it would train on the held-out 15 % alone)."""
         folds, held = self.calibration_folds, self.validation_fraction
-        if 1 < folds < self.fewest_calibration_folds:
+        if folds != "auto" and 1 < folds < self.fewest_calibration_folds:
             raise ValueError(
                 f"calibration_folds = {folds} with validation_fraction = {held:g} puts more "
                 f"than half the records ({1 - held:.1%}) in the fold, so its model would train "
@@ -688,11 +704,12 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_fitting_without_window(self) -> Config:
-        if self.training.calibration_folds > 1 and self.model.window is not None:
+        if self.training.calibration_folds not in (1, "auto") and self.model.window is not None:
             raise ValueError(
                 "training.calibration_folds > 1 needs tabular mode: time-series mode "
                 "calibrates on the latest windows, and a fold model would have trained on "
-                "their future; leave model.window unset or training.calibration_folds at 1"
+                "their future; leave model.window unset, or training.calibration_folds at 1 "
+                'or "auto"'
             )
         return self
 

@@ -55,7 +55,15 @@ def _record_saturated_extremes(parts: Parts) -> Parts:
     }
 
 
+def _folds_may_be_auto(parts: Parts) -> Parts:
+    """Version 5 lets ``training.calibration_folds`` in ``config.json`` be ``"auto"`` (an
+    older release would refuse it as damaged, not as later). A version-4 bundle holds the
+    number it was trained with, which its retraining keeps."""
+    return parts
+
+
 MIGRATIONS: dict[int, Migration] = {
     2: Migration(adds=("drift",), reads=("scoring", "schema"), apply=_add_drift_summary),
     3: Migration(adds=(), reads=("preprocessing", "config"), apply=_record_saturated_extremes),
+    4: Migration(adds=(), reads=(), apply=_folds_may_be_auto),
 }

@@ -94,6 +94,8 @@ def train(
         )
         raise TrainingError(f"{len(records)} {made}; at least {MIN_RECORDS} are needed to train")
     refuse_records_that_do_not_vary(records)
+    saved_config = config  # with "auto" folds, a retrain decides again on its own rows
+    config = _with_calibration_folds(len(records), config)
     fit_part, held_out = _split(records, config)
     folds = _folds(fit_part, config.training)
     _progress(config, "model 1", len(fit_part))
@@ -120,7 +122,7 @@ def train(
     drift_summary = DriftSummary.fit(feature_names, engine.params.reference_scores, rows)
     seconds = time.perf_counter() - started
     meta = _metadata(rows, fit_part, held_out, calibration_records, config, history, seconds)
-    return Detector(engine, schema, config, meta, report, drift_summary)
+    return Detector(engine, schema, saved_config, meta, report, drift_summary)
 
 
 def retrain(
@@ -165,6 +167,8 @@ def _fewer_folds_for(n_rows: int, config: Config) -> tuple[Config, str | None]:
     configuration, which its user cannot change, and a small batch should retrain with
     fewer folds, not fail."""
     training = config.training
+    if training.calibration_folds == "auto":
+        return config, None  # decided on the fresh rows by ``train``
     folds = _most_calibration_folds(
         n_rows - _held_out_count(n_rows, training), training, up_to=training.calibration_folds
     )
@@ -175,6 +179,23 @@ def _fewer_folds_for(n_rows: int, config: Config) -> tuple[Config, str | None]:
         f"{training.calibration_folds}; {n_rows} fresh rows allow {folds}, so this model used "
         f"{folds}"
     )
+
+
+def _with_calibration_folds(n_records: int, config: Config) -> Config:
+    """``config`` with ``training.calibration_folds`` a number: ``"auto"`` cross-fits (with
+    as many folds as the records allow, up to 5) only where the held-out share is too small
+    to resolve the target rate, and never in time-series mode."""
+    training = config.training
+    if training.calibration_folds != "auto":
+        return config
+    n_held = _held_out_count(n_records, training)
+    resolved = n_held * config.scoring.target_fpr >= 1.0  # as ``resolution_warning`` asks
+    folds = (
+        1
+        if resolved or config.model.window is not None
+        else _most_calibration_folds(n_records - n_held, training)
+    )
+    return config.updated(training={"calibration_folds": folds})
 
 
 def _split(records, config):

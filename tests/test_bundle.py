@@ -14,6 +14,7 @@ import pytest
 
 import anomaly
 from anomaly import BundleError, SchemaError
+from anomaly.bundle import BUNDLE_VERSION
 from anomaly.drift import MAX_EDGES
 
 pytestmark = pytest.mark.slow
@@ -89,7 +90,7 @@ def test_bundle_holds_keras_networks_json_parts_and_a_manifest_and_no_pickle(tab
 
     assert files == NETWORK_FILES | JSON_FILES | {"latent_prototypes.npy", "manifest.json"}
     manifest = json.loads((tabular_bundle / "manifest.json").read_text())
-    assert manifest["bundle_version"] == 4
+    assert manifest["bundle_version"] == BUNDLE_VERSION
     assert set(manifest["files"]) == files - {"manifest.json"}
     for name in NETWORK_FILES:
         with zipfile.ZipFile(tabular_bundle / name) as archive:
@@ -141,7 +142,7 @@ def test_unknown_bundle_version_is_refused(bundle):
 
     assert load_error(bundle) == (
         f"{bundle}: bundle version 99 was written by a later release; this release reads "
-        "bundle versions 2 to 4; upgrade the package"
+        "bundle versions 2 to 5; upgrade the package"
     )
 
 
@@ -248,7 +249,7 @@ def rewrite_json(bundle: Path, name: str, change) -> None:
 def current(tmp_path) -> Path:
     """A private copy of the committed bundle of the current version (no training needed),
     free to damage."""
-    return Path(shutil.copytree(FIXTURES / "bundle-v4", tmp_path / "current"))
+    return Path(shutil.copytree(FIXTURES / "bundle-v5", tmp_path / "current"))
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ or give other results breaks every user's saved models. A change of format must 
   ``bundle-v3.drift.csv`` (normal rows with feature ``c`` moved by 3 standard deviations).
 - ``bundle-v4``: bundle version 4 (standardised values beyond the clip compressed, not
   saturated), the same way; its probes include 2 rows beyond the clip.
+- ``bundle-v5``: bundle version 5 (``training.calibration_folds`` may be ``"auto"``, as it
+  is in this one), the same way.
 
 ``<fixture>.expected.json`` holds probe rows and what the bundle gave for them when written
 (6 normal rows, 4 far off the training data's plane), and for ``bundle-v3`` what
@@ -31,9 +33,14 @@ from anomaly.migrations import MIGRATIONS
 from pipelines.cli import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
-READABLE = "this release reads bundle versions 2 to 4"
+READABLE = "this release reads bundle versions 2 to 5"
 #: Each fixture, and what it does with standardised values beyond the clip.
-EXTREMES = {"bundle-0.1.0": "clip", "bundle-v3": "clip", "bundle-v4": "log"}
+EXTREMES = {
+    "bundle-0.1.0": "clip",
+    "bundle-v3": "clip",
+    "bundle-v4": "log",
+    "bundle-v5": "log",
+}
 
 
 def expected_of(name: str) -> dict:
@@ -59,7 +66,7 @@ def test_the_bundle_loads_and_scores_as_when_it_was_written(name):
         np.testing.assert_allclose(result.components[name], values, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["bundle-v3", "bundle-v4"])
+@pytest.mark.parametrize("name", ["bundle-v3", "bundle-v4", "bundle-v5"])
 def test_the_bundle_ranks_drift_as_when_it_was_written(name):
     model, data = FIXTURES / name, FIXTURES / f"{name}.drift.csv"
     printed = run("drift", "--model", model, "--data", data, "--json")
@@ -101,7 +108,7 @@ def test_drift_on_a_version_2_bundle_says_in_one_line_how_to_add_a_summary(tmp_p
     new = tmp_path / "recalibrated"
     calibrated = run("calibrate", "--model", old, "--data", data, "--out", new)
     assert calibrated.exit_code == 0, calibrated.output
-    assert json.loads((new / "manifest.json").read_text())["bundle_version"] == 4
+    assert json.loads((new / "manifest.json").read_text())["bundle_version"] == 5
     measured = run("drift", "--model", new, "--data", data, "--json")
     assert measured.exit_code == 0, measured.output
     assert all(f["drift"] < 0.1 for f in json.loads(measured.stdout)["features"])
@@ -110,7 +117,7 @@ def test_drift_on_a_version_2_bundle_says_in_one_line_how_to_add_a_summary(tmp_p
 @pytest.mark.parametrize(
     ("version", "message"),
     [
-        (5, f"bundle version 5 was written by a later release; {READABLE}; upgrade the package"),
+        (6, f"bundle version 6 was written by a later release; {READABLE}; upgrade the package"),
         (1, f"bundle version 1 is older than this release reads; {READABLE}; retrain it"),
         ("3", f'the bundle version in manifest.json is "3", not an integer; {READABLE}; retrain'),
         (3.0, "the bundle version in manifest.json is 3.0, not an integer"),

@@ -15,7 +15,13 @@ from anomaly.calibration import resolution_warning
 from anomaly.errors import TrainingError
 from anomaly.health import TrainingWarning
 from anomaly.tail import MIN_ORDER_POINTS, MISFIT_LEVEL, Tail
-from anomaly.training import _best_epoch, _fewer_folds_for, _folds, _remedy
+from anomaly.training import (
+    _best_epoch,
+    _fewer_folds_for,
+    _folds,
+    _remedy,
+    _with_calibration_folds,
+)
 from pipelines.bench.tail_study import RareFarTail
 
 TARGETS = (0.01, 0.001)
@@ -158,14 +164,29 @@ def test_folds_too_small_for_their_own_statistics_are_refused_before_training():
 
 
 def test_the_small_data_warning_suggests_only_folds_training_would_accept():
-    assert "calibration_folds = 5 " in _remedy(anomaly.Config(), 85)
-    assert "calibration_folds = 3 " in _remedy(anomaly.Config(), 59)
-    for config, n_fit in ((anomaly.Config(), 39), (folds_of(3), 300)):
+    assert "calibration_folds = 5 " in _remedy(folds_of(1), 85)
+    assert "calibration_folds = 3 " in _remedy(folds_of(1), 59)
+    for config, n_fit in ((folds_of(1), 39), (folds_of(3), 300)):
         assert _remedy(config, n_fit) == (
             "train on more normal rows, or raise training.validation_fraction"
         )
-    windowed = anomaly.Config().updated(model={"window": 8})
+    windowed = folds_of(1).updated(model={"window": 8})
     assert "calibration_folds" not in _remedy(windowed, 300)
+
+
+def folds_for(n_records: int, config: anomaly.Config | None = None) -> int:
+    return _with_calibration_folds(n_records, config or anomaly.Config()).training.calibration_folds
+
+
+def test_auto_folds_cross_fit_only_where_the_held_out_share_cannot_resolve_the_target():
+    assert anomaly.Config().training.calibration_folds == "auto"
+    assert folds_for(600) == 5  # 90 held out: fewer than the 100 that 1 % needs
+    assert folds_for(700) == 1  # 105 held out
+    assert folds_for(3000, anomaly.Config().updated(scoring={"target_fpr": 0.001})) == 5
+    assert folds_for(80) == 4  # 68 outside the 12 held out: 4 folds of 20 or more
+    assert folds_for(40) == 1  # too few for folds of 20
+    assert folds_for(300, anomaly.Config().updated(model={"window": 8})) == 1
+    assert folds_for(300, folds_of(1)) == 1 and folds_for(5000, folds_of(3)) == 3
 
 
 def test_retraining_on_a_small_batch_lowers_the_parents_folds_and_says_so():
@@ -182,21 +203,24 @@ def test_retraining_on_a_small_batch_lowers_the_parents_folds_and_says_so():
 
 @pytest.mark.slow
 def test_cross_fitting_calibrates_on_every_training_record():
-    """300 normal rows hold out 45, too few for 1 %: training warns and names the remedy.
-    With ``training.calibration_folds = 3`` every one of the 300 records calibrates (45
-    scored by the deployed model, 255 by two more models trained without them), so the
-    warning goes."""
+    """300 normal rows hold out 45, too few for 1 %: with ``training.calibration_folds = 1``
+    training warns and names the remedy. By default (``"auto"``) every one of the 300
+    records calibrates (45 scored by the deployed model, 255 by four more models trained
+    without them), so the warning goes; the model says how many folds it used, and keeps
+    "auto" for a retrain to decide again on its own rows."""
     rows = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
     config = anomaly.Config().updated(training={"steps": 30})
     with pytest.warns(TrainingWarning, match="45 normal records.*calibration_folds = 5"):
-        held_out_only = anomaly.train(rows, config)
+        held_out_only = anomaly.train(rows, config.updated(training={"calibration_folds": 1}))
     assert held_out_only.engine.params.tail["n"] == 45
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrainingWarning)
-        detector = anomaly.train(rows, config.updated(training={"calibration_folds": 3}))
+        detector = anomaly.train(rows, config)
     assert detector.engine.params.tail["n"] == detector.metadata["calibration_records"] == 300
     assert detector.metadata["held_out_records"] == 45
+    assert detector.metadata["calibration_folds"] == 5
+    assert detector.config.training.calibration_folds == "auto"
     # the deployed model is the same as without cross-fitting; only its threshold differs
     assert detector.engine.params.location == held_out_only.engine.params.location
     assert detector.threshold != held_out_only.threshold

@@ -16,7 +16,9 @@ from pipelines.cli import cli
 def test_train_prints_each_training_warning_once(tmp_path: Path):
     rows = np.random.default_rng(0).normal(size=(200, 3))  # 30 held out: too few for 1 %
     pd.DataFrame(rows, columns=["a", "b", "c"]).to_csv(tmp_path / "normal.csv", index=False)
+    (held_out_only := tmp_path / "held-out.toml").write_text("[training]\ncalibration_folds = 1\n")
     args = ["train", "--data", str(tmp_path / "normal.csv"), "--out", str(tmp_path / "model")]
+    args += ["--config", str(held_out_only)]
 
     with warnings.catch_warnings(record=True) as issued:
         warnings.simplefilter("always")
@@ -29,7 +31,7 @@ def test_train_prints_each_training_warning_once(tmp_path: Path):
 
 def test_train_names_the_features_it_took(tmp_path: Path):
     """Columns of text are no features; the line shows which columns were."""
-    lines = ["id;note;a"] + [f"{i};batch {i % 7};{i % 3}.25" for i in range(200)]
+    lines = ["id;note;a"] + [f"{i};batch {i % 7};{i % 3}.25" for i in range(700)]
     (tmp_path / "export.csv").write_text("\r\n".join(lines) + "\r\n")
     args = ["train", "--data", str(tmp_path / "export.csv"), "--out", str(tmp_path / "model")]
 

@@ -182,8 +182,19 @@ def test_cross_fitting_is_refused_in_time_series_mode(tmp_path):
     assert message.endswith(
         "invalid configuration: training.calibration_folds > 1 needs tabular mode: time-series "
         "mode calibrates on the latest windows, and a fold model would have trained on their "
-        "future; leave model.window unset or training.calibration_folds at 1"
+        'future; leave model.window unset, or training.calibration_folds at 1 or "auto"'
     )
+
+
+@pytest.mark.parametrize("value", ["0", "21", '"five"', "2.5", "true", "[5]"])
+def test_calibration_folds_are_a_number_from_1_to_20_or_auto(tmp_path, value):
+    message = config_error(tmp_path, f"[training]\ncalibration_folds = {value}\n")
+
+    assert "invalid configuration: training.calibration_folds: " in message
+    assert message.endswith('give a number of folds (1 to 20) or "auto"')
+    assert "\n" not in message
+    folds = Config.from_dict({"training": {"calibration_folds": "auto"}}).training
+    assert folds.calibration_folds == "auto"
 
 
 def test_cross_fitting_refuses_folds_larger_than_half_the_records(tmp_path):

@@ -114,7 +114,7 @@ def test_a_version_for_other_features_is_refused_and_the_next_good_one_taken(
     tiny_bundle, retrained_bundle, tmp_path
 ):
     rows = np.random.default_rng(1).normal(size=(600, 5))
-    config = anomaly.Config().updated(training={"steps": 10})
+    config = anomaly.Config().updated(training={"steps": 10, "calibration_folds": 1})
     other = anomaly.train(rows, config, feature_names=[f"g{i}" for i in range(5)])
     store = tmp_path / "store"
     publish(tiny_bundle, store)

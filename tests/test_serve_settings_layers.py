@@ -45,7 +45,7 @@ def test_the_file_with_librdkafka_names_trains_a_model_from_the_command_line(tmp
     path = tmp_path / "serve.toml"
     path.write_text(LIBRDKAFKA_TABLE)
     data = tmp_path / "normal.csv"
-    rows = np.random.default_rng(0).normal(size=(300, 2))
+    rows = np.random.default_rng(0).normal(size=(700, 2))  # enough to calibrate on a hold-out
     pd.DataFrame(rows, columns=["a", "b"]).to_csv(data, index=False)
 
     result = CliRunner().invoke(

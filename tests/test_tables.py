@@ -142,7 +142,7 @@ def test_training_on_a_labelled_table_takes_its_normal_rows_as_the_file_reader_d
     frame.loc[frame.index[::10], "label"] = 1
     config = anomaly.Config().updated(
         data={"features": features, "label_column": "label", "id_column": "host"},
-        training={"steps": 2},
+        training={"steps": 2, "calibration_folds": 1},
     )
 
     trained = anomaly.train(frame, config)
@@ -160,7 +160,9 @@ def test_training_on_a_labelled_table_takes_its_normal_rows_as_the_file_reader_d
 
 
 def test_an_array_takes_the_feature_names_its_configuration_gives():
-    config = anomaly.Config().updated(data={"features": NAMES}, training={"steps": 2})
+    config = anomaly.Config().updated(
+        data={"features": NAMES}, training={"steps": 2, "calibration_folds": 1}
+    )
 
     trained = anomaly.train(normal_frame(4, 300).to_numpy(), config)
 
