@@ -177,7 +177,7 @@ class TrainingConfig(_Section):
         would give one per member of the union)."""
         if value == "auto":
             return value
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isdecimal() and value.strip().isascii():
             value = int(value)
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 20:
             return value

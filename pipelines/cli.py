@@ -249,6 +249,11 @@ def train(
         f"trained on {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s; "
         f"threshold {detector.threshold:.4g} (target FPR {config.scoring.target_fpr:.2%})"
     )
+    if (folds := detector.metadata["calibration_folds"]) > 1:  # why training took that long
+        click.echo(
+            f"calibrated on {detector.metadata['calibration_records']} records, cross-fitted "
+            f"by {folds} models (training.calibration_folds)"
+        )
     # Without --features every numeric column is one, and a column of text is none: say which.
     names = detector.feature_names
     click.echo(f"features ({len(names)}): {', '.join(names[:10])}{' ...' if names[10:] else ''}")

@@ -192,5 +192,6 @@ def test_a_model_saved_before_extremes_were_compressed_keeps_saturating_when_rec
     assert anomaly.load(new).engine.standardizer.extremes == "clip"
 
 
-def test_every_readable_version_has_a_migration_to_the_next():
+def test_every_readable_version_has_a_migration_to_the_next_and_the_current_one_a_fixture():
     assert set(MIGRATIONS) == set(range(bundle.OLDEST_BUNDLE_VERSION, bundle.BUNDLE_VERSION))
+    assert f"bundle-v{bundle.BUNDLE_VERSION}" in EXTREMES

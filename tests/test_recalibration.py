@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ from click.testing import CliRunner
 
 import anomaly
 from anomaly.calibration import recalibrate
+from anomaly.health import TrainingWarning
 from pipelines.bench.lifecycle import normal_rows as normal
 from pipelines.cli import cli
 
@@ -182,3 +185,30 @@ def test_a_table_is_recalibrated_on_its_rows_labelled_normal_as_train_takes_them
     assert from_table.metadata["calibration_records"] == 1800
     assert from_table.engine.params.threshold == normal_only.engine.params.threshold
     assert from_table.score(table.loc[table["label"] == 1, names]).is_anomaly.all()
+
+
+@pytest.mark.slow
+def test_retraining_decides_the_folds_again_on_the_fresh_rows_where_the_parent_said_auto():
+    """The v5 fixture trained on 1,500 rows with ``calibration_folds = "auto"``: one fold.
+    Retrained on 200 fresh rows (30 held out, too few for 1 %) it cross-fits, without the
+    warning a parent's fixed number of folds gives, and its configuration still says
+    "auto"; the v4 fixture's fixed 1 stays 1."""
+    fixtures = Path(__file__).parent / "fixtures"
+    auto_parent = anomaly.load(fixtures / "bundle-v5")
+    assert auto_parent.config.training.calibration_folds == "auto"
+    assert auto_parent.metadata["calibration_folds"] == 1
+    rows = np.asarray(json.loads((fixtures / "bundle-v5.expected.json").read_text())["rows"][:6])
+    fresh = np.random.default_rng(0).choice(rows, 200) + 0.05 * np.random.default_rng(1).normal(
+        size=(200, 4)
+    )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)
+        child = anomaly.retrain(auto_parent, fresh, steps=5)
+    assert child.metadata["calibration_folds"] == 5
+    assert child.metadata["calibration_records"] == 200
+    assert child.config.training.calibration_folds == "auto"
+
+    with pytest.warns(TrainingWarning, match="calibrated on 30 normal records"):
+        fixed = anomaly.retrain(anomaly.load(fixtures / "bundle-v4"), fresh, steps=5)
+    assert fixed.metadata["calibration_folds"] == fixed.config.training.calibration_folds == 1
