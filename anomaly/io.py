@@ -885,21 +885,27 @@ def _folder_dataset(folder: Path) -> tuple[ds.Dataset, frozenset[str]]:
             f"{folder}: is a folder without Parquet files (*.parquet, *.pq); give a data file "
             "or a folder of Parquet files"
         )
-    discovered = ds.dataset(
-        files, format="parquet", partitioning="hive", partition_base_dir=str(folder)
+    partitions = list(
+        dict.fromkeys(
+            part.split("=", 1)[0]
+            for file in files
+            for part in Path(file).relative_to(folder).parts[:-1]
+            if "=" in part
+        )
     )
-    stored = set(next(discovered.get_fragments()).physical_schema.names)
-    partitions = [name for name in discovered.schema.names if name not in stored]
-    if not partitions:
-        return discovered, frozenset()
+    stored = pq.read_schema(files[0]).names
+    if clash := [name for name in partitions if name in stored]:
+        raise DataError(
+            f"{folder}: column {clash[0]!r} is both in the Parquet files and a folder name "
+            f"({clash[0]}=...); rename the column or the folders"
+        )
     # A folder name is text: ``host=007`` is the entity "007", not 7, which would also merge
-    # it with ``host=7``. Discovery infers numbers, so the partition columns are declared
-    # text and the folder read again.
+    # it with ``host=7``, as pyarrow's discovery of hive folders would infer.
     as_text = pa.schema([(name, pa.string()) for name in partitions])
     dataset = ds.dataset(
         files,
         format="parquet",
-        partitioning=ds.partitioning(as_text, flavor="hive"),
+        partitioning=ds.partitioning(as_text, flavor="hive") if partitions else None,
         partition_base_dir=str(folder),
     )
     return dataset, frozenset(partitions)

@@ -178,6 +178,18 @@ def test_parquet_folder_partition_values_keep_their_text(tmp_path: Path) -> None
     assert pairs == [("007", "01"), ("007", "10"), ("7", "01"), ("7", "10")]
 
 
+def test_a_column_that_is_also_a_folder_name_is_refused_naming_it(tmp_path: Path) -> None:
+    """pyarrow said "cannot be read as Parquet (Unable to merge: Field host has incompatible
+    types ...)", as if a file were damaged; Spark refuses such a folder too."""
+    (tmp_path / "host=007").mkdir()
+    write_table(pd.DataFrame({"a": [1.0], "host": ["web"]}), tmp_path / "host=007" / "p.parquet")
+
+    assert error_message(tmp_path) == (
+        f"{tmp_path}: column 'host' is both in the Parquet files and a folder name "
+        "(host=...); rename the column or the folders"
+    )
+
+
 def test_total_rows_is_known_only_where_it_is_cheap(tmp_path: Path) -> None:
     frame = sample_frame(7)
     np.save(tmp_path / "data.npy", np.zeros((7, 2)))
