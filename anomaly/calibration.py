@@ -183,13 +183,19 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
     return Detector(engine, detector.schema, detector.config, metadata, health, drift_summary)
 
 
+def resolves(records: int, target_fpr: float) -> bool:
+    """Whether ``records`` calibration scores expect at least one above the threshold at
+    ``target_fpr``, so that the threshold is not a guess from the tail alone."""
+    return records * target_fpr >= 1.0
+
+
 def resolution_warning(records: int, target_fpr: float, remedy: str) -> str | None:
     """A warning when fewer normal records than ``1 / target_fpr`` calibrate the
     threshold: not one of them is expected above it, so its realised rate can be several
     times the target or a fraction of it. (With fewer than ``anomaly.tail.MIN_ORDER_POINTS``
     expected above, it is extrapolated from the tail fit too, which the benchmark measured
     within the goal; below one it is a guess.) ``remedy`` says what the user can do."""
-    if records * target_fpr >= 1.0:
+    if resolves(records, target_fpr):
         return None
     return (
         f"the threshold was calibrated on {records} normal records, too few to resolve a "

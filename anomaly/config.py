@@ -177,8 +177,8 @@ class TrainingConfig(_Section):
         would give one per member of the union)."""
         if value == "auto":
             return value
-        if isinstance(value, str) and value.strip().isdecimal() and value.strip().isascii():
-            value = int(value)
+        if isinstance(value, str) and (digits := value.strip()).isdecimal() and digits.isascii():
+            value = int(digits)
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 20:
             return value
         raise ValueError(f'{value!r}: give a number of folds (1 to 20) or "auto"')

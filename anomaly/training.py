@@ -27,6 +27,7 @@ from anomaly.calibration import (
     calibrate,
     refuse_records_that_do_not_vary,
     resolution_warning,
+    resolves,
 )
 from anomaly.config import Config, TrainingConfig
 from anomaly.detector import Detector, Schema, default_jit_compile
@@ -189,10 +190,9 @@ def _with_calibration_folds(n_records: int, config: Config) -> Config:
     if training.calibration_folds != "auto":
         return config
     n_held = _held_out_count(n_records, training)
-    resolved = n_held * config.scoring.target_fpr >= 1.0  # as ``resolution_warning`` asks
     folds = (
         1
-        if resolved or config.model.window is not None
+        if resolves(n_held, config.scoring.target_fpr) or config.model.window is not None
         else _most_calibration_folds(n_records - n_held, training)
     )
     return config.updated(training={"calibration_folds": folds})
