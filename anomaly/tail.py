@@ -26,6 +26,10 @@ dozen peaks can hide a tail far heavier than any shape the fit may take (normal 
 rare kind that the model scores very high); the fitted threshold then sits too low and fires
 several times the target. Where the fit is rejected, the order statistic is used down to the
 rate of the largest calibration score, and the fit is not trusted below the largest score.
+Nor is it where its shape reached the upper bound (the scores ask for a tail at least that
+heavy, so the fit extrapolates too low) at rates past the largest score, where no order
+statistic speaks: a new normal score exceeds the largest of ``n`` with probability
+``1 / (n + 1)``, so a threshold below it cannot keep a rate lower than that.
 """
 
 from __future__ import annotations
@@ -130,7 +134,8 @@ class Tail:
         order statistic where at least ``MIN_ORDER_POINTS`` scores are expected above it
         (at least one where the fit is a ``misfit``), else the fitted tail (never below the
         order statistic at the smallest rate it resolves, so the threshold rises as
-        ``alpha`` falls)."""
+        ``alpha`` falls, nor below the largest score past its rate where the fitted shape
+        is at its bound)."""
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"the rate must be in (0, 1), got {alpha}")
         # the smallest rate the order statistic takes
@@ -138,6 +143,8 @@ class Tail:
         if alpha >= resolved:
             return self._order_statistic(alpha)
         floor = self._order_statistic(resolved) if resolved < 1.0 else -math.inf
+        if self.shape >= SHAPE_BOUNDS[1] and alpha < 1 / (self.n + 1):
+            floor = max(floor, self.largest[0])  # a tail at least as heavy as the fit allows
         return max(self._fitted(alpha), floor)
 
     def _fitted(self, alpha: float) -> float:
