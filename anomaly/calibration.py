@@ -150,14 +150,15 @@ def _with_statistics(params: ScoringParams, raw: dict, rows: np.ndarray) -> Scor
 
 def _statistics_records(n_held_out: int) -> int:
     """How many other records standardise each calibration record: about as many as the
-    deployed model's statistics come from (``n_held_out``), less one group's."""
-    return max(1, n_held_out - math.ceil(n_held_out / min(n_held_out, STANDARDISING_GROUPS)))
+    deployed model's statistics come from (``n_held_out``), less one group's; at least 2,
+    since one record's statistics have no scale."""
+    return max(2, n_held_out - math.ceil(n_held_out / min(n_held_out, STANDARDISING_GROUPS)))
 
 
 def _other_records(n: int, like: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n`` records in up to ``STANDARDISING_GROUPS`` consecutive groups, each paired with
-    the (up to) ``like`` records that follow it, wrapping round, that are not in it; a
-    single record is its own.
+    the (up to) ``like`` records that follow it, wrapping round, that are not in it; fewer
+    than 3 records are one group, paired with itself (one other record has no scale).
 
     Why not the records' own statistics: a new record is standardised by the deployed
     model's location and scale, fitted on the held-out records, which it is not one of.
@@ -166,8 +167,8 @@ def _other_records(n: int, like: int) -> list[tuple[np.ndarray, np.ndarray]]:
     would fire more often than its target where they come from few records (33 held-out
     records and four folds of 47: 1.35 % at a 1 % target, 0.99 % like this; the test
     ``test_few_held_out_records_keep_the_rate_on_average_over_trainings``)."""
-    if n == 1:
-        return [(np.arange(1), np.arange(1))]
+    if n < 3:
+        return [(np.arange(n), np.arange(n))]
     order = np.arange(n)
     return [
         (group, np.roll(order, -(group[-1] + 1))[: n - len(group)][:like])

@@ -11,7 +11,12 @@ from scipy import stats
 
 import anomaly
 from anomaly import training
-from anomaly.calibration import _other_records, calibrate, resolution_warning
+from anomaly.calibration import (
+    _other_records,
+    _statistics_records,
+    calibrate,
+    resolution_warning,
+)
 from anomaly.config import COMPONENTS
 from anomaly.errors import TrainingError
 from anomaly.health import TrainingWarning
@@ -378,13 +383,17 @@ def test_few_held_out_records_keep_the_rate_on_average_over_trainings():
 
 
 def test_each_calibration_group_is_standardised_by_other_records():
-    for n, like in ((1, 1), (5, 4), (33, 31), (47, 31), (1_000, 950)):
+    for n, like in ((3, 2), (5, 4), (33, 31), (47, 31), (1_000, 950)):
         pairs = _other_records(n, like)
         groups = np.concatenate([group for group, _ in pairs])
         assert sorted(groups) == list(range(n))  # every record once, in order
         for group, others in pairs:
-            assert len(others) == (1 if n == 1 else min(like, n - len(group)))
-            assert n == 1 or not set(group) & set(others)
+            assert len(others) == min(like, n - len(group))
+            assert not set(group) & set(others)
+    # one or two records: one other record has no scale, so their own statistics
+    for n in (1, 2):
+        assert [(list(g), list(o)) for g, o in _other_records(n, 2)] == [(list(range(n)),) * 2]
+    assert _statistics_records(2) == 2 and _statistics_records(33) == 31
 
 
 def test_a_bundle_keeps_its_calibration_tail(tabular_detector, tmp_path):
