@@ -92,6 +92,11 @@ def test_quick_benchmark_end_to_end(tmp_path, capsys):
     for detector in ("gan", "gan+conformal", "windowed_gaussian", "knn_cad", *ablations):
         for profile in nab_scorer.PROFILE_NAMES:
             assert math.isfinite(result["results"][detector][profile]["score"])
+    assert "stage:conformal:event:own_statistics" in result["results"]
+    # the product's stage starts from the model's own reference, kept beside the scores
+    kept = [np.load(file) for file in sorted((tmp_path / "nab_scores").glob("*.npz"))]
+    assert len(kept) == 2 and all(len(arrays["reference_score"]) == 2001 for arrays in kept)
+    assert all(np.ptp(arrays["reference_latent"]) > 0 for arrays in kept)
     assert result["gan_refine_seconds_total"] > 0  # the refined ablation is timed
     assert "windowed_gaussian" in (tmp_path / "nab.md").read_text()
     assert "KNN-CAD" in (tmp_path / "nab.md").read_text()

@@ -46,6 +46,7 @@ from anomaly.alarms import AlarmStage
 from anomaly.calibration import reference_quantiles
 from anomaly.config import COMPONENTS, AlarmConfig, TrainingConfig
 from anomaly.conformal import ConformalAlarm
+from anomaly.scoring import REFERENCE_QUANTILES
 from pipelines.bench import nab_baselines, nab_corpus, nab_scorer
 from pipelines.bench.knn_cad import knn_cad
 from pipelines.bench.methods import refined_scores
@@ -141,25 +142,38 @@ def component_alarm(
     return conformal_alarm(columns, first_row, probation, _ALARM_DEFAULTS.quorum, history)
 
 
-def product_alarms(arrays, series: nab_corpus.Series, window: int, config: AlarmConfig):
+def product_alarms(
+    arrays,
+    series: nab_corpus.Series,
+    window: int,
+    config: AlarmConfig,
+    own_statistics: bool = False,
+):
     """The product's alarm stage (``anomaly.alarms.AlarmStage``) on one series, as
     ``anomaly score`` runs it on the series' file: every row with a full window, in order, one
     stream for the file, each stream starting from the model's held-out normal values.
 
-    The run keeps each row's standardised components, not the model's bundle, so the model's
-    reference is rebuilt from them as ``anomaly.training`` and ``anomaly.calibration`` make
-    it: the held-out windows are the latest ``validation_fraction`` of the probationary
-    windows, and the reference their components' (or scores') evenly spaced quantiles.
+    The run keeps the model's reference values (``gan_series``), not its bundle. With
+    ``own_statistics`` (an ablation: calibration before ``4019c17``) the reference is
+    rebuilt instead from the held-out windows' components as the deployed model
+    standardised them, by statistics fitted on those windows themselves: the latest
+    ``validation_fraction`` of the probationary windows, their evenly spaced quantiles.
     Returns the ``AlarmResult`` of the rows from ``window - 1`` on."""
-    training_windows = series.probation - window + 1
-    held = max(1, int(round(training_windows * TrainingConfig().validation_fraction)))
-    rows = slice(series.probation - held, series.probation)
-    reference = SimpleNamespace(
-        reference_components={
-            name: reference_quantiles(arrays[f"component_{name}"][rows]) for name in COMPONENTS
-        },
-        reference_scores=reference_quantiles(arrays["raw_score"][rows]),
-    )
+    if own_statistics:
+        training_windows = series.probation - window + 1
+        held = max(1, int(round(training_windows * TrainingConfig().validation_fraction)))
+        rows = slice(series.probation - held, series.probation)
+        reference = SimpleNamespace(
+            reference_components={
+                name: reference_quantiles(arrays[f"component_{name}"][rows]) for name in COMPONENTS
+            },
+            reference_scores=reference_quantiles(arrays["raw_score"][rows]),
+        )
+    else:
+        reference = SimpleNamespace(
+            reference_components={name: arrays[f"reference_{name}"] for name in COMPONENTS},
+            reference_scores=arrays["reference_score"],
+        )
     stage = AlarmStage.for_params(reference, config, time_series=True)
     scored = slice(window - 1, None)
     if config.quorum is None:
@@ -198,6 +212,11 @@ def product_stage_scores(gan_arrays, corpus, window: int) -> dict[str, dict[str,
                 if semantics == "event":
                     swept = stage_scores(result, len(s), window, False)
                     out.setdefault(f"{name}:swept", {})[s.name] = swept
+    default = _ALARM_DEFAULTS.updated({"semantics": "event"})
+    for s in corpus:  # ablation: the default, its reference as calibration made it before
+        result = product_alarms(gan_arrays[s.name], s, window, default, own_statistics=True)
+        before = stage_scores(result, len(s), window, True)
+        out.setdefault(f"stage:{default.method}:event:own_statistics", {})[s.name] = before
     return out
 
 
@@ -205,8 +224,13 @@ def _stage_label(name: str) -> str | None:
     """``stage:<method>:<semantics>[:swept]`` as a table label."""
     if not name.startswith("stage:"):
         return None
-    _, method, semantics, *swept = name.split(":")
-    how = "levels swept over the corpus" if swept else "its own alarms"
+    _, method, semantics, *variant = name.split(":")
+    if variant == ["own_statistics"]:
+        return (
+            f"product stage: {method}, {semantics} semantics, its own alarms, the reference "
+            "standardised by the held-out windows' own statistics (before 4019c17)"
+        )
+    how = "levels swept over the corpus" if variant else "its own alarms"
     return f"**product stage: {method}, {semantics} semantics**, {how}"
 
 
@@ -242,7 +266,9 @@ def gan_series(
         # as `anomaly train` would: its user has no model, so nothing is ever flagged
         keys = ["score", "raw_score", *(f"component_{name}" for name in COMPONENTS)]
         keys += [f"refined_{name}" for name in COMPONENTS] if refine_steps else []
-        return {key: np.zeros(len(series), np.float64) for key in keys}, {
+        nothing = {key: np.zeros(len(series), np.float64) for key in keys}
+        references = ["reference_score", *(f"reference_{name}" for name in COMPONENTS)]
+        return nothing | {key: np.zeros(REFERENCE_QUANTILES) for key in references}, {
             "train_seconds": time.perf_counter() - started,
             "score_seconds": 0.0,
             "refine_seconds": 0.0,
@@ -262,7 +288,11 @@ def gan_series(
         refined = refined_scores(detector, windows, refine_steps)
         per_row.update({f"refined_{name}": refined[f"component_{name}"] for name in COMPONENTS})
     refined_at = time.perf_counter()
-    arrays = {}
+    params = detector.engine.params  # the reference the alarm stage starts from
+    arrays = {
+        "reference_score": np.asarray(params.reference_scores),
+        **{f"reference_{n}": np.asarray(params.reference_components[n]) for n in COMPONENTS},
+    }
     for name, value in per_row.items():
         arrays[name] = np.zeros(len(series), np.float64)
         arrays[name][window - 1 :] = value
