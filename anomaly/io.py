@@ -45,10 +45,11 @@ from numpy.lib.format import open_memmap
 
 from anomaly import tables
 from anomaly.errors import ConfigError, DataError, SchemaError
+from anomaly.zstd import open_zstd
 
 #: Openers of compressed text files by the name's last extension, all called as ``open``: the
 #: compressions pandas' CSV reader infers from the same names.
-_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zst": zstandard.open}
+_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zst": open_zstd}
 #: What a damaged compressed file raises while it is read, besides ``OSError`` (gzip, bz2).
 _DAMAGED = (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
 
@@ -652,16 +653,20 @@ class _CsvSource:
                     f"fields but "
                     f"the header has {len(names)}; name every column in the header"
                 )
-            with pd.read_csv(
-                self.path,
-                sep=header.separator,
-                skiprows=header.skipped_lines,
-                chunksize=chunk_rows,
-                dtype=self._dtypes,
-                index_col=False,
-                keep_default_na=False,
-                na_values=self._missing_values(names),
-            ) as chunks:
+            # Opened here, not by pandas, whose Zstandard reader takes a cut file as whole.
+            with (
+                _open_binary(self.path) as handle,
+                pd.read_csv(
+                    handle,
+                    sep=header.separator,
+                    skiprows=header.skipped_lines,
+                    chunksize=chunk_rows,
+                    dtype=self._dtypes,
+                    index_col=False,
+                    keep_default_na=False,
+                    na_values=self._missing_values(names),
+                ) as chunks,
+            ):
                 while (frame := _next_quietly(chunks)) is not None:
                     if len(frame):
                         yield frame if columns is None else frame[columns]

@@ -445,6 +445,35 @@ def test_file_that_is_not_what_its_extension_says(
     assert error_message(path).startswith(f"{path}: {start}")
 
 
+@pytest.mark.parametrize("ending", COMPRESSIONS[1:])
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_compressed_file_cut_short_is_an_error_not_its_first_rows(
+    tmp_path: Path, kind: str, ending: str
+) -> None:
+    """A truncated download or an interrupted copy: what was cut must not be scored as if
+    it were all (``zstandard.open`` returned the rows before the cut, and said nothing)."""
+    whole = write_table(sample_frame(5000)[["a", "b"]], tmp_path / f"whole.{kind}{ending}")
+    path = tmp_path / f"data.{kind}{ending}"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    reads_as = {"csv": "CSV", "jsonl": "JSON lines"}[kind]
+
+    assert error_message(path).startswith(f"{path}: cannot be read as {reads_as} (")
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_every_frame_of_a_zstandard_file_is_read(tmp_path: Path, kind: str) -> None:
+    """zstd on concatenated files, and pzstd, write several frames; the rows of each count."""
+    import zstandard
+
+    frame = sample_frame(3000)[["a", "b"]]
+    text = write_table(frame, tmp_path / f"whole.{kind}").read_bytes()
+    path = tmp_path / f"data.{kind}.zst"
+    half = len(text) // 2
+    path.write_bytes(b"".join(zstandard.compress(part) for part in (text[:half], text[half:])))
+
+    np.testing.assert_array_equal(read_all(path).features, frame.to_numpy(np.float32))
+
+
 def test_npy_with_python_objects_is_never_unpickled(tmp_path: Path) -> None:
     path = tmp_path / "data.npy"
     np.save(path, np.array([[object()]], dtype=object), allow_pickle=True)
