@@ -739,6 +739,11 @@ class Config(_Section):
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+            raise ConfigError(
+                f"{path}: arrays or tables nested deeper than can be read; no setting nests "
+                "them (is it the configuration file you meant?)"
+            ) from None
         try:
             return cls.model_validate(values)
         except ValidationError as exc:

@@ -746,7 +746,7 @@ def _parse_json_lines(lines: list[str], first_line: int, path: Path) -> list[dic
     """Parse a block of lines in one call; line by line only to skip blanks or name an error."""
     try:
         records = json.loads("[" + ",".join(lines) + "]")
-    except ValueError:
+    except (ValueError, RecursionError):
         records = None
     # A blank line fails the block; two values on one line, or one object spread over
     # lines, parse into the wrong number of records.
@@ -767,6 +767,12 @@ def _parse_json_line(line: str, number: int, path: Path) -> dict[str, Any]:
         raise DataError(
             f"{path}: line {number} is not valid JSON ({exc}): {_clip(line)}; "
             "each line must hold one JSON object"
+        ) from None
+    except RecursionError:
+        raise DataError(
+            f"{path}: line {number} nests arrays or objects deeper than can be read "
+            f"({sys.getrecursionlimit()} levels or so): {_clip(line)}; each line must hold one "
+            "JSON object of values"
         ) from None
     if not isinstance(record, dict):
         raise DataError(

@@ -31,6 +31,21 @@ def test_a_folder_is_refused_in_one_line(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
+    "nested", ["[" * 100_000 + "]" * 100_000, "{a=" * 100_000 + "1" + "}" * 100_000]
+)
+def test_values_nested_deeper_than_tomllib_reads_are_refused_in_one_line(
+    tmp_path: Path, nested: str
+):
+    """tomllib recurses into nested arrays and inline tables: its RecursionError was a
+    traceback."""
+    path = tmp_path / "anomaly.toml"
+    path.write_text(f"[alarms]\nx = {nested}\n")
+
+    with pytest.raises(ConfigError, match="anomaly.toml: arrays or tables nested deeper than"):
+        Config.from_toml(path)
+
+
+@pytest.mark.parametrize(
     ("line", "key"),
     [
         ("[training]\nsteps = true", "training.steps"),

@@ -123,6 +123,20 @@ def test_json_integer_beyond_float_range_names_its_row_and_column(tmp_path):
     )
 
 
+@pytest.mark.parametrize("line", [1, 3])
+def test_json_nested_deeper_than_python_reads_names_its_line(tmp_path, line):
+    """An extra key nested 100,000 levels: Python's JSON reader recurses, and its
+    RecursionError came out as a traceback."""
+    data = tmp_path / "data.jsonl"
+    lines = ['{"a": 1, "b": 2, "c": 3, "d": 4}'] * 3
+    lines[line - 1] = '{"a": 1, "b": 2, "c": 3, "d": 4, "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    data.write_text("\n".join(lines) + "\n")
+
+    message = error_line(score(data, tmp_path / "out.csv"))
+
+    assert message.startswith(f"error: {data}: line {line} nests arrays or objects deeper than")
+
+
 # -- 3. Parquet output when the id column's type varies -----------------------------------
 
 
