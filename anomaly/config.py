@@ -559,6 +559,9 @@ TIME_SERIES_METHOD: Literal["conformal", "dspot"] = "conformal"
 #: The default exit level's false-alarm share, as a multiple of the entering level's, and
 #: the lowest default exit level (the median: below it, half of the normal rows).
 EXIT_SHARE_FACTOR, MIN_DEFAULT_EXIT_LEVEL = 10, 0.5
+#: The longest alarm history a stream may keep: 32 MB a stream with 4 columns, 667 times the
+#: default (a history of 1e15 was taken, and asked for petabytes on the first row).
+MAX_ALARM_HISTORY = 1_000_000
 
 
 class AlarmConfig(_Section):
@@ -607,13 +610,13 @@ class AlarmConfig(_Section):
     quiet_rows: int | None = Field(None, ge=0)
     """Event semantics: rows of a stream that cannot alarm after its alarm. ``None``: a fifth
     of the rows a stream starts from (KNN-CAD's), ``history / 10`` for a model's streams."""
-    history: int = Field(1500, ge=4)
+    history: int = Field(1500, ge=4, le=MAX_ALARM_HISTORY)
     """Conformal: the scores each row is ranked against (per column). A stream of a model
     (a Kafka key, a file, an entity) starts from half as many evenly spaced quantiles of the
     model's held-out normal values, for both methods, and grows with its rows. 1500 is twice
     the longest reference of the Numenta benchmark (750 rows), where a history twice the
     reference raised the GAN's score from 55.4 to 59.3 (docs/benchmarks.md). Memory: 8 bytes
-    per value and column, 48 KB per stream with 4 columns."""
+    per value and column, 48 KB per stream with 4 columns; at most ``MAX_ALARM_HISTORY``."""
     quorum: int | None = Field(2, ge=0, le=len(COMPONENTS))
     """How many of the model's score components must reach the level together (each has its
     own history: noise lifts one at a time, an anomaly several; 2 of 4 on the Numenta

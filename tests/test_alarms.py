@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from anomaly.alarms import AlarmStage
-from anomaly.config import COMPONENTS, AlarmConfig, Config
+from anomaly.config import COMPONENTS, MAX_ALARM_HISTORY, AlarmConfig, Config
 from anomaly.decision import StateSemantics
 from anomaly.errors import ConfigError
 
@@ -364,6 +364,14 @@ def test_the_reference_must_fit_the_quorum_and_the_history():
         AlarmStage(np.zeros(10), AlarmConfig(method="conformal", quorum=None, history=8))
     with pytest.raises(ConfigError, match="'threshold' has no adaptive stage"):
         AlarmStage(np.zeros(10), AlarmConfig(method="threshold", quorum=None))
+
+
+def test_a_history_too_long_to_hold_is_refused_before_any_stream_is_made():
+    """A history of 1e15 was taken, and the first stream asked for petabytes (a
+    MemoryError traceback)."""
+    with pytest.raises(ConfigError, match="alarms.history: Input should be less than or equal"):
+        AlarmConfig().updated({"history": 10**15})
+    assert AlarmConfig().updated({"history": MAX_ALARM_HISTORY}).history == MAX_ALARM_HISTORY
 
 
 def test_the_readmes_example_of_a_stage_on_any_scores_runs_with_the_default_config():
