@@ -78,6 +78,11 @@ def train(
     feature_names = list(feature_names or named or tables.positional_names(rows.shape[1]))
     if len(feature_names) != rows.shape[1]:
         raise TrainingError(f"{len(feature_names)} feature names for {rows.shape[1]} columns")
+    if not_text := [name for name in feature_names if not isinstance(name, str)]:
+        raise TrainingError(
+            f"feature names must be text, and {not_text[0]!r} is a {type(not_text[0]).__name__}: "
+            "a saved model names its features as JSON text (give str(name))"
+        )
     if not np.isfinite(rows).all():
         bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
         shown = bad[:10].tolist() if index is None else index[bad[:10]].tolist()

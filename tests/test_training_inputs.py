@@ -29,3 +29,11 @@ def test_normal_data_that_does_not_vary_is_refused_before_training(window, recor
         anomaly.train(same, config)
     same[150, 2] = 3.5
     refuse_records_that_do_not_vary(same)
+
+
+def test_feature_names_that_are_not_text_are_refused_before_training():
+    """Integer names trained and saved a bundle that load then refused as damaged."""
+    rows = np.random.default_rng(0).normal(size=(50, 2))
+
+    with pytest.raises(TrainingError, match="^feature names must be text, and 1 is a int: "):
+        anomaly.train(rows, feature_names=[1, 2])
