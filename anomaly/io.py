@@ -327,8 +327,13 @@ class ResultWriter:
             elif self._format == "csv":
                 frame.to_csv(self._text, header=first, index=False, sep=self._separator)
             else:
-                frame.to_json(
-                    self._text, orient="records", lines=True, double_precision=15, date_format="iso"
+                frame.to_json(  # timestamps to the nanosecond: pandas' default cuts to ms
+                    self._text,
+                    orient="records",
+                    lines=True,
+                    double_precision=15,
+                    date_format="iso",
+                    date_unit="ns",
                 )
         except OSError as exc:
             raise cannot_write(self.final, exc) from None

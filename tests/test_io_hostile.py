@@ -175,6 +175,18 @@ def test_json_ids_of_mixed_types_are_written_to_parquet_as_text(detector_with_id
     assert ids == ["0", "1", "abc", "3", "x", "5"]
 
 
+def test_timestamp_ids_keep_their_microseconds_in_json_lines(detector_with_ids, tmp_path):
+    """pandas writes JSON timestamps to the millisecond: five distinct ids came out as one."""
+    data = tmp_path / "data.parquet"
+    ids = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(6), unit="us")
+    with_ids(list(ids)).to_parquet(data, index=False)
+
+    score_file(detector_with_ids, data, tmp_path / "out.jsonl")
+
+    written = pd.read_json(tmp_path / "out.jsonl", lines=True, convert_dates=False)["id"]
+    assert pd.to_datetime(written).tolist() == list(ids)
+
+
 BIG_IDS = [2**60 + i for i in range(6)]
 BIG_IDS[1] = None  # a null in the first chunk: pandas would make the column float64
 
