@@ -35,7 +35,7 @@ from anomaly.alarms import AlarmStage
 from anomaly.config import COMPONENTS, AlarmConfig, Config
 from anomaly.detector import Detector
 from anomaly.drift import DriftWarning, FeatureBins, FeatureDrift
-from anomaly.errors import DataError, SchemaError
+from anomaly.errors import ConfigError, DataError, SchemaError
 from anomaly.store import check_save_target
 from anomaly.training import train
 from anomaly.windows import SeriesCuts, WindowBuffer
@@ -155,6 +155,18 @@ RESULT_COLUMNS = (
     "p_value",
     "alarm",
 )
+
+
+def refuse_ids_named_like_results(id_column: str | None) -> None:
+    """A ``ConfigError`` when the id column has a result column's name (or ``row``): the
+    scores written under that name would replace the ids, which were lost without a word."""
+    if id_column in RESULT_COLUMNS:
+        raise ConfigError(
+            f"data.id_column is {id_column!r}, the name of a result column, whose values would "
+            "replace the ids in the output: rename the column in the data and set "
+            "data.id_column to the new name"
+        )
+
 
 #: What to do about invalid rows, for the commands that take no ``--on-invalid``.
 _NO_SKIP_REMEDY = (
@@ -305,6 +317,7 @@ def iter_scored(
     invalid rows with ``on_invalid="skip"``. ``alarms`` (default: the model's ``[alarms]``)
     may add ``p_value`` and ``alarm`` columns."""
     cfg = detector.config.data
+    refuse_ids_named_like_results(cfg.id_column)
     reader = _reader_for(detector, data, label_column)
     window, entity_column = detector.schema.window, detector.schema.entity_column
     buffer = WindowBuffer(window, len(detector.feature_names)) if window else None

@@ -373,11 +373,14 @@ def _narrowed(df: DataFrame, columns: tuple[str, ...]) -> DataFrame:
 
 
 def _prepare(df: DataFrame, detector: Detector, path: Path, on_invalid, source: str) -> _Job:
+    from anomaly.files import refuse_ids_named_like_results
+
     on_invalid = on_invalid or detector.config.data.on_invalid
     if on_invalid not in ("error", "skip"):
         raise ConfigError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
     features = detector.feature_names
     id_column = detector.config.data.id_column
+    refuse_ids_named_like_results(id_column)
     _check_columns(df, features, id_column, source)
     columns = tuple(dict.fromkeys([*features, *([id_column] if id_column else [])]))
     offsets, counts = _partition_offsets(_narrowed(df, columns))

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import anomaly
-from anomaly.errors import DataError
+from anomaly.errors import ConfigError, DataError
 from anomaly.files import score_file
 from anomaly.io import ResultWriter, TableReader, read_all
 from pipelines.cli import cli
@@ -185,6 +185,19 @@ def test_timestamp_ids_keep_their_microseconds_in_json_lines(detector_with_ids, 
 
     written = pd.read_json(tmp_path / "out.jsonl", lines=True, convert_dates=False)["id"]
     assert pd.to_datetime(written).tolist() == list(ids)
+
+
+@pytest.mark.parametrize("name", ["score", "row", "alarm"])
+def test_an_id_column_named_like_a_result_column_is_refused(tmp_path, name):
+    """The scores written under the id column's name replaced the ids, without a word."""
+    detector = anomaly.load(MODEL)
+    detector.config = detector.config.updated(data={"id_column": name})
+    data = tmp_path / "data.csv"
+    with_ids(["a", "b", "c"]).rename(columns={"id": name}).to_csv(data, index=False)
+
+    with pytest.raises(ConfigError, match=f"^data.id_column is '{name}', the name of a result"):
+        score_file(detector, data, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
 
 
 BIG_IDS = [2**60 + i for i in range(6)]
