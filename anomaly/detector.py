@@ -165,10 +165,7 @@ class Detector:
                     "each window), or score the file with `anomaly score`"
                 )
             x = tables.feature_array(frame, self.schema.feature_names)
-        try:
-            x = np.asarray(x, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"records are not numeric: {exc}") from None
+        x = tables.float32_records(x, "records")
         expected = self.schema.record_shape
         if x.ndim == len(expected):
             x = x[None]

@@ -50,6 +50,18 @@ def as_frame(data) -> pd.DataFrame | None:
     return frame
 
 
+def float32_records(records, what: str) -> np.ndarray:
+    """``records`` (an array, nested lists) as float32; text is a ``DataError`` (numpy's
+    own ``ValueError`` otherwise), and so are complex numbers, whose imaginary part numpy
+    drops with only a warning."""
+    if np.iscomplexobj(records):
+        raise DataError(f"{what} are complex numbers; give their real values (or magnitudes)")
+    try:
+        return np.asarray(records, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{what} are not numeric: {exc}") from None
+
+
 def positional_names(count: int) -> list[str]:
     """The feature names of an array's ``count`` columns, which have none: x0, x1, ..."""
     return [f"x{i}" for i in range(count)]

@@ -69,7 +69,7 @@ def train(
     index = None  # a table's row labels, which messages name rows by
     if frame is not None:
         rows, feature_names, entities, index = table_records(frame, config, feature_names, entities)
-    rows = np.asarray(rows, dtype=np.float32)
+    rows = tables.float32_records(rows, "training rows")
     if rows.ndim != 2:
         raise TrainingError(
             f"training rows must be a 2-D array (records x features), got shape {rows.shape}"

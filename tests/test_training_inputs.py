@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -37,3 +39,20 @@ def test_feature_names_that_are_not_text_are_refused_before_training():
 
     with pytest.raises(TrainingError, match="^feature names must be text, and 1 is a int: "):
         anomaly.train(rows, feature_names=[1, 2])
+
+
+@pytest.mark.parametrize(
+    ("records", "problem"),
+    [
+        (np.array([[1.0, "x"], [2.0, 3.0]], dtype=object), "are not numeric: could not convert"),
+        (np.ones((4, 2), complex), "are complex numbers"),
+    ],
+)
+def test_text_or_complex_records_are_a_data_error_in_training_and_scoring(records, problem):
+    """Text raised numpy's own ValueError in training; a complex array was scored with its
+    imaginary part dropped, a ComplexWarning all that said so."""
+    with pytest.raises(anomaly.DataError, match=f"^training rows {problem}"):
+        anomaly.train(records)
+    model = anomaly.load(Path(__file__).parent / "fixtures" / "bundle-v3")
+    with pytest.raises(anomaly.DataError, match=f"^records {problem}"):
+        model.score(np.concatenate([records, records], axis=1))
