@@ -1,4 +1,5 @@
-"""Training data too small for the model asked for: refused in one line that says why."""
+"""Training data the model cannot take (too few rows, no variation, names or values that are
+not what a model holds): refused in one line that says why."""
 
 from __future__ import annotations
 
