@@ -77,6 +77,23 @@ def test_bad_message_is_rejected_with_its_reason_and_its_neighbours_are_kept(val
 
 
 @pytest.mark.parametrize(
+    ("value", "byte"),
+    [
+        ('{"features": [1, 2, 3], "id": "café"}'.encode("latin-1"), "0xe9 at byte offset 34"),
+        (b"\xff\xfe", "0xff at byte offset 0"),
+        (b'{"features": [1, 2, 3], "id": "\xed\xa0\x80"}', "0xed at byte offset 31"),
+    ],
+)
+def test_a_message_that_is_not_utf8_is_explained_by_its_first_bad_byte(value, byte):
+    """orjson's words were "str is not valid UTF-8: surrogates not allowed", whatever the
+    byte (Latin-1, UTF-16, a lone 0xff)."""
+    ((_, reason, explanation),) = _decode([value]).rejected
+
+    assert reason == "not_json"
+    assert explanation.startswith(f"not UTF-8 text: byte {byte} (")
+
+
+@pytest.mark.parametrize(
     ("value", "reason"),
     [
         (b'{"features": [1, 2, ' + b"9" * 5000 + b"]}", "non_finite"),

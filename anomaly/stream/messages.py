@@ -273,8 +273,16 @@ def _parse_leniently(raw: bytes, error: Exception) -> tuple[Any, tuple[str, str]
         return (-1 if digits[0] == "-" else 1) * 10**limit
 
     try:
-        message = json.loads(raw.decode("utf-8"), parse_constant=constant, parse_int=integer)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # orjson's own words name surrogates, whatever the byte
+        return None, (
+            "not_json",
+            f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} "
+            f"({exc.reason}); JSON messages are UTF-8",
+        )
+    try:
+        message = json.loads(text, parse_constant=constant, parse_int=integer)
+    except (ValueError, RecursionError):
         return None, ("not_json", f"not valid JSON: {error}")
     if constants:
         return None, ("non_finite", f"JSON holds the non-standard literal {constants[0]}")
