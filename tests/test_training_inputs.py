@@ -12,6 +12,7 @@ import anomaly
 from anomaly import Config
 from anomaly.calibration import refuse_records_that_do_not_vary
 from anomaly.errors import TrainingError
+from anomaly.health import TrainingWarning
 
 
 def test_too_few_windows_names_the_window_and_the_rows():
@@ -57,3 +58,18 @@ def test_text_or_complex_records_are_a_data_error_in_training_and_scoring(record
     model = anomaly.load(Path(__file__).parent / "fixtures" / "bundle-v3")
     with pytest.raises(anomaly.DataError, match=f"^records {problem}"):
         model.score(np.concatenate([records, records], axis=1))
+
+
+def test_a_feature_that_only_grows_is_named_in_a_training_warning():
+    """A CSV's numeric id column, picked as a feature by type, made every new record score
+    as an anomaly (93 % of new normal rows flagged), and training said nothing."""
+    rng = np.random.default_rng(0)
+    rows = np.column_stack([np.arange(300.0), rng.normal(size=300), rng.normal(size=300)])
+    config = Config().updated(training={"steps": 5, "calibration_folds": 1})
+
+    with pytest.warns(TrainingWarning) as caught:
+        detector = anomaly.train(rows, config, feature_names=["id", "a", "b"])
+
+    (warned,) = [str(w.message) for w in caught if "only grows" in str(w.message)]
+    assert warned.startswith("feature 'id' only grows or only falls over the 300 training rows")
+    assert warned in detector.health["warnings"]
