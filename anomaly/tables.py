@@ -54,9 +54,9 @@ def float32_records(records, what: str) -> np.ndarray:
     """``records`` (an array, nested lists) as float32; text is a ``DataError`` (numpy's
     own ``ValueError`` otherwise), and so are complex numbers, whose imaginary part numpy
     drops with only a warning."""
-    if np.iscomplexobj(records):
-        raise DataError(f"{what} are complex numbers; give their real values (or magnitudes)")
     try:
+        if np.iscomplexobj(records):  # converts nested lists: ragged ones raise ValueError
+            raise DataError(f"{what} are complex numbers; give their real values (or magnitudes)")
         return np.asarray(records, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{what} are not numeric: {exc}") from None

@@ -48,6 +48,7 @@ def test_feature_names_that_are_not_text_are_refused_before_training():
     [
         (np.array([[1.0, "x"], [2.0, 3.0]], dtype=object), "are not numeric: could not convert"),
         (np.ones((4, 2), complex), "are complex numbers"),
+        ([[1.0, 2.0], [1.0]] * 2, "are not numeric: setting an array element with a sequence"),
     ],
 )
 def test_text_or_complex_records_are_a_data_error_in_training_and_scoring(records, problem):
@@ -57,7 +58,7 @@ def test_text_or_complex_records_are_a_data_error_in_training_and_scoring(record
         anomaly.train(records)
     model = anomaly.load(Path(__file__).parent / "fixtures" / "bundle-v3")
     with pytest.raises(anomaly.DataError, match=f"^records {problem}"):
-        model.score(np.concatenate([records, records], axis=1))
+        model.score([[*row, *row] for row in records])
 
 
 def test_a_feature_that_only_grows_is_named_in_a_training_warning():
