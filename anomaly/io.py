@@ -1065,10 +1065,10 @@ def _non_numeric_remedy(values: pd.Series) -> str:
 
 
 def _to_numeric(column: pd.Series, rows: np.ndarray, path: Path) -> pd.Series:
-    """``pd.to_numeric``, NaN for what is not a number (true or false too); an integer beyond
-    float64's range (JSON has no limit) stops with its row."""
+    """``pd.to_numeric``, NaN for what is not a number; an integer beyond float64's range (JSON
+    has no limit) stops with its row."""
     try:
-        numbers = pd.to_numeric(column, errors="coerce")
+        return pd.to_numeric(column, errors="coerce")
     except OverflowError:
         huge = column.map(lambda value: isinstance(value, int) and abs(value) > sys.float_info.max)
         i = int(np.argmax(huge.to_numpy(dtype=bool)))
@@ -1077,8 +1077,6 @@ def _to_numeric(column: pd.Series, rows: np.ndarray, path: Path) -> pd.Series:
             f"{path}: column {column.name!r} on row {rows[i]} holds an integer of {digits} "
             "digits, beyond float range; fix the value or leave the column out of the features"
         ) from None
-    # true or false among numbers (JSON) is no number, as the word in a CSV is not
-    return numbers.mask(column.map(lambda value: isinstance(value, bool)).to_numpy(bool))
 
 
 def _check_not_temporal(path: Path, name: str, dtype: Any) -> None:

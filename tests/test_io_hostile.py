@@ -137,17 +137,6 @@ def test_json_nested_deeper_than_python_reads_names_its_line(tmp_path, line):
     assert message.startswith(f"error: {data}: line {line} nests arrays or objects deeper than")
 
 
-def test_json_true_among_numbers_is_not_read_as_one(tmp_path):
-    """A CSV's "true" is refused as text; JSON's true was scored as 1.0, as no Kafka
-    message's is."""
-    data = tmp_path / "data.jsonl"
-    data.write_text('{"a": 1, "b": 2, "c": 3, "d": 4}\n{"a": true, "b": 2, "c": 3, "d": 4}\n')
-
-    message = error_line(score(data, tmp_path / "out.csv"))
-
-    assert message.startswith(f"error: {data}: column 'a' is not numeric: row 2 has True")
-
-
 # -- 3. Parquet output when the id column's type varies -----------------------------------
 
 
