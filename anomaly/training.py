@@ -340,24 +340,34 @@ def _loose_statistics_warning(n_held_out: int) -> str | None:
 
 
 def _only_growing_feature_warning(rows: np.ndarray, feature_names: list[str]) -> str | None:
-    """A feature that grows (or falls) on every one of the training rows is an id, a row
-    counter, a clock or a running total: every new record lies past all its training
-    values, and scores as an anomaly for that alone (a CSV's numeric ``id`` column, picked
-    as a feature by type, flagged 93 % of new normal rows). Training has at least
-    ``MIN_RECORDS`` rows, over which values drawn at random are monotone with probability
-    2 / 32!, about 1e-35."""
-    steps = np.diff(rows, axis=0)
-    monotone = np.flatnonzero((steps > 0).all(axis=0) | (steps < 0).all(axis=0))
-    if not len(monotone):
+    """A feature that grows (or falls) on every one of the training rows, in their order, is
+    an id, a row counter, a clock or a running total, whose new values lie past all its
+    training values: every new record scores as an anomaly for that alone (a CSV's numeric
+    ``id`` column, picked as a feature by type, flagged 93 % of new normal rows). Or the
+    rows were sorted by it, which the message allows. Training has at least ``MIN_RECORDS``
+    rows, over which values drawn at random are monotone with probability 2 / 32!, about
+    1e-35. A column at a time, most stopped within their first rows: a large training set
+    is not copied."""
+    monotone = [j for j in range(rows.shape[1]) if _monotone(rows[:, j])]
+    if not monotone:
         return None
     names = ", ".join(repr(feature_names[j]) for j in monotone[:3])
     which = f"feature {names}" if len(monotone) == 1 else f"features {names}"
     return (
-        f"{which} only grows or only falls over the {len(rows)} training rows (an "
-        "id, a row counter, a clock or a running total?): new records lie beyond all its "
-        "training values and score as anomalies for that alone; leave it out "
-        "(data.id_column, or list data.features) or give its changes instead"
+        f"{which} only grows or only falls over the {len(rows)} training rows, in their "
+        "order: an id, a row counter, a clock or a running total? New records would lie "
+        "beyond all its training values and score as anomalies for that alone; leave it out "
+        "(data.id_column, or list data.features) or give its changes instead (if the rows "
+        "were sorted by it, ignore this)"
     )
+
+
+def _monotone(values: np.ndarray) -> bool:
+    for part in (values[:MIN_RECORDS], values):
+        steps = np.diff(part)
+        if not ((steps > 0).all() or (steps < 0).all()):
+            return False
+    return True
 
 
 def _fit_engine(

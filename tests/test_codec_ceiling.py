@@ -60,3 +60,13 @@ def test_the_bombs_remembered_are_the_latest_few():
     assert [payload in bombs for payload in payloads] == [False, True, True]
     assert b"w" * 10 not in bombs  # a length seen, other bytes
     assert dict(bombs._lengths) == {10: 1, 11: 1}
+
+
+def test_a_payload_refused_under_a_lower_ceiling_is_unpacked_under_a_higher_one(monkeypatch):
+    payload = _zstd(b"1" * (CEILING + 1))
+    with pytest.raises(codecs.DecompressionBombError):
+        codecs.zstd_decode(payload)
+
+    monkeypatch.setattr(codecs, "MAX_BATCH_BYTES", 2 * CEILING)
+
+    assert len(codecs.zstd_decode(payload)) == CEILING + 1

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import io
 import struct
+import threading
 import zlib
 
 import kafka.record.default_records as default_records
@@ -47,33 +48,43 @@ class _KnownBombs:
     every seek fetches the same batch again, and each fetch unpacked it again up to the
     ceiling: 2,000 records of one 18 KB zstd batch stalled their partition for 96 s. A
     payload seen to be a bomb is refused without being unpacked again; only payloads of a
-    length already seen in a bomb are hashed, so other batches cost a set lookup."""
+    length already seen in a bomb are hashed, so other batches cost a set lookup. A bomb is
+    remembered with the ceiling it was found past (a lower one in tests). Locked: whatever
+    thread polls the consumer may decode."""
 
     def __init__(self, size: int = 64):
         self._fingerprints: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._lengths: collections.Counter[int] = collections.Counter()
         self._size = size
+        self._lock = threading.Lock()
 
     def __contains__(self, payload: bytes) -> bool:
-        return len(payload) in self._lengths and _fingerprint(payload) in self._fingerprints
+        with self._lock:
+            if len(payload) not in self._lengths:
+                return False
+        fingerprint = _fingerprint(payload)
+        with self._lock:
+            return fingerprint in self._fingerprints
 
     def add(self, payload: bytes) -> None:
         fingerprint = _fingerprint(payload)
-        if fingerprint in self._fingerprints:
-            return
-        self._fingerprints[fingerprint] = None
-        self._lengths[len(payload)] += 1
-        if len(self._fingerprints) > self._size:
-            oldest, _ = self._fingerprints.popitem(last=False)
-            length = int.from_bytes(oldest[:8], "big")
-            self._lengths[length] -= 1
-            if not self._lengths[length]:
-                del self._lengths[length]
+        with self._lock:
+            if fingerprint in self._fingerprints:
+                return
+            self._fingerprints[fingerprint] = None
+            self._lengths[len(payload)] += 1
+            if len(self._fingerprints) > self._size:
+                oldest, _ = self._fingerprints.popitem(last=False)
+                length = int.from_bytes(oldest[:8], "big")
+                self._lengths[length] -= 1
+                if not self._lengths[length]:
+                    del self._lengths[length]
 
 
 def _fingerprint(payload: bytes) -> bytes:
-    """The payload's length (8 bytes) and a digest of its bytes."""
-    return len(payload).to_bytes(8, "big") + hashlib.blake2b(payload, digest_size=16).digest()
+    """The payload's length (8 bytes), the ceiling (8) and a digest of its bytes."""
+    digest = hashlib.blake2b(payload, digest_size=16).digest()
+    return len(payload).to_bytes(8, "big") + MAX_BATCH_BYTES.to_bytes(8, "big") + digest
 
 
 _KNOWN_BOMBS = _KnownBombs()
