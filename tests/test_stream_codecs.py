@@ -171,6 +171,11 @@ def test_a_batch_that_cannot_be_decompressed_is_dead_lettered_record_by_record(
     import kafka.record.default_records as default_records
     import zstandard
 
+    # Imported first: its import installs the bounded decoders (codecs.install), which
+    # would replace the patch below had the service imported it later (a run of this test
+    # alone scored the broken records).
+    import anomaly.stream.kafka_python_transport  # noqa: F401
+
     def corrupt(_data):
         raise zstandard.ZstdError("could not decompress data: Corrupted block detected")
 
