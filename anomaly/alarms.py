@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 _SEED_ORDER = 0
 
 
+class StreamsDroppedWarning(UserWarning):
+    """More keys than ``max_streams``: streams were dropped, and start afresh."""
+
+
 class AlarmStage:
     """Adaptive alarms per key: a level and a decision per row, from each key's own past.
 
@@ -120,6 +124,9 @@ class AlarmStage:
         self._streams: dict[Hashable, StreamAlarm] = {}  # least recently seen first
         self._partition_of: dict[Hashable, int] = {}
         self._in_state = 0
+        # A caller that bounds its keys itself (the service: serve.max_entities, which also
+        # drops partial windows) documents the bound; files and Python callers are warned.
+        self._dropped_a_stream = max_keys is not None
 
     @classmethod
     def for_model(
@@ -231,6 +238,7 @@ class AlarmStage:
             levels[rows], alarms[rows], quiet[rows] = result.levels, result.alarms, result.quiet
             while len(self._streams) > self.max_streams:
                 self._drop(next(iter(self._streams)))
+                self._warn_of_dropped_streams()
         return AlarmResult(levels, alarms, quiet)
 
     def forget_partitions(self, partitions: Iterable[int]) -> int:
@@ -263,6 +271,21 @@ class AlarmStage:
             for key, rows in _by_last_row(keys[start:end]):
                 yield key, rows + start
             start = end
+
+    def _warn_of_dropped_streams(self) -> None:
+        """Once per stage (none with ``max_keys``): a stream dropped for the bound starts
+        afresh if its key comes back, which changes that key's alarms; a file of more
+        entities than the bound did so without a word."""
+        if self._dropped_a_stream:
+            return
+        self._dropped_a_stream = True
+        warnings.warn(
+            f"more than {self.max_streams} keys (entities) have alarm streams: the one seen "
+            "least recently is dropped each time, and starts afresh from the model's "
+            "reference if its key comes back; raise alarms.max_streams to keep them all",
+            StreamsDroppedWarning,
+            stacklevel=3,
+        )
 
     def _drop(self, key: Hashable) -> None:
         self._in_state -= self._streams.pop(key).in_state

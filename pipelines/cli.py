@@ -59,6 +59,22 @@ def _training_warnings_kept():
         yield
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(category: type[Warning]):
+    """Print warnings of ``category`` as one ``warning:`` line each, once the block is
+    done (Python's own print a source line too); others are shown as Python shows them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, category):
+            click.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+
+
 def _features(value: str | None) -> list[str] | None:
     return [name.strip() for name in value.split(",") if name.strip()] if value else None
 
@@ -331,17 +347,19 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
         raise click.UsageError("--spark-master needs --engine spark")
     if Path(out).is_dir():
         raise click.BadParameter(f"{out} is a folder; give a file name", param_hint="'--out'")
+    from anomaly.alarms import StreamsDroppedWarning
     from anomaly.files import score_file
 
     detector = anomaly.load(model)
-    summary = score_file(
-        detector,
-        data,
-        out,
-        on_invalid=on_invalid,
-        progress=progress,
-        alarms=_alarms(detector, config_path),
-    )
+    with _warnings_as_lines(StreamsDroppedWarning):
+        summary = score_file(
+            detector,
+            data,
+            out,
+            on_invalid=on_invalid,
+            progress=progress,
+            alarms=_alarms(detector, config_path),
+        )
     alarms = "" if summary.alarms is None else f", {summary.alarms} alarms"
     click.echo(
         f"scored {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s: "
@@ -375,17 +393,19 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
 def evaluate(model, data, label_column, report_dir, as_json, on_invalid, config_path):
     """Measure detection quality on labelled DATA (and the alarm stage's, when adaptive)."""
     import anomaly
+    from anomaly.alarms import StreamsDroppedWarning
     from anomaly.evaluation import evaluate_file
 
     detector = anomaly.load(_version_of(model, err=as_json))
-    result = evaluate_file(
-        detector,
-        data,
-        label_column,
-        report_dir=report_dir,
-        on_invalid=on_invalid,
-        alarms=_alarms(detector, config_path),
-    )
+    with _warnings_as_lines(StreamsDroppedWarning):
+        result = evaluate_file(
+            detector,
+            data,
+            label_column,
+            report_dir=report_dir,
+            on_invalid=on_invalid,
+            alarms=_alarms(detector, config_path),
+        )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly.alarms import AlarmStage
+from anomaly.alarms import AlarmStage, StreamsDroppedWarning
 from anomaly.config import COMPONENTS, MAX_ALARM_HISTORY, AlarmConfig, Config
 from anomaly.decision import StateSemantics
 from anomaly.errors import ConfigError
@@ -364,6 +364,19 @@ def test_the_reference_must_fit_the_quorum_and_the_history():
         AlarmStage(np.zeros(10), AlarmConfig(method="conformal", quorum=None, history=8))
     with pytest.raises(ConfigError, match="'threshold' has no adaptive stage"):
         AlarmStage(np.zeros(10), AlarmConfig(method="threshold", quorum=None))
+
+
+def test_dropping_streams_for_the_bound_warns_once():
+    """A file of more entities than alarms.max_streams restarted streams without a word."""
+    config = AlarmConfig(method="conformal", quorum=None, history=10, max_streams=2)
+    stage = AlarmStage(np.linspace(0.1, 0.9, 5), config)
+    stage.update(np.full(2, 0.5), keys=["a", "b"])
+
+    with pytest.warns(StreamsDroppedWarning, match="^more than 2 keys") as caught:
+        stage.update(np.full(3, 0.5), keys=["c", "d", "a"])
+        stage.update(np.full(2, 0.5), keys=["e", "b"])
+
+    assert len(caught) == 1
 
 
 def test_a_history_too_long_to_hold_is_refused_before_any_stream_is_made():

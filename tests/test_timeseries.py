@@ -260,6 +260,34 @@ def test_score_command_says_why_rows_of_entities_too_short_for_a_window_have_no_
 
 
 @pytest.mark.slow
+def test_score_command_says_once_that_alarm_streams_were_dropped_past_the_bound(
+    windowed_detector, tmp_path
+):
+    """More entities than alarms.max_streams: streams restarted without a word."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    windowed_detector.save(tmp_path / "model")
+    sine_frame(seed=2, spike=False).to_csv(tmp_path / "series.csv", index=False)
+    (tmp_path / "alarms.toml").write_text("[alarms]\nmax_streams = 1\n")
+
+    result = CliRunner().invoke(
+        cli,
+        ["score", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "series.csv")]
+        + ["--out", str(tmp_path / "scores.csv"), "--config", str(tmp_path / "alarms.toml")],
+    )
+
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warned == [
+        "warning: more than 1 keys (entities) have alarm streams: the one seen least recently "
+        "is dropped each time, and starts afresh from the model's reference if its key comes "
+        "back; raise alarms.max_streams to keep them all"
+    ]
+
+
+@pytest.mark.slow
 def test_injected_spike_scores_high_at_its_rows(scored, windowed_detector):
     frame, out, _ = scored
     spike_entity = (frame["entity"] == SPIKE_ENTITY).to_numpy()
