@@ -53,7 +53,7 @@ class _KnownBombs:
     thread polls the consumer may decode."""
 
     def __init__(self, size: int = 64):
-        self._fingerprints: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._fingerprints: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         self._lengths: collections.Counter[int] = collections.Counter()
         self._size = size
         self._lock = threading.Lock()
@@ -74,17 +74,15 @@ class _KnownBombs:
             self._fingerprints[fingerprint] = None
             self._lengths[len(payload)] += 1
             if len(self._fingerprints) > self._size:
-                oldest, _ = self._fingerprints.popitem(last=False)
-                length = int.from_bytes(oldest[:8], "big")
+                (length, *_), _ = self._fingerprints.popitem(last=False)
                 self._lengths[length] -= 1
                 if not self._lengths[length]:
                     del self._lengths[length]
 
 
-def _fingerprint(payload: bytes) -> bytes:
-    """The payload's length (8 bytes), the ceiling (8) and a digest of its bytes."""
-    digest = hashlib.blake2b(payload, digest_size=16).digest()
-    return len(payload).to_bytes(8, "big") + MAX_BATCH_BYTES.to_bytes(8, "big") + digest
+def _fingerprint(payload: bytes) -> tuple[int, int, bytes]:
+    """The payload's length, the ceiling and a digest of its bytes."""
+    return len(payload), MAX_BATCH_BYTES, hashlib.blake2b(payload, digest_size=16).digest()
 
 
 _KNOWN_BOMBS = _KnownBombs()
