@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import Counter
 
+import confluent_kafka
 import numpy as np
 import orjson
 import pytest
@@ -399,6 +400,65 @@ def test_a_librdkafka_producer_that_delivers_nothing_is_replaced_and_nothing_is_
     assert answered >= set(first) | set(second)
     (replaced,) = [line for line in events.lines if line.startswith("event=producer_replaced ")][:1]
     assert " messages=0 " not in replaced, replaced
+
+
+class _CoordinatorThatMoved(confluent_kafka.Consumer):
+    """librdkafka's consumer whose first ``refusals`` committed-offset queries meet
+    NOT_COORDINATOR, as after a broker pause; it keeps what each assignment asked for."""
+
+    refusals = 2
+    assignments: list[list[int]] = []
+
+    def committed(self, partitions, timeout=None):
+        if type(self).refusals > 0:
+            type(self).refusals -= 1
+            raise confluent_kafka.KafkaException(
+                confluent_kafka.KafkaError(confluent_kafka.KafkaError.NOT_COORDINATOR)
+            )
+        return super().committed(partitions, timeout=timeout)
+
+    def assign(self, partitions):
+        type(self).assignments.append([tp.offset for tp in partitions])
+        return super().assign(partitions)
+
+
+def test_committed_offsets_the_coordinator_cannot_give_at_once_are_asked_for_again(
+    kafka_bootstrap, detector, tiny_bundle_mixing, events, monkeypatch
+):
+    """An assignment whose committed offsets the group coordinator cannot give yet (it moved,
+    or its broker was paused) asks again until it can, and assigns every partition at its
+    committed offset. Left to fetch them itself, librdkafka never fetched a partition again
+    once its request met NOT_COORDINATOR (librdkafka issue #5586): in a CI run, after the
+    broker was paused, the service was assigned, healthy and read nothing more."""
+    t = _create_topics(kafka_bootstrap, input_topic=2, output_topic=1, dlq_topic=1)
+    config = _config(kafka_bootstrap, {**t, "alerts_topic": None}, client="confluent")
+    rows = _normal_rows(tiny_bundle_mixing, 40, seed=31)
+    names = detector.feature_names
+    messages = [(f"e{i % 5}".encode(), _record(i, r, names, False)) for i, r in enumerate(rows)]
+    first = _produce(kafka_bootstrap, t["input_topic"], messages[:20])
+    with _running(detector, config) as service:
+        wait_for(
+            lambda: service.stats()["commits"] >= 1 and service.stats()["consumed"] >= 20,
+            60,
+            "the first 20 records scored and committed",
+        )
+        wait_for(lambda: not service.stats()["pending_results"], 30, "their results sent")
+    monkeypatch.setattr(confluent_transport, "Consumer", _CoordinatorThatMoved)
+    monkeypatch.setattr(_CoordinatorThatMoved, "assignments", [])
+    second = _produce(kafka_bootstrap, t["input_topic"], messages[20:])
+    with _running(detector, config) as service:
+        wait_for(lambda: service.stats()["consumed"] >= 20, 60, "the next 20 records consumed")
+        results = _read(kafka_bootstrap, t["output_topic"], covers=set(first) | set(second))
+    answered = Counter(
+        (d["partition"], d["offset"]) for d in map(orjson.loads, (r.value for r in results))
+    )
+    assert set(answered) >= set(first) | set(second)
+    assert not [key for key in answered if answered[key] > 1], "scored twice"
+    assert _CoordinatorThatMoved.refusals == 0
+    (assigned,) = _CoordinatorThatMoved.assignments
+    assert confluent_kafka.OFFSET_INVALID not in assigned, assigned  # none left to librdkafka
+    assert events.count("committed_offsets_unknown") >= 1
+    assert any("action=ask_again" in line for line in events.lines)
 
 
 def test_a_crashed_instance_is_replaced_at_once_with_static_membership(

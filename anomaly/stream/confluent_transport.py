@@ -124,6 +124,8 @@ DELIVERY_TIMEOUT_MS = 120_000
 WATERMARK_TIMEOUT_MS = 5_000
 #: How long an end-offset query may take (``end_offsets``); the loop never waits for it.
 END_OFFSETS_REQUEST_S = 10.0
+#: How often an assignment asks again for committed offsets the coordinator could not give.
+COMMITTED_RETRY_S = 0.5
 #: librdkafka's statistics interval: the broker watch's probe.
 STATISTICS_INTERVAL_MS = 1_000
 #: Seconds without a delivery report, with messages owed and the cluster reachable, after
@@ -823,10 +825,10 @@ class ConfluentTransport(Transport):
 
     def _on_assign(self, consumer: Consumer, partitions: list) -> None:
         """Eager assignment: all of the consumer's partitions. Each starts where the listener
-        says, else at its committed offset, else (none yet) at ``auto_offset_reset``'s end:
-        librdkafka's own reset is off (``auto.offset.reset=error``). A committed offset
-        librdkafka starts from itself (with its leader epoch); the loop keeps it for a batch
-        it cannot read before the partition's first record (``_position_of``)."""
+        says, else at its committed offset (with its leader epoch), else (none yet) at
+        ``auto_offset_reset``'s end: librdkafka's own reset is off (``auto.offset.reset=
+        error``). The loop keeps the committed offset for a batch it cannot read before the
+        partition's first record (``_position_of``)."""
         if self._abandoned:
             return
         self._rebalances += 1
@@ -836,23 +838,17 @@ class ConfluentTransport(Transport):
         self._seeked = {}
         self._committed_starts = {}
         starts = {tp.partition: o for tp, o in self.listener.partitions_assigned(ours).items()}
-        uncommitted: set[int] = set()
         rest = [tp for tp in partitions if tp.partition not in starts]
-        if rest:
-            try:
-                committed = consumer.committed(rest, timeout=STARTUP_TIMEOUT_MS / 1000)
-                uncommitted = {tp.partition for tp in committed if tp.offset < 0}
-                self._committed_starts = {
-                    tp.partition: tp.offset for tp in committed if tp.offset >= 0
-                }
-            except KafkaException as exc:  # librdkafka then reports a reset: ``_reset``
-                log.warning("event=committed_offsets_unknown error=%s", describe(exc))
-        for tp in partitions:
+        committed = {tp.partition: tp for tp in self._committed(consumer, rest)} if rest else {}
+        self._committed_starts = {p: tp.offset for p, tp in committed.items() if tp.offset >= 0}
+        for i, tp in enumerate(partitions):
             start = starts.get(tp.partition)
             if start is not None:
                 tp.offset = start
                 self._seeked[tp.partition] = start
-            elif tp.partition in uncommitted:
+            elif tp.partition in self._committed_starts:
+                partitions[i] = committed[tp.partition]  # with its leader epoch
+            elif tp.partition in committed:  # none committed yet
                 tp.offset = self._reset_offset
         consumer.assign(partitions)
         # A new assignment starts unpaused (``_paused`` above, and the loop's back-pressure
@@ -860,6 +856,31 @@ class ConfluentTransport(Transport):
         # and assign: paused at a rebalance (a broker restart, an instance joining), it was
         # never fetched again, every probe still healthy.
         consumer.resume(partitions)
+
+    def _committed(self, consumer: Consumer, partitions: list) -> list:
+        """The committed offsets of ``partitions``, asked again every ``COMMITTED_RETRY_S``
+        while the group coordinator cannot answer (a coordinator that moved, or a broker that
+        was paused), for up to the session timeout, after which the group has moved on and
+        assigns again; [] if it never answered. Each partition is then assigned with its
+        offset: librdkafka left to fetch them itself never fetched the partition again once
+        its request met NOT_COORDINATOR (librdkafka issue #5586; seen after a broker pause)."""
+        deadline = time.monotonic() + self.config.session_timeout_ms / 1000
+        while True:
+            try:
+                return consumer.committed(partitions, timeout=STARTUP_TIMEOUT_MS / 1000)
+            except KafkaException as exc:
+                if time.monotonic() + COMMITTED_RETRY_S >= deadline or self._abandoned:
+                    log.warning(
+                        "event=committed_offsets_unknown error=%s action=librdkafka_fetches",
+                        describe(exc),
+                    )
+                    return []  # librdkafka then asks itself, or reports a reset: ``_reset``
+                if self._error_logs.admit(("committed", describe(exc))) is not None:
+                    log.warning(
+                        "event=committed_offsets_unknown error=%s action=ask_again",
+                        describe(exc),
+                    )
+            time.sleep(COMMITTED_RETRY_S)
 
     def _on_revoke(self, consumer: Consumer, partitions: list) -> None:
         if self._abandoned:
