@@ -486,8 +486,10 @@ class _Source(Protocol):
 def _open_source(path: Path, text_columns: list[str | None]) -> _Source:
     if path.is_dir():
         return _ParquetFolderSource(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"file not found: {path}")
+    if not path.is_file():
+        raise DataError(f"not a regular file: {path} (a device, pipe or socket cannot be read)")
     kind = _format_of(path, _READ_FORMATS, "read")
     kept = [name for name in text_columns if name is not None]
     if kind == "csv":

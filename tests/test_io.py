@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -366,6 +367,15 @@ def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.csv"
 
     assert error_message(path) == f"file not found: {path}"
+
+
+def test_a_pipe_is_not_called_missing(tmp_path: Path) -> None:
+    path = tmp_path / "fifo.csv"
+    os.mkfifo(path)
+
+    assert error_message(path) == (
+        f"not a regular file: {path} (a device, pipe or socket cannot be read)"
+    )
 
 
 def test_folder_without_parquet_files(tmp_path: Path) -> None:
