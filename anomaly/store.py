@@ -138,27 +138,42 @@ def publish(model: str | os.PathLike[str], store: str | os.PathLike[str]) -> int
 
 def _refuse_another_stream(model: Path, candidate, store: Path) -> None:
     """A ``BundleError`` when ``candidate`` cannot score the records that the versions of
-    ``store`` score (``Schema.stream_difference``): a store serves one stream, the service
-    refuses such a version, and an instance started later would serve it beside the others
-    (its records' results then dead letters)."""
+    ``store`` score: a store serves one stream, the service refuses such a version, and an
+    instance started later would serve it beside the others (its records' results then dead
+    letters)."""
+    difference = stream_difference(store, candidate.schema)
+    if difference is not None:
+        raise BundleError(
+            f"{model}: cannot score the records of {store}'s versions: {difference}. A store "
+            "serves one stream, whose service refuses such a version; publish it into a new "
+            "store and point the service there"
+        )
+
+
+def stream_difference(
+    store: str | os.PathLike[str], schema, before: int | None = None
+) -> str | None:
+    """Why a model of ``schema`` cannot score the stream that the versions of ``store`` (those
+    numbered below ``before``, as when it was published) score (``Schema.stream_difference``,
+    naming the latest of them), or None: where one of them scores the same records, or none
+    can be read."""
     from anomaly.detector import Schema
 
+    store = Path(store)
     differences = {}
     for number in versions(store) if store.is_dir() else []:
+        if before is not None and number >= before:
+            continue
         try:
-            schema = json.loads((store / str(number) / "schema.json").read_text())
-            stream = Schema(list(schema["feature_names"]), schema.get("window"))
+            recorded = json.loads((store / str(number) / "schema.json").read_text())
+            stream = Schema(list(recorded["feature_names"]), recorded.get("window"))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a damaged version: the service refuses that one itself
-        differences[number] = candidate.schema.stream_difference(stream)
+        differences[number] = schema.stream_difference(stream)
     if not differences or None in differences.values():
-        return
+        return None
     latest = max(differences)
-    raise BundleError(
-        f"{model}: cannot score the records of {store}'s versions: {differences[latest]} "
-        f"(version {latest}). A store serves one stream, whose service refuses such a "
-        "version; publish it into a new store and point the service there"
-    )
+    return f"{differences[latest]} (version {latest})"
 
 
 def _add_version(model: Path, store: Path) -> int:

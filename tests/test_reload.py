@@ -126,6 +126,10 @@ def test_a_version_for_other_features_is_refused_and_the_next_good_one_taken(
     watcher.check()
     assert watcher.take() is None
     assert refusals and "features (5) are not the stream's (8" in refusals[0][1]
+    served = load_served_model(store)  # a new replica serves the store's stream, not version 2
+    assert served.version == "1"
+    assert [number for number, _ in served.refused] == [2]
+    assert "older versions: its features (5) are not the stream's (8" in served.refused[0][1]
 
     publish(retrained_bundle, store)
     watcher.check()

@@ -20,8 +20,9 @@ next poll: a failure counts only once the version's files are the same as at the
 before. A refusal holds until the version's files change, so a broken version is not loaded
 again on every poll.
 
-At start (``load_served_model``) the latest version that loads is served: a newer one that
-does not is refused as above, so a new replica joins the ones already serving.
+At start (``load_served_model``) the latest version that loads and scores the store's stream
+(that of its other versions, as ``publish`` requires) is served: a newer one that does not is
+refused as above, so a new replica joins the ones already serving.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ def load_served_model(path: str | Path, pinned: int | None = None) -> ServedMode
             detector = _load_servable(store.version_path(path, number))
         except BundleError as exc:
             refused.append((number, _logged_refusal(Path(path), number, "none", str(exc))))
+            continue
+        difference = store.stream_difference(path, detector.schema, before=number)
+        if difference is not None:  # put there by hand: publish refuses it
+            reason = f"it cannot score the records of the store's older versions: {difference}"
+            refused.append((number, _logged_refusal(Path(path), number, "none", reason)))
             continue
         return ServedModel(detector, str(number), number, refused=tuple(refused))
     reasons = "; ".join(f"version {n}: {reason}" for n, reason in refused)
