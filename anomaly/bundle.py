@@ -50,6 +50,11 @@ NETWORKS = ("encoder", "generator", "critic")
 JSON_PARTS = ("preprocessing", "scoring", "schema", "metadata", "health", "config", "drift")
 LATENT_PROTOTYPES = "latent_prototypes.npy"
 MANIFEST = "manifest.json"
+#: The most a network's ``.keras`` archive may unpack to, as a multiple of its own size (plus
+#: ``ARCHIVE_SLACK_BYTES``). Keras stores its entries uncompressed (1x); a few kilobytes of
+#: deflated blanks that unpack to gigabytes would exhaust a pod's memory at load.
+MAX_UNPACKED_RATIO = 4
+ARCHIVE_SLACK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,24 @@ def _keras_problem(file: Path, exc: Exception) -> str:
     return f"cannot be loaded as a Keras model: {shown or type(exc).__name__}"
 
 
+def _refuse_archive_bomb(file: Path) -> None:
+    """A ``BundleError`` when the entries of archive ``file`` say they unpack to more than
+    ``MAX_UNPACKED_RATIO`` times its size; zipfile never unpacks an entry past the size it
+    declares, so the declared sizes bound what loading takes."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # Keras' load says what is wrong (``_keras_problem``)
+    packed = file.stat().st_size
+    if unpacked > MAX_UNPACKED_RATIO * packed + ARCHIVE_SLACK_BYTES:
+        raise BundleError(
+            f"{file}: unpacks to {unpacked:,} bytes from {packed:,} (Keras stores its archives "
+            f"uncompressed; more than {MAX_UNPACKED_RATIO} times their size is refused, as a "
+            f"decompression bomb); {RESTORE_HINT}"
+        )
+
+
 def load_bundle(path: str | os.PathLike[str]) -> BundleContents:
     """Verify and load a bundle, brought to the current format; every failure is a
     ``BundleError`` that says exactly why."""
@@ -165,12 +188,11 @@ def load_bundle(path: str | os.PathLike[str]) -> BundleContents:
     version = verify_bundle(path)["bundle_version"]
     networks = {}
     for name in NETWORKS:
+        file = path / f"{name}.keras"
+        _refuse_archive_bomb(file)
         try:
-            networks[name] = keras.saving.load_model(
-                path / f"{name}.keras", compile=False, safe_mode=True
-            )
+            networks[name] = keras.saving.load_model(file, compile=False, safe_mode=True)
         except Exception as exc:  # Keras raises many types for a bad archive
-            file = path / f"{name}.keras"
             raise BundleError(f"{file}: {_keras_problem(file, exc)}") from None
     parts = {}
     for name in json_parts(version):

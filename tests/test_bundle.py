@@ -194,6 +194,35 @@ def test_a_network_with_a_lambda_layer_is_refused_in_one_line_naming_it(bundle):
     assert "\n" not in message
 
 
+def _deflated(name: str) -> zipfile.ZipInfo:
+    entry = zipfile.ZipInfo(name)
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    return entry
+
+
+def test_a_network_archive_that_unpacks_to_gigabytes_is_refused_before_it_is_unpacked(bundle):
+    """A tester's bundle: encoder.keras with its config.json padded by 1.5 GB of deflated
+    blanks (1.8 MB on disk) took 3.9 GB of memory to load, past a pod's limit."""
+    file = bundle / "encoder.keras"
+    with zipfile.ZipFile(file) as original:
+        entries = {entry.filename: original.read(entry) for entry in original.infolist()}
+    with zipfile.ZipFile(file, "w") as padded:
+        for name, data in entries.items():
+            if name == "config.json":
+                with padded.open(_deflated(name), "w", force_zip64=True) as out:
+                    out.write(data)
+                    for _ in range(64):
+                        out.write(b" " * (1 << 20))  # 64 MiB in about 64 KB
+            else:
+                padded.writestr(name, data)
+    rewrite_checksum(bundle, "encoder.keras")
+
+    message = load_error(bundle)
+
+    assert message.startswith(f"{file}: unpacks to 67,")
+    assert "refused, as a decompression bomb" in message
+
+
 def test_manifest_that_does_not_list_a_part_is_refused(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     del manifest["files"]["health.json"]
