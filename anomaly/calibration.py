@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from anomaly import tables
 from anomaly.config import COMPONENTS
 from anomaly.drift import DriftSummary
 from anomaly.errors import DataError, SchemaError, TrainingError
+from anomaly.health import TrainingWarning
 from anomaly.scoring import (
     REFERENCE_QUANTILES,
     ScoringEngine,
@@ -184,38 +186,22 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
     (``anomaly.drift``). The result is a new model whose metadata names its parent and the
     data's fingerprint."""
     from anomaly.detector import Detector
-    from anomaly.training import MIN_RECORDS, table_records
+    from anomaly.training import MIN_RECORDS
 
-    window = detector.schema.window
-    frame = tables.as_frame(rows)
-    if frame is not None:
-        # A table as ``train`` takes one: its rows labelled normal (where it has the model's
-        # label column), each entity's series apart (where it has its entity column).
-        rows, _, entities, index = table_records(
-            frame, detector.config, detector.feature_names, entities
-        )
-    rows = np.asarray(rows, np.float32)
-    if rows.ndim != 2 or rows.shape[1] != len(detector.feature_names):
-        raise SchemaError(
-            f"calibration rows must be (records x {len(detector.feature_names)} features), "
-            f"got shape {rows.shape}"
-        )
-    if frame is not None and window is None:  # a bad row of a table named by its label
-        records = detector.check_records(
-            pd.DataFrame(rows, index=index, columns=detector.feature_names)
-        )
-    else:
-        records = detector.check_records(records_of(rows, window, entities))
+    records, rows = fresh_records(detector, rows, entities)
     if len(records) < MIN_RECORDS:
         raise DataError(
             f"{len(records)} normal records to calibrate on; at least {MIN_RECORDS} are needed"
         )
+    not_normal = flagged_by_parent(detector, records, "recalibrated")
     refuse_records_that_do_not_vary(records)
     params = calibrate(detector.engine, records)
     health = {**detector.health, "warnings": list(detector.health.get("warnings", []))}
     too_few = resolution_warning(len(records), params.target_fpr, "calibrate on more normal rows")
-    if too_few:
-        health["warnings"].append(too_few)
+    for warning in (not_normal, too_few):
+        if warning:
+            health["warnings"].append(warning)
+            warnings.warn(warning, TrainingWarning, stacklevel=2)
     metadata = {k: v for k, v in detector.metadata.items() if k != "model_version"}
     metadata.update(calibration_records=int(len(records)), calibration_folds=1)
     metadata["lineage"] = [
@@ -230,6 +216,56 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
     engine = detector.engine.with_params(params)
     drift_summary = DriftSummary.fit(detector.feature_names, params.reference_scores, rows)
     return Detector(engine, detector.schema, detector.config, metadata, health, drift_summary)
+
+
+def fresh_records(detector: Detector, rows, entities=None) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh normal ``rows`` (an array, or a table as ``train`` takes one: its rows labelled
+    normal where it has the model's label column, each entity's series apart) as the records
+    ``detector`` scores, and the rows as a float32 array; a ``SchemaError`` or ``DataError``
+    naming what does not fit."""
+    from anomaly.training import table_records
+
+    window = detector.schema.window
+    frame = tables.as_frame(rows)
+    index = None
+    if frame is not None:
+        rows, _, entities, index = table_records(
+            frame, detector.config, detector.feature_names, entities
+        )
+    rows = np.asarray(rows, np.float32)
+    if rows.ndim != 2 or rows.shape[1] != len(detector.feature_names):
+        raise SchemaError(
+            f"rows of normal data must be (records x {len(detector.feature_names)} features), "
+            f"got shape {rows.shape}"
+        )
+    if frame is not None and window is None:  # a bad row of a table named by its label
+        records = detector.check_records(
+            pd.DataFrame(rows, index=index, columns=detector.feature_names)
+        )
+    else:
+        records = detector.check_records(records_of(rows, window, entities))
+    return records, rows
+
+
+#: The share of fresh normal records the model being recalibrated or retrained may flag
+#: before it says they may not be normal.
+MAX_FLAGGED_BY_PARENT = 0.25
+
+
+def flagged_by_parent(parent: Detector, records: np.ndarray, becoming: str) -> str | None:
+    """A warning when ``parent`` flags more than ``MAX_FLAGGED_BY_PARENT`` of the fresh
+    normal ``records``: a model fitted to them no longer flags their kind. Normal operation
+    that moved (drift) is what recalibrating and retraining are for, so it warns, and
+    ``becoming`` ("recalibrated", "retrained") says what the parent is being."""
+    flagged = float(np.mean(parent.score(records).is_anomaly)) if len(records) else 0.0
+    if flagged <= MAX_FLAGGED_BY_PARENT:
+        return None
+    return (
+        f"the model {becoming} here flags {flagged:.0%} of these rows as anomalies (its target "
+        f"is {parent.engine.params.target_fpr:.2%}): if they are normal operation that moved, "
+        "this is what the new model is for; if they hold anomalies, it will not flag their "
+        "kind. Check them (anomaly drift, anomaly score) before serving it"
+    )
 
 
 def resolves(records: int, target_fpr: float) -> bool:

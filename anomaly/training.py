@@ -146,6 +146,9 @@ def retrain(
     fresh rows are too few for the parent's). It keeps the parent's configuration and
     standardisation, so the networks see inputs scaled as before; its metadata names the
     parent, and its health report holds the parent's beside its own."""
+    from anomaly.calibration import flagged_by_parent, fresh_records
+
+    not_normal = flagged_by_parent(parent, fresh_records(parent, rows, entities)[0], "retrained")
     config = parent.config if steps is None else parent.config.updated(training={"steps": steps})
     config, fewer_folds = _fewer_folds_for(len(rows), config)
     started_from = {
@@ -157,9 +160,10 @@ def retrain(
         rows, config, feature_names=parent.feature_names, entities=entities, parent=parent
     )
     child.metadata["lineage"] = [*parent.metadata.get("lineage", []), started_from]
-    if fewer_folds:
-        child.health["warnings"].append(fewer_folds)
-        warnings.warn(fewer_folds, health.TrainingWarning, stacklevel=2)
+    for warning in (not_normal, fewer_folds):
+        if warning:
+            child.health["warnings"].append(warning)
+            warnings.warn(warning, health.TrainingWarning, stacklevel=2)
     child.health["parent"] = {
         "model_version": parent.version,
         "final_metrics": parent.metadata.get("final_metrics", {}),

@@ -212,3 +212,41 @@ def test_retraining_decides_the_folds_again_on_the_fresh_rows_where_the_parent_s
     with pytest.warns(TrainingWarning, match="calibrated on 30 normal records"):
         fixed = anomaly.retrain(anomaly.load(fixtures / "bundle-v4"), fresh, steps=5)
     assert fixed.metadata["calibration_folds"] == fixed.config.training.calibration_folds == 1
+
+
+def test_rows_the_model_flags_as_anomalies_are_called_out_by_calibrate_and_retrain(
+    tiny_bundle, tiny_bundle_mixing, tmp_path
+):
+    """A tester calibrated a model on rows 50 standard deviations out: the new model flagged
+    0.6 % of them (its parent: all) and nothing said so. Calibrating or retraining on rows
+    the model flags is what drift calls for, so it is a warning, naming the share."""
+    rng = np.random.default_rng(3)
+    parent = anomaly.load(tiny_bundle)
+    far = rng.normal(size=(600, 3)) @ tiny_bundle_mixing + 50.0
+    with pytest.warns(TrainingWarning, match=r"model recalibrated here flags 100% of these"):
+        child = recalibrate(parent, far)
+    assert any("flags 100% of these rows" in w for w in child.health["warnings"])
+    with pytest.warns(TrainingWarning, match=r"model retrained here flags 100% of these"):
+        anomaly.retrain(parent, far, steps=2)
+
+    data = tmp_path / "far.csv"
+    pd.DataFrame(far, columns=[f"f{i}" for i in range(8)]).to_csv(data, index=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "calibrate",
+            "--model",
+            str(tiny_bundle),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: the model recalibrated here flags 100% of these rows" in result.stderr
+
+    near = rng.normal(size=(600, 3)) @ tiny_bundle_mixing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)
+        recalibrate(parent, near)  # normal rows: no warning
