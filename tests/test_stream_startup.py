@@ -4,8 +4,10 @@ and no secret; missing topics are created on request, or the error says how to g
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -16,7 +18,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 import anomaly
 from anomaly.stream import ScoringService, StreamError
-from anomaly.stream.clients import check_broker
+from anomaly.stream.clients import answering_servers, check_broker
 from tests._support import LogLines
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -26,11 +28,17 @@ SECRET = "s3cr3t-Pa55"
 
 
 def _serve(
-    bundle: Path, bootstrap: str, input_topic: str, client: str = "kafka-python", **kafka: str
+    bundle: Path,
+    bootstrap: str,
+    input_topic: str,
+    client: str = "kafka-python",
+    broker_wait_s: str = "inf",
+    **kafka: str,
 ):
     """``anomaly serve`` as a process, with Kafka options from ANOMALY_SERVE_KAFKA_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_SERVE_")}
     env["ANOMALY_SERVE_CLIENT"] = client
+    env["ANOMALY_SERVE_BROKER_WAIT_S"] = broker_wait_s
     env.update({f"ANOMALY_SERVE_KAFKA_{k.upper()}": v for k, v in kafka.items()})
     if client == "kafka-python":  # librdkafka has no such option
         env["ANOMALY_SERVE_KAFKA_BOOTSTRAP_TIMEOUT_MS"] = "3000"
@@ -74,6 +82,50 @@ def test_tls_handshake_failure_stops_serve_in_one_line_naming_the_servers(
         ssl_password=SECRET,
     )
     _assert_one_line_failure(result, "TLS handshake", f"Kafka at {kafka_bootstrap} failed")
+
+
+@contextlib.contextmanager
+def _silent_listener():
+    """A port that accepts connections (the system does, for its backlog) and never says a
+    word: a port of something else, or a broker frozen as it starts."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as server:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_a_tls_listener_that_never_answers_stops_serve_in_one_line(tiny_bundle):
+    """kafka-python puts no deadline on a TLS handshake: the start hung for ever, with no log
+    line, /readyz at 503 and anomaly_broker_reachable at 1."""
+    with _silent_listener() as silent:
+        result = _serve(tiny_bundle, silent, "in", broker_wait_s="0", security_protocol="SSL")
+    _assert_one_line_failure(
+        result,
+        f"Kafka at {silent} accepted the connection but did not answer a TLS handshake within",
+    )
+
+
+def test_a_silent_bootstrap_server_beside_a_good_one_is_passed_over(
+    kafka_secure, kafka_topic_factory, caplog
+):
+    """Named first beside the real broker, a silent server hung the start whenever
+    kafka-python chose it to bootstrap from."""
+    with _silent_listener() as silent:
+        config = _secure_config(kafka_secure, "mtls", kafka_topic_factory(1))
+        config = config.model_copy(
+            update={"bootstrap_servers": f"{silent},{config.bootstrap_servers}"}
+        )
+        with caplog.at_level(logging.WARNING, logger="anomaly.stream"):
+            servers = answering_servers(config)
+        assert servers == kafka_secure["mtls"].bootstrap
+        try:
+            check_broker(config, servers)
+        finally:
+            admin = KafkaAdminClient(bootstrap_servers=kafka_secure.bootstrap)
+            admin.delete_topics([config.output_topic], raise_errors=False)
+            admin.close()
+    (line,) = [
+        r.getMessage() for r in caplog.records if "bootstrap_server_silent" in r.getMessage()
+    ]
+    assert line.startswith(f"event=bootstrap_server_silent servers={silent} ")
 
 
 def test_sasl_refused_by_the_listener_stops_serve_as_an_authentication_failure(

@@ -52,6 +52,7 @@ from kafka.errors import (
 )
 
 from anomaly.config import ServeConfig
+from anomaly.stream import tls_probe
 from anomaly.stream.errors import BrokerUnreachable, StreamError
 from anomaly.stream.kafka_options import client_options
 
@@ -77,12 +78,42 @@ INPUT_METADATA_MAX_AGE_MS = 15_000
 PRODUCER_BATCH_BYTES = 256 * 1024
 
 
-def check_broker(config: ServeConfig) -> None:
+def answering_servers(config: ServeConfig) -> str:
+    """``bootstrap_servers`` less those that accept a connection but never answer a TLS
+    handshake (``tls_probe``), which kafka-python would wait on for ever; a
+    ``BrokerUnreachable`` when all of them are such. Over PLAINTEXT, all of them."""
+    protocol = str(client_options(config.kafka, "admin").get("security_protocol", "PLAINTEXT"))
+    if protocol.upper() not in ("SSL", "SASL_SSL"):
+        return config.bootstrap_servers
+    servers = [s.strip() for s in config.bootstrap_servers.split(",") if s.strip()]
+    silent = tls_probe.silent_servers(servers, STARTUP_TIMEOUT_MS / 1000)
+    if not silent:
+        return config.bootstrap_servers
+    said = (
+        f"accepted the connection but did not answer a TLS handshake within "
+        f"{STARTUP_TIMEOUT_MS / 1000:g} s"
+    )
+    if len(silent) == len(servers):
+        raise BrokerUnreachable(
+            f"Kafka at {config.bootstrap_servers} {said} ({protocol}); check "
+            "bootstrap_servers (a port of something else?), security_protocol and that the "
+            "broker is up"
+        )
+    log.warning(
+        "event=bootstrap_server_silent servers=%s (%s; bootstrapping from the others)",
+        ",".join(silent),
+        said,
+    )
+    return ",".join(server for server in servers if server not in silent)
+
+
+def check_broker(config: ServeConfig, servers: str | None = None) -> None:
     """Fail fast, naming the problem, when the broker is unreachable, refuses the
     credentials or the TLS handshake, or a topic is missing (created instead, for all but
-    the input topic, with ``create_topics``)."""
+    the input topic, with ``create_topics``). ``servers`` bootstrap the check's client
+    (``answering_servers``; by default ``bootstrap_servers``)."""
     check_topic_names(config)
-    admin = make_admin(config, f"{config.group_id}-startup")
+    admin = make_admin(config, f"{config.group_id}-startup", servers)
     try:
         try:
             existing = set(admin.list_topics())
@@ -199,14 +230,15 @@ def check_topics(
         )
 
 
-def make_admin(config: ServeConfig, client_id: str) -> KafkaAdminClient:
-    """An admin client, bootstrapped: a failure is a one-line ``StreamError`` that says
-    whether the broker was unreachable, refused the credentials or the TLS handshake."""
+def make_admin(config: ServeConfig, client_id: str, servers: str | None = None) -> KafkaAdminClient:
+    """An admin client, bootstrapped (from ``servers``, by default ``bootstrap_servers``): a
+    failure is a one-line ``StreamError`` that says whether the broker was unreachable,
+    refused the credentials or the TLS handshake."""
     options = {
         "bootstrap_timeout_ms": STARTUP_TIMEOUT_MS,
         "request_timeout_ms": STARTUP_TIMEOUT_MS,
         **client_options(config.kafka, "admin"),
-        "bootstrap_servers": config.bootstrap_servers,
+        "bootstrap_servers": servers or config.bootstrap_servers,
         "client_id": client_id,
     }
     with _BootstrapFailures() as failures:
@@ -386,8 +418,9 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def make_consumer(config: ServeConfig, client_id: str) -> KafkaConsumer:
-    """A group consumer of the input topic (not yet subscribed)."""
+def make_consumer(config: ServeConfig, client_id: str, servers: str | None = None) -> KafkaConsumer:
+    """A group consumer of the input topic (not yet subscribed), bootstrapped from
+    ``servers`` (by default ``bootstrap_servers``)."""
     try:
         return KafkaConsumer(
             **{
@@ -399,7 +432,7 @@ def make_consumer(config: ServeConfig, client_id: str) -> KafkaConsumer:
                 # default partitions before whoever deleted it can (librdkafka's default).
                 "allow_auto_create_topics": False,
                 **client_options(config.kafka, "consumer"),
-                "bootstrap_servers": config.bootstrap_servers,
+                "bootstrap_servers": servers or config.bootstrap_servers,
                 "group_id": config.group_id,
                 "client_id": client_id,
                 "enable_auto_commit": False,
@@ -416,8 +449,9 @@ def make_consumer(config: ServeConfig, client_id: str) -> KafkaConsumer:
         ) from None
 
 
-def make_producer(config: ServeConfig, client_id: str) -> KafkaProducer:
-    """The producer of results, alerts and dead-letter records."""
+def make_producer(config: ServeConfig, client_id: str, servers: str | None = None) -> KafkaProducer:
+    """The producer of results, alerts and dead-letter records, bootstrapped from
+    ``servers`` (by default ``bootstrap_servers``)."""
     try:
         return KafkaProducer(
             **{
@@ -433,7 +467,7 @@ def make_producer(config: ServeConfig, client_id: str) -> KafkaProducer:
                 # can; the results wait meanwhile (output_unavailable).
                 "allow_auto_create_topics": False,
                 **client_options(config.kafka, "producer"),
-                "bootstrap_servers": config.bootstrap_servers,
+                "bootstrap_servers": servers or config.bootstrap_servers,
                 "client_id": client_id,
                 "linger_ms": config.linger_ms,
             }

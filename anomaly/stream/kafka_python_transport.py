@@ -44,7 +44,12 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from anomaly.stream import codecs, header_names
-from anomaly.stream.clients import check_broker, make_consumer, make_producer
+from anomaly.stream.clients import (
+    answering_servers,
+    check_broker,
+    make_consumer,
+    make_producer,
+)
 from anomaly.stream.delivery import RETRY_INTERVAL_S
 from anomaly.stream.errors import StreamError, describe_error
 from anomaly.stream.partitioning import KeyPartitions
@@ -93,22 +98,24 @@ class KafkaPythonTransport(Transport):
         self._output_partitions: KeyPartitions | None = None
         self._topics_without_metadata: dict[str, float] = {}  # topic -> until when
         self.max_message_bytes = 0
+        self._servers: str | None = None  # bootstrap servers that answer (``check``)
 
     # -- start-up and shutdown ---------------------------------------------------------------
 
     def check(self) -> None:
-        check_broker(self.config)
+        self._servers = answering_servers(self.config)
+        check_broker(self.config, self._servers)
 
     def open(self) -> None:
         config = self.config
-        self._producer = make_producer(config, self.client_id)
+        self._producer = make_producer(config, self.client_id, self._servers)
         _honour_auto_create(self._producer._metadata, self._producer.config)  # noqa: SLF001
         self.max_message_bytes = self._producer.config["max_request_size"]
         for topic in (config.output_topic, config.dlq_topic, config.alerts_topic):
             if topic:  # fetch metadata now, not while the first batch waits
                 self._producer.partitions_for(topic)
         self._output_partitions = KeyPartitions(self._producer, config.output_topic)
-        self._consumer = make_consumer(config, self.client_id)
+        self._consumer = make_consumer(config, self.client_id, self._servers)
         _honour_auto_create(self._consumer._client.cluster, self._consumer.config)  # noqa: SLF001
         # Known partitions before joining, or the first assignment can come back empty.
         if not self._consumer.partitions_for_topic(config.input_topic):

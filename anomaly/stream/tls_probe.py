@@ -1,0 +1,63 @@
+"""Which bootstrap servers answer a TLS handshake at all.
+
+kafka-python 3.0.12 puts no deadline on a TLS handshake: a bootstrap server that accepts the
+connection and never answers (a port of something else, a broker frozen mid-start) held the
+service's start for ever, with no log line, ``bootstrap_timeout_ms`` notwithstanding, and a
+list that named such a server beside good ones hung as often as kafka-python picked it. So
+before its clients bootstrap over SSL or SASL_SSL, each server is sent the start of a
+handshake. Certificates are not checked here: only whether the listener answers matters, and
+what it answers the client's own handshake judges, naming the cause.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+
+#: kafka-python's port where a bootstrap server names none.
+DEFAULT_PORT = 9092
+
+
+def silent_servers(servers: list[str], timeout_s: float) -> list[str]:
+    """The entries of ``servers`` (``host:port``) that accept a TCP connection but do not
+    answer a TLS handshake within ``timeout_s``; all are tried at once. One that refuses
+    the connection, or cannot be resolved, is not silent: the client says so itself."""
+    if not servers:
+        return []
+    with ThreadPoolExecutor(max_workers=min(len(servers), 16)) as pool:
+        silent = pool.map(lambda server: _is_silent(server, timeout_s), servers)
+        return [server for server, quiet in zip(servers, list(silent), strict=True) if quiet]
+
+
+def _is_silent(server: str, timeout_s: float) -> bool:
+    try:
+        connection = socket.create_connection(_host_port(server), timeout=timeout_s)
+    except (OSError, ValueError):  # a port that is no number: the client says so too
+        return False
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with context.wrap_socket(connection, do_handshake_on_connect=False) as tls:
+            tls.settimeout(timeout_s)
+            tls.do_handshake()
+    except TimeoutError:
+        return True
+    except (OSError, ValueError):  # an answer, if not one the client will like
+        return False
+    finally:
+        connection.close()
+    return False
+
+
+def _host_port(server: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or a bare host, as kafka-python reads a bootstrap server."""
+    server = server.strip()
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
+    host, colon, port = server.rpartition(":")
+    if not colon or ":" in host:  # a bare host, or a bare IPv6 address
+        return server, DEFAULT_PORT
+    return host, int(port)
