@@ -306,6 +306,24 @@ def test_wrong_scram_password_refuses_to_start_with_a_one_line_auth_error(
     assert not service.ready()
 
 
+def test_a_sasl_mechanism_the_broker_does_not_offer_is_named_as_the_thing_to_change(
+    kafka_secure, kafka_topic_factory, tiny_bundle
+):
+    """librdkafka names the mechanisms the broker offers; the remedy pointed at the
+    username and the password."""
+    config = _secure_config(
+        kafka_secure, "sasl_scram512", kafka_topic_factory(1), sasl_mechanism="SCRAM-SHA-1"
+    ).model_copy(update={"client": "confluent"})
+    service = ScoringService(anomaly.load(tiny_bundle), config)
+    with pytest.raises(StreamError) as caught:
+        service.start()
+    message = str(caught.value)
+    assert "Unsupported SASL mechanism" in message
+    assert message.endswith(
+        "set sasl_mechanism in [serve.kafka] to one the broker offers (named above)"
+    )
+
+
 def test_a_failed_tls_handshake_with_librdkafka_refuses_to_start_in_one_line(
     kafka_secure, kafka_topic_factory, tiny_bundle
 ):

@@ -379,7 +379,7 @@ def _bootstrap_failure(
         return StreamError(
             f"authentication failed against Kafka at {servers} (SASL {mechanism}): the broker "
             "closed the connection during authentication; check sasl_plain_username and the "
-            "password in [serve.kafka]"
+            "password, and that the listener offers sasl_mechanism, in [serve.kafka]"
         )
     for cause in (exc, failures.refused, logged):
         if isinstance(cause, SaslAuthenticationFailedError):

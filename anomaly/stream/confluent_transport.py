@@ -227,6 +227,20 @@ def _described(exc: KafkaException) -> str:
     return _text(error) if error is not None else str(exc)
 
 
+def _authentication_remedy(error: KafkaError, protocol: str) -> str:
+    """What to check after a failed SASL handshake: the mechanism where the broker does not
+    offer it, the protocol where the listener speaks no SASL, else the credentials."""
+    text = error.str()
+    if "Unsupported SASL mechanism" in text:
+        return "set sasl_mechanism in [serve.kafka] to one the broker offers (named above)"
+    if "Request not valid in current SASL state" in text or "Invalid SASL state" in text:
+        return (
+            f"check security_protocol ({protocol}) against the listener: it does not expect "
+            "a SASL handshake"
+        )
+    return "check sasl_plain_username and the password in [serve.kafka]"
+
+
 def _denied_topics(admin: AdminClient, topics: list[str]) -> set[str]:
     """Those of ``topics`` the broker says this client is not authorised to describe."""
     futures = admin.describe_topics(
@@ -401,8 +415,7 @@ class ConfluentTransport(Transport):
             if error.code() == KafkaError._AUTHENTICATION:
                 return StreamError(
                     f"authentication failed against Kafka at {servers} (SASL {mechanism}): "
-                    f"{_text(error)}; check sasl_plain_username and the password in "
-                    "[serve.kafka]"
+                    f"{_text(error)}; {_authentication_remedy(error, protocol)}"
                 )
             problem = _certificate_problem(servers, options, error)
             if problem is not None:
