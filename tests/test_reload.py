@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import shutil
+import time
 import weakref
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 import anomaly
 from anomaly.errors import BundleError, ConfigError
 from anomaly.store import publish
-from anomaly.stream import ScoringService
+from anomaly.stream import ScoringService, reload
 from anomaly.stream.reload import StoreWatcher, load_served_model
 
 
@@ -38,7 +39,7 @@ def _watching(store: Path, **settings) -> tuple[StoreWatcher, list[tuple[int, st
         served,
         poll_s=60,
         on_refused=lambda version, reason: refusals.append((version, reason)),
-        **settings,
+        **{"settle_s": 0.0, **settings},
     )
     return watcher, refusals
 
@@ -70,6 +71,31 @@ def test_a_published_version_is_loaded_warmed_and_taken_once(
     assert ready.detector.version == anomaly.load(retrained_bundle).version
     watcher.check()
     assert watcher.take() is None and refusals == []
+
+
+def test_a_copy_that_pauses_between_files_is_not_refused_until_its_files_are_left_alone(
+    tiny_bundle, retrained_bundle, tmp_path
+):
+    """A tester copied a version in one file every 1.6 s under a 1 s poll: each pause was
+    two looks at the same files, a refusal each, counted and alerted on (seven for one
+    copy), though the finished copy then served."""
+    store = tmp_path / "store"
+    publish(tiny_bundle, store)
+    watcher, refusals = _watching(store, settle_s=3.0)
+    copy = store / "2"
+    copy.mkdir()
+    for name in sorted(p.name for p in retrained_bundle.iterdir())[:3]:
+        shutil.copy2(retrained_bundle / name, copy / name)  # keeps the originals' mtimes
+        watcher.check()
+        watcher.check()  # the same files twice: a pause in the copy
+    assert refusals == []
+    time.sleep(3.0)
+    watcher.check()
+    assert len(refusals) == 1 and refusals[0][0] == 2  # left alone, still incomplete
+    for source in retrained_bundle.iterdir():
+        shutil.copy2(source, copy / source.name)
+    watcher.check()
+    assert watcher.take().version == "2"
 
 
 def test_a_tampered_version_is_refused_once_and_retried_when_its_files_change(
@@ -222,7 +248,7 @@ def _service(store: Path, alarms=None) -> ScoringService:
 
 
 def test_a_version_whose_alarm_settings_conflict_is_refused_and_the_service_keeps_its_own(
-    tiny_bundle, retrained_bundle, tmp_path
+    tiny_bundle, retrained_bundle, tmp_path, monkeypatch
 ):
     store = tmp_path / "store"
     publish(tiny_bundle, store)
@@ -233,6 +259,7 @@ def test_a_version_whose_alarm_settings_conflict_is_refused_and_the_service_keep
             raise ConfigError("alarms.exit_level 0.97 must be below alarms.level 0.95")
         return detector.config.alarms
 
+    monkeypatch.setattr(reload, "SETTLE_S", 0.0)  # judged at the second look
     service = _service(store, alarms_for)
     publish(retrained_bundle, store)
     service._watcher.check()

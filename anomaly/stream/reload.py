@@ -17,8 +17,8 @@ A version that fails any of those steps is refused: one log line, one count
 (``anomaly_model_load_failures_total``), and the current version keeps serving. A version
 whose files are still changing (a copy under way) is not refused but looked at again at the
 next poll: a failure counts only once the version's files are the same as at the look
-before. A refusal holds until the version's files change, so a broken version is not loaded
-again on every poll.
+before and none has changed for ``SETTLE_S``. A refusal holds until the version's files
+change, so a broken version is not loaded again on every poll.
 
 At start (``load_served_model``) the latest version that loads and scores the store's stream
 (that of its other versions, as ``publish`` requires) is served: a newer one that does not is
@@ -48,6 +48,10 @@ log = logging.getLogger("anomaly.stream")
 
 #: Longest reason a refusal's log line quotes (a damaged file can make a long one).
 MAX_REASON_CHARS = 500
+#: How long a version's files must have been left alone (none made, written or replaced)
+#: before a failure to load it counts: a copy that pauses between files (one file a second
+#: and a half, a tester's) was refused at each pause, each refusal counted and alerted on.
+SETTLE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,7 @@ class StoreWatcher:
         prepare: Callable[[Detector], Any] = lambda detector: None,
         warm_batch: int = 1,
         on_refused: Callable[[int, str], None] = lambda version, reason: None,
+        settle_s: float | None = None,
     ):
         self.store = Path(store_path)
         self.poll_s = poll_s
@@ -168,6 +173,7 @@ class StoreWatcher:
         self._prepare = prepare
         self._warm_batch = warm_batch
         self._on_refused = on_refused
+        self._settle_s = SETTLE_S if settle_s is None else settle_s
         self._ready: ServedModel | None = None
         # version -> fingerprint of its files when refused, and when last looked at
         self._refused = {number: self._fingerprint(number) for number, _ in serving.refused}
@@ -259,9 +265,12 @@ class StoreWatcher:
         except Exception as exc:  # noqa: BLE001 (a hostile bundle may fail anywhere)
             reason = f"cannot be loaded: {describe_error(exc)}"
         if reason is not None:
-            settled = self._looked.get(number) == fingerprint == self._fingerprint(number)
+            settled = (
+                self._looked.get(number) == fingerprint == self._fingerprint(number)
+                and self._left_alone_s(number) >= self._settle_s
+            )
             self._looked[number] = fingerprint
-            if not settled:  # maybe a copy under way: judge it when its files stay the same
+            if not settled:  # maybe a copy under way: judge it once its files are left alone
                 log.info("event=model_not_settled store=%s version=%d", self.store, number)
                 return None
             self._refused[number] = fingerprint
@@ -274,6 +283,17 @@ class StoreWatcher:
             time.monotonic() - started,
         )
         return ServedModel(detector, str(number), number, prepared)
+
+    def _left_alone_s(self, number: int) -> float:
+        """Seconds since a file of version ``number`` (or its folder) was last made, written
+        or replaced: their inode change times, which a copy that keeps the originals'
+        modification times still sets."""
+        folder = self.store / str(number)
+        try:
+            changed = max(entry.stat().st_ctime for entry in [folder, *folder.iterdir()])
+        except OSError:
+            return 0.0
+        return time.time() - changed
 
     def _fingerprint(self, number: int) -> tuple:
         """Names, sizes and modification times of a version's files: a change means try
