@@ -343,21 +343,6 @@ def test_a_failed_tls_handshake_with_librdkafka_refuses_to_start_in_one_line(
     assert "the broker's certificate does not verify: unable to get local issuer" in message
 
 
-def test_tls_sent_to_a_plain_listener_stops_a_librdkafka_start_as_kafka_pythons_does(
-    kafka_bootstrap, kafka_topic_factory, tiny_bundle
-):
-    """librdkafka said "connecting to a PLAINTEXT broker listener?" in a log line every half
-    minute and waited for ever, where kafka-python stops the start in one line."""
-    config = _config(
-        kafka_bootstrap,
-        input_topic=kafka_topic_factory(1),
-        dlq_topic="",
-        client="confluent",
-        kafka={"security_protocol": "SSL"},
-    )
-    assert "PLAINTEXT broker listener" in _tls_handshake_failure(tiny_bundle, config)
-
-
 def test_a_wrong_plain_password_is_reported_and_never_reaches_a_log_handler(
     kafka_secure, kafka_topic_factory, tmp_path
 ):

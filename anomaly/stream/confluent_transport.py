@@ -178,9 +178,6 @@ REFUSED_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
 #: refuses (or none, on a mutual-TLS listener) ends the handshake after the client thinks
 #: it is done, so librdkafka reports a dropped connection (``_TRANSPORT``) saying this.
 TLS_ALERT = re.compile(r"SSL alert number [1-9]")
-#: What librdkafka adds where the listener hung up on its TLS handshake, as one that speaks
-#: plain Kafka does: kafka-python stops the start on it, and librdkafka's start waited.
-NOT_TLS = "connecting to a PLAINTEXT broker listener?"
 
 
 def _error_of(error: Any) -> KafkaError | None:
@@ -190,11 +187,7 @@ def _error_of(error: Any) -> KafkaError | None:
 
 
 def _tls_alert(error: KafkaError) -> bool:
-    """Whether the listener ended the TLS handshake: an alert, or a hang-up (``NOT_TLS``)."""
-    text = error.str()
-    return error.code() == KafkaError._TRANSPORT and (
-        TLS_ALERT.search(text) is not None or NOT_TLS in text
-    )
+    return error.code() == KafkaError._TRANSPORT and TLS_ALERT.search(error.str()) is not None
 
 
 def _certificate_problem(servers: str, options: dict[str, Any], error: KafkaError) -> str | None:
