@@ -232,10 +232,10 @@ def fresh_records(detector: Detector, rows, entities=None) -> tuple[np.ndarray, 
         rows, _, entities, index = table_records(
             frame, detector.config, detector.feature_names, entities
         )
-    rows = np.asarray(rows, np.float32)
+    rows = tables.float32_records(rows, "the rows of normal data")
     if rows.ndim != 2 or rows.shape[1] != len(detector.feature_names):
         raise SchemaError(
-            f"rows of normal data must be (records x {len(detector.feature_names)} features), "
+            f"calibration rows must be (records x {len(detector.feature_names)} features), "
             f"got shape {rows.shape}"
         )
     if frame is not None and window is None:  # a bad row of a table named by its label

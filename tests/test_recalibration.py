@@ -250,3 +250,12 @@ def test_rows_the_model_flags_as_anomalies_are_called_out_by_calibrate_and_retra
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrainingWarning)
         recalibrate(parent, near)  # normal rows: no warning
+
+
+def test_text_among_fresh_rows_is_a_data_error_for_calibrate_and_retrain(tiny_bundle):
+    """A reviewer's: retrain met text with numpy's ValueError, which the CLI shows as a bug."""
+    parent = anomaly.load(tiny_bundle)
+    rows = [["abc"] * 8] * 40
+    for make in (recalibrate, anomaly.retrain):
+        with pytest.raises(anomaly.DataError, match="the rows of normal data are not numeric"):
+            make(parent, rows)
