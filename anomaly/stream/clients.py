@@ -81,10 +81,12 @@ PRODUCER_BATCH_BYTES = 256 * 1024
 def answering_servers(config: ServeConfig) -> str:
     """``bootstrap_servers`` less those that accept a connection but never answer a TLS
     handshake (``tls_probe``), which kafka-python would wait on for ever; a
-    ``BrokerUnreachable`` when all of them are such. Over PLAINTEXT, all of them."""
-    protocol = str(client_options(config.kafka, "admin").get("security_protocol", "PLAINTEXT"))
-    if protocol.upper() not in ("SSL", "SASL_SSL"):
-        return config.bootstrap_servers
+    ``BrokerUnreachable`` when all of them are such. Over PLAINTEXT or a proxy, all of
+    them."""
+    options = client_options(config.kafka, "admin")
+    protocol = str(options.get("security_protocol", "PLAINTEXT"))
+    if protocol.upper() not in ("SSL", "SASL_SSL") or options.get("proxy_url"):
+        return config.bootstrap_servers  # through a proxy, the probe's route is not theirs
     servers = [s.strip() for s in config.bootstrap_servers.split(",") if s.strip()]
     silent = tls_probe.silent_servers(servers, STARTUP_TIMEOUT_MS / 1000)
     if not silent:

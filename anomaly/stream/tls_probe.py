@@ -11,6 +11,7 @@ what it answers the client's own handshake judges, naming the cause.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
@@ -32,14 +33,17 @@ def silent_servers(servers: list[str], timeout_s: float) -> list[str]:
 
 def _is_silent(server: str, timeout_s: float) -> bool:
     try:
-        connection = socket.create_connection(_host_port(server), timeout=timeout_s)
+        host, port = _host_port(server)
+        connection = socket.create_connection((host, port), timeout=timeout_s)
     except (OSError, ValueError):  # a port that is no number: the client says so too
         return False
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        with context.wrap_socket(connection, do_handshake_on_connect=False) as tls:
+        with context.wrap_socket(
+            connection, do_handshake_on_connect=False, server_hostname=_name_of(host)
+        ) as tls:
             tls.settimeout(timeout_s)
             tls.do_handshake()
     except TimeoutError:
@@ -49,6 +53,16 @@ def _is_silent(server: str, timeout_s: float) -> bool:
     finally:
         connection.close()
     return False
+
+
+def _name_of(host: str) -> str | None:
+    """``host`` as the TLS server name (SNI, which a listener may route by), unless it is an
+    IP address, which is never sent as one."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
 
 
 def _host_port(server: str) -> tuple[str, int]:
