@@ -124,8 +124,23 @@ DELIVERY_TIMEOUT_MS = 120_000
 WATERMARK_TIMEOUT_MS = 5_000
 #: How long an end-offset query may take (``end_offsets``); the loop never waits for it.
 END_OFFSETS_REQUEST_S = 10.0
-#: How often an assignment asks again for committed offsets the coordinator could not give.
+#: How often an assignment asks again for committed offsets the coordinator could not give,
+#: and for how long at most (a coordinator that moved is found again within seconds; the
+#: loop's thread waits, in the rebalance callback).
 COMMITTED_RETRY_S = 0.5
+COMMITTED_WAIT_S = 15.0
+#: Errors of a committed-offset query that asking again can mend.
+COORDINATOR_CODES = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._WAIT_COORD,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
 #: librdkafka's statistics interval: the broker watch's probe.
 STATISTICS_INTERVAL_MS = 1_000
 #: Seconds without a delivery report, with messages owed and the cluster reachable, after
@@ -852,7 +867,7 @@ class ConfluentTransport(Transport):
         self._committed_starts = {}
         starts = {tp.partition: o for tp, o in self.listener.partitions_assigned(ours).items()}
         rest = [tp for tp in partitions if tp.partition not in starts]
-        committed = {tp.partition: tp for tp in self._committed(consumer, rest)} if rest else {}
+        committed = self._committed(consumer, rest) if rest else {}
         self._committed_starts = {p: tp.offset for p, tp in committed.items() if tp.offset >= 0}
         for i, tp in enumerate(partitions):
             start = starts.get(tp.partition)
@@ -870,29 +885,42 @@ class ConfluentTransport(Transport):
         # never fetched again, every probe still healthy.
         consumer.resume(partitions)
 
-    def _committed(self, consumer: Consumer, partitions: list) -> list:
-        """The committed offsets of ``partitions``, asked again every ``COMMITTED_RETRY_S``
-        while the group coordinator cannot answer (a coordinator that moved, or a broker that
-        was paused), for up to the session timeout, after which the group has moved on and
-        assigns again; [] if it never answered. Each partition is then assigned with its
-        offset: librdkafka left to fetch them itself never fetched the partition again once
-        its request met NOT_COORDINATOR (librdkafka issue #5586; seen after a broker pause)."""
-        deadline = time.monotonic() + self.config.session_timeout_ms / 1000
+    def _committed(self, consumer: Consumer, partitions: list) -> dict[int, KafkaTopicPartition]:
+        """Partition -> its committed offset (below 0: none yet), for those of ``partitions``
+        the group coordinator answered for. While it cannot answer (a coordinator that moved,
+        a broker back from a pause), it is asked again every ``COMMITTED_RETRY_S`` for up to
+        ``COMMITTED_WAIT_S``; those it never answers for are left to librdkafka to ask, as
+        any other error leaves them. Left to librdkafka, a partition whose request met
+        NOT_COORDINATOR was never fetched again (librdkafka issue #5586; seen after a broker
+        pause), so each partition answered for is assigned with its offset."""
+        deadline = time.monotonic() + min(COMMITTED_WAIT_S, self.config.session_timeout_ms / 1000)
+        answered: dict[int, KafkaTopicPartition] = {}
+        asked = list(partitions)
         while True:
+            timeout_s = min(STARTUP_TIMEOUT_MS / 1000, max(0.5, deadline - time.monotonic()))
             try:
-                return consumer.committed(partitions, timeout=STARTUP_TIMEOUT_MS / 1000)
+                results = consumer.committed(asked, timeout=timeout_s)
+                error = next((tp.error for tp in results if tp.error is not None), None)
+                answered.update({tp.partition: tp for tp in results if tp.error is None})
             except KafkaException as exc:
-                if time.monotonic() + COMMITTED_RETRY_S >= deadline or self._abandoned:
-                    log.warning(
-                        "event=committed_offsets_unknown error=%s action=librdkafka_fetches",
-                        describe(exc),
-                    )
-                    return []  # librdkafka then asks itself, or reports a reset: ``_reset``
-                if self._error_logs.admit(("committed", describe(exc))) is not None:
-                    log.warning(
-                        "event=committed_offsets_unknown error=%s action=ask_again",
-                        describe(exc),
-                    )
+                error = _error_of(exc)
+            asked = [tp for tp in asked if tp.partition not in answered]
+            if not asked:
+                return answered
+            name = error.name() if error is not None else "no answer"
+            mendable = error is not None and (
+                error.retriable() or error.code() in COORDINATOR_CODES
+            )
+            if not mendable or time.monotonic() + COMMITTED_RETRY_S >= deadline or self._abandoned:
+                log.warning(
+                    "event=committed_offsets_unknown partitions=%s error=%s "
+                    "action=librdkafka_fetches",
+                    ",".join(str(tp.partition) for tp in asked),
+                    name,
+                )
+                return answered  # librdkafka asks itself, or reports a reset: ``_reset``
+            if self._error_logs.admit(("committed", name)) is not None:
+                log.warning("event=committed_offsets_unknown error=%s action=ask_again", name)
             time.sleep(COMMITTED_RETRY_S)
 
     def _on_revoke(self, consumer: Consumer, partitions: list) -> None:
