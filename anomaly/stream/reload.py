@@ -17,7 +17,7 @@ A version that fails any of those steps is refused: one log line, one count
 (``anomaly_model_load_failures_total``), and the current version keeps serving. A version
 whose files are still changing (a copy under way) is not refused but looked at again at the
 next poll: a failure counts only once the version's files are the same as at the look
-before and none has changed for ``SETTLE_S``. A refusal holds until the version's files
+before and have looked the same for ``SETTLE_S``. A refusal holds until the version's files
 change, so a broken version is not loaded again on every poll.
 
 At start (``load_served_model``) the latest version that loads and scores the store's stream
@@ -48,9 +48,10 @@ log = logging.getLogger("anomaly.stream")
 
 #: Longest reason a refusal's log line quotes (a damaged file can make a long one).
 MAX_REASON_CHARS = 500
-#: How long a version's files must have been left alone (none made, written or replaced)
+#: How long a version's files must have looked the same (names, sizes, modification times)
 #: before a failure to load it counts: a copy that pauses between files (one file a second
 #: and a half, a tester's) was refused at each pause, each refusal counted and alerted on.
+#: Measured on this process's clock, not the file system's.
 SETTLE_S = 10.0
 
 
@@ -177,7 +178,7 @@ class StoreWatcher:
         self._ready: ServedModel | None = None
         # version -> fingerprint of its files when refused, and when last looked at
         self._refused = {number: self._fingerprint(number) for number, _ in serving.refused}
-        self._looked: dict[int, tuple] = {}
+        self._looked: dict[int, tuple[tuple, float]] = {}  # version -> (fingerprint, since)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="model-store-watcher")
@@ -265,11 +266,15 @@ class StoreWatcher:
         except Exception as exc:  # noqa: BLE001 (a hostile bundle may fail anywhere)
             reason = f"cannot be loaded: {describe_error(exc)}"
         if reason is not None:
-            settled = (
-                self._looked.get(number) == fingerprint == self._fingerprint(number)
-                and self._left_alone_s(number) >= self._settle_s
+            now = time.monotonic()
+            if self._looked.get(number, (None,))[0] != fingerprint:
+                self._looked[number] = (fingerprint, now)  # first seen, or changed
+            since = self._looked[number][1]
+            settled = (  # seen the same at an earlier look, and long enough
+                fingerprint == self._fingerprint(number)
+                and since < now
+                and now - since >= self._settle_s
             )
-            self._looked[number] = fingerprint
             if not settled:  # maybe a copy under way: judge it once its files are left alone
                 log.info("event=model_not_settled store=%s version=%d", self.store, number)
                 return None
@@ -283,17 +288,6 @@ class StoreWatcher:
             time.monotonic() - started,
         )
         return ServedModel(detector, str(number), number, prepared)
-
-    def _left_alone_s(self, number: int) -> float:
-        """Seconds since a file of version ``number`` (or its folder) was last made, written
-        or replaced: their inode change times, which a copy that keeps the originals'
-        modification times still sets."""
-        folder = self.store / str(number)
-        try:
-            changed = max(entry.stat().st_ctime for entry in [folder, *folder.iterdir()])
-        except OSError:
-            return 0.0
-        return time.time() - changed
 
     def _fingerprint(self, number: int) -> tuple:
         """Names, sizes and modification times of a version's files: a change means try
