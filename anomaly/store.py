@@ -153,27 +153,25 @@ def _refuse_another_stream(model: Path, candidate, store: Path) -> None:
 def stream_difference(
     store: str | os.PathLike[str], schema, before: int | None = None
 ) -> str | None:
-    """Why a model of ``schema`` cannot score the stream that the versions of ``store`` (those
-    numbered below ``before``, as when it was published) score (``Schema.stream_difference``,
-    naming the latest of them), or None: where one of them scores the same records, or none
-    can be read."""
+    """Why a model of ``schema`` cannot score the store's stream: the records its oldest
+    readable version scores (of those numbered below ``before``, as when it was published;
+    ``Schema.stream_difference``), or None where it can, or no version can be read. The
+    oldest, not any: a version put there by hand for other records must not become a
+    second stream that later versions may join, which replicas already serving refuse."""
     from anomaly.detector import Schema
 
     store = Path(store)
-    differences = {}
     for number in versions(store) if store.is_dir() else []:
         if before is not None and number >= before:
-            continue
+            break
         try:
             recorded = json.loads((store / str(number) / "schema.json").read_text())
             stream = Schema(list(recorded["feature_names"]), recorded.get("window"))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a damaged version: the service refuses that one itself
-        differences[number] = schema.stream_difference(stream)
-    if not differences or None in differences.values():
-        return None
-    latest = max(differences)
-    return f"{differences[latest]} (version {latest})"
+        difference = schema.stream_difference(stream)
+        return None if difference is None else f"{difference} (version {number})"
+    return None
 
 
 def _add_version(model: Path, store: Path) -> int:

@@ -155,7 +155,9 @@ def test_a_version_for_other_features_is_refused_and_the_next_good_one_taken(
     served = load_served_model(store)  # a new replica serves the store's stream, not version 2
     assert served.version == "1"
     assert [number for number, _ in served.refused] == [2]
-    assert "older versions: its features (5) are not the stream's (8" in served.refused[0][1]
+    assert "store's stream: its features (5) are not the stream's (8" in served.refused[0][1]
+    with pytest.raises(BundleError, match=r"version 1\)\. A store serves one stream"):
+        publish(tmp_path / "other", store)  # nor does version 2 make a second stream
 
     publish(retrained_bundle, store)
     watcher.check()

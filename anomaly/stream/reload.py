@@ -21,8 +21,8 @@ before and have looked the same for ``SETTLE_S``. A refusal holds until the vers
 change, so a broken version is not loaded again on every poll.
 
 At start (``load_served_model``) the latest version that loads and scores the store's stream
-(that of its other versions, as ``publish`` requires) is served: a newer one that does not is
-refused as above, so a new replica joins the ones already serving.
+(that of its oldest readable version, as ``publish`` requires) is served: a newer one that
+does not is refused as above, so a new replica joins the ones already serving.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def load_served_model(path: str | Path, pinned: int | None = None) -> ServedMode
             continue
         difference = store.stream_difference(path, detector.schema, before=number)
         if difference is not None:  # put there by hand: publish refuses it
-            reason = f"it cannot score the records of the store's older versions: {difference}"
+            reason = f"it cannot score the records of the store's stream: {difference}"
             refused.append((number, _logged_refusal(Path(path), number, "none", reason)))
             continue
         return ServedModel(detector, str(number), number, refused=tuple(refused))
