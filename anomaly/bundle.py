@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -55,6 +56,8 @@ MANIFEST = "manifest.json"
 #: deflated blanks that unpack to gigabytes would exhaust a pod's memory at load.
 MAX_UNPACKED_RATIO = 4
 ARCHIVE_SLACK_BYTES = 1 << 20
+#: The weights' file in a ``.keras`` archive (HDF5).
+WEIGHTS_ENTRY = "model.weights.h5"
 
 
 @dataclass(frozen=True)
@@ -164,21 +167,45 @@ def _keras_problem(file: Path, exc: Exception) -> str:
 
 
 def _refuse_archive_bomb(file: Path) -> None:
-    """A ``BundleError`` when the entries of archive ``file`` say they unpack to more than
-    ``MAX_UNPACKED_RATIO`` times its size; zipfile never unpacks an entry past the size it
-    declares, so the declared sizes bound what loading takes."""
+    """A ``BundleError`` when archive ``file`` says it unpacks to more than
+    ``MAX_UNPACKED_RATIO`` times its size: its entries (zipfile never unpacks an entry past
+    the size it declares), or the arrays of its weights file (HDF5 can compress them too:
+    a reviewer's 0.7 MB archive held 400 MB of zeros)."""
+    packed = file.stat().st_size
+    limit = MAX_UNPACKED_RATIO * packed + ARCHIVE_SLACK_BYTES
     try:
         with zipfile.ZipFile(file) as archive:
             unpacked = sum(entry.file_size for entry in archive.infolist())
+            if unpacked <= limit and WEIGHTS_ENTRY in archive.namelist():
+                with archive.open(WEIGHTS_ENTRY) as weights:
+                    unpacked = max(unpacked, _array_bytes(io.BytesIO(weights.read())))
     except (zipfile.BadZipFile, OSError):
         return  # Keras' load says what is wrong (``_keras_problem``)
-    packed = file.stat().st_size
-    if unpacked > MAX_UNPACKED_RATIO * packed + ARCHIVE_SLACK_BYTES:
+    if unpacked > limit:
         raise BundleError(
             f"{file}: unpacks to {unpacked:,} bytes from {packed:,} (Keras stores its archives "
-            f"uncompressed; more than {MAX_UNPACKED_RATIO} times their size is refused, as a "
-            f"decompression bomb); {RESTORE_HINT}"
+            f"and weights uncompressed; more than {MAX_UNPACKED_RATIO} times their size is "
+            f"refused, as a decompression bomb); {RESTORE_HINT}"
         )
+
+
+def _array_bytes(weights: io.BytesIO) -> int:
+    """The bytes the arrays of HDF5 file ``weights`` hold once read; 0 where it is not one
+    (Keras' load says so)."""
+    import h5py
+
+    sizes: list[int] = []
+
+    def add(_, item) -> None:
+        if isinstance(item, h5py.Dataset):
+            sizes.append(item.size * item.dtype.itemsize)
+
+    try:
+        with h5py.File(weights, "r") as h5:
+            h5.visititems(add)
+    except (OSError, ValueError, TypeError):
+        return 0
+    return sum(sizes)
 
 
 def load_bundle(path: str | os.PathLike[str]) -> BundleContents:

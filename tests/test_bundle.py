@@ -4,6 +4,7 @@ or unknown bundle is refused with a message that says exactly what is wrong."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import zipfile
@@ -220,6 +221,28 @@ def test_a_network_archive_that_unpacks_to_gigabytes_is_refused_before_it_is_unp
     message = load_error(bundle)
 
     assert message.startswith(f"{file}: unpacks to 67,")
+    assert "refused, as a decompression bomb" in message
+
+
+def test_weights_that_unpack_to_far_more_than_their_archive_are_refused_before_loading(bundle):
+    """A reviewer's archive: 0.7 MB whose weights file held 400 MB of gzip-compressed zeros
+    in HDF5, which the archive's own sizes do not show; loading took 1.5 GB."""
+    h5py = pytest.importorskip("h5py")
+    file = bundle / "encoder.keras"
+    with zipfile.ZipFile(file) as original:
+        entries = {entry.filename: original.read(entry) for entry in original.infolist()}
+    weights = io.BytesIO(entries["model.weights.h5"])
+    with h5py.File(weights, "a") as h5:
+        h5.create_dataset("padding", shape=(16_000_000,), dtype="f4", compression="gzip")
+    entries["model.weights.h5"] = weights.getvalue()
+    with zipfile.ZipFile(file, "w") as rewritten:
+        for name, data in entries.items():
+            rewritten.writestr(name, data)
+    rewrite_checksum(bundle, "encoder.keras")
+
+    message = load_error(bundle)
+
+    assert message.startswith(f"{file}: unpacks to 64,")
     assert "refused, as a decompression bomb" in message
 
 
