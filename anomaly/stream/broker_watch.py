@@ -39,7 +39,7 @@ def certificate_problem(
     # it could blame a missing extension where librdkafka failed on something else.
     for strict in ("VERIFY_X509_STRICT", "VERIFY_X509_PARTIAL_CHAIN"):
         context.verify_flags &= ~getattr(ssl, strict, 0)
-    for host, port in _addresses(servers):
+    for host, port in map(address_of, filter(None, (s.strip() for s in servers.split(",")))):
         try:
             with (
                 socket.create_connection((host, port), timeout=timeout_s) as connection,
@@ -53,18 +53,15 @@ def certificate_problem(
     return None
 
 
-def _addresses(servers: str) -> list[tuple[str, int]]:
-    """(host, port) of each bootstrap server: ``host:port,...``, ``[v6]:port``, a
-    ``PROTOCOL://`` prefix allowed, Kafka's port when none is given."""
-    addresses = []
-    for server in filter(None, (s.strip() for s in servers.split(","))):
-        address = server.rpartition("://")[2]
-        host, colon, port = address.rpartition(":")
-        if not colon or not (port.isascii() and port.isdigit()) or host.endswith(":"):
-            # no port, or a bare IPv6 address
-            host, port = address, str(DEFAULT_PORT)
-        addresses.append((host.strip("[]"), int(port)))
-    return addresses
+def address_of(server: str) -> tuple[str, int]:
+    """(host, port) of a bootstrap server: ``host:port``, ``[v6]:port``, a ``PROTOCOL://``
+    prefix allowed, Kafka's port when none is given."""
+    address = server.rpartition("://")[2]
+    host, colon, port = address.rpartition(":")
+    if not colon or not (port.isascii() and port.isdigit()) or host.endswith(":"):
+        # no port, or a bare IPv6 address
+        host, port = address, str(DEFAULT_PORT)
+    return host.strip("[]"), int(port)
 
 
 class BrokerWatch:

@@ -16,8 +16,7 @@ import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 
-#: kafka-python's port where a bootstrap server names none.
-DEFAULT_PORT = 9092
+from anomaly.stream.broker_watch import address_of
 
 
 def silent_servers(servers: list[str], timeout_s: float) -> list[str]:
@@ -32,10 +31,10 @@ def silent_servers(servers: list[str], timeout_s: float) -> list[str]:
 
 
 def _is_silent(server: str, timeout_s: float) -> bool:
+    host, port = address_of(server)
     try:
-        host, port = _host_port(server)
         connection = socket.create_connection((host, port), timeout=timeout_s)
-    except (OSError, ValueError):  # a port that is no number: the client says so too
+    except (OSError, ValueError):  # a name that is not one (UnicodeError): the client says so
         return False
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -63,15 +62,3 @@ def _name_of(host: str) -> str | None:
     except ValueError:
         return host
     return None
-
-
-def _host_port(server: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or a bare host, as kafka-python reads a bootstrap server."""
-    server = server.strip()
-    if server.startswith("["):
-        host, _, rest = server[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
-    host, colon, port = server.rpartition(":")
-    if not colon or ":" in host:  # a bare host, or a bare IPv6 address
-        return server, DEFAULT_PORT
-    return host, int(port)
