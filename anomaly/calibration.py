@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from anomaly import tables
 from anomaly.config import COMPONENTS
 from anomaly.drift import DriftSummary
 from anomaly.errors import DataError, SchemaError, TrainingError
-from anomaly.health import TrainingWarning
+from anomaly.health import report_warnings
 from anomaly.scoring import (
     REFERENCE_QUANTILES,
     ScoringEngine,
@@ -198,10 +197,7 @@ def recalibrate(detector: Detector, rows: np.ndarray, entities=None) -> Detector
     params = calibrate(detector.engine, records)
     health = {**detector.health, "warnings": list(detector.health.get("warnings", []))}
     too_few = resolution_warning(len(records), params.target_fpr, "calibrate on more normal rows")
-    for warning in (not_normal, too_few):
-        if warning:
-            health["warnings"].append(warning)
-            warnings.warn(warning, TrainingWarning, stacklevel=2)
+    report_warnings(health["warnings"], not_normal, too_few)
     metadata = {k: v for k, v in detector.metadata.items() if k != "model_version"}
     metadata.update(calibration_records=int(len(records)), calibration_folds=1)
     metadata["lineage"] = [

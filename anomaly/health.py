@@ -23,6 +23,16 @@ class TrainingWarning(UserWarning):
     """Training finished but something in its health report looks wrong."""
 
 
+def report_warnings(kept: list[str], *messages: str | None) -> None:
+    """Each of ``messages`` that says something (not None): kept in a health report's
+    warnings list ``kept`` and raised as a ``TrainingWarning`` where the caller was
+    called."""
+    for message in messages:
+        if message:
+            kept.append(message)
+            warnings.warn(message, TrainingWarning, stacklevel=3)
+
+
 def diversity_ratio(generated: np.ndarray, data: np.ndarray, seed: int = 0) -> float:
     """Mean pairwise distance of generated samples over that of data samples (about 1 when
     the generator covers the data, near 0 when it collapsed)."""

@@ -13,7 +13,6 @@ import hashlib
 import math
 import platform
 import time
-import warnings
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 
@@ -115,16 +114,14 @@ def train(
     cross_fitted = _fold_models(folds, held_out, config, parent, schedule)
     engine = engine.with_params(calibrate(engine, held_out, cross_fitted))
     calibration_records = len(records) if folds else len(held_out)
-    for too_few in (
+    health.report_warnings(
+        report["warnings"],
         resolution_warning(
             calibration_records, config.scoring.target_fpr, _remedy(config, len(fit_part))
         ),
         _loose_statistics_warning(len(held_out)) if folds else None,
         _only_growing_feature_warning(rows, feature_names),
-    ):
-        if too_few:
-            report["warnings"].append(too_few)
-            warnings.warn(too_few, health.TrainingWarning, stacklevel=2)
+    )
     schema = Schema(feature_names, config.model.window, config.data.entity_column)
     drift_summary = DriftSummary.fit(feature_names, engine.params.reference_scores, rows)
     seconds = time.perf_counter() - started
@@ -160,10 +157,7 @@ def retrain(
         rows, config, feature_names=parent.feature_names, entities=entities, parent=parent
     )
     child.metadata["lineage"] = [*parent.metadata.get("lineage", []), started_from]
-    for warning in (not_normal, fewer_folds):
-        if warning:
-            child.health["warnings"].append(warning)
-            warnings.warn(warning, health.TrainingWarning, stacklevel=2)
+    health.report_warnings(child.health["warnings"], not_normal, fewer_folds)
     child.health["parent"] = {
         "model_version": parent.version,
         "final_metrics": parent.metadata.get("final_metrics", {}),
