@@ -195,28 +195,28 @@ def test_a_network_with_a_lambda_layer_is_refused_in_one_line_naming_it(bundle):
     assert "\n" not in message
 
 
-def _deflated(name: str) -> zipfile.ZipInfo:
-    entry = zipfile.ZipInfo(name)
-    entry.compress_type = zipfile.ZIP_DEFLATED
-    return entry
+def _archive_entries(file: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(file) as archive:
+        return {entry.filename: archive.read(entry) for entry in archive.infolist()}
+
+
+def _rewrite_archive(bundle: Path, name: str, entries: dict[str, bytes], deflated=()) -> None:
+    """``bundle``'s network archive ``name`` made of ``entries`` (those named in
+    ``deflated`` compressed), its checksum made to match."""
+    with zipfile.ZipFile(bundle / name, "w") as archive:
+        for entry, data in entries.items():
+            packing = zipfile.ZIP_DEFLATED if entry in deflated else zipfile.ZIP_STORED
+            archive.writestr(entry, data, packing)
+    rewrite_checksum(bundle, name)
 
 
 def test_a_network_archive_that_unpacks_to_gigabytes_is_refused_before_it_is_unpacked(bundle):
     """A tester's bundle: encoder.keras with its config.json padded by 1.5 GB of deflated
     blanks (1.8 MB on disk) took 3.9 GB of memory to load, past a pod's limit."""
     file = bundle / "encoder.keras"
-    with zipfile.ZipFile(file) as original:
-        entries = {entry.filename: original.read(entry) for entry in original.infolist()}
-    with zipfile.ZipFile(file, "w") as padded:
-        for name, data in entries.items():
-            if name == "config.json":
-                with padded.open(_deflated(name), "w", force_zip64=True) as out:
-                    out.write(data)
-                    for _ in range(64):
-                        out.write(b" " * (1 << 20))  # 64 MiB in about 64 KB
-            else:
-                padded.writestr(name, data)
-    rewrite_checksum(bundle, "encoder.keras")
+    entries = _archive_entries(file)
+    entries["config.json"] += b" " * (64 << 20)  # 64 MiB in about 64 KB
+    _rewrite_archive(bundle, file.name, entries, deflated={"config.json"})
 
     message = load_error(bundle)
 
@@ -229,16 +229,12 @@ def test_weights_that_unpack_to_far_more_than_their_archive_are_refused_before_l
     in HDF5, which the archive's own sizes do not show; loading took 1.5 GB."""
     h5py = pytest.importorskip("h5py")
     file = bundle / "encoder.keras"
-    with zipfile.ZipFile(file) as original:
-        entries = {entry.filename: original.read(entry) for entry in original.infolist()}
+    entries = _archive_entries(file)
     weights = io.BytesIO(entries["model.weights.h5"])
     with h5py.File(weights, "a") as h5:
         h5.create_dataset("padding", shape=(16_000_000,), dtype="f4", compression="gzip")
     entries["model.weights.h5"] = weights.getvalue()
-    with zipfile.ZipFile(file, "w") as rewritten:
-        for name, data in entries.items():
-            rewritten.writestr(name, data)
-    rewrite_checksum(bundle, "encoder.keras")
+    _rewrite_archive(bundle, file.name, entries)
 
     message = load_error(bundle)
 
