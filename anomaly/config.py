@@ -493,6 +493,13 @@ class ServeConfig(_Section):
     """Entities (Kafka keys) whose partial window (time-series mode) and alarm stream
     (``[alarms]``, also bounded by ``alarms.max_streams``: about 50 KB each) are kept; the
     one seen least recently is dropped beyond it and starts afresh."""
+    restore_records: int = Field(1_000, ge=0, le=100_000)
+    """Records per partition read again, from just before where a newly assigned partition
+    (a start, a restart, a rebalance) is read from, to rebuild its keys' windows and alarm
+    streams before its first record is scored (``anomaly.stream.restore``; nothing is sent
+    for them). A key whose last ``window - 1`` records (and the rows its alarm stream needs)
+    are among them continues as if the service had not stopped; 0 starts every such key
+    afresh. Only in time-series mode or with an adaptive ``[alarms]`` stage."""
     session_timeout_ms: int = Field(10_000, ge=1_000)
     """Consumer-group session: a crashed instance's partitions move to the others after
     this long (the broker allows 6 s to 30 min by default). Shorter than the Java client's

@@ -109,6 +109,9 @@ class _Scripted(Transport):
     def position(self, partition):
         return None
 
+    def read_before(self, starts, count, timeout_s):
+        return [], set()  # the script holds no records before its first
+
     def connected(self):
         return True
 

@@ -32,6 +32,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetad
 from prometheus_client.parser import text_string_to_metric_families
 
 import anomaly
+from anomaly.alarms import AlarmStage
 from anomaly.config import AlarmConfig
 from anomaly.stream import ScoringService, StreamError
 from tests._support import required_module, wait_for
@@ -789,6 +790,64 @@ def test_a_dead_letter_starts_its_keys_window_afresh(kafka_bootstrap, topics, se
         True
     ]
     assert all(complete[f"pump-2-{i}"] for i in range(3, 12))
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_restarted_service_goes_on_with_each_keys_window_and_alarm_stream_where_they_were(
+    client, kafka_bootstrap, topics, series_detector, caplog
+):
+    """Two services one after the other in one group: the second reads the records before
+    its committed offsets again (``serve.restore_records``), so its results are those of a
+    service that never stopped: every record of each key scored (no window starts afresh),
+    and the same levels and alarms as the alarm stage run over each key's whole series at
+    once. One key's level moved (DSPOT took it for the new normal before the restart), one
+    key is in the flagged state across the restart."""
+    t = topics(2)
+    config = _config(kafka_bootstrap, t, max_batch_size=16, client=client)
+    alarms = AlarmConfig(method="dspot", semantics="state")
+    rng = np.random.default_rng(8)
+    steps = np.arange(120)
+    offsets = {
+        "steady": 0.0 * steps,
+        "shifted": 1.5 * (steps >= 20),  # a new level, before the restart
+        "valve": 2.5 * ((steps >= 60) & (steps < 90)),  # an event across the restart
+    }
+    series = {
+        key: np.sin(steps[:, None] / 5 + np.arange(4))
+        + 0.05 * rng.normal(size=(120, 4))
+        + offset[:, None]
+        for key, offset in offsets.items()
+    }
+
+    def messages(rows: range) -> list:
+        return [
+            (key.encode(), orjson.dumps({"id": f"{key}-{i}", "features": x[i].tolist()}))
+            for i in rows
+            for key, x in series.items()
+        ]
+
+    with _running(series_detector, config, alarms):
+        _produce(kafka_bootstrap, t["input_topic"], messages(range(70)))
+        _read(kafka_bootstrap, t["output_topic"], 3 * 70)
+    caplog.set_level(logging.INFO, logger="anomaly.stream")
+    with _running(series_detector, config, alarms):
+        _produce(kafka_bootstrap, t["input_topic"], messages(range(70, 120)))
+        results = _read(kafka_bootstrap, t["output_topic"], 3 * 120)
+    by_id = {d["id"]: d for d in map(orjson.loads, (r.value for r in results))}
+    assert len(by_id) == 3 * 120
+
+    stage = AlarmStage.for_model(series_detector, alarms)
+    for key, rows in series.items():
+        windows = np.stack([rows[i - 3 : i + 1] for i in range(3, 120)]).astype(np.float32)
+        result = series_detector.score(windows)
+        decided = stage.update(result, keys=[key] * len(windows))
+        after = [by_id[f"{key}-{i}"] for i in range(70, 120)]
+        assert all(d["window_complete"] for d in after), key
+        np.testing.assert_allclose([d["score"] for d in after], result.scores[67:], rtol=1e-4)
+        np.testing.assert_allclose([d["p_value"] for d in after], decided.levels[67:], atol=1e-6)
+        assert [d["alarm"] for d in after] == decided.alarms[67:].tolist(), key
+    assert [by_id[f"valve-{i}"]["alarm"] for i in (70, 71)] == [True, True]
+    assert "event=key_state_restored" in caplog.text
 
 
 def test_start_fails_fast_naming_a_missing_topic(kafka_bootstrap, topics, detector):

@@ -423,6 +423,34 @@ def _reason(exc: BaseException) -> str:
 def make_consumer(config: ServeConfig, client_id: str, servers: str | None = None) -> KafkaConsumer:
     """A group consumer of the input topic (not yet subscribed), bootstrapped from
     ``servers`` (by default ``bootstrap_servers``)."""
+    return _consumer(
+        config,
+        servers,
+        client_id=client_id,
+        group_id=config.group_id,
+        auto_offset_reset=config.auto_offset_reset,
+        session_timeout_ms=config.session_timeout_ms,
+        heartbeat_interval_ms=min(3_000, config.session_timeout_ms // 3),
+    )
+
+
+def make_reader(config: ServeConfig, client_id: str, servers: str | None = None) -> KafkaConsumer:
+    """A consumer of the input topic outside the group (no group id, no commits, no static
+    membership), for partitions the loop assigns it itself: it reads records before the
+    group's offsets again (``Transport.read_before``). Where a range's first records were
+    deleted, it starts at the partition's first record left."""
+    options = client_options(config.kafka, "consumer")
+    options.pop("group_instance_id", None)
+    return _consumer(
+        config, servers, options, client_id=client_id, group_id=None, auto_offset_reset="earliest"
+    )
+
+
+def _consumer(
+    config: ServeConfig, servers: str | None, options: dict | None = None, **settings
+) -> KafkaConsumer:
+    """A consumer of the input topic with the settings both kinds share, ``options`` (by
+    default ``[serve.kafka]``'s for a consumer) and ``settings``."""
     try:
         return KafkaConsumer(
             **{
@@ -433,16 +461,12 @@ def make_consumer(config: ServeConfig, client_id: str, servers: str | None = Non
                 # The input topic deleted while subscribed: not made again with the broker's
                 # default partitions before whoever deleted it can (librdkafka's default).
                 "allow_auto_create_topics": False,
-                **client_options(config.kafka, "consumer"),
+                **(client_options(config.kafka, "consumer") if options is None else options),
                 "bootstrap_servers": servers or config.bootstrap_servers,
-                "group_id": config.group_id,
-                "client_id": client_id,
                 "enable_auto_commit": False,
-                "auto_offset_reset": config.auto_offset_reset,
                 "max_poll_records": config.max_batch_size,
                 "fetch_max_wait_ms": config.fetch_max_wait_ms,
-                "session_timeout_ms": config.session_timeout_ms,
-                "heartbeat_interval_ms": min(3_000, config.session_timeout_ms // 3),
+                **settings,
             }
         )
     except KafkaError as exc:

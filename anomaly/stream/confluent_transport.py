@@ -102,6 +102,7 @@ from anomaly.stream.clients import (
 )
 from anomaly.stream.errors import BrokerUnreachable, StreamError
 from anomaly.stream.kafka_options import librdkafka_options
+from anomaly.stream.restore import PartitionRanges
 from anomaly.stream.transport import Record, TopicPartition, Transport, Unreadable
 
 log = logging.getLogger("anomaly.stream")
@@ -836,6 +837,58 @@ class ConfluentTransport(Transport):
         except KafkaException:
             return None
         return self._known_position(partition.partition, current.offset)
+
+    def read_before(
+        self, starts: dict[TopicPartition, int], count: int, timeout_s: float
+    ) -> tuple[list, set[TopicPartition]]:
+        deadline = time.monotonic() + timeout_s
+        settings = {
+            **self._consumer_settings(),
+            "client.id": f"{self.client_id}-restore",
+            "auto.offset.reset": "earliest",  # a range whose start was deleted: what is left
+            "enable.partition.eof": True,  # a range that ends the partition is complete
+            "statistics.interval.ms": 0,
+            # Not the loop's broker watch: a partition this reader cannot read in time is
+            # logged by the loop as not restored.
+            "error_cb": lambda _error: None,
+        }
+        for name in ("stats_cb", "on_commit", "group.instance.id"):
+            settings.pop(name, None)
+        reader = Consumer(settings)
+        try:
+            firsts = {
+                tp: reader.get_watermark_offsets(
+                    KafkaTopicPartition(tp.topic, tp.partition),
+                    timeout=WATERMARK_TIMEOUT_MS / 1000,
+                    cached=False,
+                )[0]
+                for tp in starts
+            }
+            ranges = PartitionRanges(
+                {tp: max(firsts[tp], end - count) for tp, end in starts.items()}, starts
+            )
+            reader.assign(
+                [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in ranges.starts.items()]
+            )
+            while ranges.open and (remaining := deadline - time.monotonic()) > 0:
+                for m in reader.consume(self.config.max_batch_size, min(0.2, remaining)):
+                    tp = TopicPartition(m.topic(), m.partition())
+                    error = m.error()
+                    if error is None:
+                        record = Record(*tp, m.offset(), m.key(), m.value(), _timestamp(m))
+                        ranges.take(tp, [record])
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        ranges.reached(tp, m.offset())
+                    elif tp in ranges.open:
+                        log.warning(
+                            "event=restore_read_failed partition=%d error=%s action=start_afresh",
+                            tp.partition,
+                            _text(error),
+                        )
+                        ranges.fail(tp)
+            return ranges.complete()
+        finally:
+            reader.close()
 
     def _known_position(self, partition: int, reported: int) -> int | None:
         """Where ``partition`` is: librdkafka's position (``reported``; invalid, below 0,

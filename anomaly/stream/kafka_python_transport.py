@@ -49,10 +49,12 @@ from anomaly.stream.clients import (
     check_broker,
     make_consumer,
     make_producer,
+    make_reader,
 )
 from anomaly.stream.delivery import RETRY_INTERVAL_S
 from anomaly.stream.errors import StreamError, describe_error
 from anomaly.stream.partitioning import KeyPartitions
+from anomaly.stream.restore import PartitionRanges
 from anomaly.stream.transport import TopicPartition, Transport, Unreadable
 
 log = logging.getLogger("anomaly.stream")
@@ -232,6 +234,38 @@ class KafkaPythonTransport(Transport):
             return self._consumer.position(_kafka(partition), timeout_ms=50)
         except KafkaError:
             return None
+
+    def read_before(
+        self, starts: dict[TopicPartition, int], count: int, timeout_s: float
+    ) -> tuple[list, set[TopicPartition]]:
+        deadline = time.monotonic() + timeout_s
+        reader = make_reader(self.config, f"{self.client_id}-restore", self._servers)
+        try:
+            firsts = reader.beginning_offsets(
+                [_kafka(tp) for tp in starts], timeout_ms=max(1, int(timeout_s * 1000))
+            )
+            ranges = PartitionRanges(
+                {tp: max(firsts[_kafka(tp)], end - count) for tp, end in starts.items()}, starts
+            )
+            reader.assign([_kafka(tp) for tp in ranges.starts])
+            for tp, start in ranges.starts.items():
+                reader.seek(_kafka(tp), start)
+            while ranges.open and time.monotonic() < deadline:
+                try:
+                    polled = reader.poll(timeout_ms=200)
+                except Exception as exc:  # noqa: BLE001 (a batch it cannot read: see poll)
+                    log.warning(
+                        "event=restore_read_failed error=%s action=start_afresh",
+                        describe_error(exc),
+                    )
+                    break
+                for tp, records in polled.items():
+                    ranges.take(TopicPartition(tp.topic, tp.partition), records)
+                for tp in list(ranges.open):
+                    ranges.reached(tp, reader.position(_kafka(tp)))
+            return ranges.complete()
+        finally:
+            reader.close(autocommit=False, timeout_ms=1_000)
 
     def connected(self) -> bool:
         """kafka-python has no public call for this; its network client answers

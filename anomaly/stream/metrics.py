@@ -195,6 +195,15 @@ class ServiceMetrics:
             "False-positive rate on normal data that the threshold was calibrated for.",
             registry=registry,
         )
+        self.key_state_restores = Counter(
+            "anomaly_key_state_restores_total",
+            "Newly assigned input partitions whose keys' windows and alarm streams were rebuilt "
+            "from the records before their offset (serve.restore_records), by outcome: "
+            "restored, or started_afresh (the records could not be read whole in time, and "
+            "those keys start afresh).",
+            ["outcome"],
+            registry=registry,
+        )
         self.model_swaps = Counter(
             "anomaly_model_swaps_total",
             "Times a new version from the model store took over scoring (serve.model_poll_s).",

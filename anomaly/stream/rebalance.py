@@ -11,7 +11,9 @@ The rules, each a method of ``Assignment``:
 - **Lost** (``release`` with ``keep_key_state=False``): the same, at once.
 - **Assigned** (``grant``): the partitions are ours. A partition dropped from records in
   hand and now given back is rewound to its first dropped record, because kafka-python keeps
-  the fetch position of a partition it gets back and would skip them.
+  the fetch position of a partition it gets back and would skip them. Those whose keys have
+  no state kept (``without_state``) get it rebuilt from the records before their offset
+  (``anomaly.stream.restore``).
 - **Records in hand at a rebalance** (``drop_revoked``): a rebalance during the polls of one
   micro-batch drops the records of the revoked partitions from it, rewinding at once those
   already assigned again.
@@ -70,6 +72,11 @@ class Assignment:
             self._forget_on_grant |= numbers
             return set()
         return numbers
+
+    def without_state(self, partitions: set[TopicPartition]) -> set[TopicPartition]:
+        """Those of ``partitions``, about to be granted, whose keys have no state kept here:
+        not owned before, or their state dropped when they went."""
+        return {tp for tp in partitions if tp.partition not in self._forget_on_grant}
 
     def grant(self, partitions: set[TopicPartition]) -> tuple[dict[TopicPartition, int], set[int]]:
         """Partitions assigned. Returns the seeks to make (partition -> offset) and the

@@ -76,7 +76,7 @@ from anomaly.stream.client_logs import Throttle
 from anomaly.stream.delivery import GIVEN_UP, Delivery, Outgoing
 from anomaly.stream.endpoints import MetricsServer
 from anomaly.stream.entities import entity_of
-from anomaly.stream.errors import BrokerUnreachable, StreamError
+from anomaly.stream.errors import BrokerUnreachable, StreamError, describe_error
 from anomaly.stream.kafka_options import check_tls_files
 from anomaly.stream.messages import (
     RECORD_OVERHEAD_BYTES,
@@ -88,6 +88,7 @@ from anomaly.stream.messages import (
 from anomaly.stream.metrics import ServiceMetrics
 from anomaly.stream.rebalance import Assignment, partition_names
 from anomaly.stream.reload import ServedModel, StoreWatcher, warm_up
+from anomaly.stream.restore import RESTORE_READ_S
 from anomaly.stream.transport import TopicPartition, Transport, Unreadable, make_transport
 from anomaly.stream.windowing import KeyedWindows
 
@@ -219,6 +220,8 @@ class ScoringService:
         )
         self._assignment = Assignment(config.input_topic)
         self._positions: dict[TopicPartition, int] = {}  # next offset after the last consumed
+        # Assigned partitions whose keys' state is rebuilt at their first record (restore).
+        self._restoring: set[TopicPartition] = set()
         self._paused = False
         self._broker = BrokerWatch(
             lambda: self._transport is not None and self._transport.connected(),
@@ -528,7 +531,14 @@ class ScoringService:
 
     def _prepare(self, records: list, polled_at: float) -> _Batch:
         """Decode and validate a polled batch; in time-series mode, add its rows to their
-        keys' windows (in order, on the loop's thread) and take the windows they complete."""
+        keys' windows (in order, on the loop's thread) and take the windows they complete.
+        A newly assigned partition's keys get their state back first (``_restore``)."""
+        if self._restoring:
+            self._restore(records)
+        return self._decode(records, polled_at)
+
+    def _decode(self, records: list, polled_at: float) -> _Batch:
+        """``_prepare`` past the restore: decode, validate, window."""
         start = perf_counter()
         decoded = self._decoder.decode([r.value for r in records])
         rejected = [
@@ -623,14 +633,7 @@ class ScoringService:
             if result is None:  # nothing scored in this batch
                 result = _EMPTY_RESULT
                 scored_positions = []
-            if self._alarms is not None:
-                scored = range(len(chosen)) if scored_positions is None else scored_positions
-                entities = batch.entities
-                decided = self._alarms.update(
-                    result, [entities[i] for i in scored], [partitions[i] for i in scored]
-                )
-                alarms = (decided.levels, decided.alarms)
-                self.metrics.alarm_states.set(self._alarms.states)
+            alarms = self._decide(batch, result, scored_positions)
             payloads, flags, failures = self._encoder.encode(
                 [r.key for r in chosen],
                 partitions,
@@ -701,6 +704,75 @@ class ScoringService:
         counts["rejected"] += len(rejected)
         counts["flagged"] += n_flagged
         profile["bookkeeping"] += perf_counter() - t5
+
+    def _decide(
+        self, batch: _Batch, result, scored_positions: list[int] | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The alarm stage's levels and alarms of the scored records of ``batch``, each
+        key's stream moved past them; None without an adaptive stage."""
+        if self._alarms is None:
+            return None
+        scored = range(len(batch.chosen)) if scored_positions is None else scored_positions
+        entities, partitions = batch.entities, batch.partitions
+        decided = self._alarms.update(
+            result, [entities[i] for i in scored], [partitions[i] for i in scored]
+        )
+        self.metrics.alarm_states.set(self._alarms.states)
+        return decided.levels, decided.alarms
+
+    # -- per-key state restored (``anomaly.stream.restore``) ---------------------------------
+
+    def _restore(self, records: list) -> None:
+        """Before the first records of newly assigned partitions are windowed: read the
+        ``restore_records`` before each again and run them through the windows, the model
+        and the alarm stage, sending nothing, so their keys go on where they were."""
+        due: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp in self._restoring and tp not in due:
+                due[tp] = record.offset
+        if not due:
+            return
+        self._restoring -= due.keys()
+        if self._windows is None and self._alarms is None:
+            return  # no per-key state (a model of independent rows, its threshold deciding)
+        started = perf_counter()
+        try:
+            replayed, unread = self._transport.read_before(
+                due, self.config.restore_records, RESTORE_READ_S
+            )
+        except Exception as exc:  # noqa: BLE001 (a reader that cannot be made or asked)
+            self.metrics.key_state_restores.labels("started_afresh").inc(len(due))
+            log.warning(
+                "event=key_state_not_restored partitions=%s error=%s action=start_afresh",
+                partition_names(due),
+                describe_error(exc),
+            )
+            return
+        if replayed:
+            batch = self._decode(replayed, perf_counter())
+            if batch.inputs is not None and len(batch.inputs):
+                batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
+                self._await_scores(batch)
+            if batch.result is not None:
+                self._decide(batch, batch.result, batch.scored_positions)
+        restored = set(due) - unread
+        if restored:
+            self.metrics.key_state_restores.labels("restored").inc(len(restored))
+            log.info(
+                "event=key_state_restored partitions=%s records=%d seconds=%.3f",
+                partition_names(restored),
+                len(replayed),
+                perf_counter() - started,
+            )
+        if unread:
+            self.metrics.key_state_restores.labels("started_afresh").inc(len(unread))
+            log.warning(
+                "event=key_state_not_restored partitions=%s reason=not_read_whole_in_%gs "
+                "action=start_afresh",
+                partition_names(unread),
+                RESTORE_READ_S,
+            )
 
     # -- dead letters -----------------------------------------------------------------------
 
@@ -936,7 +1008,10 @@ class ScoringService:
 
     def partitions_assigned(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
         """``assigned`` are ours; returns where to start reading those dropped from records
-        in hand and given back (see ``rebalance``)."""
+        in hand and given back (see ``rebalance``). Those whose keys have no state here get
+        it back at their first record (``_restore``)."""
+        if self.config.restore_records:
+            self._restoring |= self._assignment.without_state(set(assigned))
         seeks, gone = self._assignment.grant(set(assigned))
         if gone:
             self._forget_keys(gone)
@@ -955,6 +1030,7 @@ class ScoringService:
 
     def _release(self, partitions: set[TopicPartition], keep_key_state: bool) -> None:
         forget = self._assignment.release(partitions, keep_key_state)
+        self._restoring -= partitions
         self._delivery.forget(partitions)
         for tp in partitions:
             self._positions.pop(tp, None)

@@ -5,10 +5,10 @@ Records of each key (the entity) are windowed in the order they arrive, across b
 length. State is bounded: beyond ``max_entities`` keys the key seen least recently is dropped
 (its next record starts a new window), as the alarm stage drops its streams.
 
-Window state lives in the process and is not checkpointed. When partitions are revoked in a
-rebalance, the state of their keys is dropped: the new owner starts their windows afresh,
-from the committed offset, so for each moved key the first ``window - 1`` records it reads
-get ``window_complete: false`` results. A dead letter cuts its key's series the same way.
+Window state lives in the process. When partitions are revoked in a rebalance, the state of
+their keys is dropped here; whoever gets them next (this process or another, after a
+restart too) rebuilds it from the records before its starting offset
+(``anomaly.stream.restore``). A dead letter cuts its key's series: its window starts afresh.
 """
 
 from __future__ import annotations
