@@ -496,10 +496,12 @@ class ServeConfig(_Section):
     restore_records: int = Field(1_000, ge=0, le=100_000)
     """Records per partition read again, from just before where a newly assigned partition
     (a start, a restart, a rebalance) is read from, to rebuild its keys' windows and alarm
-    streams before its first record is scored (``anomaly.stream.restore``; nothing is sent
-    for them). A key whose last ``window - 1`` records (and the rows its alarm stream needs)
-    are among them continues as if the service had not stopped; 0 starts every such key
-    afresh. Only in time-series mode or with an adaptive ``[alarms]`` stage."""
+    streams before its first record is scored, and before where the service is at a model
+    swap, to rebuild the alarm streams with the new version (``anomaly.stream.restore``;
+    nothing is sent for them). A key whose last ``window - 1`` records (and the rows its
+    alarm stream needs) are among them continues as if the service had not stopped; 0
+    starts such keys afresh. Only in time-series mode or with an adaptive ``[alarms]``
+    stage."""
     session_timeout_ms: int = Field(10_000, ge=1_000)
     """Consumer-group session: a crashed instance's partitions move to the others after
     this long (the broker allows 6 s to 30 min by default). Shorter than the Java client's

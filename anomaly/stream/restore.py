@@ -15,6 +15,11 @@ previous owner left them. With at least as many records as a key's history needs
 is the one an uninterrupted service would hold (a test checks this on the real broker); with
 fewer, its oldest rows are missing, as for a key seen first then.
 
+At a model swap the alarm streams are the new version's, made from its held-out normal
+scores; they are rebuilt the same way from the records before where the loop is, scored by
+the new version in windows of their own (the live windows, kept across the swap, hold those
+records already).
+
 Nothing here can lose or repeat a result: the records read again are before the offset the
 group's consumer starts from, which is untouched, and they are not sent. A partition whose
 range cannot be read whole in time (a slow broker, a batch that cannot be read) starts

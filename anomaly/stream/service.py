@@ -396,9 +396,10 @@ class ScoringService:
         over.
 
         Windows of records (time-series mode) are kept: they hold records, which the new
-        version reads the same way (same features, same window). Alarm streams start afresh
-        from the new version's held-out normal scores: a p-value or a tail fitted on one
-        model's scores says nothing about another's. So does the drift window: the new
+        version reads the same way (same features, same window). Alarm streams are the new
+        version's, made afresh from its held-out normal scores (a p-value or a tail fitted on
+        one model's scores says nothing about another's) and then rebuilt from the recent
+        records (``_rebuild_alarm_streams``). The drift window starts afresh: the new
         version's normal data is the reference now.
         """
         previous_version, self.served = self.served.version, ready
@@ -535,10 +536,11 @@ class ScoringService:
         A newly assigned partition's keys get their state back first (``_restore``)."""
         if self._restoring:
             self._restore(records)
-        return self._decode(records, polled_at)
+        return self._decode(records, polled_at, self._windows)
 
-    def _decode(self, records: list, polled_at: float) -> _Batch:
-        """``_prepare`` past the restore: decode, validate, window."""
+    def _decode(self, records: list, polled_at: float, windows: KeyedWindows | None) -> _Batch:
+        """``_prepare`` past the restore: decode, validate, and add the rows to ``windows``
+        (time-series mode)."""
         start = perf_counter()
         decoded = self._decoder.decode([r.value for r in records])
         rejected = [
@@ -549,8 +551,8 @@ class ScoringService:
         ]
         chosen = [records[i] for i in decoded.accepted]
         batch = _Batch(records, polled_at, decoded, rejected, chosen)
-        if self._windows is not None:  # dead letters alone cut windows too
-            batch.inputs, batch.scored_positions = self._windows.push(
+        if windows is not None:  # dead letters alone cut windows too
+            batch.inputs, batch.scored_positions = windows.push(
                 decoded.rows, batch.entities, batch.partitions, batch.cuts
             )
         elif chosen:
@@ -572,6 +574,7 @@ class ScoringService:
                 self._finish(previous)
                 previous = None
             self._swap_model(ready)
+            self._rebuild_alarm_streams()
         if batch is not None and batch.inputs is not None and len(batch.inputs):
             batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
         if previous is not None:
@@ -723,9 +726,8 @@ class ScoringService:
     # -- per-key state restored (``anomaly.stream.restore``) ---------------------------------
 
     def _restore(self, records: list) -> None:
-        """Before the first records of newly assigned partitions are windowed: read the
-        ``restore_records`` before each again and run them through the windows, the model
-        and the alarm stage, sending nothing, so their keys go on where they were."""
+        """Before the first records of newly assigned partitions are windowed: their keys'
+        windows and alarm streams go on where they were (``_replay``)."""
         due: dict[TopicPartition, int] = {}
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
@@ -734,33 +736,59 @@ class ScoringService:
         if not due:
             return
         self._restoring -= due.keys()
-        if self._windows is None and self._alarms is None:
-            return  # no per-key state (a model of independent rows, its threshold deciding)
+        if self._windows is not None or self._alarms is not None:
+            self._replay(due, self._windows, "assignment")
+
+    def _rebuild_alarm_streams(self) -> None:
+        """After a model swap: the new version's alarm streams of the keys read so far, from
+        the records before where the loop is in each partition, scored by the new version
+        (in windows of their own: the live windows hold those records already)."""
+        starts = {
+            tp: offset
+            for tp, offset in self._positions.items()
+            if tp in self._assignment.assigned and tp not in self._restoring
+        }
+        if self._alarms is None or not starts or not self.config.restore_records:
+            return
+        windows = None
+        if self._windows is not None:
+            features = len(self.detector.feature_names)
+            windows = KeyedWindows(self._windows.length, features, self.config.max_entities)
+        self._replay(starts, windows, "model_swap")
+
+    def _replay(
+        self, starts: dict[TopicPartition, int], windows: KeyedWindows | None, cause: str
+    ) -> None:
+        """Read the ``restore_records`` records before each partition's offset in
+        ``starts`` again and run them through ``windows``, the model and the alarm stage,
+        sending nothing (``anomaly.stream.restore``)."""
         started = perf_counter()
         try:
             replayed, unread = self._transport.read_before(
-                due, self.config.restore_records, RESTORE_READ_S
+                starts, self.config.restore_records, RESTORE_READ_S
             )
         except Exception as exc:  # noqa: BLE001 (a reader that cannot be made or asked)
-            self.metrics.key_state_restores.labels("started_afresh").inc(len(due))
+            self.metrics.key_state_restores.labels("started_afresh").inc(len(starts))
             log.warning(
-                "event=key_state_not_restored partitions=%s error=%s action=start_afresh",
-                partition_names(due),
+                "event=key_state_not_restored on=%s partitions=%s error=%s action=start_afresh",
+                cause,
+                partition_names(starts),
                 describe_error(exc),
             )
             return
         if replayed:
-            batch = self._decode(replayed, perf_counter())
+            batch = self._decode(replayed, perf_counter(), windows)
             if batch.inputs is not None and len(batch.inputs):
                 batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
                 self._await_scores(batch)
             if batch.result is not None:
                 self._decide(batch, batch.result, batch.scored_positions)
-        restored = set(due) - unread
+        restored = set(starts) - unread
         if restored:
             self.metrics.key_state_restores.labels("restored").inc(len(restored))
             log.info(
-                "event=key_state_restored partitions=%s records=%d seconds=%.3f",
+                "event=key_state_restored on=%s partitions=%s records=%d seconds=%.3f",
+                cause,
                 partition_names(restored),
                 len(replayed),
                 perf_counter() - started,
@@ -768,8 +796,9 @@ class ScoringService:
         if unread:
             self.metrics.key_state_restores.labels("started_afresh").inc(len(unread))
             log.warning(
-                "event=key_state_not_restored partitions=%s reason=not_read_whole_in_%gs "
+                "event=key_state_not_restored on=%s partitions=%s reason=not_read_whole_in_%gs "
                 "action=start_afresh",
+                cause,
                 partition_names(unread),
                 RESTORE_READ_S,
             )
