@@ -574,7 +574,7 @@ class ScoringService:
                 self._finish(previous)
                 previous = None
             self._swap_model(ready)
-            self._rebuild_alarm_streams()
+            self._rebuild_alarm_streams(batch)
         if batch is not None and batch.inputs is not None and len(batch.inputs):
             batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
         if previous is not None:
@@ -739,13 +739,17 @@ class ScoringService:
         if self._windows is not None or self._alarms is not None:
             self._replay(due, self._windows, "assignment")
 
-    def _rebuild_alarm_streams(self) -> None:
+    def _rebuild_alarm_streams(self, batch: _Batch | None) -> None:
         """After a model swap: the new version's alarm streams of the keys read so far, from
-        the records before where the loop is in each partition, scored by the new version
-        (in windows of their own: the live windows hold those records already)."""
+        the records before where the loop is in each partition (the first record of
+        ``batch``, the next to score, or past the last batch sent), scored by the new
+        version (in windows of their own: the live windows hold those records already)."""
+        starts = dict(self._positions)
+        for record in batch.records if batch is not None else ():
+            starts.setdefault(TopicPartition(record.topic, record.partition), record.offset)
         starts = {
             tp: offset
-            for tp, offset in self._positions.items()
+            for tp, offset in starts.items()
             if tp in self._assignment.assigned and tp not in self._restoring
         }
         if self._alarms is None or not starts or not self.config.restore_records:
@@ -778,11 +782,12 @@ class ScoringService:
             return
         if replayed:
             batch = self._decode(replayed, perf_counter(), windows)
-            if batch.inputs is not None and len(batch.inputs):
+            scored = batch.inputs is not None and len(batch.inputs)
+            if self._alarms is not None and scored:  # windows alone need no scores
                 batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
                 self._await_scores(batch)
-            if batch.result is not None:
-                self._decide(batch, batch.result, batch.scored_positions)
+                if batch.result is not None:
+                    self._decide(batch, batch.result, batch.scored_positions)
         restored = set(starts) - unread
         if restored:
             self.metrics.key_state_restores.labels("restored").inc(len(restored))
