@@ -850,6 +850,46 @@ def test_a_restarted_service_goes_on_with_each_keys_window_and_alarm_stream_wher
     assert "event=key_state_restored" in caplog.text
 
 
+def test_a_restore_past_its_time_starts_the_keys_afresh_and_says_so(
+    kafka_bootstrap, topics, series_detector, caplog, monkeypatch
+):
+    """Restoring scores partition after partition within ``RESTORE_S``; a partition left
+    when it is spent takes in nothing and starts its keys afresh, logged and counted, and
+    its records are scored as before (the first ``window - 1`` of each key without a
+    score), never lost."""
+    t = topics(1)
+    config = _config(kafka_bootstrap, t, max_batch_size=16)
+
+    def messages(rows: range) -> list:
+        return [
+            (
+                b"pump",
+                orjson.dumps(
+                    {"id": f"pump-{i}", "features": np.sin(i / 5 + np.arange(4)).tolist()}
+                ),
+            )
+            for i in rows
+        ]
+
+    with _running(series_detector, config):
+        _produce(kafka_bootstrap, t["input_topic"], messages(range(10)))
+        _read(kafka_bootstrap, t["output_topic"], 10)
+    monkeypatch.setattr("anomaly.stream.service.RESTORE_S", 0.0)
+    caplog.set_level(logging.INFO, logger="anomaly.stream")
+    with _running(series_detector, config) as service:
+        _produce(kafka_bootstrap, t["input_topic"], messages(range(10, 14)))
+        results = _read(kafka_bootstrap, t["output_topic"], 14)
+        restores = {
+            k[1]: v
+            for k, v in _scrape(service.metrics_port).items()
+            if k[0] == "anomaly_key_state_restores_total"
+        }
+    by_id = {d["id"]: d for d in map(orjson.loads, (r.value for r in results))}
+    assert [by_id[f"pump-{i}"]["window_complete"] for i in range(10, 14)] == [False] * 3 + [True]
+    assert "event=key_state_not_restored on=assignment" in caplog.text
+    assert restores == {(("outcome", "started_afresh"),): 1.0}
+
+
 def test_start_fails_fast_naming_a_missing_topic(kafka_bootstrap, topics, detector):
     t = topics(1)
     config = _config(

@@ -22,8 +22,9 @@ records already).
 
 Nothing here can lose or repeat a result: the records read again are before the offset the
 group's consumer starts from, which is untouched, and they are not sent. A partition whose
-range cannot be read whole in time (a slow broker, a batch that cannot be read) starts
-afresh as before, with a log line, so no window joins records across a gap.
+range cannot be read whole in time (a slow broker, a batch that cannot be read), or is not
+taken in by ``RESTORE_S``, starts afresh as before, with a log line, so no window joins
+records across a gap.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ from anomaly.stream.transport import TopicPartition
 
 #: Longest a restore may read for, before the partitions not read whole start afresh.
 RESTORE_READ_S = 30.0
+#: Longest a restore may take, reading and then scoring partition after partition: those not
+#: taken in by then start afresh. The loop polls nothing meanwhile, and the group removes a
+#: member that does not poll for ``max.poll.interval.ms`` (300 s by default); ``/healthz``
+#: counts each partition taken in as progress.
+RESTORE_S = 60.0
 
 
 class PartitionRanges:

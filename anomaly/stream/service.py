@@ -88,7 +88,7 @@ from anomaly.stream.messages import (
 from anomaly.stream.metrics import ServiceMetrics
 from anomaly.stream.rebalance import Assignment, partition_names
 from anomaly.stream.reload import ServedModel, StoreWatcher, warm_up
-from anomaly.stream.restore import RESTORE_READ_S
+from anomaly.stream.restore import RESTORE_READ_S, RESTORE_S
 from anomaly.stream.transport import TopicPartition, Transport, Unreadable, make_transport
 from anomaly.stream.windowing import KeyedWindows
 
@@ -765,8 +765,11 @@ class ScoringService:
     ) -> None:
         """Read the ``restore_records`` records before each partition's offset in
         ``starts`` again and run them through ``windows``, the model and the alarm stage,
-        sending nothing (``anomaly.stream.restore``)."""
+        sending nothing (``anomaly.stream.restore``). One partition after another, within
+        ``RESTORE_S``: the partitions left when it is spent start afresh (nothing of theirs
+        was taken in), so the group never waits on this loop for much longer than that."""
         started = perf_counter()
+        deadline = time.monotonic() + RESTORE_S
         try:
             replayed, unread = self._transport.read_before(
                 starts, self.config.restore_records, RESTORE_READ_S
@@ -780,14 +783,19 @@ class ScoringService:
                 describe_error(exc),
             )
             return
-        if replayed:
-            batch = self._decode(replayed, perf_counter(), windows)
-            scored = batch.inputs is not None and len(batch.inputs)
-            if self._alarms is not None and scored:  # windows alone need no scores
-                batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
-                self._await_scores(batch)
-                if batch.result is not None:
-                    self._decide(batch, batch.result, batch.scored_positions)
+        by_partition: dict[TopicPartition, list] = {}
+        for record in replayed:
+            by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(
+                record
+            )
+        taken = 0
+        for tp, records in by_partition.items():
+            if time.monotonic() >= deadline:
+                unread.add(tp)
+                continue
+            self._take_in(records, windows)
+            taken += len(records)
+            self._last_tick = time.monotonic()  # progress: the loop is alive (``alive``)
         restored = set(starts) - unread
         if restored:
             self.metrics.key_state_restores.labels("restored").inc(len(restored))
@@ -795,18 +803,28 @@ class ScoringService:
                 "event=key_state_restored on=%s partitions=%s records=%d seconds=%.3f",
                 cause,
                 partition_names(restored),
-                len(replayed),
+                taken,
                 perf_counter() - started,
             )
         if unread:
             self.metrics.key_state_restores.labels("started_afresh").inc(len(unread))
             log.warning(
-                "event=key_state_not_restored on=%s partitions=%s reason=not_read_whole_in_%gs "
+                "event=key_state_not_restored on=%s partitions=%s reason=not_done_in_%gs "
                 "action=start_afresh",
                 cause,
                 partition_names(unread),
-                RESTORE_READ_S,
+                RESTORE_S,
             )
+
+    def _take_in(self, records: list, windows: KeyedWindows | None) -> None:
+        """Records read again: into ``windows``, and, scored, into the alarm stage."""
+        batch = self._decode(records, perf_counter(), windows)
+        if self._alarms is None or batch.inputs is None or not len(batch.inputs):
+            return  # windows alone need no scores
+        batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
+        self._await_scores(batch)
+        if batch.result is not None:
+            self._decide(batch, batch.result, batch.scored_positions)
 
     # -- dead letters -----------------------------------------------------------------------
 
