@@ -48,3 +48,14 @@ def test_a_partition_not_read_whole_is_left_out_so_no_window_joins_across_a_gap(
     timed_out = PartitionRanges({A: 0}, {A: 3})
     timed_out.take(A, _records(A, [0, 1]))
     assert timed_out.complete() == ([], {A})
+
+
+def test_records_past_the_byte_budget_leave_the_partitions_still_open_out():
+    """A megabyte per record would be gigabytes at a start: once the restore holds its
+    budget, the partitions still being read start afresh and their records are let go."""
+    ranges = PartitionRanges({A: 0, B: 0}, {A: 2, B: 3}, max_bytes=10)
+    ranges.take(A, _records(A, [0, 1]))  # 2 x (1 + 2) bytes: complete
+    ranges.take(B, _records(B, [0, 1]))  # 12 bytes in all: over
+    assert ranges.open == set()
+    records, unread = ranges.complete()
+    assert [(r.partition, r.offset) for r in records] == [(0, 0), (0, 1)] and unread == {B}

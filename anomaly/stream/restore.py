@@ -22,16 +22,19 @@ records already).
 
 Nothing here can lose or repeat a result: the records read again are before the offset the
 group's consumer starts from, which is untouched, and they are not sent. A partition whose
-range cannot be read whole in time (a slow broker, a batch that cannot be read), or is not
-taken in by ``RESTORE_S``, starts afresh as before, with a log line, so no window joins
-records across a gap.
+range cannot be read whole in time (a slow broker, a batch that cannot be read) or within
+``RESTORE_MAX_BYTES``, or is not taken in by ``RESTORE_S``, starts afresh as before, with a
+log line, so no window joins records across a gap.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from anomaly.stream.transport import TopicPartition
+
+log = logging.getLogger("anomaly.stream")
 
 #: Longest a restore may read for, before the partitions not read whole start afresh.
 RESTORE_READ_S = 30.0
@@ -40,6 +43,10 @@ RESTORE_READ_S = 30.0
 #: member that does not poll for ``max.poll.interval.ms`` (300 s by default); ``/healthz``
 #: counts each partition taken in as progress.
 RESTORE_S = 60.0
+#: Most bytes of keys and values a restore holds (records of a megabyte each, 1,000 per
+#: partition, would otherwise be gigabytes at a start): the partitions still being read when
+#: it is reached start afresh.
+RESTORE_MAX_BYTES = 128 * 2**20
 
 
 class PartitionRanges:
@@ -47,12 +54,18 @@ class PartitionRanges:
     including) ``ends``, complete once a record or the reader's position reaches the end
     (offsets can skip: transaction markers, compaction)."""
 
-    def __init__(self, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int]):
+    def __init__(
+        self,
+        starts: dict[TopicPartition, int],
+        ends: dict[TopicPartition, int],
+        max_bytes: int = RESTORE_MAX_BYTES,
+    ):
         self.starts = {tp: start for tp, start in starts.items() if start < ends[tp]}
         self.ends = ends
         self.open = set(self.starts)
         self._failed: set[TopicPartition] = set()
         self._records: dict[TopicPartition, list] = {tp: [] for tp in self.starts}
+        self._bytes_left = max_bytes
 
     def take(self, partition: TopicPartition, records: Iterable) -> None:
         """Records the reader returned for ``partition``, in offset order."""
@@ -63,6 +76,17 @@ class PartitionRanges:
         for record in records:
             if record.offset >= end:
                 self.open.discard(partition)
+                return
+            self._bytes_left -= len(record.key or b"") + len(record.value or b"")
+            if self._bytes_left < 0:
+                log.warning(
+                    "event=restore_read_failed partitions=%s reason=over_%d_bytes "
+                    "action=start_afresh",
+                    ",".join(str(tp.partition) for tp in sorted(self.open)),
+                    RESTORE_MAX_BYTES,
+                )
+                for tp in list(self.open):
+                    self.fail(tp)
                 return
             kept.append(record)
         if kept and kept[-1].offset >= end - 1:
@@ -78,6 +102,7 @@ class PartitionRanges:
         if partition in self.open:
             self.open.discard(partition)
             self._failed.add(partition)
+            self._records[partition] = []
 
     def complete(self) -> tuple[list, set[TopicPartition]]:
         """The records of the partitions read whole, in order per partition, and the

@@ -788,15 +788,15 @@ class ScoringService:
             by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(
                 record
             )
-        taken = 0
+        taken, late = 0, set()
         for tp, records in by_partition.items():
             if time.monotonic() >= deadline:
-                unread.add(tp)
+                late.add(tp)
                 continue
             self._take_in(records, windows)
             taken += len(records)
             self._last_tick = time.monotonic()  # progress: the loop is alive (``alive``)
-        restored = set(starts) - unread
+        restored = set(starts) - unread - late
         if restored:
             self.metrics.key_state_restores.labels("restored").inc(len(restored))
             log.info(
@@ -806,15 +806,16 @@ class ScoringService:
                 taken,
                 perf_counter() - started,
             )
-        if unread:
-            self.metrics.key_state_restores.labels("started_afresh").inc(len(unread))
-            log.warning(
-                "event=key_state_not_restored on=%s partitions=%s reason=not_done_in_%gs "
-                "action=start_afresh",
-                cause,
-                partition_names(unread),
-                RESTORE_S,
-            )
+        for left, reason in ((unread, "not_read_whole"), (late, f"not_done_in_{RESTORE_S:g}s")):
+            if left:
+                self.metrics.key_state_restores.labels("started_afresh").inc(len(left))
+                log.warning(
+                    "event=key_state_not_restored on=%s partitions=%s reason=%s "
+                    "action=start_afresh",
+                    cause,
+                    partition_names(left),
+                    reason,
+                )
 
     def _take_in(self, records: list, windows: KeyedWindows | None) -> None:
         """Records read again: into ``windows``, and, scored, into the alarm stage."""
