@@ -859,7 +859,7 @@ class ConfluentTransport(Transport):
             firsts = {
                 tp: reader.get_watermark_offsets(
                     KafkaTopicPartition(tp.topic, tp.partition),
-                    timeout=WATERMARK_TIMEOUT_MS / 1000,
+                    timeout=max(0.1, min(WATERMARK_TIMEOUT_MS / 1000, deadline - time.monotonic())),
                     cached=False,
                 )[0]
                 for tp in starts

@@ -78,6 +78,12 @@ class Assignment:
         not owned before, or their state dropped when they went."""
         return {tp for tp in partitions if tp.partition not in self._forget_on_grant}
 
+    def drop_kept_state(self) -> set[int]:
+        """The partition numbers whose keys' state is kept until the next assignment (revoked,
+        not yet given back), now counted as without state: the caller drops it."""
+        kept, self._forget_on_grant = self._forget_on_grant, set()
+        return kept
+
     def grant(self, partitions: set[TopicPartition]) -> tuple[dict[TopicPartition, int], set[int]]:
         """Partitions assigned. Returns the seeks to make (partition -> offset) and the
         partition numbers whose per-key state to drop (released, and not given back)."""

@@ -743,7 +743,15 @@ class ScoringService:
         """After a model swap: the new version's alarm streams of the keys read so far, from
         the records before where the loop is in each partition (the first record of
         ``batch``, the next to score, or past the last batch sent), scored by the new
-        version (in windows of their own: the live windows hold those records already)."""
+        version (in windows of their own: the live windows hold those records already).
+
+        Partitions revoked in a rebalance still under way, whose keys' state is kept in case
+        they come back, are not read now: their state is dropped, so that the next owner,
+        this instance too, rebuilds windows and alarm streams from their records."""
+        if self.config.restore_records and self._alarms is not None:
+            revoked = self._assignment.drop_kept_state()
+            if revoked:
+                self._forget_keys(revoked)
         starts = dict(self._positions)
         for record in batch.records if batch is not None else ():
             starts.setdefault(TopicPartition(record.topic, record.partition), record.offset)
