@@ -67,6 +67,7 @@ class _Scripted(Transport):
         self.script = list(script)
         self.sent = []
         self.commits: list[dict] = []
+        self.reads: list[dict] = []  # read_before's starts, one per restore
 
     def check(self):
         pass
@@ -110,6 +111,7 @@ class _Scripted(Transport):
         return None
 
     def read_before(self, starts, count, timeout_s):
+        self.reads.append(dict(starts))
         return [], set()  # the script holds no records before its first
 
     def connected(self):
@@ -306,6 +308,51 @@ def test_a_version_ready_while_a_batch_is_scored_takes_over_after_it(
         named = {o for o, v in versions.items() if v == version}
         assert named <= scored_by[version], f"version {version} names records it did not score"
     assert service.served.version == "2" and service.stats()["scored"] == 12
+
+
+def test_a_version_that_takes_over_while_the_partitions_are_revoked_rebuilds_when_they_return(
+    monkeypatch, detector, tiny_bundle
+):
+    """Version 2 is ready while a rebalance has revoked the service's partition and not yet
+    given it back. Its alarm streams cannot be rebuilt from that partition then; the state
+    kept for it (version 1's) is dropped, so when the partition comes back its keys are
+    rebuilt from its records (a ``read_before`` from its next offset), not left to start
+    from version 2's reference."""
+    second = anomaly.load(tiny_bundle)
+    holder: list[ScoringService] = []
+
+    class Watcher:  # the store watcher, with version 2 ready at its third look
+        looks = 0
+
+        def take(self):
+            self.looks += 1
+            return ready if self.looks == 3 else None
+
+        def close(self):
+            pass
+
+    def revoked():
+        holder[0].partitions_revoking({TP0})
+        holder[0].partitions_revoked({TP0}, 1)
+        return []
+
+    def given_back():
+        holder[0].partitions_assigned({TP0})
+        return _records(detector, 4, 4)
+
+    script = [_records(detector, 0, 4), revoked, [], given_back]
+    alarms = AlarmConfig(method="conformal")
+    service, transport = _scripted_service(
+        monkeypatch, ServedModel(detector, "1"), script, alarms=alarms
+    )
+    holder.append(service)
+    ready = ServedModel(second, "2", 2, service._model_state(second))
+    service._watcher = Watcher()
+    service.run()
+    assert service.served.version == "2"
+    assert transport.reads == [{TP0: 0}, {TP0: 4}]
+    versions = {d["offset"]: d["model_version"] for d in transport.results()}
+    assert versions == {o: "1" if o < 4 else "2" for o in range(8)}
 
 
 @pytest.mark.kafka
