@@ -147,6 +147,21 @@ def _records(detector, first: int, count: int, mark: float | None = None) -> lis
     return records
 
 
+class _Watcher:
+    """The store watcher, with version ``ready`` to take at its ``at_look``-th look (the
+    loop looks once per iteration)."""
+
+    def __init__(self, ready: ServedModel, at_look: int):
+        self.ready, self.at_look, self.looks = ready, at_look, 0
+
+    def take(self) -> ServedModel | None:
+        self.looks += 1
+        return self.ready if self.looks == self.at_look else None
+
+    def close(self) -> None:
+        pass
+
+
 def _scripted_service(monkeypatch, model, script, alarms=None, **settings):
     serve = {
         "bootstrap_servers": "scripted:9092",
@@ -287,20 +302,10 @@ def test_a_version_ready_while_a_batch_is_scored_takes_over_after_it(
 
         monkeypatch.setattr(model, "score", recording)
 
-    class Watcher:  # the store watcher, with version 2 ready at its second look
-        looks = 0
-
-        def take(self):
-            self.looks += 1
-            return ready if self.looks == 2 else None
-
-        def close(self):
-            pass
-
     script = [_records(detector, first, 4) for first in (100, 104, 108)]
     service, transport = _scripted_service(monkeypatch, ServedModel(detector, "1"), script)
     ready = ServedModel(second, "2", 2, service._model_state(second))
-    service._watcher = Watcher()
+    service._watcher = _Watcher(ready, at_look=2)
     service.run()
     versions = {d["offset"]: d["model_version"] for d in transport.results()}
     assert versions == {o: "1" if o < 104 else "2" for o in range(100, 112)}
@@ -321,16 +326,6 @@ def test_a_version_that_takes_over_while_the_partitions_are_revoked_rebuilds_whe
     second = anomaly.load(tiny_bundle)
     holder: list[ScoringService] = []
 
-    class Watcher:  # the store watcher, with version 2 ready at its third look
-        looks = 0
-
-        def take(self):
-            self.looks += 1
-            return ready if self.looks == 3 else None
-
-        def close(self):
-            pass
-
     def revoked():
         holder[0].partitions_revoking({TP0})
         holder[0].partitions_revoked({TP0}, 1)
@@ -347,7 +342,7 @@ def test_a_version_that_takes_over_while_the_partitions_are_revoked_rebuilds_whe
     )
     holder.append(service)
     ready = ServedModel(second, "2", 2, service._model_state(second))
-    service._watcher = Watcher()
+    service._watcher = _Watcher(ready, at_look=3)
     service.run()
     assert service.served.version == "2"
     assert transport.reads == [{TP0: 0}, {TP0: 4}]

@@ -12,13 +12,12 @@ import orjson
 import pytest
 
 import anomaly
-from anomaly.alarms import AlarmStage
-from anomaly.config import AlarmConfig
 from anomaly.store import publish
 from anomaly.stream.reload import load_served_model
 from tests._support import wait_for
 from tests.test_reload import _tampered_copy
 from tests.test_stream_service import (
+    ThreeKeys,
     _config,
     _paced_producer,
     _produce,
@@ -129,35 +128,14 @@ def test_at_a_swap_the_new_versions_alarm_streams_start_from_each_keys_records_n
     rebuilt from the records before the swap, scored by version 2, so the state gauge does
     not fall at the swap (an alert on it does not resolve at a deploy) and every result
     version 2 gives has the level and alarm of its stage run over each key's whole series."""
-    steps = np.arange(120)
-    noise = np.random.default_rng(9).normal(size=(3, 120, 4)) * 0.05
-    offsets = {
-        "steady": 0.0 * steps,
-        "shifted": 1.5 * (steps >= 20),
-        "valve": 2.5 * ((steps >= 60) & (steps < 90)),
-    }
-    series = {
-        key: np.sin(steps[:, None] / 5 + np.arange(4)) + noise[k] + offset[:, None]
-        for k, (key, offset) in enumerate(offsets.items())
-    }
-    windows = {
-        key: np.stack([rows[i - 3 : i + 1] for i in range(3, 120)]).astype(np.float32)
-        for key, rows in series.items()
-    }  # window j ends at row j + 3: the first 67 end before row 70, where the swap is
+    keys = ThreeKeys(seed=9)
     store = tmp_path / "store"
     publish(series_detector.save(tmp_path / "v1"), store)
     normal = np.sin(np.arange(2000)[:, None] / 5 + np.arange(4))
     normal += 0.05 * np.random.default_rng(10).normal(size=normal.shape)
     version_2 = anomaly.retrain(series_detector, normal, steps=10)
-    alarms = AlarmConfig(method="dspot", semantics="state")
-    states = {}
-    for name, model in (("1", series_detector), ("2", version_2)):
-        stage = AlarmStage.for_model(model, alarms)
-        for key, made in windows.items():
-            stage.update(model.score(made[:67]), keys=[key] * 67)
-        states[name] = stage.states
-    assert states["1"] >= 1 and states["2"] >= 1, "keys in the flagged state at the swap"
-
+    flagged = {"1": keys.flagged_at_cut(series_detector), "2": keys.flagged_at_cut(version_2)}
+    assert flagged["1"] >= 1 and flagged["2"] >= 1, "keys in the flagged state at the swap"
     topics = {
         "input_topic": kafka_topic_factory(2, prefix="in"),
         "output_topic": kafka_topic_factory(2, prefix="out"),
@@ -165,36 +143,21 @@ def test_at_a_swap_the_new_versions_alarm_streams_start_from_each_keys_records_n
     }
     config = _config(kafka_bootstrap, topics, model=str(store), model_poll_s=POLL_S)
 
-    def messages(rows: range) -> list:
-        return [
-            (key.encode(), orjson.dumps({"id": f"{key}-{i}", "features": x[i].tolist()}))
-            for i in rows
-            for key, x in series.items()
-        ]
-
     def flagged_keys() -> float:
         return _scrape(service.metrics_port)[("anomaly_alarm_states", ())]
 
-    with _running(load_served_model(store), config, alarms) as service:
-        _produce(kafka_bootstrap, topics["input_topic"], messages(range(70)))
-        _read(kafka_bootstrap, topics["output_topic"], 3 * 70)
-        wait_for(lambda: flagged_keys() == states["1"], 10, "version 1's flagged keys")
+    with _running(load_served_model(store), config, keys.ALARMS) as service:
+        _produce(kafka_bootstrap, topics["input_topic"], keys.messages(range(keys.CUT)))
+        _read(kafka_bootstrap, topics["output_topic"], 3 * keys.CUT)
+        wait_for(lambda: flagged_keys() == flagged["1"], 10, "version 1's flagged keys")
         publish(version_2.save(tmp_path / "v2"), store)
         wait_for(lambda: service.served.version == "2", SWAP_DEADLINE_S, "version 2 to serve")
         # (the version serves from the start of the swap, its streams a moment later)
-        wait_for(lambda: flagged_keys() == states["2"], 10, "version 2's flagged keys")
-        _produce(kafka_bootstrap, topics["input_topic"], messages(range(70, 120)))
-        results = _read(kafka_bootstrap, topics["output_topic"], 3 * 120)
+        wait_for(lambda: flagged_keys() == flagged["2"], 10, "version 2's flagged keys")
+        _produce(kafka_bootstrap, topics["input_topic"], keys.messages(range(keys.CUT, keys.ROWS)))
+        results = _read(kafka_bootstrap, topics["output_topic"], 3 * keys.ROWS)
     by_id = {d["id"]: d for d in map(orjson.loads, (r.value for r in results))}
-    assert len(by_id) == 3 * 120
-
-    stage = AlarmStage.for_model(version_2, alarms)
-    for key, made in windows.items():
-        decided = stage.update(version_2.score(made), keys=[key] * len(made))
-        later = [i for i in range(3, 120) if by_id[f"{key}-{i}"]["model_version"] == "2"]
-        assert later == list(range(70, 120)), key  # version 2 scored all the second part
-        got = [by_id[f"{key}-{i}"] for i in later]
-        np.testing.assert_allclose(
-            [d["p_value"] for d in got], decided.levels[67:], atol=1e-6, err_msg=key
-        )
-        assert [d["alarm"] for d in got] == decided.alarms[67:].tolist(), key
+    assert len(by_id) == 3 * keys.ROWS
+    after_cut = [f"{key}-{i}" for key in keys.series for i in range(keys.CUT, keys.ROWS)]
+    assert {by_id[i]["model_version"] for i in after_cut} == {"2"}
+    keys.assert_as_one_run(by_id, version_2)

@@ -792,6 +792,67 @@ def test_a_dead_letter_starts_its_keys_window_afresh(kafka_bootstrap, topics, se
     assert all(complete[f"pump-2-{i}"] for i in range(3, 12))
 
 
+class ThreeKeys:
+    """Three keys' series for a time-series model of windows of 4 rows of 4 features,
+    120 rows each, cut at row ``CUT`` (a restart, a swap): ``steady``; ``shifted``, whose
+    level moves at row 20; ``valve``, with an event over rows 60-89, across the cut. With
+    DSPOT alarms in state semantics, the last two are in the flagged state at the cut."""
+
+    ROWS, CUT, WINDOW = 120, 70, 4
+    ALARMS = AlarmConfig(method="dspot", semantics="state")
+
+    def __init__(self, seed: int):
+        steps = np.arange(self.ROWS)
+        offsets = {
+            "steady": 0.0 * steps,
+            "shifted": 1.5 * (steps >= 20),
+            "valve": 2.5 * ((steps >= 60) & (steps < 90)),
+        }
+        noise = np.random.default_rng(seed).normal(size=(len(offsets), self.ROWS, 4)) * 0.05
+        self.series = {
+            key: np.sin(steps[:, None] / 5 + np.arange(4)) + noise[k] + offset[:, None]
+            for k, (key, offset) in enumerate(offsets.items())
+        }
+        last = self.WINDOW - 1
+        self.windows = {  # window j ends at row j + last
+            key: np.stack([rows[i - last : i + 1] for i in range(last, self.ROWS)])
+            for key, rows in self.series.items()
+        }
+        self.before_cut = self.CUT - last  # windows ending before the cut
+
+    def messages(self, rows: range) -> list:
+        return [
+            (key.encode(), orjson.dumps({"id": f"{key}-{i}", "features": x[i].tolist()}))
+            for i in rows
+            for key, x in self.series.items()
+        ]
+
+    def flagged_at_cut(self, model) -> int:
+        """Keys in the flagged state after ``model``'s alarm stage ran up to the cut."""
+        stage = AlarmStage.for_model(model, self.ALARMS)
+        for key, made in self.windows.items():
+            stage.update(model.score(made[: self.before_cut]), keys=[key] * self.before_cut)
+        return stage.states
+
+    def assert_as_one_run(self, by_id: dict, model) -> None:
+        """The results from the cut on are ``model``'s over each key's whole series, as one
+        service that never stopped would give: scored, same levels, same alarms."""
+        stage = AlarmStage.for_model(model, self.ALARMS)
+        for key, made in self.windows.items():
+            result = model.score(made)
+            decided = stage.update(result, keys=[key] * len(made))
+            after = [by_id[f"{key}-{i}"] for i in range(self.CUT, self.ROWS)]
+            assert all(d["window_complete"] for d in after), key
+            cut = self.before_cut
+            np.testing.assert_allclose(
+                [d["score"] for d in after], result.scores[cut:], rtol=1e-4, err_msg=key
+            )
+            np.testing.assert_allclose(
+                [d["p_value"] for d in after], decided.levels[cut:], atol=1e-6, err_msg=key
+            )
+            assert [d["alarm"] for d in after] == decided.alarms[cut:].tolist(), key
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_restarted_service_goes_on_with_each_keys_window_and_alarm_stream_where_they_were(
     client, kafka_bootstrap, topics, series_detector, caplog
@@ -800,53 +861,21 @@ def test_a_restarted_service_goes_on_with_each_keys_window_and_alarm_stream_wher
     its committed offsets again (``serve.restore_records``), so its results are those of a
     service that never stopped: every record of each key scored (no window starts afresh),
     and the same levels and alarms as the alarm stage run over each key's whole series at
-    once. One key's level moved (DSPOT took it for the new normal before the restart), one
-    key is in the flagged state across the restart."""
+    once, with one key in the flagged state across the restart."""
     t = topics(2)
     config = _config(kafka_bootstrap, t, max_batch_size=16, client=client)
-    alarms = AlarmConfig(method="dspot", semantics="state")
-    rng = np.random.default_rng(8)
-    steps = np.arange(120)
-    offsets = {
-        "steady": 0.0 * steps,
-        "shifted": 1.5 * (steps >= 20),  # a new level, before the restart
-        "valve": 2.5 * ((steps >= 60) & (steps < 90)),  # an event across the restart
-    }
-    series = {
-        key: np.sin(steps[:, None] / 5 + np.arange(4))
-        + 0.05 * rng.normal(size=(120, 4))
-        + offset[:, None]
-        for key, offset in offsets.items()
-    }
-
-    def messages(rows: range) -> list:
-        return [
-            (key.encode(), orjson.dumps({"id": f"{key}-{i}", "features": x[i].tolist()}))
-            for i in rows
-            for key, x in series.items()
-        ]
-
-    with _running(series_detector, config, alarms):
-        _produce(kafka_bootstrap, t["input_topic"], messages(range(70)))
-        _read(kafka_bootstrap, t["output_topic"], 3 * 70)
+    keys = ThreeKeys(seed=8)
+    assert keys.flagged_at_cut(series_detector) >= 1
+    with _running(series_detector, config, keys.ALARMS):
+        _produce(kafka_bootstrap, t["input_topic"], keys.messages(range(keys.CUT)))
+        _read(kafka_bootstrap, t["output_topic"], 3 * keys.CUT)
     caplog.set_level(logging.INFO, logger="anomaly.stream")
-    with _running(series_detector, config, alarms):
-        _produce(kafka_bootstrap, t["input_topic"], messages(range(70, 120)))
-        results = _read(kafka_bootstrap, t["output_topic"], 3 * 120)
+    with _running(series_detector, config, keys.ALARMS):
+        _produce(kafka_bootstrap, t["input_topic"], keys.messages(range(keys.CUT, keys.ROWS)))
+        results = _read(kafka_bootstrap, t["output_topic"], 3 * keys.ROWS)
     by_id = {d["id"]: d for d in map(orjson.loads, (r.value for r in results))}
-    assert len(by_id) == 3 * 120
-
-    stage = AlarmStage.for_model(series_detector, alarms)
-    for key, rows in series.items():
-        windows = np.stack([rows[i - 3 : i + 1] for i in range(3, 120)]).astype(np.float32)
-        result = series_detector.score(windows)
-        decided = stage.update(result, keys=[key] * len(windows))
-        after = [by_id[f"{key}-{i}"] for i in range(70, 120)]
-        assert all(d["window_complete"] for d in after), key
-        np.testing.assert_allclose([d["score"] for d in after], result.scores[67:], rtol=1e-4)
-        np.testing.assert_allclose([d["p_value"] for d in after], decided.levels[67:], atol=1e-6)
-        assert [d["alarm"] for d in after] == decided.alarms[67:].tolist(), key
-    assert [by_id[f"valve-{i}"]["alarm"] for i in (70, 71)] == [True, True]
+    assert len(by_id) == 3 * keys.ROWS
+    keys.assert_as_one_run(by_id, series_detector)
     assert "event=key_state_restored" in caplog.text
 
 
