@@ -68,6 +68,7 @@ class _Scripted(Transport):
         self.sent = []
         self.commits: list[dict] = []
         self.reads: list[dict] = []  # read_before's starts, one per restore
+        self.before: list[Record] = []  # what read_before finds before the script's records
 
     def check(self):
         pass
@@ -110,9 +111,9 @@ class _Scripted(Transport):
     def position(self, partition):
         return None
 
-    def read_before(self, starts, count, timeout_s):
+    def read_before(self, starts, count, timeout_s, cancelled):
         self.reads.append(dict(starts))
-        return [], set()  # the script holds no records before its first
+        return list(self.before), set()
 
     def connected(self):
         return True
@@ -348,6 +349,34 @@ def test_a_version_that_takes_over_while_the_partitions_are_revoked_rebuilds_whe
     assert transport.reads == [{TP0: 0}, {TP0: 4}]
     versions = {d["offset"]: d["model_version"] for d in transport.results()}
     assert versions == {o: "1" if o < 4 else "2" for o in range(8)}
+
+
+@pytest.mark.parametrize("budget_s", [60.0, 0.0])
+def test_a_restore_takes_its_records_in_a_batch_at_a_time_within_its_budget(
+    monkeypatch, caplog, detector, budget_s
+):
+    """The 10 records before the first one polled are read again and taken in a batch (4)
+    at a time, each counted as progress for ``/healthz``; with no time left, none is taken
+    in: the partition starts afresh, logged, and its records are scored all the same."""
+    monkeypatch.setattr(service_module, "RESTORE_S", budget_s)
+    caplog.set_level("INFO", logger="anomaly.stream")
+    service, transport = _scripted_service(
+        monkeypatch,
+        detector,
+        [_records(detector, 10, 4)],
+        alarms=AlarmConfig(method="conformal"),
+    )
+    transport.before = _records(detector, 0, 10)
+    scored: list[int] = []
+    score = detector.score
+    monkeypatch.setattr(detector, "score", lambda rows: scored.append(len(rows)) or score(rows))
+    service.run()
+    assert transport.reads == [{TP0: 10}]
+    assert sorted(d["offset"] for d in transport.results()) == list(range(10, 14))
+    if budget_s:
+        assert scored == [4, 4, 2, 4] and "records=10" in caplog.text
+    else:
+        assert scored == [4] and "reason=not_done_in_0s" in caplog.text
 
 
 @pytest.mark.kafka

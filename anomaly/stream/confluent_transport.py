@@ -70,6 +70,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -839,7 +840,11 @@ class ConfluentTransport(Transport):
         return self._known_position(partition.partition, current.offset)
 
     def read_before(
-        self, starts: dict[TopicPartition, int], count: int, timeout_s: float
+        self,
+        starts: dict[TopicPartition, int],
+        count: int,
+        timeout_s: float,
+        cancelled: Callable[[], bool],
     ) -> tuple[list, set[TopicPartition]]:
         deadline = time.monotonic() + timeout_s
         settings = {
@@ -871,6 +876,8 @@ class ConfluentTransport(Transport):
                 [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in ranges.starts.items()]
             )
             while ranges.open and (remaining := deadline - time.monotonic()) > 0:
+                if cancelled():
+                    break
                 for m in reader.consume(self.config.max_batch_size, min(0.2, remaining)):
                     tp = TopicPartition(m.topic(), m.partition())
                     error = m.error()

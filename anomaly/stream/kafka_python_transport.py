@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kafka import TopicPartition as KafkaTopicPartition
@@ -236,7 +237,11 @@ class KafkaPythonTransport(Transport):
             return None
 
     def read_before(
-        self, starts: dict[TopicPartition, int], count: int, timeout_s: float
+        self,
+        starts: dict[TopicPartition, int],
+        count: int,
+        timeout_s: float,
+        cancelled: Callable[[], bool],
     ) -> tuple[list, set[TopicPartition]]:
         deadline = time.monotonic() + timeout_s
         reader = make_reader(self.config, f"{self.client_id}-restore", self._servers)
@@ -250,7 +255,7 @@ class KafkaPythonTransport(Transport):
             reader.assign([_kafka(tp) for tp in ranges.starts])
             for tp, start in ranges.starts.items():
                 reader.seek(_kafka(tp), start)
-            while ranges.open and time.monotonic() < deadline:
+            while ranges.open and time.monotonic() < deadline and not cancelled():
                 try:
                     polled = reader.poll(timeout_ms=200)
                 except Exception as exc:  # noqa: BLE001 (a batch it cannot read: see poll)

@@ -38,15 +38,18 @@ log = logging.getLogger("anomaly.stream")
 
 #: Longest a restore may read for, before the partitions not read whole start afresh.
 RESTORE_READ_S = 30.0
-#: Longest a restore may take, reading and then scoring partition after partition: those not
+#: Longest a restore may take, reading and then scoring a batch at a time: the partitions not
 #: taken in by then start afresh. The loop polls nothing meanwhile, and the group removes a
-#: member that does not poll for ``max.poll.interval.ms`` (300 s by default); ``/healthz``
-#: counts each partition taken in as progress.
+#: member that does not poll for ``max.poll.interval.ms``, so a restore takes at most a
+#: third of it; ``/healthz`` counts each batch taken in as progress.
 RESTORE_S = 60.0
+#: The Kafka clients' default ``max.poll.interval.ms`` (kafka-python's and librdkafka's).
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 #: Most bytes of keys and values a restore holds (records of a megabyte each, 1,000 per
-#: partition, would otherwise be gigabytes at a start): the partitions still being read when
-#: it is reached start afresh.
-RESTORE_MAX_BYTES = 128 * 2**20
+#: partition, would otherwise be gigabytes at a start); the Python objects holding small
+#: records take about 6 times their bytes. The partitions still being read when it is
+#: reached start afresh.
+RESTORE_MAX_BYTES = 32 * 2**20
 
 
 class PartitionRanges:

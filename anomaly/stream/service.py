@@ -88,7 +88,7 @@ from anomaly.stream.messages import (
 from anomaly.stream.metrics import ServiceMetrics
 from anomaly.stream.rebalance import Assignment, partition_names
 from anomaly.stream.reload import ServedModel, StoreWatcher, warm_up
-from anomaly.stream.restore import RESTORE_READ_S, RESTORE_S
+from anomaly.stream.restore import DEFAULT_MAX_POLL_INTERVAL_MS, RESTORE_READ_S, RESTORE_S
 from anomaly.stream.transport import TopicPartition, Transport, Unreadable, make_transport
 from anomaly.stream.windowing import KeyedWindows
 
@@ -773,21 +773,29 @@ class ScoringService:
     ) -> None:
         """Read the ``restore_records`` records before each partition's offset in
         ``starts`` again and run them through ``windows``, the model and the alarm stage,
-        sending nothing (``anomaly.stream.restore``). One partition after another, within
-        ``RESTORE_S``: the partitions left when it is spent start afresh (nothing of theirs
-        was taken in), so the group never waits on this loop for much longer than that."""
+        sending nothing (``anomaly.stream.restore``), within ``_restore_budget_s``: a
+        partition not taken in whole by then, or by a ``stop()``, starts afresh (what was
+        taken in of it is dropped), so the group never waits on this loop for long."""
         started = perf_counter()
-        deadline = time.monotonic() + RESTORE_S
+        budget_s = self._restore_budget_s()
+        deadline = time.monotonic() + budget_s
         try:
             replayed, unread = self._transport.read_before(
-                starts, self.config.restore_records, RESTORE_READ_S
+                starts,
+                self.config.restore_records,
+                min(RESTORE_READ_S, budget_s / 2),
+                self._stop.is_set,
             )
         except Exception as exc:  # noqa: BLE001 (a reader that cannot be made or asked)
-            self.metrics.key_state_restores.labels("started_afresh").inc(len(starts))
+            # The next partitions' reads would most likely wait as long for nothing (a
+            # broker out of reach): they start afresh too.
+            given_up = set(starts) | self._restoring
+            self._restoring = set()
+            self.metrics.key_state_restores.labels("started_afresh").inc(len(given_up))
             log.warning(
                 "event=key_state_not_restored on=%s partitions=%s error=%s action=start_afresh",
                 cause,
-                partition_names(starts),
+                partition_names(given_up),
                 describe_error(exc),
             )
             return
@@ -798,12 +806,10 @@ class ScoringService:
             )
         taken, late = 0, set()
         for tp, records in by_partition.items():
-            if time.monotonic() >= deadline:
+            if self._take_in(tp, records, windows, deadline):
+                taken += len(records)
+            else:
                 late.add(tp)
-                continue
-            self._take_in(records, windows)
-            taken += len(records)
-            self._last_tick = time.monotonic()  # progress: the loop is alive (``alive``)
         restored = set(starts) - unread - late
         if restored:
             self.metrics.key_state_restores.labels("restored").inc(len(restored))
@@ -814,7 +820,8 @@ class ScoringService:
                 taken,
                 perf_counter() - started,
             )
-        for left, reason in ((unread, "not_read_whole"), (late, f"not_done_in_{RESTORE_S:g}s")):
+        late_reason = "stopping" if self._stop.is_set() else f"not_done_in_{budget_s:.3g}s"
+        for left, reason in ((unread, "not_read_whole"), (late, late_reason)):
             if left:
                 self.metrics.key_state_restores.labels("started_afresh").inc(len(left))
                 log.warning(
@@ -825,15 +832,42 @@ class ScoringService:
                     reason,
                 )
 
-    def _take_in(self, records: list, windows: KeyedWindows | None) -> None:
-        """Records read again: into ``windows``, and, scored, into the alarm stage."""
-        batch = self._decode(records, perf_counter(), windows)
-        if self._alarms is None or batch.inputs is None or not len(batch.inputs):
-            return  # windows alone need no scores
-        batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
-        self._await_scores(batch)
-        if batch.result is not None:
-            self._decide(batch, batch.result, batch.scored_positions)
+    def _restore_budget_s(self) -> float:
+        """How long one restore may hold the loop: ``RESTORE_S``, and no more than a third
+        of the consumer's ``max_poll_interval_ms`` (the group drops a member that does not
+        poll for that long, and its partitions would come back without state, to be
+        restored again)."""
+        options = self.config.kafka
+        interval_ms = options.get("max_poll_interval_ms", options.get("max.poll.interval.ms"))
+        return min(RESTORE_S, float(interval_ms or DEFAULT_MAX_POLL_INTERVAL_MS) / 1000 / 3)
+
+    def _take_in(
+        self,
+        tp: TopicPartition,
+        records: list,
+        windows: KeyedWindows | None,
+        deadline: float,
+    ) -> bool:
+        """Records of ``tp`` read again: into ``windows`` and, scored, into the alarm stage,
+        ``max_batch_size`` at a time, as the loop takes batches. False, with what was taken
+        in of ``tp`` dropped, if ``deadline`` passes or the service is stopping first."""
+        size = self.config.max_batch_size
+        for first in range(0, len(records), size):
+            if time.monotonic() >= deadline or self._stop.is_set():
+                for state in (windows, self._alarms):
+                    if state is not None:
+                        state.forget_partitions({tp.partition})
+                if self._alarms is not None:
+                    self.metrics.alarm_states.set(self._alarms.states)
+                return False
+            batch = self._decode(records[first : first + size], perf_counter(), windows)
+            if self._alarms is not None and batch.inputs is not None and len(batch.inputs):
+                batch.scoring = self._scorer.submit(_score, self.detector, batch.inputs)
+                self._await_scores(batch)
+                if batch.result is not None:
+                    self._decide(batch, batch.result, batch.scored_positions)
+            self._last_tick = time.monotonic()  # progress: the loop is alive (``alive``)
+        return True
 
     # -- dead letters -----------------------------------------------------------------------
 

@@ -188,14 +188,19 @@ class Transport(ABC):
 
     @abstractmethod
     def read_before(
-        self, starts: dict[TopicPartition, int], count: int, timeout_s: float
+        self,
+        starts: dict[TopicPartition, int],
+        count: int,
+        timeout_s: float,
+        cancelled: Callable[[], bool],
     ) -> tuple[list, set[TopicPartition]]:
         """The records of each partition in ``starts`` just before its offset there (the
         last ``count`` offsets, fewer where the partition's log begins later), in order per
         partition, read by a consumer of their own outside the group that commits nothing:
         the loop's consumer, its positions and its group are untouched
         (``anomaly.stream.restore``). Returns the records of the partitions read whole
-        within ``timeout_s`` and the partitions that were not (their records are left out).
+        within ``timeout_s``, or before ``cancelled()`` (a stop) is true, and the partitions
+        that were not (their records are left out).
         Raises the client's error if the reader cannot be made or asked."""
 
     @abstractmethod
