@@ -351,6 +351,49 @@ def test_a_version_that_takes_over_while_the_partitions_are_revoked_rebuilds_whe
     assert versions == {o: "1" if o < 4 else "2" for o in range(8)}
 
 
+def test_a_partition_revoked_before_its_first_record_is_restored_when_it_comes_back(
+    monkeypatch, detector
+):
+    """Assigned, then revoked and given back in a rebalance before it sent a record: no
+    state was made for its keys, so none was kept, and its first record still brings the
+    restore (eager rebalancing revokes every partition at each member change: a quiet
+    partition would otherwise miss it at every rolling deploy)."""
+    holder: list[ScoringService] = []
+
+    def revoked_and_given_back():
+        holder[0].partitions_revoking({TP0})
+        holder[0].partitions_revoked({TP0}, 0)
+        holder[0].partitions_assigned({TP0})
+        return []
+
+    script = [revoked_and_given_back, _records(detector, 10, 4)]
+    service, transport = _scripted_service(
+        monkeypatch, detector, script, alarms=AlarmConfig(method="conformal")
+    )
+    holder.append(service)
+    service.run()
+    assert transport.reads == [{TP0: 10}]
+
+
+def test_records_read_again_that_the_alarm_stage_refuses_start_the_keys_afresh_not_stop(
+    monkeypatch, caplog, detector
+):
+    """A record before the committed offset whose score the alarm stage refuses (NaN):
+    live, such a batch stops the service (``test_a_batch_that_fails_on_its_way_out``);
+    read again, it would stop every start, and the offset cannot move past it meanwhile.
+    Its partition starts afresh instead, logged, and the live records are scored."""
+    _nan_for_rows_marked_minus_one(monkeypatch, detector)
+    caplog.set_level("INFO", logger="anomaly.stream")
+    service, transport = _scripted_service(
+        monkeypatch, detector, [_records(detector, 4, 4)], alarms=AlarmConfig(method="conformal")
+    )
+    transport.before = _records(detector, 0, 4, mark=-1.0)
+    service.run()
+    assert sorted(d["offset"] for d in transport.results()) == [4, 5, 6, 7]
+    assert "event=key_state_not_restored on=assignment" in caplog.text
+    assert "action=start_afresh" in caplog.text
+
+
 @pytest.mark.parametrize("budget_s", [60.0, 0.0])
 def test_a_restore_takes_its_records_in_a_batch_at_a_time_within_its_budget(
     monkeypatch, caplog, detector, budget_s

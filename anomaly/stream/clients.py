@@ -434,7 +434,9 @@ def make_consumer(config: ServeConfig, client_id: str, servers: str | None = Non
     )
 
 
-def make_reader(config: ServeConfig, client_id: str, servers: str | None = None) -> KafkaConsumer:
+def make_reader(
+    config: ServeConfig, client_id: str, servers: str | None, bootstrap_timeout_ms: int
+) -> KafkaConsumer:
     """A consumer of the input topic outside the group (no group id, no commits, no static
     membership), for partitions the loop assigns it itself: it reads records before the
     group's offsets again (``Transport.read_before``). Where a range's first records were
@@ -442,7 +444,13 @@ def make_reader(config: ServeConfig, client_id: str, servers: str | None = None)
     options = client_options(config.kafka, "consumer")
     options.pop("group_instance_id", None)
     return _consumer(
-        config, servers, options, client_id=client_id, group_id=None, auto_offset_reset="earliest"
+        config,
+        servers,
+        options,
+        client_id=client_id,
+        group_id=None,
+        auto_offset_reset="earliest",
+        bootstrap_timeout_ms=bootstrap_timeout_ms,
     )
 
 

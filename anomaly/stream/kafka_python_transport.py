@@ -244,11 +244,13 @@ class KafkaPythonTransport(Transport):
         cancelled: Callable[[], bool],
     ) -> tuple[list, set[TopicPartition]]:
         deadline = time.monotonic() + timeout_s
-        reader = make_reader(self.config, f"{self.client_id}-restore", self._servers)
+
+        def left_ms() -> int:
+            return max(1, int((deadline - time.monotonic()) * 1000))
+
+        reader = make_reader(self.config, f"{self.client_id}-restore", self._servers, left_ms())
         try:
-            firsts = reader.beginning_offsets(
-                [_kafka(tp) for tp in starts], timeout_ms=max(1, int(timeout_s * 1000))
-            )
+            firsts = reader.beginning_offsets([_kafka(tp) for tp in starts], timeout_ms=left_ms())
             ranges = PartitionRanges(
                 {tp: max(firsts[_kafka(tp)], end - count) for tp, end in starts.items()}, starts
             )
@@ -267,7 +269,7 @@ class KafkaPythonTransport(Transport):
                 for tp, records in polled.items():
                     ranges.take(TopicPartition(tp.topic, tp.partition), records)
                 for tp in list(ranges.open):
-                    ranges.reached(tp, reader.position(_kafka(tp)))
+                    ranges.reached(tp, reader.position(_kafka(tp), timeout_ms=left_ms()))
             return ranges.complete()
         finally:
             reader.close(autocommit=False, timeout_ms=1_000)

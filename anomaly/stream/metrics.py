@@ -197,11 +197,13 @@ class ServiceMetrics:
         )
         self.key_state_restores = Counter(
             "anomaly_key_state_restores_total",
-            "Newly assigned input partitions whose keys' windows and alarm streams were rebuilt "
-            "from the records before their offset (serve.restore_records), by outcome: "
-            "restored, or started_afresh (the records could not be read whole in time, and "
-            "those keys start afresh).",
-            ["outcome"],
+            "Input partitions whose keys' per-key state was rebuilt from the records before "
+            "where they are read (serve.restore_records), by cause: assignment (windows and "
+            "alarm streams of a newly assigned partition) or model_swap (the new version's "
+            "alarm streams); and by outcome: restored, or started_afresh (the records could "
+            "not be read or taken in whole in time, or were refused, and those keys start "
+            "afresh).",
+            ["cause", "outcome"],
             registry=registry,
         )
         self.model_swaps = Counter(

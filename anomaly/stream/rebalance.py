@@ -59,9 +59,16 @@ class Assignment:
             return 0.0
         return self._clock() - self._unassigned_since
 
-    def release(self, partitions: set[TopicPartition], keep_key_state: bool) -> set[int]:
+    def release(
+        self,
+        partitions: set[TopicPartition],
+        keep_key_state: bool,
+        stateless: frozenset[TopicPartition] | set[TopicPartition] = frozenset(),
+    ) -> set[int]:
         """Partitions revoked or lost. Returns the partition numbers whose per-key state to
-        drop now (the rest is decided at the next ``grant``)."""
+        drop now (the rest is decided at the next ``grant``). Those of ``stateless`` have
+        no state to keep (assigned, and no record read since): given back, they count as
+        without state (``without_state``)."""
         self.rebalances += 1
         self._last_revoked = {tp.partition for tp in partitions}
         if self._unassigned_since is None:
@@ -69,13 +76,14 @@ class Assignment:
         self.assigned -= partitions
         numbers = {tp.partition for tp in partitions}
         if keep_key_state:
-            self._forget_on_grant |= numbers
+            self._forget_on_grant |= numbers - {tp.partition for tp in stateless}
             return set()
         return numbers
 
     def without_state(self, partitions: set[TopicPartition]) -> set[TopicPartition]:
         """Those of ``partitions``, about to be granted, whose keys have no state kept here:
-        not owned before, or their state dropped when they went."""
+        not owned before, their state dropped when they went, or none made before they went
+        (``release``'s ``stateless``)."""
         return {tp for tp in partitions if tp.partition not in self._forget_on_grant}
 
     def drop_kept_state(self) -> set[int]:

@@ -737,6 +737,9 @@ class ScoringService:
             return
         self._restoring -= due.keys()
         if self._windows is not None or self._alarms is not None:
+            # The batch being scored is sent first: its results do not wait on the restore,
+            # and its rows reach their keys' state before the older rows read again.
+            self._finish_in_flight()
             self._replay(due, self._windows, "assignment")
 
     def _rebuild_alarm_streams(self, batch: _Batch | None) -> None:
@@ -755,6 +758,11 @@ class ScoringService:
         starts = dict(self._positions)
         for record in batch.records if batch is not None else ():
             starts.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+        for tp in self._assignment.assigned - starts.keys() - self._restoring:
+            # given back with its state in a rebalance, nothing read from it since
+            position = self._transport.position(tp)
+            if position is not None:
+                starts[tp] = position
         starts = {
             tp: offset
             for tp, offset in starts.items()
@@ -791,7 +799,7 @@ class ScoringService:
             # broker out of reach): they start afresh too.
             given_up = set(starts) | self._restoring
             self._restoring = set()
-            self.metrics.key_state_restores.labels("started_afresh").inc(len(given_up))
+            self.metrics.key_state_restores.labels(cause, "started_afresh").inc(len(given_up))
             log.warning(
                 "event=key_state_not_restored on=%s partitions=%s error=%s action=start_afresh",
                 cause,
@@ -804,15 +812,31 @@ class ScoringService:
             by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(
                 record
             )
-        taken, late = 0, set()
+        taken, late, failed = 0, set(), set()
         for tp, records in by_partition.items():
-            if self._take_in(tp, records, windows, deadline):
+            try:
+                done = self._take_in(tp, records, windows, deadline)
+            except Exception as exc:  # noqa: BLE001 (the records are old: the stream goes on)
+                # A record before the committed offset that the model or the alarm stage
+                # refuses (a score that is not finite) would otherwise stop every start.
+                self._drop_partition_state(tp, windows)
+                failed.add(tp)
+                log.warning(
+                    "event=key_state_not_restored on=%s partitions=%s error=%s action=start_afresh",
+                    cause,
+                    partition_names({tp}),
+                    describe_error(exc),
+                )
+                continue
+            if done:
                 taken += len(records)
             else:
                 late.add(tp)
-        restored = set(starts) - unread - late
+        if failed:
+            self.metrics.key_state_restores.labels(cause, "started_afresh").inc(len(failed))
+        restored = set(starts) - unread - late - failed
         if restored:
-            self.metrics.key_state_restores.labels("restored").inc(len(restored))
+            self.metrics.key_state_restores.labels(cause, "restored").inc(len(restored))
             log.info(
                 "event=key_state_restored on=%s partitions=%s records=%d seconds=%.3f",
                 cause,
@@ -823,7 +847,7 @@ class ScoringService:
         late_reason = "stopping" if self._stop.is_set() else f"not_done_in_{budget_s:.3g}s"
         for left, reason in ((unread, "not_read_whole"), (late, late_reason)):
             if left:
-                self.metrics.key_state_restores.labels("started_afresh").inc(len(left))
+                self.metrics.key_state_restores.labels(cause, "started_afresh").inc(len(left))
                 log.warning(
                     "event=key_state_not_restored on=%s partitions=%s reason=%s "
                     "action=start_afresh",
@@ -831,6 +855,14 @@ class ScoringService:
                     partition_names(left),
                     reason,
                 )
+
+    def _drop_partition_state(self, tp: TopicPartition, windows: KeyedWindows | None) -> None:
+        """What a restore took in of ``tp`` before it gave up: its keys start afresh."""
+        for state in (windows, self._alarms):
+            if state is not None:
+                state.forget_partitions({tp.partition})
+        if self._alarms is not None:
+            self.metrics.alarm_states.set(self._alarms.states)
 
     def _restore_budget_s(self) -> float:
         """How long one restore may hold the loop: ``RESTORE_S``, and no more than a third
@@ -854,11 +886,7 @@ class ScoringService:
         size = self.config.max_batch_size
         for first in range(0, len(records), size):
             if time.monotonic() >= deadline or self._stop.is_set():
-                for state in (windows, self._alarms):
-                    if state is not None:
-                        state.forget_partitions({tp.partition})
-                if self._alarms is not None:
-                    self.metrics.alarm_states.set(self._alarms.states)
+                self._drop_partition_state(tp, windows)
                 return False
             batch = self._decode(records[first : first + size], perf_counter(), windows)
             if self._alarms is not None and batch.inputs is not None and len(batch.inputs):
@@ -1124,7 +1152,8 @@ class ScoringService:
         )
 
     def _release(self, partitions: set[TopicPartition], keep_key_state: bool) -> None:
-        forget = self._assignment.release(partitions, keep_key_state)
+        stateless = partitions & self._restoring  # no record read since assigned
+        forget = self._assignment.release(partitions, keep_key_state, stateless)
         self._restoring -= partitions
         self._delivery.forget(partitions)
         for tp in partitions:

@@ -200,8 +200,9 @@ class Transport(ABC):
         the loop's consumer, its positions and its group are untouched
         (``anomaly.stream.restore``). Returns the records of the partitions read whole
         within ``timeout_s``, or before ``cancelled()`` (a stop) is true, and the partitions
-        that were not (their records are left out).
-        Raises the client's error if the reader cannot be made or asked."""
+        that were not (their records are left out). Raises if the reader cannot be made or
+        the partitions' first offsets cannot be asked (the client's error, or
+        ``StreamError``)."""
 
     @abstractmethod
     def connected(self) -> bool:
