@@ -206,6 +206,9 @@ class ServiceMetrics:
             ["cause", "outcome"],
             registry=registry,
         )
+        for cause in ("assignment", "model_swap"):  # exported at 0 from the start, so a rate
+            for outcome in ("restored", "started_afresh"):  # or an alert has a series at once
+                self.key_state_restores.labels(cause, outcome)
         self.model_swaps = Counter(
             "anomaly_model_swaps_total",
             "Times a new version from the model store took over scoring (serve.model_poll_s).",
