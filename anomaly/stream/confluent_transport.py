@@ -869,16 +869,13 @@ class ConfluentTransport(Transport):
                 )[0]
                 for tp in starts
             }
-            ranges = PartitionRanges(
-                {tp: max(firsts[tp], end - count) for tp, end in starts.items()}, starts
-            )
+            ranges = PartitionRanges(starts, count, firsts)
             reader.assign(
                 [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in ranges.starts.items()]
             )
-            while ranges.open and (remaining := deadline - time.monotonic()) > 0:
-                if cancelled():
-                    break
-                for m in reader.consume(self.config.max_batch_size, min(0.2, remaining)):
+            while ranges.reading(deadline, cancelled):
+                wait_s = max(0.0, min(0.2, deadline - time.monotonic()))
+                for m in reader.consume(self.config.max_batch_size, wait_s):
                     tp = TopicPartition(m.topic(), m.partition())
                     error = m.error()
                     if error is None:

@@ -251,13 +251,11 @@ class KafkaPythonTransport(Transport):
         reader = make_reader(self.config, f"{self.client_id}-restore", self._servers, left_ms())
         try:
             firsts = reader.beginning_offsets([_kafka(tp) for tp in starts], timeout_ms=left_ms())
-            ranges = PartitionRanges(
-                {tp: max(firsts[_kafka(tp)], end - count) for tp, end in starts.items()}, starts
-            )
+            ranges = PartitionRanges(starts, count, {tp: firsts[_kafka(tp)] for tp in starts})
             reader.assign([_kafka(tp) for tp in ranges.starts])
             for tp, start in ranges.starts.items():
                 reader.seek(_kafka(tp), start)
-            while ranges.open and time.monotonic() < deadline and not cancelled():
+            while ranges.reading(deadline, cancelled):
                 try:
                     polled = reader.poll(timeout_ms=200)
                 except Exception as exc:  # noqa: BLE001 (a batch it cannot read: see poll)

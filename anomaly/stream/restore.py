@@ -30,7 +30,8 @@ log line, so no window joins records across a gap.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from anomaly.stream.transport import TopicPartition
 
@@ -53,22 +54,31 @@ RESTORE_MAX_BYTES = 32 * 2**20
 
 
 class PartitionRanges:
-    """What a reader collects: for each partition, its records from ``starts`` up to (not
-    including) ``ends``, complete once a record or the reader's position reaches the end
-    (offsets can skip: transaction markers, compaction)."""
+    """What a reader collects: for each partition, its records of the last ``count`` offsets
+    before its offset in ``ends`` (from its first offset in ``firsts``, where the log begins
+    later), complete once a record or the reader's position reaches the end (offsets can
+    skip: transaction markers, compaction). ``starts`` holds where to read each partition
+    from, those with nothing before their end left out."""
 
     def __init__(
         self,
-        starts: dict[TopicPartition, int],
         ends: dict[TopicPartition, int],
+        count: int,
+        firsts: dict[TopicPartition, int],
         max_bytes: int = RESTORE_MAX_BYTES,
     ):
+        starts = {tp: max(firsts[tp], end - count) for tp, end in ends.items()}
         self.starts = {tp: start for tp, start in starts.items() if start < ends[tp]}
         self.ends = ends
         self.open = set(self.starts)
         self._failed: set[TopicPartition] = set()
         self._records: dict[TopicPartition, list] = {tp: [] for tp in self.starts}
         self._bytes_left = max_bytes
+
+    def reading(self, deadline: float, cancelled: Callable[[], bool]) -> bool:
+        """Whether to read on: a partition still open, ``deadline`` (``time.monotonic()``)
+        not passed, and no stop (``cancelled()``)."""
+        return bool(self.open) and time.monotonic() < deadline and not cancelled()
 
     def take(self, partition: TopicPartition, records: Iterable) -> None:
         """Records the reader returned for ``partition``, in offset order."""

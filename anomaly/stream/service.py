@@ -751,10 +751,11 @@ class ScoringService:
         Partitions revoked in a rebalance still under way, whose keys' state is kept in case
         they come back, are not read now: their state is dropped, so that the next owner,
         this instance too, rebuilds windows and alarm streams from their records."""
-        if self.config.restore_records and self._alarms is not None:
-            revoked = self._assignment.drop_kept_state()
-            if revoked:
-                self._forget_keys(revoked)
+        if not self.config.restore_records or self._alarms is None:
+            return
+        revoked = self._assignment.drop_kept_state()
+        if revoked:
+            self._forget_keys(revoked)
         starts = dict(self._positions)
         for record in batch.records if batch is not None else ():
             starts.setdefault(TopicPartition(record.topic, record.partition), record.offset)
@@ -768,7 +769,7 @@ class ScoringService:
             for tp, offset in starts.items()
             if tp in self._assignment.assigned and tp not in self._restoring
         }
-        if self._alarms is None or not starts or not self.config.restore_records:
+        if not starts:
             return
         windows = None
         if self._windows is not None:
