@@ -7,6 +7,7 @@ model was trained with is saved in its bundle, so a model can say how it was mad
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -33,6 +34,11 @@ from anomaly.preprocessing import Extremes
 
 #: The score components the engine computes; weights are keyed by these names.
 COMPONENTS = ("reconstruction", "feature", "critic", "latent")
+
+#: The widest layer a network may have, and the most weights between two consecutive
+#: layers (256 MiB in float32, such as 8,192 x 8,192: 1,024 times the default's 256 x 256).
+MAX_LAYER_WIDTH = 2**16
+MAX_LAYER_WEIGHTS = 2**26
 
 #: What Kafka accepts as a topic name.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -97,7 +103,7 @@ class ModelConfig(_Section):
     """``fanogan``: WGAN-GP generator and critic with an encoder trained to invert the
     generator (image and critic-feature residual). ``bigan``: a BiGAN whose spectrally
     normalised discriminator sees (x, z) pairs, with the encoder trained jointly."""
-    latent_dim: int | None = Field(None, ge=1)
+    latent_dim: int | None = Field(None, ge=1, le=MAX_LAYER_WIDTH)
     """Size of z; ``None`` means ``min(32, max(2, values per record))``, a record's values being
     its features (times ``window`` in time-series mode): a z narrower than the record loses
     what the latent distance needs (docs/benchmarks.md)."""
@@ -128,8 +134,32 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _positive_widths(self) -> ModelConfig:
         for name in ("hidden_units", "conv_filters"):
-            if not getattr(self, name) or any(u < 1 for u in getattr(self, name)):
-                raise ValueError(f"{name} must be a non-empty list of positive integers")
+            if not getattr(self, name) or any(
+                not 1 <= u <= MAX_LAYER_WIDTH for u in getattr(self, name)
+            ):
+                raise ValueError(
+                    f"{name} must be a non-empty list of positive integers, each at most "
+                    f"{MAX_LAYER_WIDTH:,}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _layers_that_fit_in_memory(self) -> ModelConfig:
+        """A width mistyped by a few digits would make training allocate tens of gigabytes
+        and be killed without a word; said here instead, before any data is read."""
+        chains = {
+            "hidden_units": [*([self.latent_dim] if self.latent_dim else []), *self.hidden_units],
+            "conv_filters": self.conv_filters,
+        }
+        for name, widths in chains.items():
+            for before, after in itertools.pairwise(widths):
+                if before * after > MAX_LAYER_WEIGHTS:
+                    raise ValueError(
+                        f"{name}: a layer of {after:,} after one of {before:,} needs at least "
+                        f"{before * after:,} weights ({before * after * 4 / 2**30:,.1f} GiB, "
+                        f"about four times that while training); at most "
+                        f"{MAX_LAYER_WEIGHTS:,} between two layers"
+                    )
         return self
 
 

@@ -97,6 +97,24 @@ def test_unknown_section_is_an_error_naming_it(tmp_path):
     assert "unknown key 'trainng'" in config_error(tmp_path, "[trainng]\nsteps = 3\n")
 
 
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        ("hidden_units = [256, 40000, 40000]", "a layer of 40,000 after one of 40,000"),
+        ("hidden_units = [100000000]", "each at most 65,536"),
+        ("latent_dim = 60000\nhidden_units = [60000]", "a layer of 60,000 after one of 60,000"),
+        ("conv_filters = [32, 20000, 20000]", "a layer of 20,000 after one of 20,000"),
+    ],
+)
+def test_a_network_too_large_to_train_is_refused_by_its_configuration(tmp_path, model, said):
+    """A width mistyped by a few digits is said in the configuration, not found by the kernel
+    killing the training process."""
+    message = config_error(tmp_path, f"[model]\n{model}\n")
+
+    assert said in message
+    assert Config().updated(model={"hidden_units": [8192, 8192]}).model.hidden_units[0] == 8192
+
+
 def test_ill_typed_value_is_an_error_naming_the_key(tmp_path):
     message = config_error(tmp_path, '[training]\nsteps = "many"\n')
 
