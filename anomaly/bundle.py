@@ -39,6 +39,7 @@ import numpy as np
 from pydantic import ConfigDict, ValidationError, create_model
 
 from anomaly import migrations
+from anomaly.declared_weights import UnknownNetwork, declared_weights
 from anomaly.errors import BundleError
 from anomaly.io import cannot_write
 
@@ -56,8 +57,9 @@ MANIFEST = "manifest.json"
 #: deflated blanks that unpack to gigabytes would exhaust a pod's memory at load.
 MAX_UNPACKED_RATIO = 4
 ARCHIVE_SLACK_BYTES = 1 << 20
-#: The weights' file in a ``.keras`` archive (HDF5).
+#: The weights' file in a ``.keras`` archive (HDF5), and its layers' configuration (JSON).
 WEIGHTS_ENTRY = "model.weights.h5"
+CONFIG_ENTRY = "config.json"
 
 
 @dataclass(frozen=True)
@@ -167,19 +169,24 @@ def _keras_problem(file: Path, exc: Exception) -> str:
 
 
 def _refuse_archive_bomb(file: Path) -> None:
-    """A ``BundleError`` when archive ``file`` says it unpacks to more than
-    ``MAX_UNPACKED_RATIO`` times its size: its entries (zipfile never unpacks an entry past
-    the size it declares), or the arrays of its weights file (HDF5 can compress them too:
-    a reviewer's 0.7 MB archive held 400 MB of zeros)."""
+    """A ``BundleError`` when archive ``file`` would take far more memory to load than its
+    size: when it says it unpacks to more than ``MAX_UNPACKED_RATIO`` times its size (its
+    entries, which zipfile never unpacks past the size they declare, or the arrays of its
+    weights file: HDF5 can compress them too, and a reviewer's 0.7 MB archive held 400 MB of
+    zeros), or when its layers declare more weights than its weights file holds (Keras
+    allocates them all before reading that file; ``anomaly.declared_weights``)."""
     packed = file.stat().st_size
     limit = MAX_UNPACKED_RATIO * packed + ARCHIVE_SLACK_BYTES
     try:
         with zipfile.ZipFile(file) as archive:
             unpacked = sum(entry.file_size for entry in archive.infolist())
-            if unpacked <= limit and WEIGHTS_ENTRY in archive.namelist():
-                with archive.open(WEIGHTS_ENTRY) as weights:
-                    unpacked = max(unpacked, _array_bytes(io.BytesIO(weights.read())))
-    except (zipfile.BadZipFile, OSError):
+            if unpacked > limit or not {WEIGHTS_ENTRY, CONFIG_ENTRY} <= set(archive.namelist()):
+                stored = None
+            else:
+                stored = _stored_arrays(io.BytesIO(archive.read(WEIGHTS_ENTRY)))
+                unpacked = max(unpacked, stored[1])
+                network = json.loads(archive.read(CONFIG_ENTRY))
+    except (zipfile.BadZipFile, OSError, ValueError, RecursionError):
         return  # Keras' load says what is wrong (``_keras_problem``)
     if unpacked > limit:
         raise BundleError(
@@ -187,25 +194,37 @@ def _refuse_archive_bomb(file: Path) -> None:
             f"and weights uncompressed; more than {MAX_UNPACKED_RATIO} times their size is "
             f"refused, as a decompression bomb); {RESTORE_HINT}"
         )
+    if stored is None:
+        return
+    try:
+        declared = declared_weights(network)
+    except UnknownNetwork as exc:
+        raise BundleError(f"{file}: not a network of a bundle: {exc}; {RESTORE_HINT}") from None
+    if declared > stored[0]:
+        raise BundleError(
+            f"{file}: its layers declare {declared:,} weights but its weights file holds "
+            f"{stored[0]:,} (Keras would allocate them all before reading that file); "
+            f"{RESTORE_HINT}"
+        )
 
 
-def _array_bytes(weights: io.BytesIO) -> int:
-    """The bytes the arrays of HDF5 file ``weights`` hold once read; 0 where it is not one
-    (Keras' load says so)."""
+def _stored_arrays(weights: io.BytesIO) -> tuple[int, int]:
+    """The values, and the bytes, the arrays of HDF5 file ``weights`` hold once read; (0, 0)
+    where it is not one (Keras' load says so)."""
     import h5py
 
-    sizes: list[int] = []
+    sizes: list[tuple[int, int]] = []
 
     def add(_, item) -> None:
         if isinstance(item, h5py.Dataset):
-            sizes.append(item.size * item.dtype.itemsize)
+            sizes.append((item.size, item.size * item.dtype.itemsize))
 
     try:
         with h5py.File(weights, "r") as h5:
             h5.visititems(add)
     except (OSError, ValueError, TypeError):
-        return 0
-    return sum(sizes)
+        return 0, 0
+    return sum(values for values, _ in sizes), sum(size for _, size in sizes)
 
 
 def load_bundle(path: str | os.PathLike[str]) -> BundleContents:

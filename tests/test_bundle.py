@@ -182,7 +182,8 @@ def test_a_truncated_network_file_is_named_as_such_in_one_line(bundle):
 
 
 def test_a_network_with_a_lambda_layer_is_refused_in_one_line_naming_it(bundle):
-    """Keras' refusal (safe_mode) ran over 9 lines of layer configuration."""
+    """Keras' refusal (safe_mode) ran over 9 lines of layer configuration; the layer is
+    refused before Keras reads it, as no bundle's network has one."""
     keras = pytest.importorskip("keras")
     inputs = keras.Input((8,))
     outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
@@ -191,7 +192,8 @@ def test_a_network_with_a_lambda_layer_is_refused_in_one_line_naming_it(bundle):
 
     message = load_error(bundle)
 
-    assert "it holds a Lambda layer, Python code that loading never runs" in message
+    assert message.startswith(f"{bundle / 'encoder.keras'}: not a network of a bundle: ")
+    assert "layer 'lambda' is a layer of a kind no network of a bundle has (Lambda)" in message
     assert "\n" not in message
 
 
@@ -240,6 +242,47 @@ def test_weights_that_unpack_to_far_more_than_their_archive_are_refused_before_l
 
     assert message.startswith(f"{file}: unpacks to 64,")
     assert "refused, as a decompression bomb" in message
+
+
+def _widened(network: dict, units: int) -> dict:
+    """``network``'s configuration with every hidden dense layer ``units`` wide."""
+    for layer in network["config"]["layers"]:
+        if layer["class_name"] == "Dense" and layer["name"].startswith("hidden"):
+            layer["config"]["units"] = units
+    return network
+
+
+def test_layers_declared_far_larger_than_the_weights_file_are_refused_before_keras_builds_them(
+    bundle,
+):
+    """Keras allocates every layer a network's configuration declares before it reads the
+    weights: an archive of a few kilobytes declaring two layers of 60,000 would take 14 GB
+    (this test declares 4,096, which Keras could still build, to show the path on any
+    machine)."""
+    file = bundle / "encoder.keras"
+    entries = _archive_entries(file)
+    network = _widened(json.loads(entries["config.json"]), 4096)
+    entries["config.json"] = json.dumps(network).encode()
+    _rewrite_archive(bundle, file.name, entries)
+
+    message = load_error(bundle)
+
+    assert message.startswith(f"{file}: its layers declare 16,")
+    assert "weights but its weights file holds " in message
+
+
+def test_a_network_of_a_kind_no_bundle_has_is_refused_before_keras_builds_it(bundle):
+    file = bundle / "encoder.keras"
+    entries = _archive_entries(file)
+    network = json.loads(entries["config.json"])
+    network["config"]["layers"][1]["class_name"] = "Embedding"
+    entries["config.json"] = json.dumps(network).encode()
+    _rewrite_archive(bundle, file.name, entries)
+
+    message = load_error(bundle)
+
+    assert message.startswith(f"{file}: not a network of a bundle: layer ")
+    assert "is a layer of a kind no network of a bundle has (Embedding)" in message
 
 
 def test_manifest_that_does_not_list_a_part_is_refused(bundle):
