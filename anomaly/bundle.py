@@ -175,42 +175,54 @@ def _refuse_archive_bomb(file: Path) -> None:
     weights file: HDF5 can compress them too, and a reviewer's 0.7 MB archive held 400 MB of
     zeros), or when its layers declare more weights than its weights file holds (Keras
     allocates them all before reading that file; ``anomaly.declared_weights``)."""
+    if not zipfile.is_zipfile(file):
+        return  # Keras' load says what is wrong (``_keras_problem``)
     packed = file.stat().st_size
     limit = MAX_UNPACKED_RATIO * packed + ARCHIVE_SLACK_BYTES
     try:
         with zipfile.ZipFile(file) as archive:
+            missing = sorted({CONFIG_ENTRY, WEIGHTS_ENTRY} - set(archive.namelist()))
+            if missing:
+                raise BundleError(
+                    f"{file}: not a Keras network archive: it holds no {' and no '.join(missing)}"
+                    f"; {RESTORE_HINT}"
+                )
             unpacked = sum(entry.file_size for entry in archive.infolist())
-            if unpacked > limit or not {WEIGHTS_ENTRY, CONFIG_ENTRY} <= set(archive.namelist()):
-                stored = None
-            else:
-                stored = _stored_arrays(io.BytesIO(archive.read(WEIGHTS_ENTRY)))
-                unpacked = max(unpacked, stored[1])
+            if unpacked <= limit:
+                stored = _stored_arrays(archive.read(WEIGHTS_ENTRY))
+                if stored is None:
+                    raise BundleError(
+                        f"{file}: its {WEIGHTS_ENTRY} is not an HDF5 file; {RESTORE_HINT}"
+                    )
+                stored_values, stored_bytes = stored
+                unpacked = max(unpacked, stored_bytes)
+            if unpacked <= limit:
                 network = json.loads(archive.read(CONFIG_ENTRY))
-    except (zipfile.BadZipFile, OSError, ValueError, RecursionError):
-        return  # Keras' load says what is wrong (``_keras_problem``)
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+        raise BundleError(f"{file}: cannot read the archive: {exc}; {RESTORE_HINT}") from None
+    except (ValueError, RecursionError):
+        raise BundleError(f"{file}: its {CONFIG_ENTRY} is not JSON; {RESTORE_HINT}") from None
     if unpacked > limit:
         raise BundleError(
             f"{file}: unpacks to {unpacked:,} bytes from {packed:,} (Keras stores its archives "
             f"and weights uncompressed; more than {MAX_UNPACKED_RATIO} times their size is "
             f"refused, as a decompression bomb); {RESTORE_HINT}"
         )
-    if stored is None:
-        return
     try:
         declared = declared_weights(network)
     except UnknownNetwork as exc:
         raise BundleError(f"{file}: not a network of a bundle: {exc}; {RESTORE_HINT}") from None
-    if declared > stored[0]:
+    if declared > stored_values or 4 * declared > stored_bytes:
         raise BundleError(
             f"{file}: its layers declare {declared:,} weights but its weights file holds "
-            f"{stored[0]:,} (Keras would allocate them all before reading that file); "
-            f"{RESTORE_HINT}"
+            f"{stored_values:,} values in {stored_bytes:,} bytes (Keras would allocate them "
+            f"all before reading that file); {RESTORE_HINT}"
         )
 
 
-def _stored_arrays(weights: io.BytesIO) -> tuple[int, int]:
-    """The values, and the bytes, the arrays of HDF5 file ``weights`` hold once read; (0, 0)
-    where it is not one (Keras' load says so)."""
+def _stored_arrays(weights: bytes) -> tuple[int, int] | None:
+    """The values, and the bytes, the arrays of HDF5 file ``weights`` hold once read; None
+    where it is not one."""
     import h5py
 
     sizes: list[tuple[int, int]] = []
@@ -220,10 +232,10 @@ def _stored_arrays(weights: io.BytesIO) -> tuple[int, int]:
             sizes.append((item.size, item.size * item.dtype.itemsize))
 
     try:
-        with h5py.File(weights, "r") as h5:
+        with h5py.File(io.BytesIO(weights), "r") as h5:
             h5.visititems(add)
     except (OSError, ValueError, TypeError):
-        return 0, 0
+        return None
     return sum(values for values, _ in sizes), sum(size for _, size in sizes)
 
 

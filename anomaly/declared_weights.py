@@ -5,9 +5,14 @@ layer's weights, and only then reads the weights file. A hostile archive can dec
 billions of weights beside a small weights file, and the process is killed while building
 them. So the configuration is walked here first, without Keras: each tensor's shape is
 carried from the network's inputs through its layers, as Keras will carry it, and each layer
-adds the weights it will create. Only the layers the project's networks are built of
-(``anomaly.networks``) are known; any other layer, a layer used twice, or a layer listed
-before its inputs makes the archive refused, as no bundle the project saves has one.
+adds the float32 weights it will create.
+
+Only what the project's networks are built of (``anomaly.networks``) is known, and anything
+else is refused (``UnknownNetwork``): another kind of layer, a layer used twice or listed
+before its input, and every setting by which Keras would build a layer larger than its
+shapes say (a layer's own ``build_config`` that differs from the shape it is called on, a
+low-rank adaptation, quantisation, another dtype, channels first, an input shape given
+under another key).
 """
 
 from __future__ import annotations
@@ -17,48 +22,110 @@ from collections.abc import Iterator
 
 Shape = tuple[int, ...]
 
-#: Layers that hold no weights and keep their input's shape.
-_SHAPE_KEEPING = {"LeakyReLU", "Identity", "Activation", "Dropout"}
+#: Layers of the project's networks that hold no weights and keep their input's shape.
+_SHAPE_KEEPING = {"LeakyReLU", "Identity"}
+_INPUT_KEYS = {"batch_shape", "dtype", "name", "optional", "ragged", "sparse"}
 
 
 class UnknownNetwork(ValueError):
     """The configuration is not one the project's networks have: says what and where."""
 
 
-def declared_weights(network: dict) -> int:
-    """The number of weight values the functional network ``network`` (the ``config.json``
-    of a ``.keras`` archive) creates when Keras builds it."""
+def declared_weights(network: object) -> int:
+    """The number of float32 weight values the functional network ``network`` (the
+    ``config.json`` of a ``.keras`` archive) creates when Keras builds it."""
+    try:
+        return _walk(network)
+    except UnknownNetwork:
+        raise
+    except (TypeError, AttributeError, IndexError, KeyError, ValueError, RecursionError) as exc:
+        raise UnknownNetwork(f"its configuration is malformed ({type(exc).__name__})") from None
+
+
+def _walk(network: object) -> int:
+    if not isinstance(network, dict) or network.get("class_name") != "Functional":
+        raise UnknownNetwork("not a functional network")
+    if (network.get("build_config") or {}).get("input_shape") is not None:
+        raise UnknownNetwork("the network declares an input shape of its own")
+    layers = network["config"]["layers"]
+    if not isinstance(layers, list):
+        raise UnknownNetwork("no list of layers")
     shapes: dict[str, Shape] = {}
     total = 0
-    for layer in _layers(network):
-        name, kind, config = layer.get("name"), layer.get("class_name"), layer.get("config", {})
-        if not isinstance(name, str) or not isinstance(config, dict) or name in shapes:
+    for layer in layers:
+        name, kind, config = layer["name"], layer["class_name"], layer["config"]
+        if not isinstance(name, str) or name in shapes:
             raise UnknownNetwork(f"a layer without a name of its own ({name!r})")
+        _keras_own(layer, name)
         if kind == "InputLayer":
-            shapes[name] = _dims(config.get("batch_shape", [])[1:], name)
+            shapes[name] = _input(config, name)
             continue
-        inputs = [_input_shape(node, shapes, name) for node in _inbound(layer, name)]
+        inputs = [_input_shape(tensor, shapes, name) for tensor in _inbound(layer, name)]
+        _built_as_called(layer, inputs, name)
         weights, shapes[name] = _layer(kind, config, inputs, name)
         total += weights
     return total
 
 
-def _layers(network: dict) -> list[dict]:
-    if not isinstance(network, dict) or network.get("class_name") != "Functional":
-        raise UnknownNetwork("not a functional network")
-    layers = network.get("config", {}).get("layers")
-    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
-        raise UnknownNetwork("no list of layers")
-    return layers
+def _keras_own(layer: dict, name: str) -> None:
+    """One of Keras' own layers, in float32, without what would add weights its shapes do
+    not show."""
+    config = layer["config"]
+    if layer.get("module") != "keras.layers" or layer.get("registered_name") is not None:
+        raise UnknownNetwork(f"layer {name!r} is not one of Keras' own layers")
+    if not _float32(config.get("dtype", "float32")):
+        raise UnknownNetwork(f"layer {name!r} is not float32")
+    for key in ("lora_rank", "quantization_config"):
+        if config.get(key) is not None:
+            raise UnknownNetwork(f"layer {name!r} sets {key}")
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise UnknownNetwork(f"layer {name!r} puts channels first")
+
+
+def _float32(dtype: object) -> bool:
+    """``"float32"``, or Keras' plain dtype policy of that name."""
+    return dtype == "float32" or (
+        isinstance(dtype, dict)
+        and dtype.get("module", "keras") == "keras"
+        and dtype.get("class_name") == "DTypePolicy"
+        and dtype.get("config") == {"name": "float32"}
+        and dtype.get("registered_name") is None
+    )
+
+
+def _input(config: dict, name: str) -> Shape:
+    batch_shape = config.get("batch_shape")
+    if (
+        set(config) - _INPUT_KEYS
+        or config.get("sparse")
+        or config.get("ragged")
+        or not isinstance(batch_shape, list)
+        or len(batch_shape) < 2
+        or batch_shape[0] is not None
+    ):
+        raise UnknownNetwork(f"input {name!r} is not a batch of dense records of a fixed shape")
+    return _dims(batch_shape[1:], name)
+
+
+def _built_as_called(layer: dict, inputs: list[Shape], name: str) -> None:
+    """Keras builds a layer from its own ``build_config`` before calling it: it must be the
+    shape the layer is called on (or absent)."""
+    for entry in (layer, layer["config"].get("layer") or {}):
+        declared = (entry.get("build_config") or {}).get("input_shape")
+        called = [[None, *shape] for shape in inputs]
+        if declared is not None and declared != (called[0] if len(called) == 1 else called):
+            raise UnknownNetwork(
+                f"layer {name!r} is built for {declared}, not what it is called on"
+            )
 
 
 def _inbound(layer: dict, name: str) -> Iterator[dict]:
     """The tensors the layer is called on: one call, whose positional arguments are a tensor
     or a list of tensors."""
     nodes = layer.get("inbound_nodes")
-    if not isinstance(nodes, list) or len(nodes) != 1 or not isinstance(nodes[0], dict):
+    if not isinstance(nodes, list) or len(nodes) != 1:
         raise UnknownNetwork(f"layer {name!r} is not called exactly once")
-    args = nodes[0].get("args")
+    args = nodes[0]["args"]
     tensors = args[0] if isinstance(args, list) and len(args) == 1 else None
     for tensor in tensors if isinstance(tensors, list) else [tensors]:
         if not isinstance(tensor, dict) or tensor.get("class_name") != "__keras_tensor__":
@@ -67,8 +134,7 @@ def _inbound(layer: dict, name: str) -> Iterator[dict]:
 
 
 def _input_shape(tensor: dict, shapes: dict[str, Shape], name: str) -> Shape:
-    history = tensor.get("config", {}).get("keras_history")
-    source = history[0] if isinstance(history, list) and history else None
+    source = tensor["config"]["keras_history"][0]
     if not isinstance(source, str) or source not in shapes:
         raise UnknownNetwork(f"layer {name!r} is listed before its input {source!r}")
     return shapes[source]
@@ -88,16 +154,17 @@ def _layer(kind: str, config: dict, inputs: list[Shape], name: str) -> tuple[int
     if kind == "Flatten":
         return 0, (math.prod(shape),)
     if kind == "Reshape":
-        target = _dims(config.get("target_shape", []), name)
+        target = _dims(config["target_shape"], name)
         if math.prod(target) != math.prod(shape):
             raise UnknownNetwork(f"layer {name!r} reshapes {shape} to {target}")
         return 0, target
     if kind == "SpectralNormalization":
-        inner = config.get("layer", {})
-        weights, output = _layer(inner.get("class_name"), inner.get("config", {}), inputs, name)
+        inner = config["layer"]
+        _keras_own(inner, name)
+        weights, output = _layer(inner["class_name"], inner["config"], inputs, name)
         return weights + output[-1], output  # its power iteration's vector
     if kind == "Dense":
-        units = _dims([config.get("units")], name)[0]
+        (units,) = _dims([config["units"]], name)
         return (shape[-1] + _bias(config)) * units, (*shape[:-1], units)
     if kind == "Conv1D":
         return _conv1d(config, shape, name)
@@ -105,19 +172,19 @@ def _layer(kind: str, config: dict, inputs: list[Shape], name: str) -> tuple[int
 
 
 def _conv1d(config: dict, shape: Shape, name: str) -> tuple[int, Shape]:
-    filters = _dims([config.get("filters")], name)[0]
-    (kernel,) = _dims(config.get("kernel_size", []), name)
-    (stride,) = _dims(config.get("strides", []), name)
-    if len(shape) != 2 or config.get("groups", 1) != 1 or config.get("dilation_rate") != [1]:
+    (filters,) = _dims([config["filters"]], name)
+    kernel_size, strides = _dims(config["kernel_size"], name), _dims(config["strides"], name)
+    if (
+        len(shape) != 2
+        or len(kernel_size) != 1
+        or len(strides) != 1
+        or config.get("groups", 1) != 1
+        or config.get("dilation_rate") != [1]
+        or config.get("padding") != "same"
+    ):
         raise UnknownNetwork(f"layer {name!r} is a convolution no network of a bundle has")
-    length, channels = shape
-    if config.get("padding") == "same":
-        steps = math.ceil(length / stride)
-    elif config.get("padding") == "valid" and length >= kernel:
-        steps = (length - kernel) // stride + 1
-    else:
-        raise UnknownNetwork(f"layer {name!r} pads as {config.get('padding')!r}")
-    return (kernel * channels + _bias(config)) * filters, (steps, filters)
+    (length, channels), (kernel,), (stride,) = shape, kernel_size, strides
+    return (kernel * channels + _bias(config)) * filters, (-(-length // stride), filters)
 
 
 def _bias(config: dict) -> int:

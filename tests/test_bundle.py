@@ -245,8 +245,10 @@ def test_weights_that_unpack_to_far_more_than_their_archive_are_refused_before_l
 
 
 def _widened(network: dict, units: int) -> dict:
-    """``network``'s configuration with every hidden dense layer ``units`` wide."""
+    """``network``'s configuration with every hidden dense layer ``units`` wide (each layer's
+    own record of the shape it was built for left out, as Keras allows)."""
     for layer in network["config"]["layers"]:
+        layer.pop("build_config", None)
         if layer["class_name"] == "Dense" and layer["name"].startswith("hidden"):
             layer["config"]["units"] = units
     return network
@@ -283,6 +285,55 @@ def test_a_network_of_a_kind_no_bundle_has_is_refused_before_keras_builds_it(bun
 
     assert message.startswith(f"{file}: not a network of a bundle: layer ")
     assert "is a layer of a kind no network of a bundle has (Embedding)" in message
+
+
+def _first_dense(network: dict) -> dict:
+    return next(layer for layer in network["config"]["layers"] if layer["class_name"] == "Dense")
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (
+            lambda network: _first_dense(network)["build_config"].update(input_shape=[None, 10**6]),
+            "is built for [None, 1000000], not what it is called on",
+        ),
+        (lambda network: _first_dense(network)["config"].update(lora_rank=10**6), "sets lora_rank"),
+        (lambda network: _first_dense(network)["config"].update(dtype="float64"), "is not float32"),
+        (
+            lambda network: network["config"]["layers"][0]["config"].update(shape=[10**6]),
+            "input 'x' is not a batch of dense records of a fixed shape",
+        ),
+    ],
+)
+def test_settings_by_which_keras_would_build_a_larger_layer_than_its_shapes_are_refused(
+    bundle, edit, said
+):
+    """A reviewer's archives of a few kilobytes that passed the count of weights, each making
+    Keras allocate 4,000 times their size: a layer's own build shape, a low-rank adaptation,
+    another dtype, an input shape under a legacy key."""
+    file = bundle / "encoder.keras"
+    entries = _archive_entries(file)
+    network = json.loads(entries["config.json"])
+    edit(network)
+    entries["config.json"] = json.dumps(network).encode()
+    _rewrite_archive(bundle, file.name, entries)
+
+    message = load_error(bundle)
+
+    assert message.startswith(f"{file}: not a network of a bundle: ")
+    assert said in message
+
+
+def test_a_network_archive_without_its_weights_file_is_refused_before_keras_builds_it(bundle):
+    file = bundle / "encoder.keras"
+    entries = _archive_entries(file)
+    del entries["model.weights.h5"]
+    _rewrite_archive(bundle, file.name, entries)
+
+    assert load_error(bundle).startswith(
+        f"{file}: not a Keras network archive: it holds no model.weights.h5"
+    )
 
 
 def test_manifest_that_does_not_list_a_part_is_refused(bundle):
