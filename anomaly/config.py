@@ -36,9 +36,12 @@ from anomaly.preprocessing import Extremes
 COMPONENTS = ("reconstruction", "feature", "critic", "latent")
 
 #: The widest layer a network may have, and the most weights between two consecutive
-#: layers (256 MiB in float32, such as 8,192 x 8,192: 1,024 times the default's 256 x 256).
+#: layers (1 GiB in float32, such as 16,384 x 16,384, or a million features beside the
+#: default's 256 units: far beyond any network this needs, and short of exhausting a machine).
 MAX_LAYER_WIDTH = 2**16
-MAX_LAYER_WEIGHTS = 2**26
+MAX_LAYER_WEIGHTS = 2**28
+#: The length of the time-series networks' convolution kernels.
+CONV_KERNEL_SIZE = 5
 
 #: What Kafka accepts as a topic name.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -109,7 +112,7 @@ class ModelConfig(_Section):
     what the latent distance needs (docs/benchmarks.md)."""
     hidden_units: list[int] = Field(default_factory=lambda: [256, 256])
     """Widths of the hidden layers of each dense network."""
-    window: int | None = Field(None, ge=2)
+    window: int | None = Field(None, ge=2, le=MAX_LAYER_WIDTH)
     """Time-series mode: length of the sliding window; ``None`` for independent rows."""
     conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
     """Filters of the 1-D convolutional layers used in time-series mode."""
@@ -146,21 +149,46 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _layers_that_fit_in_memory(self) -> ModelConfig:
         """A width mistyped by a few digits would make training allocate tens of gigabytes
-        and be killed without a word; said here instead, before any data is read."""
-        chains = {
-            "hidden_units": [*([self.latent_dim] if self.latent_dim else []), *self.hidden_units],
-            "conv_filters": self.conv_filters,
-        }
-        for name, widths in chains.items():
-            for before, after in itertools.pairwise(widths):
-                if before * after > MAX_LAYER_WEIGHTS:
-                    raise ValueError(
-                        f"{name}: a layer of {after:,} after one of {before:,} needs at least "
-                        f"{before * after:,} weights ({before * after * 4 / 2**30:,.1f} GiB, "
-                        f"about four times that while training); at most "
-                        f"{MAX_LAYER_WEIGHTS:,} between two layers"
-                    )
+        and be killed without a word; said here instead, before any data is read (and what
+        depends on the records' width, by ``too_large_for``)."""
+        if problem := self.too_large_for(None):
+            raise ValueError(problem)
         return self
+
+    def too_large_for(self, record_shape: tuple[int, ...] | None) -> str | None:
+        """What makes a layer of the networks for records of ``record_shape`` (``None``:
+        whatever their shape) hold more than ``MAX_LAYER_WEIGHTS`` weights, or None."""
+        pairs = [  # (setting, layer before, layer after, weights per pair of units)
+            *(("hidden_units", a, b, 1) for a, b in itertools.pairwise(self.hidden_units)),
+            *(
+                ("conv_filters", a, b, CONV_KERNEL_SIZE)
+                for a, b in itertools.pairwise(self.conv_filters)
+            ),
+        ]
+        if self.latent_dim:
+            pairs.append(("latent_dim", self.latent_dim, self.hidden_units[0], 1))
+        if self.window:
+            steps = -(-self.window // 2 ** len(self.conv_filters))  # what the strides leave
+            flattened = steps * self.conv_filters[-1]
+            pairs.append(("window", flattened, self.hidden_units[-1], 1))
+        if record_shape is not None:
+            values = math.prod(record_shape)
+            pairs.append(
+                ("hidden_units", values, max(self.hidden_units[0], self.hidden_units[-1]), 1)
+            )
+            if self.window:
+                pairs.append(
+                    ("conv_filters", record_shape[-1], self.conv_filters[0], CONV_KERNEL_SIZE)
+                )
+        for name, before, after, per_pair in pairs:
+            weights = before * after * per_pair
+            if weights > MAX_LAYER_WEIGHTS:
+                return (
+                    f"{name}: a layer of {after:,} beside one of {before:,} needs {weights:,} "
+                    f"weights ({weights * 4 / 2**30:,.1f} GiB, about four times that while "
+                    f"training); at most {MAX_LAYER_WEIGHTS:,} between two layers"
+                )
+        return None
 
 
 class TrainingConfig(_Section):

@@ -16,6 +16,8 @@ import math
 import keras
 from keras import layers
 
+from anomaly.config import CONV_KERNEL_SIZE
+
 
 def build_networks(
     input_shape: tuple[int, ...],
@@ -90,7 +92,7 @@ def _dense_critic(input_shape, latent_dim, hidden_units, formulation) -> keras.M
 
 def _conv_features(x, conv_filters, formulation):
     for i, filters in enumerate(conv_filters):
-        conv = layers.Conv1D(filters, 5, strides=2, padding="same", name=f"conv_{i}")
+        conv = layers.Conv1D(filters, CONV_KERNEL_SIZE, strides=2, padding="same", name=f"conv_{i}")
         x = _maybe_spectral(conv, formulation)(x)
         x = layers.LeakyReLU(0.2)(x)
     return layers.Flatten()(x)

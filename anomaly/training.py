@@ -82,6 +82,11 @@ def train(
             f"feature names must be text, and {not_text[0]!r} is a {type(not_text[0]).__name__}: "
             "a saved model names its features as JSON text (give str(name))"
         )
+    record_shape = (
+        (rows.shape[1],) if config.model.window is None else (config.model.window, rows.shape[1])
+    )
+    if problem := config.model.too_large_for(record_shape):
+        raise TrainingError(f"model.{problem}, for records of shape {record_shape}")
     if not np.isfinite(rows).all():
         bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
         shown = bad[:10].tolist() if index is None else index[bad[:10]].tolist()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pydantic
 import pytest
 
@@ -100,10 +101,12 @@ def test_unknown_section_is_an_error_naming_it(tmp_path):
 @pytest.mark.parametrize(
     ("model", "said"),
     [
-        ("hidden_units = [256, 40000, 40000]", "a layer of 40,000 after one of 40,000"),
+        ("hidden_units = [256, 40000, 40000]", "a layer of 40,000 beside one of 40,000"),
         ("hidden_units = [100000000]", "each at most 65,536"),
-        ("latent_dim = 60000\nhidden_units = [60000]", "a layer of 60,000 after one of 60,000"),
-        ("conv_filters = [32, 20000, 20000]", "a layer of 20,000 after one of 20,000"),
+        ("latent_dim = 60000\nhidden_units = [60000]", "a layer of 60,000 beside one of 60,000"),
+        ("conv_filters = [32, 20000, 20000]", "a layer of 20,000 beside one of 20,000"),
+        ("conv_filters = [8192, 8192]", "needs 335,544,320 weights"),  # kernels of 5
+        ("window = 60000\nconv_filters = [65536]", "window: a layer of 256 beside one of"),
     ],
 )
 def test_a_network_too_large_to_train_is_refused_by_its_configuration(tmp_path, model, said):
@@ -113,6 +116,12 @@ def test_a_network_too_large_to_train_is_refused_by_its_configuration(tmp_path, 
 
     assert said in message
     assert Config().updated(model={"hidden_units": [8192, 8192]}).model.hidden_units[0] == 8192
+
+
+def test_a_network_too_large_for_the_records_width_is_refused_before_training():
+    rows = np.zeros((300, 2_000_000), np.float32)  # calloc: the 2.4 GB is never touched
+    with pytest.raises(anomaly.TrainingError, match=r"model.hidden_units: a layer of 256 beside"):
+        anomaly.train(rows)
 
 
 def test_ill_typed_value_is_an_error_naming_the_key(tmp_path):
