@@ -45,8 +45,9 @@ def declared_weights(network: object) -> int:
 def _walk(network: object) -> int:
     if not isinstance(network, dict) or network.get("class_name") != "Functional":
         raise UnknownNetwork("not a functional network")
-    if (network.get("build_config") or {}).get("input_shape") is not None:
-        raise UnknownNetwork("the network declares an input shape of its own")
+    build_config = network.get("build_config") or {}
+    if set(build_config) - {"input_shape"} or build_config.get("input_shape") is not None:
+        raise UnknownNetwork("the network declares a shape to be built for of its own")
     layers = network["config"]["layers"]
     if not isinstance(layers, list):
         raise UnknownNetwork("no list of layers")
@@ -111,7 +112,10 @@ def _built_as_called(layer: dict, inputs: list[Shape], name: str) -> None:
     """Keras builds a layer from its own ``build_config`` before calling it: it must be the
     shape the layer is called on (or absent)."""
     for entry in (layer, layer["config"].get("layer") or {}):
-        declared = (entry.get("build_config") or {}).get("input_shape")
+        build_config = entry.get("build_config") or {}
+        if set(build_config) - {"input_shape"}:  # Keras builds from ``shapes_dict`` too
+            raise UnknownNetwork(f"layer {name!r} is built from {sorted(build_config)}")
+        declared = build_config.get("input_shape")
         called = [[None, *shape] for shape in inputs]
         if declared is not None and declared != (called[0] if len(called) == 1 else called):
             raise UnknownNetwork(

@@ -298,6 +298,12 @@ def _first_dense(network: dict) -> dict:
             lambda network: _first_dense(network)["build_config"].update(input_shape=[None, 10**6]),
             "is built for [None, 1000000], not what it is called on",
         ),
+        (
+            lambda network: _first_dense(network).update(
+                build_config={"shapes_dict": {"input_shape": [None, 10**6]}}
+            ),
+            "is built from ['shapes_dict']",
+        ),
         (lambda network: _first_dense(network)["config"].update(lora_rank=10**6), "sets lora_rank"),
         (lambda network: _first_dense(network)["config"].update(dtype="float64"), "is not float32"),
         (
