@@ -238,7 +238,7 @@ def calibrate_file(
         child.metadata["lineage"][-1]["calibration_file"] = str(data)
         return child
 
-    reader = _reader_for(detector, data, label_column)
+    reader = _reader_for(detector, data, label_column, model_labels=True)
     return _model_from_normal_rows(reader, data, out, "error", recalibrated, _NO_SKIP_REMEDY)
 
 
@@ -258,7 +258,7 @@ def retrain_file(
         child.metadata["training_file"] = str(data)
         return child
 
-    reader = _reader_for(detector, data, label_column)
+    reader = _reader_for(detector, data, label_column, model_labels=True)
     return _model_from_normal_rows(reader, data, out, "error", retrained, _NO_SKIP_REMEDY)
 
 
@@ -358,7 +358,13 @@ def iter_scored(
             yield chunk, valid, frame
 
 
-def _reader_for(detector: Detector, data: PathLike, label_column: str | None) -> io.TableReader:
+def _reader_for(
+    detector: Detector, data: PathLike, label_column: str | None, *, model_labels: bool = False
+) -> io.TableReader:
+    """A reader of ``data`` for ``detector``'s features and columns. ``model_labels``: without
+    ``label_column``, the model's own ``data.label_column`` where the file has one (rows for a
+    new model or threshold must be normal ones, as ``anomaly.calibration.recalibrate`` and
+    ``anomaly.training.retrain`` take them from a table)."""
     cfg = detector.config.data
     positional = Path(data).suffix == ".npy"
     entity_column = detector.schema.entity_column
@@ -373,7 +379,8 @@ def _reader_for(detector: Detector, data: PathLike, label_column: str | None) ->
         features=None if positional else detector.feature_names,
         # A .npy array has no id column: its records are known by the output's row numbers.
         id_column=None if positional else cfg.id_column,
-        label_column=label_column,
+        label_column=label_column or (cfg.label_column if model_labels else None),
+        label_column_optional=model_labels and label_column is None,
         entity_column=entity_column,
         chunk_rows=cfg.chunk_rows,
     )

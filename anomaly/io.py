@@ -115,7 +115,10 @@ class TableReader:
         label_column: str | None = None,
         entity_column: str | None = None,
         chunk_rows: int = 65_536,
+        label_column_optional: bool = False,
     ) -> None:
+        """``label_column_optional``: a file without ``label_column`` reads without labels
+        (all its rows normal), as a model's own label column is used where a file has it."""
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
         self.path = Path(path)
@@ -127,6 +130,8 @@ class TableReader:
         dtypes = self._source.dtypes()
         if dtypes is None:
             raise DataError(f"{self.path}: has no data rows; check that this is the right file")
+        if label_column_optional and label_column not in dtypes.index:
+            self.label_column = label_column = None
         self.feature_names: list[str] = self._resolve_features(dtypes, features)
         self.total_rows: int | None = self._source.total_rows
         roles = [id_column, label_column, entity_column]

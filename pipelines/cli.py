@@ -198,7 +198,11 @@ def _from_fresh_normal_rows(command):
                 help="New model bundle to write (not a model store or one of its versions: "
                 "`anomaly publish` it into a store).",
             ),
-            click.option("--label-column", help="Use only rows whose label is 0/false."),
+            click.option(
+                "--label-column",
+                help="Use only rows whose label is 0/false (default: the model's "
+                "data.label_column, where the file has it).",
+            ),
         ]
     ):
         command = option(command)

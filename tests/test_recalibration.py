@@ -168,9 +168,11 @@ def test_invalid_rows_stop_calibrate_and_retrain_naming_what_they_support(
     assert "--on-invalid skip" not in result.stderr and not out.exists()
 
 
-def test_a_table_is_recalibrated_on_its_rows_labelled_normal_as_train_takes_them():
+def test_a_table_is_recalibrated_on_its_rows_labelled_normal_as_train_takes_them(tmp_path):
     """A table holding the model's label column: the rows labelled anomalous (a tenth, far
-    off) took part in the calibration, which put the threshold above them without a word."""
+    off) took part in the calibration, which put the threshold above them without a word.
+    ``anomaly calibrate`` on the same rows in a file did so too (a tester's threshold rose 11
+    times): it now takes the model's label column where the file has one, as Python does."""
     rng = np.random.default_rng(3)
     names = ["a", "b", "c", "d"]
     table = pd.DataFrame(normal(rng, 2000)[:, :4], columns=names)
@@ -185,6 +187,19 @@ def test_a_table_is_recalibrated_on_its_rows_labelled_normal_as_train_takes_them
     assert from_table.metadata["calibration_records"] == 1800
     assert from_table.engine.params.threshold == normal_only.engine.params.threshold
     assert from_table.score(table.loc[table["label"] == 1, names]).is_anomaly.all()
+
+    detector.save(tmp_path / "model")
+    table.to_csv(tmp_path / "fresh.csv", index=False)
+    table[names].to_csv(tmp_path / "unlabelled.csv", index=False)
+    for data, rows in (("fresh.csv", 1800), ("unlabelled.csv", 2000)):
+        out = tmp_path / f"from-{data}"
+        args = ["--model", str(tmp_path / "model"), "--data", str(tmp_path / data)]
+        result = CliRunner().invoke(cli, ["calibrate", *args, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert anomaly.load(out).metadata["calibration_records"] == rows
+    assert anomaly.load(tmp_path / "from-fresh.csv").threshold == pytest.approx(
+        normal_only.threshold
+    )
 
 
 @pytest.mark.slow
