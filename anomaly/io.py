@@ -74,6 +74,8 @@ _SAMPLE_ROWS = 1000
 
 #: How many offending rows an error message lists before summarising the rest.
 _LISTED_VALUES = 3
+#: Characters of a value a message shows (a long one is cut, and its length said).
+_SHOWN_CHARACTERS = 60
 _LISTED_INVALID_ROWS = 10
 
 
@@ -547,6 +549,8 @@ _PANDAS_MISSING = (
 _SEPARATORS = (",", ";", "\t", "|")
 #: Data lines after the header that the separator must split as it splits the header.
 _SNIFFED_LINES = 20
+#: The csv module's limit on a field's length while the header is sniffed (its largest).
+_LONGEST_FIELD = 2**31 - 1
 #: The first line Excel writes to name a CSV file's separator.
 _EXCEL_SEPARATOR_LINE = re.compile(r"sep=(.)")
 
@@ -591,9 +595,7 @@ class _CsvSource:
         named = _EXCEL_SEPARATOR_LINE.fullmatch(lines[0].rstrip("\r\n"))
         skipped = 1 if named else 0
         lines = lines[skipped : skipped + 1 + _SNIFFED_LINES]
-        rows = {
-            sep: [row for row in csv.reader(lines, delimiter=sep) if row] for sep in _SEPARATORS
-        }
+        rows = {sep: _split(lines, sep) for sep in _SEPARATORS}
         splits = {sep: found[0] if found else [] for sep, found in rows.items()}
         splitting = [sep for sep in _SEPARATORS if len(splits[sep]) > 1]
         even = [sep for sep in splitting if all(len(r) == len(splits[sep]) for r in rows[sep][1:])]
@@ -604,7 +606,7 @@ class _CsvSource:
         else:
             separator = max(even or splitting or _SEPARATORS, key=lambda sep: len(splits[sep]))
         if separator not in rows:  # a separator named by the file that we do not sniff
-            rows[separator] = [row for row in csv.reader(lines, delimiter=separator) if row]
+            rows[separator] = _split(lines, separator)
         names = rows[separator][0] if rows[separator] else []
         first_data = rows[separator][1:2]
         extra = (
@@ -1154,9 +1156,14 @@ def _examples(rows: np.ndarray, values: pd.Series) -> str:
 
 
 def _show(value: object) -> str:
+    """The value as a message names it: its start, for a long one (a message is one line)."""
     if pd.api.types.is_scalar(value) and pd.isna(value):
         return "no value"
-    return repr(value.item() if isinstance(value, np.generic) else value)
+    value = value.item() if isinstance(value, np.generic) else value
+    text = str(value)
+    if len(text) <= _SHOWN_CHARACTERS:
+        return repr(value)
+    return f"{text[:_SHOWN_CHARACTERS]!r}... ({len(text):,} characters)"
 
 
 def _bad_columns(
@@ -1242,6 +1249,17 @@ def _format_of(path: Path, formats: dict[str, str], action: str) -> str:
             return kind
     found = repr("".join(path.suffixes)) if path.suffix else "a file without an extension"
     raise DataError(f"{path}: cannot {action} {found}; supported extensions: {', '.join(formats)}")
+
+
+def _split(lines: list[str], separator: str) -> list[list[str]]:
+    """The non-empty lines' fields. The lines are in memory already, so the csv module's
+    limit on a field's length (128 KiB) guards nothing here; a long field is the data's own
+    (pandas, which reads the file, has no such limit)."""
+    limit = csv.field_size_limit(_LONGEST_FIELD)
+    try:
+        return [row for row in csv.reader(lines, delimiter=separator) if row]
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _is_tsv(path: Path) -> bool:

@@ -647,6 +647,24 @@ def test_non_numeric_feature_names_column_row_and_value(tmp_path: Path, suffix: 
     )
 
 
+@pytest.mark.parametrize("row", [1, 30])
+def test_a_value_longer_than_the_csv_modules_limit_is_named_by_its_start(tmp_path, row) -> None:
+    """A tester's CSV with a field of 5 MB on its first data line stopped with a traceback
+    (the csv module's 128 KiB limit, while the separator was found), and one further down
+    was shown whole: a message line of 200 KB."""
+    lines = ["a,b"] + [f"{i},{i}" for i in range(40)]
+    lines[row] = "1" * 200_000 + ",2"
+    path = tmp_path / "data.csv"
+    path.write_text("\n".join(lines) + "\n")
+
+    message = error_message(path, features=["a", "b"])
+
+    assert message == (
+        f"{path}: column 'a' is not numeric: row {row} has {'1' * 60!r}... (200,000 characters); "
+        "fix the values or leave the column out of the features"
+    )
+
+
 def test_non_numeric_values_beyond_three_are_counted(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text("a\n" + "x\n" * 5)
