@@ -1030,7 +1030,12 @@ def _feature_matrix(
         column = frame[name]
         if not pd.api.types.is_numeric_dtype(column.dtype):
             numbers = _to_numeric(column, rows, path)
-            bad = (numbers.isna() & column.notna()).to_numpy()
+            bad = (numbers.isna() & column.notna()).to_numpy(dtype=bool, copy=True)
+            # A true or false among numbers is a flag where a measurement belongs (pandas
+            # reads 1 and 0); a column of flags alone is a boolean feature, named as one.
+            flags = column.map(lambda value: isinstance(value, (bool, np.bool_))).to_numpy(bool)
+            if flags.any() and (column.notna().to_numpy() & ~flags).any():
+                bad |= flags
             if bad.any():
                 raise DataError(
                     f"{path}: column {name!r} is not numeric: "

@@ -665,6 +665,31 @@ def test_a_value_longer_than_the_csv_modules_limit_is_named_by_its_start(tmp_pat
     )
 
 
+def test_a_true_or_false_among_numbers_is_not_read_as_one_or_zero(tmp_path: Path) -> None:
+    """A tester's JSON line with ``"a": true`` in a column of numbers was scored as 1.0."""
+    path = tmp_path / "data.jsonl"
+    records = [{"a": float(i), "b": float(i)} for i in range(6)]
+    records[3]["a"] = True
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    message = error_message(path, features=["a", "b"])
+
+    assert message == (
+        f"{path}: column 'a' is not numeric: row 4 has True; "
+        "fix the values or leave the column out of the features"
+    )
+
+
+def test_a_named_column_of_flags_alone_is_a_boolean_feature(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    records = [{"a": i % 2 == 0, "b": float(i)} for i in range(6)]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    (chunk,) = TableReader(path, features=["a", "b"])
+
+    np.testing.assert_array_equal(chunk.features[:, 0], [1, 0, 1, 0, 1, 0])
+
+
 def test_non_numeric_values_beyond_three_are_counted(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text("a\n" + "x\n" * 5)
