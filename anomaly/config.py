@@ -43,6 +43,9 @@ MAX_LAYER_WEIGHTS = 2**28
 #: The length of the time-series networks' convolution kernels.
 CONV_KERNEL_SIZE = 5
 
+#: The validation context's key saying that numbers may come as text.
+FROM_TEXT = "from_text"
+
 #: What Kafka accepts as a topic name.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -52,17 +55,26 @@ class _Section(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _not_a_boolean(cls, value: Any, info: ValidationInfo) -> Any:
+    def _a_number_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
         """Refuse true/false for a number (or a number in a list or table): pydantic would
         read them as 1 and 0, so ``steps = true`` would train one step,
-        ``learning_rate = true`` at 1.0 and ``hidden_units = [true, 256]`` a layer of 1."""
+        ``learning_rate = true`` at 1.0 and ``hidden_units = [true, 256]`` a layer of 1.
+        Refuse text too (``steps = "30"``), except where the values come as text
+        (``FROM_TEXT`` in the context: the environment's variables), which pydantic reads."""
         types = _leaf_types(cls.model_fields[info.field_name].annotation)
+        if not types & {int, float}:
+            return value
         if isinstance(value, dict):
             values = list(value.values())
         else:
             values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, bool) for v in values) and bool not in types and types & {int, float}:
+        if any(isinstance(v, bool) for v in values) and bool not in types:
             raise ValueError("must be a number, not true or false")
+        from_text = (info.context or {}).get(FROM_TEXT, False)
+        takes_text = any(t is str or isinstance(t, str) for t in types)  # "auto" and the like
+        if not from_text and not takes_text and any(isinstance(v, str) for v in values):
+            # the text is not shown: a misplaced secret must not reach a log
+            raise ValueError("must be a number, not text (in quotes)")
         return value
 
 
@@ -714,9 +726,10 @@ class AlarmConfig(_Section):
     def _zero_quorum_is_none(cls, quorum: int | None) -> int | None:
         return quorum or None
 
-    def updated(self, keys: Mapping[str, Any]) -> AlarmConfig:
-        """A copy with ``keys`` replaced, validated together with the others."""
-        return Config.from_dict({"alarms": {**self.model_dump(), **keys}}).alarms
+    def updated(self, keys: Mapping[str, Any], from_text: bool = False) -> AlarmConfig:
+        """A copy with ``keys`` replaced, validated together with the others (``from_text``:
+        as ``Config.from_dict``)."""
+        return Config.from_dict({"alarms": {**self.model_dump(), **keys}}, from_text).alarms
 
     def updated_from_toml(self, path: str | os.PathLike[str]) -> AlarmConfig:
         """A copy with the keys that the ``[alarms]`` section of TOML file ``path`` sets."""
@@ -784,10 +797,11 @@ class Config(_Section):
         return self
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Config:
-        """Validate a nested mapping; errors name the offending key, e.g. ``training.steps``."""
+    def from_dict(cls, values: dict[str, Any], from_text: bool = False) -> Config:
+        """Validate a nested mapping; errors name the offending key, e.g. ``training.steps``.
+        ``from_text``: its numbers may come as text (the environment's variables)."""
         try:
-            return cls.model_validate(values)
+            return cls.model_validate(values, context={FROM_TEXT: from_text})
         except ValidationError as exc:
             raise ConfigError(_describe(exc)) from None
 

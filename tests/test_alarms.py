@@ -348,7 +348,7 @@ def test_a_quorum_of_0_in_toml_or_the_environment_ranks_the_combined_score(tmp_p
     path = tmp_path / "alarms.toml"
     path.write_text("[alarms]\nquorum = 0\n")
     assert AlarmConfig().updated_from_toml(path).quorum is None
-    assert AlarmConfig().updated({"quorum": "0"}).quorum is None  # as the environment gives it
+    assert AlarmConfig().updated({"quorum": "0"}, from_text=True).quorum is None  # environment
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the combined score was asked for: no warning
         stage = AlarmStage.for_model(_detector(4, components=False), AlarmConfig(quorum=0))

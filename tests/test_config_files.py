@@ -64,6 +64,36 @@ def test_true_or_false_is_not_a_number(tmp_path: Path, line: str, key: str):
         Config.from_toml(path)
 
 
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('[training]\nsteps = "30"', "training.steps"),
+        ('[scoring]\ntarget_fpr = "0.05"', "scoring.target_fpr"),
+        ('[model]\nwindow = "32"', "model.window"),
+        ('[alarms]\nlevel = "0.99"', "alarms.level"),
+        ('[serve]\nmax_batch_size = "s3cr3t"', "serve.max_batch_size"),
+    ],
+)
+def test_text_is_not_a_number_in_a_file(tmp_path: Path, line: str, key: str):
+    """A tester's quoted numbers were read as numbers, where the README says an ill-typed key
+    is an error; the text is not shown (a misplaced secret must not reach a log)."""
+    path = tmp_path / "anomaly.toml"
+    path.write_text(line + "\n")
+
+    with pytest.raises(ConfigError, match=rf"{key}: must be a number, not text") as caught:
+        Config.from_toml(path)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_numbers_from_the_environment_are_text_and_read_as_numbers():
+    from anomaly.stream.settings import resolve_alarm_config, resolve_serve_config
+
+    environ = {"ANOMALY_SERVE_MAX_BATCH_SIZE": "64", "ANOMALY_ALARMS_LEVEL": "0.999"}
+
+    assert resolve_serve_config(environ=environ).max_batch_size == 64
+    assert resolve_alarm_config(Config().alarms, environ=environ).level == 0.999
+
+
 def test_true_or_false_still_sets_a_boolean_setting(tmp_path: Path):
     path = tmp_path / "anomaly.toml"
     path.write_text("[serve]\ncreate_topics = true\n")

@@ -56,7 +56,7 @@ def resolve_serve_config(
     if kafka_env:
         env["kafka"] = _merged_options(values["kafka"], kafka_env)
     if env:
-        values = _validated(values, env, "environment (ANOMALY_SERVE_*)")
+        values = _validated(values, env, "environment (ANOMALY_SERVE_*)", from_text=True)
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
     unknown = sorted(set(given) - set(ServeConfig.model_fields))
     if unknown:
@@ -96,7 +96,7 @@ def resolve_alarm_config(
     if not env:
         return alarms
     try:
-        return alarms.updated(env)
+        return alarms.updated(env, from_text=True)
     except ConfigError as exc:
         raise ConfigError(f"{exc} (from the environment ({ALARMS_ENV_PREFIX}*))") from None
 
@@ -154,8 +154,10 @@ def _merged_options(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[s
     return merged
 
 
-def _validated(base: dict[str, Any], layer: dict[str, Any], source: str) -> dict[str, Any]:
+def _validated(
+    base: dict[str, Any], layer: dict[str, Any], source: str, from_text: bool = False
+) -> dict[str, Any]:
     try:
-        return Config.from_dict({"serve": {**base, **layer}}).serve.model_dump()
+        return Config.from_dict({"serve": {**base, **layer}}, from_text).serve.model_dump()
     except ConfigError as exc:
         raise ConfigError(f"{exc} (from the {source})") from None
