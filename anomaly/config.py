@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -79,8 +79,12 @@ class _Section(BaseModel):
 
 
 def _leaf_types(annotation: Any) -> set[Any]:
-    """The types a setting's annotation is made of (``list[int] | None``: list, int, None)."""
-    return {annotation}.union(*(_leaf_types(arg) for arg in get_args(annotation)))
+    """The types a setting's values are made of (``list[int] | None``: list, int, None;
+    ``dict[str, float]``: dict, float, as its keys are names)."""
+    args = get_args(annotation)
+    if get_origin(annotation) is dict:
+        args = args[1:]
+    return {annotation}.union(*(_leaf_types(arg) for arg in args))
 
 
 class DataConfig(_Section):
@@ -177,17 +181,21 @@ class ModelConfig(_Section):
                 for a, b in itertools.pairwise(self.conv_filters)
             ),
         ]
+        # z meets the last hidden layer: the encoder ends on it, the generator starts from it
+        # (its layers run in reverse) and the BiGAN critic embeds z at its width.
+        last = self.hidden_units[-1]
+        beside_z = last if self.formulation == "bigan" else 0  # the BiGAN critic's concatenation
         if self.latent_dim:
-            pairs.append(("latent_dim", self.latent_dim, self.hidden_units[0], 1))
+            pairs.append(("latent_dim", self.latent_dim, last, 1))
         if self.window:
             steps = -(-self.window // 2 ** len(self.conv_filters))  # what the strides leave
             flattened = steps * self.conv_filters[-1]
-            pairs.append(("window", flattened, self.hidden_units[-1], 1))
+            pairs.append(("window", flattened + beside_z, last, 1))
         if record_shape is not None:
             values = math.prod(record_shape)
-            pairs.append(
-                ("hidden_units", values, max(self.hidden_units[0], self.hidden_units[-1]), 1)
-            )
+            pairs.append(("hidden_units", values, max(self.hidden_units[0], last), 1))
+            if not self.window:
+                pairs.append(("hidden_units", values + beside_z, self.hidden_units[0], 1))
             if self.window:
                 pairs.append(
                     ("conv_filters", record_shape[-1], self.conv_filters[0], CONV_KERNEL_SIZE)

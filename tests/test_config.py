@@ -106,6 +106,8 @@ def test_unknown_section_is_an_error_naming_it(tmp_path):
         ("latent_dim = 60000\nhidden_units = [60000]", "a layer of 60,000 beside one of 60,000"),
         ("conv_filters = [32, 20000, 20000]", "a layer of 20,000 beside one of 20,000"),
         ("conv_filters = [8192, 8192]", "needs 335,544,320 weights"),  # kernels of 5
+        # z meets the last hidden layer (a reviewer's 16 GiB generator layer passed)
+        ("latent_dim = 65536\nhidden_units = [1, 65536]", "latent_dim: a layer of 65,536"),
         ("window = 60000\nconv_filters = [65536]", "window: a layer of 256 beside one of"),
     ],
 )

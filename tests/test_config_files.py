@@ -72,6 +72,7 @@ def test_true_or_false_is_not_a_number(tmp_path: Path, line: str, key: str):
         ('[model]\nwindow = "32"', "model.window"),
         ('[alarms]\nlevel = "0.99"', "alarms.level"),
         ('[serve]\nmax_batch_size = "s3cr3t"', "serve.max_batch_size"),
+        ('[scoring.weights]\nlatent = "2"', "scoring.weights"),
     ],
 )
 def test_text_is_not_a_number_in_a_file(tmp_path: Path, line: str, key: str):
