@@ -30,6 +30,7 @@ import sys
 import tempfile
 import typing
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -198,7 +199,14 @@ def _refuse_archive_bomb(file: Path) -> None:
                 unpacked = max(unpacked, stored_bytes)
             if unpacked <= limit:
                 network = json.loads(archive.read(CONFIG_ENTRY))
-    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        RuntimeError,
+        NotImplementedError,
+        EOFError,
+        zlib.error,
+    ) as exc:
         raise BundleError(f"{file}: cannot read the archive: {exc}; {RESTORE_HINT}") from None
     except (ValueError, RecursionError):
         raise BundleError(f"{file}: its {CONFIG_ENTRY} is not JSON; {RESTORE_HINT}") from None

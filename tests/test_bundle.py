@@ -331,6 +331,21 @@ def test_settings_by_which_keras_would_build_a_larger_layer_than_its_shapes_are_
     assert said in message
 
 
+def test_a_network_archive_whose_deflated_entry_is_corrupt_is_a_bundle_error(bundle):
+    """zlib's own error escaped the archive's check (a reviewer's crafted archive)."""
+    file = bundle / "encoder.keras"
+    _rewrite_archive(bundle, file.name, _archive_entries(file), deflated={"config.json"})
+    with zipfile.ZipFile(file) as archive:
+        entry = archive.getinfo("config.json")
+    data = bytearray(file.read_bytes())
+    start = entry.header_offset + 30 + len(entry.filename.encode()) + len(entry.extra)
+    data[start : start + 8] = b"\xff" * 8
+    file.write_bytes(bytes(data))
+    rewrite_checksum(bundle, file.name)
+
+    assert load_error(bundle).startswith(f"{file}: cannot read the archive: ")
+
+
 def test_a_network_archive_without_its_weights_file_is_refused_before_keras_builds_it(bundle):
     file = bundle / "encoder.keras"
     entries = _archive_entries(file)
@@ -505,7 +520,7 @@ def test_manifest_that_is_not_an_object_is_refused(bundle):
         (
             "config.json",
             lambda v: v["training"].update(steps="many"),
-            "training.steps: Input should be a valid integer",
+            "training.steps: must be a number, not text (in quotes)",
         ),
         (
             "health.json",
