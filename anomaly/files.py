@@ -364,8 +364,10 @@ def _reader_for(
     """A reader of ``data`` for ``detector``'s features and columns. ``model_labels``: without
     ``label_column``, the model's own ``data.label_column`` where the file has one (rows for a
     new model or threshold must be normal ones, as ``anomaly.calibration.recalibrate`` and
-    ``anomaly.training.retrain`` take them from a table)."""
+    ``anomaly.training.retrain`` take them from a table); ``label_column=""`` reads none."""
     cfg = detector.config.data
+    if label_column == "":  # asked for no labels, the model's own column included
+        label_column, model_labels = None, False
     positional = Path(data).suffix == ".npy"
     entity_column = detector.schema.entity_column
     if positional and entity_column:
@@ -374,6 +376,8 @@ def _reader_for(
             f"series of entity column {entity_column!r} separately; score a CSV, Parquet or "
             "JSON lines file that has that column"
         )
+    if label_column == "":  # asked for no labels, the model's own column included
+        label_column, model_labels = None, False
     reader = io.TableReader(
         data,
         features=None if positional else detector.feature_names,

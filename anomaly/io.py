@@ -26,6 +26,7 @@ import lzma
 import os
 import re
 import sys
+import threading
 import warnings
 import weakref
 from collections import Counter
@@ -134,7 +135,18 @@ class TableReader:
             raise DataError(f"{self.path}: has no data rows; check that this is the right file")
         if label_column_optional and label_column not in dtypes.index:
             self.label_column = label_column = None
+        self._label_remedy = (
+            "fix or remove those rows, or read the file without labels (this column is the "
+            "model's data.label_column)"
+            if label_column_optional
+            else "fix or remove those rows"
+        )
         self.feature_names: list[str] = self._resolve_features(dtypes, features)
+        self._flag_columns = frozenset(
+            name
+            for name in self.feature_names
+            if name in dtypes.index and pd.api.types.is_bool_dtype(dtypes[name])
+        )
         self.total_rows: int | None = self._source.total_rows
         roles = [id_column, label_column, entity_column]
         self._columns = list(dict.fromkeys(self.feature_names + [c for c in roles if c]))
@@ -145,14 +157,16 @@ class TableReader:
         for frame in self._source.frames(self.chunk_rows, self._columns):
             rows = np.arange(first_row, first_row + len(frame), dtype=np.int64)
             first_row += len(frame)
-            features, beyond = _feature_matrix(frame, self.feature_names, rows, self.path)
+            features, beyond = _feature_matrix(
+                frame, self.feature_names, rows, self.path, self._flag_columns
+            )
             yield Chunk(
                 features=features,
                 row_numbers=rows,
                 ids=None if self.id_column is None else _as_written(frame[self.id_column]),
                 labels=None
                 if self.label_column is None
-                else _labels(frame[self.label_column], rows, self.path),
+                else _labels(frame[self.label_column], rows, self.path, self._label_remedy),
                 entities=None
                 if self.entity_column is None
                 else _entities(frame[self.entity_column], rows, self.path),
@@ -551,6 +565,7 @@ _SEPARATORS = (",", ";", "\t", "|")
 _SNIFFED_LINES = 20
 #: The csv module's limit on a field's length while the header is sniffed (its largest).
 _LONGEST_FIELD = 2**31 - 1
+_FIELD_LIMIT_LOCK = threading.Lock()
 #: The first line Excel writes to name a CSV file's separator.
 _EXCEL_SEPARATOR_LINE = re.compile(r"sep=(.)")
 
@@ -1020,22 +1035,27 @@ class _NpySource:
 
 
 def _feature_matrix(
-    frame: pd.DataFrame, names: list[str], rows: np.ndarray, path: Path
+    frame: pd.DataFrame,
+    names: list[str],
+    rows: np.ndarray,
+    path: Path,
+    flag_columns: frozenset[str] = frozenset(),
 ) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
     """The features as float32, and the values too large for it (``Chunk.beyond_float32``);
-    a value that is not a number stops with its column and row."""
+    a value that is not a number stops with its column and row. A true or false is a flag
+    where a measurement belongs (pandas reads 1 and 0), so it is one only in
+    ``flag_columns``: the columns the file's first rows hold flags alone in, boolean
+    features named as such."""
     matrix = np.empty((len(frame), len(names)), dtype=np.float32)
     beyond: dict[tuple[int, int], float] = {}
     for j, name in enumerate(names):
         column = frame[name]
-        if not pd.api.types.is_numeric_dtype(column.dtype):
+        flags_here = name not in flag_columns and pd.api.types.is_bool_dtype(column.dtype)
+        if flags_here or not pd.api.types.is_numeric_dtype(column.dtype):
             numbers = _to_numeric(column, rows, path)
             bad = (numbers.isna() & column.notna()).to_numpy(dtype=bool, copy=True)
-            # A true or false among numbers is a flag where a measurement belongs (pandas
-            # reads 1 and 0); a column of flags alone is a boolean feature, named as one.
-            flags = column.map(lambda value: isinstance(value, (bool, np.bool_))).to_numpy(bool)
-            if flags.any() and (column.notna().to_numpy() & ~flags).any():
-                bad |= flags
+            if name not in flag_columns:
+                bad |= column.map(lambda value: isinstance(value, (bool, np.bool_))).to_numpy(bool)
             if bad.any():
                 raise DataError(
                     f"{path}: column {name!r} is not numeric: "
@@ -1108,14 +1128,16 @@ def _repeated(names: Sequence[str]) -> set[str]:
     return {name for name, n in Counter(names).items() if n > 1}
 
 
-def _labels(column: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:
+def _labels(
+    column: pd.Series, rows: np.ndarray, path: Path, remedy: str = "fix or remove those rows"
+) -> np.ndarray:
     """0/1 labels from numbers, booleans or the words true/false; anything else stops."""
     numbers = tables.label_numbers(column)
     bad = np.isnan(numbers)
     if bad.any():
         raise DataError(
             f"{path}: label column {column.name!r} must hold 0/1 or true/false: "
-            f"{_examples(rows[bad], column[bad])}; fix or remove those rows"
+            f"{_examples(rows[bad], column[bad])}; {remedy}"
         )
     return numbers.astype(np.int8)
 
@@ -1260,11 +1282,12 @@ def _split(lines: list[str], separator: str) -> list[list[str]]:
     """The non-empty lines' fields. The lines are in memory already, so the csv module's
     limit on a field's length (128 KiB) guards nothing here; a long field is the data's own
     (pandas, which reads the file, has no such limit)."""
-    limit = csv.field_size_limit(_LONGEST_FIELD)
-    try:
-        return [row for row in csv.reader(lines, delimiter=separator) if row]
-    finally:
-        csv.field_size_limit(limit)
+    with _FIELD_LIMIT_LOCK:  # the limit is the process's: one raise and restore at a time
+        limit = csv.field_size_limit(_LONGEST_FIELD)
+        try:
+            return [row for row in csv.reader(lines, delimiter=separator) if row]
+        finally:
+            csv.field_size_limit(limit)
 
 
 def _is_tsv(path: Path) -> bool:

@@ -482,7 +482,9 @@ def _numbered(batches: Iterator[pa.RecordBatch], job: _Job):
         rows = np.arange(first + seen, first + seen + batch.num_rows, dtype=np.int64)
         seen += batch.num_rows
         frame = batch.select(list(job.features)).to_pandas()
-        yield batch, rows, *io._feature_matrix(frame, list(job.features), rows, job.source)
+        # Spark's schema types each column: a boolean one is a column of flags throughout
+        flags = frozenset(name for name in job.features if pa.types.is_boolean(batch[name].type))
+        yield batch, rows, *io._feature_matrix(frame, list(job.features), rows, job.source, flags)
     if seen != job.counts[partition]:
         raise DataError(
             f"{job.source}: partition {partition} held {seen} rows when scored but "

@@ -201,7 +201,7 @@ def _from_fresh_normal_rows(command):
             click.option(
                 "--label-column",
                 help="Use only rows whose label is 0/false (default: the model's "
-                "data.label_column, where the file has it).",
+                "data.label_column, where the file has it; '' reads no labels).",
             ),
         ]
     ):

@@ -665,14 +665,16 @@ def test_a_value_longer_than_the_csv_modules_limit_is_named_by_its_start(tmp_pat
     )
 
 
-def test_a_true_or_false_among_numbers_is_not_read_as_one_or_zero(tmp_path: Path) -> None:
-    """A tester's JSON line with ``"a": true`` in a column of numbers was scored as 1.0."""
+@pytest.mark.parametrize("chunk_rows", [65_536, 1])
+def test_a_true_or_false_among_numbers_is_not_read_as_one_or_zero(tmp_path, chunk_rows) -> None:
+    """A tester's JSON line with ``"a": true`` in a column of numbers was scored as 1.0; a
+    reviewer's, in a chunk of its own, still was."""
     path = tmp_path / "data.jsonl"
     records = [{"a": float(i), "b": float(i)} for i in range(6)]
     records[3]["a"] = True
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
 
-    message = error_message(path, features=["a", "b"])
+    message = error_message(path, features=["a", "b"], chunk_rows=chunk_rows)
 
     assert message == (
         f"{path}: column 'a' is not numeric: row 4 has True; "

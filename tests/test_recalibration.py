@@ -200,6 +200,19 @@ def test_a_table_is_recalibrated_on_its_rows_labelled_normal_as_train_takes_them
     assert anomaly.load(tmp_path / "from-fresh.csv").threshold == pytest.approx(
         normal_only.threshold
     )
+    # a file whose label column is left empty: said, and '' reads it without labels
+    table.assign(label="").to_csv(tmp_path / "empty-labels.csv", index=False)
+    args = ["--model", str(tmp_path / "model"), "--data", str(tmp_path / "empty-labels.csv")]
+    refused = CliRunner().invoke(cli, ["calibrate", *args, "--out", str(tmp_path / "refused")])
+    assert refused.exit_code != 0
+    assert "or read the file without labels (this column is the model's data.label_column)" in (
+        refused.output
+    )
+    unlabelled = CliRunner().invoke(
+        cli, ["calibrate", *args, "--out", str(tmp_path / "all"), "--label-column", ""]
+    )
+    assert unlabelled.exit_code == 0, unlabelled.output
+    assert anomaly.load(tmp_path / "all").metadata["calibration_records"] == 2000
 
 
 @pytest.mark.slow
