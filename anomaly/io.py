@@ -508,6 +508,11 @@ def _open_source(path: Path, text_columns: list[str | None]) -> _Source:
     if path.is_dir():
         return _ParquetFolderSource(path)
     if not path.exists():
+        if path.is_symlink():  # exists() follows the link
+            raise DataError(
+                f"{path}: a symbolic link to {os.readlink(path)}, which leads to no file (a "
+                "missing target, or links that lead back to themselves)"
+            )
         raise DataError(f"file not found: {path}")
     if not path.is_file():
         raise DataError(f"not a regular file: {path} (a device, pipe or socket cannot be read)")

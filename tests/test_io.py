@@ -692,6 +692,20 @@ def test_a_named_column_of_flags_alone_is_a_boolean_feature(tmp_path: Path) -> N
     np.testing.assert_array_equal(chunk.features[:, 0], [1, 0, 1, 0, 1, 0])
 
 
+def test_a_symbolic_link_that_leads_nowhere_is_said_to_be_one(tmp_path: Path) -> None:
+    """A tester's loop of two links was reported as "file not found", while it is there."""
+    (tmp_path / "one.csv").symlink_to(tmp_path / "two.csv")
+    (tmp_path / "two.csv").symlink_to(tmp_path / "one.csv")
+
+    with pytest.raises(DataError) as caught:
+        TableReader(tmp_path / "one.csv")
+
+    assert str(caught.value) == (
+        f"{tmp_path / 'one.csv'}: a symbolic link to {tmp_path / 'two.csv'}, which leads to no "
+        "file (a missing target, or links that lead back to themselves)"
+    )
+
+
 def test_non_numeric_values_beyond_three_are_counted(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text("a\n" + "x\n" * 5)
