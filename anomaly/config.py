@@ -196,7 +196,7 @@ class ModelConfig(_Section):
             pairs.append(("hidden_units", values, max(self.hidden_units[0], last), 1))
             if not self.window:
                 pairs.append(("hidden_units", values + beside_z, self.hidden_units[0], 1))
-            if self.window:
+            else:
                 pairs.append(
                     ("conv_filters", record_shape[-1], self.conv_filters[0], CONV_KERNEL_SIZE)
                 )

@@ -376,8 +376,6 @@ def _reader_for(
             f"series of entity column {entity_column!r} separately; score a CSV, Parquet or "
             "JSON lines file that has that column"
         )
-    if label_column == "":  # asked for no labels, the model's own column included
-        label_column, model_labels = None, False
     reader = io.TableReader(
         data,
         features=None if positional else detector.feature_names,
