@@ -514,7 +514,7 @@ class ServeConfig(_Section):
     (confluent-kafka on librdkafka, the ``confluent`` extra: about twice the throughput).
     Same guarantees, metrics and ``[serve.kafka]`` options (kafka-python's names, mapped to
     librdkafka's; ``anomaly.stream.kafka_options``)."""
-    bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
     input_topic: str = "records"
     output_topic: str = "scores"
     dlq_topic: str | None = "records-dlq"

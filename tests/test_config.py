@@ -170,12 +170,13 @@ def test_a_non_finite_component_weight_is_an_error(tmp_path, weight):
         ("alerts_topic", "a" * 250, "'aaaaa"),
         ("output_topic", "..", "'..' is not a Kafka topic name"),
         ("group_id", "", "serve.group_id: String should have at least 1 character"),
+        ("bootstrap_servers", "", "serve.bootstrap_servers: String should have at least 1"),
     ],
 )
 def test_an_empty_or_illegal_topic_or_group_is_an_error_at_start(key, value, problem):
     """An empty output topic (an unset variable in a deployment, say) used to start and
     then fail on the first record, or on librdkafka retry it forever; an empty group id
-    left the service joining in a loop."""
+    left the service joining in a loop; no bootstrap servers left it waiting for a broker."""
     with pytest.raises(ConfigError) as caught:
         anomaly.Config().updated(serve={key: value})
     assert f"serve.{key}" in str(caught.value) and problem in str(caught.value)

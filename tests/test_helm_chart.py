@@ -21,6 +21,7 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tomllib
 from collections import Counter
@@ -154,6 +155,15 @@ def full_values() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the real tools
+
+
+def test_the_values_schema_takes_the_service_configurations_types() -> None:
+    """values.schema.json's serve and alarms sections are made from ServeConfig and
+    AlarmConfig (deploy/helm/values_schema.py): a key or bound added to the service is
+    checked by helm too."""
+    script = ROOT / "deploy" / "helm" / "values_schema.py"
+    result = _run([sys.executable, str(script), "--check"])
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("values", [[], ["-f", str(FULL_VALUES)]], ids=["default", "full"])
@@ -390,6 +400,24 @@ BROKEN_RULES = {
     "misspelt-value": (
         ["--set", "autoscalling.enabled=true"],
         "additional properties 'autoscalling'",
+    ),
+    # serve and alarms take the service's own types (deploy/helm/values_schema.py): a number
+    # forced to text renders as "64" in config.toml, which the service refuses at start.
+    "serve-number-as-text": (
+        ["--set-string", "serve.max_batch_size=64"],
+        "at '/serve/max_batch_size': got string, want integer",
+    ),
+    "alarm-level-as-text": (
+        ["--set-string", "alarms.level=0.99"],
+        "at '/alarms/level': got string, want number",
+    ),
+    "misspelt-serve-key": (
+        ["--set", "serve.max_batch_sise=64"],
+        "additional properties 'max_batch_sise' not allowed",
+    ),
+    "alarm-choice-unknown": (
+        ["--set", "alarms.semantics=states"],
+        "at '/alarms/semantics'",
     ),
     # Written between double quotes into the rules' and the dashboard's selectors.
     "job-with-a-quote": (
