@@ -7,6 +7,7 @@ are not scored. Each on both transports (``client``)."""
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 import uuid
@@ -65,9 +66,10 @@ def _records(detector, n):
     ]
 
 
-def _produce_with_librdkafka(bootstrap, topic, codec, messages, headers=None):
+def _produce_with_librdkafka(bootstrap, topic, codec, messages, headers=None, partition=None):
     """Send with librdkafka, ``codec``-compressed, lingering so batches hold many records
-    (message ``i`` with ``headers[i]``, if given); return each record's (partition, offset)."""
+    (message ``i`` with ``headers[i]``, if given; all to ``partition``, if given); return
+    each record's (partition, offset)."""
     from confluent_kafka import Producer
 
     delivered, failed = [], []
@@ -83,6 +85,8 @@ def _produce_with_librdkafka(bootstrap, topic, codec, messages, headers=None):
     )
     for i, (key, value) in enumerate(messages):
         extra = {"headers": headers[i]} if headers and i in headers else {}
+        if partition is not None:
+            extra["partition"] = partition
         producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **extra)
     assert producer.flush(30) == 0, "librdkafka did not deliver every record"
     assert not failed, failed
@@ -196,6 +200,42 @@ def test_a_batch_that_cannot_be_decompressed_is_dead_lettered_record_by_record(
     assert sorted((d["partition"], d["offset"]) for d in letters) == sorted(broken)
     assert {d["reason"] for d in letters} == {"unreadable"}
     assert all("ZstdError" in d["error"] and d["topic"] == topics["input_topic"] for d in letters)
+
+
+def test_a_restore_read_that_meets_a_batch_it_cannot_read_gives_up_that_partition_alone(
+    detector, kafka_topic_factory, kafka_bootstrap, monkeypatch, caplog
+):
+    """kafka-python's restore read (``serve.restore_records``, at a start or a rebalance)
+    used to give up every partition it was reading on one batch it could not unpack, so
+    one corrupt batch restarted the keys of all of them afresh: now only its own partition
+    starts afresh (as librdkafka's read does), named in the log line, and the others are
+    read whole."""
+    import kafka.record.default_records as default_records
+    import zstandard
+
+    from anomaly.stream.kafka_python_transport import KafkaPythonTransport
+    from anomaly.stream.transport import TopicPartition as Partition
+
+    def corrupt(_data):
+        raise zstandard.ZstdError("could not decompress data: Corrupted block detected")
+
+    monkeypatch.setattr(default_records, "zstd_decode", corrupt)
+    topic = kafka_topic_factory(2, prefix="in")
+    messages = _records(detector, 20)
+    _produce_with_librdkafka(kafka_bootstrap, topic, "zstd", messages[:10], partition=0)
+    plain = _produce_with_librdkafka(kafka_bootstrap, topic, "none", messages[10:], partition=1)
+    out = kafka_topic_factory(1, prefix="out")
+    config = _config(kafka_bootstrap, {"input_topic": topic, "output_topic": out, "dlq_topic": ""})
+    transport = KafkaPythonTransport(config, "restore-test", listener=None)
+    transport.check()
+    caplog.set_level(logging.WARNING, logger="anomaly.stream")
+
+    ends = {Partition(topic, 0): 10, Partition(topic, 1): 10}
+    records, unread = transport.read_before(ends, 100, 30.0, lambda: False)
+
+    assert unread == {Partition(topic, 0)}
+    assert sorted((r.partition, r.offset) for r in records) == sorted(plain)
+    assert "event=restore_read_failed partition=0 " in caplog.text
 
 
 def _segment_of(log_dir, topic: str):

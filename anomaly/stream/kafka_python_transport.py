@@ -76,6 +76,21 @@ def is_record_error(error: Any) -> bool:
     return isinstance(error, RECORD_ERRORS)
 
 
+def _skip_unreadable(consumer) -> tuple[KafkaTopicPartition, int] | None:
+    """After ``consumer.poll`` raised while unpacking a fetched batch: the partition and
+    offset of the record it could not read, where its fetcher stopped (only its
+    ``_next_partition_records`` knows), with the consumer moved past that record. None when
+    no partition being read is at fault."""
+    fetcher = getattr(consumer, "_fetcher", None)  # noqa: SLF001 (see docstring)
+    part = getattr(fetcher, "_next_partition_records", None)
+    if not part or part.topic_partition not in consumer.assignment():
+        return None
+    tp = part.topic_partition
+    offset = consumer.position(tp)
+    consumer.seek(tp, offset + 1)
+    return tp, offset
+
+
 def _kafka(tp: TopicPartition) -> KafkaTopicPartition:
     return KafkaTopicPartition(tp.topic, tp.partition)
 
@@ -174,19 +189,14 @@ class KafkaPythonTransport(Transport):
         return [r for part in polled.values() for r in part]
 
     def _unreadable(self, error: BaseException) -> Unreadable | None:
-        """After ``poll`` raised while unpacking a fetched batch: the record at that
-        partition's position (where the consumer's fetcher stopped: only its
-        ``_next_partition_records`` knows), with the consumer moved past it. None when no
-        partition being read is at fault. The dead letter goes with the micro-batch, after
-        the records of the same partition polled before it, so no offset is committed
-        before theirs."""
-        fetcher = getattr(self._consumer, "_fetcher", None)  # noqa: SLF001 (see docstring)
-        part = getattr(fetcher, "_next_partition_records", None)
-        if not part or part.topic_partition not in self._consumer.assignment():
+        """After ``poll`` raised while unpacking a fetched batch: the record it could not
+        read (``_skip_unreadable``), to be dead-lettered, or None. The dead letter goes with
+        the micro-batch, after the records of the same partition polled before it, so no
+        offset is committed before theirs."""
+        at_fault = _skip_unreadable(self._consumer)
+        if at_fault is None:
             return None
-        tp = part.topic_partition
-        offset = self._consumer.position(tp)
-        self._consumer.seek(tp, offset + 1)
+        tp, offset = at_fault
         return Unreadable(
             tp.topic,
             tp.partition,
@@ -259,11 +269,17 @@ class KafkaPythonTransport(Transport):
                 try:
                     polled = reader.poll(timeout_ms=200)
                 except Exception as exc:  # noqa: BLE001 (a batch it cannot read: see poll)
+                    at_fault = _skip_unreadable(reader) if codecs.is_unpacking_error(exc) else None
                     log.warning(
-                        "event=restore_read_failed error=%s action=start_afresh",
+                        "event=restore_read_failed partition=%s error=%s action=start_afresh",
+                        "all" if at_fault is None else at_fault[0].partition,
                         describe_error(exc),
                     )
-                    break
+                    if at_fault is None:
+                        break
+                    ranges.fail(TopicPartition(at_fault[0].topic, at_fault[0].partition))
+                    reader.pause(at_fault[0])  # the others are read on
+                    continue
                 for tp, records in polled.items():
                     ranges.take(TopicPartition(tp.topic, tp.partition), records)
                 for tp in list(ranges.open):
