@@ -272,6 +272,65 @@ def test_a_service_started_before_its_broker_waits_alive_and_not_ready_then_scor
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+def test_a_broker_lost_between_its_check_and_the_clients_opening_is_waited_for_again(
+    client, restartable_kafka, detector, tiny_bundle_mixing, events, monkeypatch
+):
+    """A broker that goes away just after start-up's check answered (a restart at that
+    moment): the clients' opening failed and the start stopped (kafka-python with a
+    traceback from its metadata timeout), so nothing was scored until someone restarted the
+    service. Now the clients are closed, made afresh once the broker answers again, and
+    the service scores."""
+    from anomaly.stream.transport import make_transport
+
+    broker = restartable_kafka
+    t = _create_topics(broker.bootstrap, input_topic=1, output_topic=1, dlq_topic=1)
+    config = _config(broker.bootstrap, {**t, "alerts_topic": None}, client=client)
+    chosen = type(make_transport(config, "probe", None))
+    checks: list[int] = []
+    real_check = chosen.check
+
+    def check_then_lose_the_broker(self) -> None:
+        real_check(self)
+        checks.append(1)
+        if len(checks) == 1:
+            broker.stop()
+
+    monkeypatch.setattr(chosen, "check", check_then_lose_the_broker)
+    service = ScoringService(detector, config)
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            service.run()
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="scoring-service", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: events.count("clients_not_opened") or errors, 90, "the failed open logged")
+        assert not errors, f"the start gave up: {errors[0]!r}"
+        broker.start()
+        wait_for(lambda: service.ready() or errors, 90, "the start once the broker is back")
+        assert not errors, f"service failed: {errors[0]!r}"
+        rows = _normal_rows(tiny_bundle_mixing, 20, seed=6)
+        names = detector.feature_names
+        sent = _produce(
+            broker.bootstrap,
+            t["input_topic"],
+            [(f"e{i}".encode(), _record(i, row, names, False)) for i, row in enumerate(rows)],
+        )
+        results = _read(broker.bootstrap, t["output_topic"], covers=set(sent))
+        scored = {(d["partition"], d["offset"]) for d in (orjson.loads(r.value) for r in results)}
+        assert scored == set(sent)
+    finally:
+        service.stop()
+        thread.join(timeout=config.shutdown_timeout_s + 5)
+    assert not thread.is_alive(), "service did not stop within its shutdown timeout"
+    assert not errors, f"service failed: {errors[0]!r}"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 def test_broker_wait_s_bounds_the_wait_for_a_broker_that_never_answers(client, detector):
     """``broker_wait_s = 0``: one bootstrap, then the start fails in one line, the metrics
     endpoint closed again (the port is free for the next start)."""

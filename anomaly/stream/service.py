@@ -123,6 +123,9 @@ ALIVE_STALE_S = 120.0
 #: Seconds between start-up's tries to reach a broker that did not answer (each try itself
 #: waits up to the bootstrap timeout).
 BROKER_RETRY_S = 2.0
+#: Times the clients may fail to open while the broker answers before the start stops: the
+#: first may be a broker that came back during the attempt.
+OPEN_TRIES_WHILE_ANSWERING = 2
 #: Most a dead letter Kafka refused is cut to (its original key and value mostly cut away);
 #: refused again, it is cut to a quarter of its size, until nothing is left to cut.
 HARD_CUT_BYTES = 16 * 1024
@@ -243,7 +246,6 @@ class ScoringService:
         check_tls_files(self.config.kafka, self.config.client)
         warm_up(self.detector, self.config.max_batch_size)
         config = self.config
-        self._transport = transport = make_transport(config, self.client_id, self)
         # The endpoint first, so that probes and scrapes are answered while start-up waits
         # for the broker.
         self._server = MetricsServer(
@@ -260,14 +262,14 @@ class ScoringService:
             max_connections=config.metrics_max_connections,
         )
         try:
-            self._wait_for_broker(transport)
             self._assignment.subscribed()
-            transport.open()  # the producer, then the consumer, subscribed
+            transport = self._open_transport()
             self._max_bytes = transport.max_message_bytes - RECORD_OVERHEAD_BYTES
             self._encoder = self._result_encoder()
             self._output_partition = transport.partitioner(config.output_topic)
         except BaseException:
-            transport.close(time.monotonic() + config.shutdown_timeout_s)
+            if self._transport is not None:
+                self._transport.close(time.monotonic() + config.shutdown_timeout_s)
             self._server.close()
             self._server = None
             raise
@@ -299,14 +301,57 @@ class ScoringService:
             transport.name,
         )
 
-    def _wait_for_broker(self, transport: Transport) -> None:
+    def _open_transport(self) -> Transport:
+        """The transport, its clients open (the producer, then the consumer, subscribed)
+        once the broker answers (``_wait_for_broker``). Clients that fail to open are closed
+        and made afresh, and the broker waited for again within the same ``broker_wait_s``:
+        a broker lost between its check and the clients' opening (a restart at that moment:
+        kafka-python's metadata timeout, librdkafka's transport failure) used to stop the
+        start, with a traceback on kafka-python. A second failure while the broker answers
+        is not an outage, and stops the start (``OPEN_TRIES_WHILE_ANSWERING``)."""
+        waited_from, failed_while_answering = time.monotonic(), 0
+        while True:
+            self._transport = transport = make_transport(self.config, self.client_id, self)
+            self._wait_for_broker(transport, waited_from)
+            try:
+                transport.open()
+                return transport
+            except Exception as exc:  # noqa: BLE001 (each client library raises its own)
+                self._transport = None
+                transport.close(time.monotonic() + FLUSH_WAIT_S)
+                answering = self._broker_answers(transport)
+                failed_while_answering += answering
+                if failed_while_answering >= OPEN_TRIES_WHILE_ANSWERING:
+                    if isinstance(exc, StreamError):
+                        raise
+                    raise StreamError(
+                        f"cannot open the Kafka clients for {self.config.bootstrap_servers}: "
+                        f"{describe_error(exc)}"
+                    ) from exc
+                log.warning(
+                    "event=clients_not_opened broker_answers=%s error=%s action=try_again",
+                    str(answering).lower(),
+                    describe_error(exc),
+                )
+
+    @staticmethod
+    def _broker_answers(transport: Transport) -> bool:
+        """Whether the broker answers ``transport``'s check (``BrokerUnreachable`` if not;
+        any other failure of the check is raised)."""
+        try:
+            transport.check()
+        except BrokerUnreachable:
+            return False
+        return True
+
+    def _wait_for_broker(self, transport: Transport, waited_from: float) -> None:
         """Check the broker, topics and credentials (``Transport.check``), again and again
-        while no broker answers, for up to ``broker_wait_s``: meanwhile ``/healthz`` says
-        alive, ``/readyz`` not ready and ``anomaly_broker_reachable`` is 0. Any other
-        failure (credentials, TLS, a missing topic) stops the start at once. Plain text
-        sent to a TLS listener looks like no broker to the clients and is waited for too:
-        the log says why every half minute, and KafkaUnreachable fires."""
-        waited_from, waited = time.monotonic(), False
+        while no broker answers, for up to ``broker_wait_s`` from ``waited_from``: meanwhile
+        ``/healthz`` says alive, ``/readyz`` not ready and ``anomaly_broker_reachable`` is 0.
+        Any other failure (credentials, TLS, a missing topic) stops the start at once. Plain
+        text sent to a TLS listener looks like no broker to the clients and is waited for
+        too: the log says why every half minute, and KafkaUnreachable fires."""
+        waited = False
         self._starting = True
         try:
             while True:
