@@ -375,6 +375,35 @@ def test_librdkafka_names_pass_through_with_client_confluent_only(tmp_path):
         resolve_serve_config(_toml(tmp_path, text), environ={})
 
 
+def test_two_options_for_one_librdkafka_option_are_refused_naming_both(tmp_path):
+    """A kafka-python name and librdkafka's dotted name for the same setting: the dotted one
+    won without a word (a wrong password then read as 'authentication failed'), where
+    kafka-python's two names for one setting were already refused."""
+    secret = _secret_file(tmp_path)
+    path = _toml(
+        tmp_path,
+        f'[serve]\nclient = "confluent"\n[serve.kafka]\nsasl_plain_password_file = "{secret}"\n'
+        f'"sasl.password" = "{SECRET}x"\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        resolve_serve_config(path, environ={})
+    message = str(caught.value)
+    assert (
+        "'sasl_plain_password_file' and 'sasl.password' both set librdkafka's 'sasl.password'"
+        in message
+    )
+    assert SECRET not in message
+
+
+def test_a_setting_refused_with_the_environment_applied_does_not_blame_the_environment(tmp_path):
+    """The librdkafka option is in the file and the environment chose kafka-python: the
+    message said the option came from the environment."""
+    path = _toml(tmp_path, '[serve.kafka]\n"ssl.key.password" = "x"\n')
+    with pytest.raises(ConfigError) as caught:
+        resolve_serve_config(path, environ={"ANOMALY_SERVE_CLIENT": "kafka-python"})
+    assert "with the environment (ANOMALY_SERVE_*) applied" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("option", "instead"),
     [

@@ -174,10 +174,14 @@ def check_options(
     """A ``ConfigError`` naming the first option no client accepts, or one that needs a
     Python object; ``NAME_file`` options are checked as ``NAME``. With ``client``
     ``"confluent"``, also one without a librdkafka equivalent (librdkafka's own dotted names
-    are checked by librdkafka when the clients are made)."""
+    are checked by librdkafka when the clients are made), and two options for one of
+    librdkafka's (``sasl_plain_password_file`` and ``sasl.password``): the dotted one used
+    to win without a word."""
+    by_librdkafka: dict[str, str] = {}
     for name in options:
         option = name.removesuffix(FILE_SUFFIX)
         if client == "confluent" and is_librdkafka_name(option):
+            _one_name_each(by_librdkafka, name, option, source)
             continue
         if not any(option in defaults for defaults in CLIENT_DEFAULTS.values()):
             raise ConfigError(
@@ -196,6 +200,19 @@ def check_options(
                 "service passes on (client = 'confluent'); remove it, or give librdkafka's "
                 "own option by its dotted name in the [serve.kafka] table"
             )
+        if client == "confluent":
+            _one_name_each(by_librdkafka, name, LIBRDKAFKA_NAMES[option], source)
+
+
+def _one_name_each(seen: dict[str, str], name: str, librdkafka: str, source: str) -> None:
+    """A ``ConfigError`` when option ``name`` sets librdkafka's ``librdkafka``, which an
+    option in ``seen`` (librdkafka's name -> the option that set it) set already."""
+    other = seen.setdefault(librdkafka, name)
+    if other != name:
+        raise ConfigError(
+            f"{source}: Kafka options {other!r} and {name!r} both set librdkafka's "
+            f"{librdkafka!r}: give one of them"
+        )
 
 
 def check_files(options: Mapping[str, Any]) -> None:

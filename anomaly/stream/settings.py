@@ -98,7 +98,7 @@ def resolve_alarm_config(
     try:
         return alarms.updated(env, from_text=True)
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (from the environment ({ALARMS_ENV_PREFIX}*))") from None
+        raise ConfigError(f"{exc} (with the environment ({ALARMS_ENV_PREFIX}*) applied)") from None
 
 
 def _from_environment(environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
@@ -160,4 +160,6 @@ def _validated(
     try:
         return Config.from_dict({"serve": {**base, **layer}}, from_text).serve.model_dump()
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (from the {source})") from None
+        # The layer may be at fault, or the settings below it with the layer's on top (a
+        # librdkafka option in the file, the client chosen by the environment).
+        raise ConfigError(f"{exc} (with the {source} applied)") from None
