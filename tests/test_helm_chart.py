@@ -385,7 +385,35 @@ BROKEN_RULES = {
     ),
     "metrics-port-moved-by-env": (
         ["--set-json", 'extraEnv=[{"name": "ANOMALY_SERVE_METRICS_PORT", "value": "9300"}]'],
-        "extraEnv ANOMALY_SERVE_METRICS_PORT would move the metrics endpoint",
+        "extraEnv ANOMALY_SERVE_METRICS_PORT would change serve.metrics_port in the service "
+        "alone: the chart renders the metrics endpoint",
+    ),
+    "grace-period-undone-by-env": (
+        ["--set-json", 'extraEnv=[{"name": "ANOMALY_SERVE_SHUTDOWN_TIMEOUT_S", "value": "60"}]'],
+        "terminationGracePeriodSeconds (which must outlast it) from serve.shutdown_timeout_s, "
+        "and they would no longer agree; set serve.shutdown_timeout_s instead",
+    ),
+    "metrics-scheme-undone-by-env": (
+        ["--set-json", 'extraEnv=[{"name": "ANOMALY_SERVE_METRICS_CERTFILE", "value": "/t.crt"}]'],
+        "extraEnv ANOMALY_SERVE_METRICS_CERTFILE would change serve.metrics_certfile",
+    ),
+    "keda-group-undone-by-env": (
+        [
+            "-f",
+            str(FULL_VALUES),
+            "--set-json",
+            'extraEnv=[{"name": "ANOMALY_SERVE_GROUP_ID", "value": "other"}]',
+        ],
+        "would change serve.group_id in the service alone: the chart renders KEDA's",
+    ),
+    "keda-credentials-undone-by-env": (
+        [
+            "-f",
+            str(FULL_VALUES),
+            "--set-json",
+            'extraEnv=[{"name": "ANOMALY_SERVE_KAFKA_SASL_MECHANISM", "value": "PLAIN"}]',
+        ],
+        "set serve.kafka.sasl_mechanism instead",
     ),
     "model-set-twice": (["--set", "serve.model=/elsewhere"], "serve.model is set by the chart"),
     "init-without-image": (
@@ -403,6 +431,17 @@ BROKEN_RULES = {
     ),
     # serve and alarms take the service's own types (deploy/helm/values_schema.py): a number
     # forced to text renders as "64" in config.toml, which the service refuses at start.
+    # Helm drops a key set to null: the service's default topic would take the dead letters.
+    "dead-letters-off-by-null": (
+        ["--set", "serve.dlq_topic=null"],
+        "serve.dlq_topic is null, which Helm drops from the values, and the service would write "
+        'dead letters to its default topic (records-dlq): set serve.dlq_topic to "" to turn',
+    ),
+    "quorum-null": (["--set", "alarms.quorum=null"], "at '/alarms/quorum': got null"),
+    "one-static-member-id-for-every-pod": (
+        ["--set", "replicaCount=2", "--set", "serve.kafka.group_instance_id=scorer-a"],
+        "serve.kafka.group_instance_id gives every pod of the Deployment the same static",
+    ),
     "serve-number-as-text": (
         ["--set-string", "serve.max_batch_size=64"],
         "at '/serve/max_batch_size': got string, want integer",

@@ -65,9 +65,16 @@ def section(model: type[BaseModel], table: str) -> dict:
 
 
 def _validation(field: dict) -> dict:
+    """``field``'s validation keywords, without null: Helm drops a key set to null from the
+    values before it renders, so the service's default would apply instead of none (a
+    dead-letter topic set to null would still be written to); ``""`` and ``0`` say none
+    where the service takes them (README of the chart)."""
     kept = {key: field[key] for key in VALIDATION_KEYWORDS if key in field}
-    if "anyOf" in kept:
-        kept["anyOf"] = [_validation(choice) for choice in kept["anyOf"]]
+    choices = [_validation(c) for c in kept.pop("anyOf", []) if c.get("type") != "null"]
+    if len(choices) == 1:
+        kept.update(choices[0])
+    elif choices:
+        kept["anyOf"] = choices
     return kept
 
 

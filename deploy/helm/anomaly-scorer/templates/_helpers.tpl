@@ -195,6 +195,9 @@ lists), from what the service itself is given. */}}
 {{- if eq $port 0 -}}
 {{- fail "serve.metrics_port must be a fixed port (not 0): the probes, the Service and the ServiceMonitor use it" -}}
 {{- end -}}
+{{- if not (hasKey .Values.serve "dlq_topic") -}}
+{{- fail "serve.dlq_topic is null, which Helm drops from the values, and the service would write dead letters to its default topic (records-dlq): set serve.dlq_topic to \"\" to turn dead letters off, or name the topic" -}}
+{{- end -}}
 {{- if hasKey .Values.serve "model" -}}
 {{- fail "serve.model is set by the chart from model.mountPath and model.path: set those instead" -}}
 {{- end -}}
@@ -202,9 +205,25 @@ lists), from what the service itself is given. */}}
 {{- if or (hasPrefix "127." $host) (eq $host "localhost") (eq $host "::1") (eq $host "0:0:0:0:0:0:0:1") -}}
 {{- fail (printf "serve.metrics_host %q listens on the pod's loopback only, and the kubelet's probes and Prometheus connect to the pod's address: leave it unset (all interfaces)" $host) -}}
 {{- end -}}
+{{- /* Settings other objects are rendered from: an extraEnv override would change the
+service and leave them as they were. */ -}}
+{{- $endpoint := "the metrics endpoint, where the probes, the Service and the ServiceMonitor look" -}}
+{{- $derived := dict
+  "METRICS_PORT" $endpoint
+  "METRICS_HOST" $endpoint
+  "METRICS_CERTFILE" "the scheme (HTTP or HTTPS) of the probes, the Service's annotations and the ServiceMonitor"
+  "SHUTDOWN_TIMEOUT_S" "the pod's terminationGracePeriodSeconds (which must outlast it)"
+-}}
+{{- if .Values.autoscaling.enabled -}}
+{{- range $key := list "BOOTSTRAP_SERVERS" "GROUP_ID" "INPUT_TOPIC" "AUTO_OFFSET_RESET" "KAFKA_SECURITY_PROTOCOL" "KAFKA_SASL_MECHANISM" "KAFKA_SASL_PLAIN_USERNAME" "KAFKA_SASL_PLAIN_USERNAME_FILE" "KAFKA_SASL_PLAIN_PASSWORD" "KAFKA_SASL_PLAIN_PASSWORD_FILE" "KAFKA_SSL_CAFILE" "KAFKA_SSL_CERTFILE" "KAFKA_SSL_KEYFILE" "KAFKA_SSL_PASSWORD" "KAFKA_SSL_PASSWORD_FILE" -}}
+{{- $_ := set $derived $key "KEDA's Kafka scaler (its lag query and credentials)" -}}
+{{- end -}}
+{{- end -}}
 {{- range .Values.extraEnv -}}
-{{- if has (toString .name) (list "ANOMALY_SERVE_METRICS_PORT" "ANOMALY_SERVE_METRICS_HOST") -}}
-{{- fail (printf "extraEnv %s would move the metrics endpoint away from where the probes, the Service and the ServiceMonitor look: set serve.%s instead" .name (lower (trimPrefix "ANOMALY_SERVE_" (toString .name)))) -}}
+{{- $key := trimPrefix "ANOMALY_SERVE_" (toString .name) -}}
+{{- if and (hasPrefix "ANOMALY_SERVE_" (toString .name)) (hasKey $derived $key) -}}
+{{- $setting := ternary (printf "serve.kafka.%s" (lower (trimPrefix "KAFKA_" $key))) (printf "serve.%s" (lower $key)) (hasPrefix "KAFKA_" $key) -}}
+{{- fail (printf "extraEnv %s would change %s in the service alone: the chart renders %s from %s, and they would no longer agree; set %s instead" .name $setting (get $derived $key) $setting $setting) -}}
 {{- end -}}
 {{- end -}}
 {{- if and (not .Values.model.existingClaim) (not .Values.model.volume) -}}
@@ -219,6 +238,9 @@ lists), from what the service itself is given. */}}
 {{- if and (regexMatch "(?i)password|secret|token|credential|^sasl_oauth|^sasl\\.oauthbearer|^ssl\\.key\\.pem$" $option) (not (hasSuffix "_file" $option)) -}}
 {{- fail (printf "serve.kafka.%s would be written in clear into a ConfigMap: put it in the Secret kafka.existingSecret and name its key in kafka.secretOptions.%s" $option $option) -}}
 {{- end -}}
+{{- end -}}
+{{- if and (or (hasKey $kafka "group_instance_id") (hasKey $kafka "group.instance.id")) (or .Values.autoscaling.enabled (ne (int64 .Values.replicaCount) 1)) -}}
+{{- fail "serve.kafka.group_instance_id gives every pod of the Deployment the same static member id, and the broker fences all but one of them: leave it unset here (static membership needs an id of its own per pod, e.g. a StatefulSet's pod name)" -}}
 {{- end -}}
 {{- if and (or $secretOptions $secretPaths) (not .Values.kafka.existingSecret) -}}
 {{- fail "kafka.secretOptions and kafka.secretPaths name keys of kafka.existingSecret: set kafka.existingSecret to the Secret's name" -}}
