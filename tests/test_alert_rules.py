@@ -32,6 +32,7 @@ EXPECTED_ALERTS = {
     "AnomalyScorerDown",
     "AnomalyScorerStalled",
     "KafkaUnreachable",
+    "AnomalyScorerNoPartitions",
     "UnreadableRecords",
     "KafkaAccessDenied",
     "KafkaOutputUnavailable",

@@ -280,6 +280,13 @@ class ServiceMetrics:
             registry=registry,
         )
         self.broker_reachable.set(1)
+        self.assigned_partitions = Gauge(
+            "anomaly_assigned_partitions",
+            "Input partitions this instance holds. Summed over the job, 0 means no instance "
+            "reads the input (an input topic deleted, a group stuck rebalancing): the "
+            "per-partition lag series are then gone too.",
+            registry=registry,
+        )
         self.rejoins = Counter(
             "anomaly_consumer_rejoins_total",
             "Times the consumer subscribed afresh because a rebalance left it without partitions "

@@ -1182,6 +1182,7 @@ class ScoringService:
         if self.config.restore_records:
             self._restoring |= self._assignment.without_state(set(assigned))
         seeks, gone = self._assignment.grant(set(assigned))
+        self.metrics.assigned_partitions.set(len(self._assignment.assigned))
         if gone:
             self._forget_keys(gone)
         self._paused = False  # a new assignment starts unpaused
@@ -1200,6 +1201,7 @@ class ScoringService:
     def _release(self, partitions: set[TopicPartition], keep_key_state: bool) -> None:
         stateless = partitions & self._restoring  # no record read since assigned
         forget = self._assignment.release(partitions, keep_key_state, stateless)
+        self.metrics.assigned_partitions.set(len(self._assignment.assigned))
         self._restoring -= partitions
         self._delivery.forget(partitions)
         for tp in partitions:
