@@ -1157,6 +1157,15 @@ def _entities(column: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:
             f"{_examples(rows[missing], column[missing])}; fill those values in or remove "
             "the rows"
         )
+    if column.dtype == object:
+        nested = column.map(lambda value: isinstance(value, dict | list | np.ndarray))
+        nested = nested.to_numpy(bool)
+        if nested.any():
+            raise DataError(
+                f"{path}: entity column {column.name!r} must name each row's series with text "
+                f"or a number, not a JSON object or array (a Parquet struct or list): "
+                f"{_examples(rows[nested], column[nested])}"
+            )
     return column.to_numpy()
 
 

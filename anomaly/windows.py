@@ -97,7 +97,7 @@ class SeriesCuts:
             return (None if entities is None else entities[kept]), []
         if entities is None:
             entities = np.zeros(len(kept), np.int8)  # one series, as WindowBuffer keys it
-        codes, uniques = pd.factorize(np.asarray(entities))
+        codes, uniques = _factorized(entities)
         uniques = uniques.tolist()
         before = np.array([self._cuts.get(u, 0) for u in uniques] + [0], np.int64)
         taken = pd.Series(~kept).groupby(codes).cumsum().to_numpy()
@@ -120,7 +120,7 @@ def _rows_by_entity(entities) -> list[tuple[Hashable, np.ndarray]]:
     hashing (one pass), not by sorting: values of mixed types (numbers and text in a JSON
     column) cannot be sorted, and comparing every row with every entity took seconds per
     chunk of a file of thousands of entities. A missing value (None, NaN) names no series."""
-    codes, uniques = pd.factorize(np.asarray(entities))
+    codes, uniques = _factorized(entities)
     if not len(codes):
         return []
     missing = np.flatnonzero(codes < 0)
@@ -134,3 +134,23 @@ def _rows_by_entity(entities) -> list[tuple[Hashable, np.ndarray]]:
     order = np.argsort(codes, kind="stable")
     bounds = np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1]
     return list(zip(uniques.tolist(), np.split(order, bounds), strict=True))
+
+
+def _factorized(entities) -> tuple[np.ndarray, pd.Index]:
+    """``pd.factorize`` of the entity values; a ``DataError`` where one cannot name a series
+    (a JSON object or array, a Parquet list or struct: only values that hash can), which
+    gave a ``TypeError`` traceback."""
+    values = np.asarray(entities)
+    try:
+        return pd.factorize(values)
+    except TypeError:
+        for value in values:
+            try:
+                hash(value)
+            except TypeError:
+                kind = "an object" if isinstance(value, dict) else "a list or an array"
+                raise DataError(
+                    f"the entity of a row is {kind} ({type(value).__name__}), which cannot "
+                    "name a series: give each row's entity as text or a number"
+                ) from None
+        raise

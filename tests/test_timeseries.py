@@ -377,6 +377,40 @@ def test_a_row_without_an_entity_stops_the_file_naming_its_row(windowed_detector
     assert not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("suffix", "nested", "first"),
+    [(".jsonl", {"k": 1}, 42), (".jsonl", [1, 2], 42), (".parquet", [1, 2], 1)],
+)
+def test_an_entity_that_is_an_object_or_a_list_stops_the_file_naming_its_row(
+    windowed_detector, tmp_path, suffix, nested, first
+):
+    """A JSON object or array (a Parquet struct or list) as an entity gave a TypeError
+    traceback from grouping the rows by entity. (A Parquet column is lists throughout.)"""
+    frame = sine_frame(seed=1, spike=False).head(300)
+    nested_rows = range(first - 1, first) if suffix == ".jsonl" else range(len(frame))
+    frame["entity"] = [nested if i in nested_rows else e for i, e in enumerate(frame["entity"])]
+    path = tmp_path / f"series{suffix}"
+    if suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path)
+
+    with pytest.raises(
+        anomaly.DataError,
+        match=rf"must name each row's series with text or a number.*: row {first} has",
+    ):
+        score_file(windowed_detector, path, tmp_path / "out.csv")
+
+
+@pytest.mark.parametrize("nested", [{"k": 1}, [1, 2]])
+def test_a_table_whose_entity_is_an_object_or_a_list_is_refused_in_python(nested):
+    buffer = WindowBuffer(2, 1)
+    entities = pd.Series(["a", nested, "a"], dtype=object)
+
+    with pytest.raises(anomaly.DataError, match="cannot name a series"):
+        buffer.push(np.zeros((3, 1), np.float32), entities)
+
+
 def test_entity_and_id_values_pandas_reads_as_missing_are_kept_in_a_csv(
     windowed_detector, tmp_path
 ):
