@@ -60,8 +60,17 @@ if TYPE_CHECKING:
 _SEED_ORDER = 0
 
 
-class StreamsDroppedWarning(UserWarning):
+class AlarmWarning(UserWarning):
+    """Something about the alarm stage a user should know (the command line prints each as
+    one ``warning:`` line)."""
+
+
+class StreamsDroppedWarning(AlarmWarning):
     """More keys than ``max_streams``: streams were dropped, and start afresh."""
+
+
+class UnusedAlarmSettingsWarning(AlarmWarning):
+    """Settings of the adaptive stage given where the model's threshold decides."""
 
 
 class AlarmStage:
@@ -157,6 +166,7 @@ class AlarmStage:
         warning, so it still scores as it did; one with no reference at all has no stage
         (``ConfigError``)."""
         if config.resolved_method(time_series=time_series) == "threshold":
+            _warn_of_unused_settings(config)
             return None
         if config.quorum is not None and not params.reference_components:
             warnings.warn(
@@ -290,6 +300,33 @@ class AlarmStage:
     def _drop(self, key: Hashable) -> None:
         self._in_state -= self._streams.pop(key).in_state
         self._partition_of.pop(key, None)
+
+
+def _warn_of_unused_settings(config: AlarmConfig) -> None:
+    """Where the model's threshold decides (``is_anomaly``, no alarm column): a warning
+    when ``config`` asks for what only the adaptive methods do (a flagged state with
+    hysteresis, a quiet period), which was ignored without a word. Judged against the
+    defaults, not the keys given: a bundle's saved configuration gives every key."""
+    default = AlarmConfig()
+    asked = [
+        key
+        for key in ("semantics", "exit_level", "exit_rows", "quiet_rows")
+        if getattr(config, key) != getattr(default, key)
+    ]
+    if not asked:
+        return
+    why = (
+        "alarms.method is 'threshold'"
+        if config.method == "threshold"
+        else "alarms.method 'auto' is the model's threshold for a model of independent rows"
+    )
+    warnings.warn(
+        f"alarms.{', alarms.'.join(asked)} set, but {why}: each row is flagged by the "
+        "model's threshold alone (is_anomaly), with no state or quiet period; set "
+        "alarms.method = 'conformal' or 'dspot' for them",
+        UnusedAlarmSettingsWarning,
+        stacklevel=3,
+    )
 
 
 def _by_last_row(keys: Sequence[Hashable]) -> list[tuple[Hashable, np.ndarray]]:

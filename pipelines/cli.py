@@ -169,6 +169,12 @@ def _version_of(model: str, err: bool = False) -> str:
     return str(bundle)
 
 
+_progress = click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar on stderr (default: when stderr is a terminal).",
+)
+
 _on_invalid = click.option(
     "--on-invalid",
     type=click.Choice(["error", "skip"]),
@@ -299,11 +305,7 @@ def train(
     help="Output .csv, .tsv, .parquet or .jsonl (--engine spark: a new folder of Parquet part "
     "files).",
 )
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Show a progress bar on stderr (default: when stderr is a terminal).",
-)
+@_progress
 @_on_invalid
 @_alarms_config
 @click.option(
@@ -351,11 +353,11 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
         raise click.UsageError("--spark-master needs --engine spark")
     if Path(out).is_dir():
         raise click.BadParameter(f"{out} is a folder; give a file name", param_hint="'--out'")
-    from anomaly.alarms import StreamsDroppedWarning
+    from anomaly.alarms import AlarmWarning
     from anomaly.files import score_file
 
     detector = anomaly.load(model)
-    with _warnings_as_lines(StreamsDroppedWarning):
+    with _warnings_as_lines(AlarmWarning):
         summary = score_file(
             detector,
             data,
@@ -392,22 +394,24 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
     help="Write plots and report.md here.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_progress
 @_on_invalid
 @_alarms_config
-def evaluate(model, data, label_column, report_dir, as_json, on_invalid, config_path):
+def evaluate(model, data, label_column, report_dir, as_json, progress, on_invalid, config_path):
     """Measure detection quality on labelled DATA (and the alarm stage's, when adaptive)."""
     import anomaly
-    from anomaly.alarms import StreamsDroppedWarning
+    from anomaly.alarms import AlarmWarning
     from anomaly.evaluation import evaluate_file
 
     detector = anomaly.load(_version_of(model, err=as_json))
-    with _warnings_as_lines(StreamsDroppedWarning):
+    with _warnings_as_lines(AlarmWarning):
         result = evaluate_file(
             detector,
             data,
             label_column,
             report_dir=report_dir,
             on_invalid=on_invalid,
+            progress=progress,
             alarms=_alarms(detector, config_path),
         )
     if as_json:

@@ -1,6 +1,7 @@
 """The adaptive alarm stage (anomaly/alarms.py, decision.py, spot.py): causal levels and
 decisions per stream, both semantics, and the keyed container the service and files share."""
 
+import re
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly.alarms import AlarmStage, StreamsDroppedWarning
+from anomaly.alarms import AlarmStage, StreamsDroppedWarning, UnusedAlarmSettingsWarning
 from anomaly.config import COMPONENTS, MAX_ALARM_HISTORY, AlarmConfig, Config
 from anomaly.decision import StateSemantics
 from anomaly.errors import ConfigError
@@ -509,3 +510,32 @@ def test_keys_are_remembered_by_their_last_row_however_rows_are_batched():
         return out
 
     assert levels([3, 1, 1, 1]) == levels([1] * 6)
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"semantics": "state"}, "alarms.semantics set, but alarms.method 'auto' is the model's"),
+        (
+            {"method": "threshold", "semantics": "state", "exit_rows": 50},
+            "alarms.semantics, alarms.exit_rows set, but alarms.method is 'threshold'",
+        ),
+        ({"quiet_rows": 10}, "alarms.quiet_rows set"),
+    ],
+)
+def test_settings_only_the_adaptive_stage_uses_are_named_where_the_threshold_decides(
+    settings, named
+):
+    """A flagged state asked of a model whose threshold decides (method 'threshold', or
+    'auto' for independent rows) was ignored without a word: no alarm column, no state."""
+    config = AlarmConfig().updated(settings)
+    with pytest.warns(UnusedAlarmSettingsWarning, match=re.escape(named)):
+        assert AlarmStage.for_params(None, config, time_series=False) is None
+
+
+def test_a_saved_configuration_of_defaults_warns_of_nothing():
+    """A bundle's configuration gives every key: only values other than the defaults warn."""
+    saved = Config.from_dict({"alarms": AlarmConfig().model_dump()}).alarms
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert AlarmStage.for_params(None, saved, time_series=False) is None
