@@ -120,16 +120,18 @@ def evaluate_file(
     *,
     report_dir: str | os.PathLike[str] | None = None,
     on_invalid: str | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     alarms: AlarmConfig | None = None,
 ) -> Evaluation:
     """Score a labelled file and measure detection quality; with ``report_dir``, also write
     ``metrics.json``, PNG plots and ``report.md`` there. ``alarms`` (default: the model's
-    ``[alarms]``) chooses the alarm stage."""
+    ``[alarms]``) chooses the alarm stage; ``progress`` as for ``anomaly.files.score_file``
+    (None: a bar only on a terminal)."""
     on_invalid = on_invalid or detector.config.data.on_invalid
     where = Path(report_dir) / Path(data).name if report_dir else Path(data)
     labels, scores, alarmed = [], [], []
     read = kept = 0
+    unscored = {0: 0, 1: 0}  # rows of each label kept but without a score (windows)
     with Rejects(rejects_path(where), detector.feature_names) as rejects:
         for chunk, valid, frame in iter_scored(
             detector,
@@ -145,6 +147,9 @@ def evaluate_file(
             read, kept = read + len(valid), kept + int(valid.sum())
             scored = np.isfinite(frame["score"].to_numpy())
             labels.append(chunk.labels[valid][scored])
+            left = chunk.labels[valid][~scored]
+            unscored[1] += int(left.sum())
+            unscored[0] += len(left) - int(left.sum())
             scores.append(frame["score"].to_numpy()[scored])
             if "alarm" in frame:
                 alarmed.append(frame["alarm"].to_numpy()[scored])
@@ -152,6 +157,7 @@ def evaluate_file(
     if not labels or not sum(len(part) for part in labels):
         raise DataError(_nothing_to_evaluate(data, read, kept, detector, rejects_file))
     labels, scores = np.concatenate(labels), np.concatenate(scores)
+    _refuse_a_class_left_unscored(data, labels, unscored, detector)
     result = evaluate_scores(
         labels, scores, detector.threshold, np.concatenate(alarmed) if alarmed else None
     )
@@ -167,6 +173,23 @@ def evaluate_file(
         except OSError as exc:  # a full disk, a file where the folder should be
             raise cannot_write(report_dir, exc) from None
     return result
+
+
+def _refuse_a_class_left_unscored(data, labels: np.ndarray, unscored: dict, detector) -> None:
+    """A ``DataError`` where the scored rows hold one class only because every row of the
+    other has no score (time-series mode: a series' first rows end no window): saying the
+    data holds only that class, as before, was wrong."""
+    present = int(labels[0])
+    missing = 1 - present
+    if labels.min() != labels.max() or not unscored[missing] or detector.schema.window is None:
+        return
+    kinds = ("normal", "anomalous")
+    raise DataError(
+        f"{data}: every {kinds[missing]} row ({unscored[missing]}) is without a score (a row "
+        f"is scored once it ends a window of {detector.schema.window} rows of its series), so "
+        f"only {kinds[present]} rows are left to evaluate; evaluate rows that reach past each "
+        "series' first window"
+    )
 
 
 def _nothing_to_evaluate(data, read: int, kept: int, detector: Detector, rejects) -> str:

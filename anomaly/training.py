@@ -100,7 +100,7 @@ def train(
         made = (
             "normal records"
             if window is None
-            else f"windows of {window} rows from {len(rows)} normal rows"
+            else f"windows of {window} rows from {len(rows)} normal rows{_series(entities)}"
         )
         raise TrainingError(f"{len(records)} {made}; at least {MIN_RECORDS} are needed to train")
     refuse_records_that_do_not_vary(records)
@@ -189,6 +189,16 @@ def _fewer_folds_for(n_rows: int, config: Config) -> tuple[Config, str | None]:
         f"{training.calibration_folds}; {n_rows} fresh rows allow {folds}, so this model used "
         f"{folds}"
     )
+
+
+def _series(entities) -> str:
+    """How the rows fell into series, for the message when too few windows were made: an
+    entity column that names a series per row or so (a feature given as the entity column)
+    left each too short for a window."""
+    if entities is None:
+        return ""
+    lengths = pd.Series(np.asarray(entities, dtype=object)).value_counts()
+    return f" in {len(lengths)} series (the entity column), the longest of {lengths.max()} rows"
 
 
 def _with_calibration_folds(n_records: int, config: Config) -> Config:

@@ -603,6 +603,18 @@ def test_progress_asked_for_is_shown_off_a_terminal_and_only_then(model, files, 
     assert "rows" not in default.stderr
 
 
+def test_evaluate_shows_progress_as_score_does(model, files):
+    """evaluate had no --progress and never showed a bar, on a terminal or off it."""
+    evaluate = ["evaluate", "--model", str(model), "--data", str(files / "eval.csv")]
+    asked = run(*evaluate, "--label-column", "label", "--progress")
+    default = run(*evaluate, "--label-column", "label")
+
+    assert asked.exit_code == default.exit_code == 0, asked.output
+    assert " rows" in asked.stderr
+    assert "rows" not in default.stderr
+    assert "auroc" in asked.stdout
+
+
 # -- failures leave nothing behind; .npy input with an id-column model ------------------
 
 

@@ -452,6 +452,37 @@ def test_evaluate_on_series_shorter_than_the_window_says_so(windowed_detector, t
         evaluate_file(windowed_detector, tmp_path / "short.csv", "label")
 
 
+def test_too_few_windows_to_train_says_how_the_rows_fell_into_series():
+    """A feature given as the entity column makes a series per row: the message said only
+    that no window was made."""
+    rows = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    config = anomaly.Config().updated(model={"window": 8})
+
+    with pytest.raises(
+        anomaly.TrainingError,
+        match=r"0 windows of 8 rows from 200 normal rows in 200 series \(the entity column\), "
+        r"the longest of 1 rows",
+    ):
+        anomaly.train(rows, config, entities=np.arange(200) * 0.5)
+
+
+def test_evaluate_says_a_class_left_without_scores_is_left_out_not_absent(
+    windowed_detector, tmp_path
+):
+    """Anomalies only in the first rows of each series, which end no window: the error said
+    the data held only normal records."""
+    frame = sine_frame(seed=1, spike=False)
+    frame["label"] = (frame["step"] < 3).astype(int)
+    frame.to_csv(tmp_path / "early.csv", index=False)
+
+    with pytest.raises(
+        anomaly.DataError,
+        match=rf"every anomalous row \({3 * len(ENTITIES)}\) is without a score \(a row is "
+        rf"scored once it ends a window of {WINDOW} rows of its series\), so only normal rows",
+    ):
+        evaluate_file(windowed_detector, tmp_path / "early.csv", "label")
+
+
 def test_a_row_skipped_as_invalid_starts_its_series_window_afresh(windowed_detector, tmp_path):
     frame = sine_frame(seed=2, spike=False)
     gap = int(np.flatnonzero(frame["entity"] == "pump-b")[100])
