@@ -302,17 +302,27 @@ class AlarmStage:
         self._partition_of.pop(key, None)
 
 
+#: ``[alarms]`` keys only the adaptive methods use.
+ADAPTIVE_SETTINGS = (
+    "semantics",
+    "level",
+    "exit_level",
+    "exit_rows",
+    "quiet_rows",
+    "quorum",
+    "history",
+    "drift_depth",
+    "max_peaks",
+)
+
+
 def _warn_of_unused_settings(config: AlarmConfig) -> None:
     """Where the model's threshold decides (``is_anomaly``, no alarm column): a warning
-    when ``config`` asks for what only the adaptive methods do (a flagged state with
-    hysteresis, a quiet period), which was ignored without a word. Judged against the
+    when ``config`` sets what only the adaptive methods use (a flagged state with
+    hysteresis, a quiet period, a level), which was ignored without a word. Judged against the
     defaults, not the keys given: a bundle's saved configuration gives every key."""
     default = AlarmConfig()
-    asked = [
-        key
-        for key in ("semantics", "exit_level", "exit_rows", "quiet_rows")
-        if getattr(config, key) != getattr(default, key)
-    ]
+    asked = [key for key in ADAPTIVE_SETTINGS if getattr(config, key) != getattr(default, key)]
     if not asked:
         return
     why = (
@@ -322,7 +332,7 @@ def _warn_of_unused_settings(config: AlarmConfig) -> None:
     )
     warnings.warn(
         f"alarms.{', alarms.'.join(asked)} set, but {why}: each row is flagged by the "
-        "model's threshold alone (is_anomaly), with no state or quiet period; set "
+        "model's threshold alone (is_anomaly), with no level, state or quiet period; set "
         "alarms.method = 'conformal' or 'dspot' for them",
         UnusedAlarmSettingsWarning,
         stacklevel=3,

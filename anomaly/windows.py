@@ -141,6 +141,11 @@ def _factorized(entities) -> tuple[np.ndarray, pd.Index]:
     (a JSON object or array, a Parquet list or struct: only values that hash can), which
     gave a ``TypeError`` traceback."""
     values = np.asarray(entities)
+    if values.ndim != 1:  # lists of one length, which numpy makes a table of
+        raise DataError(
+            "the entity of a row is a list or an array, which cannot name a series: give "
+            "each row's entity as text or a number"
+        )
     try:
         return pd.factorize(values)
     except TypeError:

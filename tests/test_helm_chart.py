@@ -157,6 +157,31 @@ def full_values() -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the real tools
 
 
+def test_credentials_from_extra_env_are_taken_with_a_trigger_authentication_of_ones_own(
+    tools: Tools,
+) -> None:
+    """With autoscaling.authenticationRef KEDA's credentials are the user's own, so the
+    scorers' may come from extraEnv (a secretKeyRef): refused for a while, with advice the
+    chart refused too."""
+    password = {"name": "ANOMALY_SERVE_KAFKA_SASL_PLAIN_PASSWORD", "value": "from-a-secret"}
+    objects = render(
+        tools,
+        "-f",
+        str(FULL_VALUES),
+        "--set",
+        "autoscaling.authenticationRef=my-auth",
+        "--set-json",
+        f"extraEnv={json.dumps([password])}",
+    )
+    assert password in scorer(objects)["env"]
+
+
+def test_null_is_taken_where_it_is_the_services_default(tools: Tools) -> None:
+    """A key set to null is not rendered, so the service's default applies: the schema
+    takes null where that default is none (alarms.quorum null is refused above)."""
+    render(tools, "--set", "serve.alerts_topic=null", "--set", "alarms.exit_level=null")
+
+
 def test_the_values_schema_takes_the_service_configurations_types() -> None:
     """values.schema.json's serve and alarms sections are made from ServeConfig and
     AlarmConfig (deploy/helm/values_schema.py): a key or bound added to the service is
@@ -413,7 +438,17 @@ BROKEN_RULES = {
             "--set-json",
             'extraEnv=[{"name": "ANOMALY_SERVE_KAFKA_SASL_MECHANISM", "value": "PLAIN"}]',
         ],
-        "set serve.kafka.sasl_mechanism instead",
+        "set serve.kafka.sasl_mechanism, or name a TriggerAuthentication of your own in "
+        "autoscaling.authenticationRef instead",
+    ),
+    "keda-password-undone-by-env": (
+        [
+            "-f",
+            str(FULL_VALUES),
+            "--set-json",
+            'extraEnv=[{"name": "ANOMALY_SERVE_KAFKA_SASL_PLAIN_PASSWORD_FILE", "value": "/p"}]',
+        ],
+        "set kafka.secretOptions.sasl_plain_password (its key in kafka.existingSecret), or name",
     ),
     "model-set-twice": (["--set", "serve.model=/elsewhere"], "serve.model is set by the chart"),
     "init-without-image": (
@@ -721,10 +756,12 @@ def test_scaled_to_zero_the_rules_do_not_page_for_the_job_having_no_target(tools
     for group, kept in zip(groups, expected, strict=True):
         for rule, original in zip(group["rules"], kept["rules"], strict=True):
             if rule.get("alert") == "AnomalyScorerDown":
-                assert original["expr"] == (
-                    'up{job="anomaly-scorer"} == 0\nor\nabsent(up{job="anomaly-scorer"})\n'
+                kept_down = (
+                    'up{job="anomaly-scorer"} == 0\nor\n'
+                    'avg_over_time(up{job="anomaly-scorer"}[10m]) < 0.5\n'
                 )
-                assert rule["expr"] == 'up{job="anomaly-scorer"} == 0\n'
+                assert original["expr"] == kept_down + 'or\nabsent(up{job="anomaly-scorer"})\n'
+                assert rule["expr"] == kept_down
             else:
                 assert rule == original
 

@@ -395,6 +395,21 @@ def test_two_options_for_one_librdkafka_option_are_refused_naming_both(tmp_path)
     assert SECRET not in message
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"compression_type": "zstd", "compression.codec": "lz4"},
+        {"sasl_mechanism": "PLAIN", "sasl.mechanisms": "SCRAM-SHA-512"},
+        {"delivery.timeout.ms": 1000, "message.timeout.ms": 2000},
+    ],
+)
+def test_two_names_for_one_librdkafka_setting_by_its_aliases_are_refused(options):
+    from anomaly.stream.kafka_options import check_options
+
+    with pytest.raises(ConfigError, match="give one of them"):
+        check_options(options, client="confluent")
+
+
 def test_a_setting_refused_with_the_environment_applied_does_not_blame_the_environment(tmp_path):
     """The librdkafka option is in the file and the environment chose kafka-python: the
     message said the option came from the environment."""

@@ -310,6 +310,7 @@ def test_a_broker_lost_between_its_check_and_the_clients_opening_is_waited_for_a
     try:
         wait_for(lambda: events.count("clients_not_opened") or errors, 90, "the failed open logged")
         assert not errors, f"the start gave up: {errors[0]!r}"
+        assert _status(service.metrics_port, "/healthz") == 200  # no restart wanted: it waits
         broker.start()
         wait_for(lambda: service.ready() or errors, 90, "the start once the broker is back")
         assert not errors, f"service failed: {errors[0]!r}"

@@ -402,10 +402,16 @@ def test_an_entity_that_is_an_object_or_a_list_stops_the_file_naming_its_row(
         score_file(windowed_detector, path, tmp_path / "out.csv")
 
 
-@pytest.mark.parametrize("nested", [{"k": 1}, [1, 2]])
-def test_a_table_whose_entity_is_an_object_or_a_list_is_refused_in_python(nested):
+@pytest.mark.parametrize(
+    "entities",
+    [
+        pd.Series(["a", {"k": 1}, "a"], dtype=object),
+        pd.Series(["a", [1, 2], "a"], dtype=object),
+        [[1, 2], [1, 2], [3, 4]],  # lists of one length: numpy makes a table of them
+    ],
+)
+def test_a_table_whose_entity_is_an_object_or_a_list_is_refused_in_python(entities):
     buffer = WindowBuffer(2, 1)
-    entities = pd.Series(["a", nested, "a"], dtype=object)
 
     with pytest.raises(anomaly.DataError, match="cannot name a series"):
         buffer.push(np.zeros((3, 1), np.float32), entities)

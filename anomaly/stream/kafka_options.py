@@ -204,9 +204,24 @@ def check_options(
             _one_name_each(by_librdkafka, name, LIBRDKAFKA_NAMES[option], source)
 
 
+#: librdkafka's aliases (its CONFIGURATION.md), by the name each stands for.
+_LIBRDKAFKA_ALIASES = {
+    "compression.type": "compression.codec",
+    "delivery.timeout.ms": "message.timeout.ms",
+    "linger.ms": "queue.buffering.max.ms",
+    "max.in.flight": "max.in.flight.requests.per.connection",
+    "retries": "message.send.max.retries",
+    "acks": "request.required.acks",
+    "sasl.mechanism": "sasl.mechanisms",
+    "metadata.broker.list": "bootstrap.servers",
+}
+
+
 def _one_name_each(seen: dict[str, str], name: str, librdkafka: str, source: str) -> None:
-    """A ``ConfigError`` when option ``name`` sets librdkafka's ``librdkafka``, which an
-    option in ``seen`` (librdkafka's name -> the option that set it) set already."""
+    """A ``ConfigError`` when option ``name`` sets librdkafka's ``librdkafka`` (or the
+    setting it is an alias of), which an option in ``seen`` (librdkafka's name -> the option
+    that set it) set already."""
+    librdkafka = _LIBRDKAFKA_ALIASES.get(librdkafka, librdkafka)
     other = seen.setdefault(librdkafka, name)
     if other != name:
         raise ConfigError(

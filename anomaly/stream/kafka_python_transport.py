@@ -270,14 +270,16 @@ class KafkaPythonTransport(Transport):
                     polled = reader.poll(timeout_ms=200)
                 except Exception as exc:  # noqa: BLE001 (a batch it cannot read: see poll)
                     at_fault = _skip_unreadable(reader) if codecs.is_unpacking_error(exc) else None
-                    log.warning(
-                        "event=restore_read_failed partition=%s error=%s action=start_afresh",
-                        "all" if at_fault is None else at_fault[0].partition,
-                        describe_error(exc),
-                    )
-                    if at_fault is None:
+                    failed = None if at_fault is None else TopicPartition(*at_fault[0])
+                    if failed is None or failed in ranges.open:  # else read whole already
+                        log.warning(
+                            "event=restore_read_failed partition=%s error=%s action=start_afresh",
+                            "all" if failed is None else failed.partition,
+                            describe_error(exc),
+                        )
+                    if failed is None:
                         break
-                    ranges.fail(TopicPartition(at_fault[0].topic, at_fault[0].partition))
+                    ranges.fail(failed)
                     reader.pause(at_fault[0])  # the others are read on
                     continue
                 for tp, records in polled.items():

@@ -212,7 +212,7 @@ class ScoringService:
         self._output_partition = None  # the transport's partitioner of the output topic
         self._server: MetricsServer | None = None
         self._started = False
-        self._starting = False  # waiting for the broker (``_wait_for_broker``): alive
+        self._starting = False  # opening the clients (``_open_transport``): alive
         self._running = False
         self._last_tick = 0.0
         self._delivery = Delivery(
@@ -310,29 +310,34 @@ class ScoringService:
         start, with a traceback on kafka-python. A second failure while the broker answers
         is not an outage, and stops the start (``OPEN_TRIES_WHILE_ANSWERING``)."""
         waited_from, failed_while_answering = time.monotonic(), 0
-        while True:
-            self._transport = transport = make_transport(self.config, self.client_id, self)
-            self._wait_for_broker(transport, waited_from)
-            try:
-                transport.open()
-                return transport
-            except Exception as exc:  # noqa: BLE001 (each client library raises its own)
-                self._transport = None
-                transport.close(time.monotonic() + FLUSH_WAIT_S)
-                answering = self._broker_answers(transport)
-                failed_while_answering += answering
-                if failed_while_answering >= OPEN_TRIES_WHILE_ANSWERING:
-                    if isinstance(exc, StreamError):
-                        raise
-                    raise StreamError(
-                        f"cannot open the Kafka clients for {self.config.bootstrap_servers}: "
-                        f"{describe_error(exc)}"
-                    ) from exc
-                log.warning(
-                    "event=clients_not_opened broker_answers=%s error=%s action=try_again",
-                    str(answering).lower(),
-                    describe_error(exc),
-                )
+        self._starting = True  # /healthz: alive meanwhile, however long each try takes
+        try:
+            while True:
+                self._transport = transport = make_transport(self.config, self.client_id, self)
+                self._wait_for_broker(transport, waited_from)
+                self._last_tick = time.monotonic()
+                try:
+                    transport.open()
+                    return transport
+                except Exception as exc:  # noqa: BLE001 (each client library raises its own)
+                    self._transport = None
+                    transport.close(time.monotonic() + FLUSH_WAIT_S)
+                    answering = not self._stop.is_set() and self._broker_answers(transport)
+                    failed_while_answering += answering
+                    if self._stop.is_set() or failed_while_answering >= OPEN_TRIES_WHILE_ANSWERING:
+                        if isinstance(exc, StreamError):
+                            raise
+                        raise StreamError(
+                            f"cannot open the Kafka clients for {self.config.bootstrap_servers}: "
+                            f"{describe_error(exc)}"
+                        ) from exc
+                    log.warning(
+                        "event=clients_not_opened broker_answers=%s error=%s action=try_again",
+                        str(answering).lower(),
+                        describe_error(exc),
+                    )
+        finally:
+            self._starting = False
 
     @staticmethod
     def _broker_answers(transport: Transport) -> bool:
@@ -352,30 +357,26 @@ class ScoringService:
         text sent to a TLS listener looks like no broker to the clients and is waited for
         too: the log says why every half minute, and KafkaUnreachable fires."""
         waited = False
-        self._starting = True
-        try:
-            while True:
-                self._last_tick = time.monotonic()
-                try:
-                    transport.check()
-                    break
-                except BrokerUnreachable as exc:
-                    waited_s = time.monotonic() - waited_from
-                    if waited_s >= self.config.broker_wait_s or self._stop.is_set():
-                        raise
-                    self.metrics.broker_reachable.set(0)
-                    waited = True
-                    if self._error_logs.admit("broker_unreachable") is not None:
-                        log.warning(
-                            "event=broker_unreachable waited_s=%.0f error=%s (start-up waits "
-                            "for it; broker_wait_s bounds the wait)",
-                            waited_s,
-                            exc,
-                        )
-                    if self._stop.wait(BROKER_RETRY_S):
-                        raise
-        finally:
-            self._starting = False
+        while True:
+            self._last_tick = time.monotonic()
+            try:
+                transport.check()
+                break
+            except BrokerUnreachable as exc:
+                waited_s = time.monotonic() - waited_from
+                if waited_s >= self.config.broker_wait_s or self._stop.is_set():
+                    raise
+                self.metrics.broker_reachable.set(0)
+                waited = True
+                if self._error_logs.admit("broker_unreachable") is not None:
+                    log.warning(
+                        "event=broker_unreachable waited_s=%.0f error=%s (start-up waits "
+                        "for it; broker_wait_s bounds the wait)",
+                        waited_s,
+                        exc,
+                    )
+                if self._stop.wait(BROKER_RETRY_S):
+                    raise
         if waited:
             log.info("event=broker_back unreachable_s=%.1f", time.monotonic() - waited_from)
         self.metrics.broker_reachable.set(1)

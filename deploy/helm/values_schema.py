@@ -65,12 +65,18 @@ def section(model: type[BaseModel], table: str) -> dict:
 
 
 def _validation(field: dict) -> dict:
-    """``field``'s validation keywords, without null: Helm drops a key set to null from the
-    values before it renders, so the service's default would apply instead of none (a
-    dead-letter topic set to null would still be written to); ``""`` and ``0`` say none
-    where the service takes them (README of the chart)."""
+    """``field``'s validation keywords; null only where the service's default is none. A
+    key set to null is not rendered (and Helm drops it where values.yaml has it), so the
+    service's default applies: null for ``alarms.quorum`` would give quorum 2, not the
+    combined score. ``""`` and ``0`` say none where the service takes them (README of the
+    chart)."""
     kept = {key: field[key] for key in VALIDATION_KEYWORDS if key in field}
-    choices = [_validation(c) for c in kept.pop("anyOf", []) if c.get("type") != "null"]
+    null_is_the_default = "default" in field and field["default"] is None
+    choices = [
+        _validation(choice)
+        for choice in kept.pop("anyOf", [])
+        if choice.get("type") != "null" or null_is_the_default
+    ]
     if len(choices) == 1:
         kept.update(choices[0])
     elif choices:

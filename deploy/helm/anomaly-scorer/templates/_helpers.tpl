@@ -215,15 +215,31 @@ service and leave them as they were. */ -}}
   "SHUTDOWN_TIMEOUT_S" "the pod's terminationGracePeriodSeconds (which must outlast it)"
 -}}
 {{- if .Values.autoscaling.enabled -}}
-{{- range $key := list "BOOTSTRAP_SERVERS" "GROUP_ID" "INPUT_TOPIC" "AUTO_OFFSET_RESET" "KAFKA_SECURITY_PROTOCOL" "KAFKA_SASL_MECHANISM" "KAFKA_SASL_PLAIN_USERNAME" "KAFKA_SASL_PLAIN_USERNAME_FILE" "KAFKA_SASL_PLAIN_PASSWORD" "KAFKA_SASL_PLAIN_PASSWORD_FILE" "KAFKA_SSL_CAFILE" "KAFKA_SSL_CERTFILE" "KAFKA_SSL_KEYFILE" "KAFKA_SSL_PASSWORD" "KAFKA_SSL_PASSWORD_FILE" -}}
-{{- $_ := set $derived $key "KEDA's Kafka scaler (its lag query and credentials)" -}}
+{{- range $key := list "BOOTSTRAP_SERVERS" "GROUP_ID" "INPUT_TOPIC" "AUTO_OFFSET_RESET" -}}
+{{- $_ := set $derived $key "KEDA's Kafka scaler (its lag query)" -}}
+{{- end -}}
+{{- if not .Values.autoscaling.authenticationRef -}}
+{{- /* KEDA's credentials, unless a TriggerAuthentication of the user's own gives them */ -}}
+{{- range $key := list "KAFKA_SECURITY_PROTOCOL" "KAFKA_SASL_MECHANISM" "KAFKA_SASL_PLAIN_USERNAME" "KAFKA_SASL_PLAIN_USERNAME_FILE" "KAFKA_SASL_PLAIN_PASSWORD" "KAFKA_SASL_PLAIN_PASSWORD_FILE" "KAFKA_SSL_CAFILE" "KAFKA_SSL_CERTFILE" "KAFKA_SSL_KEYFILE" "KAFKA_SSL_PASSWORD" "KAFKA_SSL_PASSWORD_FILE" -}}
+{{- $_ := set $derived $key "the TriggerAuthentication of KEDA's Kafka scaler" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- range .Values.extraEnv -}}
 {{- $key := trimPrefix "ANOMALY_SERVE_" (toString .name) -}}
 {{- if and (hasPrefix "ANOMALY_SERVE_" (toString .name)) (hasKey $derived $key) -}}
-{{- $setting := ternary (printf "serve.kafka.%s" (lower (trimPrefix "KAFKA_" $key))) (printf "serve.%s" (lower $key)) (hasPrefix "KAFKA_" $key) -}}
-{{- fail (printf "extraEnv %s would change %s in the service alone: the chart renders %s from %s, and they would no longer agree; set %s instead" .name $setting (get $derived $key) $setting $setting) -}}
+{{- $option := lower (trimSuffix "_FILE" (trimPrefix "KAFKA_" $key)) -}}
+{{- $setting := ternary (printf "serve.kafka.%s" $option) (printf "serve.%s" (lower $key)) (hasPrefix "KAFKA_" $key) -}}
+{{- $instead := $setting -}}
+{{- if contains "PASSWORD" $key -}}
+{{- $instead = printf "kafka.secretOptions.%s (its key in kafka.existingSecret)" $option -}}
+{{- else if has $option (list "ssl_cafile" "ssl_certfile" "ssl_keyfile") -}}
+{{- $instead = printf "%s, or kafka.secretPaths.%s" $setting $option -}}
+{{- end -}}
+{{- if hasPrefix "KAFKA_" $key -}}
+{{- $instead = printf "%s, or name a TriggerAuthentication of your own in autoscaling.authenticationRef" $instead -}}
+{{- end -}}
+{{- fail (printf "extraEnv %s would change %s in the service alone: the chart renders %s from %s, and they would no longer agree; set %s instead" .name $setting (get $derived $key) $setting $instead) -}}
 {{- end -}}
 {{- end -}}
 {{- if and (not .Values.model.existingClaim) (not .Values.model.volume) -}}
