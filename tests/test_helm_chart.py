@@ -441,6 +441,10 @@ BROKEN_RULES = {
         "set serve.kafka.sasl_mechanism, or name a TriggerAuthentication of your own in "
         "autoscaling.authenticationRef instead",
     ),
+    "keda-cannot-skip-the-host-name-check": (
+        ["-f", str(FULL_VALUES), "--set", "serve.kafka.ssl_check_hostname=false"],
+        "serve.kafka turns the brokers' host-name check off, which the chart cannot tell KEDA",
+    ),
     "keda-password-undone-by-env": (
         [
             "-f",

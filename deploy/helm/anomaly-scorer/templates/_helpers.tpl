@@ -282,6 +282,10 @@ service and leave them as they were. */ -}}
 {{- fail (printf "autoscaling.minReplicas (%d) exceeds autoscaling.maxReplicas (%d)" (int64 .Values.autoscaling.minReplicas) (int64 $max)) -}}
 {{- end -}}
 {{- $_ := include "anomaly-scorer.kedaSasl" . -}}
+{{- $skipsHostname := or (eq (toString (get $kafka "ssl_check_hostname")) "false") (eq (lower (toString (get $kafka "ssl.endpoint.identification.algorithm"))) "none") -}}
+{{- if and $skipsHostname (eq (include "anomaly-scorer.kedaTls" .) "enable") (not .Values.autoscaling.authenticationRef) -}}
+{{- fail "serve.kafka turns the brokers' host-name check off, which the chart cannot tell KEDA's Kafka scaler: it would check the names, fail to connect and never scale. Use broker certificates whose names match, or name a TriggerAuthentication of your own in autoscaling.authenticationRef" -}}
+{{- end -}}
 {{- else if and (not (kindIs "invalid" $partitions)) (gt (int64 .Values.replicaCount) (int64 $partitions)) -}}
 {{- fail (printf "replicaCount (%d) exceeds kafka.inputPartitions (%d): a replica beyond the input topic's partitions gets none, is never ready and sits idle" (int64 .Values.replicaCount) (int64 $partitions)) -}}
 {{- end -}}
