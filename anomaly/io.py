@@ -23,6 +23,7 @@ import csv
 import gzip
 import json
 import lzma
+import math
 import os
 import re
 import sys
@@ -407,19 +408,30 @@ class ResultWriter:
         converted = frame.assign(
             **{f.name: _as_text(frame[f.name]) for f in schema if _is_text(f.type)}
         )
+        for column in schema:
+            if pa.types.is_integer(column.type):
+                cut = np.flatnonzero(_fractions(converted[column.name]))
+                if len(cut):  # pyarrow would cut 2.9 to 2 without a word
+                    raise self._type_change(converted, column.name, column.type, int(cut[0]))
         try:
             return pa.Table.from_pandas(converted, schema=schema, preserve_index=False)
         except pa.ArrowException:
             name, kind = next(
                 (f.name, f.type) for f in schema if not _fits(converted[f.name], f.type)
             )
-            i = _first_misfit(converted[name], kind)
-            raise DataError(
-                f"cannot write {self.final}: column {name!r} changes type at row "
-                f"{converted['row'].iloc[i]}, which has {_show(converted[name].iloc[i])} "
-                f"after {kind} values; a Parquet column has one type: write CSV or JSON "
-                "lines instead, or give the column values of one type"
+            raise self._type_change(
+                converted, name, kind, _first_misfit(converted[name], kind)
             ) from None
+
+    def _type_change(self, frame: pd.DataFrame, name: str, kind: pa.DataType, i: int):
+        """The error for row ``i`` of ``frame``, whose value in column ``name`` a Parquet
+        column of ``kind`` (the first chunk's type) cannot hold."""
+        return DataError(
+            f"cannot write {self.final}: column {name!r} changes type at row "
+            f"{frame['row'].iloc[i]}, which has {_show(frame[name].iloc[i])} after {kind} "
+            "values; a Parquet column has one type: write CSV or JSON lines instead, or give "
+            "the column values of one type"
+        )
 
 
 def cannot_write(path: str | os.PathLike[str], exc: OSError) -> DataError:
@@ -457,6 +469,22 @@ def _as_text(values: pd.Series) -> pd.Series:
     ):
         return values  # text already (a CSV's ids always are): no pass in Python per value
     return values.map(str, na_action="ignore")
+
+
+def _fractions(values: pd.Series) -> np.ndarray:
+    """Which ``values`` are numbers with a fraction (2.9; not 3.0, NaN or text)."""
+    if pd.api.types.is_float_dtype(values.dtype):
+        numbers = values.to_numpy(np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(numbers) & (np.floor(numbers) != numbers)
+    if values.dtype != object:
+        return np.zeros(len(values), bool)
+    return values.map(
+        lambda v: (
+            isinstance(v, float | np.floating) and math.isfinite(v) and not float(v).is_integer()
+        ),
+        na_action="ignore",
+    ).to_numpy(dtype=bool, na_value=False)
 
 
 def _fits(values: pd.Series, kind: pa.DataType) -> bool:

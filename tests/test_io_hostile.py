@@ -240,6 +240,19 @@ def test_json_ids_turning_to_text_after_numbers_is_refused_naming_the_row(
     assert list(tmp_path.iterdir()) == [data]
 
 
+@pytest.mark.parametrize("later_ids", [[7.0, 2.9], pd.Series([7, 2.9], dtype=object)])
+def test_an_id_with_a_fraction_after_a_chunk_of_whole_ids_is_refused_not_cut(tmp_path, later_ids):
+    """The first chunk's whole ids make the Parquet column int64; pyarrow wrote a later
+    chunk's 2.9 there as 2 without a word (a JSON lines file of 70,000 rows)."""
+    from anomaly.io import ResultWriter
+
+    out = tmp_path / "out.parquet"
+    with pytest.raises(DataError, match=r"column 'id' changes type at row 5, which has 2\.9"):
+        with ResultWriter(out) as writer:
+            writer.write(pd.DataFrame({"row": [1, 2, 3], "id": [1, 2, 3]}))
+            writer.write(pd.DataFrame({"row": [4, 5], "id": later_ids}))
+
+
 # -- 4. and 5. where the output cannot be written -------------------------------------------
 
 
