@@ -9,6 +9,7 @@ when it is right again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -43,6 +44,7 @@ from tests.test_stream_service import (
     _Serve,
     _status,
     detector,
+    run_in_a_thread,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -215,6 +217,29 @@ def test_broker_stopped_mid_stream_the_service_resumes_on_its_own_and_loses_noth
     print(f"{client}: resumed {resumed_after:.1f} s after the broker was back")  # in the README
 
 
+@contextlib.contextmanager
+def _run_from_its_start(detector, config):
+    """A ScoringService whose ``run`` starts it (waiting for the broker) in a thread:
+    yields the service and the errors it raised."""
+    service = ScoringService(detector, config)
+    with run_in_a_thread(service, config) as errors:
+        yield service, errors
+
+
+def _assert_every_record_scored(bootstrap, topics, detector, bundle, n: int) -> None:
+    """Send ``n`` normal records to the input topic; each must come out scored."""
+    rows = _normal_rows(bundle, n, seed=5)
+    names = detector.feature_names
+    sent = _produce(
+        bootstrap,
+        topics["input_topic"],
+        [(f"e{i}".encode(), _record(i, row, names, False)) for i, row in enumerate(rows)],
+    )
+    results = _read(bootstrap, topics["output_topic"], covers=set(sent))
+    scored = {(d["partition"], d["offset"]) for d in (orjson.loads(r.value) for r in results)}
+    assert scored == set(sent)
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_service_started_before_its_broker_waits_alive_and_not_ready_then_scores(
     client, restartable_kafka, detector, tiny_bundle_mixing, events
@@ -227,25 +252,14 @@ def test_a_service_started_before_its_broker_waits_alive_and_not_ready_then_scor
     t = _create_topics(broker.bootstrap, input_topic=2, output_topic=1, dlq_topic=1)
     config = _config(broker.bootstrap, {**t, "alerts_topic": None}, client=client)
     broker.stop()
-    service = ScoringService(detector, config)
-    errors: list[BaseException] = []
-
-    def run():
-        try:
-            service.run()  # starts it first
-        except BaseException as exc:  # noqa: BLE001 (reported by the test)
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="scoring-service", daemon=True)
-    thread.start()
-    try:
+    with _run_from_its_start(detector, config) as (service, errors):
         wait_for(lambda: events.count("broker_unreachable") or errors, 60, "the wait to be logged")
         assert not errors, f"the start gave up: {errors[0]!r}"
         port = service.metrics_port
         assert _status(port, "/healthz") == 200  # no restart wanted: it is waiting
         assert _status(port, "/readyz") == 503
         assert _scrape(port)[("anomaly_broker_reachable", ())] == 0
-        assert thread.is_alive() and not service.ready()
+        assert not service.ready()  # still starting: /healthz said alive above
 
         broker.start()
         wait_for(
@@ -254,21 +268,7 @@ def test_a_service_started_before_its_broker_waits_alive_and_not_ready_then_scor
         assert not errors, f"service failed: {errors[0]!r}"
         assert events.count("broker_back") == 1
         assert _scrape(port)[("anomaly_broker_reachable", ())] == 1
-        rows = _normal_rows(tiny_bundle_mixing, 200, seed=5)
-        names = detector.feature_names
-        sent = _produce(
-            broker.bootstrap,
-            t["input_topic"],
-            [(f"e{i}".encode(), _record(i, row, names, False)) for i, row in enumerate(rows)],
-        )
-        results = _read(broker.bootstrap, t["output_topic"], covers=set(sent))
-        scored = {(d["partition"], d["offset"]) for d in (orjson.loads(r.value) for r in results)}
-        assert scored == set(sent)
-    finally:
-        service.stop()
-        thread.join(timeout=config.shutdown_timeout_s + 5)
-    assert not thread.is_alive(), "service did not stop within its shutdown timeout"
-    assert not errors, f"service failed: {errors[0]!r}"
+        _assert_every_record_scored(broker.bootstrap, t, detector, tiny_bundle_mixing, 200)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -296,39 +296,14 @@ def test_a_broker_lost_between_its_check_and_the_clients_opening_is_waited_for_a
             broker.stop()
 
     monkeypatch.setattr(chosen, "check", check_then_lose_the_broker)
-    service = ScoringService(detector, config)
-    errors: list[BaseException] = []
-
-    def run():
-        try:
-            service.run()
-        except BaseException as exc:  # noqa: BLE001 (reported by the test)
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="scoring-service", daemon=True)
-    thread.start()
-    try:
+    with _run_from_its_start(detector, config) as (service, errors):
         wait_for(lambda: events.count("clients_not_opened") or errors, 90, "the failed open logged")
         assert not errors, f"the start gave up: {errors[0]!r}"
         assert _status(service.metrics_port, "/healthz") == 200  # no restart wanted: it waits
         broker.start()
         wait_for(lambda: service.ready() or errors, 90, "the start once the broker is back")
         assert not errors, f"service failed: {errors[0]!r}"
-        rows = _normal_rows(tiny_bundle_mixing, 20, seed=6)
-        names = detector.feature_names
-        sent = _produce(
-            broker.bootstrap,
-            t["input_topic"],
-            [(f"e{i}".encode(), _record(i, row, names, False)) for i, row in enumerate(rows)],
-        )
-        results = _read(broker.bootstrap, t["output_topic"], covers=set(sent))
-        scored = {(d["partition"], d["offset"]) for d in (orjson.loads(r.value) for r in results)}
-        assert scored == set(sent)
-    finally:
-        service.stop()
-        thread.join(timeout=config.shutdown_timeout_s + 5)
-    assert not thread.is_alive(), "service did not stop within its shutdown timeout"
-    assert not errors, f"service failed: {errors[0]!r}"
+        _assert_every_record_scored(broker.bootstrap, t, detector, tiny_bundle_mixing, 20)
 
 
 @pytest.mark.parametrize("client", CLIENTS)

@@ -116,6 +116,15 @@ def _running(detector, config, alarms=None):
     """A started ScoringService running in a thread; stopped and joined on exit."""
     service = ScoringService(detector, config, alarms=alarms)
     service.start()
+    with run_in_a_thread(service, config) as errors:
+        wait_for(lambda: service.ready() or errors, 30, "input partitions to be assigned")
+        yield service
+
+
+@contextlib.contextmanager
+def run_in_a_thread(service: ScoringService, config):
+    """``service.run()`` (which starts the service first where it is not started) in a
+    thread: yields the list of errors it raised; stopped, joined and checked on exit."""
     errors: list[BaseException] = []
 
     def run():
@@ -127,8 +136,7 @@ def _running(detector, config, alarms=None):
     thread = threading.Thread(target=run, name="scoring-service", daemon=True)
     thread.start()
     try:
-        wait_for(lambda: service.ready() or errors, 30, "input partitions to be assigned")
-        yield service
+        yield errors
     finally:
         service.stop()
         thread.join(timeout=config.shutdown_timeout_s + 5)
