@@ -673,10 +673,40 @@ def _read_parquet(spark: SparkSession, data: str) -> DataFrame:
 
     try:
         with _spark_errors():  # the footers are read here, for the schema
-            return spark.read.parquet(data)
+            df = spark.read.parquet(data)
+            _refuse_folder_names_of_stored_columns(spark, df, data)
+            return df
     except AnalysisException as exc:
         detail = str(exc).strip().splitlines()[0]
         raise DataError(f"{data}: cannot be read as Parquet ({detail})") from None
+
+
+def _refuse_folder_names_of_stored_columns(spark: SparkSession, df: DataFrame, data: str) -> None:
+    """A ``DataError`` where a hive-style folder name below ``data`` (``id=5/``) is the key of
+    a column the files store too: Spark gives every row of the folder the name's value, so
+    each id became 5 without a word; the local path refuses it (``anomaly.io``). The files'
+    own columns are read from one file's footer (a file read alone gets no folder columns)."""
+    hadoop = spark._jvm.org.apache.hadoop.fs
+    root = hadoop.Path(data)
+    root = root.getFileSystem(spark._jsc.hadoopConfiguration()).makeQualified(root)
+    prefix = root.toUri().getPath().rstrip("/") + "/"
+    files = df.inputFiles()
+    keys = dict.fromkeys(
+        part.split("=", 1)[0]
+        for file in files
+        if (path := hadoop.Path(file).toUri().getPath()).startswith(prefix)
+        for part in path[len(prefix) :].split("/")[:-1]
+        if "=" in part
+    )
+    if not keys:
+        return
+    stored = spark.read.parquet(files[0]).columns
+    if clash := [key for key in keys if key in stored]:
+        raise DataError(
+            f"{data}: column {clash[0]!r} is both in the Parquet files and a folder name "
+            f"({clash[0]}=...), and Spark would give every row the folder's value; rename the "
+            "column or the folders"
+        )
 
 
 @contextlib.contextmanager

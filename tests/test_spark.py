@@ -341,6 +341,28 @@ def test_a_file_spark_cannot_read_is_one_error_naming_it(spark, tiny_bundle, tab
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_name_over_a_column_the_files_store_is_refused_and_other_folders_read(
+    spark, id_bundle, table, tmp_path
+):
+    """``id=5/part.parquet`` whose file stores ``id`` too: Spark gave every row the id 5
+    (exit 0), where the local path refuses it. A hive-style folder of another key still
+    gives its column."""
+    from anomaly.spark import score_parquet
+
+    clashing = tmp_path / "clashing" / "id=5"
+    clashing.mkdir(parents=True)
+    shutil.copy(table, clashing / "part-0.parquet")
+    with pytest.raises(DataError, match=r"column 'id' is both in the Parquet files and a folder"):
+        score_parquet(spark.session, str(clashing.parent), str(tmp_path / "out"), id_bundle)
+    assert not (tmp_path / "out").exists()
+
+    other = tmp_path / "other" / "host=web"
+    other.mkdir(parents=True)
+    shutil.copy(table, other / "part-0.parquet")
+    run = score_parquet(spark.session, str(other.parent), str(tmp_path / "out"), id_bundle)
+    assert run.rows_scored == ROWS
+
+
 def test_time_series_models_adaptive_alarms_and_missing_columns_are_refused_in_one_line(
     spark, tiny_bundle, table, tmp_path
 ):
