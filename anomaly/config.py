@@ -220,13 +220,13 @@ class TrainingConfig(_Section):
     steps_per_epoch: int | None = Field(None, ge=1)
     """Steps between validations; ``None`` means one pass over the data, at least 50."""
     batch_size: int = Field(128, ge=2)
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, allow_inf_nan=False)
     critic_steps: int = Field(3, ge=1)
     """Critic updates per generator update (WGAN-GP)."""
-    gradient_penalty: float = Field(10.0, ge=0)
-    feature_weight: float = Field(1.0, ge=0)
+    gradient_penalty: float = Field(10.0, ge=0, allow_inf_nan=False)
+    feature_weight: float = Field(1.0, ge=0, allow_inf_nan=False)
     """Weight of the critic-feature residual in the encoder's loss (f-AnoGAN izi_f)."""
-    validation_fraction: float = Field(0.15, gt=0, lt=0.9)
+    validation_fraction: float = Field(0.15, gt=0, lt=0.9, allow_inf_nan=False)
     """Share of the normal training rows held out to standardise score components and
     calibrate the threshold."""
     calibration_folds: int | Literal["auto"] = Field("auto")
@@ -298,7 +298,7 @@ class ScoringConfig(_Section):
     from the tabular benchmark (docs/benchmarks.md): the distance to training latents
     carried most of the signal; the two-sided critic deviation and the reconstruction error
     added to it; the critic-feature residual did not."""
-    target_fpr: float = Field(0.01, gt=0, lt=1)
+    target_fpr: float = Field(0.01, gt=0, lt=1, allow_inf_nan=False)
     """False-positive rate on held-out normal data that the threshold is calibrated to."""
     top_features: int = Field(3, ge=0)
     """How many features with the largest residuals explain each record."""
@@ -311,7 +311,7 @@ class ScoringConfig(_Section):
     refine_steps: int = Field(0, ge=0, le=1000)
     """AnoGAN-style refinement: gradient steps on z from E(x) before measuring residuals
     (offline use; 0 turns it off; each step costs about one more forward pass)."""
-    refine_learning_rate: float = Field(0.05, gt=0)
+    refine_learning_rate: float = Field(0.05, gt=0, allow_inf_nan=False)
     batch_size: int = Field(4096, ge=1)
     """Rows per compiled forward pass when scoring arrays and files."""
 
@@ -674,7 +674,7 @@ class AlarmConfig(_Section):
     Numenta benchmark scores). ``state``: a flagged state with hysteresis, entered at a row
     reaching ``level``, every row in it flagged, left after ``exit_rows`` rows in a row below
     ``exit_level`` (an operator watching sensors: a stuck valve is flagged until it is not)."""
-    level: float = Field(DEFAULT_ALARM_LEVEL, gt=0, lt=1)
+    level: float = Field(DEFAULT_ALARM_LEVEL, gt=0, lt=1, allow_inf_nan=False)
     """Level at which a row alarms (enters the state): KNN-CAD's published 0.9965, reached by
     about 1 normal row in 286. Below 1: at 1 DSPOT's alarm threshold is infinite (nothing
     alarms). A conformal row above its whole history has level 1, so with fewer than
@@ -682,7 +682,7 @@ class AlarmConfig(_Section):
     alarms more often than the level says: 1 in ``history + 1``. Like
     ``exit_level``, a number (an integer too, and the text of ``ANOMALY_ALARMS_LEVEL``), never
     ``true`` or ``false``, which pydantic would take for 1 and 0."""
-    exit_level: float | None = Field(None, gt=0, lt=1)
+    exit_level: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
     """State semantics: rows below it count towards leaving the state. ``None``: the level
     whose false-alarm share is ten times the entering one's, ``1 - 10 (1 - level)`` (0.965 at
     the default level), at least 0.5: an event's rows must fall well back into the normal

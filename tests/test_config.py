@@ -282,6 +282,28 @@ def test_config_saved_in_the_bundle_round_trips(tabular_detector, tabular_bundle
     assert anomaly.load(tabular_bundle).config.training.steps == 200
 
 
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("scoring", "target_fpr"),
+        ("scoring", "refine_learning_rate"),
+        ("alarms", "level"),
+        ("alarms", "exit_level"),
+        ("training", "learning_rate"),
+        ("training", "gradient_penalty"),
+        ("training", "feature_weight"),
+        ("training", "validation_fraction"),
+    ],
+)
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_rate_level_or_weight_that_is_not_a_finite_number_says_so(tmp_path, section, key, value):
+    """NaN in a TOML file said "Input should be less than 1" (every comparison with NaN
+    fails), and an infinite learning rate or weight was taken, to train to NaN."""
+    message = config_error(tmp_path, f"[{section}]\n{key} = {value}\n")
+
+    assert f"{section}.{key}: Input should be a finite number" in message
+
+
 def test_a_model_poll_interval_must_be_a_finite_number_of_seconds():
     with pytest.raises(ConfigError, match="model_poll_s: Input should be a finite number"):
         anomaly.Config().updated(serve={"model_poll_s": float("inf")})
