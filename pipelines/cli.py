@@ -38,10 +38,19 @@ def _terminate(_number, _frame) -> None:
     raise _Terminated
 
 
-def _config(path: str | None, **sections):
+def _config(path: str | None, defaults: dict | None = None, **sections):
+    """The configuration of ``path`` (else the defaults), updated by the options given
+    (``sections``; None: not given), and by ``defaults`` only where the file sets nothing:
+    the command's own choices yield to what the user wrote."""
     from anomaly.config import Config
 
     config = Config.from_toml(path) if path else Config()
+    for name, keys in (defaults or {}).items():
+        written = getattr(config, name).model_fields_set
+        sections[name] = {
+            **{k: v for k, v in keys.items() if k not in written},
+            **sections.get(name, {}),
+        }
     given = {
         name: {k: v for k, v in keys.items() if v is not None} for name, keys in sections.items()
     }
@@ -267,7 +276,8 @@ def train(
         model={"window": window},
         # Keras writes its progress to stdout: a live bar on a terminal, and one plain line
         # per epoch in a log or a pipe (no escape codes among the result lines).
-        training={"steps": steps, "seed": seed, "verbose": 1 if sys.stdout.isatty() else 2},
+        training={"steps": steps, "seed": seed},
+        defaults={"training": {"verbose": 1 if sys.stdout.isatty() else 2}},
     )
     with _training_warnings_kept():
         detector, summary = train_file(data, out, config)

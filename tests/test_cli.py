@@ -120,6 +120,23 @@ def test_train_progress_off_a_terminal_is_one_plain_line_per_epoch(trained):
     assert "\x1b" not in result.stdout and "\r" not in result.stdout
 
 
+def test_train_keeps_the_progress_setting_of_the_configuration_file(files, tmp_path):
+    """The command's own progress choice (a bar, or a line per epoch) yields to
+    ``[training] verbose`` written in ``--config``: it overrode a file's 0."""
+    config = tmp_path / "quiet.toml"
+    config.write_text("[training]\nverbose = 0\n")
+    result = run(
+        "train",
+        *("--data", str(files / "train.csv"), "--out", str(tmp_path / "model")),
+        *("--features", ",".join(FEATURES), "--label-column", "label"),
+        *("--steps", "100", "--config", str(config)),
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "trained on 3000 of 3150 rows" in result.stdout
+    assert "Epoch" not in result.stdout
+
+
 def test_info_prints_json_with_the_features_and_how_many_records_were_fitted(model):
     result = run("info", str(model))
 
