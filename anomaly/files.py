@@ -446,6 +446,8 @@ def score_file(
     started = time.perf_counter()
     out = Path(out)
     io.check_output_format(out)  # before the temporary name, which the user never chose
+    if out.is_dir():  # before any row is scored: the rename at the end would fail
+        raise DataError(f"{out}: is a folder; give a file name")
     on_invalid = on_invalid or detector.config.data.on_invalid
     rejects = Rejects(rejects_path(out), detector.feature_names)
     for target in (out, rejects.path):

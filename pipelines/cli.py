@@ -361,8 +361,6 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
         return
     if spark_master:
         raise click.UsageError("--spark-master needs --engine spark")
-    if Path(out).is_dir():
-        raise click.BadParameter(f"{out} is a folder; give a file name", param_hint="'--out'")
     from anomaly.alarms import AlarmWarning
     from anomaly.files import score_file
 

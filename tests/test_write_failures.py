@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 import anomaly
-from anomaly.errors import AnomalyError
+from anomaly import files
+from anomaly.errors import AnomalyError, DataError
 from anomaly.evaluation import evaluate_file
 from anomaly.store import publish
 
@@ -64,3 +65,21 @@ def test_a_bundle_replaced_by_a_save_that_fails_at_the_swap_stays_in_place(
     assert (target / "manifest.json").read_bytes() == before
     assert anomaly.load(target).config.alarms == detector.config.alarms
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left aside
+
+
+def test_scoring_into_a_folder_is_refused_before_any_row_is_scored(
+    detector, tmp_path: Path, monkeypatch
+):
+    """Only the command line refused it: ``score_file`` scored the whole file and failed at
+    the rename at the end."""
+    data = pd.read_csv(FIXTURES / "bundle-v3.drift.csv").head(40)
+    data.to_csv(tmp_path / "rows.csv", index=False)
+    out = tmp_path / "scores.csv"
+    out.mkdir()
+
+    def scored(*_args, **_kwargs):
+        raise AssertionError("a row was scored")
+
+    monkeypatch.setattr(files, "iter_scored", scored)
+    with pytest.raises(DataError, match=f"^{out}: is a folder; give a file name$"):
+        files.score_file(detector, tmp_path / "rows.csv", out)
