@@ -2,14 +2,16 @@
 
 The graph itself (``anomaly.scoring``) is written in ``keras.ops`` and receives two
 callables from here: ``call(name, inputs)`` runs one of the networks, and
-``grad(f, z)`` differentiates a scalar function (only used by latent refinement). This is
-the one module on the scoring path that imports a backend directly.
+``grad(f, z)`` differentiates a scalar function (only used by latent refinement; each
+backend's gradient is ``anomaly._gradients.input_gradient``, as training's). This is the one
+module on the scoring path that imports a backend directly.
 
 - TensorFlow: a ``tf.function`` with a batch-polymorphic input signature (optionally XLA).
 - JAX: ``jax.jit`` over the networks' ``stateless_call``, with the variables passed as
   arguments; inputs are padded to power-of-two batch sizes so at most log2(batch) shapes
   are ever compiled.
-- Any other backend (PyTorch): the same graph, run eagerly without gradient tracking.
+- Any other backend (PyTorch): the same graph, run eagerly without gradient tracking but
+  where refinement differentiates.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 import keras
 import numpy as np
+
+from anomaly._gradients import input_gradient
 
 Graph = Callable[[Callable, Callable, Any], dict[str, Any]]
 
@@ -45,15 +49,9 @@ def _direct_call(networks):
 def _tensorflow(graph, networks, record_shape, jit_compile):
     import tensorflow as tf
 
-    def grad(f, z):
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            value = f(z)
-        return tape.gradient(value, z)
-
     spec = tf.TensorSpec((None, *record_shape), tf.float32)
     compiled = tf.function(
-        lambda x: graph(_direct_call(networks), grad, x),
+        lambda x: graph(_direct_call(networks), input_gradient, x),
         input_signature=[spec],
         jit_compile=jit_compile,
         reduce_retracing=True,
@@ -76,7 +74,7 @@ def _jax(graph, networks):
             )
             return outputs
 
-        return graph(call, lambda f, z: jax.grad(f)(z), x)
+        return graph(call, input_gradient, x)
 
     state = {
         name: (
@@ -97,19 +95,29 @@ def _jax(graph, networks):
 
 
 def _eager(graph, networks):
-    def no_grad(f, z):
-        raise NotImplementedError(
-            f"latent refinement needs the tensorflow or jax backend, not {keras.backend.backend()}"
-        )
+    if keras.backend.backend() != "torch":
 
+        def grad(f, z):
+            raise NotImplementedError(
+                "latent refinement needs the tensorflow, jax or torch backend, not "
+                f"{keras.backend.backend()}"
+            )
+
+        return _eagerly(graph, networks, grad)
+    import torch
+
+    def grad(f, z):  # the one step that differentiates, in a run without gradients
+        with torch.enable_grad():
+            return input_gradient(f, z).detach()
+
+    return torch.no_grad()(_eagerly(graph, networks, grad))
+
+
+def _eagerly(graph, networks, grad):
     def run(x):
-        outputs = graph(_direct_call(networks), no_grad, keras.ops.convert_to_tensor(x))
+        outputs = graph(_direct_call(networks), grad, keras.ops.convert_to_tensor(x))
         return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
 
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.no_grad()(run)
     return run
 
 

@@ -1,25 +1,33 @@
 """A bundle trained under TensorFlow scores the same under JAX (in a separate process, since
-the Keras backend is chosen at import), including batches that JAX pads to a power of two."""
+the Keras backend is chosen at import), including batches that JAX pads to a power of two;
+with latent refinement, which differentiates through the networks, under JAX and PyTorch."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import keras
 import numpy as np
 import pytest
 
 import anomaly
+from tests._support import unavailable
 
 pytestmark = pytest.mark.slow
 
 #: Largest absolute score difference accepted between the TensorFlow and JAX backends.
 TOLERANCE = 1e-4
 
-JAX_SCORER = """
+#: Gradient steps on each latent code in the refinement checks.
+REFINE_STEPS = 3
+
+SCORER = f"""
 import sys
+from dataclasses import replace
 import keras
 import numpy as np
 import anomaly
@@ -28,12 +36,15 @@ bundle, data, out = sys.argv[1:]
 detector = anomaly.load(bundle)
 x = np.load(data)
 result = detector.score(x)
+engine = detector.engine
+refining = engine.with_params(replace(engine.params, refine_steps={REFINE_STEPS}))
 np.savez(
     out,
     backend=np.array(keras.backend.backend()),
     all=result.scores,
-    **{f"component_{name}": values for name, values in result.components.items()},
-    **{f"first_{n}": detector.score(x[:n]).scores for n in (1, 3, 5, 8)},
+    refined=refining.score(x[:300])["score"],
+    **{{f"component_{{name}}": values for name, values in result.components.items()}},
+    **{{f"first_{{n}}": detector.score(x[:n]).scores for n in (1, 3, 5, 8)}},
 )
 """
 
@@ -44,19 +55,18 @@ def records(correlated_table) -> np.ndarray:
     return correlated_table.labelled(1000, 100, seed=21)[0]
 
 
-@pytest.fixture(scope="module")
-def jax_scores(tabular_bundle, records, tmp_path_factory):
-    root = tmp_path_factory.mktemp("jax")
+def _scores_under(backend: str, bundle, records, root) -> dict[str, np.ndarray]:
+    """What ``SCORER`` gives for ``records`` in a process of its own under ``backend``."""
     np.save(root / "records.npy", records)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [
             sys.executable,
             "-c",
-            JAX_SCORER,
-            str(tabular_bundle),
+            SCORER,
+            str(bundle),
             str(root / "records.npy"),
-            str(root / "scores.npz"),
+            str(root / "out.npz"),
         ],
         env=env,
         capture_output=True,
@@ -64,8 +74,20 @@ def jax_scores(tabular_bundle, records, tmp_path_factory):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    with np.load(root / "scores.npz") as scores:
+    with np.load(root / "out.npz") as scores:
         return {name: scores[name] for name in scores.files}
+
+
+@pytest.fixture(scope="module")
+def jax_scores(tabular_bundle, records, tmp_path_factory):
+    return _scores_under("jax", tabular_bundle, records, tmp_path_factory.mktemp("jax"))
+
+
+@pytest.fixture(scope="module")
+def torch_scores(tabular_bundle, records, tmp_path_factory):
+    if importlib.util.find_spec("torch") is None:
+        unavailable("PyTorch is not installed: pip install torch")
+    return _scores_under("torch", tabular_bundle, records, tmp_path_factory.mktemp("torch"))
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +130,20 @@ def test_jax_scores_of_small_batches_match_those_of_large_ones(jax_scores):
         np.testing.assert_allclose(
             jax_scores[f"first_{n}"], jax_scores["all"][:n], rtol=0, atol=TOLERANCE
         )
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_latent_refinement_scores_the_same_under_jax_and_pytorch(
+    backend, tabular_bundle, records, request
+):
+    """Refinement differentiates through the networks while scoring: under PyTorch it
+    raised NotImplementedError, whose scoring runs without gradients."""
+    got = request.getfixturevalue(f"{backend}_scores")
+    engine = anomaly.load(tabular_bundle).engine
+    refining = engine.with_params(replace(engine.params, refine_steps=REFINE_STEPS))
+    expected = refining.score(records[:300])["score"]
+    unrefined = anomaly.load(tabular_bundle).score(records[:300]).scores
+
+    assert str(got["backend"]) == backend
+    assert np.abs(expected - unrefined).max() > 100 * TOLERANCE  # the steps moved the scores
+    np.testing.assert_allclose(got["refined"], expected, rtol=1e-3, atol=TOLERANCE)
