@@ -235,9 +235,10 @@ class Detector:
         }
 
 
-def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> Detector:
+def load(path: str | os.PathLike[str], *, jit_compile: bool = False) -> Detector:
     """Load a model bundle written by ``Detector.save``, or the latest version of a model
-    store (``anomaly.store``); any problem is a ``BundleError``."""
+    store (``anomaly.store``); any problem is a ``BundleError``. ``jit_compile``: XLA under
+    TensorFlow (off: ``python -m pipelines.bench_scoring --jit-compile`` measures it)."""
     path = store.resolve(path)
     contents = bundle.load_bundle(path)
     parts = contents.parts
@@ -263,7 +264,7 @@ def load(path: str | os.PathLike[str], *, jit_compile: bool | None = None) -> De
         contents.latent_prototypes,
         params,
         batch_size=config.scoring.batch_size,
-        jit_compile=default_jit_compile() if jit_compile is None else jit_compile,
+        jit_compile=jit_compile,
     )
     metadata = {**parts["metadata"], "model_version": contents.version}
     return Detector(engine, schema, config, metadata, _health(path, parts["health"]), drift_summary)
@@ -479,8 +480,3 @@ def _calibration_problems(params: ScoringParams) -> list[str]:
     if params.reference_components and missing:
         problems.append(f"reference_components lacks {', '.join(sorted(missing))}")
     return problems
-
-
-def default_jit_compile() -> bool:
-    """XLA under TensorFlow only where it measured faster (see benchmarks/scoring)."""
-    return False

@@ -84,7 +84,8 @@ class ScoringEngine:
         standardizer: Standardizer,
         latent_prototypes: np.ndarray,
         params: ScoringParams,
-        batch_size: int = 4096,
+        *,
+        batch_size: int,
         jit_compile: bool = False,
     ):
         self.networks = {"encoder": encoder, "generator": generator, "critic": critic}
@@ -107,8 +108,8 @@ class ScoringEngine:
             self.standardizer,
             self.latent_prototypes,
             params,
-            self.batch_size,
-            self._jit_compile,
+            batch_size=self.batch_size,
+            jit_compile=self._jit_compile,
         )
 
     def raw_components(self, x: np.ndarray) -> dict[str, np.ndarray]:

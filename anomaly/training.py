@@ -29,7 +29,7 @@ from anomaly.calibration import (
     resolves,
 )
 from anomaly.config import Config, TrainingConfig
-from anomaly.detector import Detector, Schema, default_jit_compile
+from anomaly.detector import Detector, Schema
 from anomaly.drift import DriftSummary
 from anomaly.errors import TrainingError
 from anomaly.gan import AnomalyGAN
@@ -412,7 +412,6 @@ def _fit_engine(
         latent_prototypes,
         _initial_params(config),
         batch_size=config.scoring.batch_size,
-        jit_compile=default_jit_compile(),
     )
     return engine, model, history
 
@@ -470,7 +469,7 @@ def _fit_gan(x_fit, x_held, config: Config, callbacks, initial=None, schedule=No
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         validation_data=x_held,
-        validation_batch_size=4096,
+        validation_batch_size=config.scoring.batch_size,
         callbacks=callbacks,
         verbose=t.verbose,
         shuffle=False,
