@@ -85,11 +85,13 @@ def test_a_security_protocol_or_codec_in_another_case_is_spelt_as_kafka_python_t
     path = _toml(
         tmp_path,
         '[serve.kafka]\nsecurity_protocol = "sasl_ssl"\ncompression_type = "ZSTD"\n'
-        'sasl_mechanism = "PLAIN"\n',
+        'sasl_mechanism = "scram-sha-512"\n',
     )
     serve = resolve_serve_config(path, environ={})
     options = client_options(serve.kafka, "producer")
     assert options["security_protocol"] == "SASL_SSL" and options["compression_type"] == "zstd"
+    # kafka-python sent "scram-sha-512" as it was, and read the refusal as a wrong password
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
     assert "compression_type" not in client_options({"compression_type": "None"}, "producer")
 
 
@@ -99,6 +101,7 @@ def test_a_security_protocol_or_codec_in_another_case_is_spelt_as_kafka_python_t
         ('security_protocol = "sasl-ssl"', "security_protocol: 'sasl-ssl' is not one of PLAINTEXT"),
         ('security_protocol = "HUNTER2"', "security_protocol: 'HUNTER2' is not one of"),
         ('compression_type = "brotli"', "compression_type: 'brotli' is not one of none, gzip"),
+        ('sasl_mechanism = "SCRAM-SHA-1"', "sasl_mechanism: 'SCRAM-SHA-1' is not one of PLAIN"),
         ('request_timeout_ms = "30000"', "request_timeout_ms: '30000' is not an integer"),
         ('ssl_check_hostname = "false"', "ssl_check_hostname: 'false' is not a boolean"),
         ("security_protocol = 1", "security_protocol: 1 is not text"),
@@ -146,6 +149,19 @@ def test_missing_secret_file_names_option_and_path_at_start(tmp_path):
     message = str(caught.value)
     assert "sasl_plain_password_file" in message and str(missing) in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("content", ["", "\n"])
+def test_an_empty_secret_file_is_refused_at_start_naming_it(tmp_path, content):
+    """librdkafka said "sasl.username and sasl.password must be set" of a password given
+    by a file; kafka-python sent an empty password, refused as a wrong one."""
+    secret = _secret_file(tmp_path, content)
+    environ = {"ANOMALY_SERVE_KAFKA_SASL_PLAIN_PASSWORD_FILE": str(secret)}
+
+    with pytest.raises(
+        ConfigError, match=re.escape(f"sasl_plain_password_file: {secret} is empty")
+    ):
+        resolve_serve_config(environ=environ)
 
 
 def test_unreadable_secret_file_never_shows_its_content(tmp_path):

@@ -142,11 +142,20 @@ TEXT_OPTIONS = frozenset(
 
 #: Options with a few values, each client's spelling: kafka-python compares them as spelt
 #: here, and takes any other ``security_protocol`` (``"sasl_ssl"``, a typo) for PLAINTEXT
-#: without a word, with neither TLS nor SASL. Given in any case, as Java clients and
-#: librdkafka take them; anything else is refused. ``compression_type = "none"`` is the
+#: without a word, with neither TLS nor SASL; a ``sasl_mechanism`` in lower case it sent as
+#: it was, and the broker's refusal read as a wrong password. Given in any case, as Java
+#: clients take them; anything else is refused. ``compression_type = "none"`` is the
 #: clients' default, and is left out.
 CHOICES = {
     "security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    "sasl_mechanism": (
+        "PLAIN",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-512",
+        "GSSAPI",
+        "OAUTHBEARER",
+        "AWS_MSK_IAM",
+    ),
     "compression_type": ("none", "gzip", "snappy", "lz4", "zstd"),
 }
 
@@ -404,7 +413,11 @@ def _read_secret(name: str, path: Path) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
         raise ConfigError(f"[serve.kafka] {name}: cannot read {path}: {reason}") from None
-    return text[:-1] if text.endswith("\n") else text
+    text = text[:-1] if text.endswith("\n") else text
+    if not text:  # the clients said "sasl.username and sasl.password must be set", or
+        # sent an empty password and read the refusal as a wrong one
+        raise ConfigError(f"[serve.kafka] {name}: {path} is empty")
+    return text
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
