@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -306,22 +307,74 @@ def test_wrong_scram_password_refuses_to_start_with_a_one_line_auth_error(
     assert not service.ready()
 
 
-def test_a_sasl_mechanism_the_broker_does_not_offer_is_named_as_the_thing_to_change(
-    kafka_secure, kafka_topic_factory, tiny_bundle
-):
-    """librdkafka names the mechanisms the broker offers; the remedy pointed at the
-    username and the password."""
-    config = _secure_config(
-        kafka_secure, "sasl_scram512", kafka_topic_factory(1), sasl_mechanism="SCRAM-SHA-1"
-    ).model_copy(update={"client": "confluent"})
-    service = ScoringService(anomaly.load(tiny_bundle), config)
+def _listener_mismatch(bundle, config) -> str:
+    """The one-line error with which the start stops, within a few seconds although the
+    service would wait for ever for a broker that does not answer (``broker_wait_s``)."""
+    config = config.model_copy(update={"broker_wait_s": 120.0})
+    service = ScoringService(anomaly.load(bundle), config)
+    began = time.monotonic()
     with pytest.raises(StreamError) as caught:
         service.start()
     message = str(caught.value)
-    assert "Unsupported SASL mechanism" in message
-    assert message.endswith(
-        "set sasl_mechanism in [serve.kafka] to one the broker offers (named above)"
+    assert type(caught.value) is StreamError, message  # not BrokerUnreachable: no outage
+    assert time.monotonic() - began < 60, "waited for a broker that was up"
+    assert message.startswith(f"cannot talk to Kafka at {config.bootstrap_servers}: ")
+    assert "\n" not in message and SECRET not in message and not service.ready()
+    return message
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_tls_alone_against_a_sasl_ssl_listener_names_the_protocol_it_speaks(
+    kafka_secure, kafka_topic_factory, tiny_bundle, client
+):
+    """The TLS handshake succeeds and the broker drops the connection at the first request:
+    both clients said 'cannot reach Kafka', and the start waited for a broker that was up."""
+    sasl = kafka_secure["sasl_scram512"]
+    config = _config(
+        sasl.bootstrap,
+        input_topic=kafka_topic_factory(1),
+        dlq_topic="",
+        client=client,
+        kafka=kafka_secure["ssl"].options,
     )
+
+    message = _listener_mismatch(tiny_bundle, config)
+
+    assert f"the listener at {sasl.bootstrap} speaks SASL_SSL (SASL mechanisms " in message
+    assert message.endswith(
+        'but security_protocol is SSL: set security_protocol = "SASL_SSL", sasl_mechanism and '
+        "the SASL credentials in [serve.kafka]"
+    )
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_plain_text_against_a_tls_listener_names_the_protocol_it_speaks(
+    kafka_secure, kafka_topic_factory, tiny_bundle, client
+):
+    tls = kafka_secure["ssl"]
+    config = _config(tls.bootstrap, input_topic=kafka_topic_factory(1), dlq_topic="", client=client)
+
+    message = _listener_mismatch(tiny_bundle, config)
+
+    assert message.endswith(
+        f"the listener at {tls.bootstrap} speaks SSL, but security_protocol is PLAINTEXT: set "
+        'security_protocol = "SSL" in [serve.kafka]'
+    )
+
+
+def test_a_sasl_mechanism_the_listener_does_not_offer_is_named_as_the_thing_to_change(
+    kafka_secure, kafka_topic_factory, tiny_bundle
+):
+    """librdkafka's metadata request over OAUTHBEARER failed as a transport error ('cannot
+    reach Kafka'), and the start waited for a broker that was up."""
+    config = _secure_config(
+        kafka_secure, "sasl_scram512", kafka_topic_factory(1), sasl_mechanism="OAUTHBEARER"
+    ).model_copy(update={"client": "confluent"})
+
+    message = _listener_mismatch(tiny_bundle, config)
+
+    assert "offers the SASL mechanisms " in message and "SCRAM-SHA-512" in message
+    assert message.endswith("not OAUTHBEARER: set sasl_mechanism in [serve.kafka] to one of them")
 
 
 def test_a_failed_tls_handshake_with_librdkafka_refuses_to_start_in_one_line(

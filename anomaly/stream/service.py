@@ -70,7 +70,7 @@ import numpy as np
 from anomaly.alarms import AlarmStage
 from anomaly.config import COMPONENTS, AlarmConfig, ServeConfig
 from anomaly.drift import DriftMonitor
-from anomaly.stream import codecs
+from anomaly.stream import codecs, kafka_options, listener_probe
 from anomaly.stream.broker_watch import BrokerWatch
 from anomaly.stream.client_logs import Throttle
 from anomaly.stream.delivery import GIVEN_UP, Delivery, Outgoing
@@ -123,6 +123,8 @@ ALIVE_STALE_S = 120.0
 #: Seconds between start-up's tries to reach a broker that did not answer (each try itself
 #: waits up to the bootstrap timeout).
 BROKER_RETRY_S = 2.0
+#: Seconds a listener that cannot be reached is given to answer what it speaks, each way.
+LISTENER_PROBE_S = 3.0
 #: Times the clients may fail to open while the broker answers before the start stops: the
 #: first may be a broker that came back during the attempt.
 OPEN_TRIES_WHILE_ANSWERING = 2
@@ -353,9 +355,11 @@ class ScoringService:
         """Check the broker, topics and credentials (``Transport.check``), again and again
         while no broker answers, for up to ``broker_wait_s`` from ``waited_from``: meanwhile
         ``/healthz`` says alive, ``/readyz`` not ready and ``anomaly_broker_reachable`` is 0.
-        Any other failure (credentials, TLS, a missing topic) stops the start at once. Plain
-        text sent to a TLS listener looks like no broker to the clients and is waited for
-        too: the log says why every half minute, and KafkaUnreachable fires."""
+        Any other failure (credentials, TLS, a missing topic) stops the start at once, and
+        so does a listener that answers but speaks another protocol than the one set (TLS
+        sent to a SASL_SSL listener, plain text to a TLS one, a SASL mechanism it does not
+        offer), which the clients take for no broker: the listener is asked what it speaks
+        (``listener_probe``) and the error names the setting to change."""
         waited = False
         while True:
             self._last_tick = time.monotonic()
@@ -363,6 +367,10 @@ class ScoringService:
                 transport.check()
                 break
             except BrokerUnreachable as exc:
+                if (wrong := self._listener_mismatch()) is not None:
+                    raise StreamError(
+                        f"cannot talk to Kafka at {self.config.bootstrap_servers}: {wrong}"
+                    ) from exc
                 waited_s = time.monotonic() - waited_from
                 if waited_s >= self.config.broker_wait_s or self._stop.is_set():
                     raise
@@ -380,6 +388,14 @@ class ScoringService:
         if waited:
             log.info("event=broker_back unreachable_s=%.1f", time.monotonic() - waited_from)
         self.metrics.broker_reachable.set(1)
+
+    def _listener_mismatch(self) -> str | None:
+        """Why the clients' security settings cannot talk to the listener they reach; None
+        where they can, or no listener answers (an outage)."""
+        protocol, mechanism = kafka_options.security(self.config.kafka, self.config.client)
+        return listener_probe.mismatch(
+            self.config.bootstrap_servers, protocol, mechanism, LISTENER_PROBE_S
+        )
 
     def _rejoin_if_stalled(self) -> None:
         """Subscribe afresh if the consumer has been without an assignment for longer than the
