@@ -776,7 +776,9 @@ def test_time_series_records_are_scored_once_their_keys_window_is_full(
 
 def test_a_dead_letter_starts_its_keys_window_afresh(kafka_bootstrap, topics, series_detector):
     """pump-1's record 5 is a dead letter: no window joins its records 4 and 6, as a file's
-    skipped row cuts its series; pump-2 is not touched."""
+    skipped row cuts its series; pump-2 is not touched. Every record consumed is counted as
+    scored, rejected or unscored (answered before its window was complete): records
+    consumed with neither counted looked like a stall to the alert rules."""
     t = topics(1)
     config = _config(kafka_bootstrap, t, max_batch_size=8)
     messages = []
@@ -786,11 +788,22 @@ def test_a_dead_letter_starts_its_keys_window_afresh(kafka_bootstrap, topics, se
             if key == b"pump-1" and i == 5:
                 row = row[:3]  # a feature missing: a dead letter
             messages.append((key, orjson.dumps({"id": f"{key.decode()}-{i}", "features": row})))
-    with _running(series_detector, config):
+    consumed = ("anomaly_records_consumed_total", ())
+    with _running(series_detector, config) as service:
         _produce(kafka_bootstrap, t["input_topic"], messages)
         results = _read(kafka_bootstrap, t["output_topic"], len(messages) - 1)
         dead = _read(kafka_bootstrap, t["dlq_topic"], 1)
+        port = service.metrics_port
+        wait_for(lambda: _scrape(port)[consumed] == len(messages), 10, "every record counted")
+        metrics = _scrape(port)
     assert [r.key for r in dead] == [b"pump-1"]
+    rejected = sum(
+        v for (name, _), v in metrics.items() if name == "anomaly_records_rejected_total"
+    )
+    assert rejected == 1
+    # pump-1's records 0-2 and 6-8 (after the cut), pump-2's 0-2
+    assert metrics[("anomaly_records_unscored_total", ())] == 9
+    assert metrics[("anomaly_records_scored_total", ())] == len(messages) - 9 - 1
     complete = {
         d["id"]: d["window_complete"] for d in map(orjson.loads, (r.value for r in results))
     }

@@ -124,6 +124,12 @@ class ServiceMetrics:
             "Records scored by the model (in time-series mode: records that completed a window).",
             registry=registry,
         )
+        self.unscored = Counter(
+            "anomaly_records_unscored_total",
+            "Records answered without a score (time-series mode: their key's window is not "
+            "yet complete); with scored and rejected, every record consumed.",
+            registry=registry,
+        )
         self.rejected = Counter(
             "anomaly_records_rejected_total",
             "Records rejected and written to the dead-letter topic, by reason "

@@ -201,6 +201,7 @@ class ScoringService:
             "batches": 0,
             "consumed": 0,
             "scored": 0,
+            "unscored": 0,
             "rejected": 0,
             "flagged": 0,
             "commits": 0,
@@ -530,8 +531,9 @@ class ScoringService:
         return set(self._assignment.assigned)
 
     def stats(self) -> dict[str, int]:
-        """Counts so far: batches, consumed, scored, rejected, flagged, commits, and
-        pending_results (handed to the producer, not yet acknowledged)."""
+        """Counts so far: batches, consumed, scored, unscored (a window not yet complete),
+        rejected, flagged, commits, and pending_results (handed to the producer, not yet
+        acknowledged)."""
         return {**self._counts, "pending_results": self._delivery.pending_messages}
 
     def profile(self) -> dict[str, float]:
@@ -755,6 +757,9 @@ class ScoringService:
         m.processing_latency.observe_repeated(t5 - batch.polled_at, n)
         if chosen:
             self._drift.observe(decoded.rows, result.scores, result.is_anomaly)
+        n_unscored = n - n_scored - len(rejected)  # time-series mode: windows not yet full
+        if n_unscored:
+            m.unscored.inc(n_unscored)
         if n_scored:
             m.scored.inc(n_scored)
             m.record_score.observe(result.scores)
@@ -766,6 +771,7 @@ class ScoringService:
         counts["batches"] += 1
         counts["consumed"] += n
         counts["scored"] += n_scored
+        counts["unscored"] += n_unscored
         counts["rejected"] += len(rejected)
         counts["flagged"] += n_flagged
         profile["bookkeeping"] += perf_counter() - t5
@@ -1274,10 +1280,11 @@ class ScoringService:
                 self._server = None
             c = self._counts
             log.info(
-                "event=stopped consumed=%d scored=%d rejected=%d flagged=%d "
+                "event=stopped consumed=%d scored=%d unscored=%d rejected=%d flagged=%d "
                 "uncommitted_batches=%d%s",
                 c["consumed"],
                 c["scored"],
+                c["unscored"],
                 c["rejected"],
                 c["flagged"],
                 len(self._delivery.pending),
