@@ -139,11 +139,10 @@ def run_stream(out: Path, detector: anomaly.Detector) -> None:
     from kafka import KafkaConsumer, KafkaProducer
 
     started = subprocess.run(
-        [str(KAFKA_LOCAL), "start", "--dir", str(out / "kafka")],
-        capture_output=True,
-        text=True,
-        check=True,
+        [str(KAFKA_LOCAL), "start", "--dir", str(out / "kafka")], capture_output=True, text=True
     )
+    if started.returncode != 0:  # its own words say why (no Java, the jars not fetched, ...)
+        sys.exit(f"error: the local Kafka broker did not start: {started.stderr.strip()}")
     bootstrap = started.stdout.strip().splitlines()[-1].split("=", 1)[1]
     print(f"Kafka broker at {bootstrap} (data in {out / 'kafka'})")
     suffix = uuid.uuid4().hex[:6]
@@ -231,6 +230,11 @@ def main() -> None:
     parser.add_argument("--out", default="out/demo", type=Path)
     parser.add_argument("--no-stream", action="store_true", help="skip the Kafka part")
     args = parser.parse_args()
+    if not args.no_stream and not KAFKA_LOCAL.is_file():
+        parser.error(
+            f"the Kafka part starts the repository's broker script ({KAFKA_LOCAL}), which an "
+            "installed package does not have: run the demo from a checkout, or pass --no-stream"
+        )
     detector = run_offline(args.out)
     if not args.no_stream:
         run_stream(args.out, detector)

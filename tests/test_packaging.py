@@ -115,3 +115,23 @@ def test_the_image_installs_the_tested_versions_with_the_librdkafka_client():
     installed = [r for r in map(Requirement, needed) if not r.marker or r.marker.evaluate(image)]
     unpinned = [str(r) for r in installed if r.name.lower() not in pinned]
     assert unpinned == [], f"constraints.txt pins no version of {unpinned}"
+
+
+def test_the_installed_demo_says_its_kafka_part_needs_a_checkout(wheel, tmp_path):
+    """Installed from the wheel, the demo trained and scored, then stopped with a
+    FileNotFoundError traceback: the broker script it starts is not in the package."""
+    installed = tmp_path / "site"
+    wheel.extractall(installed)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.demo", "--out", str(tmp_path / "demo")],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "installed package does not have" in done.stderr and "--no-stream" in done.stderr
+    assert not (tmp_path / "demo").exists()  # told before anything was trained
