@@ -250,11 +250,14 @@ class TrainingConfig(_Section):
 
     @field_validator("calibration_folds", mode="before")
     @classmethod
-    def _folds_or_auto(cls, value: Any) -> Any:
+    def _folds_or_auto(cls, value: Any, info: ValidationInfo) -> Any:
         """One message for a value that is neither a number of folds nor "auto" (pydantic
-        would give one per member of the union)."""
+        would give one per member of the union). A number in quotes is text, as for every
+        other number (``_a_number_for_a_number``), unless the values come as text."""
         if value == "auto":
             return value
+        if isinstance(value, str) and not (info.context or {}).get(FROM_TEXT, False):
+            raise ValueError('text (in quotes): give a number of folds (1 to 20) or "auto"')
         if isinstance(value, str) and (digits := value.strip()).isdecimal() and digits.isascii():
             value = int(digits)
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 20:

@@ -216,7 +216,7 @@ def test_cross_fitting_is_refused_in_time_series_mode(tmp_path):
     )
 
 
-@pytest.mark.parametrize("value", ["0", "21", '"five"', "2.5", "true", "[5]"])
+@pytest.mark.parametrize("value", ["0", "21", '"five"', '"5"', "2.5", "true", "[5]"])
 def test_calibration_folds_are_a_number_from_1_to_20_or_auto(tmp_path, value):
     message = config_error(tmp_path, f"[training]\ncalibration_folds = {value}\n")
 
