@@ -144,7 +144,7 @@ def _refuse_another_stream(model: Path, candidate, store: Path) -> None:
     difference = stream_difference(store, candidate.schema)
     if difference is not None:
         raise BundleError(
-            f"{model}: cannot score the records of {store}'s versions: {difference}. A store "
+            f"{model}: cannot score the records of the versions in {store}: {difference}. A store "
             "serves one stream, whose service refuses such a version; publish it into a new "
             "store and point the service there"
         )

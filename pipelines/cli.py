@@ -184,13 +184,22 @@ _progress = click.option(
     help="Show a progress bar on stderr (default: when stderr is a terminal).",
 )
 
-_on_invalid = click.option(
-    "--on-invalid",
-    type=click.Choice(["error", "skip"]),
-    default=None,
-    help="Rows with NaN/inf: stop with their row numbers (default), or write them to "
-    "OUT.rejects.csv (evaluate: DATA.rejects.csv, in --report when given) and go on.",
-)
+
+def _on_invalid(rejects: str):
+    """The ``--on-invalid`` option of a command that writes skipped rows to ``rejects``."""
+    return click.option(
+        "--on-invalid",
+        type=click.Choice(["error", "skip"]),
+        default=None,
+        help="Rows with NaN/inf: stop with their row numbers (default), or write them to "
+        f"{rejects} and go on.",
+    )
+
+
+def _counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 ("1 row", "3 rows")."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
 
 _model = click.option(
     "--model",
@@ -247,7 +256,7 @@ def _from_fresh_normal_rows(command):
 @click.option("--window", type=int, help="Time-series mode: sliding-window length.")
 @click.option("--steps", type=int, help="Generator updates (training length).")
 @click.option("--seed", type=int, help="Random seed.")
-@_on_invalid
+@_on_invalid("OUT.rejects.csv, beside the model folder")
 def train(
     data,
     out,
@@ -296,7 +305,7 @@ def train(
     for warning in detector.health["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     if summary.rejects:
-        click.echo(f"{summary.rows_rejected} rows rejected -> {summary.rejects}")
+        click.echo(f"{_counted(summary.rows_rejected, 'row')} rejected -> {summary.rejects}")
     click.echo(f"model {detector.version} -> {summary.output}")
 
 
@@ -316,7 +325,7 @@ def train(
     "files).",
 )
 @_progress
-@_on_invalid
+@_on_invalid("OUT.rejects.csv (--engine spark: the folder OUT.rejects)")
 @_alarms_config
 @click.option(
     "--engine",
@@ -353,11 +362,12 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
             alarms=_alarms(anomaly.load(model), config_path) if config_path else None,
         )
         click.echo(
-            f"scored {run.rows_scored} of {run.rows_read} rows in {run.partitions} partitions "
+            f"scored {run.rows_scored} of {run.rows_read} rows in "
+            f"{_counted(run.partitions, 'partition')} "
             f"in {run.seconds:.1f} s: {run.anomalies} flagged -> {run.output}"
         )
         if run.rejects:
-            click.echo(f"{run.rows_rejected} rows rejected -> {run.rejects}")
+            click.echo(f"{_counted(run.rows_rejected, 'row')} rejected -> {run.rejects}")
         return
     if spark_master:
         raise click.UsageError("--spark-master needs --engine spark")
@@ -374,7 +384,7 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
             progress=progress,
             alarms=_alarms(detector, config_path),
         )
-    alarms = "" if summary.alarms is None else f", {summary.alarms} alarms"
+    alarms = "" if summary.alarms is None else f", {_counted(summary.alarms, 'alarm')}"
     click.echo(
         f"scored {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s: "
         f"{summary.anomalies} flagged{alarms} -> {summary.output}"
@@ -384,11 +394,11 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
     if window and waiting:
         per = f" of one {entity}" if entity else ""
         click.echo(
-            f"{waiting} rows have no score (null): a row is scored once it ends a window of "
-            f"{window} rows{per}"
+            f"{_counted(waiting, 'row')} without a score (null): a row is scored once it "
+            f"ends a window of {window} rows{per}"
         )
     if summary.rejects:
-        click.echo(f"{summary.rows_rejected} rows rejected -> {summary.rejects}")
+        click.echo(f"{_counted(summary.rows_rejected, 'row')} rejected -> {summary.rejects}")
 
 
 @cli.command()
@@ -403,7 +413,7 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @_progress
-@_on_invalid
+@_on_invalid("DATA.rejects.csv (in --report when given)")
 @_alarms_config
 def evaluate(model, data, label_column, report_dir, as_json, progress, on_invalid, config_path):
     """Measure detection quality on labelled DATA (and the alarm stage's, when adaptive)."""
@@ -490,7 +500,7 @@ def retrain(model, data, out, label_column, steps):
     is_flag=True,
     help='Print {"features": [{"name": ..., "drift": ...}, ...]}, most drifted first.',
 )
-@_on_invalid
+@_on_invalid("DATA.rejects.csv")
 def drift(model, data, as_json, on_invalid):
     """Rank the features of DATA by their drift from the model's training data, most drifted
     first.
@@ -517,7 +527,9 @@ def drift(model, data, as_json, on_invalid):
         for f in result.features:
             click.echo(f"{f.name:<{width}}  {f.drift:>8.4f}  {reading(f.drift)}")
     if result.rejects:
-        click.echo(f"{result.rows_rejected} rows rejected -> {result.rejects}", err=as_json)
+        click.echo(
+            f"{_counted(result.rows_rejected, 'row')} rejected -> {result.rejects}", err=as_json
+        )
 
 
 @cli.command()

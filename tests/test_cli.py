@@ -389,7 +389,7 @@ def test_drift_stops_at_invalid_rows_or_skips_them_to_a_rejects_file(model, file
     skipped = drift(model, data, "--on-invalid", "skip")
 
     assert skipped.exit_code == 0, skipped.output
-    assert f"1 rows rejected -> {data}.rejects.csv" in skipped.stdout
+    assert f"1 row rejected -> {data}.rejects.csv" in skipped.stdout
     assert pd.read_csv(f"{data}.rejects.csv")["row"].tolist() == [3]
     frame.head(3).assign(f1=np.nan).to_csv(only_invalid := tmp_path / "only-nan.csv", index=False)
     nothing_left = error_line(drift(model, only_invalid, "--on-invalid", "skip"))

@@ -254,7 +254,7 @@ def test_score_command_says_why_rows_of_entities_too_short_for_a_window_have_no_
     assert result.exit_code == 0, result.output
     assert "scored 0 of 40 rows" in result.output
     assert (
-        f"40 rows have no score (null): a row is scored once it ends a window of {WINDOW} rows "
+        f"40 rows without a score (null): a row is scored once it ends a window of {WINDOW} rows "
         "of one entity"
     ) in result.output
 
