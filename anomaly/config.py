@@ -7,6 +7,7 @@ model was trained with is saved in its bundle, so a model can say how it was mad
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import os
@@ -881,7 +882,22 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            problems.append(f"unknown key {where!r}")
+            problems.append(f"unknown key {where!r}{_nearest_key(error['loc'])}")
         else:
             problems.append(f"{where}: {message}" if where else message)
     return "invalid configuration: " + "; ".join(problems)
+
+
+def _nearest_key(loc: tuple[int | str, ...]) -> str:
+    """ " (did you mean 'semantics'?)" for the unknown key at ``loc`` when a key of its
+    section is spelt like it; "" when none is, or ``loc`` is not within sections."""
+    section: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return ""
+        section = field.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -99,6 +99,32 @@ def test_unknown_section_is_an_error_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        (
+            '[alarms]\nsemantic = "state"\n',
+            "unknown key 'alarms.semantic' (did you mean 'semantics'?)",
+        ),
+        ("[trainng]\nsteps = 3\n", "unknown key 'trainng' (did you mean 'training'?)"),
+        (
+            "[serve]\nmax_batch = 3\n",
+            "unknown key 'serve.max_batch' (did you mean 'max_batch_size'?)",
+        ),
+    ],
+)
+def test_an_unknown_key_spelt_like_one_of_its_section_is_named_as_the_likely_one(
+    tmp_path, toml, said
+):
+    assert said in config_error(tmp_path, toml)
+
+
+def test_an_unknown_key_like_none_of_its_section_gets_no_suggestion(tmp_path):
+    message = config_error(tmp_path, "[training]\nzzz = 3\n")
+
+    assert "unknown key 'training.zzz'" in message and "did you mean" not in message
+
+
+@pytest.mark.parametrize(
     ("model", "said"),
     [
         ("hidden_units = [256, 40000, 40000]", "a layer of 40,000 beside one of 40,000"),
