@@ -14,6 +14,7 @@ any table given to a model trained on an array, whose features have no names of 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Collection, Sequence
 from decimal import Decimal
 
@@ -29,6 +30,10 @@ _SHOWN = 3
 _PANDAS_NAMELESS = re.compile(r"Unnamed: \d+")
 #: The largest float32; a feature beyond it cannot be scored.
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Names of columns that usually hold a record's role, not a measurement (lower case).
+ROLE_LIKE_NAMES = frozenset(
+    {"id", "label", "labels", "target", "class", "y", "anomaly", "is_anomaly", "outlier"}
+)
 #: Labels as text (a CSV's, or words), lower case: 0/1 or false/true.
 _LABEL_WORDS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
 
@@ -105,13 +110,20 @@ def feature_array(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
     return matrix
 
 
+class FeatureRoleWarning(UserWarning):
+    """A column picked by type as a feature is named like an id or a label
+    (``ROLE_LIKE_NAMES``): columns are left out as such only when named as such."""
+
+
 def features_by_type(sample: pd.DataFrame, roles: Collection[str]) -> list[str]:
     """The features when none are named (``data.features``, ``--features``), alike for a
     file (``sample``: its first rows) and a table: the columns of numbers, decimals
     included, but the columns in ``roles`` (id, label, entity, a folder's partitions),
     booleans (flags and labels more often than measurements: name one to use it) and
     columns without a name (``Unnamed: 3``). A column of numbers with no value at all is
-    refused: picked, it would make every row invalid."""
+    refused: picked, it would make every row invalid. A picked column named like an id or
+    a label is a ``FeatureRoleWarning``: a label trained on as a feature is a model that
+    needs it to score."""
     names = column_names(sample)
     picked = [
         i
@@ -130,6 +142,15 @@ def features_by_type(sample: pd.DataFrame, roles: Collection[str]) -> list[str]:
         raise DataError(
             f"column(s) {', '.join(map(repr, empty))} hold no value (in the first "
             f"{len(sample)} rows); name the feature columns to leave them out"
+        )
+    for name in (names[i] for i in picked if names[i].lower() in ROLE_LIKE_NAMES):
+        warnings.warn(
+            FeatureRoleWarning(
+                f"column {name!r} is taken as a feature (features picked by type); if it is a "
+                "label or an id, give it as data.label_column or data.id_column "
+                "(--label-column, --id-column), or name the features"
+            ),
+            stacklevel=2,
         )
     return [names[i] for i in picked]
 

@@ -272,6 +272,7 @@ def train(
 ):
     """Train a detector on the normal rows of DATA and save it to OUT."""
     from anomaly.files import train_file
+    from anomaly.tables import FeatureRoleWarning
 
     config = _config(
         config_path,
@@ -288,7 +289,7 @@ def train(
         training={"steps": steps, "seed": seed},
         defaults={"training": {"verbose": 1 if sys.stdout.isatty() else 2}},
     )
-    with _training_warnings_kept():
+    with _training_warnings_kept(), _warnings_as_lines(FeatureRoleWarning):
         detector, summary = train_file(data, out, config)
     click.echo(
         f"trained on {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s; "

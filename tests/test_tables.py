@@ -4,6 +4,7 @@ features are taken by column name, never by position, and bad columns are named.
 from __future__ import annotations
 
 import decimal
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 import anomaly
+from anomaly import tables
 from anomaly.calibration import recalibrate
 
 NAMES = ["a", "b", "c"]
@@ -179,3 +181,19 @@ def test_a_missing_value_in_training_or_calibration_rows_names_its_index_label(d
         anomaly.train(frame, config)
     with pytest.raises(anomaly.DataError, match="NaN or infinite values: index 'r5'"):
         recalibrate(detector, frame)
+
+
+def test_a_column_named_like_a_label_or_an_id_picked_as_a_feature_is_warned_of():
+    """Left out only when given as such, a ``label`` column was trained on as a feature
+    without a word (and scoring a file without it failed), an ``id`` too."""
+    frame = normal_frame(1, 20).assign(label=0, Id=range(20), target_pressure=1.0)
+
+    with pytest.warns(tables.FeatureRoleWarning) as caught:
+        picked = tables.features_by_type(frame, roles=set())
+
+    assert picked == [*NAMES, "label", "Id", "target_pressure"]
+    warned = sorted(str(w.message).split("'")[1] for w in caught)
+    assert warned == ["Id", "label"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tables.FeatureRoleWarning)
+        assert tables.features_by_type(frame, roles={"label", "Id"}) == [*NAMES, "target_pressure"]
