@@ -246,11 +246,6 @@ class TableReader:
             )
 
 
-def read_all(path: str | os.PathLike[str], **options: Any) -> Chunk:
-    """The whole file as one chunk (for training); ``options`` are ``TableReader``'s."""
-    return join_chunks(TableReader(path, **options))
-
-
 def join_chunks(reader: TableReader) -> Chunk:
     """Every chunk of an opened reader as one chunk."""
     chunks = list(reader)

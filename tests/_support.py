@@ -16,6 +16,8 @@ from typing import NoReturn, TypeVar
 
 import pytest
 
+from anomaly.io import Chunk, TableReader, join_chunks
+
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +103,8 @@ def copy_package_sources(destination: Path) -> Path:
         else:
             shutil.copy2(path, destination / path.name)
     return destination
+
+
+def read_all(path: str | os.PathLike[str], **options) -> Chunk:
+    """The whole file as one chunk; ``options`` are ``TableReader``'s."""
+    return join_chunks(TableReader(path, **options))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 
+import lz4.frame
 import pytest
 import zstandard
 
@@ -23,8 +24,9 @@ def low_ceiling(monkeypatch):
     [
         (codecs.zstd_decode, zstandard.compress, (zstandard, "ZstdDecompressor")),
         (codecs.gzip_decode, gzip.compress, (gzip, "GzipFile")),
+        (codecs.lz4_decode, lz4.frame.compress, (lz4.frame, "LZ4FrameDecompressor")),
     ],
-    ids=["zstd", "gzip"],
+    ids=["zstd", "gzip", "lz4"],
 )
 def test_a_bomb_fetched_again_is_refused_without_being_unpacked_again(
     monkeypatch, decode, compress, unpacker

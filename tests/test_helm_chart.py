@@ -179,7 +179,10 @@ def test_credentials_from_extra_env_are_taken_with_a_trigger_authentication_of_o
 def test_null_is_taken_where_it_is_the_services_default(tools: Tools) -> None:
     """A key set to null is not rendered, so the service's default applies: the schema
     takes null where that default is none (alarms.quorum null is refused above)."""
-    render(tools, "--set", "serve.alerts_topic=null", "--set", "alarms.exit_level=null")
+    objects = render(tools, "--set", "serve.alerts_topic=null", "--set", "alarms.exit_level=null")
+
+    config = config_toml(objects)
+    assert "alerts_topic" not in config["serve"] and "exit_level" not in config.get("alarms", {})
 
 
 def test_the_values_schema_takes_the_service_configurations_types() -> None:

@@ -20,8 +20,8 @@ from anomaly.io import (
     describe_invalid,
     find_invalid_rows,
     join_chunks,
-    read_all,
 )
+from tests._support import read_all
 
 COMPRESSIONS = ["", ".gz", ".bz2", ".xz", ".zst"]
 TABLE_SUFFIXES = [

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from anomaly.errors import DataError
-from anomaly.io import TableReader, read_all
+from anomaly.io import TableReader
+from tests._support import read_all
 
 
 def _records(n: int = 6) -> pd.DataFrame:

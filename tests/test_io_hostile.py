@@ -20,9 +20,9 @@ from click.testing import CliRunner
 import anomaly
 from anomaly.errors import ConfigError, DataError
 from anomaly.files import score_file
-from anomaly.io import ResultWriter, TableReader, read_all
+from anomaly.io import ResultWriter, TableReader
 from pipelines.cli import cli
-from tests._support import unavailable
+from tests._support import read_all, unavailable
 
 MODEL = Path(__file__).parent / "fixtures" / "bundle-v3"
 FEATURES = ["a", "b", "c", "d"]

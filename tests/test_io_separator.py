@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from anomaly.errors import DataError, SchemaError
-from anomaly.io import read_all
+from tests._support import read_all
 
 
 @pytest.mark.parametrize(

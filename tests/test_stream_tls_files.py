@@ -71,9 +71,11 @@ def _service(kafka_secure, topic: str, client: str, bundle: Path, **kafka) -> Sc
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_an_encrypted_client_key_with_its_password_file_serves(
+def test_an_encrypted_client_key_with_its_password_file_starts(
     client, kafka_secure, kafka_topic_factory, tiny_bundle, encrypted_key, tmp_path
 ):
+    """The start-up check connects over mutual TLS with the key the password file opens
+    (a key it could not open stops the start: the cases below)."""
     password_file = tmp_path / "key-password"
     password_file.write_text(PASSPHRASE + "\n")
     service = _service(
@@ -84,7 +86,7 @@ def test_an_encrypted_client_key_with_its_password_file_serves(
         ssl_keyfile=str(encrypted_key),
         ssl_password_file=str(password_file),
     )
-    service.start()
+    service.start()  # raises StreamError where the key cannot be opened or is refused
     service.stop()
     service.run()  # finishes at once: flushes, commits, closes
 

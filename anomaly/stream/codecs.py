@@ -120,14 +120,20 @@ def _lz4_unpack(payload: bytes, limit: int) -> bytes:
 
 
 def gzip_decode(payload: bytes) -> bytes:
+    """A gzip batch unpacked, up to ``MAX_BATCH_BYTES`` (``DecompressionBombError`` past
+    it, and at once for a batch refused before)."""
     return _bounded(payload, "gzip", _gzip_unpack)
 
 
 def zstd_decode(payload: bytes) -> bytes:
+    """A zstd batch unpacked, up to ``MAX_BATCH_BYTES`` (``DecompressionBombError`` past
+    it, and at once for a batch refused before)."""
     return _bounded(payload, "zstd", _zstd_unpack)
 
 
 def lz4_decode(payload: bytes) -> bytes:
+    """A lz4 batch unpacked, up to ``MAX_BATCH_BYTES`` (``DecompressionBombError`` past
+    it, and at once for a batch refused before)."""
     return _bounded(payload, "lz4", _lz4_unpack)
 
 

@@ -87,7 +87,6 @@ CHANNELS = (
     "pressure",
     "vibration",
 )
-FACTORS = ("load", "temperature", "flow")
 #: Channel loadings on (load, temperature, flow); each row is normalised to unit length.
 MIXING = np.array(
     [
