@@ -31,7 +31,7 @@ from anomaly.calibration import (
 from anomaly.config import Config, TrainingConfig
 from anomaly.detector import Detector, Schema
 from anomaly.drift import DriftSummary
-from anomaly.errors import TrainingError
+from anomaly.errors import DataError, TrainingError
 from anomaly.gan import AnomalyGAN
 from anomaly.networks import build_networks
 from anomaly.preprocessing import Standardizer
@@ -90,7 +90,7 @@ def train(
     if not np.isfinite(rows).all():
         bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
         shown = bad[:10].tolist() if index is None else index[bad[:10]].tolist()
-        raise TrainingError(f"training rows hold NaN or infinite values at index {shown}")
+        raise DataError(f"training rows hold NaN or infinite values at index {shown}")
 
     started = time.perf_counter()
     keras.utils.set_random_seed(config.training.seed)

@@ -172,12 +172,13 @@ def test_an_array_takes_the_feature_names_its_configuration_gives():
 
 
 def test_a_missing_value_in_training_or_calibration_rows_names_its_index_label(detector):
-    """score named the row 'r5'; train, retrain and recalibrate said index 5."""
+    """score named the row 'r5'; train, retrain and recalibrate said index 5. Bad values
+    are a DataError in training as in scoring (training's was a TrainingError)."""
     frame = normal_frame(5, 300).set_axis([f"r{i}" for i in range(300)])
     frame.loc["r5", "b"] = np.nan
     config = anomaly.Config().updated(training={"steps": 2})
 
-    with pytest.raises(anomaly.TrainingError, match=r"values at index \['r5'\]"):
+    with pytest.raises(anomaly.DataError, match=r"values at index \['r5'\]"):
         anomaly.train(frame, config)
     with pytest.raises(anomaly.DataError, match="NaN or infinite values: index 'r5'"):
         recalibrate(detector, frame)
