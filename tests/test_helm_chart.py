@@ -954,3 +954,34 @@ def test_the_kustomize_configuration_is_one_the_service_accepts(tmp_path: Path) 
     assert spec["terminationGracePeriodSeconds"] > math.ceil(shutdown)
     assert spec["enableServiceLinks"] is False
     assert re.fullmatch(r"anomaly-gan:\S+", spec["containers"][0]["image"])
+
+
+#: [serve] keys the shipped configurations set to other values than the service's defaults,
+#: on purpose (a cluster's address; per-key state sized to the pod's memory limit).
+DELIBERATE_SERVE_VALUES = {"bootstrap_servers", "max_entities", "restore_records"}
+
+
+@pytest.mark.parametrize(
+    "serve",
+    [
+        pytest.param(
+            lambda: yaml.safe_load((CHART / "values.yaml").read_text())["serve"], id="helm-values"
+        ),
+        pytest.param(
+            lambda: tomllib.loads(
+                yaml.safe_load((K8S_MANIFESTS / "configmap.yaml").read_text())["data"][
+                    "config.toml"
+                ]
+            )["serve"],
+            id="kustomize-configmap",
+        ),
+    ],
+)
+def test_the_shipped_serve_settings_are_the_services_defaults_but_where_chosen(serve) -> None:
+    """Each [serve] value the chart's values.yaml and the kustomize ConfigMap spell out is the
+    service's own default, but those set on purpose: a default changed in ServeConfig would
+    otherwise stay at its old value in every deployment made from them."""
+    defaults = Config().serve
+    written = {key: value for key, value in serve().items() if key not in DELIBERATE_SERVE_VALUES}
+
+    assert written == {key: getattr(defaults, key) for key in written}
