@@ -57,6 +57,12 @@ class RunSummary:
     alarms: int | None = None
     """Rows with ``alarm`` true; None without an adaptive alarm stage."""
 
+    @property
+    def rows_unscored(self) -> int:
+        """Rows read, not rejected, without a score: in time-series mode, rows before their
+        series' first window is complete."""
+        return self.rows_read - self.rows_scored - self.rows_rejected
+
 
 def rejects_path(output: PathLike) -> Path:
     """Where rows rejected on the way to ``output`` are written: ``<output>.rejects.csv``."""

@@ -390,7 +390,7 @@ def score(model, data, out, progress, on_invalid, config_path, engine, spark_mas
         f"scored {summary.rows_scored} of {summary.rows_read} rows in {summary.seconds:.1f} s: "
         f"{summary.anomalies} flagged{alarms} -> {summary.output}"
     )
-    waiting = summary.rows_read - summary.rows_scored - summary.rows_rejected
+    waiting = summary.rows_unscored
     window, entity = detector.config.model.window, detector.schema.entity_column
     if window and waiting:
         per = f" of one {entity}" if entity else ""

@@ -209,6 +209,7 @@ def test_scored_file_has_one_output_row_per_input_row_in_order(scored):
     assert out["row"].tolist() == list(range(1, len(frame) + 1))
     assert out["id"].tolist() == frame["id"].tolist()
     assert summary.rows_scored == len(ENTITIES) * (ROWS_PER_ENTITY - WINDOW + 1)
+    assert summary.rows_unscored == len(ENTITIES) * (WINDOW - 1)
 
 
 @pytest.mark.slow
