@@ -33,6 +33,7 @@ import weakref
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any, NamedTuple, Protocol, TextIO
@@ -623,8 +624,10 @@ class _CsvSource:
         self.path = path
         self._dtypes = dict.fromkeys(text_columns, str)
 
+    @cached_property
     def _header(self) -> _CsvHeader:
-        """The separator and the column names. The separator is the one of ``_SEPARATORS``
+        """The separator and the column names (read once: a compressed file is not opened
+        and unpacked again for each question). The separator is the one of ``_SEPARATORS``
         that splits the header into the most names and the first data lines into as many
         fields (a comma when none splits it), so a file saved with semicolons (Excel's in
         many locales), tabs or bars reads as it is, and a comma file whose names hold a ';'
@@ -670,7 +673,7 @@ class _CsvSource:
     def why_not_found(self, names: list[str]) -> str:
         """A name written with spaces around it (``id, a, b``: `` a``), which are part of
         it (a model trained on such a file has them in its features)."""
-        spaced = {name.strip(): name for name in self._header().names if name != name.strip()}
+        spaced = {name.strip(): name for name in self._header.names if name != name.strip()}
         found = [spaced[name.strip()] for name in names if name.strip() in spaced]
         if not found:
             return ""
@@ -682,14 +685,14 @@ class _CsvSource:
     def repeated_names(self) -> set[str]:
         # pandas renames a repeated name ("a" again becomes "a.1"), and names empty names
         # apart ("Unnamed: 3"), so only named ones can repeat.
-        return _repeated([name for name in self._header().names if name])
+        return _repeated([name for name in self._header.names if name])
 
     def _line_of_record(self, record: int) -> int:
         """The file line on which record ``record`` (1-based, the header first, as pandas
         numbers them in its errors) ends: a quoted value holding a line break is one record
         over several lines, which pandas counts as one."""
         try:
-            header = self._header()
+            header = self._header
             with _open_text(self.path, "r") as handle:
                 reader = csv.reader(handle, delimiter=header.separator)
                 for _ in islice(reader, header.skipped_lines + record):
@@ -700,7 +703,7 @@ class _CsvSource:
 
     def frames(self, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
         try:
-            header = self._header()
+            header = self._header
             names = header.names
             if header.extra_values:
                 # pandas would take the first column for the index, every value then read as
