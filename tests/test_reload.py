@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-import time
 import weakref
 from pathlib import Path
 
@@ -81,7 +80,8 @@ def test_a_copy_that_pauses_between_files_is_not_refused_until_its_files_are_lef
     copy), though the finished copy then served."""
     store = tmp_path / "store"
     publish(tiny_bundle, store)
-    watcher, refusals = _watching(store, settle_s=3.0)
+    now = [0.0]
+    watcher, refusals = _watching(store, settle_s=3.0, clock=lambda: now[0])
     copy = store / "2"
     copy.mkdir()
     for name in sorted(p.name for p in retrained_bundle.iterdir())[:3]:
@@ -89,7 +89,7 @@ def test_a_copy_that_pauses_between_files_is_not_refused_until_its_files_are_lef
         watcher.check()
         watcher.check()  # the same files twice: a pause in the copy
     assert refusals == []
-    time.sleep(3.0)
+    now[0] += 3.0  # the files left alone for settle_s
     watcher.check()
     assert len(refusals) == 1 and refusals[0][0] == 2  # left alone, still incomplete
     for source in retrained_bundle.iterdir():

@@ -166,6 +166,7 @@ class StoreWatcher:
         warm_batch: int = 1,
         on_refused: Callable[[int, str], None] = lambda version, reason: None,
         settle_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.store = Path(store_path)
         self.poll_s = poll_s
@@ -175,6 +176,7 @@ class StoreWatcher:
         self._warm_batch = warm_batch
         self._on_refused = on_refused
         self._settle_s = SETTLE_S if settle_s is None else settle_s
+        self._clock = clock  # how long a version's files were left alone
         self._ready: ServedModel | None = None
         # version -> fingerprint of its files when refused, and when last looked at
         self._refused = {number: self._fingerprint(number) for number, _ in serving.refused}
@@ -266,7 +268,7 @@ class StoreWatcher:
         except Exception as exc:  # noqa: BLE001 (a hostile bundle may fail anywhere)
             reason = f"cannot be loaded: {describe_error(exc)}"
         if reason is not None:
-            now = time.monotonic()
+            now = self._clock()
             if self._looked.get(number, (None,))[0] != fingerprint:
                 self._looked[number] = (fingerprint, now)  # first seen, or changed
             since = self._looked[number][1]
