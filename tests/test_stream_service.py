@@ -537,6 +537,35 @@ def test_each_kind_of_bad_message_goes_to_the_dead_letter_topic_and_its_neighbou
     assert metrics[("anomaly_records_consumed_total", ())] == len(messages)
 
 
+def test_a_scored_record_whose_result_cannot_be_encoded_is_counted_once_as_a_dead_letter(
+    kafka_bootstrap, topics, detector, tiny_bundle_mixing
+):
+    """Its Kafka key is over the producer's limit for a result: the record was counted as
+    scored and as rejected, the count of records without a score went below 0, and the
+    service stopped on it."""
+    t = topics(1)
+    config = _config(kafka_bootstrap, t, kafka={"max_request_size": 3000})
+    names = detector.feature_names
+    rows = _normal_rows(tiny_bundle_mixing, 3, seed=6)
+    keys = [b"k0", b"K" * 2900, b"k2"]
+    messages = [(key, _record(i, rows[i], names, False)) for i, key in enumerate(keys)]
+    consumed = ("anomaly_records_consumed_total", ())
+
+    with _running(detector, config) as service:
+        _produce(kafka_bootstrap, t["input_topic"], messages)
+        results = _read(kafka_bootstrap, t["output_topic"], 2)
+        port = service.metrics_port
+        wait_for(lambda: _scrape(port)[consumed] == 3, 10, "every record counted")
+        metrics = _scrape(port)
+        assert service.alive()
+
+    assert sorted(r.key for r in results) == [b"k0", b"k2"]
+    encode_failed = ("anomaly_records_rejected_total", (("reason", "encode_failed"),))
+    assert metrics[encode_failed] == 1
+    assert metrics[("anomaly_records_scored_total", ())] == 2
+    assert metrics[("anomaly_records_unscored_total", ())] == 0
+
+
 def test_back_pressure_pauses_input_and_still_delivers_every_result(
     kafka_bootstrap, topics, detector, tiny_bundle_mixing
 ):

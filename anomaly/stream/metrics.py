@@ -127,7 +127,8 @@ class ServiceMetrics:
         self.unscored = Counter(
             "anomaly_records_unscored_total",
             "Records answered without a score (time-series mode: their key's window is not "
-            "yet complete); with scored and rejected, every record consumed.",
+            "yet complete); with scored and rejected, every record consumed (a result the "
+            "broker refuses later is counted again, as rejected with reason send_failed).",
             registry=registry,
         )
         self.rejected = Counter(

@@ -749,19 +749,26 @@ class ScoringService:
         t5 = perf_counter()
         profile["send"] += t5 - t4
 
-        n, n_scored = len(records), (len(result) if result is not None else 0)
-        n_flagged = int(np.count_nonzero(result.is_anomaly)) if n_scored else 0
+        # Each record counted once: scored, unscored (time-series mode: its key's window not
+        # yet complete) or rejected (a scored record whose result could not be encoded too).
+        n = len(records)
+        live = [p for p in range(len(chosen)) if accepted[p] not in dead]
+        with_score = set(range(len(chosen)) if scored_positions is None else scored_positions)
+        n_scored = sum(p in with_score for p in live)
+        n_unscored = len(live) - n_scored
+        scored_any = result is not None and len(result) > 0
+        n_flagged = int(np.count_nonzero(result.is_anomaly)) if scored_any else 0
         m = self.metrics
         m.consumed.inc(n)
         m.batch_size.observe_repeated(n, 1)
         m.processing_latency.observe_repeated(t5 - batch.polled_at, n)
         if chosen:
             self._drift.observe(decoded.rows, result.scores, result.is_anomaly)
-        n_unscored = n - n_scored - len(rejected)  # time-series mode: windows not yet full
         if n_unscored:
             m.unscored.inc(n_unscored)
         if n_scored:
             m.scored.inc(n_scored)
+        if scored_any:
             m.record_score.observe(result.scores)
             if n_flagged:
                 m.flagged.inc(n_flagged)
