@@ -18,7 +18,7 @@ import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 import anomaly
-from anomaly.stream import ScoringService, StreamError
+from anomaly.stream import ScoringService, StreamError, kafka_options, listener_probe
 from anomaly.stream.clients import answering_servers, check_broker
 from tests._support import LogLines
 
@@ -375,6 +375,40 @@ def test_a_sasl_mechanism_the_listener_does_not_offer_is_named_as_the_thing_to_c
 
     assert "offers the SASL mechanisms " in message and "SCRAM-SHA-512" in message
     assert message.endswith("not OAUTHBEARER: set sasl_mechanism in [serve.kafka] to one of them")
+
+
+def test_a_listener_that_agrees_beside_one_that_does_not_is_no_mismatch(kafka_secure):
+    """One listener that speaks what the settings say: the clients failed for another
+    reason, which is waited for."""
+    servers = f"{kafka_secure['sasl_scram512'].bootstrap},{kafka_secure['ssl'].bootstrap}"
+
+    assert listener_probe.mismatch(servers, "SSL", None, 3.0) is None
+    assert listener_probe.mismatch(servers, "SASL_SSL", "SCRAM-SHA-512", 3.0) is None
+
+
+def test_a_mismatch_beside_a_server_that_does_not_answer_is_only_likely(kafka_secure):
+    """Brokers restarting beside a leftover server of another kind: the start is not
+    stopped on it before broker_wait_s is over."""
+    with _silent_listener() as silent:
+        servers = f"127.0.0.1:1,{silent},{kafka_secure.bootstrap}"
+        found = listener_probe.mismatch(servers, "SASL_SSL", "PLAIN", 1.0)
+        alone = listener_probe.mismatch(kafka_secure.bootstrap, "SASL_SSL", "PLAIN", 1.0)
+
+    assert found is not None and not found.certain
+    assert found.reason.startswith(f"the listener at {kafka_secure.bootstrap} speaks PLAINTEXT")
+    assert alone is not None and alone.certain and alone.reason == found.reason
+
+
+def test_sasl_without_a_mechanism_on_kafka_python_is_named_as_not_set(kafka_secure):
+    """kafka-python has no default mechanism: the listener's are named, not PLAIN."""
+    protocol, mechanism = kafka_options.security({"security_protocol": "sasl_ssl"}, "kafka-python")
+    sasl = kafka_secure["sasl_scram512"].bootstrap
+
+    found = listener_probe.mismatch(sasl, protocol, mechanism, 3.0)
+
+    assert (protocol, mechanism) == ("SASL_SSL", None)
+    assert found is not None and found.certain
+    assert "sasl_mechanism is not set: set sasl_mechanism in [serve.kafka]" in found.reason
 
 
 def test_a_failed_tls_handshake_with_librdkafka_refuses_to_start_in_one_line(

@@ -327,17 +327,18 @@ def librdkafka_options(options: Mapping[str, Any], client: Client) -> dict[str, 
 
 def security(options: Mapping[str, Any], kafka_client: str) -> tuple[str, str | None]:
     """The security protocol and, with SASL, the mechanism the clients use: kafka-python's
-    names or librdkafka's, else each client's default (kafka-python PLAIN, librdkafka
-    GSSAPI). ``kafka_client`` is ``[serve] client``."""
+    names or librdkafka's, else librdkafka's default (GSSAPI); None where kafka-python gets
+    none (it has no default). ``kafka_client`` is ``[serve] client``."""
     values = _read_files(options)
     protocol = str(values.get("security_protocol", values.get("security.protocol", "PLAINTEXT")))
     if not protocol.upper().startswith("SASL_"):
         return protocol.upper(), None
-    default = "GSSAPI" if kafka_client == "confluent" else "PLAIN"
     given = values.get(
         "sasl_mechanism", values.get("sasl.mechanisms", values.get("sasl.mechanism"))
     )
-    return protocol.upper(), str(given or default).upper()
+    if given is None and kafka_client == "confluent":
+        given = "GSSAPI"
+    return protocol.upper(), None if given is None else str(given).upper()
 
 
 def from_environment(option: str, raw: str, variable: str) -> Any:

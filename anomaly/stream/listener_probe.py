@@ -8,16 +8,22 @@ error. Both clients then said "cannot reach Kafka", and start-up waited for a br
 was up (for ever, with the default ``broker_wait_s``).
 
 So the listener itself is asked, with the one request every Kafka listener answers before
-any authentication: SaslHandshake (KIP-43). A listener without SASL answers
-ILLEGAL_SASL_STATE; one with SASL lists its mechanisms. It is asked over plain text, then
-over TLS (certificates not checked: only what the listener speaks matters here). The
-request is encoded and the answer decoded by kafka-python's protocol classes.
+any authentication: SaslHandshake (KIP-43), naming the mechanism set (PLAIN where none is).
+A listener without SASL answers ILLEGAL_SASL_STATE; one with SASL lists its mechanisms. It
+is asked the way the settings say first (TLS or plain text), then the other way
+(certificates not checked: only what the listener speaks matters here). Every bootstrap
+server is asked at once. A mismatch is certain when every server answered and every one
+disagrees with the settings; where some did not answer (brokers restarting beside a
+leftover server of another kind) it is only likely; and one listener that agrees means the
+clients failed for another reason, which is waited for as before. The request is encoded
+and the answer decoded by kafka-python's protocol classes.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kafka.errors import KafkaError
@@ -25,10 +31,20 @@ from kafka.protocol.parser import KafkaProtocol
 from kafka.protocol.sasl import SaslHandshakeRequest
 
 from anomaly.stream.broker_watch import address_of
+from anomaly.stream.tls_probe import server_name
 
 #: SaslHandshake's answers (Kafka's error codes).
 _NO_SASL_HERE = 34  # ILLEGAL_SASL_STATE: the listener does not use SASL
 _SASL_ANSWERS = (0, 33)  # the mechanism is offered, or UNSUPPORTED_SASL_MECHANISM
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """Why the settings cannot talk to the bootstrap servers' listeners (the remedy), and
+    whether that is certain: every server answered, and every one disagrees."""
+
+    reason: str
+    certain: bool
 
 
 @dataclass(frozen=True)
@@ -48,13 +64,16 @@ class Listener:
         return "SASL_SSL" if self.tls else "SASL_PLAINTEXT"
 
 
-def probe(server: str, timeout_s: float) -> Listener | None:
+def probe(
+    server: str, timeout_s: float, tls_first: bool = False, mechanism: str | None = None
+) -> Listener | None:
     """What the Kafka listener at ``server`` (``host:port``) speaks; None when nothing
-    there answers as a Kafka listener (not listening, not reachable, not Kafka)."""
-    for tls in (False, True):
+    there answers as a Kafka listener (not listening, not reachable, not Kafka). Asked over
+    TLS first with ``tls_first``, naming ``mechanism`` (PLAIN where None)."""
+    for tls in (tls_first, not tls_first):
         try:
             with _channel(server, tls, timeout_s) as channel:
-                answer = _sasl_handshake(channel, timeout_s)
+                answer = _sasl_handshake(channel, mechanism or "PLAIN", timeout_s)
         except ssl.SSLError as exc:
             if _wants_client_certificate(exc):
                 return Listener(tls=True, sasl=None, sasl_known=False)
@@ -70,33 +89,54 @@ def probe(server: str, timeout_s: float) -> Listener | None:
     return None
 
 
-def mismatch(servers: str, protocol: str, mechanism: str | None, timeout_s: float) -> str | None:
-    """Why ``security_protocol`` ``protocol`` (with SASL ``mechanism``) cannot talk to the
-    first of ``servers`` that answers as a Kafka listener, as the remedy; None when they
-    match or none answers."""
-    for server in filter(None, (s.strip() for s in servers.split(","))):
-        listener = probe(server, timeout_s)
-        if listener is None:
-            continue
-        wants_sasl = protocol.startswith("SASL_")
-        if listener.tls != protocol.endswith("SSL") or (
-            listener.sasl_known and (listener.sasl is not None) != wants_sasl
-        ):
-            remedy = f'set security_protocol = "{listener.protocol}"'
-            if listener.sasl is not None and not wants_sasl:
-                remedy += ", sasl_mechanism and the SASL credentials"
-            if not listener.sasl_known:
-                remedy = "set security_protocol to one with TLS (SSL or SASL_SSL)"
-            return (
-                f"the listener at {server} speaks {_described(listener)}, but security_protocol "
-                f"is {protocol}: {remedy} in [serve.kafka]"
-            )
-        if listener.sasl is not None and mechanism not in listener.sasl:
-            return (
-                f"{server} offers the SASL mechanisms {', '.join(listener.sasl)}, not "
-                f"{mechanism}: set sasl_mechanism in [serve.kafka] to one of them"
-            )
+def mismatch(
+    servers: str, protocol: str, mechanism: str | None, timeout_s: float
+) -> Mismatch | None:
+    """Why ``security_protocol`` ``protocol`` (with SASL ``mechanism``; None: not set)
+    cannot talk to the listeners of ``servers`` when every one that answers disagrees with
+    them; None when one agrees or none answers. All are asked at once, so this takes at
+    most twice ``timeout_s``."""
+    names = [name for name in (s.strip() for s in servers.split(",")) if name]
+    if not names:
         return None
+    with ThreadPoolExecutor(max_workers=min(len(names), 16)) as pool:
+        listeners = list(
+            pool.map(
+                lambda name: probe(name, timeout_s, protocol.endswith("SSL"), mechanism), names
+            )
+        )
+    reasons = [
+        _disagreement(name, listener, protocol, mechanism)
+        for name, listener in zip(names, listeners, strict=True)
+        if listener is not None
+    ]
+    if not reasons or not all(reasons):
+        return None
+    return Mismatch(str(reasons[0]), certain=len(reasons) == len(names))
+
+
+def _disagreement(
+    server: str, listener: Listener, protocol: str, mechanism: str | None
+) -> str | None:
+    wants_sasl = protocol.startswith("SASL_")
+    if listener.tls != protocol.endswith("SSL") or (
+        listener.sasl_known and (listener.sasl is not None) != wants_sasl
+    ):
+        remedy = f'set security_protocol = "{listener.protocol}"'
+        if listener.sasl is not None and not wants_sasl:
+            remedy += ", sasl_mechanism and the SASL credentials"
+        if not listener.sasl_known:
+            remedy = "set security_protocol to one with TLS (SSL or SASL_SSL)"
+        return (
+            f"the listener at {server} speaks {_described(listener)}, but security_protocol "
+            f"is {protocol}: {remedy} in [serve.kafka]"
+        )
+    if listener.sasl is not None and mechanism not in listener.sasl:
+        given = "sasl_mechanism is not set" if mechanism is None else f"not {mechanism}"
+        return (
+            f"{server} offers the SASL mechanisms {', '.join(listener.sasl)}, {given}: set "
+            "sasl_mechanism in [serve.kafka] to one of them"
+        )
     return None
 
 
@@ -116,17 +156,17 @@ def _channel(server: str, tls: bool, timeout_s: float) -> socket.socket:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    try:
-        return context.wrap_socket(connection)
+    try:  # the name too (SNI), which a listener behind a proxy may be routed by
+        return context.wrap_socket(connection, server_hostname=server_name(host))
     except BaseException:
         connection.close()
         raise
 
 
-def _sasl_handshake(channel: socket.socket, timeout_s: float):
+def _sasl_handshake(channel: socket.socket, mechanism: str, timeout_s: float):
     """The listener's SaslHandshakeResponse, or None when it closed the connection."""
     protocol = KafkaProtocol(client_id="anomaly-listener-probe")
-    protocol.send_request(SaslHandshakeRequest(mechanism="PLAIN", version=1))
+    protocol.send_request(SaslHandshakeRequest(mechanism=mechanism, version=1))
     channel.settimeout(timeout_s)
     channel.sendall(protocol.send_bytes())
     while data := channel.recv(65536):

@@ -360,7 +360,13 @@ class ScoringService:
         so does a listener that answers but speaks another protocol than the one set (TLS
         sent to a SASL_SSL listener, plain text to a TLS one, a SASL mechanism it does not
         offer), which the clients take for no broker: the listener is asked what it speaks
-        (``listener_probe``) and the error names the setting to change."""
+        (``listener_probe``) and the error names the setting to change. Where some bootstrap
+        servers did not answer, the mismatch of those that did is only likely (brokers
+        restarting beside a leftover server of another kind): it is named in the log line,
+        and stops the start only once ``broker_wait_s`` is over. The listeners are asked at
+        the first failure and then as often as the failure is logged (every half minute),
+        not at every try: each question is an authentication the broker may count as
+        failed."""
         waited = False
         while True:
             self._last_tick = time.monotonic()
@@ -368,21 +374,26 @@ class ScoringService:
                 transport.check()
                 break
             except BrokerUnreachable as exc:
-                if (wrong := self._listener_mismatch()) is not None:
-                    raise StreamError(
-                        f"cannot talk to Kafka at {self.config.bootstrap_servers}: {wrong}"
-                    ) from exc
+                if self._stop.is_set():
+                    raise
+                said = self._error_logs.admit("broker_unreachable") is not None
+                wrong = self._listener_mismatch() if said else None
                 waited_s = time.monotonic() - waited_from
-                if waited_s >= self.config.broker_wait_s or self._stop.is_set():
+                if wrong is not None and (wrong.certain or waited_s >= self.config.broker_wait_s):
+                    raise StreamError(
+                        f"cannot talk to Kafka at {self.config.bootstrap_servers}: {wrong.reason}"
+                    ) from exc
+                if waited_s >= self.config.broker_wait_s:
                     raise
                 self.metrics.broker_reachable.set(0)
                 waited = True
-                if self._error_logs.admit("broker_unreachable") is not None:
+                if said:
                     log.warning(
-                        "event=broker_unreachable waited_s=%.0f error=%s (start-up waits "
+                        "event=broker_unreachable waited_s=%.0f error=%s%s (start-up waits "
                         "for it; broker_wait_s bounds the wait)",
                         waited_s,
                         exc,
+                        "" if wrong is None else f"; the servers that answer: {wrong.reason}",
                     )
                 if self._stop.wait(BROKER_RETRY_S):
                     raise
@@ -390,9 +401,9 @@ class ScoringService:
             log.info("event=broker_back unreachable_s=%.1f", time.monotonic() - waited_from)
         self.metrics.broker_reachable.set(1)
 
-    def _listener_mismatch(self) -> str | None:
-        """Why the clients' security settings cannot talk to the listener they reach; None
-        where they can, or no listener answers (an outage)."""
+    def _listener_mismatch(self) -> listener_probe.Mismatch | None:
+        """Why the clients' security settings cannot talk to the listeners they reach; None
+        where one agrees, or none answers (an outage)."""
         protocol, mechanism = kafka_options.security(self.config.kafka, self.config.client)
         return listener_probe.mismatch(
             self.config.bootstrap_servers, protocol, mechanism, LISTENER_PROBE_S

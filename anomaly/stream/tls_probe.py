@@ -41,7 +41,7 @@ def _is_silent(server: str, timeout_s: float) -> bool:
     context.verify_mode = ssl.CERT_NONE
     try:
         with context.wrap_socket(
-            connection, do_handshake_on_connect=False, server_hostname=_name_of(host)
+            connection, do_handshake_on_connect=False, server_hostname=server_name(host)
         ) as tls:
             tls.settimeout(timeout_s)
             tls.do_handshake()
@@ -54,7 +54,7 @@ def _is_silent(server: str, timeout_s: float) -> bool:
     return False
 
 
-def _name_of(host: str) -> str | None:
+def server_name(host: str) -> str | None:
     """``host`` as the TLS server name (SNI, which a listener may route by), unless it is an
     IP address, which is never sent as one."""
     try:
