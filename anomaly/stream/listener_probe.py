@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from kafka.errors import KafkaError
 from kafka.protocol.parser import KafkaProtocol
 from kafka.protocol.sasl import SaslHandshakeRequest
 
@@ -78,8 +78,8 @@ def probe(
             if _wants_client_certificate(exc):
                 return Listener(tls=True, sasl=None, sasl_known=False)
             continue
-        except (OSError, ValueError, KafkaError):  # refused, reset, or not Kafka's framing
-            continue
+        except Exception:  # noqa: BLE001 (refused, reset, or a peer that is not Kafka: its
+            continue  # bytes may fail anywhere in the decoder, a struct.error of a short frame)
         if answer is None:
             continue
         if answer.error_code == _NO_SASL_HERE:
@@ -164,12 +164,18 @@ def _channel(server: str, tls: bool, timeout_s: float) -> socket.socket:
 
 
 def _sasl_handshake(channel: socket.socket, mechanism: str, timeout_s: float):
-    """The listener's SaslHandshakeResponse, or None when it closed the connection."""
+    """The listener's SaslHandshakeResponse, or None when it closed the connection or did
+    not answer whole within ``timeout_s`` (a peer that sends a byte now and then)."""
     protocol = KafkaProtocol(client_id="anomaly-listener-probe")
     protocol.send_request(SaslHandshakeRequest(mechanism=mechanism, version=1))
+    deadline = time.monotonic() + timeout_s
     channel.settimeout(timeout_s)
     channel.sendall(protocol.send_bytes())
-    while data := channel.recv(65536):
+    while (left := deadline - time.monotonic()) > 0:
+        channel.settimeout(left)
+        data = channel.recv(65536)
+        if not data:
+            return None
         if responses := protocol.receive_bytes(data):
             return responses[0][1]
     return None
