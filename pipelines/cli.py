@@ -72,9 +72,16 @@ def _training_warnings_kept():
 def _warnings_as_lines(category: type[Warning]):
     """Print warnings of ``category`` as one ``warning:`` line each, once the block is
     done (Python's own print a source line too); others are shown as Python shows them."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", category)
-        yield
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", category)
+            yield
+    finally:  # also when the block failed (a warning may say why), and once Python's own
+        _print_warnings(caught, category)  # showwarning is back: the record's would loop
+
+
+def _print_warnings(caught: list, category: type[Warning]) -> None:
     for warning in caught:
         if issubclass(warning.category, category):
             click.echo(f"warning: {warning.message}", err=True)

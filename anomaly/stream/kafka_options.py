@@ -143,8 +143,8 @@ TEXT_OPTIONS = frozenset(
 #: Options with a few values, each client's spelling: kafka-python compares them as spelt
 #: here, and takes any other ``security_protocol`` (``"sasl_ssl"``, a typo) for PLAINTEXT
 #: without a word, with neither TLS nor SASL; a ``sasl_mechanism`` in lower case it sent as
-#: it was, and the broker's refusal read as a wrong password. Given in any case, as Java
-#: clients take them; anything else is refused. ``compression_type = "none"`` is the
+#: it was, and the broker's refusal read as a wrong password. Given in any case and spelt
+#: here as the clients take them; anything else is refused. ``compression_type = "none"`` is the
 #: clients' default, and is left out.
 CHOICES = {
     "security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
