@@ -51,6 +51,11 @@ How librdkafka differs, and what this module does about it:
   itself after its session expired (a broker outage), and never leaves a rebalance
   unfinished as kafka-python 3.0.12 can: the loop does not subscribe afresh for it (that
   only made the group wait for the old member).
+- **A consumer that knows no broker is replaced.** A broker shutting down can answer a
+  metadata request with no brokers; librdkafka (its issue #5301) then drops every broker
+  it knew, and a consumer never bootstraps again. One that has known no broker for
+  ``CONSUMER_FORGOT_BROKERS_S`` and holds no partition (its session has expired) is
+  replaced by a new one, subscribed afresh (``event=consumer_replaced``).
 - **A producer that stops delivering is replaced.** When a partition's leader is briefly
   unknown (a broker's controlled shutdown, a fenced broker), a produce response can name
   leader -1; librdkafka (2.16 and earlier, its issue #5430) then leaves that partition
@@ -151,6 +156,12 @@ STATISTICS_INTERVAL_MS = 1_000
 #: for a slow follower up to the broker's replica.lag.time.max.ms (30 s), and a produce
 #: request times out after 30 s (librdkafka's request.timeout.ms) and is retried silently.
 PRODUCER_STALL_S = 40.0
+#: Seconds the consumer may know no broker at all, holding no partition, before it is
+#: replaced. A broker shutting down can answer a metadata request with no brokers;
+#: librdkafka (2.16 and earlier, its issue #5301) then drops every broker it knew and, a
+#: consumer, never bootstraps again: it stayed without a connection after the broker was
+#: back, and the input was never read again (seen in about 1 of 10 broker restarts here).
+CONSUMER_FORGOT_BROKERS_S = 15.0
 PRODUCER_STALL_MAX_S = 240.0
 #: The most a replacement waits for the purged producer's reports (they take milliseconds).
 REPLACE_REPORTS_S = 30.0
@@ -291,6 +302,7 @@ class ConfluentTransport(Transport):
             OFFSET_BEGINNING if config.auto_offset_reset == "earliest" else OFFSET_END
         )
         self._up = True  # a broker connection up, as the last statistics said
+        self._brokers_forgotten_at: float | None = None  # since the consumer knew no broker
         self._reported_at = time.monotonic()  # the last delivery report, or since nothing owed
         # Results wait up to linger_ms in the producer by design before they are sent.
         self._first_stall_s = PRODUCER_STALL_S + config.linger_ms / 1000
@@ -549,6 +561,10 @@ class ConfluentTransport(Transport):
     def poll(self, timeout_ms: int, max_records: int) -> list:
         if self._offsets_admin is not None:  # its errors and log lines queue until served
             self._offsets_admin.poll(0)
+        forgotten = self._brokers_forgotten_at
+        if forgotten is not None and not self._assigned:
+            if time.monotonic() - forgotten >= CONSUMER_FORGOT_BROKERS_S:
+                self._replace_consumer(time.monotonic() - forgotten)
         consumer = self._consumer
         rebalances = self._rebalances
         first = consumer.poll(timeout_ms / 1000)
@@ -914,7 +930,7 @@ class ConfluentTransport(Transport):
         ``auto_offset_reset``'s end: librdkafka's own reset is off (``auto.offset.reset=
         error``). The loop keeps the committed offset for a batch it cannot read before the
         partition's first record (``_position_of``)."""
-        if self._abandoned:
+        if self._abandoned or consumer is not self._consumer:
             return
         self._rebalances += 1
         self._paused = False
@@ -981,7 +997,7 @@ class ConfluentTransport(Transport):
             time.sleep(COMMITTED_RETRY_S)
 
     def _on_revoke(self, consumer: Consumer, partitions: list) -> None:
-        if self._abandoned:
+        if self._abandoned or consumer is not self._consumer:
             return
         self._rebalances += 1
         revoked = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
@@ -1002,7 +1018,7 @@ class ConfluentTransport(Transport):
         consumer.unassign()
 
     def _on_lost(self, consumer: Consumer, partitions: list) -> None:
-        if self._abandoned:
+        if self._abandoned or consumer is not self._consumer:
             return
         self._rebalances += 1
         lost = {TopicPartition(tp.topic, tp.partition) for tp in partitions}
@@ -1012,8 +1028,27 @@ class ConfluentTransport(Transport):
 
     def _on_stats(self, stats: str) -> None:
         brokers = orjson.loads(stats).get("brokers", {}).values()
-        self._up = any(
-            b.get("state") == "UP" for b in brokers if b.get("source") in ("learned", "configured")
+        known = [b for b in brokers if b.get("source") in ("learned", "configured")]
+        self._up = any(b.get("state") == "UP" for b in known)
+        if known:
+            self._brokers_forgotten_at = None
+        elif self._brokers_forgotten_at is None:
+            self._brokers_forgotten_at = time.monotonic()
+
+    def _replace_consumer(self, forgotten_s: float) -> None:
+        """A new consumer, bootstrapped afresh, in place of one that knows no broker and
+        holds no partition (``CONSUMER_FORGOT_BROKERS_S``). The old one is closed in the
+        background (it has no broker to leave its group through); its callbacks do
+        nothing, being another consumer's."""
+        old, self._consumer = self._consumer, Consumer(self._consumer_settings())
+        self._brokers_forgotten_at = None
+        self._subscribe()
+        threading.Thread(
+            target=_close_quietly, args=(old,), name="kafka-consumer-close", daemon=True
+        ).start()
+        log.warning(
+            "event=consumer_replaced knew_no_broker_s=%.1f (librdkafka issue #5301)",
+            forgotten_s,
         )
 
     def _on_error(self, error: KafkaError) -> None:
@@ -1121,3 +1156,11 @@ def _timestamp(message) -> int | None:
 
 def _commit_offsets(offsets: dict[TopicPartition, int]) -> list:
     return [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    """Close a consumer that was replaced; what it says is its own business now."""
+    try:
+        consumer.close()
+    except Exception as exc:  # noqa: BLE001 (a replaced consumer's close may fail anyhow)
+        log.info("event=close_error client=replaced_consumer error=%r", exc)
