@@ -783,3 +783,18 @@ def test_demo_stops_reading_at_its_deadline():
     outcome = read_stream(endless, topics, records=1, deadline=time.monotonic() - 1)
 
     assert outcome.counts["s"] == 1 and outcome.alerts == []
+
+
+def test_a_training_warning_is_printed_when_the_command_then_fails(tmp_path):
+    """A label taken as a feature, then a NaN in it: the error named the column, and the
+    warning that said why it was a feature at all was dropped with the failure."""
+    frame = pd.DataFrame({"a": np.arange(50.0), "b": np.ones(50), "label": 0.0})
+    frame.loc[3, "label"] = np.nan
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+
+    result = run("train", "--data", str(tmp_path / "rows.csv"), "--out", str(tmp_path / "m"))
+
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("warning: column 'label' is taken as a feature")
+    assert lines[-1].startswith("error: ") and "'label'" in lines[-1]
