@@ -39,7 +39,7 @@ def certificate_problem(
     # it could blame a missing extension where librdkafka failed on something else.
     for strict in ("VERIFY_X509_STRICT", "VERIFY_X509_PARTIAL_CHAIN"):
         context.verify_flags &= ~getattr(ssl, strict, 0)
-    for host, port in map(address_of, filter(None, (s.strip() for s in servers.split(",")))):
+    for host, port in map(address_of, server_list(servers)):
         try:
             with (
                 socket.create_connection((host, port), timeout=timeout_s) as connection,
@@ -51,6 +51,11 @@ def certificate_problem(
         except (OSError, UnicodeError, ValueError):  # not answering, failing later (a client
             continue  # certificate asked for), or a name that is not one
     return None
+
+
+def server_list(servers: str) -> list[str]:
+    """The entries of a comma-separated ``bootstrap_servers``, blanks left out."""
+    return [server for server in (s.strip() for s in servers.split(",")) if server]
 
 
 def address_of(server: str) -> tuple[str, int]:

@@ -53,6 +53,7 @@ from kafka.errors import (
 
 from anomaly.config import ServeConfig
 from anomaly.stream import tls_probe
+from anomaly.stream.broker_watch import server_list
 from anomaly.stream.errors import BrokerUnreachable, StreamError
 from anomaly.stream.kafka_options import client_options
 
@@ -87,7 +88,7 @@ def answering_servers(config: ServeConfig) -> str:
     protocol = str(options.get("security_protocol", "PLAINTEXT"))
     if protocol.upper() not in ("SSL", "SASL_SSL") or options.get("proxy_url"):
         return config.bootstrap_servers  # through a proxy, the probe's route is not theirs
-    servers = [s.strip() for s in config.bootstrap_servers.split(",") if s.strip()]
+    servers = server_list(config.bootstrap_servers)
     silent = tls_probe.silent_servers(servers, STARTUP_TIMEOUT_MS / 1000)
     if not silent:
         return config.bootstrap_servers

@@ -543,13 +543,9 @@ class ConfluentTransport(Transport):
         timeout anyway; a close still under way at the deadline is left to the process's
         exit, and its callbacks do nothing more."""
 
-        def close() -> None:
-            try:
-                consumer.close()
-            except Exception as exc:  # noqa: BLE001 (closing must go on)
-                log.warning("event=close_error client=consumer error=%r", exc)
-
-        closing = threading.Thread(target=close, name="kafka-consumer-close", daemon=True)
+        closing = threading.Thread(
+            target=_close_quietly, args=(consumer,), name="kafka-consumer-close", daemon=True
+        )
         closing.start()
         closing.join(max(0.1, deadline - time.monotonic()))
         if closing.is_alive():
@@ -1159,8 +1155,8 @@ def _commit_offsets(offsets: dict[TopicPartition, int]) -> list:
 
 
 def _close_quietly(consumer: Consumer) -> None:
-    """Close a consumer that was replaced; what it says is its own business now."""
+    """Close ``consumer``; a failure is logged, and closing goes on."""
     try:
         consumer.close()
-    except Exception as exc:  # noqa: BLE001 (a replaced consumer's close may fail anyhow)
-        log.info("event=close_error client=replaced_consumer error=%r", exc)
+    except Exception as exc:  # noqa: BLE001 (closing must go on)
+        log.warning("event=close_error client=consumer error=%r", exc)

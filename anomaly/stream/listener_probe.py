@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from kafka.protocol.parser import KafkaProtocol
 from kafka.protocol.sasl import SaslHandshakeRequest
 
-from anomaly.stream.broker_watch import address_of
+from anomaly.stream.broker_watch import address_of, server_list
 from anomaly.stream.tls_probe import server_name
 
 #: SaslHandshake's answers (Kafka's error codes).
@@ -96,7 +96,7 @@ def mismatch(
     cannot talk to the listeners of ``servers`` when every one that answers disagrees with
     them; None when one agrees or none answers. All are asked at once, so this takes at
     most twice ``timeout_s``."""
-    names = [name for name in (s.strip() for s in servers.split(",")) if name]
+    names = server_list(servers)
     if not names:
         return None
     with ThreadPoolExecutor(max_workers=min(len(names), 16)) as pool:
